@@ -1,0 +1,59 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Q8_0 quantization of weights: per group of GS values, scale = max|w| / 127 and
+q = round-half-to-even(w / scale), in float32 exactly as llama2.c's export.py."""
+from cython.parallel cimport prange
+from libc.math cimport fabsf, rintf, NAN
+from libc.float cimport FLT_MAX
+
+
+cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s,
+                                float* err) noexcept nogil:
+    cdef float wmax = 0.0, v, scale, x, e, emax = 0.0
+    cdef bint finite = True
+    cdef int i
+    for i in range(gs):
+        v = fabsf(w[i])
+        finite = finite & (v <= FLT_MAX)  # false for NaN and Inf
+        wmax = v if v > wmax else wmax
+    if not finite:
+        s[0] = 0.0
+        err[0] = NAN  # marks the group for the caller to report
+        for i in range(gs):
+            q[i] = 0
+        return
+    scale = wmax / 127.0
+    s[0] = scale
+    if scale == 0.0:
+        # All-zero group (or one so tiny its scale underflows): zeros, not 0/0.
+        for i in range(gs):
+            q[i] = 0
+        err[0] = wmax
+        return
+    for i in range(gs):
+        x = rintf(w[i] / scale)
+        q[i] = <signed char>x
+        e = fabsf(x * scale - w[i])
+        emax = e if e > emax else emax
+    err[0] = emax
+
+
+def quantize(const float[::1] w, int group_size, signed char[::1] q, float[::1] s,
+             float[::1] err, int threads=1):
+    """Quantize `w` (length a multiple of group_size) into `q` and `s`.
+
+    `err[g]` receives group g's max |q*s - w|; it is NaN where the group
+    holds a non-finite weight (then q and s of that group are zeros).
+    """
+    cdef Py_ssize_t n = w.shape[0], n_groups, g
+    if group_size <= 0 or n % group_size:
+        raise ValueError(f"group size {group_size} does not divide {n} values")
+    n_groups = n // group_size
+    if q.shape[0] != n or s.shape[0] != n_groups or err.shape[0] != n_groups:
+        raise ValueError("output buffers do not match the input size")
+    if threads < 1:
+        threads = 1
+    if n == 0:
+        return
+    with nogil:
+        for g in prange(n_groups, schedule="static", num_threads=threads):
+            quantize_group(&w[g * group_size], group_size, &q[g * group_size], &s[g], &err[g])

@@ -1,0 +1,54 @@
+"""Atomic output files: write to a temporary file beside the target, fsync, rename.
+
+A failure or Ctrl-C at any point leaves no partial file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from .errors import UsageError
+
+
+def check_output_path(path: str, force: bool = False, inputs: tuple = ()) -> None:
+    """Refuse an output that would overwrite an input or an existing file."""
+    for src in inputs:
+        if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
+            raise UsageError(f"{path}: output is the same file as the input")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path}: already exists (use --force to overwrite)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{path}: output directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
+    """Yield a binary file object; on success it replaces `path`, else it vanishes."""
+    check_output_path(path, force, inputs)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".qllama-", suffix=".part", dir=parent)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,17 @@
+"""One exception family: the CLI prints its message as one line and exits 1."""
+
+
+class QllamaError(Exception):
+    """Base class: a problem the user can act on (bad file, bad flag, bad path)."""
+
+
+class FormatError(QllamaError):
+    """A model file whose header or size does not describe a valid checkpoint."""
+
+
+class TokenizerError(QllamaError):
+    """A tokenizer file that cannot be read, or one that does not fit the model."""
+
+
+class UsageError(QllamaError):
+    """A flag or argument out of range, or a path that cannot be used."""

@@ -1,0 +1,297 @@
+"""llama2.c checkpoint layouts: version 0 (legacy fp32), 1 (fp32) and 2 (Q8_0).
+
+Each version is described once, here: its header struct and the order of its
+tensors. The reader (`ModelFile`), the writers (quantize, convert) and the
+validator (`parse_header` + the size check) all walk the same `layout()`.
+
+All values are little-endian; every matrix is (out, in), row-major.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import FormatError
+
+MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
+HEADER_SIZE = 256  # v1 and v2 headers are zero-padded to this many bytes
+V0_HEADER = struct.Struct("<7i")  # dim hidden n_layers n_heads n_kv vocab seq
+V1_HEADER = struct.Struct("<Ii7iB")  # magic version <7 ints> shared
+V2_HEADER = struct.Struct("<Ii7iBi")  # magic version <7 ints> shared group_size
+INT32_MAX = 2**31 - 1
+
+F32 = "f32"  # float32 values
+Q80 = "q80"  # int8 values of the whole tensor, then one float32 scale per group
+
+# name -> (one per layer?, shape as a function of the config)
+SHAPES = {
+    "tok_embeddings": (False, lambda c: (c.vocab_size, c.dim)),
+    "attention_norm": (True, lambda c: (c.dim,)),
+    "ffn_norm": (True, lambda c: (c.dim,)),
+    "wq": (True, lambda c: (c.n_heads * c.head_size, c.dim)),
+    "wk": (True, lambda c: (c.kv_dim, c.dim)),
+    "wv": (True, lambda c: (c.kv_dim, c.dim)),
+    "wo": (True, lambda c: (c.dim, c.n_heads * c.head_size)),
+    "w1": (True, lambda c: (c.hidden_dim, c.dim)),
+    "w2": (True, lambda c: (c.dim, c.hidden_dim)),
+    "w3": (True, lambda c: (c.hidden_dim, c.dim)),
+    "norm": (False, lambda c: (c.dim,)),
+    "freqs_cos": (False, lambda c: (c.seq_len, c.head_size // 2)),
+    "freqs_sin": (False, lambda c: (c.seq_len, c.head_size // 2)),
+    "output": (False, lambda c: (c.vocab_size, c.dim)),
+}
+
+# The matrices version 2 stores as Q8_0, in file order.
+QUANTIZED = ("tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
+
+# File order per version. "output" is present only without a shared classifier.
+ORDER = {
+    0: ("tok_embeddings", "attention_norm", "wq", "wk", "wv", "wo", "ffn_norm",
+        "w1", "w2", "w3", "norm", "freqs_cos", "freqs_sin", "output"),
+    1: ("attention_norm", "ffn_norm", "norm", "tok_embeddings",
+        "wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"),
+    2: ("attention_norm", "ffn_norm", "norm") + QUANTIZED,
+}
+DATA_START = {0: V0_HEADER.size, 1: HEADER_SIZE, 2: HEADER_SIZE}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The header of a checkpoint: hyperparameters plus format details."""
+
+    version: int
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    seq_len: int
+    shared_classifier: bool
+    group_size: int = 0  # version 2 only
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_size
+
+    @property
+    def straddles(self) -> bool:
+        """True when Q8_0 groups cross row boundaries (legal, but runq.c misreads it)."""
+        return self.version == 2 and bool(
+            self.dim % self.group_size or self.hidden_dim % self.group_size)
+
+    def as_version(self, version: int, group_size: int = 0) -> "Config":
+        return replace(self, version=version, group_size=group_size if version == 2 else 0)
+
+    def n_params(self) -> int:
+        """Weights the model computes with (not counting v0's freqs tables)."""
+        return sum(int(np.prod(e.shape)) for e in layout(self.as_version(1)))
+
+
+class Entry(NamedTuple):
+    """One tensor (for per-layer kinds: one layer's tensor) in a file."""
+
+    name: str
+    layer: int | None
+    shape: tuple
+    encoding: str  # F32 or Q80
+    offset: int  # first byte (Q80: first int8 value)
+    nbytes: int  # all bytes (Q80: values and scales)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def scales_offset(self) -> int:  # Q80 only
+        return self.offset + self.numel
+
+
+def layout(config: Config) -> list[Entry]:
+    """Every tensor of the file in order, with its byte offset and size."""
+    entries = []
+    offset = DATA_START[config.version]
+    for name in ORDER[config.version]:
+        if name == "output" and config.shared_classifier:
+            continue
+        per_layer, shape_of = SHAPES[name]
+        shape = shape_of(config)
+        numel = int(np.prod(shape))
+        encoding = Q80 if (config.version == 2 and name in QUANTIZED) else F32
+        if encoding == Q80:
+            nbytes = numel + 4 * (numel // config.group_size)
+        else:
+            nbytes = 4 * numel
+        for layer in (range(config.n_layers) if per_layer else (None,)):
+            entries.append(Entry(name, layer, shape, encoding, offset, nbytes))
+            offset += nbytes
+    return entries
+
+
+def expected_size(config: Config) -> int:
+    last = layout(config)[-1]
+    return last.offset + last.nbytes
+
+
+def header_bytes(config: Config) -> bytes:
+    """The header as llama2.c's exporters write it for this version."""
+    c = config
+    dims = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads)
+    if c.version == 0:
+        # Legacy format: a negative vocab_size marks a separate classifier.
+        vocab = c.vocab_size if c.shared_classifier else -c.vocab_size
+        return V0_HEADER.pack(*dims, vocab, c.seq_len)
+    if c.version == 1:
+        head = V1_HEADER.pack(MAGIC, 1, *dims, c.vocab_size, c.seq_len, int(c.shared_classifier))
+    else:
+        head = V2_HEADER.pack(MAGIC, 2, *dims, c.vocab_size, c.seq_len,
+                              int(c.shared_classifier), c.group_size)
+    return head + bytes(HEADER_SIZE - len(head))
+
+
+def parse_header(head: bytes, file_size: int, name: str = "model") -> Config:
+    """Decode and validate a header; `head` is the file's first (up to) 256 bytes.
+
+    Raises FormatError naming the file and the first field that is wrong,
+    including a file size that differs from what the header implies.
+    """
+    if len(head) >= 4 and struct.unpack_from("<I", head)[0] == MAGIC:
+        if len(head) < 8:
+            raise FormatError(f"{name}: truncated header ({file_size} bytes)")
+        version = struct.unpack_from("<i", head, 4)[0]
+        if version not in (1, 2):
+            raise FormatError(f"{name}: unsupported llama2.c format version {version} "
+                              "(qllama reads versions 0, 1 and 2)")
+        if file_size < HEADER_SIZE:
+            raise FormatError(f"{name}: truncated header: {file_size} bytes, "
+                              f"a version {version} header has {HEADER_SIZE}")
+        fmt = V1_HEADER if version == 1 else V2_HEADER
+        fields = fmt.unpack_from(head)
+        dims, shared = fields[2:9], fields[9]
+        group_size = fields[10] if version == 2 else 0
+        if shared not in (0, 1):
+            raise FormatError(f"{name}: shared-classifier flag is {shared}, must be 0 or 1")
+        vocab = dims[5]
+    else:
+        if file_size < V0_HEADER.size:
+            raise FormatError(f"{name}: too short to be a llama2.c checkpoint "
+                              f"({file_size} bytes)")
+        version, group_size = 0, 0
+        dims = V0_HEADER.unpack_from(head)
+        vocab = abs(dims[5])
+        shared = dims[5] > 0
+    config = Config(version, dims[0], dims[1], dims[2], dims[3], dims[4], vocab, dims[6],
+                    bool(shared), group_size)
+    validate(config, name)
+    want = expected_size(config)
+    if file_size != want:
+        what = "truncated" if file_size < want else "trailing bytes after the last tensor"
+        raise FormatError(f"{name}: file is {file_size} bytes but its version {version} "
+                          f"header implies {want} ({what})")
+    return config
+
+
+def validate(config: Config, name: str = "model") -> None:
+    """Check the hyperparameters are consistent; raise FormatError if not."""
+    c = config
+    for field in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
+                  "vocab_size", "seq_len"):
+        value = getattr(c, field)
+        if not 0 < value <= INT32_MAX:
+            raise FormatError(f"{name}: header says {field}={value}, must be > 0 "
+                              "(not a llama2.c checkpoint, or a damaged one)")
+    if c.dim % c.n_heads:
+        raise FormatError(f"{name}: dim {c.dim} is not a multiple of n_heads {c.n_heads}")
+    if c.n_heads % c.n_kv_heads:
+        raise FormatError(f"{name}: n_heads {c.n_heads} is not a multiple of "
+                          f"n_kv_heads {c.n_kv_heads}")
+    if c.head_size % 2:
+        raise FormatError(f"{name}: head size {c.head_size} is odd; rotary embeddings "
+                          "need pairs")
+    if c.version == 2:
+        if c.group_size <= 0:
+            raise FormatError(f"{name}: group size {c.group_size}, must be > 0")
+        for kind in QUANTIZED:
+            numel = int(np.prod(SHAPES[kind][1](c)))
+            if numel % c.group_size:
+                raise FormatError(f"{name}: group size {c.group_size} does not divide the "
+                                  f"{numel} values of {kind}")
+
+
+def read_config(path: str | os.PathLike) -> Config:
+    """Validate a file's header against its size without mapping it."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(HEADER_SIZE)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_header(head, size, path)
+
+
+class QTensor(NamedTuple):
+    """A Q8_0 tensor as stored: int8 values (flat) and one scale per group."""
+
+    q: np.ndarray  # (numel,) int8
+    s: np.ndarray  # (numel // group_size,) float32
+    shape: tuple
+    group_size: int
+
+    def dequantize(self) -> np.ndarray:
+        w = self.q.reshape(-1, self.group_size).astype(np.float32) * self.s[:, None]
+        return w.reshape(self.shape)
+
+
+class ModelFile:
+    """A validated checkpoint, memory-mapped read-only; tensors are views of the map."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.config = read_config(self.path)
+        self.entries = {(e.name, e.layer): e for e in layout(self.config)}
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Mapped bytes are checked again in case the file changed since validation.
+        if len(self._map) != expected_size(self.config):
+            self._map.close()
+            raise FormatError(f"{self.path}: file changed size while opening")
+        self.buffer = np.frombuffer(self._map, dtype=np.uint8)
+
+    def has(self, name: str) -> bool:
+        return any(key[0] == name for key in self.entries)
+
+    def tensor(self, name: str, layer: int | None = None):
+        """An ndarray view (F32) or a QTensor of views (Q80) of one tensor."""
+        e = self.entries[(name, layer)]
+        if e.encoding == F32:
+            return self.buffer[e.offset:e.offset + e.nbytes].view(np.float32).reshape(e.shape)
+        gs = self.config.group_size
+        q = self.buffer[e.offset:e.offset + e.numel].view(np.int8)
+        s = self.buffer[e.scales_offset:e.offset + e.nbytes].view(np.float32)
+        return QTensor(q, s, e.shape, gs)
+
+    def close(self) -> None:
+        self.buffer = None
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # views still alive elsewhere; the map closes when they go
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
