@@ -1,0 +1,132 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Token sampling exactly as llama2.c's run.c does it: xorshift64* generator,
+float32 softmax with temperature, top-p over candidates above (1-p)/(n-1),
+sorted by probability with qsort. Same seed, same logits -> same tokens."""
+from libc.math cimport expf
+from libc.stdlib cimport malloc, free, qsort
+
+
+cdef struct ProbIndex:
+    float prob
+    int index
+
+
+cdef int compare(const void* a, const void* b) noexcept nogil:
+    cdef const ProbIndex* a_ = <const ProbIndex*>a
+    cdef const ProbIndex* b_ = <const ProbIndex*>b
+    if a_.prob > b_.prob:
+        return -1
+    if a_.prob < b_.prob:
+        return 1
+    return 0
+
+
+cdef inline unsigned int random_u32(unsigned long long* state) noexcept nogil:
+    state[0] ^= state[0] >> 12
+    state[0] ^= state[0] << 25
+    state[0] ^= state[0] >> 27
+    return <unsigned int>((state[0] * 0x2545F4914F6CDD1DULL) >> 32)
+
+
+cdef inline float random_f32(unsigned long long* state) noexcept nogil:
+    return (random_u32(state) >> 8) / 16777216.0
+
+
+cdef int argmax(const float* p, int n) noexcept nogil:
+    cdef int i, best = 0
+    for i in range(1, n):
+        if p[i] > p[best]:
+            best = i
+    return best
+
+
+cdef void softmax(float* x, int n) noexcept nogil:
+    cdef float max_val = x[0], total = 0.0
+    cdef int i
+    for i in range(1, n):
+        if x[i] > max_val:
+            max_val = x[i]
+    for i in range(n):
+        x[i] = expf(x[i] - max_val)
+        total += x[i]
+    for i in range(n):
+        x[i] /= total
+
+
+cdef int sample_mult(const float* p, int n, float coin) noexcept nogil:
+    cdef float cdf = 0.0
+    cdef int i
+    for i in range(n):
+        cdf += p[i]
+        if coin < cdf:
+            return i
+    return n - 1
+
+
+cdef int sample_topp(const float* p, int n, float topp, ProbIndex* cand,
+                     float coin) noexcept nogil:
+    # Tokens below the cutoff cannot be in the nucleus: skip them before sorting.
+    cdef float cutoff = (1.0 - topp) / (n - 1)
+    cdef int i, n0 = 0, last
+    cdef float cumulative = 0.0, r, cdf = 0.0
+    for i in range(n):
+        if p[i] >= cutoff:
+            cand[n0].index = i
+            cand[n0].prob = p[i]
+            n0 += 1
+    qsort(cand, n0, sizeof(ProbIndex), compare)
+    last = n0 - 1
+    for i in range(n0):
+        cumulative += cand[i].prob
+        if cumulative > topp:
+            last = i
+            break
+    r = coin * cumulative
+    for i in range(last + 1):
+        cdf += cand[i].prob
+        if r < cdf:
+            return cand[i].index
+    return cand[last].index
+
+
+cdef class Sampler:
+    """temperature 0 = greedy; top_p outside (0, 1) = plain multinomial sampling."""
+    cdef readonly int vocab_size
+    cdef readonly float temperature, top_p
+    cdef public unsigned long long state
+    cdef ProbIndex* cand
+
+    def __cinit__(self, int vocab_size, float temperature, float top_p,
+                  unsigned long long seed):
+        if vocab_size < 2:
+            raise ValueError("vocab_size must be at least 2")
+        self.vocab_size = vocab_size
+        self.temperature = temperature
+        self.top_p = top_p
+        self.state = seed
+        self.cand = <ProbIndex*>malloc(vocab_size * sizeof(ProbIndex))
+        if self.cand == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.cand)
+
+    def sample(self, float[::1] logits) -> int:
+        """The next token from logits (vocab,); overwrites them with probabilities."""
+        if logits.shape[0] != self.vocab_size:
+            raise ValueError(f"logits have {logits.shape[0]} entries, vocab is {self.vocab_size}")
+        cdef int n = self.vocab_size, i, nxt
+        cdef float coin
+        with nogil:
+            if self.temperature == 0.0:
+                nxt = argmax(&logits[0], n)
+            else:
+                for i in range(n):
+                    logits[i] /= self.temperature
+                softmax(&logits[0], n)
+                coin = random_f32(&self.state)
+                if self.top_p <= 0 or self.top_p >= 1:
+                    nxt = sample_mult(&logits[0], n, coin)
+                else:
+                    nxt = sample_topp(&logits[0], n, self.top_p, self.cand, coin)
+        return nxt

@@ -1,0 +1,444 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The Llama 2 forward pass, as llama2.c's run.c (fp32) and runq.c (Q8_0) compute it.
+
+Data flow per block of T tokens at positions pos..pos+T-1:
+token table -> x (T, dim) -> for each layer: rmsnorm -> q/k/v (k, v straight into
+the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
+-> w2 -> residual; then final rmsnorm -> classifier -> logits.
+
+`Transformer.forward` validates its arguments, then runs the whole block in one
+`nogil` call. Weights are pointers into the memory-mapped file: nothing is
+dequantized in full. Each matmul reads a weight row once per block of tokens.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, roundf
+from libc.stdint cimport int8_t, int32_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+
+cdef struct Matrix:
+    const float* w          # fp32 weights (rows, cols), or NULL for Q8_0
+    const int8_t* q         # Q8_0 values of the flattened tensor
+    const float* s          # Q8_0 scales, one per group of the flattened tensor
+    Py_ssize_t rows
+    Py_ssize_t cols
+    Py_ssize_t gs           # Q8_0 group size
+    bint aligned            # gs divides cols: every group lies within one row
+
+
+cdef struct Layer:
+    const float* attn_norm  # (dim,)
+    const float* ffn_norm   # (dim,)
+    Matrix wq               # (n_heads * head_size, dim)
+    Matrix wk               # (kv_dim, dim)
+    Matrix wv               # (kv_dim, dim)
+    Matrix wo               # (dim, n_heads * head_size)
+    Matrix w1               # (hidden_dim, dim)
+    Matrix w2               # (dim, hidden_dim)
+    Matrix w3               # (hidden_dim, dim)
+
+
+# ----------------------------------------------------------------------------
+# Small kernels
+
+cdef inline void rmsnorm(float* o, const float* x, const float* weight,
+                         Py_ssize_t n) noexcept nogil:
+    cdef float ss = 0.0
+    cdef Py_ssize_t j
+    for j in range(n):
+        ss += x[j] * x[j]
+    ss = ss / n + 1e-5
+    ss = 1.0 / sqrtf(ss)
+    for j in range(n):
+        o[j] = weight[j] * (ss * x[j])
+
+
+cdef inline void softmax(float* x, Py_ssize_t n) noexcept nogil:
+    cdef float max_val = x[0], total = 0.0
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if x[i] > max_val:
+            max_val = x[i]
+    for i in range(n):
+        x[i] = expf(x[i] - max_val)
+        total += x[i]
+    for i in range(n):
+        x[i] = x[i] / total
+
+
+cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
+                                 int8_t* xq, float* xs) noexcept nogil:
+    """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero."""
+    cdef Py_ssize_t g, i
+    cdef float wmax, v, scale
+    for g in range(n // gs):
+        wmax = 0.0
+        for i in range(g * gs, (g + 1) * gs):
+            v = fabsf(x[i])
+            wmax = v if v > wmax else wmax
+        scale = wmax / 127.0
+        xs[g] = scale
+        if scale == 0.0:
+            memset(&xq[g * gs], 0, gs)
+        else:
+            for i in range(g * gs, (g + 1) * gs):
+                xq[i] = <int8_t>roundf(x[i] / scale)
+
+
+cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size,
+                      Py_ssize_t pos) noexcept nogil:
+    """Rotate pairs (2i, 2i+1) within each head by pos * 10000^(-2i/head_size)."""
+    cdef Py_ssize_t i
+    cdef float freq, val, fcr, fci, v0, v1
+    for i in range(0, n, 2):
+        freq = 1.0 / powf(10000.0, <float>(i % head_size) / <float>head_size)
+        val = pos * freq
+        fcr = cosf(val)
+        fci = sinf(val)
+        v0 = vec[i]
+        v1 = vec[i + 1]
+        vec[i] = v0 * fcr - v1 * fci
+        vec[i + 1] = v0 * fci + v1 * fcr
+
+
+# ----------------------------------------------------------------------------
+# Dot products of one weight row with one activation vector
+
+cdef inline float dot_f32(const float* w, const float* x, Py_ssize_t n) noexcept nogil:
+    # 16 independent accumulators: the compiler maps them onto SIMD lanes
+    # (a single running sum is a dependency chain it may not reorder).
+    cdef float acc[16]
+    cdef float total = 0.0
+    cdef Py_ssize_t j, l, n16 = n - n % 16
+    for l in range(16):
+        acc[l] = 0.0
+    for j in range(0, n16, 16):
+        for l in range(16):
+            acc[l] += w[j + l] * x[j + l]
+    for j in range(n16, n):
+        total += w[j] * x[j]
+    for l in range(16):
+        total += acc[l]
+    return total
+
+
+cdef inline float dot_q80(const int8_t* wq, const float* ws, const int8_t* xq,
+                          const float* xs, Py_ssize_t n, Py_ssize_t gs) noexcept nogil:
+    """Row with groups aligned to it: int32 per group, then both scales (as runq.c)."""
+    cdef float val = 0.0
+    cdef int32_t ival
+    cdef Py_ssize_t g, k
+    for g in range(n // gs):
+        ival = 0
+        for k in range(g * gs, (g + 1) * gs):
+            ival = ival + <int32_t>xq[k] * <int32_t>wq[k]
+        val += (<float>ival) * ws[g] * xs[g]
+    return val
+
+
+cdef inline float dot_q80_flat(const int8_t* q, const float* s, Py_ssize_t start,
+                               const float* x, Py_ssize_t n, Py_ssize_t gs) noexcept nogil:
+    """Elements start..start+n-1 of a flattened Q8_0 tensor whose groups may cross
+    rows: element f has scale s[f // gs]. fp32 activations (the general, slow path)."""
+    cdef float val = 0.0, part
+    cdef Py_ssize_t j = 0, end, k, g
+    while j < n:
+        g = (start + j) // gs
+        end = (g + 1) * gs - start
+        if end > n:
+            end = n
+        part = 0.0
+        for k in range(j, end):
+            part += <float>q[start + k] * x[k]
+        val += part * s[g]
+        j = end
+    return val
+
+
+cdef inline void matmul_row(float* out, Py_ssize_t out_stride, const float* x,
+                            Py_ssize_t x_stride, const int8_t* xq, const float* xs,
+                            Py_ssize_t T, const Matrix* m, Py_ssize_t r) noexcept nogil:
+    """out[t, r] = row r of m . x[t] for the T tokens of the block."""
+    cdef Py_ssize_t t, n = m.cols
+    cdef Py_ssize_t ng = n // m.gs if m.gs else 0
+    for t in range(T):
+        if m.w != NULL:
+            out[t * out_stride + r] = dot_f32(m.w + r * n, x + t * x_stride, n)
+        elif m.aligned:
+            out[t * out_stride + r] = dot_q80(m.q + r * n, m.s + r * ng,
+                                              xq + t * n, xs + t * ng, n, m.gs)
+        else:
+            out[t * out_stride + r] = dot_q80_flat(m.q, m.s, r * n, x + t * x_stride,
+                                                   n, m.gs)
+
+
+cdef void matmul(float* out, Py_ssize_t out_stride, const float* x, Py_ssize_t x_stride,
+                 const int8_t* xq, const float* xs, Py_ssize_t T, const Matrix* m,
+                 int threads) noexcept nogil:
+    """out (T, m.rows) with row stride out_stride = x (T, m.cols) @ m^T; rows in parallel."""
+    cdef Py_ssize_t r
+    for r in prange(m.rows, schedule="static", num_threads=threads):
+        matmul_row(out, out_stride, x, x_stride, xq, xs, T, m, r)
+
+
+cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
+    cdef Py_ssize_t j, n = table.cols, f
+    if table.w != NULL:
+        memcpy(out, table.w + token * n, n * sizeof(float))
+    else:
+        for j in range(n):
+            f = token * n + j
+            out[j] = table.q[f] * table.s[f // table.gs]
+
+
+cdef void attention_head(float* out, const float* q, const float* key_cache,
+                         const float* value_cache, float* att, Py_ssize_t n_pos,
+                         Py_ssize_t kv_dim, Py_ssize_t head_size,
+                         Py_ssize_t kv_offset) noexcept nogil:
+    """One head of one token over cached positions 0..n_pos-1."""
+    cdef Py_ssize_t p, i
+    cdef float score, a
+    cdef float scale = 1.0 / sqrtf(<float>head_size)
+    cdef const float* k
+    cdef const float* v
+    for p in range(n_pos):
+        k = key_cache + p * kv_dim + kv_offset
+        score = 0.0
+        for i in range(head_size):
+            score += q[i] * k[i]
+        att[p] = score * scale
+    softmax(att, n_pos)
+    for i in range(head_size):
+        out[i] = 0.0
+    for p in range(n_pos):
+        v = value_cache + p * kv_dim + kv_offset
+        a = att[p]
+        for i in range(head_size):
+            out[i] += a * v[i]
+
+
+# ----------------------------------------------------------------------------
+
+cdef Matrix make_matrix(object tensor, Py_ssize_t gs) except *:
+    """A Matrix over a mapped tensor: an fp32 ndarray or a formats.QTensor."""
+    cdef Matrix m
+    cdef const float[::1] w
+    cdef const int8_t[::1] q
+    cdef const float[::1] s
+    memset(&m, 0, sizeof(Matrix))
+    if isinstance(tensor, np.ndarray):
+        w = tensor.reshape(-1)
+        m.w = &w[0]
+        m.rows, m.cols = tensor.shape
+    else:
+        q = tensor.q
+        s = tensor.s
+        m.q = &q[0]
+        m.s = &s[0]
+        m.rows, m.cols = tensor.shape
+        m.gs = gs
+        m.aligned = m.cols % gs == 0
+    return m
+
+
+cdef class Transformer:
+    """Weights of one mapped checkpoint plus the run state for one sequence.
+
+    `capacity` is how many positions the KV cache holds (prompt + steps, at most
+    seq_len); `max_block` how many tokens one forward call takes.
+    """
+    cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
+    cdef readonly int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size
+    cdef readonly int seq_len, head_size, kv_dim, group_size
+    cdef readonly Py_ssize_t capacity, max_block
+    cdef readonly bint quantized
+    cdef public int threads
+    cdef Layer* layers
+    cdef Matrix tok_embeddings
+    cdef Matrix classifier
+    cdef const float* final_norm
+    # run state
+    cdef float* x            # (block, dim) residual stream
+    cdef float* xb           # (block, max(dim, hidden)) normed / attention output
+    cdef float* xb2          # (block, dim)
+    cdef float* hb           # (block, hidden_dim)
+    cdef float* hb2          # (block, hidden_dim)
+    cdef float* q            # (block, dim)
+    cdef float* att          # (block, n_heads, capacity)
+    cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
+    cdef float* xs           # (block, max(dim, hidden) / gs) their scales
+    cdef float* key_cache    # (layer, capacity, kv_dim)
+    cdef float* value_cache  # (layer, capacity, kv_dim)
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, model, Py_ssize_t capacity, Py_ssize_t max_block=32, int threads=1):
+        """`model` is a validated formats.ModelFile (version 0, 1 or 2)."""
+        c = model.config
+        self.model = (model, model.buffer)
+        self.dim, self.hidden_dim, self.n_layers = c.dim, c.hidden_dim, c.n_layers
+        self.n_heads, self.n_kv_heads, self.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
+        self.seq_len, self.head_size, self.kv_dim = c.seq_len, c.head_size, c.kv_dim
+        self.group_size = c.group_size
+        self.quantized = c.version == 2
+        if not 0 < capacity <= c.seq_len:
+            raise ValueError(f"capacity {capacity} outside 1..seq_len {c.seq_len}")
+        if max_block < 1:
+            raise ValueError("max_block must be at least 1")
+        self.capacity = capacity
+        self.max_block = max_block
+        self.threads = max(1, threads)
+        gs = c.group_size
+        self.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef const float[::1] norm
+        cdef int l
+        for l in range(c.n_layers):
+            norm = model.tensor("attention_norm", l)
+            self.layers[l].attn_norm = &norm[0]
+            norm = model.tensor("ffn_norm", l)
+            self.layers[l].ffn_norm = &norm[0]
+            self.layers[l].wq = make_matrix(model.tensor("wq", l), gs)
+            self.layers[l].wk = make_matrix(model.tensor("wk", l), gs)
+            self.layers[l].wv = make_matrix(model.tensor("wv", l), gs)
+            self.layers[l].wo = make_matrix(model.tensor("wo", l), gs)
+            self.layers[l].w1 = make_matrix(model.tensor("w1", l), gs)
+            self.layers[l].w2 = make_matrix(model.tensor("w2", l), gs)
+            self.layers[l].w3 = make_matrix(model.tensor("w3", l), gs)
+        norm = model.tensor("norm")
+        self.final_norm = &norm[0]
+        self.tok_embeddings = make_matrix(model.tensor("tok_embeddings"), gs)
+        if c.shared_classifier:
+            self.classifier = self.tok_embeddings
+        else:
+            self.classifier = make_matrix(model.tensor("output"), gs)
+        self._allocate()
+
+    cdef _allocate(self):
+        cdef Py_ssize_t B = self.max_block, wide = max(self.dim, self.hidden_dim)
+        cdef Py_ssize_t cache = <Py_ssize_t>self.n_layers * self.capacity * self.kv_dim
+        self.x = <float*>malloc(B * self.dim * sizeof(float))
+        self.xb = <float*>malloc(B * wide * sizeof(float))
+        self.xb2 = <float*>malloc(B * self.dim * sizeof(float))
+        self.hb = <float*>malloc(B * self.hidden_dim * sizeof(float))
+        self.hb2 = <float*>malloc(B * self.hidden_dim * sizeof(float))
+        self.q = <float*>malloc(B * self.dim * sizeof(float))
+        self.att = <float*>malloc(B * self.n_heads * self.capacity * sizeof(float))
+        self.xq = <int8_t*>malloc(B * wide)
+        self.xs = <float*>malloc(B * (wide // max(1, self.group_size) + 1) * sizeof(float))
+        self.key_cache = <float*>calloc(cache, sizeof(float))
+        self.value_cache = <float*>calloc(cache, sizeof(float))
+        if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
+                or self.hb2 == NULL or self.q == NULL or self.att == NULL
+                or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
+                or self.value_cache == NULL):
+            raise MemoryError("cannot allocate the run state")
+
+    def __dealloc__(self):
+        free(self.layers)
+        free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
+        free(self.q); free(self.att); free(self.xq); free(self.xs)
+        free(self.key_cache); free(self.value_cache)
+
+    @property
+    def kv_cache_bytes(self):
+        return 2 * 4 * self.n_layers * self.capacity * self.kv_dim
+
+    def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
+        """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
+
+        logits is (T, vocab) for every position's prediction, or (1, vocab) for
+        the last one only.
+        """
+        cdef Py_ssize_t T = tokens.shape[0], t
+        if not 0 < T <= self.max_block:
+            raise ValueError(f"block of {T} tokens; must be 1..{self.max_block}")
+        if pos < 0 or pos + T > self.capacity:
+            raise ValueError(f"positions {pos}..{pos + T - 1} exceed the cache "
+                             f"of {self.capacity}")
+        if logits.shape[1] != self.vocab_size or logits.shape[0] not in (1, T):
+            raise ValueError("logits buffer must be (T, vocab) or (1, vocab)")
+        for t in range(T):
+            if not 0 <= tokens[t] < self.vocab_size:
+                raise ValueError(f"token id {tokens[t]} outside 0..{self.vocab_size - 1}")
+        with nogil:
+            self._forward(&tokens[0], T, pos, &logits[0, 0], logits.shape[0])
+
+    cdef void _quantize_rows(self, const float* x, Py_ssize_t stride, Py_ssize_t T,
+                             Py_ssize_t n) noexcept nogil:
+        """Q8_0 copies of T activation rows, for the aligned int8 matmuls."""
+        cdef Py_ssize_t t, gs = self.group_size
+        if not self.quantized or n % gs:
+            return  # fp32 weights, or groups straddle rows: fp32 activations
+        for t in range(T):
+            quantize_vector(x + t * stride, n, gs, self.xq + t * n, self.xs + t * (n // gs))
+
+    cdef void _forward(self, const int32_t* tokens, Py_ssize_t T, Py_ssize_t pos,
+                       float* logits, Py_ssize_t n_logits) noexcept nogil:
+        cdef Py_ssize_t dim = self.dim, hidden = self.hidden_dim, kv_dim = self.kv_dim
+        cdef Py_ssize_t hs = self.head_size, H = self.n_heads, cap = self.capacity
+        cdef Py_ssize_t kv_mul = self.n_heads // self.n_kv_heads
+        cdef Py_ssize_t t, l, i, th, h, first
+        cdef int nt = self.threads
+        cdef Layer* L
+        cdef float* kc
+        cdef float* vc
+        cdef float* q = self.q
+        cdef float* xb = self.xb
+        cdef float* att = self.att
+        cdef float v
+
+        for t in range(T):
+            embed_row(self.x + t * dim, &self.tok_embeddings, tokens[t])
+
+        for l in range(self.n_layers):
+            L = &self.layers[l]
+            kc = self.key_cache + l * cap * kv_dim
+            vc = self.value_cache + l * cap * kv_dim
+
+            # attention: q, and k/v written straight into this layer's cache rows
+            for t in range(T):
+                rmsnorm(self.xb + t * dim, self.x + t * dim, L.attn_norm, dim)
+            self._quantize_rows(self.xb, dim, T, dim)
+            matmul(self.q, dim, self.xb, dim, self.xq, self.xs, T, &L.wq, nt)
+            matmul(kc + pos * kv_dim, kv_dim, self.xb, dim, self.xq, self.xs, T, &L.wk, nt)
+            matmul(vc + pos * kv_dim, kv_dim, self.xb, dim, self.xq, self.xs, T, &L.wv, nt)
+            for t in range(T):
+                rope(self.q + t * dim, dim, hs, pos + t)
+                rope(kc + (pos + t) * kv_dim, kv_dim, hs, pos + t)
+            for th in prange(T * H, schedule="static", num_threads=nt):
+                attention_head(xb + (th // H) * dim + (th % H) * hs,
+                               q + (th // H) * dim + (th % H) * hs, kc, vc,
+                               att + th * cap, pos + th // H + 1, kv_dim, hs,
+                               ((th % H) // kv_mul) * hs)
+            self._quantize_rows(self.xb, dim, T, dim)
+            matmul(self.xb2, dim, self.xb, dim, self.xq, self.xs, T, &L.wo, nt)
+            for i in range(T * dim):
+                self.x[i] += self.xb2[i]
+
+            # feed-forward: w2(silu(w1 x) * w3 x)
+            for t in range(T):
+                rmsnorm(self.xb + t * dim, self.x + t * dim, L.ffn_norm, dim)
+            self._quantize_rows(self.xb, dim, T, dim)
+            matmul(self.hb, hidden, self.xb, dim, self.xq, self.xs, T, &L.w1, nt)
+            matmul(self.hb2, hidden, self.xb, dim, self.xq, self.xs, T, &L.w3, nt)
+            for i in range(T * hidden):
+                v = self.hb[i]
+                self.hb[i] = v * (1.0 / (1.0 + expf(-v))) * self.hb2[i]
+            self._quantize_rows(self.hb, hidden, T, hidden)
+            matmul(self.xb, dim, self.hb, hidden, self.xq, self.xs, T, &L.w2, nt)
+            for i in range(T * dim):
+                self.x[i] += self.xb[i]
+
+        # classifier over the last n_logits positions of the block
+        first = T - n_logits
+        for t in range(n_logits):
+            rmsnorm(self.xb + t * dim, self.x + (first + t) * dim, self.final_norm, dim)
+        self._quantize_rows(self.xb, dim, n_logits, dim)
+        matmul(logits, self.vocab_size, self.xb, dim, self.xq, self.xs, n_logits,
+               &self.classifier, nt)
