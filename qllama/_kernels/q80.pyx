@@ -31,6 +31,9 @@ cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s
         return
     for i in range(gs):
         x = rintf(w[i] / scale)
+        # |x| <= 127 whenever scale is a normal float; a subnormal scale loses
+        # precision and can push wmax / scale past 127.5, so clamp (int8 would wrap).
+        x = 127.0 if x > 127.0 else (-127.0 if x < -127.0 else x)
         q[i] = <signed char>x
         e = fabsf(x * scale - w[i])
         emax = e if e > emax else emax
