@@ -1,0 +1,100 @@
+"""`qllama run`: text generation and chat, with llama2.c's run.c flags."""
+from __future__ import annotations
+
+import sys
+
+from .model import EOS, BOS, Model, Stats, TextStream, check_sampling, default_seed
+
+
+def chat_prompt(user: str, system: str = "") -> str:
+    """Llama 2 chat template for one user turn (the system prompt goes in the first)."""
+    if system:
+        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+    return f"[INST] {user} [/INST]"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="generate text or chat with a model (v0/v1 fp32 or v2 int8)",
+        description="Generate text from a llama2.c checkpoint, as llama2.c's run.c/runq.c do "
+                    "(same flags, same sampler: the same seed gives the same story).")
+    p.add_argument("model", help="checkpoint: version 0, 1 (fp32) or 2 (Q8_0)")
+    p.add_argument("-t", "--temperature", type=float, default=1.0,
+                   help="sampling temperature; 0 = greedy (default 1.0)")
+    p.add_argument("-p", "--top-p", type=float, default=0.9,
+                   help="nucleus sampling threshold; 0 or 1 turn it off (default 0.9)")
+    p.add_argument("-s", "--seed", type=int, default=None,
+                   help="random seed (default: from the clock, printed on stderr)")
+    p.add_argument("-n", "--steps", type=int, default=256,
+                   help="positions to run, prompt included; 0 = seq_len (default 256)")
+    p.add_argument("-i", "--prompt", default="", help="input prompt")
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
+                        "in the working directory)")
+    p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
+    p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker threads (default: QLLAMA_THREADS, else all cores)")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args) -> int:
+    check_sampling(args.temperature, args.top_p, args.steps)
+    seed = args.seed if args.seed is not None and args.seed > 0 else default_seed()
+    with Model(args.model, tokenizer=args.tokenizer, threads=args.threads) as model:
+        model.tokenizer  # load and check it before any output
+        print(f"seed {seed}", file=sys.stderr)
+        stats = Stats()
+        if args.mode == "chat":
+            chat(model, args, seed, stats)
+        else:
+            generate(model, args, seed, stats)
+        print(stats.line(), file=sys.stderr)
+    return 0
+
+
+def generate(model: Model, args, seed: int, stats: Stats) -> None:
+    ids = model.encode(args.prompt, bos=True)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    stream = TextStream(model.tokenizer)
+    stream.prev = ids[-1]
+    for token in model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats):
+        out.write(stream.push(token))
+        out.flush()
+    out.write(stream.flush() + "\n")
+
+
+def chat(model: Model, args, seed: int, stats: Stats) -> None:
+    """Multi-turn chat; user turns come from stdin (a terminal or a pipe)."""
+    interactive = sys.stdin.isatty()
+    session = model.session(args.steps or model.config.seq_len)
+    sampler = model.sampler(args.temperature, args.top_p, seed)
+    first = True
+    while True:
+        if interactive:
+            print("User: ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        user = line.rstrip("\n")
+        if not user.strip():
+            continue
+        ids = model.encode(chat_prompt(user, args.system if first else ""), bos=True)
+        first = False
+        if session.pos + len(ids) >= session.capacity:
+            print("\n[context full: raise --steps to chat longer]", file=sys.stderr)
+            break
+        print("Assistant: ", end="", flush=True)
+        stream = TextStream(model.tokenizer)
+        stream.prev = ids[-1]
+        for token in model.generate_ids(ids, stats=stats, session=session, sampler=sampler,
+                                        stop=(BOS, EOS), temperature=args.temperature,
+                                        top_p=args.top_p):
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+        print(stream.flush(), flush=True)
+        if session.pos >= session.capacity:
+            print("[context full: raise --steps to chat longer]", file=sys.stderr)
+            break

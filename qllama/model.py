@@ -1,0 +1,261 @@
+"""A loaded checkpoint: the Python face of the Cython engine.
+
+file -> validated header -> mapped tensors -> Transformer (Cython, nogil) ->
+logits -> Sampler -> tokens -> text. Python only orchestrates: one engine call
+per block of prompt tokens and one per generated token.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from ._kernels.sampler import Sampler
+from ._kernels.transformer import Transformer
+from .errors import TokenizerError, UsageError
+from .formats import ModelFile
+from .threads import resolve_threads
+
+PREFILL_BLOCK = 32  # prompt tokens per engine call: each weight row is read once per block
+BOS, EOS = 1, 2
+
+
+def find_tokenizer(model_path: str) -> str:
+    """tokenizer.model or tokenizer.bin beside the model, then in the working directory."""
+    places = [os.path.dirname(os.path.abspath(model_path)), os.getcwd()]
+    tried = []
+    for folder in dict.fromkeys(places):
+        for name in ("tokenizer.model", "tokenizer.bin"):
+            candidate = os.path.join(folder, name)
+            if os.path.isfile(candidate):
+                return candidate
+            tried.append(candidate)
+    raise TokenizerError("no tokenizer found (looked for " + ", ".join(tried)
+                         + "); pass one with -z/--tokenizer")
+
+
+def check_sampling(temperature: float, top_p: float, steps: int) -> None:
+    if not temperature >= 0:
+        raise UsageError(f"temperature must be >= 0, got {temperature}")
+    if not 0 <= top_p <= 1:
+        raise UsageError(f"top-p must be in [0, 1], got {top_p}")
+    if steps < 0:
+        raise UsageError(f"steps must be >= 0, got {steps}")
+
+
+def default_seed() -> int:
+    return time.time_ns() // 1000 & 0x7FFFFFFFFFFFFFFF or 1
+
+
+@dataclass
+class Stats:
+    """What one generation measured."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    first_token_seconds: float = 0.0
+    seed: int = 0
+    tokens: list = field(default_factory=list)  # every position's token, BOS first
+
+    def line(self) -> str:
+        def rate(n, s):
+            return f"{n / s:.1f}" if s > 0 else "-"
+        return (f"prompt {self.prompt_tokens} tok at {rate(self.prompt_tokens, self.prompt_seconds)} "
+                f"tok/s, generated {self.generated_tokens} tok at "
+                f"{rate(self.generated_tokens, self.generate_seconds)} tok/s, first token after "
+                f"{self.first_token_seconds * 1000:.1f} ms, peak RSS {peak_rss_mb():.0f} MB")
+
+
+def peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TextStream:
+    """Token ids -> text pieces. Byte-fallback tokens are joined into UTF-8, so a
+    character split across tokens comes out once, whole; after BOS the piece's
+    leading space (SentencePiece's dummy prefix) is dropped."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.prev = BOS
+
+    def push(self, token: int) -> str:
+        data = self.tokenizer.token_bytes(token)
+        if self.prev == BOS and data.startswith(b" "):
+            data = data[1:]
+        self.prev = token
+        return self.decoder.decode(data)
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class Session:
+    """One sequence: an engine with its own KV cache, sized to what it can reach."""
+
+    def __init__(self, model: "Model", capacity: int):
+        self.model = model
+        self.engine = Transformer(model.file, capacity, PREFILL_BLOCK, model.threads)
+        self.pos = 0
+        self.vocab = model.config.vocab_size
+        self._last = np.empty((1, self.vocab), np.float32)
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.capacity
+
+    def feed(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Run tokens at the next positions; the last prediction (vocab,) or all (T, vocab)."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("no tokens to feed")
+        if self.pos + n > self.capacity:
+            raise UsageError(f"{self.pos + n} positions exceed the context of "
+                             f"{self.capacity} tokens")
+        out = np.empty((n, self.vocab), np.float32) if all_logits else self._last
+        for start in range(0, n, PREFILL_BLOCK):
+            block = tokens[start:start + PREFILL_BLOCK]
+            target = out[start:start + len(block)] if all_logits else out
+            self.engine.forward(block, self.pos, target)
+            self.pos += len(block)
+        return out if all_logits else out[0]
+
+
+class Model:
+    """A checkpoint (v0/v1 fp32 or v2 Q8_0), memory-mapped, with its tokenizer."""
+
+    def __init__(self, path, tokenizer=None, threads: int | None = None):
+        self.path = os.fspath(path)
+        self.file = ModelFile(self.path)
+        self.config = self.file.config
+        self.threads = resolve_threads(threads)
+        if self.config.straddles:
+            print(f"qllama: warning: {self.path}: group size {self.config.group_size} does "
+                  f"not divide the rows (dim {self.config.dim}, hidden_dim "
+                  f"{self.config.hidden_dim}); reading it by the format's definition on a "
+                  "slower path (llama2.c's runq.c computes such files wrongly)", file=sys.stderr)
+        self._tokenizer = tokenizer
+        self._tokenizer_path = None if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)) else os.fspath(tokenizer)
+
+    # -- tokenizer -------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
+            from .tokenizer import load_tokenizer
+            path = self._tokenizer_path or find_tokenizer(self.path)
+            self._tokenizer = load_tokenizer(path, vocab_size=self.config.vocab_size)
+        elif self._tokenizer.vocab_size != self.config.vocab_size:
+            raise TokenizerError(f"tokenizer has {self._tokenizer.vocab_size} tokens, model "
+                                 f"{self.path} has {self.config.vocab_size}")
+        return self._tokenizer
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, bos=bos, eos=eos)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # -- engine ----------------------------------------------------------------
+    def session(self, capacity: int | None = None) -> Session:
+        seq_len = self.config.seq_len
+        return Session(self, min(seq_len, capacity or seq_len))
+
+    def logits(self, token_ids) -> np.ndarray:
+        """Logits (positions, vocab): row t predicts the token after token_ids[..t]."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) == 0:
+            raise UsageError("logits() needs a non-empty 1-D sequence of token ids")
+        if len(ids) > self.config.seq_len:
+            raise UsageError(f"{len(ids)} tokens exceed seq_len {self.config.seq_len}")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise UsageError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        return self.session(len(ids)).feed(ids, all_logits=True)
+
+    def generate_ids(self, prompt_ids: list[int], steps: int = 256, temperature: float = 1.0,
+                     top_p: float = 0.9, seed: int | None = None,
+                     stats: Stats | None = None, session: Session | None = None,
+                     sampler: Sampler | None = None, stop=(BOS, EOS)) -> Iterator[int]:
+        """Yield sampled token ids after prompt_ids, as llama2.c's run.c: `steps`
+        counts positions including the prompt (0 = seq_len); stop at BOS or EOS.
+        A chat passes its `session` (KV cache kept between turns) and `sampler`."""
+        check_sampling(temperature, top_p, steps)
+        seq_len = self.config.seq_len
+        if len(prompt_ids) == 0:
+            raise UsageError("the prompt must hold at least one token (BOS)")
+        if session is None:
+            if len(prompt_ids) > seq_len:
+                raise UsageError(f"prompt is {len(prompt_ids)} tokens, longer than the "
+                                 f"model's seq_len {seq_len}")
+            limit = max(len(prompt_ids), min(steps or seq_len, seq_len))
+            session = self.session(limit)
+        limit = session.capacity
+        if session.pos + len(prompt_ids) > limit:
+            raise UsageError(f"prompt of {len(prompt_ids)} tokens does not fit in the "
+                             f"{limit - session.pos} positions left")
+        stats = stats if stats is not None else Stats()
+        if sampler is None:
+            stats.seed = default_seed() if seed is None else seed
+            sampler = self.sampler(temperature, top_p, stats.seed)
+        stats.tokens.extend(prompt_ids)
+        t0 = time.perf_counter()
+        logits = session.feed(prompt_ids)
+        t1 = time.perf_counter()
+        stats.prompt_tokens += len(prompt_ids)
+        stats.prompt_seconds += t1 - t0
+        first = True
+        while True:
+            token = sampler.sample(logits)
+            if first:
+                stats.first_token_seconds = time.perf_counter() - t0
+                first = False
+            if token in stop:
+                break
+            stats.tokens.append(token)
+            stats.generated_tokens += 1
+            yield token
+            if session.pos >= limit:
+                break
+            logits = session.feed([token])
+        stats.generate_seconds += time.perf_counter() - t1
+
+    def sampler(self, temperature: float, top_p: float, seed: int) -> Sampler:
+        return Sampler(self.config.vocab_size, temperature, top_p, seed)
+
+    def generate(self, prompt: str = "", steps: int = 256, temperature: float = 1.0,
+                 top_p: float = 0.9, seed: int | None = None,
+                 stats: Stats | None = None) -> Iterator[str]:
+        """Yield the text pieces generated after `prompt` (the prompt itself is not repeated)."""
+        ids = self.encode(prompt, bos=True)
+        stream = TextStream(self.tokenizer)
+        stream.prev = ids[-1]
+        for token in self.generate_ids(ids, steps, temperature, top_p, seed, stats):
+            piece = stream.push(token)
+            if piece:
+                yield piece
+        tail = stream.flush()
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(path, tokenizer=None, threads: int | None = None) -> Model:
+    """Open a llama2.c checkpoint (version 0, 1 or 2) for generation and evaluation."""
+    return Model(path, tokenizer=tokenizer, threads=threads)
