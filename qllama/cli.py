@@ -11,6 +11,7 @@ from .errors import QllamaError
 # Modules that provide a `register(subparsers)` function, in --help order.
 COMMAND_MODULES = (
     "qllama.quantize",
+    "qllama.convert",
     "qllama.generate",
 )
 
