@@ -12,6 +12,7 @@ from .errors import QllamaError
 COMMAND_MODULES = (
     "qllama.quantize",
     "qllama.convert",
+    "qllama.info",
     "qllama.generate",
 )
 

@@ -1,0 +1,93 @@
+"""`qllama info`: what a checkpoint file is, from its validated header and size."""
+from __future__ import annotations
+
+import json
+import os
+
+from . import formats
+
+VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
+
+
+def describe(path: str) -> dict:
+    """Every fact `info` reports about a file; raises FormatError if it fails validation."""
+    path = os.fspath(path)
+    c = formats.read_config(path)  # header + exact size check
+    size = os.path.getsize(path)
+    expected = formats.expected_size(c)
+    n_params = c.n_params()
+    d = {
+        "path": path,
+        "version": c.version,
+        "format": VERSION_NAMES[c.version],
+        "dim": c.dim,
+        "hidden_dim": c.hidden_dim,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "vocab_size": c.vocab_size,
+        "seq_len": c.seq_len,
+        "shared_classifier": c.shared_classifier,
+        "group_size": c.group_size if c.version == 2 else None,
+        "head_size": c.head_size,
+        "kv_dim": c.kv_dim,
+        "n_params": n_params,
+        "file_size": size,
+        "expected_size": expected,
+        "header_bytes": formats.DATA_START[c.version],
+    }
+    if c.version == 0:
+        d["rope_tables_bytes"] = 2 * 4 * c.seq_len * (c.head_size // 2)
+    if c.version == 2:
+        d["bytes_per_param"] = (expected - formats.DATA_START[2]) / n_params
+        d["groups_straddle_rows"] = c.straddles
+    return d
+
+
+def run(args) -> int:
+    d = describe(args.file)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{d['path']}", title_justify="left", show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("format", d["format"])
+    for key in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                "seq_len"):
+        t.add_row(key, str(d[key]))
+    t.add_row("shared classifier", "yes" if d["shared_classifier"] else
+              "no (separate output matrix)")
+    t.add_row("head_size", str(d["head_size"]))
+    t.add_row("kv_dim", f"{d['kv_dim']}" + (" (grouped-query attention)"
+                                           if d["n_kv_heads"] < d["n_heads"] else ""))
+    t.add_row("parameters", f"{d['n_params']:,}")
+    if d["version"] == 2:
+        t.add_row("group size", str(d["group_size"]))
+        t.add_row("bytes per parameter", f"{d['bytes_per_param']:.4f}")
+        if d["groups_straddle_rows"]:
+            t.add_row("groups straddle rows",
+                      "[yellow]yes[/]: group size does not divide dim and hidden_dim; "
+                      "llama2.c's runq.c computes such files wrongly (qllama reads them "
+                      "correctly, on a slower path)")
+        else:
+            t.add_row("groups straddle rows", "no")
+    if d["version"] == 0:
+        t.add_row("rope tables", f"{d['rope_tables_bytes']:,} bytes (freqs_cos, freqs_sin)")
+    t.add_row("file size", f"{d['file_size']:,} bytes (expected {d['expected_size']:,}: ok)")
+    Console().print(t)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info", help="describe a checkpoint file (version, shapes, sizes)",
+        description="Validate a llama2.c checkpoint (version 0, 1 or 2) and describe it.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
