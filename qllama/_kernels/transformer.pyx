@@ -442,3 +442,63 @@ cdef class Transformer:
         self._quantize_rows(self.xb, dim, n_logits, dim)
         matmul(logits, self.vocab_size, self.xb, dim, self.xq, self.xs, n_logits,
                &self.classifier, nt)
+
+
+# ----------------------------------------------------------------------------
+# Thin Python entry points to single kernels, for the tests' numpy references.
+
+def kernel_rmsnorm(const float[::1] x, const float[::1] weight):
+    if x.shape[0] != weight.shape[0] or x.shape[0] == 0:
+        raise ValueError("x and weight must have the same non-zero length")
+    out = np.empty(x.shape[0], np.float32)
+    cdef float[::1] o = out
+    rmsnorm(&o[0], &x[0], &weight[0], x.shape[0])
+    return out
+
+
+def kernel_softmax(float[::1] x):
+    if x.shape[0] == 0:
+        raise ValueError("empty vector")
+    softmax(&x[0], x.shape[0])
+
+
+def kernel_rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos):
+    if head_size <= 0 or head_size % 2 or vec.shape[0] % head_size or pos < 0:
+        raise ValueError("vector length must be a multiple of an even head size")
+    rope(&vec[0], vec.shape[0], head_size, pos)
+
+
+def kernel_matmul(tensor, const float[:, ::1] x, int threads=1):
+    """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.QTensor (any group size)."""
+    cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0))
+    cdef Py_ssize_t T = x.shape[0], n = m.cols, gs = m.gs
+    if x.shape[1] != n or T == 0:
+        raise ValueError("x must be (T > 0, cols)")
+    out = np.empty((T, m.rows), np.float32)
+    cdef float[:, ::1] o = out
+    cdef int8_t[::1] xq = np.zeros(T * n, np.int8)
+    cdef float[::1] xs = np.zeros(T * (n // gs if gs else 0) + 1, np.float32)
+    cdef Py_ssize_t t
+    if m.w == NULL and m.aligned:
+        for t in range(T):
+            quantize_vector(&x[t, 0], n, gs, &xq[t * n], &xs[t * (n // gs)])
+    with nogil:
+        matmul(&o[0, 0], m.rows, &x[0, 0], n, &xq[0], &xs[0], T, &m, threads)
+    return out
+
+
+def kernel_attention(const float[::1] q, const float[:, ::1] key_cache,
+                     const float[:, ::1] value_cache, Py_ssize_t head_size,
+                     Py_ssize_t kv_offset):
+    """One head over all rows of the caches (n_pos, kv_dim)."""
+    cdef Py_ssize_t n_pos = key_cache.shape[0], kv_dim = key_cache.shape[1]
+    if (n_pos == 0 or value_cache.shape[0] != n_pos or value_cache.shape[1] != kv_dim
+            or q.shape[0] != head_size or kv_offset < 0 or kv_offset + head_size > kv_dim):
+        raise ValueError("inconsistent attention shapes")
+    out = np.empty(head_size, np.float32)
+    att = np.empty(n_pos, np.float32)
+    cdef float[::1] o = out
+    cdef float[::1] a = att
+    attention_head(&o[0], &q[0], &key_cache[0, 0], &value_cache[0, 0], &a[0], n_pos,
+                   kv_dim, head_size, kv_offset)
+    return out
