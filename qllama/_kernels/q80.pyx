@@ -2,32 +2,45 @@
 """Q8_0 quantization of weights: per group of GS values, scale = max|w| / 127 and
 q = round-half-to-even(w / scale), in float32 exactly as llama2.c's export.py."""
 from cython.parallel cimport prange
-from libc.math cimport fabsf, rintf, NAN
-from libc.float cimport FLT_MAX
+from libc.math cimport rintf, NAN
+from libc.stdint cimport uint32_t
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Bit patterns of floats: for non-negative floats (NaN and Inf included) they
+       order like the values, and integer max reductions vectorize where float
+       max reductions (NaN semantics) do not. */
+    static inline uint32_t q80_abs_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u & 0x7fffffffu; }
+    static inline float q80_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    """
+    uint32_t abs_bits "q80_abs_bits"(float f) noexcept nogil
+    float from_bits "q80_from_bits"(uint32_t u) noexcept nogil
+
+cdef uint32_t INF_BITS = 0x7f800000  # |w| bits >= this: Inf or NaN
 
 
 cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s,
                                 float* err) noexcept nogil:
-    cdef float wmax = 0.0, v, scale, x, e, emax = 0.0
-    cdef bint finite = True
+    cdef uint32_t wmax_bits = 0, b, emax_bits = 0
+    cdef float scale, x
     cdef int i
-    for i in range(gs):
-        v = fabsf(w[i])
-        finite = finite & (v <= FLT_MAX)  # false for NaN and Inf
-        wmax = v if v > wmax else wmax
-    if not finite:
+    for i in range(gs):  # max |w|, as bits
+        b = abs_bits(w[i])
+        wmax_bits = b if b > wmax_bits else wmax_bits
+    if wmax_bits >= INF_BITS:
         s[0] = 0.0
         err[0] = NAN  # marks the group for the caller to report
         for i in range(gs):
             q[i] = 0
         return
-    scale = wmax / 127.0
+    scale = from_bits(wmax_bits) / 127.0
     s[0] = scale
     if scale == 0.0:
         # All-zero group (or one so tiny its scale underflows): zeros, not 0/0.
         for i in range(gs):
             q[i] = 0
-        err[0] = wmax
+        err[0] = from_bits(wmax_bits)
         return
     for i in range(gs):
         x = rintf(w[i] / scale)
@@ -35,9 +48,9 @@ cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s
         # precision and can push wmax / scale past 127.5, so clamp (int8 would wrap).
         x = 127.0 if x > 127.0 else (-127.0 if x < -127.0 else x)
         q[i] = <signed char>x
-        e = fabsf(x * scale - w[i])
-        emax = e if e > emax else emax
-    err[0] = emax
+        b = abs_bits(x * scale - w[i])
+        emax_bits = b if b > emax_bits else emax_bits
+    err[0] = from_bits(emax_bits)
 
 
 def quantize(const float[::1] w, int group_size, signed char[::1] q, float[::1] s,
