@@ -42,12 +42,15 @@ def weights64(model: ModelFile, name: str, layer=None) -> np.ndarray:
 
 
 def quantize_acts(x: np.ndarray, gs: int) -> np.ndarray:
-    """runq.c's activation Q8_0 (round half away from zero), returned dequantized."""
-    g = x.reshape(-1, gs)
-    scale = np.abs(g).max(axis=1, keepdims=True) / 127.0
-    safe = np.where(scale == 0, 1.0, scale)
-    q = np.sign(g) * np.floor(np.abs(g) / safe + 0.5)
-    return (q * scale).reshape(x.shape)
+    """runq.c's activation Q8_0, returned dequantized in float64. Scale and quotient
+    are float32 operations as in the kernel (numpy's are correctly rounded too), so
+    both break rounding ties alike; round half away from zero."""
+    g = x.astype(np.float32).reshape(-1, gs)
+    scale = np.abs(g).max(axis=1, keepdims=True) / np.float32(127.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(scale == 0, np.float32(0), g / scale).astype(np.float64)
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return (q * scale.astype(np.float64)).reshape(x.shape)
 
 
 def rmsnorm(x, w):

@@ -1,0 +1,110 @@
+"""Each engine kernel against a float64 numpy reference, on random shapes (hypothesis)."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from qllama._kernels.q80 import quantize
+from qllama._kernels.transformer import (kernel_attention, kernel_matmul, kernel_rmsnorm,
+                                         kernel_rope, kernel_softmax)
+from qllama.formats import QTensor
+import reference
+
+floats = st.floats(-4, 4, width=32, allow_subnormal=False)
+
+
+def vectors(n):
+    return hnp.arrays(np.float32, n, elements=floats)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300).flatmap(lambda n: st.tuples(vectors(n), vectors(n))))
+def test_rmsnorm(xw):
+    x, w = xw
+    ref = reference.rmsnorm(x.astype(np.float64), w.astype(np.float64))
+    got = kernel_rmsnorm(x, w)
+    scale = np.abs(w).max() / np.sqrt(1e-5) * 1e-6 + 1e-6  # eps dominates near-zero x
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 500).flatmap(lambda n: hnp.arrays(np.float32, n, elements=st.floats(
+    -50, 50, width=32))))
+def test_softmax(x):
+    ref = reference.softmax(x.astype(np.float64))
+    got = x.copy()
+    kernel_softmax(got)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert abs(got.sum() - 1) < 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([2, 4, 8, 64, 128]), st.integers(1, 4), st.integers(0, 4095),
+       st.data())
+def test_rope(head_size, heads, pos, data):
+    v = data.draw(vectors(head_size * heads))
+    ref = reference.rope(v.astype(np.float64), head_size, pos)
+    got = v.copy()
+    kernel_rope(got, head_size, pos)
+    # run.c's float32 angle pos * freq: error grows with pos (ulp of ~4096 is 5e-4)
+    tol = 2e-3 * np.abs(v).max() + 1e-6
+    np.testing.assert_allclose(got, ref, atol=tol)
+    np.testing.assert_allclose(np.linalg.norm(got), np.linalg.norm(ref), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([2, 4, 8, 16]), st.integers(1, 4), st.data())
+def test_attention(n_pos, head_size, n_kv, data):
+    kv_dim = head_size * n_kv
+    k = data.draw(hnp.arrays(np.float32, (n_pos, kv_dim), elements=floats))
+    v = data.draw(hnp.arrays(np.float32, (n_pos, kv_dim), elements=floats))
+    q = data.draw(vectors(head_size))
+    off = data.draw(st.integers(0, n_kv - 1)) * head_size
+    k64, v64 = k.astype(np.float64)[:, off:off + head_size], v.astype(np.float64)[:, off:off + head_size]
+    a = reference.softmax(k64 @ q.astype(np.float64) / np.sqrt(head_size))
+    ref = a @ v64
+    got = kernel_attention(q, k, v, head_size, off)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([1, 2, 4, 8, 16, 32, 64]), st.integers(1, 6),
+       st.integers(1, 5), st.integers(1, 2), st.data())
+def test_int8_matmul(rows, gs, groups_per_row, T, threads, data):
+    """Aligned groups: int32 per group times both scales, activations quantized as
+    runq.c; the float64 reference does the same arithmetic on exact integers."""
+    cols = gs * groups_per_row
+    w = data.draw(hnp.arrays(np.float32, rows * cols, elements=floats))
+    x = data.draw(hnp.arrays(np.float32, (T, cols), elements=floats))
+    q = np.empty(rows * cols, np.int8)
+    s = np.empty(rows * cols // gs, np.float32)
+    quantize(w, gs, q, s, np.empty_like(s), 1)
+    got = kernel_matmul(QTensor(q, s, (rows, cols), gs), x, threads)
+    wd = (q.astype(np.float64).reshape(-1, gs) * s[:, None]).reshape(rows, cols)
+    xd = np.array([reference.quantize_acts(r.astype(np.float64), gs) for r in x])
+    ref = xd @ wd.T
+    bound = 1e-5 * (np.abs(xd) @ np.abs(wd).T) + 1e-6
+    assert np.all(np.abs(got - ref) <= bound)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 70), st.integers(1, 4), st.data())
+def test_fp32_and_straddling_matmul(rows, cols, T, data):
+    w = data.draw(hnp.arrays(np.float32, (rows, cols), elements=floats))
+    x = data.draw(hnp.arrays(np.float32, (T, cols), elements=floats))
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    bound = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w).T) + 1e-6
+    assert np.all(np.abs(kernel_matmul(w, x) - ref) <= bound)
+    # Q8_0 with a group size that need not divide the row: groups over the flat tensor
+    gs = data.draw(st.sampled_from([g for g in range(1, 65) if (rows * cols) % g == 0]))
+    q = np.empty(rows * cols, np.int8)
+    s = np.empty(rows * cols // gs, np.float32)
+    quantize(w.ravel(), gs, q, s, np.empty_like(s), 1)
+    wd = (q.astype(np.float64).reshape(-1, gs) * s[:, None]).reshape(rows, cols)
+    got = kernel_matmul(QTensor(q, s, (rows, cols), gs), x)
+    xd = x.astype(np.float64)
+    if cols % gs == 0:  # aligned: activations quantized like runq.c
+        xd = np.array([reference.quantize_acts(r, gs) for r in xd])
+    ref = xd @ wd.T
+    bound = 1e-5 * (np.abs(xd) @ np.abs(wd).T) + 1e-6
+    assert np.all(np.abs(got - ref) <= bound)
