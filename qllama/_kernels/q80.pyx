@@ -18,6 +18,7 @@ cdef extern from *:
     float from_bits "q80_from_bits"(uint32_t u) noexcept nogil
 
 cdef uint32_t INF_BITS = 0x7f800000  # |w| bits >= this: Inf or NaN
+MIN_VALUES_PER_THREAD = 1 << 18
 
 
 cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s,
@@ -66,8 +67,9 @@ def quantize(const float[::1] w, int group_size, signed char[::1] q, float[::1] 
     n_groups = n // group_size
     if q.shape[0] != n or s.shape[0] != n_groups or err.shape[0] != n_groups:
         raise ValueError("output buffers do not match the input size")
-    if threads < 1:
-        threads = 1
+    # A thread per 256K values at most: smaller parallel regions cost more to
+    # start (and, on a busy machine, to join) than they save.
+    threads = max(1, min(threads, n // MIN_VALUES_PER_THREAD))
     if n == 0:
         return
     with nogil:
