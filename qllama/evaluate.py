@@ -1,0 +1,458 @@
+"""`qllama eval`: what quantizing cost, measured against the original.
+
+Both models run over one token stream (a text file's tokens, or tokens sampled
+from the reference) in windows of at most seq_len positions, each starting with
+BOS, through the batched prefill path (`Model.logits`). Position t of a window
+predicts its token t+1; at every such position we compare the two next-token
+distributions (KL divergence, top-1 agreement, top-5 overlap) and score the
+actual next token (perplexity). Separately, every quantized tensor kind is
+compared weight by weight (dequantized candidate vs reference), one layer and
+one block of rows at a time so memory stays small.
+
+Data flow: two validated files -> same-architecture check -> windows of token
+ids -> logits (positions, vocab) of each model -> float64 log-softmax ->
+per-position metrics -> totals -> rich table / JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import UsageError
+from .formats import QUANTIZED, Config, QTensor
+
+BOS = 1
+STOP = (1, 2)  # BOS or EOS ends a sampled window (it is kept as that window's last target)
+TOP_K = 5
+DEFAULT_SAMPLE = 512
+ROWS_PER_BLOCK = 64  # positions converted to float64 at once: bounds memory for big vocabularies
+WEIGHT_BLOCK = 1 << 20  # weights compared at once (values)
+
+
+# ---------------------------------------------------------------------------
+# Metrics on logits: pure functions of numpy arrays, checked against float64 numpy in tests
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64: (n, vocab) -> (n, vocab)."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray:
+    """KL(P_ref || P_cand) in nats at each position: (n, vocab) x2 -> (n,), float64, >= 0."""
+    lp = log_softmax(ref_logits)  # (n, vocab)
+    lq = log_softmax(cand_logits)  # (n, vocab)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)  # (n,)
+    return np.maximum(kl, 0.0)  # rounding can give -1e-17 for identical rows
+
+
+def target_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log P(target) at each position in nats: (n, vocab), (n,) -> (n,), float64."""
+    lp = log_softmax(logits)
+    return -lp[np.arange(len(lp)), np.asarray(targets)]
+
+
+def perplexity(nll: np.ndarray) -> float:
+    """exp of the mean negative log-likelihood (nats per token)."""
+    nll = np.asarray(nll, dtype=np.float64)
+    if nll.size == 0:
+        raise ValueError("perplexity of no tokens")
+    return float(np.exp(nll.mean()))
+
+
+def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest logits per row (unordered): (n, vocab) -> (n, k)."""
+    k = min(k, logits.shape[-1])
+    return np.argpartition(logits, -k, axis=-1)[:, -k:]
+
+
+def top1_agreement(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray:
+    """1.0 where both models' most likely next token is the same, else 0.0: (n,)."""
+    return (np.argmax(ref_logits, axis=-1) == np.argmax(cand_logits, axis=-1)).astype(np.float64)
+
+
+def topk_overlap(ref_logits: np.ndarray, cand_logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Fraction of the reference's top k that is also in the candidate's top k: (n,)."""
+    a, b = top_k(ref_logits, k), top_k(cand_logits, k)  # (n, k) each
+    k = a.shape[1]
+    hits = (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1)  # (n,)
+    return hits / k
+
+
+# ---------------------------------------------------------------------------
+# Accumulating over windows
+
+
+@dataclass
+class Totals:
+    """Sums over every evaluated position (float64), turned into the report's figures."""
+
+    tokens: int = 0
+    windows: int = 0
+    kl_sum: float = 0.0
+    kl_max: float = 0.0
+    top1_sum: float = 0.0
+    top5_sum: float = 0.0
+    nll_ref: float = 0.0
+    nll_cand: float = 0.0
+
+    def add(self, ref_logits: np.ndarray, cand_logits: np.ndarray, targets: np.ndarray) -> None:
+        """One window: logits (n, vocab) of each model and the n tokens they predict."""
+        for i in range(0, len(targets), ROWS_PER_BLOCK):
+            r = ref_logits[i:i + ROWS_PER_BLOCK]
+            c = cand_logits[i:i + ROWS_PER_BLOCK]
+            t = targets[i:i + ROWS_PER_BLOCK]
+            kl = kl_divergence(r, c)
+            self.kl_sum += float(kl.sum())
+            self.kl_max = max(self.kl_max, float(kl.max()))
+            self.top1_sum += float(top1_agreement(r, c).sum())
+            self.top5_sum += float(topk_overlap(r, c).sum())
+            self.nll_ref += float(target_nll(r, t).sum())
+            self.nll_cand += float(target_nll(c, t).sum())
+        self.tokens += len(targets)
+        self.windows += 1
+
+
+# ---------------------------------------------------------------------------
+# Weights: dequantized candidate vs reference, per quantized kind
+
+
+@dataclass
+class WeightError:
+    kind: str
+    count: int = 0  # values compared
+    sq_err: float = 0.0  # sum of squared errors
+    sq_ref: float = 0.0  # sum of squared reference values
+    max_abs: float = 0.0
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.sq_err / self.count) if self.count else 0.0
+
+    @property
+    def rel_rmse(self) -> float:
+        """RMSE over the reference weights' RMS."""
+        return math.sqrt(self.sq_err / self.sq_ref) if self.sq_ref else 0.0
+
+
+def _rows(tensor, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of a tensor as float32 (dequantized if Q8_0)."""
+    if isinstance(tensor, QTensor):
+        cols = int(np.prod(tensor.shape[1:]))
+        gs = tensor.group_size
+        a, b = start * cols, stop * cols
+        if a % gs == 0 and b % gs == 0:
+            q = tensor.q[a:b].reshape(-1, gs).astype(np.float32)
+            return (q * tensor.s[a // gs:b // gs, None]).reshape(stop - start, cols)
+        # groups straddle rows: dequantize the groups covering the rows, then cut
+        g0, g1 = a // gs, -(-b // gs)
+        q = tensor.q[g0 * gs:g1 * gs].reshape(-1, gs).astype(np.float32)
+        w = (q * tensor.s[g0:g1, None]).reshape(-1)
+        return w[a - g0 * gs:b - g0 * gs].reshape(stop - start, cols)
+    return np.asarray(tensor[start:stop], dtype=np.float32).reshape(stop - start, -1)
+
+
+def _classifier(file):
+    return file.tensor("output") if file.has("output") else file.tensor("tok_embeddings")
+
+
+def weight_errors(ref_file, cand_file) -> dict[str, WeightError]:
+    """Per kind in QUANTIZED: errors of the candidate's weights against the reference's.
+
+    Streams one layer and at most WEIGHT_BLOCK values at a time. A shared classifier
+    is the token embedding table, so "output" compares whichever matrix each file uses;
+    it is left out when both files share it (it is then tok_embeddings itself).
+    """
+    config = ref_file.config
+    out = {}
+    for kind in QUANTIZED:
+        if kind == "output" and not (ref_file.has("output") or cand_file.has("output")):
+            continue
+        err = WeightError(kind)
+        layers = range(config.n_layers) if (kind, 0) in ref_file.entries else (None,)
+        for layer in layers:
+            if kind == "output":
+                a, b = _classifier(ref_file), _classifier(cand_file)
+            else:
+                a, b = ref_file.tensor(kind, layer), cand_file.tensor(kind, layer)
+            shape = a.shape
+            n_rows = shape[0]
+            cols = int(np.prod(shape[1:]))
+            step = max(1, WEIGHT_BLOCK // cols)
+            for r in range(0, n_rows, step):
+                s = min(n_rows, r + step)
+                wa = _rows(a, r, s).astype(np.float64)
+                d = _rows(b, r, s).astype(np.float64) - wa
+                err.count += d.size
+                err.sq_err += float(np.einsum("ij,ij->", d, d))
+                err.sq_ref += float(np.einsum("ij,ij->", wa, wa))
+                err.max_abs = max(err.max_abs, float(np.abs(d).max()))
+        out[kind] = err
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Token streams
+
+
+ARCH_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+
+
+def check_same_architecture(ref: Config, cand: Config, ref_name: str, cand_name: str) -> None:
+    """Raise UsageError naming every hyperparameter on which the two files differ."""
+    diffs = [f"{f} {getattr(ref, f)} vs {getattr(cand, f)}" for f in ARCH_FIELDS
+             if getattr(ref, f) != getattr(cand, f)]
+    if diffs:
+        raise UsageError(f"{ref_name} and {cand_name} are not the same architecture: "
+                         + ", ".join(diffs))
+
+
+@dataclass
+class Window:
+    """Inputs [BOS, t1, .., t(n-1)] and the n tokens they predict [t1, .., tn]."""
+
+    inputs: np.ndarray  # (n,) int32
+    targets: np.ndarray  # (n,) int32
+
+
+def window_of(tokens) -> Window:
+    """Window predicting `tokens` (each one) from BOS and the tokens before it."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    return Window(np.concatenate([[BOS], tokens[:-1]]).astype(np.int32), tokens)
+
+
+def text_windows(ids, seq_len: int) -> list[Window]:
+    """A text's token ids (no BOS) cut into windows of at most seq_len positions."""
+    ids = [int(i) for i in ids]
+    if ids and ids[0] == BOS:
+        ids = ids[1:]
+    return [window_of(ids[i:i + seq_len]) for i in range(0, len(ids), seq_len)]
+
+
+def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0) -> list[Window]:
+    """n_tokens sampled from `model` (full distribution, run.c's sampler) from BOS.
+
+    A window ends at seq_len positions or at a sampled BOS/EOS (kept as its last
+    target, since the model did predict it); the next window starts again from BOS.
+    """
+    if n_tokens < 1:
+        raise UsageError(f"--sample must be at least 1 token, got {n_tokens}")
+    if seed < 1:  # run.c's xorshift generator stays at 0 from seed 0
+        raise UsageError(f"--seed must be at least 1, got {seed}")
+    seq_len = model.config.seq_len
+    sampler = model.sampler(temperature, 1.0, seed)
+    windows, left = [], n_tokens
+    while left > 0:
+        n = min(left, seq_len)
+        session = model.session(n)
+        tokens = []
+        logits = session.feed([BOS])
+        while True:
+            token = sampler.sample(logits)
+            tokens.append(token)
+            if len(tokens) == n or token in STOP:
+                break
+            logits = session.feed([token])
+        windows.append(window_of(tokens))
+        left -= len(tokens)
+    return windows
+
+
+# ---------------------------------------------------------------------------
+# The whole evaluation
+
+
+@dataclass
+class Report:
+    reference: str
+    candidate: str
+    reference_version: int
+    candidate_version: int
+    source: str  # "text FILE" or "N tokens sampled from REFERENCE (seed S)"
+    tokens: int
+    windows: int
+    kl_mean: float
+    kl_max: float
+    top1_agreement: float  # fraction in [0, 1]
+    top5_overlap: float  # fraction in [0, 1]
+    perplexity_reference: float
+    perplexity_candidate: float
+    seconds: float
+    weights: dict = field(default_factory=dict)  # kind -> {"rmse", "max_abs", "rel_rmse", ...}
+
+    @property
+    def perplexity_diff(self) -> float:
+        return self.perplexity_candidate - self.perplexity_reference
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["perplexity_diff"] = self.perplexity_diff
+        return d
+
+    def summary(self) -> str:
+        """One line of the main figures."""
+        return (f"{self.tokens} tokens: KL mean {self.kl_mean:.3g} max {self.kl_max:.3g} nats, "
+                f"top-1 agreement {100 * self.top1_agreement:.2f}%, top-5 overlap "
+                f"{100 * self.top5_overlap:.2f}%, perplexity {self.perplexity_reference:.4g} → "
+                f"{self.perplexity_candidate:.4g} ({self.perplexity_diff:+.3g})")
+
+
+def evaluate(reference, candidate, windows: list[Window], source: str = "",
+             weights: bool = True, progress=None) -> Report:
+    """Compare two loaded models (qllama.Model) over `windows`; see the module doc.
+
+    `progress(tokens_done)` is called after each window.
+    """
+    check_same_architecture(reference.config, candidate.config, reference.path, candidate.path)
+    windows = [w for w in windows if len(w.targets)]
+    if not windows:
+        raise UsageError("no tokens to evaluate")
+    t0 = time.perf_counter()
+    totals = Totals()
+    for w in windows:
+        r = reference.logits(w.inputs)  # (n, vocab)
+        c = candidate.logits(w.inputs)  # (n, vocab)
+        totals.add(r, c, w.targets)
+        if progress is not None:
+            progress(totals.tokens)
+    n = totals.tokens
+    report = Report(
+        reference=reference.path, candidate=candidate.path,
+        reference_version=reference.config.version, candidate_version=candidate.config.version,
+        source=source, tokens=n, windows=totals.windows,
+        kl_mean=totals.kl_sum / n, kl_max=totals.kl_max,
+        top1_agreement=totals.top1_sum / n, top5_overlap=totals.top5_sum / n,
+        perplexity_reference=math.exp(totals.nll_ref / n),
+        perplexity_candidate=math.exp(totals.nll_cand / n),
+        seconds=0.0)
+    if weights:
+        for kind, e in weight_errors(reference.file, candidate.file).items():
+            report.weights[kind] = {"rmse": e.rmse, "max_abs": e.max_abs,
+                                    "rel_rmse": e.rel_rmse, "values": e.count}
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def windows_from_text(model, text: str, name: str = "text") -> list[Window]:
+    if not text.strip():
+        raise UsageError(f"{name} is empty: nothing to evaluate")
+    ids = model.encode(text, bos=False)
+    if not ids:
+        raise UsageError(f"{name} gives no tokens: nothing to evaluate")
+    return text_windows(ids, model.config.seq_len)
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _version(v: int) -> str:
+    return f"v{v} " + ("int8 Q8_0" if v == 2 else "fp32")
+
+
+def print_report(report: Report, console) -> None:
+    from rich.table import Table
+
+    r = report
+    console.print(f"reference  {r.reference} ({_version(r.reference_version)})\n"
+                  f"candidate  {r.candidate} ({_version(r.candidate_version)})\n"
+                  f"tokens     {r.source}", highlight=False)
+    table = Table(title="next-token distributions: candidate vs reference",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("tokens evaluated", f"{r.tokens:,} in {r.windows} window(s)")
+    table.add_row("KL(ref ‖ cand) mean", f"{r.kl_mean:.3e} nats")
+    table.add_row("KL(ref ‖ cand) max", f"{r.kl_max:.3e} nats")
+    table.add_row("top-1 agreement", f"{100 * r.top1_agreement:.2f}%")
+    table.add_row(f"top-{TOP_K} overlap", f"{100 * r.top5_overlap:.2f}%")
+    table.add_row("perplexity reference", f"{r.perplexity_reference:.4f}")
+    table.add_row("perplexity candidate", f"{r.perplexity_candidate:.4f}")
+    rel = 100 * r.perplexity_diff / r.perplexity_reference
+    table.add_row("perplexity difference", f"{r.perplexity_diff:+.4f} ({rel:+.3f}%)")
+    console.print(table)
+    if r.weights:
+        wt = Table(title="weights: candidate (dequantized) − reference", title_justify="left")
+        wt.add_column("tensor kind")
+        wt.add_column("values", justify="right")
+        wt.add_column("RMSE", justify="right")
+        wt.add_column("max |error|", justify="right")
+        wt.add_column("RMSE / RMS(w)", justify="right")
+        for kind, e in r.weights.items():
+            wt.add_row(kind, f"{e['values']:,}", f"{e['rmse']:.3e}", f"{e['max_abs']:.3e}",
+                       f"{100 * e['rel_rmse']:.3f}%")
+        console.print(wt)
+    console.print(f"evaluated in {r.seconds:.2f} s", highlight=False)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from .model import Model
+
+    if args.text is not None and args.sample is not None:
+        raise UsageError("give --text FILE or --sample N, not both")
+    with Model(args.reference, tokenizer=args.tokenizer, threads=args.threads) as ref, \
+            Model(args.candidate, tokenizer=args.tokenizer, threads=args.threads) as cand:
+        check_same_architecture(ref.config, cand.config, ref.path, cand.path)
+        if args.text is not None:
+            text = sys.stdin.read() if args.text == "-" else read_text(args.text)
+            windows = windows_from_text(ref, text, "standard input" if args.text == "-"
+                                        else args.text)
+            source = f"text {args.text}"
+        else:
+            n = DEFAULT_SAMPLE if args.sample is None else args.sample
+            windows = sample_windows(ref, n, seed=args.seed)
+            source = f"{n} tokens sampled from the reference (seed {args.seed})"
+        report = evaluate(ref, cand, windows, source, weights=not args.no_weights)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report, Console())
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="accuracy of a quantized model against its original (KL, top-1, perplexity)",
+        description="Run REFERENCE and CANDIDATE over the same tokens and report how far the "
+                    "candidate's next-token distributions are from the reference's (KL "
+                    "divergence, top-1 agreement, top-5 overlap, perplexity) and how far its "
+                    "weights are (RMSE and max error per quantized tensor kind).")
+    p.add_argument("reference", metavar="REFERENCE", help="usually the fp32 file (version 0/1)")
+    p.add_argument("candidate", metavar="CANDIDATE",
+                   help="usually its int8 file (version 2); any file of the same architecture")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", metavar="FILE", default=None,
+                     help="evaluate on this UTF-8 text ('-' = stdin), cut into windows of "
+                          "seq_len tokens each starting with BOS (needs the tokenizer)")
+    src.add_argument("--sample", metavar="N", type=int, default=None,
+                     help=f"evaluate on N tokens sampled from REFERENCE at temperature 1 "
+                          f"(default {DEFAULT_SAMPLE}, used when --text is not given)")
+    p.add_argument("--seed", type=int, default=1, help="seed for --sample (default 1)")
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="tokenizer for --text (default: beside REFERENCE, then the working "
+                        "directory)")
+    p.add_argument("--no-weights", action="store_true",
+                   help="skip the per-tensor weight comparison")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker threads (default: QLLAMA_THREADS, else all cores)")
+    p.set_defaults(func=run)
