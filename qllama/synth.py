@@ -109,3 +109,36 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
         written = f.tell()
     assert written == formats.expected_size(config), (written, formats.expected_size(config))
     return config
+
+
+def random_weights(config: Config, seed: int = 0) -> dict:
+    """All tensors of a small model in memory: {(name, layer): float32 array} (tests)."""
+    return {(e.name, e.layer): random_tensor(config, e.name, e.layer, seed)
+            for e in formats.layout(config.as_version(1))}
+
+
+def write_weights(path, config: Config, weights: dict, version: int | None = None,
+                  force: bool = False) -> Config:
+    """Write in-memory weights {(name, layer): array} as fp32 `version` (default config's).
+
+    Shapes must match the layout; version 0's rope tables are computed when absent.
+    No validation of values: tests use it to write NaN, zeros, extreme magnitudes.
+    """
+    from .convert import rope_tables
+
+    config = config.as_version(config.version if version is None else version)
+    tables = None
+    with atomic_output(os.fspath(path), force) as f:
+        f.write(formats.header_bytes(config))
+        for e in formats.layout(config):
+            w = weights.get((e.name, e.layer))
+            if w is None and e.name in ("freqs_cos", "freqs_sin"):
+                if tables is None:
+                    tables = dict(zip(("freqs_cos", "freqs_sin"),
+                                      rope_tables(config.head_size, config.seq_len)))
+                w = tables[e.name]
+            w = np.ascontiguousarray(w, dtype=np.float32)
+            if w.shape != e.shape:
+                raise ValueError(f"{e.name} layer {e.layer}: shape {w.shape}, layout says {e.shape}")
+            f.write(w.tobytes())
+    return config
