@@ -199,12 +199,10 @@ class StreamDecoder:
         self.is_bos_ws = True
         self.bos_ws_seen = False
 
-    def _piece_bytes(self, token_id: int) -> bytes:
+    def _piece_bytes(self, token_id: int, kind: int) -> bytes:
+        """Bytes of a non-byte piece, updating the beginning-of-sentence state."""
         tok = self.tok
-        kind = tok.kinds[tok._check_id(token_id)]
         surface = tok.surfaces[token_id]
-        if kind == BYTE:
-            return surface
         if self.bos_ws_seen or self.produced:
             self.is_bos_ws = False
         self.bos_ws_seen = False
@@ -220,18 +218,31 @@ class StreamDecoder:
         return self.feed_all((token_id,))
 
     def feed_all(self, ids) -> str:
-        chunks = [self.pending]
+        """Text completed by `ids`. A run of byte pieces is decoded as one UTF-8
+        sequence; any other piece (even an invisible BOS) ends the run."""
+        tok = self.tok
+        out = []
         for token_id in ids:
-            b = self._piece_bytes(int(token_id))
-            if b:
+            token_id = tok._check_id(int(token_id))
+            kind = tok.kinds[token_id]
+            if kind == BYTE:
+                self.pending += tok.surfaces[token_id]
                 self.produced = True
-                chunks.append(b)
-        data = b"".join(chunks)
-        text, used = utf8_decode(data, final=False)
-        self.pending = data[used:]
-        return text
+                continue
+            if self.pending:
+                out.append(self.flush())
+            piece = self._piece_bytes(token_id, kind)
+            if piece:
+                self.produced = True
+                out.append(utf8_decode(piece)[0])
+        if self.pending:
+            text, used = utf8_decode(self.pending, final=False)
+            self.pending = self.pending[used:]
+            out.append(text)
+        return "".join(out)
 
     def flush(self) -> str:
+        """Text of a trailing incomplete byte sequence (U+FFFD per byte)."""
         text, _ = utf8_decode(self.pending)
         self.pending = b""
         return text

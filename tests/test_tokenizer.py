@@ -1,0 +1,321 @@
+"""qllama.tokenizer: the llama2.c tokenizer.bin encoder against SentencePiece,
+decoding, streaming, export byte-identity and bad files."""
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import data, models
+from qllama import cli
+from qllama.errors import TokenizerError
+from qllama.tokenizer import (BYTE, CONTROL, UNKNOWN, BinTokenizer, SentencePieceTokenizer,
+                              bin_bytes, load_tokenizer, utf8_decode)
+
+spm = pytest.importorskip("sentencepiece")
+
+# QLLAMA_TEST_SCALE=20 runs 20x the hypothesis examples (a longer hunt for mismatches).
+SCALE = int(os.environ.get("QLLAMA_TEST_SCALE", "1"))
+
+
+# ---------------------------------------------------------------------------
+# fixtures: the reference tokenizers, loaded once
+
+@pytest.fixture(scope="module")
+def llama():
+    """(our tokenizer.bin encoder, its pure-Python twin, SentencePiece on tokenizer.model)"""
+    raw = data("tokenizer.bin").read_bytes()
+    return (load_tokenizer(data("tokenizer.bin")), BinTokenizer("ref", raw, use_kernel=False),
+            spm.SentencePieceProcessor(model_file=str(data("tokenizer.model"))))
+
+
+def _proto(path):
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    m = pb.ModelProto()
+    m.ParseFromString(path.read_bytes())
+    return m
+
+
+@pytest.fixture(scope="module")
+def tok512():
+    """(ours on tok512.bin, SentencePiece on tok512.model as Llama 2 normalises:
+    the stories260K model was trained with remove_extra_whitespaces true, which
+    a .bin cannot record)"""
+    m = _proto(data("tok512.model"))
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.trainer_spec.unk_surface = " \u2047 "   # its own is " \\342\\201\\207 ", escaped text
+    return (load_tokenizer(data("tok512.bin")),
+            spm.SentencePieceProcessor(model_proto=m.SerializeToString()),
+            spm.SentencePieceProcessor(model_file=str(data("tok512.model"))))
+
+
+# ---------------------------------------------------------------------------
+# arbitrary text: all planes, whitespace runs, digits, controls, emoji, CJK, combining marks
+
+any_char = st.characters(blacklist_categories=("Cs",))
+chunks = st.one_of(
+    st.text(any_char, max_size=12),
+    st.text(" \t\n\r\u3000\u00a0", min_size=1, max_size=6),
+    st.text("0123456789", min_size=1, max_size=8),
+    st.text(st.characters(max_codepoint=0x1F) | st.characters(min_codepoint=0x7F, max_codepoint=0x9F),
+            min_size=1, max_size=4),
+    st.sampled_from(["🙂", "👩‍👩‍👧", "🇫🇷", "❤️", "𝕳𝖊𝖑𝖑𝖔", "\U0010FFFD", "\uFFFF", "▁"]),
+    st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF), min_size=1, max_size=6),
+    st.text(st.characters(min_codepoint=0x0300, max_codepoint=0x036F), min_size=1, max_size=3),
+    st.sampled_from(["Once upon a time", " the", "ing", "Hello, world!", "<s>", "<0x41>", "<unk>"]),
+)
+texts = st.lists(chunks, max_size=8).map("".join)
+
+
+@settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts)
+def test_bin_encoder_matches_sentencepiece(llama, text):
+    ours, ref, sp = llama
+    want = sp.encode(text)
+    assert ours.encode(text, bos=False) == want
+    assert ref.encode(text, bos=False) == want
+    assert ours.decode(want) == sp.decode(want)
+    if sp.decode(want) == text:            # wherever SentencePiece round-trips it
+        assert ours.decode(ours.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "  ", "\n", "a", " a", "a ", "hello world", "  two  spaces  ", "\t tab", "123456789",
+    "3.14159", "\x00", "\x00a\x7f", "日本語のテキスト", "e\u0301", "👩‍👩‍👧 family", "\U00010348",
+    "x" * 2000, "<s>hi</s>", "▁▁a▁", "I'm 😀 écrire",
+])
+def test_examples_match_sentencepiece(llama, text):
+    ours, ref, sp = llama
+    assert ours.encode(text, bos=True, eos=True) == [1] + sp.encode(text) + [2]
+    assert ref.encode(text, bos=False) == sp.encode(text)
+
+
+def test_empty_text_has_no_dummy_prefix(llama):
+    ours, _, sp = llama
+    assert ours.encode("") == [1]          # llama2.c's run.c would give [1, 29871]
+    assert ours.encode("", bos=False) == sp.encode("") == []
+
+
+def test_input_forms(llama):
+    ours, _, sp = llama
+    assert ours.encode(b"caf\xc3\xa9", bos=False) == sp.encode("café")
+    # invalid UTF-8 / lone surrogates: one U+FFFD per invalid byte, as SentencePiece's normaliser
+    assert ours.encode(b"a\xffb", bos=False) == sp.encode("a\ufffdb")
+    assert ours.encode("a\ud800b", bos=False) == sp.encode("a\ufffd\ufffd\ufffdb")
+
+
+@settings(max_examples=150 * SCALE, deadline=None)
+@given(text=texts)
+def test_tok512_bin_matches_its_model(tok512, text):
+    ours, sp_identity, sp_as_trained = tok512
+    assert ours.encode(text, bos=False) == sp_identity.encode(text)
+    # the unmodified model agrees wherever its whitespace collapsing changes nothing
+    squeezed = " ".join(text.split(" "))
+    if squeezed and " " not in (squeezed[0], squeezed[-1]) and "  " not in squeezed \
+            and "▁" not in squeezed:
+        assert ours.encode(squeezed, bos=False) == sp_as_trained.encode(squeezed)
+
+
+def test_aidreams_tokenizer():
+    tok = load_tokenizer(models("aidreams260K.tok512.bin"), vocab_size=512)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.unk_id) == (512, 1, 2, 0)
+    assert tok.byte_fallback
+    for text in ["hello there", "Zürich ∑ 日本 🙂", "  x\n\ny  "]:
+        assert tok.decode(tok.encode(text)) == text
+    ids = tok.encode("in the")
+    assert ids[0] == 1 and all(0 <= i < 512 for i in ids)
+
+
+def test_unknown_without_byte_fallback(tmp_path):
+    """A vocabulary without byte pieces: unknown characters become <unk>, one per run."""
+    m = _proto(data("tok512.model"))
+    keep = [p for p in m.pieces if p.type != p.BYTE]
+    del m.pieces[:]
+    m.pieces.extend(keep)
+    m.trainer_spec.byte_fallback = False
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.trainer_spec.unk_surface = " \u2047 "     # a .bin cannot store it: Llama 2's is assumed
+    sp = spm.SentencePieceProcessor(model_proto=m.SerializeToString())
+    path = tmp_path / "nobytes.model"
+    path.write_bytes(m.SerializeToString())
+    binary = bin_bytes(load_tokenizer(path))
+    (tmp_path / "nobytes.bin").write_bytes(binary)
+    ours = load_tokenizer(tmp_path / "nobytes.bin")
+    assert not ours.byte_fallback
+    for text in ["日本語 and ∑∑ more 🙂🙂", "∑", "a∑b∑∑c", "", "ü the ü"]:
+        assert ours.encode(text, bos=False) == sp.encode(text), text
+        assert ours.decode(sp.encode(text)) == sp.decode(sp.encode(text))
+
+
+# ---------------------------------------------------------------------------
+# decoding
+
+@settings(max_examples=300 * SCALE, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(0, 31999), st.integers(0, 300), st.integers(3, 258),
+                              st.sampled_from([0, 1, 2, 259, 29871, 13])), max_size=20))
+def test_decode_matches_sentencepiece(llama, ids):
+    ours, _, sp = llama
+    want = sp.decode(ids)
+    assert ours.decode(ids) == want
+    stream = ours.decoder()
+    assert "".join(stream.feed(i) for i in ids) + stream.flush() == want
+
+
+@settings(max_examples=150 * SCALE, deadline=None)
+@given(ids=st.lists(st.integers(0, 511), max_size=16))
+def test_generic_decoder_follows_each_normaliser(tok512, ids):
+    """The .model source's own stream decoder follows tok512.model's
+    remove_extra_whitespaces=true decoding rule; the .bin follows Llama 2's."""
+    ours, sp_identity, sp_as_trained = tok512
+    model = load_tokenizer(data("tok512.model"))
+    stream = model.decoder()
+    assert "".join(stream.feed(i) for i in ids) + stream.flush() == sp_as_trained.decode(ids)
+    assert model.decode(ids) == sp_as_trained.decode(ids)
+    assert ours.decode(ids) == sp_identity.decode(ids)
+
+
+@settings(max_examples=200 * SCALE, deadline=None)
+@given(raw=st.binary(max_size=24))
+def test_byte_pieces_decode_like_sentencepiece(llama, raw):
+    ours, _, sp = llama
+    ids = [3 + b for b in raw]                 # <0xNN> byte pieces
+    assert ours.decode(ids) == sp.decode(ids) == utf8_decode(raw)[0]
+
+
+def test_token_bytes_and_pieces(llama):
+    ours, _, sp = llama
+    model = load_tokenizer(data("tokenizer.model"))
+    for tok in (ours, model):
+        assert tok.token_bytes(1) == tok.token_bytes(2) == b""             # BOS, EOS
+        assert tok.token_bytes(3 + 0xE4) == b"\xe4"                         # <0xE4>
+        assert tok.token_bytes(29871) == b" "                               # "▁"
+        assert tok.token_bytes(15043) == b" Hello"
+        assert tok.token_bytes(15043, prev_id=1) == b"Hello"                # after BOS
+        assert tok.token_bytes(3 + 0x20, prev_id=1) == b" "                 # byte pieces keep it
+        assert tok.token_bytes(0) == " \u2047 ".encode()                    # <unk>
+        assert [tok.piece(i) for i in (0, 1, 2, 3, 29871, 15043)] == \
+            ["<unk>", "<s>", "</s>", "<0x00>", "▁", "▁Hello"]
+        assert tok.kinds[0] == UNKNOWN and tok.kinds[1] == CONTROL and tok.kinds[3] == BYTE
+        assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (32000, 1, 2)
+        with pytest.raises(TokenizerError, match="out of range"):
+            tok.decode([32000])
+    assert all(ours.piece(i) == sp.id_to_piece(i) for i in range(32000))
+    assert all(ours.score(i) == sp.get_score(i) for i in range(0, 32000, 7))
+
+
+def test_stream_decoder_waits_for_complete_characters(llama):
+    ours = llama[0]
+    stream = ours.decoder()
+    # "€" = E2 82 AC as three byte pieces, after "▁Hello"
+    assert stream.feed(1) == ""
+    assert stream.feed(15043) == "Hello"
+    assert stream.feed(3 + 0xE2) == ""
+    assert stream.feed(3 + 0x82) == ""
+    assert stream.feed(3 + 0xAC) == "€"
+    assert stream.feed(3 + 0xE2) == ""
+    assert stream.flush() == "\ufffd"
+
+
+# ---------------------------------------------------------------------------
+# export and loading
+
+@pytest.mark.parametrize("name", ["tokenizer", "tok512"])
+def test_export_is_byte_identical(tmp_path, name):
+    out = tmp_path / f"{name}.bin"
+    assert cli.main(["tokenizer", "export", str(data(f"{name}.model")), "-o", str(out)]) == 0
+    assert out.read_bytes() == data(f"{name}.bin").read_bytes()
+    assert cli.main(["tokenizer", "export", str(data(f"{name}.model")), "-o", str(out)]) == 1
+
+
+def test_load_detects_format_and_checks_vocab_size():
+    assert isinstance(load_tokenizer(data("tokenizer.model")), SentencePieceTokenizer)
+    assert isinstance(load_tokenizer(str(data("tokenizer.bin")), vocab_size=32000), BinTokenizer)
+    with pytest.raises(TokenizerError, match=r"has 512 tokens, model has 32000"):
+        load_tokenizer(data("tok512.bin"), vocab_size=32000)
+    with pytest.raises(TokenizerError, match=r"has 32000 tokens, model has 512"):
+        load_tokenizer(data("tokenizer.model"), vocab_size=512)
+
+
+def _bin(tokens, max_len=None):
+    out = struct.pack("<i", max_len if max_len is not None else max(len(t) for _, t in tokens))
+    for score, t in tokens:
+        out += struct.pack("<fi", score, len(t)) + t
+    return out
+
+
+GOOD = [(0.0, b"<unk>"), (0.0, b"\n<s>\n"), (0.0, b"\n</s>\n"), (-1.0, b" a"), (-2.0, b"a")]
+
+
+@pytest.mark.parametrize("blob, message", [
+    (b"", "too short"),
+    (b"\x05\x00", "too short"),
+    (struct.pack("<i", 0), "max_token_length is 0"),
+    (struct.pack("<i", -3) + _bin(GOOD)[4:], "max_token_length is -3"),
+    (struct.pack("<i", 8), "holds no tokens"),
+    (_bin(GOOD)[:-1], "truncated: token 4 length 1 runs past the end"),
+    (_bin(GOOD)[:-4], "truncated: token 4 header"),
+    (_bin(GOOD)[:4] + struct.pack("<fi", 0.0, -5) + b"xxxx", "negative length -5"),
+    (_bin(GOOD)[:4] + struct.pack("<fi", 0.0, 1 << 30), "runs past the end"),
+    (_bin(GOOD, max_len=2), "longer than the file's max_token_length 2"),
+    (_bin([(float("nan"), b"x")]), "NaN score"),
+    (b"\x0a\x09\x0a\x05garbage-that-is-not-a-proto", "not a valid SentencePiece model"),
+])
+def test_bad_files_raise_clear_errors(tmp_path, blob, message):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(blob)
+    with pytest.raises(TokenizerError, match=message):
+        load_tokenizer(path)
+
+
+def test_truncated_real_file_never_crashes(tmp_path):
+    raw = data("tokenizer.bin").read_bytes()
+    path = tmp_path / "cut.bin"
+    for cut in (1, 3, 4, 7, 11, 12, 13, 1000, len(raw) // 2, len(raw) - 1):
+        path.write_bytes(raw[:cut])
+        try:
+            tok = load_tokenizer(path, vocab_size=32000)
+        except TokenizerError as e:
+            assert str(path) in str(e)
+        else:  # even a cut between tokens leaves fewer than the model's 32000
+            pytest.fail(f"cut at {cut} loaded {tok}")
+
+
+def test_missing_and_unreadable(tmp_path, capsys):
+    with pytest.raises(TokenizerError, match="cannot read tokenizer"):
+        load_tokenizer(tmp_path / "nope.bin")
+    with pytest.raises(TokenizerError, match="cannot read tokenizer"):
+        load_tokenizer(tmp_path)
+    assert cli.main(["tokenizer", "encode", str(tmp_path / "nope.bin"), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qllama: error: ") and err.count("\n") == 1
+
+
+def test_minimal_bin_without_model(tmp_path):
+    path = tmp_path / "tiny.bin"
+    path.write_bytes(_bin(GOOD))
+    tok = load_tokenizer(path)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.unk_id, tok.byte_fallback) == (5, 1, 2, 0, False)
+    assert tok.encode("a a", bos=False) == [3, 3]
+    assert tok.encode("b", bos=False) == [0]          # no byte pieces: unknown
+    assert tok.decode([1, 3, 3, 0]) == "a a \u2047 "
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+def test_cli_encode_decode_json(capsys, monkeypatch):
+    import io
+    import json
+    tok = str(data("tokenizer.bin"))
+    assert cli.main(["tokenizer", "encode", "--json", tok, "Hello world"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ids"] == [1, 15043, 3186] and out["pieces"] == ["<s>", "▁Hello", "▁world"]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("héllo".encode())))
+    assert cli.main(["tokenizer", "encode", "--json", "--no-bos", "--eos", tok]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == "héllo" and out["ids"][-1] == 2 and out["ids"][0] != 1
+    assert cli.main(["tokenizer", "decode", "--json", tok, "1", "15043,3186"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Hello world"
+    assert cli.main(["tokenizer", "decode", tok, "1", "x"]) == 1
+    assert "not a token id" in capsys.readouterr().err
