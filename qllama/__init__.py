@@ -6,6 +6,7 @@
 """
 from .errors import FormatError, QllamaError, TokenizerError, UsageError
 from .model import load
+from .tokenizer import load_tokenizer
 
 __all__ = ["load", "QllamaError", "FormatError", "TokenizerError", "UsageError"]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "qllama.convert",
     "qllama.info",
     "qllama.generate",
+    "qllama.tokenizer_cli",
     "qllama.evaluate",
 )
 
