@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "qllama.generate",
     "qllama.tokenizer_cli",
     "qllama.evaluate",
+    "qllama.demo",
 )
 
 
