@@ -524,7 +524,12 @@ def _from_bytes(path: str, data: bytes) -> Tokenizer:
     # bytes read as a large number.
     if len(data) < 4 or struct.unpack_from("<i", data, 0)[0] < 65536:
         return BinTokenizer(path, data)
-    return SentencePieceTokenizer(path, data)
+    try:
+        return SentencePieceTokenizer(path, data)
+    except TokenizerError as e:
+        first = struct.unpack_from("<i", data, 0)[0]
+        raise TokenizerError(f"{e}; nor a llama2.c tokenizer.bin (its max_token_length would be "
+                             f"{first})") from None
 
 
 # ---------------------------------------------------------------------------

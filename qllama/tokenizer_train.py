@@ -28,6 +28,7 @@ import io
 import os
 import re
 import struct
+import sys
 
 from .atomic import atomic_output, check_output_path
 from .errors import TokenizerError, UsageError
@@ -125,9 +126,20 @@ def _trainer_kwargs(inputs, vocab_size, threads, input_sentence_size) -> dict:
 def _run_trainer(kwargs: dict, verbose: bool) -> bytes:
     import sentencepiece as spm
     out = io.BytesIO()
-    with open(os.devnull, "w") as devnull:
-        spm.SentencePieceTrainer.train(model_writer=out, logstream=None if verbose else devnull,
-                                       **kwargs)
+    if verbose:
+        spm.SentencePieceTrainer.train(model_writer=out, **kwargs)
+        return out.getvalue()
+    # SentencePiece logs from C++ to file descriptor 2: point it at /dev/null meanwhile.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        spm.SentencePieceTrainer.train(model_writer=out, **kwargs)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
     return out.getvalue()
 
 
