@@ -38,19 +38,32 @@ WEIGHT_BLOCK = 1 << 20  # weights compared at once (values)
 # Metrics on logits: pure functions of numpy arrays, checked against float64 numpy in tests
 
 
+def log_softmax_probs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise log-softmax and softmax in float64, one exp per value: (n, vocab) x2."""
+    x = np.array(logits, dtype=np.float64)  # a copy, changed in place below
+    x -= x.max(axis=-1, keepdims=True)
+    e = np.exp(x)  # (n, vocab)
+    total = e.sum(axis=-1, keepdims=True)  # (n, 1)
+    x -= np.log(total)
+    e /= total
+    return x, e
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64: (n, vocab) -> (n, vocab)."""
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return log_softmax_probs(logits)[0]
+
+
+def _kl(lp: np.ndarray, p: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    lq -= lp  # lq is scratch from here: log q - log p
+    kl = -np.einsum("ij,ij->i", p, lq)  # (n,)
+    return np.maximum(kl, 0.0)  # rounding can give -1e-17 for identical rows
 
 
 def kl_divergence(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray:
     """KL(P_ref || P_cand) in nats at each position: (n, vocab) x2 -> (n,), float64, >= 0."""
-    lp = log_softmax(ref_logits)  # (n, vocab)
-    lq = log_softmax(cand_logits)  # (n, vocab)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)  # (n,)
-    return np.maximum(kl, 0.0)  # rounding can give -1e-17 for identical rows
+    lp, p = log_softmax_probs(ref_logits)  # (n, vocab) each
+    return _kl(lp, p, log_softmax(cand_logits))
 
 
 def target_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -109,13 +122,16 @@ class Totals:
             r = ref_logits[i:i + ROWS_PER_BLOCK]
             c = cand_logits[i:i + ROWS_PER_BLOCK]
             t = targets[i:i + ROWS_PER_BLOCK]
-            kl = kl_divergence(r, c)
+            rows = np.arange(len(t))
+            lp, p = log_softmax_probs(r)  # (n, vocab) each, float64
+            lq = log_softmax(c)  # (n, vocab)
+            self.nll_ref -= float(lp[rows, t].sum())
+            self.nll_cand -= float(lq[rows, t].sum())
+            kl = _kl(lp, p, lq)  # (n,); overwrites lq
             self.kl_sum += float(kl.sum())
             self.kl_max = max(self.kl_max, float(kl.max()))
             self.top1_sum += float(top1_agreement(r, c).sum())
             self.top5_sum += float(topk_overlap(r, c).sum())
-            self.nll_ref += float(target_nll(r, t).sum())
-            self.nll_cand += float(target_nll(c, t).sum())
         self.tokens += len(targets)
         self.windows += 1
 
@@ -374,7 +390,7 @@ def print_report(report: Report, console) -> None:
     console.print(f"reference  {r.reference} ({_version(r.reference_version)})\n"
                   f"candidate  {r.candidate} ({_version(r.candidate_version)})\n"
                   f"tokens     {r.source}", highlight=False)
-    table = Table(title="next-token distributions: candidate vs reference",
+    table = Table(title="next-token predictions",
                   title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
