@@ -18,6 +18,15 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+cdef extern from "simd.h" nogil:
+    int QLLAMA_AVX2
+    void q80_dot4(const int8_t* w, const float* ws, Py_ssize_t s_stride, const int8_t* xq,
+                  const float* xs, Py_ssize_t n, Py_ssize_t gs, float* out)
+    void f32_dot4(const float* w, const float* x, Py_ssize_t n, float* out)
+
+ROWS = 4  # weight rows per pass of the inner kernels (simd.h)
+AVX2 = bool(QLLAMA_AVX2)
+
 
 cdef struct Matrix:
     const float* w          # fp32 weights (rows, cols), or NULL for Q8_0
@@ -158,30 +167,69 @@ cdef inline float dot_q80_flat(const int8_t* q, const float* s, Py_ssize_t start
     return val
 
 
-cdef inline void matmul_row(float* out, Py_ssize_t out_stride, const float* x,
-                            Py_ssize_t x_stride, const int8_t* xq, const float* xs,
-                            Py_ssize_t T, const Matrix* m, Py_ssize_t r) noexcept nogil:
-    """out[t, r] = row r of m . x[t] for the T tokens of the block."""
-    cdef Py_ssize_t t, n = m.cols
-    cdef Py_ssize_t ng = n // m.gs if m.gs else 0
+cdef inline void matmul_rows(float* out, Py_ssize_t out_stride, const float* x,
+                             Py_ssize_t x_stride, const int8_t* xq, const float* xs,
+                             Py_ssize_t T, const Matrix* m, Py_ssize_t r0) noexcept nogil:
+    """out[t, r] = row r of m . x[t] for rows r0..r0+3 (fewer at the end) and the T
+    tokens of the block: the rows stay in L1 while every token passes over them."""
+    cdef Py_ssize_t t, r, n = m.cols, gs = m.gs
+    cdef Py_ssize_t ng = n // gs if gs else 0
+    cdef Py_ssize_t nr = m.rows - r0 if m.rows - r0 < 4 else 4
+    cdef float o[4]
+    cdef bint four = nr == 4
     for t in range(T):
         if m.w != NULL:
-            out[t * out_stride + r] = dot_f32(m.w + r * n, x + t * x_stride, n)
+            if four:
+                f32_dot4(m.w + r0 * n, x + t * x_stride, n, o)
+            else:
+                for r in range(nr):
+                    o[r] = dot_f32(m.w + (r0 + r) * n, x + t * x_stride, n)
         elif m.aligned:
-            out[t * out_stride + r] = dot_q80(m.q + r * n, m.s + r * ng,
-                                              xq + t * n, xs + t * ng, n, m.gs)
+            if four and gs % 32 == 0:
+                q80_dot4(m.q + r0 * n, m.s + r0 * ng, ng, xq + t * n, xs + t * ng, n, gs, o)
+            else:
+                for r in range(nr):
+                    o[r] = dot_q80(m.q + (r0 + r) * n, m.s + (r0 + r) * ng,
+                                   xq + t * n, xs + t * ng, n, gs)
         else:
-            out[t * out_stride + r] = dot_q80_flat(m.q, m.s, r * n, x + t * x_stride,
-                                                   n, m.gs)
+            for r in range(nr):
+                o[r] = dot_q80_flat(m.q, m.s, (r0 + r) * n, x + t * x_stride, n, gs)
+        for r in range(nr):
+            out[t * out_stride + r0 + r] = o[r]
+
+
+cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
+    const Matrix* m
+    float* out
+    Py_ssize_t out_stride
+
+
+cdef void matmuls(const Job* jobs, int n_jobs, const float* x, Py_ssize_t x_stride,
+                  const int8_t* xq, const float* xs, Py_ssize_t T, int threads) noexcept nogil:
+    """Several matmuls of the same input (q, k, v; or w1, w3) in one parallel region:
+    their blocks of 4 rows are dealt out together, one fork and one join for all."""
+    cdef Py_ssize_t b, bb, total = 0
+    cdef int j
+    for j in range(n_jobs):
+        total += (jobs[j].m.rows + 3) // 4
+    for b in prange(total, schedule="static", num_threads=threads):
+        j = 0
+        bb = b
+        while bb >= (jobs[j].m.rows + 3) // 4:
+            bb = bb - (jobs[j].m.rows + 3) // 4
+            j = j + 1
+        matmul_rows(jobs[j].out, jobs[j].out_stride, x, x_stride, xq, xs, T, jobs[j].m, 4 * bb)
 
 
 cdef void matmul(float* out, Py_ssize_t out_stride, const float* x, Py_ssize_t x_stride,
                  const int8_t* xq, const float* xs, Py_ssize_t T, const Matrix* m,
                  int threads) noexcept nogil:
-    """out (T, m.rows) with row stride out_stride = x (T, m.cols) @ m^T; rows in parallel."""
-    cdef Py_ssize_t r
-    for r in prange(m.rows, schedule="static", num_threads=threads):
-        matmul_row(out, out_stride, x, x_stride, xq, xs, T, m, r)
+    """out (T, m.rows) with row stride out_stride = x (T, m.cols) @ m^T."""
+    cdef Job job
+    job.m = m
+    job.out = out
+    job.out_stride = out_stride
+    matmuls(&job, 1, x, x_stride, xq, xs, T, threads)
 
 
 cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
@@ -386,6 +434,7 @@ cdef class Transformer:
         cdef Py_ssize_t t, l, i, th, h, first
         cdef int nt = self.threads
         cdef Layer* L
+        cdef Job jobs[3]
         cdef float* kc
         cdef float* vc
         cdef float* q = self.q
@@ -405,9 +454,10 @@ cdef class Transformer:
             for t in range(T):
                 rmsnorm(self.xb + t * dim, self.x + t * dim, L.attn_norm, dim)
             self._quantize_rows(self.xb, dim, T, dim)
-            matmul(self.q, dim, self.xb, dim, self.xq, self.xs, T, &L.wq, nt)
-            matmul(kc + pos * kv_dim, kv_dim, self.xb, dim, self.xq, self.xs, T, &L.wk, nt)
-            matmul(vc + pos * kv_dim, kv_dim, self.xb, dim, self.xq, self.xs, T, &L.wv, nt)
+            jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
+            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, kc + pos * kv_dim, kv_dim
+            jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, vc + pos * kv_dim, kv_dim
+            matmuls(jobs, 3, self.xb, dim, self.xq, self.xs, T, nt)
             for t in range(T):
                 rope(self.q + t * dim, dim, hs, pos + t)
                 rope(kc + (pos + t) * kv_dim, kv_dim, hs, pos + t)
@@ -425,8 +475,9 @@ cdef class Transformer:
             for t in range(T):
                 rmsnorm(self.xb + t * dim, self.x + t * dim, L.ffn_norm, dim)
             self._quantize_rows(self.xb, dim, T, dim)
-            matmul(self.hb, hidden, self.xb, dim, self.xq, self.xs, T, &L.w1, nt)
-            matmul(self.hb2, hidden, self.xb, dim, self.xq, self.xs, T, &L.w3, nt)
+            jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.w1, self.hb, hidden
+            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.w3, self.hb2, hidden
+            matmuls(jobs, 2, self.xb, dim, self.xq, self.xs, T, nt)
             for i in range(T * hidden):
                 v = self.hb[i]
                 self.hb[i] = v * (1.0 / (1.0 + expf(-v))) * self.hb2[i]

@@ -1,0 +1,112 @@
+/* Dot products of four weight rows with one activation vector: the inner loops of
+ * every matmul. Four rows per pass load each activation block once for four rows,
+ * the reuse llama.cpp gets from repacking weights, here straight from the mapped
+ * file. AVX2 + FMA versions, and plain C ones that any compiler vectorizes less
+ * well (portable builds, other CPUs).
+ *
+ * Q8_0 with groups aligned to rows (gs a multiple of 32): per 32 values,
+ * |x| (u8) * sign(x)w (s8) -> vpmaddubsw pairs into int16 (|sum| <= 2*127*127, no
+ * overflow) -> vpmaddwd into int32 lanes; at the end of each group the int32 lanes
+ * are exact, and are scaled by w_scale * x_scale into float lanes.
+ */
+#ifndef QLLAMA_SIMD_H
+#define QLLAMA_SIMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define QLLAMA_AVX2 1
+#else
+#define QLLAMA_AVX2 0
+#endif
+
+#if QLLAMA_AVX2
+static inline float qllama_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* out[r] = sum over groups g of (w_r . x)_g * ws[r * s_stride + g] * xs[g], r < 4.
+ * Row r of the weights starts at w + r * n (n values, n % gs == 0, gs % 32 == 0). */
+static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride,
+                            const int8_t *xq, const float *xs, ptrdiff_t n, ptrdiff_t gs,
+                            float *out) {
+    ptrdiff_t ng = n / gs;
+#if QLLAMA_AVX2
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
+        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + k));
+            __m256i ax = _mm256_sign_epi8(x, x);
+#define QLLAMA_ROW(wr, ir)                                                              \
+            {                                                                           \
+                __m256i v = _mm256_loadu_si256((const __m256i *)((wr) + k));            \
+                __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(v, x));           \
+                ir = _mm256_add_epi32(ir, _mm256_madd_epi16(p, ones));                  \
+            }
+            QLLAMA_ROW(w0, i0) QLLAMA_ROW(w1, i1) QLLAMA_ROW(w2, i2) QLLAMA_ROW(w3, i3)
+#undef QLLAMA_ROW
+        }
+        __m256 sx = _mm256_set1_ps(xs[g]);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(_mm256_set1_ps(ws[g]), sx), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(_mm256_set1_ps(ws[s_stride + g]), sx), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_mul_ps(_mm256_set1_ps(ws[2 * s_stride + g]), sx), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), _mm256_mul_ps(_mm256_set1_ps(ws[3 * s_stride + g]), sx), a3);
+    }
+    out[0] = qllama_hsum(a0);
+    out[1] = qllama_hsum(a1);
+    out[2] = qllama_hsum(a2);
+    out[3] = qllama_hsum(a3);
+#else
+    for (int r = 0; r < 4; r++) {
+        const int8_t *wr = w + r * n;
+        float val = 0.0f;
+        for (ptrdiff_t g = 0; g < ng; g++) {
+            int32_t ival = 0;
+            for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k++)
+                ival += (int32_t)xq[k] * (int32_t)wr[k];
+            val += (float)ival * ws[r * s_stride + g] * xs[g];
+        }
+        out[r] = val;
+    }
+#endif
+}
+
+/* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n). */
+static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
+    ptrdiff_t j = 0;
+#if QLLAMA_AVX2
+    const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (; j + 16 <= n; j += 16) {
+        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), x0, a0);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), x1, b0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), x0, a1);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), x1, b1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), x0, a2);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), x1, b2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), x0, a3);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), x1, b3);
+    }
+    out[0] = qllama_hsum(_mm256_add_ps(a0, b0));
+    out[1] = qllama_hsum(_mm256_add_ps(a1, b1));
+    out[2] = qllama_hsum(_mm256_add_ps(a2, b2));
+    out[3] = qllama_hsum(_mm256_add_ps(a3, b3));
+#else
+    for (int r = 0; r < 4; r++) out[r] = 0.0f;
+#endif
+    for (; j < n; j++)
+        for (int r = 0; r < 4; r++) out[r] += w[r * n + j] * x[j];
+}
+
+#endif /* QLLAMA_SIMD_H */
