@@ -12,12 +12,18 @@
   merges of the best-scored neighbouring pair first (leftmost on ties), byte
   fallback `<0xNN>` for symbols outside the vocabulary.
 
-The .bin file has no piece types, so they are inferred from the piece text:
-"<unk>" is the unknown piece, "\\n<s>\\n" / "\\n</s>\\n" (and "<pad>") are control
-pieces, "<0x00>"…"<0xFF>" are byte pieces, everything else is a normal
-(mergeable) piece; byte fallback is on when all 256 byte pieces are present.
-The normaliser settings are not stored either: Llama 2's are assumed
-(add_dummy_prefix true, remove_extra_whitespaces false).
+A .bin file stores neither piece types nor settings; we infer them:
+- "<unk>" is the unknown piece (else id 0), "\\n<s>\\n" BOS and "\\n</s>\\n" EOS
+  (else ids 1 and 2, as llama2.c assumes); those and "<pad>" are control pieces;
+- "<0x00>"…"<0xFF>" are byte pieces; byte fallback is on when all 256 exist;
+- every other piece is normal (mergeable): user-defined and unused pieces
+  cannot be told apart from normal ones (Llama 2 and the 512-token
+  tokenizers have none); if a piece occurs twice the lower id wins;
+- normaliser: Llama 2's (identity, add_dummy_prefix true,
+  remove_extra_whitespaces false) and <unk> decodes to Llama 2's unk_surface
+  " ⁇ ". tok512.model was trained with remove_extra_whitespaces true, so
+  tok512.bin encodes text with repeated, leading or trailing spaces as
+  Llama 2 would, not as tok512.model does.
 
 Data flow: file → validated vocabulary → (encode) normalized UTF-8 → BPE
 merges → ids, (decode) ids → bytes per token → UTF-8 text with SentencePiece's

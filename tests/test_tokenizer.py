@@ -80,6 +80,18 @@ def test_bin_encoder_matches_sentencepiece(llama, text):
         assert ours.decode(ours.encode(text)) == text
 
 
+@settings(max_examples=300 * SCALE, deadline=None)
+@given(ids=st.lists(st.integers(259, 31999), max_size=12), seps=st.lists(st.sampled_from(
+    ["", "", "", " ", "  ", "\n", "1", "é"]), min_size=12, max_size=12))
+def test_vocabulary_soup_matches_sentencepiece(llama, ids, seps):
+    """Text glued from real pieces: many competing merges, ties and long pieces."""
+    ours, ref, sp = llama
+    text = "".join(ours.token_bytes(i).decode() + sep for i, sep in zip(ids, seps))
+    want = sp.encode(text)
+    assert ours.encode(text, bos=False) == want
+    assert ref.encode(text, bos=False) == want
+
+
 @pytest.mark.parametrize("text", [
     "", " ", "  ", "\n", "a", " a", "a ", "hello world", "  two  spaces  ", "\t tab", "123456789",
     "3.14159", "\x00", "\x00a\x7f", "日本語のテキスト", "e\u0301", "👩‍👩‍👧 family", "\U00010348",

@@ -25,6 +25,7 @@ cdef struct Pair:
     int32_t left    # index of the left symbol
     int32_t right   # index of the right symbol
     int32_t size    # byte length of the merged piece when it was pushed
+    int32_t id      # id of the merged piece
 
 
 cdef inline bint pops_before(const Pair* a, const Pair* b) noexcept nogil:
@@ -169,12 +170,14 @@ cdef class MergeTable:
         p.left = left
         p.right = right
         p.size = size[left] + size[right]
+        p.id = k
         heap_push(heap, nheap, p)
 
     cdef Py_ssize_t _encode(self, const uint8_t* text, Py_ssize_t n,
                             int32_t* start, int32_t* size, int32_t* prev, int32_t* next,
-                            Pair* heap, int32_t* out) noexcept nogil:
-        # start, size, prev, next: (n,) one symbol per character; heap: (3n,); out: (n,)
+                            int32_t* sym_id, Pair* heap, int32_t* out) noexcept nogil:
+        # start, size, prev, next, sym_id: (n,) one symbol per character, sym_id the
+        # piece id once merged (-2: not looked up yet); heap: (3n,); out: (n,)
         cdef Py_ssize_t m = 0, i = 0, nheap = 0, nout = 0, j
         cdef int32_t k, left, right, piece_id
         cdef int length
@@ -188,6 +191,7 @@ cdef class MergeTable:
             size[m] = length
             prev[m] = <int32_t>(m - 1)
             next[m] = <int32_t>(m + 1)
+            sym_id[m] = -2
             m += 1
             i += length
         if m == 0:
@@ -202,6 +206,7 @@ cdef class MergeTable:
             if size[left] == 0 or size[right] == 0 or size[left] + size[right] != top.size:
                 continue                               # stale: a side merged since
             size[left] += size[right]
+            sym_id[left] = top.id
             next[left] = next[right]
             if next[right] >= 0:
                 prev[next[right]] = left
@@ -210,7 +215,9 @@ cdef class MergeTable:
             self._maybe_push(text, start, size, left, next[left], heap, &nheap)
         k = 0
         while k >= 0:                                  # ids
-            piece_id = self._find(text + start[k], size[k])
+            piece_id = sym_id[k]
+            if piece_id == -2:
+                piece_id = self._find(text + start[k], size[k])
             if piece_id >= 0:
                 out[nout] = piece_id
                 nout += 1
@@ -235,7 +242,7 @@ cdef class MergeTable:
         cdef Pair* heap
         if n == 0:
             return []
-        ints = <int32_t*>malloc(5 * n * sizeof(int32_t))
+        ints = <int32_t*>malloc(6 * n * sizeof(int32_t))
         heap = <Pair*>malloc(3 * n * sizeof(Pair))
         if ints == NULL or heap == NULL:
             free(ints)
@@ -244,10 +251,10 @@ cdef class MergeTable:
         try:
             with nogil:
                 nout = self._encode(s, n, ints, ints + n, ints + 2 * n, ints + 3 * n,
-                                    heap, ints + 4 * n)
+                                    ints + 4 * n, heap, ints + 5 * n)
             ids = []
             for j in range(nout):
-                ids.append(ints[4 * n + j])
+                ids.append(ints[5 * n + j])
             return ids
         finally:
             free(ints)
