@@ -43,13 +43,12 @@ def run_command(args) -> int:
     seed = args.seed if args.seed is not None and args.seed > 0 else default_seed()
     with Model(args.model, tokenizer=args.tokenizer, threads=args.threads) as model:
         model.tokenizer  # load and check it before any output
-        print(f"seed {seed}", file=sys.stderr)
         stats = Stats()
         if args.mode == "chat":
             chat(model, args, seed, stats)
         else:
             generate(model, args, seed, stats)
-        print(stats.line(), file=sys.stderr)
+        print(f"seed {seed}: {stats.line()}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,145 @@
+"""`qllama run` and the Python API on the real stories260K model, run.c's outputs as
+the reference; bad input gives one line on stderr and exit 1."""
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import qllama
+from conftest import ROOT, data, golden
+from qllama.cli import main
+from qllama.formats import Config
+from qllama.model import TextStream
+from qllama.quantize import quantize_file
+from reference import write_model
+
+STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+SAMPLED = "Once upon a time, there was a little boy named Timmy."
+
+
+def run_cli(*args, stdin=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "qllama", "run", *map(str, args)],
+                          capture_output=True, text=True, input=stdin, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def our_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "stories260K.q80.bin"
+    quantize_file(str(data("stories260K.bin")), str(out))
+    return out
+
+
+def test_run_prints_run_c_story_fp32_and_our_int8(our_int8):
+    tok = data("tok512.bin")
+    for model in (data("stories260K.bin"), our_int8):
+        r = run_cli(model, "-z", tok, "-t", "0", "-n", "128")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(STORY)
+        assert "tok/s" in r.stderr and "peak RSS" in r.stderr
+
+
+def test_run_sampled_story_and_prompt():
+    tok = data("tok512.bin")
+    r = run_cli(data("stories260K.bin"), "-z", tok, "-t", "1", "-p", "0.9", "-s", "133742")
+    assert r.returncode == 0 and r.stdout.startswith(SAMPLED)
+    r = run_cli(data("stories260K.bin"), "-z", tok, "-t", "0", "-n", "64", "-i", "Lily and Tom")
+    assert r.returncode == 0 and r.stdout.startswith("Lily and Tom were playing in the park.")
+
+
+def test_api_token_ids_match_run_c_with_text_prompt(our_int8):
+    d = json.loads(golden("tokens.json").read_text())["stories260K"]
+    for path, key in ((data("stories260K.bin"), "fp32_v0_greedy_prompt2"),
+                      (our_int8, "q80_gs4_greedy_prompt2")):
+        model = qllama.load(path, tokenizer=data("tok512.bin"))
+        ids = model.encode(d["prompt2"])
+        out = ids + list(model.generate_ids(ids, steps=64, temperature=0))
+        assert out == d[key]
+
+
+def test_api_generate_and_logits():
+    model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
+    text = "".join(model.generate("Once upon a time", steps=40, temperature=0))
+    assert text.startswith(", there was a little girl named Lily")
+    ids = model.encode("Once upon a time")
+    logits = model.logits(ids)
+    assert logits.shape == (len(ids), 512)
+    assert model.decode(ids) == "Once upon a time"
+
+
+def test_chat_reads_turns_from_a_pipe():
+    # stories260K never says EOS, so its first answer runs until the context is full
+    r = run_cli(data("stories260K.bin"), "-z", data("tok512.bin"), "-m", "chat", "-t", "0",
+                "-y", "be brief", "-n", "120", stdin="Hello\nTell me a story\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Assistant: ") and "context full" in r.stderr
+
+
+def test_chat_turns_keep_the_kv_cache():
+    """A second turn continues the cache: its logits equal one pass over both turns."""
+    from qllama.generate import chat_prompt
+    model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
+    session = model.session(200)
+    sampler = model.sampler(0.0, 0.9, 1)
+    turn1 = model.encode(chat_prompt("Hello", "be brief"))
+    reply = list(itertools.islice(model.generate_ids(turn1, session=session, sampler=sampler,
+                                                     temperature=0, top_p=0.9), 20))
+    assert session.pos == len(turn1) + 19  # the 20th token is not fed yet
+    turn2 = model.encode(chat_prompt("Again"))
+    session2 = model.session(200)
+    session2.feed(turn1 + reply[:19])
+    np.testing.assert_allclose(session.feed(turn2[:5]), session2.feed(turn2[:5]), rtol=1e-6)
+
+
+def test_text_stream_joins_utf8_split_across_byte_tokens():
+    class Bytes:  # a tokenizer whose tokens are single bytes
+        def token_bytes(self, i):
+            return bytes([i])
+    s = TextStream(Bytes())
+    s.prev = 0
+    pieces = [s.push(b) for b in "é😀".encode()]
+    assert "".join(pieces) + s.flush() == "é😀"
+    assert [p for p in pieces if p] == ["é", "😀"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "tiny.bin"
+    write_model(path, Config(1, 32, 64, 1, 4, 4, 512, 16, True))
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-t", "-1"], "temperature"),
+    (["-p", "1.5"], "top-p"),
+    (["-p", "-0.1"], "top-p"),
+    (["-n", "-3"], "steps"),
+    (["-i", "Once upon a time there was a little girl who loved to play in the park"],
+     "seq_len"),
+])
+def test_bad_arguments(tiny, args, message):
+    r = run_cli(tiny, "-z", data("tok512.bin"), *args)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_tokenizer_vocab_mismatch_and_missing(tiny, tmp_path, monkeypatch):
+    r = run_cli(tiny, "-z", data("tokenizer.bin"))
+    assert r.returncode == 1 and "32000" in r.stderr and "512" in r.stderr
+    assert "Traceback" not in r.stderr
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "alone.bin"
+    copy.write_bytes(tiny.read_bytes())
+    r = run_cli(copy)
+    assert r.returncode == 1 and "tokenizer" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_in_process_reports_errors(tiny, capsys):
+    assert main(["run", str(tiny), "-z", str(data("tok512.bin")), "-t", "-2"]) == 1
+    assert "temperature" in capsys.readouterr().err
