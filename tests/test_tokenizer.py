@@ -331,3 +331,43 @@ def test_cli_encode_decode_json(capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["text"] == "Hello world"
     assert cli.main(["tokenizer", "decode", tok, "1", "x"]) == 1
     assert "not a token id" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# the Cython kernel against its pure-Python twin (no reference files needed)
+
+@settings(max_examples=300 * SCALE, deadline=None)
+@given(vocab=st.lists(st.tuples(st.text("ab▁cé", min_size=1, max_size=4),
+                                st.sampled_from([0.0, -1.0, -2.0, -2.5, -7.0])), max_size=30),
+       text=st.text("ab▁cédz", max_size=40), byte_fallback=st.booleans())
+def test_kernel_matches_python_twin(vocab, text, byte_fallback):
+    from qllama._kernels.bpe import MergeTable
+    from qllama.tokenizer import _bpe_reference
+    nbytes = 256 if byte_fallback else 0
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(nbytes)]
+    pieces += [p.encode() for p, _ in vocab]
+    scores = [0.0] * (3 + nbytes) + [s for _, s in vocab]   # many ties: leftmost must win
+    mergeable = [False] * (3 + nbytes) + [True] * len(vocab)
+    byte_ids = list(range(3, 259)) if byte_fallback else [-1] * 256
+    kernel = MergeTable(pieces, scores, mergeable, byte_ids, 0, byte_fallback)
+    table = {}
+    for i, p in enumerate(pieces):
+        if mergeable[i] and p not in table:
+            table[p] = (i, scores[i])
+    raw = text.encode()
+    ids = kernel.encode(raw)
+    assert ids == _bpe_reference(raw, table, byte_ids, 0, byte_fallback)
+    # and SentencePiece itself on the same vocabulary, when the pieces are distinct
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    if len(set(pieces)) == len(pieces):
+        m = pb.ModelProto()
+        types = [2, 3, 3] + [6] * nbytes + [1] * len(vocab)
+        for p, sc, t in zip(pieces, scores, types):
+            m.pieces.add(piece=p.decode(), score=sc, type=t)
+        m.trainer_spec.model_type = pb.TrainerSpec.BPE
+        m.trainer_spec.byte_fallback = byte_fallback
+        m.normalizer_spec.name = "identity"
+        m.normalizer_spec.add_dummy_prefix = False
+        m.normalizer_spec.remove_extra_whitespaces = False
+        sp = spm.SentencePieceProcessor(model_proto=m.SerializeToString())
+        assert ids == sp.encode(text)
