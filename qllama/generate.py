@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .model import EOS, BOS, Model, Stats, TextStream, check_sampling, default_seed
+from .model import BOS, EOS, Model, Stats, check_sampling, default_seed
 
 
 def chat_prompt(user: str, system: str = "") -> str:
@@ -57,10 +57,9 @@ def generate(model: Model, args, seed: int, stats: Stats) -> None:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    stream = TextStream(model.tokenizer)
-    stream.prev = ids[-1]
+    stream = model.text_stream(ids)
     for token in model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats):
-        out.write(stream.push(token))
+        out.write(stream.feed(token))
         out.flush()
     out.write(stream.flush() + "\n")
 
@@ -86,12 +85,11 @@ def chat(model: Model, args, seed: int, stats: Stats) -> None:
             print("\n[context full: raise --steps to chat longer]", file=sys.stderr)
             break
         print("Assistant: ", end="", flush=True)
-        stream = TextStream(model.tokenizer)
-        stream.prev = ids[-1]
+        stream = model.text_stream(ids)
         for token in model.generate_ids(ids, stats=stats, session=session, sampler=sampler,
                                         stop=(BOS, EOS), temperature=args.temperature,
                                         top_p=args.top_p):
-            sys.stdout.write(stream.push(token))
+            sys.stdout.write(stream.feed(token))
             sys.stdout.flush()
         print(stream.flush(), flush=True)
         if session.pos >= session.capacity:

@@ -6,7 +6,6 @@ per block of prompt tokens and one per generated token.
 """
 from __future__ import annotations
 
-import codecs
 import os
 import sys
 import time
@@ -76,27 +75,6 @@ class Stats:
 def peak_rss_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class TextStream:
-    """Token ids -> text pieces. Byte-fallback tokens are joined into UTF-8, so a
-    character split across tokens comes out once, whole; after BOS the piece's
-    leading space (SentencePiece's dummy prefix) is dropped."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.prev = BOS
-
-    def push(self, token: int) -> str:
-        data = self.tokenizer.token_bytes(token)
-        if self.prev == BOS and data.startswith(b" "):
-            data = data[1:]
-        self.prev = token
-        return self.decoder.decode(data)
-
-    def flush(self) -> str:
-        return self.decoder.decode(b"", final=True)
 
 
 class Session:
@@ -236,15 +214,21 @@ class Model:
                  stats: Stats | None = None) -> Iterator[str]:
         """Yield the text pieces generated after `prompt` (the prompt itself is not repeated)."""
         ids = self.encode(prompt, bos=True)
-        stream = TextStream(self.tokenizer)
-        stream.prev = ids[-1]
+        stream = self.text_stream(ids)
         for token in self.generate_ids(ids, steps, temperature, top_p, seed, stats):
-            piece = stream.push(token)
+            piece = stream.feed(token)
             if piece:
                 yield piece
         tail = stream.flush()
         if tail:
             yield tail
+
+    def text_stream(self, context_ids):
+        """Incremental decoder positioned after context_ids: byte-fallback tokens are
+        joined into whole UTF-8 characters, pieces come out as SentencePiece decodes them."""
+        stream = self.tokenizer.decoder()
+        stream.feed_all(context_ids)
+        return stream
 
     def close(self) -> None:
         self.file.close()

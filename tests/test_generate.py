@@ -13,7 +13,7 @@ import qllama
 from conftest import ROOT, data, golden
 from qllama.cli import main
 from qllama.formats import Config
-from qllama.model import TextStream
+import qllama.model
 from qllama.quantize import quantize_file
 from reference import write_model
 
@@ -95,15 +95,19 @@ def test_chat_turns_keep_the_kv_cache():
     np.testing.assert_allclose(session.feed(turn2[:5]), session2.feed(turn2[:5]), rtol=1e-6)
 
 
-def test_text_stream_joins_utf8_split_across_byte_tokens():
-    class Bytes:  # a tokenizer whose tokens are single bytes
-        def token_bytes(self, i):
-            return bytes([i])
-    s = TextStream(Bytes())
-    s.prev = 0
-    pieces = [s.push(b) for b in "é😀".encode()]
-    assert "".join(pieces) + s.flush() == "é😀"
-    assert [p for p in pieces if p] == ["é", "😀"]
+def test_streamed_text_joins_byte_tokens_into_whole_characters():
+    """Llama 2 spells an emoji as four byte tokens: the stream prints it once, whole."""
+    from qllama.tokenizer import load_tokenizer
+
+    class Echo:  # a model stand-in: only the tokenizer matters here
+        tokenizer = load_tokenizer(data("tokenizer.model"))
+        text_stream = qllama.model.Model.text_stream
+
+    ids = Echo.tokenizer.encode("Tom said é😀 and 𝄞!")
+    stream = Echo().text_stream(ids[:1])
+    pieces = [stream.feed(i) for i in ids[1:]] + [stream.flush()]
+    assert "".join(pieces) == "Tom said é😀 and 𝄞!"
+    assert "😀" in pieces and "\ufffd" not in "".join(pieces)
 
 
 @pytest.fixture(scope="module")
