@@ -8,6 +8,7 @@ All values are little-endian; every matrix is (out, in), row-major.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -130,19 +131,28 @@ def layout(config: Config) -> list[Entry]:
         shape = shape_of(config)
         numel = int(np.prod(shape))
         encoding = Q80 if (config.version == 2 and name in QUANTIZED) else F32
-        if encoding == Q80:
-            nbytes = numel + 4 * (numel // config.group_size)
-        else:
-            nbytes = 4 * numel
+        nbytes = _nbytes(config, encoding, numel)
         for layer in (range(config.n_layers) if per_layer else (None,)):
             entries.append(Entry(name, layer, shape, encoding, offset, nbytes))
             offset += nbytes
     return entries
 
 
+def _nbytes(config: Config, encoding: str, numel: int) -> int:
+    return numel + 4 * (numel // config.group_size) if encoding == Q80 else 4 * numel
+
+
 def expected_size(config: Config) -> int:
-    last = layout(config)[-1]
-    return last.offset + last.nbytes
+    """File size the header implies (arithmetic: a damaged header may claim 10**9 layers)."""
+    size = DATA_START[config.version]
+    for name in ORDER[config.version]:
+        if name == "output" and config.shared_classifier:
+            continue
+        per_layer, shape_of = SHAPES[name]
+        numel = math.prod(shape_of(config))
+        encoding = Q80 if (config.version == 2 and name in QUANTIZED) else F32
+        size += _nbytes(config, encoding, numel) * (config.n_layers if per_layer else 1)
+    return size
 
 
 def header_bytes(config: Config) -> bytes:
