@@ -97,20 +97,30 @@ cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
                 xq[i] = <int8_t>roundf(x[i] / scale)
 
 
-cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size,
-                      Py_ssize_t pos) noexcept nogil:
-    """Rotate pairs (2i, 2i+1) within each head by pos * 10000^(-2i/head_size)."""
+cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size,
+                            Py_ssize_t pos) noexcept nogil:
+    """cos and sin of pos * 10000^(-2i/head_size) for the head_size/2 pairs, computed
+    in float32 as run.c does; shared by every head and layer of the position."""
     cdef Py_ssize_t i
-    cdef float freq, val, fcr, fci, v0, v1
-    for i in range(0, n, 2):
-        freq = 1.0 / powf(10000.0, <float>(i % head_size) / <float>head_size)
+    cdef float freq, val
+    for i in range(head_size // 2):
+        freq = 1.0 / powf(10000.0, <float>(2 * i) / <float>head_size)
         val = pos * freq
-        fcr = cosf(val)
-        fci = sinf(val)
+        fcos[i] = cosf(val)
+        fsin[i] = sinf(val)
+
+
+cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size, const float* fcos,
+                      const float* fsin) noexcept nogil:
+    """Rotate pairs (2i, 2i+1) within each head by the position's angles."""
+    cdef Py_ssize_t i, j
+    cdef float v0, v1
+    for i in range(0, n, 2):
+        j = (i % head_size) // 2
         v0 = vec[i]
         v1 = vec[i + 1]
-        vec[i] = v0 * fcr - v1 * fci
-        vec[i + 1] = v0 * fci + v1 * fcr
+        vec[i] = v0 * fcos[j] - v1 * fsin[j]
+        vec[i + 1] = v0 * fsin[j] + v1 * fcos[j]
 
 
 # ----------------------------------------------------------------------------
@@ -315,6 +325,8 @@ cdef class Transformer:
     cdef float* hb           # (block, hidden_dim)
     cdef float* hb2          # (block, hidden_dim)
     cdef float* q            # (block, dim)
+    cdef float* fcos         # (block, head_size / 2) RoPE angles of the block's positions
+    cdef float* fsin         # (block, head_size / 2)
     cdef float* att          # (block, n_heads, capacity)
     cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
     cdef float* xs           # (block, max(dim, hidden) / gs) their scales
@@ -376,6 +388,8 @@ cdef class Transformer:
         self.hb = <float*>malloc(B * self.hidden_dim * sizeof(float))
         self.hb2 = <float*>malloc(B * self.hidden_dim * sizeof(float))
         self.q = <float*>malloc(B * self.dim * sizeof(float))
+        self.fcos = <float*>malloc(B * (self.head_size // 2) * sizeof(float))
+        self.fsin = <float*>malloc(B * (self.head_size // 2) * sizeof(float))
         self.att = <float*>malloc(B * self.n_heads * self.capacity * sizeof(float))
         self.xq = <int8_t*>malloc(B * wide)
         self.xs = <float*>malloc(B * (wide // max(1, self.group_size) + 1) * sizeof(float))
@@ -383,6 +397,7 @@ cdef class Transformer:
         self.value_cache = <float*>calloc(cache, sizeof(float))
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.att == NULL
+                or self.fcos == NULL or self.fsin == NULL
                 or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
                 or self.value_cache == NULL):
             raise MemoryError("cannot allocate the run state")
@@ -390,7 +405,8 @@ cdef class Transformer:
     def __dealloc__(self):
         free(self.layers)
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
-        free(self.q); free(self.att); free(self.xq); free(self.xs)
+        free(self.q); free(self.fcos); free(self.fsin); free(self.att); free(self.xq)
+        free(self.xs)
         free(self.key_cache); free(self.value_cache)
 
     @property
@@ -437,6 +453,8 @@ cdef class Transformer:
         cdef Job jobs[3]
         cdef float* kc
         cdef float* vc
+        cdef float* fc
+        cdef float* fs
         cdef float* q = self.q
         cdef float* xb = self.xb
         cdef float* att = self.att
@@ -444,6 +462,7 @@ cdef class Transformer:
 
         for t in range(T):
             embed_row(self.x + t * dim, &self.tok_embeddings, tokens[t])
+            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, pos + t)
 
         for l in range(self.n_layers):
             L = &self.layers[l]
@@ -459,8 +478,10 @@ cdef class Transformer:
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, vc + pos * kv_dim, kv_dim
             matmuls(jobs, 3, self.xb, dim, self.xq, self.xs, T, nt)
             for t in range(T):
-                rope(self.q + t * dim, dim, hs, pos + t)
-                rope(kc + (pos + t) * kv_dim, kv_dim, hs, pos + t)
+                fc = self.fcos + t * (hs // 2)
+                fs = self.fsin + t * (hs // 2)
+                rope(self.q + t * dim, dim, hs, fc, fs)
+                rope(kc + (pos + t) * kv_dim, kv_dim, hs, fc, fs)
             for th in prange(T * H, schedule="static", num_threads=nt):
                 attention_head(xb + (th // H) * dim + (th % H) * hs,
                                q + (th // H) * dim + (th % H) * hs, kc, vc,
@@ -516,7 +537,12 @@ def kernel_softmax(float[::1] x):
 def kernel_rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos):
     if head_size <= 0 or head_size % 2 or vec.shape[0] % head_size or pos < 0:
         raise ValueError("vector length must be a multiple of an even head size")
-    rope(&vec[0], vec.shape[0], head_size, pos)
+    fcos = np.empty(head_size // 2, np.float32)
+    fsin = np.empty(head_size // 2, np.float32)
+    cdef float[::1] c = fcos
+    cdef float[::1] s = fsin
+    rope_table(&c[0], &s[0], head_size, pos)
+    rope(&vec[0], vec.shape[0], head_size, &c[0], &s[0])
 
 
 def kernel_matmul(tensor, const float[:, ::1] x, int threads=1):
