@@ -88,27 +88,38 @@ def read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
 
 
 class ChunkReader:
-    """Reads (offset, n_floats) jobs in order into a few reused float32 buffers.
+    """Reads (offset, n_floats, ...) jobs into a few reused float32 buffers.
 
-    A thread reads ahead (preadv releases the GIL) while the caller computes on
-    the previous buffer. Iterate to get (job, buffer view); a view is valid until
-    the next iteration step.
+    Jobs whose input bytes follow each other are merged into one read of up to
+    `buf_floats` values (a model's many small tensors then cost a few large reads,
+    not many small cold ones). A thread reads ahead (preadv releases the GIL)
+    while the caller computes on the previous buffer. Iterate to get
+    (job, float32 view of its values); a view is valid until the next step.
     """
 
     def __init__(self, fd: int, path: str, jobs: list, buf_floats: int,
                  n_buffers: int = N_BUFFERS):
-        self.fd, self.path, self.jobs = fd, path, jobs
+        self.fd, self.path = fd, path
+        self.reads = []  # (offset, n_floats, [(job, first float in buffer)])
+        for job in jobs:
+            offset, n = job[0], job[1]
+            if self.reads:
+                r_off, r_n, parts = self.reads[-1]
+                if r_off + 4 * r_n == offset and r_n + n <= buf_floats:
+                    parts.append((job, r_n))
+                    self.reads[-1] = (r_off, r_n + n, parts)
+                    continue
+            self.reads.append((offset, n, [(job, 0)]))
         self.free: queue.Queue = queue.Queue()
         self.full: queue.Queue = queue.Queue()
-        for _ in range(n_buffers):
+        for _ in range(min(n_buffers, len(self.reads)) or 1):
             self.free.put(np.empty(buf_floats, dtype=np.float32))  # (buf_floats,)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="qllama-reader", daemon=True)
 
     def _run(self) -> None:
         try:
-            for job in self.jobs:
-                offset, n = job[0], job[1]
+            for offset, n, _ in self.reads:
                 while True:
                     try:
                         buf = self.free.get(timeout=0.1)
@@ -119,22 +130,20 @@ class ChunkReader:
                 if self.stop.is_set():
                     return
                 read_exact(self.fd, memoryview(buf[:n]).cast("B"), offset, self.path)
-                self.full.put((job, buf))
+                self.full.put((True, buf))
         except BaseException as e:  # handed to the consumer, raised there
-            self.full.put((None, e))
+            self.full.put((False, e))
 
     def __iter__(self):
         self.thread.start()
         try:
-            previous = None
-            for _ in range(len(self.jobs)):
-                if previous is not None:
-                    self.free.put(previous)
-                job, buf = self.full.get()
-                if job is None:
+            for _, _, parts in self.reads:
+                ok, buf = self.full.get()
+                if not ok:
                     raise buf
-                previous = buf
-                yield job, buf[:job[1]]
+                for job, first in parts:
+                    yield job, buf[first:first + job[1]]
+                self.free.put(buf)
         finally:
             self.stop.set()
 
