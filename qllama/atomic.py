@@ -27,6 +27,12 @@ def check_output_path(path: str, force: bool = False, inputs: tuple = ()) -> Non
         raise UsageError(f"{path}: output directory {parent} is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
     """Yield a binary file object; on success it replaces `path`, else it vanishes."""
@@ -37,6 +43,8 @@ def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
     except OSError as e:
         raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
     try:
+        # mkstemp makes the file 0600; give it the mode open() would (0666 minus umask)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

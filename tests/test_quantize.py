@@ -393,3 +393,36 @@ def test_subprocess_errors_have_no_traceback(small, tmp_path):
         assert p.stderr.startswith("qllama: error: ") and p.stderr.count("\n") == 1, p.stderr
         assert "Traceback" not in p.stderr and not out.exists()
     assert leftovers(tmp_path) == []
+
+
+def test_output_mode_follows_umask(small, tmp_path):
+    path, _ = small
+    out = tmp_path / "o.q80"
+    quantize_file(path, out)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_sigint_leaves_no_partial_file(tmp_path):
+    import signal
+    import time
+
+    from qllama.synth import write_random_model
+
+    src = tmp_path / "s15.bin"
+    write_random_model(src, "stories15M", version=1)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "qllama", "quantize", str(src),
+                          str(outdir / "o.q80"), "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not leftovers(outdir) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("quantize finished before the signal arrived")
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert list(outdir.iterdir()) == []
