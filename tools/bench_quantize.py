@@ -72,7 +72,8 @@ def run_quantize(src: str, dst: str, threads: int | None, cold: bool) -> dict:
         cmd = ["/usr/bin/time", "-v"] + cmd
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, COLUMNS="250")  # rich: keep the summary on one line
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise SystemExit(f"quantize failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
@@ -83,7 +84,7 @@ def run_quantize(src: str, dst: str, threads: int | None, cold: bool) -> dict:
     else:
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         rss_kb = after if after > before else None  # max over children so far
-    inner = re.search(r"in ([\d.]+) s, ([\d,]+) MB/s", p.stdout.replace("\n", " "))
+    inner = re.search(r"in\s+([\d.]+)\s+s,\s+([\d,]+)\s+MB/s", p.stdout)
     return {"wall": wall, "rss_mb": rss_kb / 1024 if rss_kb else float("nan"),
             "inner_s": float(inner.group(1)) if inner else float("nan"), "dropped": dropped,
             "rss_source": "/usr/bin/time -v" if m else "getrusage(children)"}
