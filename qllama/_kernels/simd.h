@@ -8,6 +8,10 @@
  * |x| (u8) * sign(x)w (s8) -> vpmaddubsw pairs into int16 (|sum| <= 2*127*127, no
  * overflow) -> vpmaddwd into int32 lanes; at the end of each group the int32 lanes
  * are exact, and are scaled by w_scale * x_scale into float lanes.
+ *
+ * Each pass also prefetches the next four rows: a block of rows is too short a
+ * stream for the hardware prefetcher to get ahead of (768 bytes for dim 768),
+ * so decode, which reads every weight once per token, would wait on DRAM.
  */
 #ifndef QLLAMA_SIMD_H
 #define QLLAMA_SIMD_H
@@ -44,6 +48,12 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride
     for (ptrdiff_t g = 0; g < ng; g++) {
         __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
         for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) {
+            if ((k & 63) == 0) {
+                _mm_prefetch((const char *)(w0 + 4 * n + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w1 + 4 * n + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w2 + 4 * n + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w3 + 4 * n + k), _MM_HINT_T0);
+            }
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq + k));
             __m256i ax = _mm256_sign_epi8(x, x);
 #define QLLAMA_ROW(wr, ir)                                                              \
@@ -88,6 +98,10 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (; j + 16 <= n; j += 16) {
+        _mm_prefetch((const char *)(w0 + 4 * n + j), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + 4 * n + j), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w2 + 4 * n + j), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w3 + 4 * n + j), _MM_HINT_T0);
         __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), x0, a0);
         b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), x1, b0);
