@@ -221,7 +221,7 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                   chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Quantize checkpoint `src` (v0/v1) into `dst` (v2). Raises QllamaError on bad input.
 
-    `progress(n_bytes)` is called after each chunk with the input bytes done.
+    `progress(done, total)` is called after each chunk with the weight bytes read so far.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
@@ -283,7 +283,7 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                         os.pwrite(out, s[:g], e.scales_offset + 4 * (start // gs))
                     done += 4 * n
                     if progress is not None:
-                        progress(done)
+                        progress(done, in_bytes)
             finally:
                 reader.close()
             if os.fstat(out).st_size != out_size:  # cannot happen unless layout is wrong
@@ -348,7 +348,7 @@ def run(args) -> int:
             size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
             task = bar.add_task("quantizing", total=size)
             bar.start()
-            progress_cb = lambda n: bar.update(task, completed=n)  # noqa: E731
+            progress_cb = lambda n, total: bar.update(task, completed=n, total=total)  # noqa: E731
         report = quantize_file(args.input, args.output, args.group_size, args.force,
                                args.threads, progress_cb)
     finally:

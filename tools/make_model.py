@@ -10,8 +10,11 @@ import argparse
 import sys
 import time
 
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
 from qllama.errors import QllamaError
-from qllama.formats import Config
+from qllama.formats import Config, expected_size
 from qllama.synth import PRESETS, write_random_model
 
 FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
@@ -33,16 +36,20 @@ def main(argv=None) -> int:
     fields = {f: getattr(args, f) if getattr(args, f) is not None else getattr(base, f) for f in FIELDS}
     shared = base.shared_classifier and not args.separate_classifier
     config = Config(1, **fields, shared_classifier=shared)
+    size = expected_size(config.as_version(args.version))
     t0 = time.perf_counter()
-    try:
-        c = write_random_model(args.output, config, seed=args.seed, version=args.version,
-                               force=args.force, threads=args.threads)
-    except QllamaError as e:
-        print(f"make_model: error: {e}", file=sys.stderr)
-        return 1
+    with Progress(*Progress.get_default_columns()[:3], DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"writing {args.shape}", total=size)
+        try:
+            c = write_random_model(args.output, config, seed=args.seed, version=args.version,
+                                   force=args.force, threads=args.threads,
+                                   progress=lambda n: bar.update(task, completed=n))
+        except QllamaError as e:
+            print(f"make_model: error: {e}", file=sys.stderr)
+            return 1
     dt = time.perf_counter() - t0
-    from qllama.formats import expected_size
-    size = expected_size(c)
     print(f"{args.output}: {args.shape} version {args.version}, {c.n_params():,} params, "
           f"{size / 1e6:,.1f} MB in {dt:.1f} s ({size / 1e6 / dt:,.0f} MB/s)")
     return 0
