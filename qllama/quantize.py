@@ -221,7 +221,8 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                   chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Quantize checkpoint `src` (v0/v1) into `dst` (v2). Raises QllamaError on bad input.
 
-    `progress(done, total)` is called after each chunk with the weight bytes read so far.
+    `progress(done)` is called after each chunk with the weight bytes read so far (of
+    4 * config.n_params() in all: headers and v0's rope tables are not read).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
@@ -283,7 +284,7 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                         os.pwrite(out, s[:g], e.scales_offset + 4 * (start // gs))
                     done += 4 * n
                     if progress is not None:
-                        progress(done, in_bytes)
+                        progress(done)
             finally:
                 reader.close()
             if os.fstat(out).st_size != out_size:  # cannot happen unless layout is wrong
@@ -345,10 +346,10 @@ def run(args) -> int:
                        console=err_console, transient=True)
     try:
         if bar is not None:
-            size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
-            task = bar.add_task("quantizing", total=size)
+            total = 4 * formats.read_config(args.input).n_params()  # weight bytes to read
+            task = bar.add_task("quantizing", total=total)
             bar.start()
-            progress_cb = lambda n, total: bar.update(task, completed=n, total=total)  # noqa: E731
+            progress_cb = lambda n: bar.update(task, completed=n)  # noqa: E731
         report = quantize_file(args.input, args.output, args.group_size, args.force,
                                args.threads, progress_cb)
     finally:

@@ -113,7 +113,7 @@ def test_interrupt_leaves_no_file(small, tmp_path):
     path, _ = small
     out = tmp_path / "out.q80"
 
-    def progress(done, total):
+    def progress(done):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
