@@ -64,6 +64,7 @@ def test_header_round_trip(head_pairs, n_kv, kv_mult, hidden, vocab, seq, shared
     ends = [e.offset + e.nbytes for e in entries]
     assert [e.offset for e in entries[1:]] == ends[:-1]  # contiguous, in order
     assert entries[0].offset == formats.DATA_START[version]
+    assert formats.expected_size(c) == ends[-1]
 
 
 def test_model_file_reads_what_was_written(tmp_path):
