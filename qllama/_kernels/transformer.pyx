@@ -216,7 +216,7 @@ cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
 
 cdef void matmuls(const Job* jobs, int n_jobs, const float* x, Py_ssize_t x_stride,
                   const int8_t* xq, const float* xs, Py_ssize_t T, int threads) noexcept nogil:
-    """Several matmuls of the same input (q, k, v; or w1, w3) in one parallel region:
+    """Several matmuls of the same input (q, k, v) in one parallel region:
     their blocks of 4 rows are dealt out together, one fork and one join for all."""
     cdef Py_ssize_t b, bb, total = 0
     cdef int j
@@ -229,6 +229,23 @@ cdef void matmuls(const Job* jobs, int n_jobs, const float* x, Py_ssize_t x_stri
             bb = bb - (jobs[j].m.rows + 3) // 4
             j = j + 1
         matmul_rows(jobs[j].out, jobs[j].out_stride, x, x_stride, xq, xs, T, jobs[j].m, 4 * bb)
+
+
+cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3, const float* x,
+                 Py_ssize_t x_stride, const int8_t* xq, const float* xs, Py_ssize_t T,
+                 int threads) noexcept nogil:
+    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes rows r..r+3 of
+    both matrices and gates them itself: one parallel region, and the expf work is
+    shared out too."""
+    cdef Py_ssize_t b, t, r, hidden = w1.rows
+    cdef float v
+    for b in prange((hidden + 3) // 4, schedule="static", num_threads=threads):
+        matmul_rows(hb, hidden, x, x_stride, xq, xs, T, w1, 4 * b)
+        matmul_rows(hb2, hidden, x, x_stride, xq, xs, T, w3, 4 * b)
+        for t in range(T):
+            for r in range(4 * b, min(4 * b + 4, hidden)):
+                v = hb[t * hidden + r]
+                hb[t * hidden + r] = v * (1.0 / (1.0 + expf(-v))) * hb2[t * hidden + r]
 
 
 cdef void matmul(float* out, Py_ssize_t out_stride, const float* x, Py_ssize_t x_stride,
@@ -258,16 +275,11 @@ cdef void attention_head(float* out, const float* q, const float* key_cache,
                          Py_ssize_t kv_offset) noexcept nogil:
     """One head of one token over cached positions 0..n_pos-1."""
     cdef Py_ssize_t p, i
-    cdef float score, a
+    cdef float a
     cdef float scale = 1.0 / sqrtf(<float>head_size)
-    cdef const float* k
     cdef const float* v
     for p in range(n_pos):
-        k = key_cache + p * kv_dim + kv_offset
-        score = 0.0
-        for i in range(head_size):
-            score += q[i] * k[i]
-        att[p] = score * scale
+        att[p] = dot_f32(key_cache + p * kv_dim + kv_offset, q, head_size) * scale
     softmax(att, n_pos)
     for i in range(head_size):
         out[i] = 0.0
@@ -496,12 +508,7 @@ cdef class Transformer:
             for t in range(T):
                 rmsnorm(self.xb + t * dim, self.x + t * dim, L.ffn_norm, dim)
             self._quantize_rows(self.xb, dim, T, dim)
-            jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.w1, self.hb, hidden
-            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.w3, self.hb2, hidden
-            matmuls(jobs, 2, self.xb, dim, self.xq, self.xs, T, nt)
-            for i in range(T * hidden):
-                v = self.hb[i]
-                self.hb[i] = v * (1.0 / (1.0 + expf(-v))) * self.hb2[i]
+            swiglu(self.hb, self.hb2, &L.w1, &L.w3, self.xb, dim, self.xq, self.xs, T, nt)
             self._quantize_rows(self.hb, hidden, T, hidden)
             matmul(self.xb, dim, self.hb, hidden, self.xq, self.xs, T, &L.w2, nt)
             for i in range(T * dim):
