@@ -4,9 +4,14 @@
     for piece in model.generate("Once upon a time", steps=64, temperature=0):
         print(piece, end="")
 """
-from .errors import FormatError, QllamaError, TokenizerError, UsageError
-from .model import load
-from .tokenizer import load_tokenizer
+from .threads import configure_openmp
 
-__all__ = ["load", "QllamaError", "FormatError", "TokenizerError", "UsageError"]
+configure_openmp()  # before any kernel module loads libgomp
+
+from .errors import FormatError, QllamaError, TokenizerError, UsageError  # noqa: E402
+from .model import load  # noqa: E402
+from .tokenizer import load_tokenizer  # noqa: E402
+
+__all__ = ["load", "load_tokenizer", "QllamaError", "FormatError", "TokenizerError",
+           "UsageError"]
 __version__ = "0.1.0"
