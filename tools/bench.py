@@ -73,8 +73,10 @@ REFERENCE_RSS = {("llama2-7b", "llama2.c runq.c"): 7.5e9}
 
 
 def machine_info() -> dict:
+    from qllama._kernels.transformer import AVX2
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "flags": [], "l3_bytes": None, "mem_bytes": None}
+            "flags": [], "l3_bytes": None, "mem_bytes": None,
+            "kernels": "AVX2+FMA" if AVX2 else "portable C"}
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")
@@ -314,7 +316,8 @@ def report(result: dict) -> str:
            + (", ".join(builds) or "?")
            + ("  (REBUILT DURING THE RUN: figures mix builds)" if len(builds) > 1 else ""),
            f"machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}, "
-           f"largest cache {m['l3_bytes'] / 2**20:.0f} MiB, RAM {m['mem_bytes'] / 2**30:.1f} GiB",
+           f"largest cache {m['l3_bytes'] / 2**20:.0f} MiB, RAM {m['mem_bytes'] / 2**30:.1f} GiB, "
+           f"dot kernels {m.get('kernels', '?')}",
            "",
            f"memory read bandwidth (streaming sum of {bw['buffer_bytes'] / GiB:.1f} GiB, "
            f"best of {bw['repeats']}, membench.pyx):"]

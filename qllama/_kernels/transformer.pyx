@@ -24,8 +24,7 @@ cdef extern from "simd.h" nogil:
                   const float* xs, Py_ssize_t n, Py_ssize_t gs, float* out)
     void f32_dot4(const float* w, const float* x, Py_ssize_t n, float* out)
 
-ROWS = 4  # weight rows per pass of the inner kernels (simd.h)
-AVX2 = bool(QLLAMA_AVX2)
+AVX2 = bool(QLLAMA_AVX2)  # whether simd.h compiled its AVX2 + FMA kernels
 
 
 cdef struct Matrix:
