@@ -110,3 +110,20 @@ def test_fp32_and_straddling_matmul(rows, cols, T, data):
     ref = xd @ wd.T
     bound = 1e-5 * (np.abs(xd) @ np.abs(wd).T) + 1e-6
     assert np.all(np.abs(got - ref) <= bound)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 9), st.sampled_from([32, 64]), st.integers(1, 3), st.integers(1, 3),
+       st.data())
+def test_int8_matmul_exact_for_any_int8_weight(rows, gs, groups_per_row, T, data):
+    """A file written elsewhere may hold -128 (our quantizer never does): the
+    AVX2 kernel must still give the exact integer dot product per group."""
+    cols = gs * groups_per_row
+    q = data.draw(hnp.arrays(np.int8, rows * cols, elements=st.sampled_from([-128, -127, 0, 127])))
+    s = data.draw(hnp.arrays(np.float32, rows * cols // gs, elements=st.floats(0.0625, 2, width=32)))
+    x = data.draw(hnp.arrays(np.float32, (T, cols), elements=floats))
+    got = kernel_matmul(QTensor(q, s, (rows, cols), gs), x)
+    wd = (q.astype(np.float64).reshape(-1, gs) * s[:, None]).reshape(rows, cols)
+    xd = np.array([reference.quantize_acts(r, gs) for r in x])
+    ref = xd @ wd.T
+    assert np.all(np.abs(got - ref) <= 1e-5 * (np.abs(xd) @ np.abs(wd).T) + 1e-6)

@@ -5,9 +5,12 @@
  * well (portable builds, other CPUs).
  *
  * Q8_0 with groups aligned to rows (gs a multiple of 32): per 32 values,
- * |x| (u8) * sign(x)w (s8) -> vpmaddubsw pairs into int16 (|sum| <= 2*127*127, no
- * overflow) -> vpmaddwd into int32 lanes; at the end of each group the int32 lanes
- * are exact, and are scaled by w_scale * x_scale into float lanes.
+ * |w| (u8) * sign(w)x (s8) -> vpmaddubsw pairs into int16 -> vpmaddwd into int32
+ * lanes; at the end of each group the int32 lanes are exact, and are scaled by
+ * w_scale * x_scale into float lanes. The unsigned side is the weight's because a
+ * file may hold -128 (whose |w| is 128 as u8), while activations, quantized here,
+ * stay within +-127: sign(w)x cannot overflow and a pair sums to at most
+ * 2*128*127 < 2^15, so vpmaddubsw never saturates.
  *
  * Each pass also prefetches the next four rows: a block of rows is too short a
  * stream for the hardware prefetcher to get ahead of (768 bytes for dim 768),
@@ -55,11 +58,10 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride
                 _mm_prefetch((const char *)(w3 + 4 * n + k), _MM_HINT_T0);
             }
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq + k));
-            __m256i ax = _mm256_sign_epi8(x, x);
 #define QLLAMA_ROW(wr, ir)                                                              \
             {                                                                           \
                 __m256i v = _mm256_loadu_si256((const __m256i *)((wr) + k));            \
-                __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(v, x));           \
+                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(x, v)); \
                 ir = _mm256_add_epi32(ir, _mm256_madd_epi16(p, ones));                  \
             }
             QLLAMA_ROW(w0, i0) QLLAMA_ROW(w1, i1) QLLAMA_ROW(w2, i2) QLLAMA_ROW(w3, i3)
