@@ -11,7 +11,7 @@ the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
 dequantized in full. Each matmul reads a weight row once per block of tokens.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, roundf
+from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, truncf
 from libc.stdint cimport int8_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -93,7 +93,38 @@ cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
             memset(&xq[g * gs], 0, gs)
         else:
             for i in range(g * gs, (g + 1) * gs):
-                xq[i] = <int8_t>roundf(x[i] / scale)
+                xq[i] = <int8_t>round_away(x[i] / scale)
+
+
+cdef inline float round_away(float v) noexcept nogil:
+    """roundf (half away from zero) in a form the compiler vectorizes; exact, since
+    v - truncf(v) is representable."""
+    cdef float t = truncf(v), d = v - t
+    return t + (<float>(d >= 0.5) - <float>(d <= -0.5))
+
+
+cdef inline void norm_quantize_row(float* out, const float* x, const float* weight,
+                                   Py_ssize_t n, Py_ssize_t gs, int8_t* xq,
+                                   float* xs) noexcept nogil:
+    if weight != NULL:
+        rmsnorm(out, x, weight, n)
+    if xq != NULL:
+        quantize_vector(out, n, gs, xq, xs)
+
+
+cdef void norm_quantize(float* out, const float* x, const float* weight, Py_ssize_t T,
+                        Py_ssize_t n, Py_ssize_t gs, int8_t* xq, float* xs,
+                        int threads) noexcept nogil:
+    """Rows t < T: out = rmsnorm(x) (unless weight is NULL: out is the input), then
+    its Q8_0 copy into xq/xs (unless xq is NULL). A block's rows go in parallel."""
+    cdef Py_ssize_t t, ng = n // gs if gs else 0
+    if T == 1:
+        norm_quantize_row(out, x, weight, n, gs, xq, xs)
+        return
+    for t in prange(T, schedule="static", num_threads=threads):
+        norm_quantize_row(out + t * n, x + t * n, weight, n, gs,
+                          xq + t * n if xq != NULL else NULL,
+                          xs + t * ng if xq != NULL else NULL)
 
 
 cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size,
@@ -444,14 +475,13 @@ cdef class Transformer:
         with nogil:
             self._forward(&tokens[0], T, pos, &logits[0, 0], logits.shape[0])
 
-    cdef void _quantize_rows(self, const float* x, Py_ssize_t stride, Py_ssize_t T,
-                             Py_ssize_t n) noexcept nogil:
-        """Q8_0 copies of T activation rows, for the aligned int8 matmuls."""
-        cdef Py_ssize_t t, gs = self.group_size
-        if not self.quantized or n % gs:
-            return  # fp32 weights, or groups straddle rows: fp32 activations
-        for t in range(T):
-            quantize_vector(x + t * stride, n, gs, self.xq + t * n, self.xs + t * (n // gs))
+    cdef void _norm_quantize(self, float* out, const float* x, const float* weight,
+                             Py_ssize_t T, Py_ssize_t n) noexcept nogil:
+        """rmsnorm rows (weight not NULL) and, for aligned Q8_0 matmuls, quantize them;
+        fp32 weights and groups that straddle rows take fp32 activations."""
+        cdef bint q = self.quantized and n % self.group_size == 0
+        norm_quantize(out, x, weight, T, n, self.group_size, self.xq if q else NULL,
+                      self.xs if q else NULL, self.threads)
 
     cdef void _forward(self, const int32_t* tokens, Py_ssize_t T, Py_ssize_t pos,
                        float* logits, Py_ssize_t n_logits) noexcept nogil:
@@ -481,9 +511,7 @@ cdef class Transformer:
             vc = self.value_cache + l * cap * kv_dim
 
             # attention: q, and k/v written straight into this layer's cache rows
-            for t in range(T):
-                rmsnorm(self.xb + t * dim, self.x + t * dim, L.attn_norm, dim)
-            self._quantize_rows(self.xb, dim, T, dim)
+            self._norm_quantize(self.xb, self.x, L.attn_norm, T, dim)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, kc + pos * kv_dim, kv_dim
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, vc + pos * kv_dim, kv_dim
@@ -498,26 +526,22 @@ cdef class Transformer:
                                q + (th // H) * dim + (th % H) * hs, kc, vc,
                                att + th * cap, pos + th // H + 1, kv_dim, hs,
                                ((th % H) // kv_mul) * hs)
-            self._quantize_rows(self.xb, dim, T, dim)
+            self._norm_quantize(self.xb, self.xb, NULL, T, dim)
             matmul(self.xb2, dim, self.xb, dim, self.xq, self.xs, T, &L.wo, nt)
             for i in range(T * dim):
                 self.x[i] += self.xb2[i]
 
             # feed-forward: w2(silu(w1 x) * w3 x)
-            for t in range(T):
-                rmsnorm(self.xb + t * dim, self.x + t * dim, L.ffn_norm, dim)
-            self._quantize_rows(self.xb, dim, T, dim)
+            self._norm_quantize(self.xb, self.x, L.ffn_norm, T, dim)
             swiglu(self.hb, self.hb2, &L.w1, &L.w3, self.xb, dim, self.xq, self.xs, T, nt)
-            self._quantize_rows(self.hb, hidden, T, hidden)
+            self._norm_quantize(self.hb, self.hb, NULL, T, hidden)
             matmul(self.xb, dim, self.hb, hidden, self.xq, self.xs, T, &L.w2, nt)
             for i in range(T * dim):
                 self.x[i] += self.xb[i]
 
         # classifier over the last n_logits positions of the block
         first = T - n_logits
-        for t in range(n_logits):
-            rmsnorm(self.xb + t * dim, self.x + (first + t) * dim, self.final_norm, dim)
-        self._quantize_rows(self.xb, dim, n_logits, dim)
+        self._norm_quantize(self.xb, self.x + first * dim, self.final_norm, n_logits, dim)
         matmul(logits, self.vocab_size, self.xb, dim, self.xq, self.xs, n_logits,
                &self.classifier, nt)
 
