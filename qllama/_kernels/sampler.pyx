@@ -2,8 +2,8 @@
 """Token sampling exactly as llama2.c's run.c does it: xorshift64* generator,
 float32 softmax with temperature, top-p over candidates above (1-p)/(n-1),
 sorted by probability with qsort. Same seed, same logits -> same tokens."""
-from libc.math cimport expf
 from libc.stdlib cimport malloc, free, qsort
+from qllama._kernels.nn cimport softmax
 
 
 cdef struct ProbIndex:
@@ -38,19 +38,6 @@ cdef int argmax(const float* p, int n) noexcept nogil:
         if p[i] > p[best]:
             best = i
     return best
-
-
-cdef void softmax(float* x, int n) noexcept nogil:
-    cdef float max_val = x[0], total = 0.0
-    cdef int i
-    for i in range(1, n):
-        if x[i] > max_val:
-            max_val = x[i]
-    for i in range(n):
-        x[i] = expf(x[i] - max_val)
-        total += x[i]
-    for i in range(n):
-        x[i] /= total
 
 
 cdef int sample_mult(const float* p, int n, float coin) noexcept nogil:

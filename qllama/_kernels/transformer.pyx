@@ -15,6 +15,7 @@ from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, truncf
 from libc.stdint cimport int8_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from qllama._kernels.nn cimport softmax
 
 import numpy as np
 
@@ -62,19 +63,6 @@ cdef inline void rmsnorm(float* o, const float* x, const float* weight,
     ss = 1.0 / sqrtf(ss)
     for j in range(n):
         o[j] = weight[j] * (ss * x[j])
-
-
-cdef inline void softmax(float* x, Py_ssize_t n) noexcept nogil:
-    cdef float max_val = x[0], total = 0.0
-    cdef Py_ssize_t i
-    for i in range(1, n):
-        if x[i] > max_val:
-            max_val = x[i]
-    for i in range(n):
-        x[i] = expf(x[i] - max_val)
-        total += x[i]
-    for i in range(n):
-        x[i] = x[i] / total
 
 
 cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
