@@ -1,25 +1,40 @@
-"""Atomic output files: write to a temporary file beside the target, fsync, rename.
-
-A failure or Ctrl-C at any point leaves no partial file behind.
+"""File paths: inputs must be regular files; outputs are written atomically (a
+temporary file beside the target, fsync, rename), so a failure or Ctrl-C at any
+point leaves no partial file behind.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 
 from .errors import UsageError
 
 
+def require_regular_file(path: str, error=UsageError) -> None:
+    """Refuse a missing path, a directory, a FIFO or a device before opening it
+    (opening a FIFO blocks; a device has no size to validate)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: not a regular file")
+
+
 def check_output_path(path: str, force: bool = False, inputs: tuple = ()) -> None:
-    """Refuse an output that would overwrite an input or an existing file."""
+    """Refuse an output that would overwrite an input or an existing file; --force
+    replaces regular files only (never a device, FIFO or directory)."""
     for src in inputs:
         if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
             raise UsageError(f"{path}: output is the same file as the input")
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise UsageError(f"{path}: not a regular file; refusing to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"{path}: output directory {parent} does not exist")

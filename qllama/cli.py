@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"qllama: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    except MemoryError as e:
+        print(f"qllama: error: out of memory{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qllama: interrupted", file=sys.stderr)
         return 130

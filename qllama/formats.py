@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .atomic import require_regular_file
 from .errors import FormatError
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -222,6 +223,9 @@ def validate(config: Config, name: str = "model") -> None:
         if not 0 < value <= INT32_MAX:
             raise FormatError(f"{name}: header says {field}={value}, must be > 0 "
                               "(not a llama2.c checkpoint, or a damaged one)")
+    if c.vocab_size < 3:
+        raise FormatError(f"{name}: vocab_size {c.vocab_size}; llama2.c models need at least 3 "
+                          "(ids 0, 1, 2 are unknown, BOS and EOS)")
     if c.dim % c.n_heads:
         raise FormatError(f"{name}: dim {c.dim} is not a multiple of n_heads {c.n_heads}")
     if c.n_heads % c.n_kv_heads:
@@ -243,6 +247,7 @@ def validate(config: Config, name: str = "model") -> None:
 def read_config(path: str | os.PathLike) -> Config:
     """Validate a file's header against its size without mapping it."""
     path = os.fspath(path)
+    require_regular_file(path, FormatError)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

@@ -39,8 +39,9 @@ def register(sub) -> None:
 
 
 def run_command(args) -> int:
-    check_sampling(args.temperature, args.top_p, args.steps)
+    # run.c: a seed <= 0 means "from the clock"
     seed = args.seed if args.seed is not None and args.seed > 0 else default_seed()
+    check_sampling(args.temperature, args.top_p, args.steps, seed)
     with Model(args.model, tokenizer=args.tokenizer, threads=args.threads) as model:
         model.tokenizer  # load and check it before any output
         stats = Stats()
@@ -54,11 +55,12 @@ def run_command(args) -> int:
 
 def generate(model: Model, args, seed: int, stats: Stats) -> None:
     ids = model.encode(args.prompt, bos=True)
+    tokens = model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
     stream = model.text_stream(ids)
-    for token in model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats):
+    for token in tokens:
         out.write(stream.feed(token))
         out.flush()
     out.write(stream.flush() + "\n")

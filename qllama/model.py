@@ -16,7 +16,7 @@ import numpy as np
 
 from ._kernels.sampler import Sampler
 from ._kernels.transformer import Transformer
-from .errors import TokenizerError, UsageError
+from .errors import FormatError, TokenizerError, UsageError
 from .formats import ModelFile
 from .threads import resolve_threads
 
@@ -38,13 +38,30 @@ def find_tokenizer(model_path: str) -> str:
                          + "); pass one with -z/--tokenizer")
 
 
-def check_sampling(temperature: float, top_p: float, steps: int) -> None:
-    if not temperature >= 0:
-        raise UsageError(f"temperature must be >= 0, got {temperature}")
+def check_sampling(temperature: float, top_p: float, steps: int, seed: int | None = None) -> None:
+    if not 0 <= temperature < float("inf"):
+        raise UsageError(f"temperature must be >= 0 and finite, got {temperature}")
     if not 0 <= top_p <= 1:
         raise UsageError(f"top-p must be in [0, 1], got {top_p}")
     if steps < 0:
         raise UsageError(f"steps must be >= 0, got {steps}")
+    if seed is not None and not 0 < seed < 2**64:
+        raise UsageError(f"seed must be in 1..2^64-1 (run.c's generator is 64-bit), got {seed}")
+
+
+def token_array(ids, vocab_size: int) -> np.ndarray:
+    """ids as int32 after checking they are whole numbers within the vocabulary."""
+    a = np.asarray(ids)
+    if a.ndim != 1 or a.size == 0:
+        raise UsageError("need a non-empty 1-D sequence of token ids")
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise UsageError(f"token ids must be integers, got {a.dtype}")
+    if a.min() < 0 or a.max() >= vocab_size:
+        raise UsageError(f"token ids must be in 0..{vocab_size - 1}")
+    return a.astype(np.int32)
 
 
 def default_seed() -> int:
@@ -93,10 +110,8 @@ class Session:
 
     def feed(self, tokens, all_logits: bool = False) -> np.ndarray:
         """Run tokens at the next positions; the last prediction (vocab,) or all (T, vocab)."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        tokens = token_array(tokens, self.vocab)
         n = len(tokens)
-        if n == 0:
-            raise ValueError("no tokens to feed")
         if self.pos + n > self.capacity:
             raise UsageError(f"{self.pos + n} positions exceed the context of "
                              f"{self.capacity} tokens")
@@ -150,49 +165,53 @@ class Model:
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (positions, vocab): row t predicts the token after token_ids[..t]."""
-        ids = np.asarray(token_ids, dtype=np.int64)
-        if ids.ndim != 1 or len(ids) == 0:
-            raise UsageError("logits() needs a non-empty 1-D sequence of token ids")
+        ids = token_array(token_ids, self.config.vocab_size)
         if len(ids) > self.config.seq_len:
             raise UsageError(f"{len(ids)} tokens exceed seq_len {self.config.seq_len}")
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            raise UsageError(f"token ids must be in 0..{self.config.vocab_size - 1}")
         return self.session(len(ids)).feed(ids, all_logits=True)
 
     def generate_ids(self, prompt_ids: list[int], steps: int = 256, temperature: float = 1.0,
                      top_p: float = 0.9, seed: int | None = None,
                      stats: Stats | None = None, session: Session | None = None,
                      sampler: Sampler | None = None, stop=(BOS, EOS)) -> Iterator[int]:
-        """Yield sampled token ids after prompt_ids, as llama2.c's run.c: `steps`
-        counts positions including the prompt (0 = seq_len); stop at BOS or EOS.
-        A chat passes its `session` (KV cache kept between turns) and `sampler`."""
-        check_sampling(temperature, top_p, steps)
+        """Sampled token ids after prompt_ids, as llama2.c's run.c: `steps` counts
+        positions including the prompt (0 = seq_len; fewer than the prompt: nothing
+        is generated); stop at BOS or EOS. A chat passes its `session` (KV cache kept
+        between turns) and `sampler`. Arguments are checked now, not at the first
+        token."""
+        check_sampling(temperature, top_p, steps, seed)
         seq_len = self.config.seq_len
-        if len(prompt_ids) == 0:
-            raise UsageError("the prompt must hold at least one token (BOS)")
+        prompt = token_array(prompt_ids, self.config.vocab_size)
         if session is None:
-            if len(prompt_ids) > seq_len:
-                raise UsageError(f"prompt is {len(prompt_ids)} tokens, longer than the "
+            if len(prompt) > seq_len:
+                raise UsageError(f"prompt is {len(prompt)} tokens, longer than the "
                                  f"model's seq_len {seq_len}")
-            limit = max(len(prompt_ids), min(steps or seq_len, seq_len))
-            session = self.session(limit)
-        limit = session.capacity
-        if session.pos + len(prompt_ids) > limit:
-            raise UsageError(f"prompt of {len(prompt_ids)} tokens does not fit in the "
-                             f"{limit - session.pos} positions left")
+            if steps and steps < len(prompt):
+                return iter(())
+            session = self.session(max(len(prompt), min(steps or seq_len, seq_len)))
+        if session.pos + len(prompt) > session.capacity:
+            raise UsageError(f"prompt of {len(prompt)} tokens does not fit in the "
+                             f"{session.capacity - session.pos} positions left")
         stats = stats if stats is not None else Stats()
         if sampler is None:
             stats.seed = default_seed() if seed is None else seed
             sampler = self.sampler(temperature, top_p, stats.seed)
-        stats.tokens.extend(prompt_ids)
+        return self._generate(prompt, session, sampler, stats, stop)
+
+    def _generate(self, prompt: np.ndarray, session: Session, sampler: Sampler,
+                  stats: Stats, stop) -> Iterator[int]:
+        stats.tokens.extend(prompt.tolist())
         t0 = time.perf_counter()
-        logits = session.feed(prompt_ids)
+        logits = session.feed(prompt)
         t1 = time.perf_counter()
-        stats.prompt_tokens += len(prompt_ids)
+        stats.prompt_tokens += len(prompt)
         stats.prompt_seconds += t1 - t0
         first = True
         while True:
             token = sampler.sample(logits)
+            if token < 0:
+                raise FormatError(f"{self.path}: the model computed NaN or infinite logits at "
+                                  f"position {session.pos - 1}: its weights hold NaN or Inf")
             if first:
                 stats.first_token_seconds = time.perf_counter() - t0
                 first = False
@@ -201,7 +220,7 @@ class Model:
             stats.tokens.append(token)
             stats.generated_tokens += 1
             yield token
-            if session.pos >= limit:
+            if session.pos >= session.capacity:
                 break
             logits = session.feed([token])
         stats.generate_seconds += time.perf_counter() - t1

@@ -38,7 +38,7 @@ import struct
 
 import numpy as np
 
-from .atomic import atomic_output
+from .atomic import atomic_output, require_regular_file
 from .errors import TokenizerError, UsageError
 
 SPACE = "▁"                    # U+2581, SentencePiece's escaped space
@@ -513,6 +513,7 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     `tokenizer.bin`. With `vocab_size`, the file must have exactly that many
     pieces (the model's vocabulary)."""
     path = os.fspath(path)
+    require_regular_file(path, TokenizerError)
     try:
         with open(path, "rb") as f:
             data = f.read()

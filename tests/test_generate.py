@@ -147,3 +147,45 @@ def test_tokenizer_vocab_mismatch_and_missing(tiny, tmp_path, monkeypatch):
 def test_run_in_process_reports_errors(tiny, capsys):
     assert main(["run", str(tiny), "-z", str(data("tok512.bin")), "-t", "-2"]) == 1
     assert "temperature" in capsys.readouterr().err
+
+
+# --- hostile input: one line on stderr, exit 1, no traceback, no hang -------------
+
+def nan_model(tmp_path):
+    """A valid file whose weights hold NaN: the engine computes NaN logits."""
+    path = tmp_path / "nan.bin"
+    write_model(path, Config(1, 32, 64, 1, 4, 4, 512, 16, True))
+    raw = bytearray(path.read_bytes())
+    raw[256 + 4 * 40:256 + 4 * 41] = np.float32(np.nan).tobytes()  # a norm weight
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan weights", "huge seed", "huge threads", "fifo"])
+def test_hostile_run_inputs(tiny, tmp_path, case):
+    tok = data("tok512.bin")
+    args = {
+        "nan weights": [nan_model(tmp_path), "-z", tok, "-n", "5"],
+        "huge seed": [tiny, "-z", tok, "-s", str(2**64)],
+        "huge threads": [tiny, "-z", tok, "--threads", "3000000000"],
+        "fifo": [tmp_path / "fifo", "-z", tok],
+    }[case]
+    if case == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    r = run_cli(*args)
+    assert r.returncode == 1, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_tiny_temperature_is_the_greedy_limit():
+    """logits / 1e-45 overflow to inf: the sampler takes the argmax instead of NaN."""
+    r = run_cli(data("stories260K.bin"), "-z", data("tok512.bin"), "-t", "1e-45", "-n", "40")
+    assert r.returncode == 0 and r.stdout.startswith(STORY[:40])
+
+
+def test_api_rejects_bad_token_ids(tiny):
+    model = qllama.load(tiny)
+    for bad in ([], [512], [-1], [1.5], [2**32 + 1], [[1, 2]]):
+        with pytest.raises(qllama.UsageError):
+            model.logits(bad)
+    assert np.array_equal(model.logits([1.0, 7.0]), model.logits([1, 7]))

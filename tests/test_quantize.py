@@ -426,3 +426,13 @@ def test_sigint_leaves_no_partial_file(tmp_path):
         pytest.skip("quantize finished before the signal arrived")
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert list(outdir.iterdir()) == []
+
+
+def test_force_never_replaces_a_fifo_or_device(small, tmp_path, capsys):
+    src, _ = small
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, "/dev/null"):
+        assert main(["quantize", str(src), str(target), "--force", "-q"]) == 1
+        assert "not a regular file" in capsys.readouterr().err
+    assert not os.path.isfile(fifo) and not os.path.isfile("/dev/null")

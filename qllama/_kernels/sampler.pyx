@@ -32,6 +32,16 @@ cdef inline float random_f32(unsigned long long* state) noexcept nogil:
     return (random_u32(state) >> 8) / 16777216.0
 
 
+cdef bint all_finite(const float* x, int n) noexcept nogil:
+    """No NaN or +-Inf: an integer test of the exponent bits, which vectorizes."""
+    cdef const unsigned int* bits = <const unsigned int*>x
+    cdef unsigned int bad = 0
+    cdef int i
+    for i in range(n):
+        bad |= (bits[i] & 0x7F800000u) == 0x7F800000u
+    return bad == 0
+
+
 cdef int argmax(const float* p, int n) noexcept nogil:
     cdef int i, best = 0
     for i in range(1, n):
@@ -61,6 +71,8 @@ cdef int sample_topp(const float* p, int n, float topp, ProbIndex* cand,
             cand[n0].index = i
             cand[n0].prob = p[i]
             n0 += 1
+    if n0 == 0:  # tiny vocabulary and tiny top-p: nothing reaches the cutoff
+        return argmax(p, n)
     qsort(cand, n0, sizeof(ProbIndex), compare)
     last = n0 - 1
     for i in range(n0):
@@ -99,21 +111,31 @@ cdef class Sampler:
         free(self.cand)
 
     def sample(self, float[::1] logits) -> int:
-        """The next token from logits (vocab,); overwrites them with probabilities."""
+        """The next token from logits (vocab,); overwrites them with probabilities.
+
+        Returns -1 when a logit is NaN or infinite (the model's weights are).
+        A temperature so small that logits / T overflow is the greedy limit: the
+        argmax, with the generator advanced as for any sampled token."""
         if logits.shape[0] != self.vocab_size:
             raise ValueError(f"logits have {logits.shape[0]} entries, vocab is {self.vocab_size}")
-        cdef int n = self.vocab_size, i, nxt
+        cdef int n = self.vocab_size, i, nxt, best
         cdef float coin
         with nogil:
-            if self.temperature == 0.0:
+            if not all_finite(&logits[0], n):
+                nxt = -1
+            elif self.temperature == 0.0:
                 nxt = argmax(&logits[0], n)
             else:
+                best = argmax(&logits[0], n)
                 for i in range(n):
                     logits[i] /= self.temperature
-                softmax(&logits[0], n)
                 coin = random_f32(&self.state)
-                if self.top_p <= 0 or self.top_p >= 1:
-                    nxt = sample_mult(&logits[0], n, coin)
+                if not all_finite(&logits[0], n):
+                    nxt = best
                 else:
-                    nxt = sample_topp(&logits[0], n, self.top_p, self.cand, coin)
+                    softmax(&logits[0], n)
+                    if self.top_p <= 0 or self.top_p >= 1:
+                        nxt = sample_mult(&logits[0], n, coin)
+                    else:
+                        nxt = sample_topp(&logits[0], n, self.top_p, self.cand, coin)
         return nxt

@@ -11,7 +11,7 @@ the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
 dequantized in full. Each matmul reads a weight row once per block of tokens.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, truncf
+from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, fmaxf, fminf, truncf
 from libc.stdint cimport int8_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -81,7 +81,8 @@ cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
             memset(&xq[g * gs], 0, gs)
         else:
             for i in range(g * gs, (g + 1) * gs):
-                xq[i] = <int8_t>round_away(x[i] / scale)
+                # the clamp only matters for a subnormal scale (or NaN): +-127, never -128
+                xq[i] = <int8_t>fminf(fmaxf(round_away(x[i] / scale), -127.0), 127.0)
 
 
 cdef inline float round_away(float v) noexcept nogil:
@@ -318,15 +319,20 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs) except *:
     cdef const float[::1] s
     memset(&m, 0, sizeof(Matrix))
     if isinstance(tensor, np.ndarray):
-        w = tensor.reshape(-1)
-        m.w = &w[0]
         m.rows, m.cols = tensor.shape
+        w = tensor.reshape(-1)
+        if m.rows <= 0 or m.cols <= 0 or w.shape[0] != m.rows * m.cols:
+            raise ValueError("fp32 matrix does not match its shape")
+        m.w = &w[0]
     else:
+        m.rows, m.cols = tensor.shape
         q = tensor.q
         s = tensor.s
+        if (m.rows <= 0 or m.cols <= 0 or gs <= 0 or q.shape[0] != m.rows * m.cols
+                or (m.rows * m.cols) % gs or s.shape[0] != m.rows * m.cols // gs):
+            raise ValueError("Q8_0 matrix does not match its shape and group size")
         m.q = &q[0]
         m.s = &s[0]
-        m.rows, m.cols = tensor.shape
         m.gs = gs
         m.aligned = m.cols % gs == 0
     return m
@@ -430,7 +436,8 @@ cdef class Transformer:
                 or self.fcos == NULL or self.fsin == NULL
                 or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
                 or self.value_cache == NULL):
-            raise MemoryError("cannot allocate the run state")
+            raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
+                              f"of KV cache for {self.capacity} positions); use fewer steps")
 
     def __dealloc__(self):
         free(self.layers)
