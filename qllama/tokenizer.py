@@ -264,24 +264,28 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece as spm
         self.path = path
         try:
-            self.sp = spm.SentencePieceProcessor(model_proto=data)
-        except Exception as e:  # sentencepiece raises RuntimeError/OSError with its status
+            self._read(spm, data)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError with its status,
+            # UnicodeDecodeError for a piece that is not UTF-8, protobuf its DecodeError
             raise TokenizerError(f"{path}: not a valid SentencePiece model ({_one_line(e)})") from None
-        sp = self.sp
+
+    def _read(self, spm, data: bytes) -> None:
+        sp = self.sp = spm.SentencePieceProcessor(model_proto=data)
         self.vocab_size = sp.get_piece_size()
         self.bos_id, self.eos_id, self.unk_id = sp.bos_id(), sp.eos_id(), sp.unk_id()
         self.kinds, self.surfaces = [], []
         unk_surface = UNK_SURFACE
         try:
             from sentencepiece import sentencepiece_model_pb2 as pb
+        except Exception:  # no (or an incompatible) protobuf module: keep SentencePiece's defaults
+            pb = None
+        if pb is not None:
             proto = pb.ModelProto()
             proto.ParseFromString(data)
             self.add_dummy_prefix = proto.normalizer_spec.add_dummy_prefix
             self.remove_extra_whitespaces = proto.normalizer_spec.remove_extra_whitespaces
             if proto.trainer_spec.HasField("unk_surface"):
                 unk_surface = proto.trainer_spec.unk_surface
-        except Exception:  # no protobuf module: keep SentencePiece's defaults
-            pass
         for i in range(self.vocab_size):
             p = sp.id_to_piece(i)
             if sp.is_byte(i):

@@ -293,6 +293,39 @@ def test_truncated_real_file_never_crashes(tmp_path):
             pytest.fail(f"cut at {cut} loaded {tok}")
 
 
+def test_corrupt_model_piece_is_a_tokenizer_error(tmp_path, capsys):
+    """A piece that is not UTF-8 parses as a proto but breaks id_to_piece."""
+    raw = bytearray(data("tok512.model").read_bytes())
+    raw[6119] = 0xC2
+    path = tmp_path / "bad.model"
+    path.write_bytes(raw)
+    with pytest.raises(TokenizerError, match=f"{path}: not a valid SentencePiece model"):
+        load_tokenizer(path)
+    assert cli.main(["tokenizer", "encode", str(path), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qllama: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name, loader", [("tok512.model", load_tokenizer),
+                                          ("tok512.bin", BinTokenizer)])
+def test_single_byte_mutations_load_or_raise_tokenizer_error(tmp_path, name, loader):
+    import random
+    raw = data(name).read_bytes()
+    path = tmp_path / name
+    rng = random.Random(1234)
+    for _ in range(100):
+        mutated = bytearray(raw)
+        offset = rng.randrange(len(raw))
+        mutated[offset] = rng.choice([b for b in range(256) if b != raw[offset]])
+        path.write_bytes(mutated)
+        try:
+            tok = loader(path) if loader is load_tokenizer else loader(str(path), bytes(mutated))
+        except TokenizerError as e:
+            assert str(path) in str(e)
+        else:
+            tok.decode(tok.encode("Once upon a time"))
+
+
 def test_missing_and_unreadable(tmp_path, capsys):
     with pytest.raises(TokenizerError, match="cannot read"):
         load_tokenizer(tmp_path / "nope.bin")
