@@ -89,9 +89,22 @@ class Stats:
                 f"{self.first_token_seconds * 1000:.1f} ms, peak RSS {peak_rss_mb():.0f} MB")
 
 
-def peak_rss_mb() -> float:
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (mapped weight pages included): VmHWM of its
+    own address space; ru_maxrss would carry a parent's peak over fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_mb() -> float:
+    return peak_rss_bytes() / 2**20
 
 
 class Session:
@@ -137,15 +150,14 @@ class Model:
                   f"not divide the rows (dim {self.config.dim}, hidden_dim "
                   f"{self.config.hidden_dim}); reading it by the format's definition on a "
                   "slower path (llama2.c's runq.c computes such files wrongly)", file=sys.stderr)
-        self._tokenizer = tokenizer
-        self._tokenizer_path = None if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)) else os.fspath(tokenizer)
+        self._tokenizer = tokenizer  # a path (loaded on first use), a tokenizer, or None
 
     # -- tokenizer -------------------------------------------------------------
     @property
     def tokenizer(self):
         if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
             from .tokenizer import load_tokenizer
-            path = self._tokenizer_path or find_tokenizer(self.path)
+            path = self._tokenizer or find_tokenizer(self.path)
             self._tokenizer = load_tokenizer(path, vocab_size=self.config.vocab_size)
         elif self._tokenizer.vocab_size != self.config.vocab_size:
             raise TokenizerError(f"tokenizer has {self._tokenizer.vocab_size} tokens, model "

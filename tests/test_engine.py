@@ -165,22 +165,35 @@ def test_forward_matches_float64_reference(tmp_path, data):
     """Random shapes (GQA, separate classifier, fp32 and Q8_0 of several group sizes)."""
     n_kv = data.draw(st.sampled_from([1, 2, 4]))
     n_heads = n_kv * data.draw(st.sampled_from([1, 2]))
-    head_size = data.draw(st.sampled_from([2, 4, 8, 16]))
+    head_size = data.draw(st.sampled_from([2, 4, 8, 16, 32]))
     dim = n_heads * head_size
     hidden = data.draw(st.integers(1, 12)) * 4
     version = data.draw(st.sampled_from([1, 2]))
     c = Config(version, dim, hidden, data.draw(st.integers(1, 3)), n_heads, n_kv,
-               data.draw(st.integers(3, 70)), 32, data.draw(st.booleans()))
+               data.draw(st.integers(3, 70)), 48, data.draw(st.booleans()))
     if version == 2:
-        sizes = [g for g in (1, 2, 4, 8, 16, 32) if all(
+        sizes = [g for g in (1, 2, 4, 8, 16, 32, 64) if all(
             n % g == 0 for n in (dim * dim, c.kv_dim * dim, hidden * dim, c.vocab_size * dim))]
         c = c.as_version(2, data.draw(st.sampled_from(sizes)))
     path = tmp_path / f"m{data.draw(st.integers(0, 10**9))}.bin"
     write_model(path, c, seed=data.draw(st.integers(0, 1000)))
-    ids = data.draw(st.lists(st.integers(0, c.vocab_size - 1), min_size=1, max_size=12))
+    # up to 40 tokens: prompts longer than one 32-token prefill block
+    ids = data.draw(st.lists(st.integers(0, c.vocab_size - 1), min_size=1, max_size=40))
     model = Model(path, threads=data.draw(st.sampled_from([1, 2])))
     got = model.logits(ids)
     ref = reference_forward(ModelFile(path), ids)
     # fp32 arithmetic vs float64; Q8_0 adds activation rounding ties decided differently
     tol = 1e-4 if version == 1 else 5e-3
     assert rel_error(got, ref) <= tol
+
+
+@pytest.mark.parametrize("version,gs", [(1, 0), (2, 64), (2, 32)])
+def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
+    """Group size 64 (the AVX2 kernel's usual case), GQA, a separate classifier with
+    rows % 4 != 0, and 40 tokens: two prefill blocks, against float64 numpy."""
+    path = tmp_path / "m.bin"
+    write_model(path, Config(version, 128, 192, 2, 4, 2, 70, 48, False, gs), seed=11)
+    ids = list(np.random.default_rng(2).integers(0, 70, 40))
+    model = Model(path, threads=2)
+    tol = 1e-4 if version == 1 else 5e-3
+    assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol

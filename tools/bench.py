@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from qllama import formats  # noqa: E402
 from qllama.formats import Config  # noqa: E402
+from qllama.model import peak_rss_bytes  # noqa: E402
 
 SHAPES = ("stories15M", "stories110M", "llama2-7b")
 PATHS = ("int8", "fp32")
@@ -222,7 +223,7 @@ def child_model(path: str, threads: int, prompt: int, decode: int, repeats: int,
         "prefill_tok_s": prompt / min(prefill_s),
         "decode_tok_s": decode / min(decode_s),
         "decode_ms_median": 1e3 * statistics.median(per_token),
-        "peak_rss_bytes": peak_rss(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "kernel_build": kernel_build(),
     }
 
@@ -232,18 +233,6 @@ def kernel_build() -> str:
     from qllama._kernels import transformer
     mtime = os.path.getmtime(transformer.__file__)
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime))
-
-
-def peak_rss() -> int:
-    """This process's peak resident set in bytes: VmHWM of its own address space.
-    (ru_maxrss is not used: Linux carries the parent's RSS at fork over exec.)"""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def busy_seconds() -> float:
