@@ -24,6 +24,14 @@ def rel_error(a, ref):
     return float((np.abs(a - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
 
 
+# Q8_0 files against the float64 reference: the reference's activations differ from the
+# kernel's float32 ones in the last bits, so now and then one lands on the other side of a
+# rounding boundary and its int8 value moves by one quantum (1/127 of its group's max).
+# That moves logits by up to about 1% of their largest value; a wrong scale, index or
+# group boundary moves them by the order of the logits themselves.
+Q80_VS_REFERENCE = 1e-2
+
+
 def q80_logit_bound(config: Config) -> float:
     """Expected worst deviation of Q8_0 logits, relative to the largest |logit|.
 
@@ -111,9 +119,8 @@ def test_straddling_groups_read_by_definition():
     model = Model(path)
     assert model.config.straddles
     ref = reference_forward(model.file, ids)
-    # dim 64 is a multiple of 8, so activations entering those matrices are quantized;
-    # float32 and float64 break an occasional rounding tie differently: 5e-3.
-    assert rel_error(model.logits(ids), ref) <= 5e-3
+    # dim 64 is a multiple of 8, so activations entering those matrices are quantized
+    assert rel_error(model.logits(ids), ref) <= Q80_VS_REFERENCE
 
 
 def test_groups_straddling_every_row(tmp_path):
@@ -182,8 +189,7 @@ def test_forward_matches_float64_reference(tmp_path, data):
     model = Model(path, threads=data.draw(st.sampled_from([1, 2])))
     got = model.logits(ids)
     ref = reference_forward(ModelFile(path), ids)
-    # fp32 arithmetic vs float64; Q8_0 adds activation rounding ties decided differently
-    tol = 1e-4 if version == 1 else 5e-3
+    tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
     assert rel_error(got, ref) <= tol
 
 
@@ -195,5 +201,5 @@ def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
     write_model(path, Config(version, 128, 192, 2, 4, 2, 70, 48, False, gs), seed=11)
     ids = list(np.random.default_rng(2).integers(0, 70, 40))
     model = Model(path, threads=2)
-    tol = 1e-4 if version == 1 else 5e-3
+    tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol
