@@ -119,8 +119,6 @@ def cmd_train(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.input_sentence_size < 0:
-        raise UsageError("--input-sentence-size must be >= 0 (0 = all sentences)")
     r = train(args.input, args.vocab_size, args.out, threads=args.threads,
               input_sentence_size=args.input_sentence_size, exact_vocab=args.exact_vocab,
               force=args.force, verbose=args.verbose, warn=warn)

@@ -32,7 +32,7 @@ import sys
 
 from .atomic import atomic_output, check_output_path
 from .errors import TokenizerError, UsageError
-from .tokenizer import SentencePieceTokenizer, bin_bytes
+from .tokenizer import SentencePieceTokenizer, _one_line, bin_bytes
 
 LLAMA2_TRAINER_SPEC = {
     "input": ["/large_experiments/theorem/datasets/MERGED/all.test1.merged"],
@@ -87,6 +87,10 @@ LLAMA2_NORMALIZER_SPEC = {
 # Fields that describe the training run, not the tokenizer: free to differ.
 TRAINER_RUN_FIELDS = ("input", "model_prefix", "vocab_size", "num_threads",
                       "input_sentence_size", "seed_sentencepiece_size")
+
+# The ranges of the trainer_spec fields we set (int32 vocab_size, uint64 input_sentence_size).
+VOCAB_SIZE_MAX = 2**31 - 1
+INPUT_SENTENCE_SIZE_MAX = 2**64 - 1
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
@@ -161,8 +165,12 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
             raise UsageError(f"{p}: input file does not exist")
         if os.path.getsize(p) == 0:
             raise UsageError(f"{p}: input file is empty")
-    if vocab_size < 1:
-        raise UsageError(f"--vocab-size must be positive, got {vocab_size}")
+    if not 1 <= vocab_size <= VOCAB_SIZE_MAX:
+        raise UsageError(f"--vocab-size must be in 1..{VOCAB_SIZE_MAX} (SentencePiece stores it "
+                         f"as int32), got {vocab_size}")
+    if not 0 <= input_sentence_size <= INPUT_SENTENCE_SIZE_MAX:
+        raise UsageError(f"--input-sentence-size must be in 0..{INPUT_SENTENCE_SIZE_MAX} "
+                         f"(0 = all sentences), got {input_sentence_size}")
     threads = threads or os.cpu_count() or 1
     model_path, bin_path = f"{prefix}.model", f"{prefix}.bin"
     for path in (model_path, bin_path):   # refuse before spending time on training
@@ -175,7 +183,7 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
                                 verbose)
             break
         except RuntimeError as e:
-            msg = " ".join(str(e).split())
+            msg = _one_line(e)
             high, low = _TOO_HIGH.search(msg), _TOO_LOW.search(msg)
             if high and not exact_vocab and int(high.group(2)) < size:
                 size = int(high.group(2))
@@ -192,6 +200,8 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
                                      f"least {low.group(2)} (3 special + 256 byte pieces + its "
                                      "characters)") from None
             raise TokenizerError(f"sentencepiece training failed: {msg}") from None
+        except Exception as e:  # ValueError for a setting it cannot parse, OSError, ...
+            raise TokenizerError(f"sentencepiece training failed: {_one_line(e)}") from None
 
     proto = pb.ModelProto()
     proto.ParseFromString(data)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SHARED, data
 from qllama import cli
-from qllama.errors import TokenizerError
+from qllama.errors import TokenizerError, UsageError
 from qllama.tokenizer import load_tokenizer
 from qllama.tokenizer_train import LLAMA2_NORMALIZER_SPEC, LLAMA2_TRAINER_SPEC, train
 
@@ -162,3 +162,30 @@ def test_train_refuses_to_overwrite(trained, corpus, capsys):
     assert cli.main(["tokenizer", "train", "--input", str(corpus) + ".missing",
                      "--vocab-size", "400", "--out", str(trained) + "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--vocab-size", "99999999999"], "--vocab-size must be in 1..2147483647"),
+    (["--vocab-size", "0"], "--vocab-size must be in 1..2147483647"),
+    (["--vocab-size", "400", "--input-sentence-size", "99999999999999999999999"],
+     "--input-sentence-size must be in 0..18446744073709551615"),
+])
+def test_out_of_range_numbers_are_one_line(corpus, tmp_path, capsys, flags, message):
+    assert cli.main(["tokenizer", "train", "--input", str(corpus), "--out", str(tmp_path / "t"),
+                     *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_trainer_exceptions_become_tokenizer_errors(corpus, tmp_path, monkeypatch):
+    spm = pytest.importorskip("sentencepiece")
+
+    def refuse(**kwargs):
+        raise ValueError("INVALID_ARGUMENT: cannot parse \"x\" as int.")
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", refuse)
+    with pytest.raises(TokenizerError, match="sentencepiece training failed: INVALID_ARGUMENT"):
+        train([corpus], 400, tmp_path / "t")
+    with pytest.raises(UsageError, match="--vocab-size must be in 1..2147483647"):
+        train([corpus], 2**31, tmp_path / "t")
