@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     e.add_argument("--input", nargs="+", required=True, metavar="FILE", help="text files")
     e.add_argument("--vocab-size", type=int, required=True, metavar="N")
     e.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
-    e.add_argument("--threads", type=int, default=None, help="trainer threads (default: all cores)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="trainer threads (default: $QLLAMA_THREADS, else all cores)")
     e.add_argument("--input-sentence-size", type=int, default=200_000_000, metavar="N",
                    help="most sentences to sample from the input (Llama 2: 200000000)")
     e.add_argument("--exact-vocab", action="store_true",
@@ -117,8 +118,6 @@ def cmd_train(args) -> int:
     def warn(msg):
         print(f"qllama: warning: {msg}", file=sys.stderr)
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     r = train(args.input, args.vocab_size, args.out, threads=args.threads,
               input_sentence_size=args.input_sentence_size, exact_vocab=args.exact_vocab,
               force=args.force, verbose=args.verbose, warn=warn)

@@ -9,8 +9,8 @@ the input files, the output prefix, the vocabulary size, the thread count
 and the sentence sample sizes.
 
 What adapts on a small corpus, and why:
-- num_threads: Llama 2's 80 were the machine it ran on; we use this machine's
-  cores (or --threads).
+- num_threads: Llama 2's 80 were the machine it ran on; we use the cores this
+  process may run on (or --threads, or QLLAMA_THREADS).
 - input_sentence_size stays 200M, an upper bound: SentencePiece loads every
   sentence of a smaller corpus. seed_sentencepiece_size only matters to the
   unigram trainer and stays 1M.
@@ -32,6 +32,7 @@ import sys
 
 from .atomic import atomic_output, check_output_path
 from .errors import TokenizerError, UsageError
+from .threads import resolve_threads
 from .tokenizer import SentencePieceTokenizer, _one_line, bin_bytes
 
 LLAMA2_TRAINER_SPEC = {
@@ -171,7 +172,7 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
     if not 0 <= input_sentence_size <= INPUT_SENTENCE_SIZE_MAX:
         raise UsageError(f"--input-sentence-size must be in 0..{INPUT_SENTENCE_SIZE_MAX} "
                          f"(0 = all sentences), got {input_sentence_size}")
-    threads = threads or os.cpu_count() or 1
+    threads = resolve_threads(threads)
     model_path, bin_path = f"{prefix}.model", f"{prefix}.bin"
     for path in (model_path, bin_path):   # refuse before spending time on training
         check_output_path(path, force, inputs=tuple(inputs))

@@ -169,6 +169,7 @@ def test_train_refuses_to_overwrite(trained, corpus, capsys):
     (["--vocab-size", "0"], "--vocab-size must be in 1..2147483647"),
     (["--vocab-size", "400", "--input-sentence-size", "99999999999999999999999"],
      "--input-sentence-size must be in 0..18446744073709551615"),
+    (["--vocab-size", "400", "--threads", "99999999999999"], "thread count must be in 1..1024"),
 ])
 def test_out_of_range_numbers_are_one_line(corpus, tmp_path, capsys, flags, message):
     assert cli.main(["tokenizer", "train", "--input", str(corpus), "--out", str(tmp_path / "t"),
@@ -189,3 +190,17 @@ def test_trainer_exceptions_become_tokenizer_errors(corpus, tmp_path, monkeypatc
         train([corpus], 400, tmp_path / "t")
     with pytest.raises(UsageError, match="--vocab-size must be in 1..2147483647"):
         train([corpus], 2**31, tmp_path / "t")
+
+
+def test_threads_follow_qllama_threads(corpus, tmp_path, monkeypatch):
+    import qllama.tokenizer_train as tt
+    seen = []
+    real = tt._run_trainer
+    monkeypatch.setattr(tt, "_run_trainer", lambda kw, verbose: seen.append(kw["num_threads"])
+                        or real(kw, verbose))
+    monkeypatch.setenv("QLLAMA_THREADS", "1")
+    train([corpus], 400, tmp_path / "t")
+    assert seen == [1]
+    monkeypatch.setenv("QLLAMA_THREADS", "many")
+    with pytest.raises(UsageError, match="QLLAMA_THREADS"):
+        train([corpus], 400, tmp_path / "u")
