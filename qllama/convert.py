@@ -22,21 +22,37 @@ from .quantize import ChunkReader, check_free_space, open_input
 CHUNK_BYTES = 32 << 20
 
 
-def rope_tables(head_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """freqs_cos, freqs_sin (seq_len, head_size // 2) float32 as llama2.c's model.py.
+def rope_tables(head_size: int, seq_len: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """freqs_cos, freqs_sin rows start..seq_len-1 ((seq_len - start, head_size // 2)
+    float32) as llama2.c's model.py computes the whole tables.
 
     model.py: freqs = 1 / 10000 ** (arange(0, hs, 2) / hs) and t * freqs, all in
-    float32 (numpy float32 reproduces these bit for bit), then torch.cos/sin in
-    float32. PyTorch's CPU cos/sin (SLEEF, 1-ulp) are not correctly rounded; we
-    compute cos/sin of the float32 angle in float64 and round once, which is
-    correctly rounded and differs from PyTorch's in about 5% of entries by 1 ulp.
+    float32 (numpy float32 reproduces these bit for bit; t is the int64 position
+    cast to float32, as torch.outer promotes it), then torch.cos/sin in float32.
+    PyTorch's CPU cos/sin (SLEEF, 1-ulp) are not correctly rounded; we compute
+    cos/sin of the float32 angle in float64 and round once, which is correctly
+    rounded and differs from PyTorch's in about 5% of entries by 1 ulp. Each row
+    depends on its position only: any slice of rows equals that slice of the whole.
     """
     exponent = np.arange(0, head_size, 2, dtype=np.float32)[: head_size // 2] / np.float32(head_size)
     freqs = np.float32(1.0) / np.power(np.float32(10000.0), exponent)  # (head_size/2,)
-    t = np.arange(seq_len, dtype=np.float32)  # (seq_len,)
-    angles = np.outer(t, freqs).astype(np.float32)  # (seq_len, head_size/2)
-    a64 = angles.astype(np.float64)
+    t = np.arange(start, seq_len, dtype=np.int64).astype(np.float32)  # (seq_len - start,)
+    a64 = np.outer(t, freqs).astype(np.float64)  # (seq_len - start, head_size/2) float32 angles
     return np.cos(a64).astype(np.float32), np.sin(a64).astype(np.float32)
+
+
+def rope_chunk_rows(head_size: int, chunk_bytes: int) -> int:
+    """Positions per rope-table chunk of at most `chunk_bytes` float32 (at least one)."""
+    return max(1, chunk_bytes // (4 * max(1, head_size // 2)))
+
+
+def rope_chunks(head_size: int, seq_len: int, chunk_bytes: int = CHUNK_BYTES):
+    """(first position, freqs_cos rows, freqs_sin rows) over all positions, each
+    table chunk at most `chunk_bytes`: memory stays bounded whatever seq_len a
+    header claims."""
+    rows = rope_chunk_rows(head_size, chunk_bytes)
+    for start in range(0, seq_len, rows):
+        yield (start, *rope_tables(head_size, min(seq_len, start + rows), start))
 
 
 def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> dict:
@@ -56,12 +72,12 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
         check_free_space(dst, out_size)
         where = {(e.name, e.layer): e for e in formats.layout(cin)}
         out_entries = formats.layout(cout)
-        tables = None
+        tables = [e for e in out_entries if (e.name, e.layer) not in where]  # v0's freqs
         step = CHUNK_BYTES // 4
         jobs = []  # (input offset, n_floats, output entry, first value index)
         for e in out_entries:
             if (e.name, e.layer) not in where:
-                continue  # freqs tables written from rope_tables
+                continue  # freqs tables written from rope_chunks
             ein = where[(e.name, e.layer)]
             for start in range(0, e.numel, step):
                 jobs.append((ein.offset + 4 * start, min(step, e.numel - start), e, start))
@@ -70,12 +86,12 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
             out = f.fileno()
             f.write(formats.header_bytes(cout))
             f.flush()
-            for e in out_entries:
-                if (e.name, e.layer) not in where:
-                    if tables is None:
-                        tables = dict(zip(("freqs_cos", "freqs_sin"),
-                                          rope_tables(cout.head_size, cout.seq_len)))
-                    os.pwrite(out, tables[e.name], e.offset)
+            if tables:
+                at = {e.name: e.offset for e in tables}
+                row_bytes = 4 * (cout.head_size // 2)
+                for start, cos, sin in rope_chunks(cout.head_size, cout.seq_len, CHUNK_BYTES):
+                    os.pwrite(out, cos, at["freqs_cos"] + start * row_bytes)
+                    os.pwrite(out, sin, at["freqs_sin"] + start * row_bytes)
             reader = ChunkReader(fd, src, jobs, step)
             try:
                 for (_, n, e, start), w in reader:
@@ -85,7 +101,7 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
         seconds = time.perf_counter() - t0
         return {"src_version": cin.version, "version": to_version, "in_bytes": os.fstat(fd).st_size,
                 "out_bytes": out_size, "seconds": seconds,
-                "recomputed_freqs": tables is not None}
+                "recomputed_freqs": bool(tables)}
     finally:
         os.close(fd)
 

@@ -69,12 +69,14 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
         raise UsageError(f"random models are fp32: version 0 or 1, not {version}")
     config = config.as_version(version)
     formats.validate(config, os.fspath(path))
-    from .convert import rope_tables  # v0 only
+    from .convert import rope_chunk_rows, rope_tables  # v0 only
 
-    jobs = []  # (entry name, layer, chunk index, n_floats) in file order
+    rope_rows = rope_chunk_rows(config.head_size, 4 * CHUNK_FLOATS)
+    jobs = []  # (entry name, layer, chunk index, n_floats or, for rope tables, n_positions)
     for e in formats.layout(config):
-        if e.name in ("freqs_cos", "freqs_sin"):
-            jobs.append((e.name, None, 0, e.numel))
+        if e.name in ("freqs_cos", "freqs_sin"):   # chunk i: positions from i * rope_rows
+            for i, start in enumerate(range(0, config.seq_len, rope_rows)):
+                jobs.append((e.name, None, i, min(rope_rows, config.seq_len - start)))
             continue
         for i, start in enumerate(range(0, e.numel, CHUNK_FLOATS)):
             jobs.append((e.name, e.layer, i, min(CHUNK_FLOATS, e.numel - start)))
@@ -82,7 +84,8 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
     def make(job):
         name, layer, i, n = job
         if name in ("freqs_cos", "freqs_sin"):
-            cos, sin = rope_tables(config.head_size, config.seq_len)
+            start = i * rope_rows
+            cos, sin = rope_tables(config.head_size, start + n, start)
             return cos if name == "freqs_cos" else sin
         return _chunk(seed, name, layer, i, n)
 

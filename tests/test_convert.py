@@ -56,6 +56,59 @@ def test_rope_tables_against_pytorch(path):
             np.testing.assert_allclose(mine, theirs, rtol=0, atol=1.2e-7)
 
 
+def test_rope_chunks_are_slices_of_the_whole_table():
+    from qllama.convert import rope_chunks
+    cos, sin = rope_tables(8, 1000)
+    rows = []
+    for start, c, s in rope_chunks(8, 1000, chunk_bytes=7 * 4 * 4):   # 7 rows of 4 floats
+        assert c.shape == s.shape == (min(7, 1000 - start), 4)
+        assert c.tobytes() == cos[start:start + 7].tobytes()
+        assert s.tobytes() == sin[start:start + 7].tobytes()
+        rows.append(len(c))
+    assert sum(rows) == 1000 and max(rows) == 7
+
+
+# head_size 8, 2^20 positions: each rope table is 16 MB.
+LONG = Config(1, dim=16, hidden_dim=16, n_layers=1, n_heads=2, n_kv_heads=2,
+              vocab_size=8, seq_len=1 << 20, shared_classifier=True)
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_v1_to_v0_rope_tables_in_bounded_memory(tmp_path, monkeypatch):
+    """A long seq_len (hostile headers claim 2^31-1) must not build whole tables."""
+    import qllama.convert
+    src, out = tmp_path / "long.v1.bin", tmp_path / "long.v0.bin"
+    write_random_model(src, LONG, version=1)
+    monkeypatch.setattr(qllama.convert, "CHUNK_BYTES", 1 << 20)
+    peak = _peak_bytes(lambda: convert_file(src, out, 0))
+    assert peak < 16 << 20, peak  # whole tables: over 100 MB
+    cos, sin = rope_tables(LONG.head_size, LONG.seq_len)
+    with ModelFile(out) as m:
+        assert m.tensor("freqs_cos").tobytes() == cos.tobytes()
+        assert m.tensor("freqs_sin").tobytes() == sin.tobytes()
+
+
+def test_random_v0_model_rope_tables_in_bounded_memory(tmp_path, monkeypatch):
+    import qllama.synth
+    monkeypatch.setattr(qllama.synth, "CHUNK_FLOATS", 1 << 18)
+    out = tmp_path / "long.v0.bin"
+    peak = _peak_bytes(lambda: write_random_model(out, LONG, version=0, threads=1))
+    assert peak < 16 << 20, peak  # whole tables: over 100 MB
+    cos, sin = rope_tables(LONG.head_size, LONG.seq_len)
+    with ModelFile(out) as m:
+        assert m.tensor("freqs_cos").tobytes() == cos.tobytes()
+        assert m.tensor("freqs_sin").tobytes() == sin.tobytes()
+
+
 @pytest.mark.parametrize("name", ["gqa512.v0.bin", "gqa512.v1.bin", "unshared32k.v0.bin"])
 def test_same_version_is_a_copy(name, tmp_path):
     src = golden(name)
