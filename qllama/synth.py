@@ -5,7 +5,8 @@ files' random models. Every chunk of every tensor draws from its own generator,
 seeded by (seed, tensor kind, layer, chunk), so a model's weights do not depend on
 the file version: version 0 and version 1 files of one seed hold the same weights.
 Files are written streaming (a few chunks in memory whatever the size), chunks
-generated on all cores, atomically.
+generated on `threads` cores (else QLLAMA_THREADS, else all: threads.resolve_threads),
+atomically.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from . import formats
 from .atomic import atomic_output
 from .errors import UsageError
 from .formats import Config
+from .threads import resolve_threads
 
 # Shapes of real llama2.c models; versions are set when writing.
 PRESETS = {
@@ -89,7 +91,7 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
             return cos if name == "freqs_cos" else sin
         return _chunk(seed, name, layer, i, n)
 
-    workers = threads or max(1, len(os.sched_getaffinity(0)))
+    workers = resolve_threads(threads)
     done = 0
     with atomic_output(os.fspath(path), force) as f, ThreadPoolExecutor(workers) as pool:
         f.write(formats.header_bytes(config))

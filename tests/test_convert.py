@@ -142,6 +142,17 @@ def test_random_model_versions_hold_the_same_weights(tmp_path):
     assert out.read_bytes() == v1.read_bytes()
 
 
+def test_random_model_threads_follow_qllama_threads(tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="thread count must be in 1..1024"):
+        write_random_model(tmp_path / "a", SMALL, threads=0)
+    monkeypatch.setenv("QLLAMA_THREADS", "many")
+    with pytest.raises(UsageError, match="QLLAMA_THREADS"):
+        write_random_model(tmp_path / "b", SMALL)
+    monkeypatch.setenv("QLLAMA_THREADS", "1")
+    write_random_model(tmp_path / "c", SMALL)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_convert_refuses(tmp_path, capsys):
     src = tmp_path / "m.bin"
     write_random_model(src, SMALL, version=1)
