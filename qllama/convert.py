@@ -17,9 +17,7 @@ from . import formats
 from .atomic import atomic_output, check_output_path
 from .errors import UsageError
 from .formats import Config
-from .quantize import ChunkReader, check_free_space, open_input
-
-CHUNK_BYTES = 32 << 20
+from .quantize import CHUNK_BYTES, ChunkReader, check_free_space, open_input
 
 
 def rope_tables(head_size: int, seq_len: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
