@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import UsageError
 from .formats import QUANTIZED, Config, QTensor
+from .model import check_sampling
 
 BOS = 1
 STOP = (1, 2)  # BOS or EOS ends a sampled window (it is kept as that window's last target)
@@ -260,8 +261,7 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
     """
     if n_tokens < 1:
         raise UsageError(f"--sample must be at least 1 token, got {n_tokens}")
-    if seed < 1:  # run.c's xorshift generator stays at 0 from seed 0
-        raise UsageError(f"--seed must be at least 1, got {seed}")
+    check_sampling(temperature, 1.0, n_tokens, seed)
     seq_len = model.config.seq_len
     sampler = model.sampler(temperature, 1.0, seed)
     windows, left = [], n_tokens

@@ -259,6 +259,14 @@ def test_bad_sample_and_seed():
             ev.sample_windows(m, 8, seed=0)
 
 
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), "0", "-5"])
+def test_cli_seed_out_of_range_is_one_line(capsys, seed):
+    assert main(["eval", str(golden("gqa512.v1.bin")), str(golden("gqa512.q80.bin")),
+                 "--sample", "8", "--threads", "1", "--seed", seed]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed must be in 1..2^64-1" in err
+
+
 def test_text_eval_real_model(tmp_path):
     """--text: the real model's tokenizer, windows of seq_len, every token scored."""
     pytest.importorskip("qllama.tokenizer")
