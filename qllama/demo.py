@@ -202,8 +202,7 @@ class Demo:
         """Version 0 and version 1 files of one seed hold the same weights: same logits."""
         import numpy as np
 
-        from .evaluate import BOS
-        from .model import Model
+        from .model import BOS, Model
 
         with Model(v0, threads=self.args.threads) as a, Model(v1, threads=self.args.threads) as b:
             ids = [BOS] + [(7 * i + 3) % a.config.vocab_size for i in range(15)]

@@ -25,10 +25,8 @@ import numpy as np
 
 from .errors import UsageError
 from .formats import QUANTIZED, Config, QTensor
-from .model import check_sampling
+from .model import BOS, EOS, check_sampling
 
-BOS = 1
-STOP = (1, 2)  # BOS or EOS ends a sampled window (it is kept as that window's last target)
 TOP_K = 5
 DEFAULT_SAMPLE = 512
 ROWS_PER_BLOCK = 64  # positions converted to float64 at once: bounds memory for big vocabularies
@@ -273,7 +271,7 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
         while True:
             token = sampler.sample(logits)
             tokens.append(token)
-            if len(tokens) == n or token in STOP:
+            if len(tokens) == n or token in (BOS, EOS):
                 break
             logits = session.feed([token])
         windows.append(window_of(tokens))

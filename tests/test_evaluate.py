@@ -12,7 +12,7 @@ from qllama import evaluate as ev
 from qllama.cli import main
 from qllama.errors import UsageError
 from qllama.formats import QTensor
-from qllama.model import Model
+from qllama.model import BOS, Model
 
 from conftest import data, golden
 
@@ -104,7 +104,7 @@ def test_text_windows_predict_every_token_once(ids, seq_len):
     windows = ev.text_windows(ids, seq_len)
     assert np.concatenate([w.targets for w in windows]).tolist() == ids
     for w in windows:
-        assert 1 <= len(w.inputs) <= seq_len and w.inputs[0] == ev.BOS
+        assert 1 <= len(w.inputs) <= seq_len and w.inputs[0] == BOS
         assert w.inputs[1:].tolist() == w.targets[:-1].tolist()
 
 
