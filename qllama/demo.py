@@ -26,6 +26,7 @@ PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent  # the repository, when qllama runs from a checkout
 DEFAULT_VOCAB = 1024  # the docs (~16k characters of docstrings alone) support it with Llama 2's settings
 SHAPES = ("stories15M", "tiny")
+TOP_P = 0.9  # nucleus sampling for the side-by-side generations (run's default)
 README_POINTER = ("README.md, section \"Real checkpoints\" (download a llama2.c model such as "
                   "stories15M.bin with its tokenizer, then `qllama quantize` and `qllama run`)")
 
@@ -178,7 +179,7 @@ class Demo:
         stats = Stats()
         with Model(path, tokenizer=tokenizer, threads=self.args.threads) as model:
             text = "".join(model.generate(prompt, steps=self.args.steps,
-                                          temperature=self.args.temperature, top_p=0.9,
+                                          temperature=self.args.temperature, top_p=TOP_P,
                                           seed=self.args.seed, stats=stats))
         return prompt + text, stats
 
@@ -257,12 +258,13 @@ def show_eval(console, label: str, report) -> None:
 
 
 def run_demo(args, console) -> None:
+    from .model import check_sampling
+
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
     if args.sample < 1:
         raise UsageError(f"--sample must be at least 1, got {args.sample}")
-    if args.seed < 1:
-        raise UsageError(f"--seed must be at least 1, got {args.seed}")
+    check_sampling(args.temperature, TOP_P, args.steps, args.seed)  # before any work
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.dir is None:

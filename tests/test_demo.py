@@ -63,8 +63,11 @@ def test_corpus_from_docs_and_docstrings(tmp_path):
     assert n > 10000 and all(len(line.encode()) <= 4192 for line in lines)
 
 
-@pytest.mark.parametrize("flag,value", [("--steps", "1"), ("--sample", "0"), ("--seed", "0")])
+@pytest.mark.parametrize("flag,value", [("--steps", "1"), ("--sample", "0"), ("--seed", "0"),
+                                        ("--seed", "99999999999999999999999"),
+                                        ("--temperature", "-1"), ("--temperature", "inf")])
 def test_demo_bad_arguments(flag, value, tmp_path, capsys):
-    assert main(["demo", "--dir", str(tmp_path), flag, value]) == 1
-    assert flag.lstrip("-") in capsys.readouterr().err
+    assert main(["demo", "--dir", str(tmp_path), "--shape", "tiny", "--no-real", flag, value]) == 1
+    err = capsys.readouterr().err
+    assert flag.lstrip("-") in err and err.count("\n") == 1
     assert os.listdir(tmp_path) == []
