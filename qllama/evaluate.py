@@ -421,8 +421,6 @@ def run(args) -> int:
 
     from .model import Model
 
-    if args.text is not None and args.sample is not None:
-        raise UsageError("give --text FILE or --sample N, not both")
     with Model(args.reference, tokenizer=args.tokenizer, threads=args.threads) as ref, \
             Model(args.candidate, tokenizer=args.tokenizer, threads=args.threads) as cand:
         check_same_architecture(ref.config, cand.config, ref.path, cand.path)
