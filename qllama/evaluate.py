@@ -423,7 +423,6 @@ def run(args) -> int:
 
     with Model(args.reference, tokenizer=args.tokenizer, threads=args.threads) as ref, \
             Model(args.candidate, tokenizer=args.tokenizer, threads=args.threads) as cand:
-        check_same_architecture(ref.config, cand.config, ref.path, cand.path)
         if args.text is not None:
             text = sys.stdin.read() if args.text == "-" else read_text(args.text)
             windows = windows_from_text(ref, text, "standard input" if args.text == "-"
