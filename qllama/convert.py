@@ -36,18 +36,20 @@ def rope_tables(head_size: int, seq_len: int, start: int = 0) -> tuple[np.ndarra
     freqs = np.float32(1.0) / np.power(np.float32(10000.0), exponent)  # (head_size/2,)
     t = np.arange(start, seq_len, dtype=np.int64).astype(np.float32)  # (seq_len - start,)
     a64 = np.outer(t, freqs).astype(np.float64)  # (seq_len - start, head_size/2) float32 angles
-    return np.cos(a64).astype(np.float32), np.sin(a64).astype(np.float32)
+    cos = np.cos(a64).astype(np.float32)
+    return cos, np.sin(a64, out=a64).astype(np.float32)
 
 
 def rope_chunk_rows(head_size: int, chunk_bytes: int) -> int:
-    """Positions per rope-table chunk of at most `chunk_bytes` float32 (at least one)."""
-    return max(1, chunk_bytes // (4 * max(1, head_size // 2)))
+    """Positions per rope-table chunk whose float64 angles take at most `chunk_bytes`
+    (at least one position); rope_tables then peaks near 2.5 * chunk_bytes."""
+    return max(1, chunk_bytes // (8 * max(1, head_size // 2)))
 
 
 def rope_chunks(head_size: int, seq_len: int, chunk_bytes: int = CHUNK_BYTES):
-    """(first position, freqs_cos rows, freqs_sin rows) over all positions, each
-    table chunk at most `chunk_bytes`: memory stays bounded whatever seq_len a
-    header claims."""
+    """(first position, freqs_cos rows, freqs_sin rows) over all positions in chunks
+    of rope_chunk_rows(head_size, chunk_bytes): memory stays bounded whatever
+    seq_len a header claims."""
     rows = rope_chunk_rows(head_size, chunk_bytes)
     for start in range(0, seq_len, rows):
         yield (start, *rope_tables(head_size, min(seq_len, start + rows), start))

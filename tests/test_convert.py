@@ -60,7 +60,7 @@ def test_rope_chunks_are_slices_of_the_whole_table():
     from qllama.convert import rope_chunks
     cos, sin = rope_tables(8, 1000)
     rows = []
-    for start, c, s in rope_chunks(8, 1000, chunk_bytes=7 * 4 * 4):   # 7 rows of 4 floats
+    for start, c, s in rope_chunks(8, 1000, chunk_bytes=7 * 4 * 8):   # 7 rows of 4 float64
         assert c.shape == s.shape == (min(7, 1000 - start), 4)
         assert c.tobytes() == cos[start:start + 7].tobytes()
         assert s.tobytes() == sin[start:start + 7].tobytes()
