@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
+from .threads import add_threads_argument
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent  # the repository, when qllama runs from a checkout
@@ -357,6 +358,5 @@ def register(subparsers) -> None:
                    help="tokens sampled for the accuracy evaluation (default 256)")
     p.add_argument("--no-real", action="store_true",
                    help="skip the real stories260K model even when the shared folder exists")
-    p.add_argument("--threads", type=int, default=None,
-                   help="worker threads (default: QLLAMA_THREADS, else all cores)")
+    add_threads_argument(p)
     p.set_defaults(func=run)

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import UsageError
 from .formats import QUANTIZED, Config, QTensor
 from .model import BOS, EOS, check_sampling
+from .threads import add_threads_argument
 
 TOP_K = 5
 DEFAULT_SAMPLE = 512
@@ -464,6 +465,5 @@ def register(subparsers) -> None:
     p.add_argument("--no-weights", action="store_true",
                    help="skip the per-tensor weight comparison")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--threads", type=int, default=None,
-                   help="worker threads (default: QLLAMA_THREADS, else all cores)")
+    add_threads_argument(p)
     p.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .model import BOS, EOS, Model, Stats, check_sampling, default_seed
+from .threads import add_threads_argument
 
 
 def chat_prompt(user: str, system: str = "") -> str:
@@ -33,8 +34,7 @@ def register(sub) -> None:
                         "in the working directory)")
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
     p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
-    p.add_argument("--threads", type=int, default=None,
-                   help="worker threads (default: QLLAMA_THREADS, else all cores)")
+    add_threads_argument(p)
     p.set_defaults(func=run_command)
 
 

@@ -26,7 +26,7 @@ from . import formats
 from .atomic import atomic_output, check_output_path
 from .errors import FormatError, QllamaError, UsageError
 from .formats import F32, Q80, Config, Entry
-from .threads import resolve_threads
+from .threads import add_threads_argument, resolve_threads
 
 DEFAULT_GROUP_SIZE = 64
 CHUNK_BYTES = 32 << 20  # fp32 bytes read per chunk: large enough that per-chunk Python is noise
@@ -373,8 +373,7 @@ def register(subparsers) -> None:
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="quantization threads (default: $QLLAMA_THREADS or all cores)")
+    add_threads_argument(p, "quantization")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar, note or summary")
     p.set_defaults(func=run)

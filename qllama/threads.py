@@ -37,3 +37,9 @@ def resolve_threads(requested: int | None = None) -> int:
     if not 1 <= requested <= MAX_THREADS:
         raise UsageError(f"thread count must be in 1..{MAX_THREADS}, got {requested}")
     return requested
+
+
+def add_threads_argument(parser, what: str = "worker") -> None:
+    """The --threads option every command shares."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"{what} threads (default: $QLLAMA_THREADS, else all cores)")

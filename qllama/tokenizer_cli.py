@@ -6,6 +6,7 @@ import os
 import sys
 
 from .errors import UsageError
+from .threads import add_threads_argument
 from .tokenizer import export_bin, load_tokenizer, utf8_decode
 
 
@@ -46,8 +47,7 @@ def register(subparsers) -> None:
     e.add_argument("--input", nargs="+", required=True, metavar="FILE", help="text files")
     e.add_argument("--vocab-size", type=int, required=True, metavar="N")
     e.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
-    e.add_argument("--threads", type=int, default=None,
-                   help="trainer threads (default: $QLLAMA_THREADS, else all cores)")
+    add_threads_argument(e, "trainer")
     e.add_argument("--input-sentence-size", type=int, default=200_000_000, metavar="N",
                    help="most sentences to sample from the input (Llama 2: 200000000)")
     e.add_argument("--exact-vocab", action="store_true",
