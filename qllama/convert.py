@@ -16,7 +16,6 @@ import numpy as np
 from . import formats
 from .atomic import atomic_output, check_output_path
 from .errors import UsageError
-from .formats import Config
 from .quantize import CHUNK_BYTES, ChunkReader, check_free_space, open_input
 
 

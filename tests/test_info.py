@@ -3,11 +3,9 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from conftest import golden, models
 from qllama.cli import main
-from qllama.formats import Config
 from qllama.info import describe
 from qllama.synth import write_random_model
 

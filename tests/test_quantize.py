@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -13,7 +13,7 @@ from conftest import data, golden
 from qllama import formats
 from qllama._kernels.q80 import quantize as q80
 from qllama.cli import main
-from qllama.errors import FormatError, UsageError
+from qllama.errors import UsageError
 from qllama.formats import Config, ModelFile
 from qllama.quantize import choose_group_size, quantize_file
 from qllama.synth import random_weights, write_weights
