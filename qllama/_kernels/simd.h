@@ -15,6 +15,11 @@
  * Each pass also prefetches the next four rows: a block of rows is too short a
  * stream for the hardware prefetcher to get ahead of (768 bytes for dim 768),
  * so decode, which reads every weight once per token, would wait on DRAM.
+ * Rows shorter than 4 KB are prefetched as the one contiguous stream the next
+ * block is (four adjacent lines per step, reaching its end as this block ends);
+ * longer rows line by line at the same place in each of the next four rows.
+ * Measured on Zen 3 from DRAM: linear is 1.4-1.6x faster for 768- and 2048-byte
+ * rows, per-row 0-20% faster for 4096- and 11008-byte rows.
  */
 #ifndef QLLAMA_SIMD_H
 #define QLLAMA_SIMD_H
@@ -46,16 +51,20 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride
     ptrdiff_t ng = n / gs;
 #if QLLAMA_AVX2
     const __m256i ones = _mm256_set1_epi16(1);
+    const int linear = n < 4096;
     const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (ptrdiff_t g = 0; g < ng; g++) {
         __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
         for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) {
             if ((k & 63) == 0) {
-                _mm_prefetch((const char *)(w0 + 4 * n + k), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w1 + 4 * n + k), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w2 + 4 * n + k), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w3 + 4 * n + k), _MM_HINT_T0);
+                const char *p = linear ? (const char *)w + 4 * n + 4 * k
+                                       : (const char *)w + 4 * n + k;
+                ptrdiff_t step = linear ? 64 : n;
+                _mm_prefetch(p, _MM_HINT_T0);
+                _mm_prefetch(p + step, _MM_HINT_T0);
+                _mm_prefetch(p + 2 * step, _MM_HINT_T0);
+                _mm_prefetch(p + 3 * step, _MM_HINT_T0);
             }
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq + k));
 #define QLLAMA_ROW(wr, ir)                                                              \
@@ -99,11 +108,14 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
     const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const int linear = n < 1024;
     for (; j + 16 <= n; j += 16) {
-        _mm_prefetch((const char *)(w0 + 4 * n + j), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w1 + 4 * n + j), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w2 + 4 * n + j), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w3 + 4 * n + j), _MM_HINT_T0);
+        const char *p = linear ? (const char *)(w + 4 * n) + 16 * j : (const char *)(w0 + 4 * n + j);
+        ptrdiff_t step = linear ? 64 : 4 * n;
+        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(p + step, _MM_HINT_T0);
+        _mm_prefetch(p + 2 * step, _MM_HINT_T0);
+        _mm_prefetch(p + 3 * step, _MM_HINT_T0);
         __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), x0, a0);
         b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), x1, b0);
