@@ -11,13 +11,22 @@ the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
 dequantized in full. Each matmul reads a weight row once per block of tokens.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, expf, powf, cosf, sinf, fabsf, fmaxf, fminf, truncf
-from libc.stdint cimport int8_t, int32_t
+from libc.math cimport sqrtf, expf, powf, cosf, sinf, truncf
+from libc.stdint cimport int8_t, int32_t, uint32_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from qllama._kernels.nn cimport softmax
 
 import numpy as np
+
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline uint32_t qllama_abs_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u & 0x7fffffffu; }
+    static inline float qllama_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    """
+    uint32_t abs_bits "qllama_abs_bits"(float f) noexcept nogil
+    float from_bits "qllama_from_bits"(uint32_t u) noexcept nogil
 
 cdef extern from "simd.h" nogil:
     int QLLAMA_AVX2
@@ -67,22 +76,27 @@ cdef inline void rmsnorm(float* o, const float* x, const float* weight,
 
 cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
                                  int8_t* xq, float* xs) noexcept nogil:
-    """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero."""
+    """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero.
+    Written so gcc vectorizes both loops: max over the bit patterns of |x| (q80.pyx),
+    clamps as comparisons (fminf/fmaxf are libm calls without -ffast-math)."""
     cdef Py_ssize_t g, i
-    cdef float wmax, v, scale
+    cdef uint32_t wmax, b
+    cdef float v, scale
     for g in range(n // gs):
-        wmax = 0.0
+        wmax = 0
         for i in range(g * gs, (g + 1) * gs):
-            v = fabsf(x[i])
-            wmax = v if v > wmax else wmax
-        scale = wmax / 127.0
+            b = abs_bits(x[i])
+            wmax = b if b > wmax else wmax
+        scale = from_bits(wmax) / 127.0
         xs[g] = scale
         if scale == 0.0:
             memset(&xq[g * gs], 0, gs)
         else:
             for i in range(g * gs, (g + 1) * gs):
                 # the clamp only matters for a subnormal scale (or NaN): +-127, never -128
-                xq[i] = <int8_t>fminf(fmaxf(round_away(x[i] / scale), -127.0), 127.0)
+                v = round_away(x[i] / scale)
+                v = 127.0 if v > 127.0 else (v if v >= -127.0 else -127.0)
+                xq[i] = <int8_t>v
 
 
 cdef inline float round_away(float v) noexcept nogil:
