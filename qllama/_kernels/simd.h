@@ -101,6 +101,31 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride
 #endif
 }
 
+/* w . x for one fp32 row: the same accumulators and summation order as each row
+ * of f32_dot4, so a row gives the same value whichever kernel computes it.
+ * Attention scores (64-value heads) use it too: one horizontal sum per dot product,
+ * where a 16-accumulator C loop ended in 16 dependent scalar adds. */
+static inline float f32_dot1(const float *w, const float *x, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+    float s;
+#if QLLAMA_AVX2
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (; j + 16 <= n; j += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), b);
+    }
+    s = qllama_hsum(_mm256_add_ps(a, b));
+#else
+    float acc[8] = {0};
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) acc[l] += w[j + l] * x[j + l];
+    s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+#endif
+    for (; j < n; j++)
+        s += w[j] * x[j];
+    return s;
+}
+
 /* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n). */
 static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
     ptrdiff_t j = 0;
@@ -130,11 +155,11 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
     out[1] = qllama_hsum(_mm256_add_ps(a1, b1));
     out[2] = qllama_hsum(_mm256_add_ps(a2, b2));
     out[3] = qllama_hsum(_mm256_add_ps(a3, b3));
-#else
-    for (int r = 0; r < 4; r++) out[r] = 0.0f;
-#endif
     for (; j < n; j++)
         for (int r = 0; r < 4; r++) out[r] += w[r * n + j] * x[j];
+#else
+    for (int r = 0; r < 4; r++) out[r] = f32_dot1(w + r * n, x, n);
+#endif
 }
 
 #endif /* QLLAMA_SIMD_H */

@@ -33,6 +33,7 @@ cdef extern from "simd.h" nogil:
     void q80_dot4(const int8_t* w, const float* ws, Py_ssize_t s_stride, const int8_t* xq,
                   const float* xs, Py_ssize_t n, Py_ssize_t gs, float* out)
     void f32_dot4(const float* w, const float* x, Py_ssize_t n, float* out)
+    float f32_dot1(const float* w, const float* x, Py_ssize_t n)
 
 AVX2 = bool(QLLAMA_AVX2)  # whether simd.h compiled its AVX2 + FMA kernels
 
@@ -159,24 +160,6 @@ cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size, const floa
 # ----------------------------------------------------------------------------
 # Dot products of one weight row with one activation vector
 
-cdef inline float dot_f32(const float* w, const float* x, Py_ssize_t n) noexcept nogil:
-    # 16 independent accumulators: the compiler maps them onto SIMD lanes
-    # (a single running sum is a dependency chain it may not reorder).
-    cdef float acc[16]
-    cdef float total = 0.0
-    cdef Py_ssize_t j, l, n16 = n - n % 16
-    for l in range(16):
-        acc[l] = 0.0
-    for j in range(0, n16, 16):
-        for l in range(16):
-            acc[l] += w[j + l] * x[j + l]
-    for j in range(n16, n):
-        total += w[j] * x[j]
-    for l in range(16):
-        total += acc[l]
-    return total
-
-
 cdef inline float dot_q80(const int8_t* wq, const float* ws, const int8_t* xq,
                           const float* xs, Py_ssize_t n, Py_ssize_t gs) noexcept nogil:
     """Row with groups aligned to it: int32 per group, then both scales (as runq.c)."""
@@ -226,7 +209,7 @@ cdef inline void matmul_rows(float* out, Py_ssize_t out_stride, const float* x,
                 f32_dot4(m.w + r0 * n, x + t * x_stride, n, o)
             else:
                 for r in range(nr):
-                    o[r] = dot_f32(m.w + (r0 + r) * n, x + t * x_stride, n)
+                    o[r] = f32_dot1(m.w + (r0 + r) * n, x + t * x_stride, n)
         elif m.aligned:
             if four and gs % 32 == 0:
                 q80_dot4(m.q + r0 * n, m.s + r0 * ng, ng, xq + t * n, xs + t * ng, n, gs, o)
@@ -312,7 +295,7 @@ cdef void attention_head(float* out, const float* q, const float* key_cache,
     cdef float scale = 1.0 / sqrtf(<float>head_size)
     cdef const float* v
     for p in range(n_pos):
-        att[p] = dot_f32(key_cache + p * kv_dim + kv_offset, q, head_size) * scale
+        att[p] = f32_dot1(key_cache + p * kv_dim + kv_offset, q, head_size) * scale
     softmax(att, n_pos)
     for i in range(head_size):
         out[i] = 0.0
