@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from qllama._kernels.q80 import quantize
-from qllama._kernels.transformer import (kernel_attention, kernel_matmul, kernel_rmsnorm,
-                                         kernel_rope, kernel_softmax)
+from qllama._kernels.transformer import (kernel_attention, kernel_matmul, kernel_quantize,
+                                         kernel_rmsnorm, kernel_rope, kernel_softmax)
 from qllama.formats import QTensor
 import reference
 
@@ -67,6 +67,29 @@ def test_attention(n_pos, head_size, n_kv, data):
     ref = a @ v64
     got = kernel_attention(q, k, v, head_size, off)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([1, 4, 8, 32, 64, 96]), st.integers(1, 4), st.booleans(), st.data())
+def test_activation_quantization_exact(gs, groups, ties, data):
+    """runq.c's activation Q8_0 exactly: scale = max|x| / 127 in float32, q = the
+    float32 quotient rounded half away from zero. `ties` builds groups whose scale
+    is a power of two and whose values sit exactly on .5 quotients."""
+    n = gs * groups
+    if ties:
+        c = np.float32(2.0) ** data.draw(st.integers(-3, 3))
+        k = data.draw(hnp.arrays(np.int32, n, elements=st.integers(-127, 126)))
+        x = ((k + np.float32(0.5)) * c).astype(np.float32)
+        x[::gs] = np.float32(127) * c * np.where(k[::gs] < 0, -1, 1)  # each group's max
+    else:
+        x = data.draw(hnp.arrays(np.float32, n, elements=floats))
+    q, s = kernel_quantize(x, gs)
+    g = x.reshape(-1, gs)
+    scale = np.abs(g).max(axis=1) / np.float32(127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(scale[:, None] == 0, np.float32(0), g / scale[:, None]).astype(np.float64)
+    np.testing.assert_array_equal(s, scale)
+    np.testing.assert_array_equal(q, (np.sign(v) * np.floor(np.abs(v) + 0.5)).ravel())
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,7 @@ the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
 dequantized in full. Each matmul reads a weight row once per block of tokens.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, expf, powf, cosf, sinf, truncf
+from libc.math cimport sqrtf, expf, powf, cosf, sinf
 from libc.stdint cimport int8_t, int32_t, uint32_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -34,6 +34,7 @@ cdef extern from "simd.h" nogil:
                   const float* xs, Py_ssize_t n, Py_ssize_t gs, float* out)
     void f32_dot4(const float* w, const float* x, Py_ssize_t n, float* out)
     float f32_dot1(const float* w, const float* x, Py_ssize_t n)
+    void q80_round_group(const float* x, Py_ssize_t n, float scale, int8_t* q)
 
 AVX2 = bool(QLLAMA_AVX2)  # whether simd.h compiled its AVX2 + FMA kernels
 
@@ -78,11 +79,10 @@ cdef inline void rmsnorm(float* o, const float* x, const float* weight,
 cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
                                  int8_t* xq, float* xs) noexcept nogil:
     """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero.
-    Written so gcc vectorizes both loops: max over the bit patterns of |x| (q80.pyx),
-    clamps as comparisons (fminf/fmaxf are libm calls without -ffast-math)."""
+    The max runs over the bit patterns of |x| (as in q80.pyx), which gcc vectorizes."""
     cdef Py_ssize_t g, i
     cdef uint32_t wmax, b
-    cdef float v, scale
+    cdef float scale
     for g in range(n // gs):
         wmax = 0
         for i in range(g * gs, (g + 1) * gs):
@@ -93,18 +93,7 @@ cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
         if scale == 0.0:
             memset(&xq[g * gs], 0, gs)
         else:
-            for i in range(g * gs, (g + 1) * gs):
-                # the clamp only matters for a subnormal scale (or NaN): +-127, never -128
-                v = round_away(x[i] / scale)
-                v = 127.0 if v > 127.0 else (v if v >= -127.0 else -127.0)
-                xq[i] = <int8_t>v
-
-
-cdef inline float round_away(float v) noexcept nogil:
-    """roundf (half away from zero) in a form the compiler vectorizes; exact, since
-    v - truncf(v) is representable."""
-    cdef float t = truncf(v), d = v - t
-    return t + (<float>(d >= 0.5) - <float>(d <= -0.5))
+            q80_round_group(&x[g * gs], gs, scale, &xq[g * gs])
 
 
 cdef inline void norm_quantize_row(float* out, const float* x, const float* weight,
@@ -568,6 +557,18 @@ def kernel_rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos):
     cdef float[::1] s = fsin
     rope_table(&c[0], &s[0], head_size, pos)
     rope(&vec[0], vec.shape[0], head_size, &c[0], &s[0])
+
+
+def kernel_quantize(const float[::1] x, Py_ssize_t gs):
+    """Activations x (length a multiple of gs) to (int8 values, one scale per group)."""
+    if gs <= 0 or x.shape[0] == 0 or x.shape[0] % gs:
+        raise ValueError("x must be a non-empty whole number of groups")
+    q = np.empty(x.shape[0], np.int8)
+    s = np.empty(x.shape[0] // gs, np.float32)
+    cdef int8_t[::1] qv = q
+    cdef float[::1] sv = s
+    quantize_vector(&x[0], x.shape[0], gs, &qv[0], &sv[0])
+    return q, s
 
 
 def kernel_matmul(tensor, const float[:, ::1] x, int threads=1):
