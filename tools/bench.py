@@ -298,6 +298,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def paired(run: dict) -> str:
+    f = run.get("paired_fraction")  # absent in runs saved before it existed
+    return "-" if f is None else f"{f:.2f}"
+
+
 def report(result: dict) -> str:
     m, bw = result["machine"], result["bandwidth"]
     builds = result.get("kernel_builds", [])
@@ -318,10 +323,11 @@ def report(result: dict) -> str:
         rows.append([r["shape"], r["path"], r["threads"], f"{r['weight_bytes'] / 1e6:,.1f}",
                      fmt_rate(r["decode_tok_s"]), fmt_rate(r["prefill_tok_s"]),
                      f"{r['peak_rss_bytes'] / 1e6:,.0f}", fmt_rate(r["roofline_tok_s"]),
-                     f"{r['roofline_fraction']:.2f}", f"{r['others_cores']:.1f}",
+                     f"{r['roofline_fraction']:.2f}", paired(r), f"{r['others_cores']:.1f}",
                      "in cache" if r["fits_cache"] else ""])
     out += ["", table(["shape", "path", "thr", "weights MB/tok", "decode tok/s",
-                       "prefill tok/s", "peak RSS MB", "roofline tok/s", "decode/roof", "others",
+                       "prefill tok/s", "peak RSS MB", "roofline tok/s", "decode/roof",
+                       "paired", "others",
                        ""],
                       rows)]
     if result.get("skipped"):
@@ -339,7 +345,10 @@ def report(result: dict) -> str:
     out.append("roofline = bandwidth at that thread count / weight bytes per token (KV cache "
                "reads not counted). 'in cache': the weights fit in the largest cache "
                f"({m['l3_bytes'] / 2**20:.0f} MiB), so DRAM bandwidth does not bound them and "
-               "the fraction can exceed 1; the roofline is meaningful for the 7B shape.")
+               "the fraction can exceed 1; the roofline is meaningful for the 7B shape. "
+               "decode/roof: best decode over the best bandwidth of the run's start and end "
+               "probes (conservative); paired: median over rounds of each round's decode over "
+               "a probe run just before it.")
 
     by = {(r["shape"], r["path"], r["threads"]): r for r in result["runs"]}
     ratio_rows = []
@@ -501,13 +510,20 @@ def main(argv=None) -> int:
             log(f"round {round_ + 1}/{args.rounds}: {shape} {path} {t} thread(s) ...")
             if args.quiet_wait > 0:
                 wait_quiet(args.quiet_wait, log)
+            # a short probe right before: the host's bandwidth drifts by up to a third
+            # within a run, so each trial is also set against the bandwidth of its moment
+            near = run_child(["--child", "bandwidth", "--bw-gib", str(min(1.0, args.bw_gib)),
+                              "--threads", str(t), "--repeats", "3"])[str(t)]
             r = run_child(["--child", "model", "--model", str(file), "--threads", str(t),
                            "--prompt-tokens", str(args.prompt_tokens),
                            "--decode-tokens", str(decode), "--repeats", str(repeats),
                            "--seed", str(args.seed)])
-            log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} "
-                f"tok/s, RSS {r['peak_rss_bytes'] / 1e6:.0f} MB, other processes "
-                f"{r['others_cores']:.2f} cores")
+            r["bandwidth_before"] = near
+            r["paired_fraction"] = r["decode_tok_s"] * wbytes / near
+            log(f"  decode {r['decode_tok_s']:.1f} tok/s ({r['paired_fraction']:.2f} of the "
+                f"roofline at {near / 1e9:.1f} GB/s just before), prefill "
+                f"{r['prefill_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 1e6:.0f} MB, "
+                f"other processes {r['others_cores']:.2f} cores")
             trials[(shape, path, t)].append(r)
     runs = []
     for shape, path, t, file, wbytes, decode, repeats in configs:
@@ -524,6 +540,7 @@ def main(argv=None) -> int:
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
             # of the round that gave the best decode figure
             "others_cores": max(rs, key=lambda r: r["decode_tok_s"])["others_cores"],
+            "paired_fraction": statistics.median(r["paired_fraction"] for r in rs),
             "trials": rs,
         })
 
