@@ -44,6 +44,15 @@ static inline float qllama_hsum(__m256 v) {
 }
 #endif
 
+/* c + a * b for the scalar tails of the fp32 dot products: one rounding in AVX2 builds,
+ * as the vector FMAs, written out so that every tail compiles alike (gcc contracts some
+ * "s += w * x" loops into FMAs and vectorizes others into a multiply and an add). */
+#if QLLAMA_AVX2
+#define QLLAMA_MADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define QLLAMA_MADD(a, b, c) ((c) + (a) * (b))
+#endif
+
 /* q[i] = round_away(x[i] / scale) clamped to +-127 (NaN to -127), i < n: runq.c's
  * roundf(x / scale) for one group of activations. gcc does not vectorize the
  * float -> int8 conversion of the plain loop; here it is 8 lanes + two packs. */
@@ -162,7 +171,7 @@ static inline float f32_dot1(const float *w, const float *x, ptrdiff_t n) {
     s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 #endif
     for (; j < n; j++)
-        s += w[j] * x[j];
+        s = QLLAMA_MADD(w[j], x[j], s);
     return s;
 }
 
@@ -196,7 +205,7 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
     out[2] = qllama_hsum(_mm256_add_ps(a2, b2));
     out[3] = qllama_hsum(_mm256_add_ps(a3, b3));
     for (; j < n; j++)
-        for (int r = 0; r < 4; r++) out[r] += w[r * n + j] * x[j];
+        for (int r = 0; r < 4; r++) out[r] = QLLAMA_MADD(w[r * n + j], x[j], out[r]);
 #else
     for (int r = 0; r < 4; r++) out[r] = f32_dot1(w + r * n, x, n);
 #endif

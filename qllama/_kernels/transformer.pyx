@@ -22,7 +22,11 @@ import numpy as np
 cdef extern from *:
     """
     #include <string.h>
-    static inline uint32_t qllama_abs_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u & 0x7fffffffu; }
+    /* |f| as its bit pattern (which orders like the value), and 0 for NaN (bits above
+       Inf's): arithmetic, not a select, so that gcc vectorizes the max over it. */
+    static inline uint32_t qllama_abs_bits(float f) {
+        int32_t u; memcpy(&u, &f, 4); u &= 0x7fffffff;
+        return (uint32_t)(u & ((u - 0x7f800001) >> 31)); }
     static inline float qllama_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
     """
     uint32_t abs_bits "qllama_abs_bits"(float f) noexcept nogil
@@ -79,7 +83,9 @@ cdef inline void rmsnorm(float* o, const float* x, const float* weight,
 cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
                                  int8_t* xq, float* xs) noexcept nogil:
     """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero.
-    The max runs over the bit patterns of |x| (as in q80.pyx), which gcc vectorizes."""
+    The max runs over the bit patterns of |x| (as in q80.pyx), which gcc vectorizes;
+    NaN is left out of it, as runq.c's `if (val > wmax)` leaves it out (NaN values
+    themselves become -127)."""
     cdef Py_ssize_t g, i
     cdef uint32_t wmax, b
     cdef float scale
