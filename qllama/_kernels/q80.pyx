@@ -5,17 +5,9 @@ from cython.parallel cimport prange
 from libc.math cimport rintf, NAN
 from libc.stdint cimport uint32_t
 
-cdef extern from *:
-    """
-    #include <string.h>
-    /* Bit patterns of floats: for non-negative floats (NaN and Inf included) they
-       order like the values, and integer max reductions vectorize where float
-       max reductions (NaN semantics) do not. */
-    static inline uint32_t q80_abs_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u & 0x7fffffffu; }
-    static inline float q80_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    """
-    uint32_t abs_bits "q80_abs_bits"(float f) noexcept nogil
-    float from_bits "q80_from_bits"(uint32_t u) noexcept nogil
+cdef extern from "simd.h" nogil:
+    uint32_t abs_bits "qllama_abs_bits"(float f)  # |f| as bits: integer max vectorizes
+    float from_bits "qllama_from_bits"(uint32_t u)
 
 cdef uint32_t INF_BITS = 0x7f800000  # |w| bits >= this: Inf or NaN
 MIN_VALUES_PER_THREAD = 1 << 18

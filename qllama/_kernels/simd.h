@@ -27,6 +27,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -43,6 +44,30 @@ static inline float qllama_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 #endif
+
+/* Bit patterns of floats: for non-negative floats (Inf and NaN included) they order
+ * like the values, and integer max reductions vectorize where float max reductions
+ * (NaN semantics) do not. Used by the weight quantizer (q80.pyx) and the activation
+ * quantizer (transformer.pyx). */
+static inline uint32_t qllama_abs_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u & 0x7fffffffu;
+}
+
+/* The same with NaN (bits above Inf's) as 0, so that a max leaves NaN out, as runq.c's
+ * `if (val > wmax)` does: a subtract, shift and mask rather than a select, which gcc
+ * would not vectorize. */
+static inline uint32_t qllama_abs_bits_no_nan(float f) {
+    int32_t u = (int32_t)qllama_abs_bits(f);
+    return (uint32_t)(u & ((u - 0x7f800001) >> 31));
+}
+
+static inline float qllama_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 /* c + a * b for the scalar tails of the fp32 dot products: one rounding in AVX2 builds,
  * as the vector FMAs, written out so that every tail compiles alike (gcc contracts some

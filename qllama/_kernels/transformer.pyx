@@ -19,19 +19,6 @@ from qllama._kernels.nn cimport softmax
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <string.h>
-    /* |f| as its bit pattern (which orders like the value), and 0 for NaN (bits above
-       Inf's): arithmetic, not a select, so that gcc vectorizes the max over it. */
-    static inline uint32_t qllama_abs_bits(float f) {
-        int32_t u; memcpy(&u, &f, 4); u &= 0x7fffffff;
-        return (uint32_t)(u & ((u - 0x7f800001) >> 31)); }
-    static inline float qllama_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    """
-    uint32_t abs_bits "qllama_abs_bits"(float f) noexcept nogil
-    float from_bits "qllama_from_bits"(uint32_t u) noexcept nogil
-
 cdef extern from "simd.h" nogil:
     int QLLAMA_AVX2
     void q80_dot4(const int8_t* w, const float* ws, Py_ssize_t s_stride, const int8_t* xq,
@@ -39,6 +26,8 @@ cdef extern from "simd.h" nogil:
     void f32_dot4(const float* w, const float* x, Py_ssize_t n, float* out)
     float f32_dot1(const float* w, const float* x, Py_ssize_t n)
     void q80_round_group(const float* x, Py_ssize_t n, float scale, int8_t* q)
+    uint32_t abs_bits_no_nan "qllama_abs_bits_no_nan"(float f)
+    float from_bits "qllama_from_bits"(uint32_t u)
 
 AVX2 = bool(QLLAMA_AVX2)  # whether simd.h compiled its AVX2 + FMA kernels
 
@@ -83,16 +72,15 @@ cdef inline void rmsnorm(float* o, const float* x, const float* weight,
 cdef inline void quantize_vector(const float* x, Py_ssize_t n, Py_ssize_t gs,
                                  int8_t* xq, float* xs) noexcept nogil:
     """Activations to Q8_0 like runq.c: scale = max|x|/127, round half away from zero.
-    The max runs over the bit patterns of |x| (as in q80.pyx), which gcc vectorizes;
-    NaN is left out of it, as runq.c's `if (val > wmax)` leaves it out (NaN values
-    themselves become -127)."""
+    The max runs over the bit patterns of |x|, which gcc vectorizes; NaN is left out
+    of it, as runq.c leaves it out (NaN values themselves become -127)."""
     cdef Py_ssize_t g, i
     cdef uint32_t wmax, b
     cdef float scale
     for g in range(n // gs):
         wmax = 0
         for i in range(g * gs, (g + 1) * gs):
-            b = abs_bits(x[i])
+            b = abs_bits_no_nan(x[i])
             wmax = b if b > wmax else wmax
         scale = from_bits(wmax) / 127.0
         xs[g] = scale
