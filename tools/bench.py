@@ -45,7 +45,9 @@ from qllama import formats  # noqa: E402
 from qllama.formats import Config  # noqa: E402
 from qllama.model import peak_rss_bytes  # noqa: E402
 
-SHAPES = ("stories15M", "stories110M", "llama2-7b")
+# llama2-7b-4layers: Llama-2-7B's matrices with 4 of its 32 layers (a 1.1 GB int8 file
+# made in seconds): its decode / roofline is a quick stand-in for the 7B's.
+SHAPES = ("stories15M", "stories110M", "llama2-7b", "llama2-7b-4layers")
 PATHS = ("int8", "fp32")
 DECODE_PROMPT = 16  # tokens fed before decode timing starts
 GiB = 1 << 30
@@ -130,7 +132,10 @@ def child_bandwidth(size: int, threads: list[int], repeats: int) -> dict:
 
 
 def shape_config(shape: str) -> Config:
+    from dataclasses import replace
     from qllama.synth import PRESETS
+    if shape == "llama2-7b-4layers":
+        return replace(PRESETS["llama2-7b"], n_layers=4)
     return PRESETS[shape]
 
 
@@ -158,7 +163,7 @@ def ensure_models(directory: Path, shape: str, paths: list[str], log) -> dict:
         size = formats.expected_size(shape_config(shape).as_version(1))
         log(f"writing {files['fp32']} ({size / 1e9:.2f} GB) ...")
         t0 = time.perf_counter()
-        write_random_model(files["fp32"], shape, seed=0, version=1, force=True)
+        write_random_model(files["fp32"], shape_config(shape), seed=0, version=1, force=True)
         log(f"  done in {time.perf_counter() - t0:.0f} s")
         made_f32 = True
     if "int8" in paths and not valid_file(files["int8"]):
