@@ -3,7 +3,11 @@
 float32 softmax with temperature, top-p over candidates above (1-p)/(n-1),
 sorted by probability with qsort. Same seed, same logits -> same tokens."""
 from libc.stdlib cimport malloc, free, qsort
+from libc.stdint cimport uint32_t
 from qllama._kernels.nn cimport softmax
+
+cdef extern from "simd.h" nogil:
+    uint32_t abs_bits "qllama_abs_bits"(float f)
 
 
 cdef struct ProbIndex:
@@ -33,12 +37,11 @@ cdef inline float random_f32(unsigned long long* state) noexcept nogil:
 
 
 cdef bint all_finite(const float* x, int n) noexcept nogil:
-    """No NaN or +-Inf: an integer test of the exponent bits, which vectorizes."""
-    cdef const unsigned int* bits = <const unsigned int*>x
+    """No NaN or +-Inf: an integer test of the bit patterns, which vectorizes."""
     cdef unsigned int bad = 0
     cdef int i
     for i in range(n):
-        bad |= (bits[i] & 0x7F800000u) == 0x7F800000u
+        bad |= abs_bits(x[i]) >= 0x7F800000u  # Inf's bits and above (NaN)
     return bad == 0
 
 
