@@ -2,9 +2,9 @@
 """The Llama 2 forward pass, as llama2.c's run.c (fp32) and runq.c (Q8_0) compute it.
 
 Data flow per block of T tokens at positions pos..pos+T-1:
-token table -> x (T, dim) -> for each layer: rmsnorm -> q/k/v (k, v straight into
-the cache) -> RoPE -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU
--> w2 -> residual; then final rmsnorm -> classifier -> logits.
+token table -> x (T, dim) -> for each layer: rmsnorm -> q/k/v -> RoPE -> k, v into
+the cache -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU -> w2 ->
+residual; then final rmsnorm -> classifier -> logits.
 
 `Transformer.forward` validates its arguments, then runs the whole block in one
 `nogil` call. Weights are pointers into the memory-mapped file: nothing is
@@ -271,22 +271,22 @@ cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept 
             out[j] = table.q[f] * table.s[f // table.gs]
 
 
-cdef void attention_head(float* out, const float* q, const float* key_cache,
-                         const float* value_cache, float* att, Py_ssize_t n_pos,
-                         Py_ssize_t kv_dim, Py_ssize_t head_size,
-                         Py_ssize_t kv_offset) noexcept nogil:
-    """One head of one token over cached positions 0..n_pos-1."""
+cdef void attention_head(float* out, const float* q, const float* keys,
+                         const float* values, float* att, Py_ssize_t n_pos,
+                         Py_ssize_t stride, Py_ssize_t head_size) noexcept nogil:
+    """One head of one token over cached positions 0..n_pos-1, whose keys and values
+    are at keys + p * stride and values + p * stride."""
     cdef Py_ssize_t p, i
     cdef float a
     cdef float scale = 1.0 / sqrtf(<float>head_size)
     cdef const float* v
     for p in range(n_pos):
-        att[p] = f32_dot1(key_cache + p * kv_dim + kv_offset, q, head_size) * scale
+        att[p] = f32_dot1(keys + p * stride, q, head_size) * scale
     softmax(att, n_pos)
     for i in range(head_size):
         out[i] = 0.0
     for p in range(n_pos):
-        v = value_cache + p * kv_dim + kv_offset
+        v = values + p * stride
         a = att[p]
         for i in range(head_size):
             out[i] += a * v[i]
@@ -349,8 +349,12 @@ cdef class Transformer:
     cdef float* att          # (block, n_heads, capacity)
     cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
     cdef float* xs           # (block, max(dim, hidden) / gs) their scales
-    cdef float* key_cache    # (layer, capacity, kv_dim)
-    cdef float* value_cache  # (layer, capacity, kv_dim)
+    cdef float* kb           # (block, kv_dim) the block's keys, before they go to the cache
+    cdef float* vb           # (block, kv_dim) its values
+    # KV cache (layer, kv head, capacity, head_size): a head's keys (values) for all
+    # positions are one contiguous run, which attention reads as one stream
+    cdef float* key_cache
+    cdef float* value_cache
 
     def __cinit__(self):
         self.layers = NULL
@@ -407,6 +411,8 @@ cdef class Transformer:
         self.hb = <float*>malloc(B * self.hidden_dim * sizeof(float))
         self.hb2 = <float*>malloc(B * self.hidden_dim * sizeof(float))
         self.q = <float*>malloc(B * self.dim * sizeof(float))
+        self.kb = <float*>malloc(B * self.kv_dim * sizeof(float))
+        self.vb = <float*>malloc(B * self.kv_dim * sizeof(float))
         self.fcos = <float*>malloc(B * (self.head_size // 2) * sizeof(float))
         self.fsin = <float*>malloc(B * (self.head_size // 2) * sizeof(float))
         self.att = <float*>malloc(B * self.n_heads * self.capacity * sizeof(float))
@@ -415,7 +421,8 @@ cdef class Transformer:
         self.key_cache = <float*>calloc(cache, sizeof(float))
         self.value_cache = <float*>calloc(cache, sizeof(float))
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
-                or self.hb2 == NULL or self.q == NULL or self.att == NULL
+                or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
+                or self.att == NULL
                 or self.fcos == NULL or self.fsin == NULL
                 or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
                 or self.value_cache == NULL):
@@ -425,8 +432,8 @@ cdef class Transformer:
     def __dealloc__(self):
         free(self.layers)
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
-        free(self.q); free(self.fcos); free(self.fsin); free(self.att); free(self.xq)
-        free(self.xs)
+        free(self.q); free(self.kb); free(self.vb); free(self.fcos); free(self.fsin)
+        free(self.att); free(self.xq); free(self.xs)
         free(self.key_cache); free(self.value_cache)
 
     @property
@@ -465,7 +472,7 @@ cdef class Transformer:
                        float* logits, Py_ssize_t n_logits) noexcept nogil:
         cdef Py_ssize_t dim = self.dim, hidden = self.hidden_dim, kv_dim = self.kv_dim
         cdef Py_ssize_t hs = self.head_size, H = self.n_heads, cap = self.capacity
-        cdef Py_ssize_t kv_mul = self.n_heads // self.n_kv_heads
+        cdef Py_ssize_t kv_mul = self.n_heads // self.n_kv_heads, kvh
         cdef Py_ssize_t t, l, i, th, h, first
         cdef int nt = self.threads
         cdef Layer* L
@@ -488,22 +495,28 @@ cdef class Transformer:
             kc = self.key_cache + l * cap * kv_dim
             vc = self.value_cache + l * cap * kv_dim
 
-            # attention: q, and k/v written straight into this layer's cache rows
+            # attention: q, k, v; k and v (k rotated) then go to this layer's cache
             self._norm_quantize(self.xb, self.x, L.attn_norm, T, dim)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
-            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, kc + pos * kv_dim, kv_dim
-            jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, vc + pos * kv_dim, kv_dim
+            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
+            jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
             matmuls(jobs, 3, self.xb, dim, self.xq, self.xs, T, nt)
             for t in range(T):
                 fc = self.fcos + t * (hs // 2)
                 fs = self.fsin + t * (hs // 2)
                 rope(self.q + t * dim, dim, hs, fc, fs)
-                rope(kc + (pos + t) * kv_dim, kv_dim, hs, fc, fs)
+                rope(self.kb + t * kv_dim, kv_dim, hs, fc, fs)
+                for kvh in range(self.n_kv_heads):
+                    memcpy(kc + (kvh * cap + pos + t) * hs, self.kb + t * kv_dim + kvh * hs,
+                           hs * sizeof(float))
+                    memcpy(vc + (kvh * cap + pos + t) * hs, self.vb + t * kv_dim + kvh * hs,
+                           hs * sizeof(float))
             for th in prange(T * H, schedule="static", num_threads=nt):
                 attention_head(xb + (th // H) * dim + (th % H) * hs,
-                               q + (th // H) * dim + (th % H) * hs, kc, vc,
-                               att + th * cap, pos + th // H + 1, kv_dim, hs,
-                               ((th % H) // kv_mul) * hs)
+                               q + (th // H) * dim + (th % H) * hs,
+                               kc + ((th % H) // kv_mul) * cap * hs,
+                               vc + ((th % H) // kv_mul) * cap * hs,
+                               att + th * cap, pos + th // H + 1, hs, hs)
             self._norm_quantize(self.xb, self.xb, NULL, T, dim)
             matmul(self.xb2, dim, self.xb, dim, self.xq, self.xs, T, &L.wo, nt)
             for i in range(T * dim):
@@ -596,6 +609,6 @@ def kernel_attention(const float[::1] q, const float[:, ::1] key_cache,
     att = np.empty(n_pos, np.float32)
     cdef float[::1] o = out
     cdef float[::1] a = att
-    attention_head(&o[0], &q[0], &key_cache[0, 0], &value_cache[0, 0], &a[0], n_pos,
-                   kv_dim, head_size, kv_offset)
+    attention_head(&o[0], &q[0], &key_cache[0, kv_offset], &value_cache[0, kv_offset], &a[0],
+                   n_pos, kv_dim, head_size)
     return out
