@@ -404,7 +404,26 @@ def test_output_mode_follows_umask(small, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_sigint_leaves_no_partial_file(tmp_path):
+def writing_into(pid, directory):
+    """Whether process `pid` has a file open in `directory` (named or not)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(directory) + "/"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGKILL"])
+def test_signal_leaves_no_partial_file(tmp_path, signame):
+    """Ctrl-C (cleaned up by the handler) or a kill outright (the OOM killer: nothing
+    runs, so the output must never have had a name) mid-write leaves no file."""
     import signal
     import time
 
@@ -418,14 +437,35 @@ def test_sigint_leaves_no_partial_file(tmp_path):
                           str(outdir / "o.q80"), "--threads", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not leftovers(outdir) and p.poll() is None and time.monotonic() < deadline:
+    while not writing_into(p.pid, outdir) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signame))
     out, err = p.communicate(timeout=60)
     if p.returncode == 0:
         pytest.skip("quantize finished before the signal arrived")
-    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    if signame == "SIGINT":
+        assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    else:
+        assert p.returncode == -signal.SIGKILL
     assert list(outdir.iterdir()) == []
+
+
+def test_named_temporary_file_fallback(small, tmp_path, monkeypatch):
+    """Without O_TMPFILE the output goes through a named file, gone on success and failure."""
+    from qllama import atomic
+    monkeypatch.setattr(atomic, "_open_unnamed", lambda parent: None)
+    path, _ = small
+    out = tmp_path / "o.q80"
+    quantize_file(path, out)
+    assert out.is_file() and leftovers(tmp_path) == []
+
+    def progress(done):
+        assert leftovers(tmp_path) != []  # the named file exists while writing
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize_file(path, tmp_path / "o2.q80", progress=progress, chunk_bytes=64)
+    assert not (tmp_path / "o2.q80").exists() and leftovers(tmp_path) == []
 
 
 def test_force_never_replaces_a_fifo_or_device(small, tmp_path, capsys):
