@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from ._kernels.sigbus import catch_sigbus
 from .errors import QllamaError
 
 # Modules that provide a `register(subparsers)` function, in --help order.
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    catch_sigbus()  # a model file truncated while mapped: one line, not a core dump
     try:
         return args.func(args) or 0
     except QllamaError as e:

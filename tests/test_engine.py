@@ -2,6 +2,9 @@
 reference on random models, and its own invariants (blocking, threads)."""
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,6 +158,29 @@ def test_block_prefill_equals_token_by_token(small_models, key):
     session = model.session(len(ids))
     stepwise = np.array([session.feed([t]).copy() for t in ids])
     np.testing.assert_allclose(block, stepwise, rtol=1e-5, atol=1e-6)
+
+
+def test_file_truncated_while_mapped_is_one_line(small_models, tmp_path):
+    """A model file cut short after it was validated and mapped (another process
+    rewrote it): with the handler the command line installs, touching the lost pages
+    gives one line on stderr and exit status 1, not a bus error and a core dump."""
+    path = tmp_path / "m.bin"
+    shutil.copyfile(small_models[(2, 8)], path)
+    script = ("import os, sys\n"
+              "from qllama.cli import main\n"
+              "from qllama.model import Model\n"
+              "assert main(['info', sys.argv[1]]) == 0\n"  # installs the handler
+              "m = Model(sys.argv[1], threads=1)\n"
+              "os.truncate(sys.argv[1], 256)\n"
+              "m.logits([1, 2, 3])\n"
+              "print('not reached')\n")
+    p = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "not reached" not in p.stdout
+    assert p.stderr.splitlines() == [
+        "qllama: error: bus error reading a memory-mapped file: was the model file "
+        "truncated or rewritten while in use?"]
 
 
 @pytest.mark.parametrize("key", [(1, 0), (2, 16), (2, 8)])
