@@ -346,7 +346,7 @@ cdef class Transformer:
     cdef float* q            # (block, dim)
     cdef float* fcos         # (block, head_size / 2) RoPE angles of the block's positions
     cdef float* fsin         # (block, head_size / 2)
-    cdef float* att          # (block, n_heads, capacity)
+    cdef float* att          # (n_heads * block, capacity) scores, a row per (head, token)
     cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
     cdef float* xs           # (block, max(dim, hidden) / gs) their scales
     cdef float* kb           # (block, kv_dim) the block's keys, before they go to the cache
@@ -511,12 +511,14 @@ cdef class Transformer:
                            hs * sizeof(float))
                     memcpy(vc + (kvh * cap + pos + t) * hs, self.vb + t * kv_dim + kvh * hs,
                            hs * sizeof(float))
-            for th in prange(T * H, schedule="static", num_threads=nt):
-                attention_head(xb + (th // H) * dim + (th % H) * hs,
-                               q + (th // H) * dim + (th % H) * hs,
-                               kc + ((th % H) // kv_mul) * cap * hs,
-                               vc + ((th % H) // kv_mul) * cap * hs,
-                               att + th * cap, pos + th // H + 1, hs, hs)
+            # head-major: a head's tokens run one after another while its keys and
+            # values are in L2; contiguous ranges of heads per thread
+            for th in prange(H * T, schedule="static", num_threads=nt):
+                h = th // T
+                t = th % T
+                attention_head(xb + t * dim + h * hs, q + t * dim + h * hs,
+                               kc + (h // kv_mul) * cap * hs, vc + (h // kv_mul) * cap * hs,
+                               att + th * cap, pos + t + 1, hs, hs)
             self._norm_quantize(self.xb, self.xb, NULL, T, dim)
             matmul(self.xb2, dim, self.xb, dim, self.xq, self.xs, T, &L.wo, nt)
             for i in range(T * dim):
