@@ -55,8 +55,8 @@ def _umask() -> int:
 
 
 def _open_unnamed(parent: str) -> int | None:
-    """An unnamed file in `parent` (mode 0666 minus umask, as open() gives), or None
-    where O_TMPFILE or /proc/self/fd (needed to name it at the end) is missing."""
+    """An unnamed file in `parent`, or None where O_TMPFILE or /proc/self/fd (needed
+    to name it at the end) is missing."""
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag or not os.path.isdir("/proc/self/fd"):
         return None
@@ -68,16 +68,27 @@ def _open_unnamed(parent: str) -> int | None:
         raise UsageError(f"{parent}: cannot create output: {e.strerror}") from None
 
 
-def _link_fd(fd: int, path: str) -> None:
-    """Give the unnamed file `fd` the name `path`: linkat(AT_SYMLINK_FOLLOW) of its
-    /proc/self/fd entry. A dir fd makes os.link call linkat (link() would try to
-    link the /proc symlink itself)."""
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+def _name_unnamed(fd: int, parent: str, path: str) -> str:
+    """Give the unnamed file `fd` a fresh `.qllama-*.part` name in `parent`; returns it.
+    linkat(AT_SYMLINK_FOLLOW) of its /proc/self/fd entry: a dir fd makes os.link call
+    linkat (link() would try to link the /proc symlink itself)."""
+    name = f".qllama-{os.urandom(6).hex()}.part"
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=dfd,
-                follow_symlinks=True)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot name the output: {e.strerror}") from None
     finally:
         os.close(dfd)
+    return os.path.join(parent, name)
+
+
+def _set_mode(fd: int) -> None:
+    """The mode open() would give (0666 minus umask): mkstemp makes 0600, and kernels
+    before 6.0 did not apply the umask to O_TMPFILE files. A file system that cannot
+    store modes (vfat, exfat) refuses with EPERM: the file keeps the mode it has."""
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o666 & ~_umask())
 
 
 @contextlib.contextmanager
@@ -86,22 +97,20 @@ def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
     check_output_path(path, force, inputs)
     parent = os.path.dirname(os.path.abspath(path))
     fd = _open_unnamed(parent)
-    tmp = None
-    try:
-        if fd is None:
+    tmp = None  # the file's name, once it has one
+    if fd is None:
+        try:
             fd, tmp = tempfile.mkstemp(prefix=".qllama-", suffix=".part", dir=parent)
-            # mkstemp makes the file 0600; give it the mode open() would (0666 minus umask)
-            os.fchmod(fd, 0o666 & ~_umask())
-    except OSError as e:
-        raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            _set_mode(f.fileno())
             yield f
             f.flush()
             os.fsync(f.fileno())
             if tmp is None:  # name the complete file, then move it over `path`
-                tmp = os.path.join(parent, f".qllama-{os.urandom(6).hex()}.part")
-                _link_fd(f.fileno(), tmp)
+                tmp = _name_unnamed(f.fileno(), parent, path)
         os.replace(tmp, path)
     except BaseException:
         if tmp is not None:

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from ._kernels.sigbus import catch_sigbus
+from ._kernels.sigbus import bus_errors_reported
 from .errors import QllamaError
 
 # Modules that provide a `register(subparsers)` function, in --help order.
@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    catch_sigbus()  # a model file truncated while mapped: one line, not a core dump
     try:
-        return args.func(args) or 0
+        with bus_errors_reported():  # a model file truncated while mapped: not a core dump
+            return args.func(args) or 0
     except QllamaError as e:
         print(f"qllama: error: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 reference on random models, and its own invariants (blocking, threads)."""
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -160,27 +161,42 @@ def test_block_prefill_equals_token_by_token(small_models, key):
     np.testing.assert_allclose(block, stepwise, rtol=1e-5, atol=1e-6)
 
 
-def test_file_truncated_while_mapped_is_one_line(small_models, tmp_path):
-    """A model file cut short after it was validated and mapped (another process
-    rewrote it): with the handler the command line installs, touching the lost pages
-    gives one line on stderr and exit status 1, not a bus error and a core dump."""
+def test_file_truncated_while_mapped_is_one_line(tmp_path):
+    """A model file cut short while `qllama run` has it mapped (another process rewrote
+    it between two chat turns): one line on stderr and exit status 1, not a bus error
+    and a core dump; and the handler is gone once main() returns."""
+    import resource
+    import signal
     path = tmp_path / "m.bin"
-    shutil.copyfile(small_models[(2, 8)], path)
+    shutil.copyfile(data("stories260K.bin"), path)
+    p = subprocess.Popen([sys.executable, "-m", "qllama", "run", str(path), "-z",
+                          str(data("tok512.bin")), "-m", "chat", "-n", "300", "-s", "1",
+                          "--threads", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdin.write("Once upon a time\n")
+    p.stdin.flush()
+    reply = p.stdout.readline()  # the first answer: every weight page has been read
+    assert reply.startswith("Assistant: ")
+    os.truncate(path, 256)
+    out, err = p.communicate("and then?\n", timeout=60)
+    assert p.returncode == 1, err
+    assert err.splitlines() == [
+        "qllama: error: bus error reading a memory-mapped file: was the model file "
+        "truncated or rewritten while in use?"]
+
+    # after main() returns, SIGBUS is the default again (the process dies of it)
+    shutil.copyfile(data("stories260K.bin"), path)
     script = ("import os, sys\n"
               "from qllama.cli import main\n"
               "from qllama.model import Model\n"
-              "assert main(['info', sys.argv[1]]) == 0\n"  # installs the handler
+              "assert main(['info', sys.argv[1]]) == 0\n"
               "m = Model(sys.argv[1], threads=1)\n"
               "os.truncate(sys.argv[1], 256)\n"
-              "m.logits([1, 2, 3])\n"
-              "print('not reached')\n")
+              "m.logits([1, 2, 3])\n")
+    no_core = lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # noqa: E731
     p = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 1, p.stderr
-    assert "not reached" not in p.stdout
-    assert p.stderr.splitlines() == [
-        "qllama: error: bus error reading a memory-mapped file: was the model file "
-        "truncated or rewritten while in use?"]
+                       text=True, timeout=60, preexec_fn=no_core)
+    assert p.returncode == -signal.SIGBUS, p.stderr
 
 
 @pytest.mark.parametrize("key", [(1, 0), (2, 16), (2, 8)])

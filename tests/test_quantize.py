@@ -468,6 +468,41 @@ def test_named_temporary_file_fallback(small, tmp_path, monkeypatch):
     assert not (tmp_path / "o2.q80").exists() and leftovers(tmp_path) == []
 
 
+def test_output_on_a_file_system_without_modes(small, tmp_path, monkeypatch):
+    """vfat and exfat refuse chmod with EPERM: the output is still written."""
+    def refuse(fd, mode):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "fchmod", refuse)
+    path, _ = small
+    for unnamed in (True, False):
+        if not unnamed:
+            from qllama import atomic
+            monkeypatch.setattr(atomic, "_open_unnamed", lambda parent: None)
+        out = tmp_path / f"o{unnamed}.q80"
+        quantize_file(path, out)
+        assert out.is_file() and leftovers(tmp_path) == []
+
+
+def test_output_that_cannot_be_named(small, tmp_path, monkeypatch, capsys):
+    """If the complete unnamed file cannot be linked into place: one line naming the
+    output, and nothing left behind."""
+    from qllama import atomic
+    fd = atomic._open_unnamed(str(tmp_path))
+    if fd is None:
+        pytest.skip("this file system has no O_TMPFILE: outputs are named from the start")
+    os.close(fd)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", refuse)
+    path, _ = small
+    out = tmp_path / "o.q80"
+    assert main(["quantize", str(path), str(out), "-q"]) == 1
+    assert capsys.readouterr().err == (f"qllama: error: {out}: cannot name the output: "
+                                       "Operation not permitted\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.v1.bin"]
+
+
 def test_force_never_replaces_a_fifo_or_device(small, tmp_path, capsys):
     src, _ = small
     fifo = tmp_path / "fifo"
