@@ -184,9 +184,10 @@ cdef inline void matmul_rows(float* out, Py_ssize_t out_stride, const float* x,
     cdef Py_ssize_t t, r, n = m.cols, gs = m.gs
     cdef Py_ssize_t ng = n // gs if gs else 0
     cdef Py_ssize_t nr = m.rows - r0 if m.rows - r0 < 4 else 4
-    cdef float o[4]
     cdef bint four = nr == 4
+    cdef float* o
     for t in range(T):
+        o = out + t * out_stride + r0  # the 4-row kernels store straight into it
         if m.w != NULL:
             if four:
                 f32_dot4(m.w + r0 * n, x + t * x_stride, n, o)
@@ -203,8 +204,6 @@ cdef inline void matmul_rows(float* out, Py_ssize_t out_stride, const float* x,
         else:
             for r in range(nr):
                 o[r] = dot_q80_flat(m.q, m.s, (r0 + r) * n, x + t * x_stride, n, gs)
-        for r in range(nr):
-            out[t * out_stride + r0 + r] = o[r]
 
 
 cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
