@@ -173,12 +173,15 @@ def test_file_truncated_while_mapped_is_one_line(tmp_path):
                           str(data("tok512.bin")), "-m", "chat", "-n", "300", "-s", "1",
                           "--threads", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    p.stdin.write("Once upon a time\n")
-    p.stdin.flush()
-    reply = p.stdout.readline()  # the first answer: every weight page has been read
-    assert reply.startswith("Assistant: ")
-    os.truncate(path, 256)
-    out, err = p.communicate("and then?\n", timeout=60)
+    try:
+        p.stdin.write("Once upon a time\n")
+        p.stdin.flush()
+        reply = p.stdout.readline()  # the first answer: every weight page has been read
+        assert reply.startswith("Assistant: ")
+        os.truncate(path, 256)
+        out, err = p.communicate("and then?\n", timeout=60)
+    finally:
+        p.kill()
     assert p.returncode == 1, err
     assert err.splitlines() == [
         "qllama: error: bus error reading a memory-mapped file: was the model file "
