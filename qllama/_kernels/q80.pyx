@@ -41,10 +41,16 @@ cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s
         # precision and can push wmax / scale past 127.5, so clamp (int8 would wrap).
         x = 127.0 if x > 127.0 else (-127.0 if x < -127.0 else x)
         q[i] = <signed char>x
-        # in double: the product is exact, so q*s - w cannot overflow near FLT_MAX
-        # (in float, 127 * fl(FLT_MAX / 127) rounds to Inf without an FMA)
-        b = abs_bits(<float>(<double>x * <double>scale - <double>w[i]))
+        b = abs_bits(x * scale - w[i])
         emax_bits = b if b > emax_bits else emax_bits
+    if emax_bits >= INF_BITS:
+        # Without an FMA, 127 * fl(wmax / 127) can round past FLT_MAX for wmax near it:
+        # redo this group in double, where the product is exact (rare; the loop above
+        # stays vectorized).
+        emax_bits = 0
+        for i in range(gs):
+            b = abs_bits(<float>(<double>q[i] * <double>scale - <double>w[i]))
+            emax_bits = b if b > emax_bits else emax_bits
     err[0] = from_bits(emax_bits)
 
 
