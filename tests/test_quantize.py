@@ -405,6 +405,16 @@ def test_output_mode_follows_umask(small, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+def has_unnamed_files(directory):
+    """Whether outputs in `directory` are written unnamed (O_TMPFILE) until complete."""
+    from qllama import atomic
+    fd = atomic._open_unnamed(str(directory))
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
 def writing_into(pid, directory):
     """Whether process `pid` has a file open in `directory` (named or not)."""
     try:
@@ -434,13 +444,9 @@ def test_signal_leaves_no_partial_file(tmp_path, signame):
     write_random_model(src, "stories15M", version=1)
     outdir = tmp_path / "out"
     outdir.mkdir()
-    if signame == "SIGKILL":
-        from qllama import atomic
-        fd = atomic._open_unnamed(str(outdir))
-        if fd is None:
-            pytest.skip("this file system has no O_TMPFILE: a killed writer leaves its "
-                        "named .part file")
-        os.close(fd)
+    if signame == "SIGKILL" and not has_unnamed_files(outdir):
+        pytest.skip("this file system has no O_TMPFILE: a killed writer leaves its "
+                    "named .part file")
     p = subprocess.Popen([sys.executable, "-m", "qllama", "quantize", str(src),
                           str(outdir / "o.q80"), "--threads", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -495,11 +501,8 @@ def test_output_on_a_file_system_without_modes(small, tmp_path, monkeypatch):
 def test_output_that_cannot_be_named(small, tmp_path, monkeypatch, capsys):
     """If the complete unnamed file cannot be linked into place: one line naming the
     output, and nothing left behind."""
-    from qllama import atomic
-    fd = atomic._open_unnamed(str(tmp_path))
-    if fd is None:
+    if not has_unnamed_files(tmp_path):
         pytest.skip("this file system has no O_TMPFILE: outputs are named from the start")
-    os.close(fd)
 
     def refuse(*args, **kwargs):
         raise PermissionError(1, "Operation not permitted")
