@@ -47,8 +47,8 @@ static inline float qllama_hsum(__m256 v) {
 
 /* Bit patterns of floats: for non-negative floats (Inf and NaN included) they order
  * like the values, and integer max reductions vectorize where float max reductions
- * (NaN semantics) do not. Used by the weight quantizer (q80.pyx) and the activation
- * quantizer (transformer.pyx). */
+ * (NaN semantics) do not. Used by the weight quantizer (q80.pyx), the activation
+ * quantizer (transformer.pyx) and the sampler's finite test (sampler.pyx). */
 static inline uint32_t qllama_abs_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
