@@ -103,6 +103,27 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def huge_page_bytes(buffer) -> int | None:
+    """Bytes of the file mapping holding `buffer` (an ndarray) that are mapped with
+    2 MiB pages now (FilePmdMapped in /proc/self/smaps); None where there is no smaps."""
+    address = buffer.ctypes.data
+    inside = False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(" ", 1)[0]
+                if not first.endswith(":"):  # a mapping's first line: start-end perms ...
+                    if inside:
+                        return 0
+                    start, end = (int(a, 16) for a in first.split("-"))
+                    inside = start <= address < end
+                elif inside and line.startswith("FilePmdMapped:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return 0 if inside else None
+
+
 def peak_rss_mb() -> float:
     return peak_rss_bytes() / 2**20
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from qllama import formats  # noqa: E402
 from qllama.formats import Config  # noqa: E402
-from qllama.model import peak_rss_bytes  # noqa: E402
+from qllama.model import huge_page_bytes, peak_rss_bytes  # noqa: E402
 
 # llama2-7b-4layers: Llama-2-7B's matrices with 4 of its 32 layers (a 1.1 GB int8 file
 # made in seconds): its decode / roofline is a quick stand-in for the 7B's.
@@ -229,6 +229,8 @@ def child_model(path: str, threads: int, prompt: int, decode: int, repeats: int,
         "decode_tok_s": decode / min(decode_s),
         "decode_ms_median": 1e3 * statistics.median(per_token),
         "peak_rss_bytes": peak_rss_bytes(),
+        "huge_page_bytes": huge_page_bytes(model.file.buffer),
+        "file_bytes": model.file.buffer.nbytes,
         "kernel_build": kernel_build(),
     }
 
@@ -303,6 +305,18 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def huge_fraction(trial: dict):
+    """Share of the model file mapped with 2 MiB pages at the end of a trial."""
+    if trial.get("huge_page_bytes") is None:
+        return None
+    return trial["huge_page_bytes"] / trial["file_bytes"]
+
+
+def huge(run: dict) -> str:
+    f = run.get("huge_fraction")  # absent in runs saved before it existed
+    return "-" if f is None else f"{100 * f:.0f}%"
+
+
 def paired(run: dict) -> str:
     f = run.get("paired_fraction")  # absent in runs saved before it existed
     return "-" if f is None else f"{f:.2f}"
@@ -329,10 +343,10 @@ def report(result: dict) -> str:
                      fmt_rate(r["decode_tok_s"]), fmt_rate(r["prefill_tok_s"]),
                      f"{r['peak_rss_bytes'] / 1e6:,.0f}", fmt_rate(r["roofline_tok_s"]),
                      f"{r['roofline_fraction']:.2f}", paired(r), f"{r['others_cores']:.1f}",
-                     "in cache" if r["fits_cache"] else ""])
+                     huge(r), "in cache" if r["fits_cache"] else ""])
     out += ["", table(["shape", "path", "thr", "weights MB/tok", "decode tok/s",
                        "prefill tok/s", "peak RSS MB", "roofline tok/s", "decode/roof",
-                       "paired", "others",
+                       "paired", "others", "2M pages",
                        ""],
                       rows)]
     if result.get("skipped"):
@@ -347,6 +361,9 @@ def report(result: dict) -> str:
                "random token ids.")
     out.append("others: cores other processes kept busy (average) during the round that gave "
                "the best decode (the machine is shared; > 0.3: that figure is disturbed).")
+    out.append("2M pages: share of the model file mapped with 2 MiB pages (the rest 4 KiB; "
+               "a file's page cache keeps the folio sizes it was written or read with, "
+               "docs/performance.md).")
     out.append("roofline = bandwidth at that thread count / weight bytes per token (KV cache "
                "reads not counted). 'in cache': the weights fit in the largest cache "
                f"({m['l3_bytes'] / 2**20:.0f} MiB), so DRAM bandwidth does not bound them and "
@@ -543,6 +560,7 @@ def main(argv=None) -> int:
             "prefill_tok_s": max(r["prefill_tok_s"] for r in rs),
             "decode_ms_median": min(r["decode_ms_median"] for r in rs),
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
+            "huge_fraction": huge_fraction(rs[-1]),
             # of the round that gave the best decode figure
             "others_cores": max(rs, key=lambda r: r["decode_tok_s"])["others_cores"],
             "paired_fraction": statistics.median(r["paired_fraction"] for r in rs),
