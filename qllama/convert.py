@@ -15,6 +15,7 @@ import numpy as np
 
 from . import formats
 from .atomic import atomic_output, check_output_path
+from .blockwriter import BlockWriter
 from .errors import UsageError
 from .quantize import CHUNK_BYTES, ChunkReader, check_free_space, open_input
 
@@ -82,21 +83,21 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
                 jobs.append((ein.offset + 4 * start, min(step, e.numel - start), e, start))
         t0 = time.perf_counter()
         with atomic_output(dst, force, (src,)) as f:
-            out = f.fileno()
-            f.write(formats.header_bytes(cout))
-            f.flush()
+            out = BlockWriter(f.fileno())
+            out.pwrite(formats.header_bytes(cout), 0)
             if tables:
                 at = {e.name: e.offset for e in tables}
                 row_bytes = 4 * (cout.head_size // 2)
                 for start, cos, sin in rope_chunks(cout.head_size, cout.seq_len, CHUNK_BYTES):
-                    os.pwrite(out, cos, at["freqs_cos"] + start * row_bytes)
-                    os.pwrite(out, sin, at["freqs_sin"] + start * row_bytes)
+                    out.pwrite(cos, at["freqs_cos"] + start * row_bytes)
+                    out.pwrite(sin, at["freqs_sin"] + start * row_bytes)
             reader = ChunkReader(fd, src, jobs, step)
             try:
                 for (_, n, e, start), w in reader:
-                    os.pwrite(out, w, e.offset + 4 * start)
+                    out.pwrite(w, e.offset + 4 * start)
             finally:
                 reader.close()
+            out.flush()
         seconds = time.perf_counter() - t0
         return {"src_version": cin.version, "version": to_version, "in_bytes": os.fstat(fd).st_size,
                 "out_bytes": out_size, "seconds": seconds,

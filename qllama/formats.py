@@ -279,6 +279,14 @@ class ModelFile:
         self.entries = {(e.name, e.layer): e for e in layout(self.config)}
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Pages read from disk from now on come in 2 MiB folios, mapped with huge
+        # pages: decode streams every weight per token, and 4 KiB pages cost it
+        # TLB misses (docs/performance.md). Pages already cached keep their size.
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self._map.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass  # a hint: kernels without file THP refuse it
         # Mapped bytes are checked again in case the file changed since validation.
         if len(self._map) != expected_size(self.config):
             self._map.close()

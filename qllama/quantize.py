@@ -7,9 +7,10 @@ only checks dim) and writes zeros for an all-zero group (llama2.c divides 0 by 0
 Data flow: validated input header → output layout (formats.layout) → for each
 output tensor, chunks of the input read with preadv into reused buffers (a
 reader thread fills the next chunk while this one is quantized) → the Cython
-kernel (nogil, prange over groups) → pwrite of int8 values and scales at their
-offsets. Memory stays bounded by a few chunks whatever the model size; input
-pages are read, never mapped, so they do not count in the process's RSS.
+kernel (nogil, prange over groups) → int8 values and scales written at their
+offsets, in 2 MiB-aligned pieces (blockwriter.py). Memory stays bounded by a few
+chunks whatever the model size; input pages are read, never mapped, so they do
+not count in the process's RSS.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from . import formats
 from .atomic import atomic_output, check_output_path
+from .blockwriter import BlockWriter
 from .errors import FormatError, QllamaError, UsageError
 from .formats import F32, Q80, Config, Entry
 from .threads import add_threads_argument, resolve_threads
@@ -262,16 +264,15 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
         t0 = time.perf_counter()
         done = 0
         with atomic_output(dst, force, (src,)) as f:
-            out = f.fileno()
-            f.write(formats.header_bytes(cout))
-            f.flush()  # every later write is a pwrite at its layout offset
+            out = BlockWriter(f.fileno())
+            out.pwrite(formats.header_bytes(cout), 0)
             reader = ChunkReader(fd, src, jobs, step)
             try:
                 for (_, n, e, start), w in reader:
                     if e.encoding == F32:
                         if not np.isfinite(w).all():
                             raise _non_finite(src, e, start, w)
-                        os.pwrite(out, w, e.offset + 4 * start)
+                        out.pwrite(w, e.offset + 4 * start)
                     else:
                         g = n // gs
                         q80_quantize(w, gs, q[:n], s[:g], err[:g], threads)
@@ -280,15 +281,16 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                             raise _non_finite(src, e, start, w)
                         k = report.kinds[e.name]
                         k.max_err = max(k.max_err, emax)
-                        os.pwrite(out, q[:n], e.offset + start)
-                        os.pwrite(out, s[:g], e.scales_offset + 4 * (start // gs))
+                        out.pwrite(q[:n], e.offset + start)
+                        out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
                     done += 4 * n
                     if progress is not None:
                         progress(done)
             finally:
                 reader.close()
-            if os.fstat(out).st_size != out_size:  # cannot happen unless layout is wrong
-                raise QllamaError(f"{dst}: wrote {os.fstat(out).st_size} bytes, "
+            out.flush()
+            if os.fstat(f.fileno()).st_size != out_size:  # cannot happen unless layout is wrong
+                raise QllamaError(f"{dst}: wrote {os.fstat(f.fileno()).st_size} bytes, "
                                   f"expected {out_size}")
         report.seconds = time.perf_counter() - t0
         assert done == in_bytes

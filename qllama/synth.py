@@ -17,6 +17,7 @@ import numpy as np
 
 from . import formats
 from .atomic import atomic_output
+from .blockwriter import BlockWriter
 from .errors import UsageError
 from .formats import Config
 from .threads import resolve_threads
@@ -94,7 +95,10 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
     workers = resolve_threads(threads)
     done = 0
     with atomic_output(os.fspath(path), force) as f, ThreadPoolExecutor(workers) as pool:
-        f.write(formats.header_bytes(config))
+        out = BlockWriter(f.fileno())  # 2 MiB folios, as a quantized file gets
+        header = formats.header_bytes(config)
+        out.pwrite(header, 0)
+        at = len(header)
         pending = []
         window = 2 * workers  # chunks generated ahead of the writer: bounded memory
         it = iter(jobs)
@@ -104,14 +108,16 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
                 break
         while pending:
             w = pending.pop(0).result()
-            f.write(memoryview(w).cast("B"))
+            out.pwrite(w, at)
+            at += w.nbytes
             done += w.nbytes
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(make, nxt))
             if progress is not None:
                 progress(done)
-        written = f.tell()
+        out.flush()
+        written = os.fstat(f.fileno()).st_size
     assert written == formats.expected_size(config), (written, formats.expected_size(config))
     return config
 

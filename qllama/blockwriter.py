@@ -1,0 +1,65 @@
+"""Positioned writes to an output model file, merged into 2 MiB-aligned pieces.
+
+Linux builds a file's page cache from folios as large as each write allows
+(ext4, xfs and tmpfs have large folios): one 2 MiB write at a 2 MiB-aligned
+offset becomes one 2 MiB folio, and `qllama run` then maps it with one huge-page
+TLB entry instead of 512 small ones. Decode reads every weight once per token, so
+on a freshly quantized file that is 3–11% of decode speed (docs/performance.md).
+A model file is mostly per-layer tensors smaller than 2 MiB, written one by one;
+this writer holds the bytes of a 2 MiB block until the block is complete and
+hands it to the kernel in one call. Writes that do not continue the previous one
+(scales after a long tensor's values) first flush what is held, so the file's
+bytes are exactly those of the same writes made one by one.
+"""
+from __future__ import annotations
+
+import os
+
+BLOCK = 2 << 20  # x86-64's huge page (PMD) size
+
+
+class BlockWriter:
+    def __init__(self, fd: int, block: int = BLOCK):
+        self.fd, self.block = fd, block
+        self._held = bytearray()  # bytes of [self._start, self._start + len), inside one block
+        self._start = 0
+
+    def pwrite(self, data, offset: int) -> None:
+        data = memoryview(data).cast("B")
+        if self._held and offset != self._start + len(self._held):
+            self.flush()
+        if not self._held:
+            self._start = offset
+        end = offset + len(data)
+        cut = end - end % self.block  # the last block boundary at or before end
+        if cut <= self._start:  # no boundary reached: keep holding
+            self._held += data
+            return
+        head = cut - offset  # >= 0, since what is held never crosses a boundary
+        _write_all(self.fd, [self._held, data[:head]], self._start)
+        self._held = bytearray(data[head:])
+        self._start = cut
+
+    def flush(self) -> None:
+        if self._held:
+            _write_all(self.fd, [self._held], self._start)
+            self._held = bytearray()
+
+
+def _write_all(fd: int, parts: list, offset: int) -> None:
+    """One pwritev of all parts (two writes would make two smaller folios),
+    continued after a short write."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        if hasattr(os, "pwritev"):
+            n = os.pwritev(fd, views, offset)
+        else:
+            n = os.pwrite(fd, b"".join(views), offset)
+        if n <= 0:
+            raise OSError(f"write of {sum(map(len, views))} bytes at {offset} wrote nothing")
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][n:]

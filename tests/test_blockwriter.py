@@ -1,0 +1,166 @@
+"""Output files written in 2 MiB-aligned pieces, and model files mapped for huge pages."""
+import mmap
+import os
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qllama import blockwriter
+from qllama.blockwriter import BLOCK, BlockWriter
+from qllama.formats import Config, ModelFile
+from qllama.model import huge_page_bytes
+from qllama.quantize import quantize_file
+from qllama.synth import write_random_model
+
+writes = st.lists(st.tuples(st.integers(0, 700), st.binary(max_size=300)), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(writes)
+def test_file_holds_the_writes_in_order(tmp_path_factory, ws):
+    """Whatever the offsets (gaps, overlaps, going back), the file is what the same
+    writes would make one by one."""
+    path = tmp_path_factory.mktemp("bw") / "f"
+    expect = bytearray()
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        out = BlockWriter(fd, block=64)
+        for offset, data in ws:
+            out.pwrite(data, offset)
+            if data:
+                expect.extend(bytes(max(0, offset + len(data) - len(expect))))
+                expect[offset:offset + len(data)] = data
+        out.flush()
+        assert os.pread(fd, 4096, 0) == bytes(expect)
+    finally:
+        os.close(fd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=40), st.integers(0, 200))
+def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, sizes, first):
+    """Consecutive writes: every write the kernel sees ends on a block boundary,
+    except the last flush, and none of them is split in two."""
+    calls = []
+    real = os.pwritev
+
+    def spy(fd, views, offset):
+        n = real(fd, views, offset)
+        calls.append((offset, n, sum(len(v) for v in views)))
+        return n
+
+    path = tmp_path_factory.mktemp("bw") / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        with mock.patch.object(blockwriter.os, "pwritev", spy):
+            out = BlockWriter(fd, block=64)
+            at = first
+            for n in sizes:
+                out.pwrite(bytes([n % 251]) * n, at)
+                at += n
+            out.flush()
+    finally:
+        os.close(fd)
+    for offset, n, asked in calls:
+        assert n == asked
+    ends = [offset + n for offset, n, _ in calls]
+    assert all(end % 64 == 0 for end in ends[:-1])
+    starts = [offset for offset, _, _ in calls]
+    assert starts == sorted(starts) and (not calls or starts[0] == first)
+    assert all(s % 64 == 0 for s in starts[1:])
+    assert sum(n for _, n, _ in calls) == at - first
+
+
+def test_short_writes_are_continued(tmp_path, monkeypatch):
+    real = os.pwritev
+    monkeypatch.setattr(blockwriter.os, "pwritev",
+                        lambda fd, views, offset: real(fd, [views[0][:7]], offset))
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        out = BlockWriter(fd, block=64)
+        data = bytes(range(200))
+        out.pwrite(data[:50], 0)
+        out.pwrite(data[50:], 50)
+        out.flush()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------
+# On Linux: what the page cache makes of it
+
+
+def vm_flags(buffer) -> list[str]:
+    """The VmFlags in /proc/self/smaps of the mapping holding buffer (an ndarray)."""
+    address, inside = buffer.ctypes.data, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(" ", 1)[0]
+            if not first.endswith(":"):
+                start, end = (int(a, 16) for a in first.split("-"))
+                inside = start <= address < end
+            elif inside and first == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError("mapping not found")
+
+
+def huge_mapped(path) -> tuple[int, int]:
+    """(bytes of path mapped with 2 MiB pages, file size) once every page is touched."""
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(m, np.uint8)
+    int(view[::4096].sum())  # fault every page in
+    huge = huge_page_bytes(view)
+    del view
+    m.close()
+    return huge, os.path.getsize(path)
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+
+
+@pytest.fixture
+def huge_folios(tmp_path):
+    """Skip unless this kernel and file system map a 2 MiB-aligned 2 MiB write with a
+    huge page (THP enabled, large folios in the page cache)."""
+    control = tmp_path / "control"
+    fd = os.open(control, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.pwrite(fd, bytes(range(256)) * (2 * BLOCK // 256), 0)
+    finally:
+        os.close(fd)
+    if huge_mapped(control)[0] == 0:
+        pytest.skip("this kernel or file system does not map a file's 2 MiB folios "
+                    "with huge pages (transparent huge pages off, or no large folios)")
+    control.unlink()
+
+
+@linux_only
+def test_quantized_file_is_mapped_with_huge_pages(tmp_path, huge_folios):
+    """Written in 2 MiB pieces, a fresh file's page cache is 2 MiB folios: every whole
+    aligned 2 MiB block of it maps with a huge page. A model of 1 MiB tensors, so
+    the writer must merge them."""
+    config = Config(1, dim=512, hidden_dim=1024, n_layers=4, n_heads=8, n_kv_heads=8,
+                    vocab_size=4096, seq_len=64, shared_classifier=True)
+    src, dst = tmp_path / "m.v1.bin", tmp_path / "m.q80.bin"
+    write_random_model(src, config)
+    quantize_file(str(src), str(dst))
+    huge, size = huge_mapped(dst)
+    assert size >= 4 * BLOCK
+    assert huge == size // BLOCK * BLOCK
+
+
+@linux_only
+def test_model_mapping_asks_for_huge_pages(tmp_path):
+    """Pages read from disk later then come in 2 MiB folios."""
+    config = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=4, n_kv_heads=4,
+                    vocab_size=64, seq_len=16, shared_classifier=True)
+    write_random_model(tmp_path / "m.bin", config)
+    with ModelFile(tmp_path / "m.bin") as mf:
+        assert "hg" in vm_flags(mf.buffer)
