@@ -1,7 +1,7 @@
 """Positioned writes to an output model file, merged into 2 MiB-aligned pieces.
 
-Linux builds a file's page cache from folios as large as each write allows
-(ext4, xfs and tmpfs have large folios): one 2 MiB write at a 2 MiB-aligned
+Linux builds a file's page cache from folios as large as each write allows (on
+file systems with large folios, such as ext4 and xfs): one 2 MiB write at a 2 MiB-aligned
 offset becomes one 2 MiB folio, and `qllama run` then maps it with one huge-page
 TLB entry instead of 512 small ones. Decode reads every weight once per token, so
 on a freshly quantized file that is 3–11% of decode speed (docs/performance.md).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-BLOCK = 2 << 20  # x86-64's huge page (PMD) size
+BLOCK = 2 << 20  # the huge (PMD) page size with 4 KiB pages: x86-64, most arm64
 
 
 class BlockWriter:

@@ -257,7 +257,10 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
             k.count += 1
 
         q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
-        s = np.empty(step // gs, dtype=np.float32)  # (step / gs,) scales of one chunk
+        # A tensor's scales are written after all its values, so the file is written
+        # front to back and every 2 MiB block in one piece (blockwriter.py).
+        most = max(e.numel for e in out_entries if e.encoding == Q80)
+        s = np.empty(most // gs, dtype=np.float32)  # (numel / gs,) scales of one tensor
         err = np.empty(step // gs, dtype=np.float32)  # (step / gs,) max error per group
         from ._kernels.q80 import quantize as q80_quantize
 
@@ -274,15 +277,16 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                             raise _non_finite(src, e, start, w)
                         out.pwrite(w, e.offset + 4 * start)
                     else:
-                        g = n // gs
-                        q80_quantize(w, gs, q[:n], s[:g], err[:g], threads)
+                        g, g0 = n // gs, start // gs
+                        q80_quantize(w, gs, q[:n], s[g0:g0 + g], err[:g], threads)
                         emax = float(err[:g].max())
                         if emax != emax:  # NaN: a group held NaN or Inf
                             raise _non_finite(src, e, start, w)
                         k = report.kinds[e.name]
                         k.max_err = max(k.max_err, emax)
                         out.pwrite(q[:n], e.offset + start)
-                        out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
+                        if start + n == e.numel:
+                            out.pwrite(s[:g0 + g], e.scales_offset)
                     done += 4 * n
                     if progress is not None:
                         progress(done)
