@@ -19,6 +19,10 @@ from qllama._kernels.nn cimport softmax
 
 import numpy as np
 
+cdef extern from "hugepages.h" nogil:
+    void qllama_advise_huge(void* p, size_t bytes)
+
+
 cdef extern from "simd.h" nogil:
     int QLLAMA_AVX2
     void q80_dot4(const int8_t* w, const float* ws, Py_ssize_t s_stride, const int8_t* xq,
@@ -419,6 +423,9 @@ cdef class Transformer:
         self.xs = <float*>malloc(B * (wide // max(1, self.group_size) + 1) * sizeof(float))
         self.key_cache = <float*>calloc(cache, sizeof(float))
         self.value_cache = <float*>calloc(cache, sizeof(float))
+        if self.key_cache != NULL and self.value_cache != NULL:
+            qllama_advise_huge(self.key_cache, cache * sizeof(float))
+            qllama_advise_huge(self.value_cache, cache * sizeof(float))
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
                 or self.att == NULL

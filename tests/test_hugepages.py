@@ -1,4 +1,5 @@
-"""Output files written in 2 MiB-aligned pieces, and model files mapped for huge pages."""
+"""Huge pages: output files written in 2 MiB-aligned pieces, model maps and KV caches
+advised MADV_HUGEPAGE."""
 import mmap
 import os
 import sys
@@ -189,3 +190,37 @@ def test_model_mapping_asks_for_huge_pages(tmp_path):
     write_random_model(tmp_path / "m.bin", config)
     with ModelFile(tmp_path / "m.bin") as mf:
         assert "hg" in vm_flags(mf.buffer)
+
+
+def hg_mappings() -> list[int]:
+    """Sizes of this process's mappings advised MADV_HUGEPAGE (VmFlags "hg")."""
+    sizes, size = [], 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(" ", 1)[0]
+            if not first.endswith(":"):
+                start, end = (int(a, 16) for a in first.split("-"))
+                size = end - start
+            elif first == "VmFlags:" and "hg" in line.split()[1:]:
+                sizes.append(size)
+    return sizes
+
+
+@linux_only
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+                    reason="kernel without transparent huge pages")
+def test_kv_cache_asks_for_huge_pages(tmp_path):
+    """Each 8 MiB cache (keys, values) gets a huge-page-advised mapping of at least
+    its 2 MiB-aligned interior."""
+    from qllama.model import Model
+    config = Config(1, dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=4,
+                    vocab_size=64, seq_len=4096, shared_classifier=True)
+    write_random_model(tmp_path / "m.bin", config)
+    model = Model(tmp_path / "m.bin", threads=1)
+    before = hg_mappings()
+    session = model.session(4096)  # 2 layers x 4096 positions x 256 floats = 8 MiB each
+    session.feed(np.array([1], np.int32))
+    new = [n for n in hg_mappings() if n >= 4 << 20]
+    assert len(new) - len([n for n in before if n >= 4 << 20]) >= 2
+    del session
+    model.close()
