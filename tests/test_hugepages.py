@@ -2,7 +2,9 @@
 advised MADV_HUGEPAGE."""
 import mmap
 import os
+import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -17,6 +19,7 @@ from qllama.model import huge_page_bytes
 from qllama.quantize import quantize_file
 from qllama.synth import write_random_model
 
+REPO = Path(__file__).resolve().parent.parent
 writes = st.lists(st.tuples(st.integers(0, 700), st.binary(max_size=300)), max_size=30)
 
 
@@ -192,8 +195,12 @@ def test_model_mapping_asks_for_huge_pages(tmp_path):
         assert "hg" in vm_flags(mf.buffer)
 
 
-def hg_mappings() -> list[int]:
-    """Sizes of this process's mappings advised MADV_HUGEPAGE (VmFlags "hg")."""
+KV_CHILD = r"""
+import sys
+import numpy as np
+from qllama.model import Model
+
+def hg_sizes():
     sizes, size = [], 0
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -203,24 +210,26 @@ def hg_mappings() -> list[int]:
                 size = end - start
             elif first == "VmFlags:" and "hg" in line.split()[1:]:
                 sizes.append(size)
-    return sizes
+    return sorted(n for n in sizes if n >= 4 << 20)
+
+model = Model(sys.argv[1], threads=1)
+before = hg_sizes()
+session = model.session(4096)  # 2 layers x 4096 positions x 256 floats = 8 MiB each
+session.feed(np.array([1], np.int32))
+print(len(hg_sizes()) - len(before))
+"""
 
 
 @linux_only
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
                     reason="kernel without transparent huge pages")
 def test_kv_cache_asks_for_huge_pages(tmp_path):
-    """Each 8 MiB cache (keys, values) gets a huge-page-advised mapping of at least
-    its 2 MiB-aligned interior."""
-    from qllama.model import Model
+    """Each 8 MiB cache (keys, values) gets a mapping advised MADV_HUGEPAGE over at least
+    its 2 MiB-aligned interior. In a fresh process: there the caches are new mappings."""
     config = Config(1, dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=4,
                     vocab_size=64, seq_len=4096, shared_classifier=True)
     write_random_model(tmp_path / "m.bin", config)
-    model = Model(tmp_path / "m.bin", threads=1)
-    before = hg_mappings()
-    session = model.session(4096)  # 2 layers x 4096 positions x 256 floats = 8 MiB each
-    session.feed(np.array([1], np.int32))
-    new = [n for n in hg_mappings() if n >= 4 << 20]
-    assert len(new) - len([n for n in before if n >= 4 << 20]) >= 2
-    del session
-    model.close()
+    out = subprocess.run([sys.executable, "-c", KV_CHILD, str(tmp_path / "m.bin")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 2
