@@ -103,25 +103,32 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def huge_page_bytes(buffer) -> int | None:
-    """Bytes of the file mapping holding `buffer` (an ndarray) that are mapped with
-    2 MiB pages now (FilePmdMapped in /proc/self/smaps); None where there is no smaps."""
-    address = buffer.ctypes.data
-    inside = False
+def mappings() -> list[tuple[int, int, dict]]:
+    """This process's mappings from /proc/self/smaps: (start, end, {field: text}), the
+    fields as "Rss", "FilePmdMapped", "VmFlags"; [] where there is no smaps."""
+    out = []
     try:
         with open("/proc/self/smaps") as f:
             for line in f:
-                first = line.split(" ", 1)[0]
-                if not first.endswith(":"):  # a mapping's first line: start-end perms ...
-                    if inside:
-                        return 0
-                    start, end = (int(a, 16) for a in first.split("-"))
-                    inside = start <= address < end
-                elif inside and line.startswith("FilePmdMapped:"):
-                    return int(line.split()[1]) * 1024
+                key, _, value = line.partition(" ")
+                if not key.endswith(":"):  # a mapping's first line: start-end perms ...
+                    start, end = (int(a, 16) for a in key.split("-"))
+                    out.append((start, end, {}))
+                elif out:
+                    out[-1][2][key[:-1]] = value.strip()
     except OSError:
-        return None
-    return 0 if inside else None
+        return []
+    return out
+
+
+def huge_page_bytes(buffer) -> int | None:
+    """Bytes of the file mapping holding `buffer` (an ndarray) that are mapped with
+    2 MiB pages now (FilePmdMapped); None where that is not known."""
+    address = buffer.ctypes.data
+    for start, end, fields in mappings():
+        if start <= address < end and "FilePmdMapped" in fields:
+            return int(fields["FilePmdMapped"].split()[0]) * 1024
+    return None
 
 
 def peak_rss_mb() -> float:

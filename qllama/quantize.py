@@ -8,9 +8,10 @@ Data flow: validated input header → output layout (formats.layout) → for eac
 output tensor, chunks of the input read with preadv into reused buffers (a
 reader thread fills the next chunk while this one is quantized) → the Cython
 kernel (nogil, prange over groups) → int8 values and scales written at their
-offsets, in 2 MiB-aligned pieces (blockwriter.py). Memory stays bounded by a few
-chunks whatever the model size; input pages are read, never mapped, so they do
-not count in the process's RSS.
+offsets, front to back in 2 MiB-aligned pieces (blockwriter.py). Memory stays
+bounded by a few chunks and one tensor's scales (1/group_size of its fp32 bytes)
+whatever the model size; input pages are read, never mapped, so they do not count
+in the process's RSS.
 """
 from __future__ import annotations
 

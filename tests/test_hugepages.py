@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from qllama import blockwriter
 from qllama.blockwriter import BLOCK, BlockWriter
 from qllama.formats import Q80, Config, ModelFile, layout
-from qllama.model import huge_page_bytes
+from qllama.model import huge_page_bytes, mappings
 from qllama.quantize import quantize_file
 from qllama.synth import write_random_model
 
@@ -101,16 +101,11 @@ def test_short_writes_are_continued(tmp_path, monkeypatch):
 
 
 def vm_flags(buffer) -> list[str]:
-    """The VmFlags in /proc/self/smaps of the mapping holding buffer (an ndarray)."""
-    address, inside = buffer.ctypes.data, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            first = line.split(" ", 1)[0]
-            if not first.endswith(":"):
-                start, end = (int(a, 16) for a in first.split("-"))
-                inside = start <= address < end
-            elif inside and first == "VmFlags:":
-                return line.split()[1:]
+    """The VmFlags of the mapping holding buffer (an ndarray)."""
+    address = buffer.ctypes.data
+    for start, end, fields in mappings():
+        if start <= address < end:
+            return fields["VmFlags"].split()
     raise AssertionError("mapping not found")
 
 
@@ -198,19 +193,11 @@ def test_model_mapping_asks_for_huge_pages(tmp_path):
 KV_CHILD = r"""
 import sys
 import numpy as np
-from qllama.model import Model
+from qllama.model import Model, mappings
 
 def hg_sizes():
-    sizes, size = [], 0
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            first = line.split(" ", 1)[0]
-            if not first.endswith(":"):
-                start, end = (int(a, 16) for a in first.split("-"))
-                size = end - start
-            elif first == "VmFlags:" and "hg" in line.split()[1:]:
-                sizes.append(size)
-    return sorted(n for n in sizes if n >= 4 << 20)
+    return [end - start for start, end, fields in mappings()
+            if "hg" in fields["VmFlags"].split() and end - start >= 4 << 20]
 
 model = Model(sys.argv[1], threads=1)
 before = hg_sizes()
