@@ -73,6 +73,7 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
         where = {(e.name, e.layer): e for e in formats.layout(cin)}
         out_entries = formats.layout(cout)
         tables = [e for e in out_entries if (e.name, e.layer) not in where]  # v0's freqs
+        recomputed = bool(tables)
         step = CHUNK_BYTES // 4
         jobs = []  # (input offset, n_floats, output entry, first value index)
         for e in out_entries:
@@ -85,23 +86,30 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
         with atomic_output(dst, force, (src,)) as f:
             out = BlockWriter(f.fileno())
             out.pwrite(formats.header_bytes(cout), 0)
-            if tables:
-                at = {e.name: e.offset for e in tables}
+
+            def write_tables(tables):  # in their place: the file is written front to back
                 row_bytes = 4 * (cout.head_size // 2)
-                for start, cos, sin in rope_chunks(cout.head_size, cout.seq_len, CHUNK_BYTES):
-                    out.pwrite(cos, at["freqs_cos"] + start * row_bytes)
-                    out.pwrite(sin, at["freqs_sin"] + start * row_bytes)
+                for i, t in enumerate(tables):  # freqs_cos, then freqs_sin
+                    for start, *cos_sin in rope_chunks(cout.head_size, cout.seq_len,
+                                                       CHUNK_BYTES):
+                        out.pwrite(cos_sin[i], t.offset + start * row_bytes)
+
             reader = ChunkReader(fd, src, jobs, step)
             try:
                 for (_, n, e, start), w in reader:
+                    if tables and e.offset > tables[0].offset:
+                        write_tables(tables)
+                        tables = []
                     out.pwrite(w, e.offset + 4 * start)
             finally:
                 reader.close()
+            if tables:
+                write_tables(tables)
             out.flush()
         seconds = time.perf_counter() - t0
         return {"src_version": cin.version, "version": to_version, "in_bytes": os.fstat(fd).st_size,
                 "out_bytes": out_size, "seconds": seconds,
-                "recomputed_freqs": bool(tables)}
+                "recomputed_freqs": recomputed}
     finally:
         os.close(fd)
 

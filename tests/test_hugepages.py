@@ -1,5 +1,6 @@
 """Huge pages: output files written in 2 MiB-aligned pieces, model maps and KV caches
 advised MADV_HUGEPAGE."""
+import dataclasses
 import mmap
 import os
 import subprocess
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from qllama import blockwriter
 from qllama.blockwriter import BLOCK, BlockWriter
+from qllama.convert import convert_file
 from qllama.formats import Q80, Config, ModelFile, layout
 from qllama.model import huge_page_bytes, mappings
 from qllama.quantize import quantize_file
@@ -144,11 +146,8 @@ CONFIG = Config(1, dim=512, hidden_dim=1024, n_layers=4, n_heads=8, n_kv_heads=8
                 vocab_size=4096, seq_len=64, shared_classifier=True)
 
 
-def test_quantize_writes_front_to_back(tmp_path):
-    """Every write continues the previous one (a long tensor's scales come after all
-    its values), so the writer can hand over every 2 MiB block whole."""
-    src = tmp_path / "m.v1.bin"
-    write_random_model(src, CONFIG)
+def writes_of(job) -> list[tuple[int, int]]:
+    """(offset, bytes) of every BlockWriter.pwrite while job() runs."""
     seen = []
     real = BlockWriter.pwrite
 
@@ -157,13 +156,37 @@ def test_quantize_writes_front_to_back(tmp_path):
         real(self, data, offset)
 
     with mock.patch.object(BlockWriter, "pwrite", spy):
-        quantize_file(str(src), str(tmp_path / "m.q80.bin"), chunk_bytes=1 << 20)
-    uncut = 1 + sum(2 if e.encoding == Q80 else 1 for e in layout(CONFIG.as_version(2, 64)))
-    assert len(seen) > uncut  # the 1 MiB chunks cut the large tensors
+        job()
+    return seen
+
+
+def assert_front_to_back(seen, path):
     assert seen[0][0] == 0
     for (a, n), (b, _) in zip(seen, seen[1:]):
         assert b == a + n
-    assert seen[-1][0] + seen[-1][1] == os.path.getsize(tmp_path / "m.q80.bin")
+    assert seen[-1][0] + seen[-1][1] == os.path.getsize(path)
+
+
+def test_quantize_writes_front_to_back(tmp_path):
+    """Every write continues the previous one (a long tensor's scales come after all
+    its values), so the writer can hand over every 2 MiB block whole."""
+    src, dst = tmp_path / "m.v1.bin", tmp_path / "m.q80.bin"
+    write_random_model(src, CONFIG)
+    seen = writes_of(lambda: quantize_file(str(src), str(dst), chunk_bytes=1 << 20))
+    uncut = 1 + sum(2 if e.encoding == Q80 else 1 for e in layout(CONFIG.as_version(2, 64)))
+    assert len(seen) > uncut  # the 1 MiB chunks cut the large tensors
+    assert_front_to_back(seen, dst)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_convert_writes_front_to_back(tmp_path, separate):
+    """v1 -> v0 too: the recomputed RoPE tables go in their place, between the final
+    norm and the classifier."""
+    config = dataclasses.replace(CONFIG, shared_classifier=not separate)
+    src, dst = tmp_path / "m.v1.bin", tmp_path / "m.v0.bin"
+    write_random_model(src, config)
+    seen = writes_of(lambda: convert_file(str(src), str(dst), 0))
+    assert_front_to_back(seen, dst)
 
 
 @linux_only
