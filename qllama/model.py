@@ -122,13 +122,15 @@ def mappings() -> list[tuple[int, int, dict]]:
 
 
 def huge_page_bytes(buffer) -> int | None:
-    """Bytes of the file mapping holding `buffer` (an ndarray) that are mapped with
+    """Bytes of the file mapping(s) under `buffer` (an ndarray) that are mapped with
     2 MiB pages now (FilePmdMapped); None where that is not known."""
-    address = buffer.ctypes.data
+    lo, found, total = buffer.ctypes.data, False, 0
+    hi = lo + buffer.nbytes
     for start, end, fields in mappings():
-        if start <= address < end and "FilePmdMapped" in fields:
-            return int(fields["FilePmdMapped"].split()[0]) * 1024
-    return None
+        if start < hi and lo < end and "FilePmdMapped" in fields:
+            found = True
+            total += int(fields["FilePmdMapped"].split()[0]) * 1024
+    return total if found else None
 
 
 def peak_rss_mb() -> float:
