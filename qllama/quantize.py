@@ -9,9 +9,8 @@ output tensor, chunks of the input read with preadv into reused buffers (a
 reader thread fills the next chunk while this one is quantized) → the Cython
 kernel (nogil, prange over groups) → int8 values and scales written at their
 offsets, front to back in 2 MiB-aligned pieces (blockwriter.py). Memory stays
-bounded by a few chunks and one tensor's scales (1/group_size of its fp32 bytes)
-whatever the model size; input pages are read, never mapped, so they do not count
-in the process's RSS.
+bounded by a few chunks whatever the model size; input pages are read, never
+mapped, so they do not count in the process's RSS.
 """
 from __future__ import annotations
 
@@ -258,10 +257,14 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
             k.count += 1
 
         q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
-        # A tensor's scales are written after all its values, so the file is written
-        # front to back and every 2 MiB block in one piece (blockwriter.py).
-        most = max(e.numel for e in out_entries if e.encoding == Q80)
-        s = np.empty(most // gs, dtype=np.float32)  # (numel / gs,) scales of one tensor
+        # A tensor's scales are held and written after all its values, so the file is
+        # written front to back and every 2 MiB block in one piece (blockwriter.py);
+        # scales larger than a chunk (tiny groups) go out chunk by chunk instead.
+        def holds(e: Entry) -> bool:
+            return 4 * (e.numel // gs) <= chunk_bytes
+
+        held = [e.numel // gs for e in out_entries if e.encoding == Q80 and holds(e)]
+        s = np.empty(max([step // gs, *held]), dtype=np.float32)  # scales of one tensor or chunk
         err = np.empty(step // gs, dtype=np.float32)  # (step / gs,) max error per group
         from ._kernels.q80 import quantize as q80_quantize
 
@@ -278,7 +281,8 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                             raise _non_finite(src, e, start, w)
                         out.pwrite(w, e.offset + 4 * start)
                     else:
-                        g, g0 = n // gs, start // gs
+                        hold = holds(e)
+                        g, g0 = n // gs, start // gs if hold else 0
                         q80_quantize(w, gs, q[:n], s[g0:g0 + g], err[:g], threads)
                         emax = float(err[:g].max())
                         if emax != emax:  # NaN: a group held NaN or Inf
@@ -286,7 +290,9 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                         k = report.kinds[e.name]
                         k.max_err = max(k.max_err, emax)
                         out.pwrite(q[:n], e.offset + start)
-                        if start + n == e.numel:
+                        if not hold:
+                            out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
+                        elif start + n == e.numel:
                             out.pwrite(s[:g0 + g], e.scales_offset)
                     done += 4 * n
                     if progress is not None:
