@@ -26,6 +26,8 @@ class BlockWriter:
 
     def pwrite(self, data, offset: int) -> None:
         data = memoryview(data).cast("B")
+        if not len(data):
+            return  # writes nothing: must not flush a block being held
         if self._held and offset != self._start + len(self._held):
             self.flush()
         if not self._held:
@@ -46,15 +48,24 @@ class BlockWriter:
             self._held = bytearray()
 
 
+MAX_CALL = 1 << 30  # whole blocks per call: Linux writes at most 0x7ffff000 bytes a call
+
+
 def _write_all(fd: int, parts: list, offset: int) -> None:
     """One pwritev of all parts (two writes would make two smaller folios),
     continued after a short write."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
+        call, room = [], MAX_CALL
+        for v in views:
+            if not room:
+                break
+            call.append(v[:room])
+            room -= len(call[-1])
         if hasattr(os, "pwritev"):
-            n = os.pwritev(fd, views, offset)
+            n = os.pwritev(fd, call, offset)
         else:
-            n = os.pwrite(fd, b"".join(views), offset)
+            n = os.pwrite(fd, b"".join(call), offset)
         if n <= 0:
             raise OSError(f"write of {sum(map(len, views))} bytes at {offset} wrote nothing")
         offset += n

@@ -286,7 +286,7 @@ class ModelFile:
             try:
                 self._map.madvise(mmap.MADV_HUGEPAGE)
             except OSError:
-                pass  # a hint: kernels without file THP refuse it
+                pass  # a hint: kernels built without THP refuse it
         # Mapped bytes are checked again in case the file changed since validation.
         if len(self._map) != expected_size(self.config):
             self._map.close()
