@@ -1,15 +1,15 @@
 """Positioned writes to an output model file, merged into 2 MiB-aligned pieces.
 
 Linux builds a file's page cache from folios as large as each write allows (on
-file systems with large folios, such as ext4 and xfs): one 2 MiB write at a 2 MiB-aligned
-offset becomes one 2 MiB folio, and `qllama run` then maps it with one huge-page
-TLB entry instead of 512 small ones. Decode reads every weight once per token, so
-on a freshly quantized file that is 3–11% of decode speed (docs/performance.md).
-A model file is mostly per-layer tensors smaller than 2 MiB, written one by one;
-this writer holds the bytes of a 2 MiB block until the block is complete and
-hands it to the kernel in one call. Writes that do not continue the previous one
-(scales after a long tensor's values) first flush what is held, so the file's
-bytes are exactly those of the same writes made one by one.
+file systems with large folios, such as ext4 and xfs): one 2 MiB write at a
+2 MiB-aligned offset becomes one 2 MiB folio, and `qllama run` then maps it with
+one huge-page TLB entry instead of 512 small ones. Decode reads every weight once
+per token, so on a freshly quantized file that is 3–11% of decode speed
+(docs/performance.md). A model file is mostly per-layer tensors smaller than
+2 MiB, written one by one; this writer holds the bytes of a 2 MiB block until the
+block is complete and hands it to the kernel in one call. A write that does not
+continue the previous one (scales written chunk by chunk) first flushes what is
+held, so the file's bytes are exactly those of the same writes made one by one.
 """
 from __future__ import annotations
 
