@@ -423,9 +423,6 @@ cdef class Transformer:
         self.xs = <float*>malloc(B * (wide // max(1, self.group_size) + 1) * sizeof(float))
         self.key_cache = <float*>calloc(cache, sizeof(float))
         self.value_cache = <float*>calloc(cache, sizeof(float))
-        if self.key_cache != NULL and self.value_cache != NULL:
-            qllama_advise_huge(self.key_cache, cache * sizeof(float))
-            qllama_advise_huge(self.value_cache, cache * sizeof(float))
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
                 or self.att == NULL
@@ -434,6 +431,8 @@ cdef class Transformer:
                 or self.value_cache == NULL):
             raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
                               f"of KV cache for {self.capacity} positions); use fewer steps")
+        qllama_advise_huge(self.key_cache, cache * sizeof(float))
+        qllama_advise_huge(self.value_cache, cache * sizeof(float))
 
     def __dealloc__(self):
         free(self.layers)
