@@ -1,5 +1,6 @@
 """Huge pages: output files written in 2 MiB-aligned pieces, model maps and KV caches
 advised MADV_HUGEPAGE."""
+import contextlib
 import dataclasses
 import mmap
 import os
@@ -46,11 +47,10 @@ def test_file_holds_the_writes_in_order(tmp_path_factory, ws):
         os.close(fd)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 300), max_size=40), st.integers(0, 200))
-def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, sizes, first):
-    """Consecutive writes: every write the kernel sees ends on a block boundary,
-    except the last flush, and none of them is split in two."""
+@contextlib.contextmanager
+def kernel_writes():
+    """The writes BlockWriter hands the kernel while in the block: (offset, bytes
+    written, bytes asked) per pwritev call."""
     calls = []
     real = os.pwritev
 
@@ -59,10 +59,19 @@ def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, si
         calls.append((offset, n, sum(len(v) for v in views)))
         return n
 
+    with mock.patch.object(blockwriter.os, "pwritev", spy):
+        yield calls
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=40), st.integers(0, 200))
+def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, sizes, first):
+    """Consecutive writes: every write the kernel sees ends on a block boundary,
+    except the last flush, and none of them is split in two."""
     path = tmp_path_factory.mktemp("bw") / "f"
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        with mock.patch.object(blockwriter.os, "pwritev", spy):
+        with kernel_writes() as calls:
             out = BlockWriter(fd, block=64)
             at = first
             for n in sizes:
@@ -81,40 +90,35 @@ def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, si
     assert sum(n for _, n, _ in calls) == at - first
 
 
-def test_an_empty_write_does_not_split_a_block(tmp_path, monkeypatch):
-    calls = []
-    real = os.pwritev
-    monkeypatch.setattr(blockwriter.os, "pwritev", lambda fd, views, offset: calls.append(
-        (offset, sum(map(len, views)))) or real(fd, views, offset))
+def test_an_empty_write_does_not_split_a_block(tmp_path):
     fd = os.open(tmp_path / "f", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        out = BlockWriter(fd, block=64)
-        out.pwrite(bytes(10), 0)
-        out.pwrite(b"", 500)
-        out.pwrite(bytes(60), 10)
-        out.flush()
+        with kernel_writes() as calls:
+            out = BlockWriter(fd, block=64)
+            out.pwrite(bytes(10), 0)
+            out.pwrite(b"", 500)
+            out.pwrite(bytes(60), 10)
+            out.flush()
     finally:
         os.close(fd)
-    assert calls == [(0, 64), (64, 6)]
+    assert [(offset, n) for offset, n, _ in calls] == [(0, 64), (64, 6)]
 
 
 def test_a_call_writes_at_most_max_call_bytes(tmp_path, monkeypatch):
     """Linux stops a write at 0x7ffff000 bytes; whole blocks a call keep the rest aligned."""
-    calls = []
-    real = os.pwritev
     monkeypatch.setattr(blockwriter, "MAX_CALL", 128)
-    monkeypatch.setattr(blockwriter.os, "pwritev", lambda fd, views, offset: calls.append(
-        (offset, sum(map(len, views)))) or real(fd, views, offset))
     fd = os.open(tmp_path / "f", os.O_CREAT | os.O_RDWR, 0o600)
     data = bytes(range(200)) * 2
     try:
-        out = BlockWriter(fd, block=64)
-        out.pwrite(data[:30], 0)
-        out.pwrite(data[30:], 30)
-        out.flush()
+        with kernel_writes() as calls:
+            out = BlockWriter(fd, block=64)
+            out.pwrite(data[:30], 0)
+            out.pwrite(data[30:], 30)
+            out.flush()
     finally:
         os.close(fd)
-    assert calls == [(0, 128), (128, 128), (128 * 2, 128), (384, 16)]
+    assert [(offset, n) for offset, n, _ in calls] == [(0, 128), (128, 128), (128 * 2, 128),
+                                                       (384, 16)]
     assert (tmp_path / "f").read_bytes() == data
 
 
