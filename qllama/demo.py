@@ -236,7 +236,7 @@ def show_stories(console, rows) -> None:
     from rich.table import Table
 
     table = Table(title="same seed, same prompt: fp32 vs int8", title_justify="left",
-                  show_lines=True, expand=True,
+                  show_lines=True, expand=console.is_terminal,
                   caption="same first k/n tokens: sampling picked the same token at the first "
                           "k of n positions (prompt included)", caption_justify="left")
     table.add_column("model", ratio=1)
@@ -324,9 +324,9 @@ def run_demo(args, console) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from .console import console
 
-    run_demo(args, Console())
+    run_demo(args, console())
     return 0
 
 

@@ -418,8 +418,7 @@ def print_report(report: Report, console) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    from .console import console
     from .model import Model
 
     with Model(args.reference, tokenizer=args.tokenizer, threads=args.threads) as ref, \
@@ -437,7 +436,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print_report(report, Console())
+        print_report(report, console())
     return 0
 
 

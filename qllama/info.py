@@ -49,8 +49,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console
 
     t = Table(title=f"{d['path']}", title_justify="left", show_header=False)
     t.add_column("field", style="bold")
@@ -78,7 +79,7 @@ def run(args) -> int:
     if d["version"] == 0:
         t.add_row("rope tables", f"{d['rope_tables_bytes']:,} bytes (freqs_cos, freqs_sin)")
     t.add_row("file size", f"{d['file_size']:,} bytes (expected {d['expected_size']:,}: ok)")
-    Console().print(t)
+    console().print(t)
     return 0
 
 

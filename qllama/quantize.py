@@ -345,9 +345,9 @@ def print_report(report: Report, console) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from .console import console
 
-    err_console = Console(stderr=True)
+    err_console = console(stderr=True)
     show_progress = not args.quiet and err_console.is_terminal
     progress_cb = None
     bar = None
@@ -371,7 +371,7 @@ def run(args) -> int:
     if report.note and not args.quiet:
         print(f"qllama: note: {report.note}", file=sys.stderr)
     if not args.quiet:
-        print_report(report, Console())
+        print_report(report, console())
     return 0
 
 
