@@ -270,6 +270,14 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(f"{path}: not a valid SentencePiece model ({_one_line(e)})") from None
 
     def _read(self, spm, data: bytes) -> None:
+        fields = _proto_fields(self.path, data)
+        # A ModelProto cut between two fields still parses; every trained model has
+        # its pieces (1), trainer_spec (2) and normalizer_spec (3), the last one last.
+        missing = [name for number, name in ((1, "pieces"), (2, "trainer_spec"),
+                                             (3, "normalizer_spec")) if number not in fields]
+        if missing:
+            raise TokenizerError(f"{self.path}: truncated or incomplete SentencePiece model "
+                                 f"(no {', '.join(missing)})")
         sp = self.sp = spm.SentencePieceProcessor(model_proto=data)
         self.vocab_size = sp.get_piece_size()
         self.bos_id, self.eos_id, self.unk_id = sp.bos_id(), sp.eos_id(), sp.unk_id()
@@ -316,6 +324,44 @@ class SentencePieceTokenizer(Tokenizer):
 
     def score(self, token_id: int) -> float:
         return self.sp.get_score(self._check_id(token_id))
+
+
+def _proto_fields(path: str, data: bytes) -> set:
+    """Field numbers at the top level of a protobuf message, checking that every
+    field's length stays within the data (wire format: varint tag, then a varint,
+    8 bytes, a varint length and that many bytes, or 4 bytes)."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            if i >= len(data) or shift > 63:
+                raise TokenizerError(f"{path}: truncated or corrupt SentencePiece model "
+                                     f"(a field at byte {i} runs past the end)")
+            b = data[i]
+            value |= (b & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if b < 0x80:
+                return value, i
+
+    fields, i = set(), 0
+    while i < len(data):
+        tag, i = varint(i)
+        wire = tag & 7
+        if wire == 0:
+            _, i = varint(i)
+        elif wire == 2:
+            n, i = varint(i)
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise TokenizerError(f"{path}: not a SentencePiece model (wire type {wire} at "
+                                 "the top level)")
+        if i > len(data):
+            raise TokenizerError(f"{path}: truncated: field {tag >> 3} runs past the end of "
+                                 f"the file ({len(data)} bytes)")
+        fields.add(tag >> 3)
+    return fields
 
 
 def _encodable(text: str) -> bool:
@@ -365,6 +411,17 @@ def read_bin(path: str, data: bytes) -> tuple[int, list, np.ndarray]:
         off += length
     if not pieces:
         raise TokenizerError(f"{path}: holds no tokens")
+    # llama2.c's exporter writes the longest piece's length: a file whose pieces stop
+    # short of it was cut at a record boundary (every record parses, some are missing).
+    longest = max(len(p) for p in pieces)
+    if longest != max_len:
+        raise TokenizerError(f"{path}: truncated or corrupt: its header says the longest token "
+                             f"is {max_len} bytes, but the longest of its {len(pieces)} tokens "
+                             f"is {longest}")
+    present = [p for p in pieces if p in _BYTE_PIECES]
+    if present and len(set(present)) < 256:
+        raise TokenizerError(f"{path}: truncated or corrupt: holds {len(set(present))} of the 256 "
+                             "byte-fallback tokens <0x00>..<0xFF>")
     return max_len, pieces, np.asarray(scores, dtype=np.float32)
 
 

@@ -293,6 +293,58 @@ def test_truncated_real_file_never_crashes(tmp_path):
             pytest.fail(f"cut at {cut} loaded {tok}")
 
 
+def test_bin_cut_at_a_record_boundary(tmp_path, capsys):
+    """tok512.bin cut at 100 bytes holds 7 whole records: every record parses, but the
+    header's max_token_length (7) is longer than any piece left, so the file is
+    known to be cut; the same for a cut inside the 256 byte-fallback pieces."""
+    raw = data("tok512.bin").read_bytes()
+    path = tmp_path / "cut.bin"
+    path.write_bytes(raw[:100])
+    with pytest.raises(TokenizerError, match="truncated or corrupt: its header says the "
+                                             "longest token is 7 bytes"):
+        load_tokenizer(path)
+    assert cli.main(["tokenizer", "encode", str(path), "hello"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"qllama: error: {path}: truncated") and err.count("\n") == 1
+    pieces = [(0.0, b"<unk>"), (0.0, b"\n<s>\n"), (0.0, b"\n</s>\n")]
+    pieces += [(0.0, f"<0x{b:02X}>".encode()) for b in range(40)]
+    path.write_bytes(_bin(pieces))
+    with pytest.raises(TokenizerError, match="holds 40 of the 256 byte-fallback tokens"):
+        load_tokenizer(path)
+
+
+def test_bin_cut_anywhere_before_its_longest_piece_is_refused(tmp_path):
+    raw = data("tok512.bin").read_bytes()
+    path = tmp_path / "cut.bin"
+    longest_end = 4
+    off = 4
+    while off < len(raw):  # the end of the first record holding a 7-byte piece
+        length = struct.unpack_from("<i", raw, off + 4)[0]
+        off += 8 + length
+        if length == 7:
+            longest_end = off
+            break
+    for cut in range(1, longest_end):
+        path.write_bytes(raw[:cut])
+        with pytest.raises(TokenizerError, match=str(path)):
+            load_tokenizer(path)
+
+
+def test_sentencepiece_model_cut_anywhere_is_refused(tmp_path):
+    """A ModelProto cut between two fields still parses (sentencepiece loads tok512.model
+    without its last 20 bytes, the normalizer spec, and then normalises differently)."""
+    raw = data("tok512.model").read_bytes()
+    path = tmp_path / "cut.model"
+    for cut in range(1, len(raw)):
+        path.write_bytes(raw[:cut])
+        refused = f"{path}: (truncated|not a valid|\\d bytes is too short)"
+        with pytest.raises(TokenizerError, match=refused):
+            load_tokenizer(path)
+    path.write_bytes(raw[:-20])
+    with pytest.raises(TokenizerError, match="no normalizer_spec"):
+        load_tokenizer(path)
+
+
 def test_corrupt_model_piece_is_a_tokenizer_error(tmp_path, capsys):
     """A piece that is not UTF-8 parses as a proto but breaks id_to_piece."""
     raw = bytearray(data("tok512.model").read_bytes())
