@@ -15,3 +15,7 @@ class TokenizerError(QllamaError):
 
 class UsageError(QllamaError):
     """A flag or argument out of range, or a path that cannot be used."""
+
+
+class QllamaWarning(UserWarning):
+    """Something works, but not as the user may expect (the CLI prints it as one line)."""

@@ -1,52 +1,31 @@
 """A loaded checkpoint: the Python face of the Cython engine.
 
-file -> validated header -> mapped tensors -> Transformer (Cython, nogil) ->
-logits -> Sampler -> tokens -> text. Python only orchestrates: one engine call
+file -> validated header -> mapped tensors -> Weights (each matrix's kernel
+chosen for this CPU) -> State.forward (Cython, nogil) -> logits -> Sampler ->
+tokens -> text. Python only orchestrates: one engine call
 per block of prompt tokens and one per generated token.
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
+from . import kernels
+from ._kernels.engine import State, Weights
 from ._kernels.sampler import Sampler
-from ._kernels.transformer import Transformer
-from .errors import FormatError, TokenizerError, UsageError
-from .formats import ModelFile
+from .diagnostics import peak_rss_mb
+from .errors import FormatError, QllamaWarning, TokenizerError, UsageError
+from .formats.llama2c import ModelFile
+from .sampling import check_sampling, default_seed
 from .threads import resolve_threads
 
 PREFILL_BLOCK = 32  # prompt tokens per engine call: each weight row is read once per block
 BOS, EOS = 1, 2
-
-
-def find_tokenizer(model_path: str) -> str:
-    """tokenizer.model or tokenizer.bin beside the model, then in the working directory."""
-    places = [os.path.dirname(os.path.abspath(model_path)), os.getcwd()]
-    tried = []
-    for folder in dict.fromkeys(places):
-        for name in ("tokenizer.model", "tokenizer.bin"):
-            candidate = os.path.join(folder, name)
-            if os.path.isfile(candidate):
-                return candidate
-            tried.append(candidate)
-    raise TokenizerError("no tokenizer found (looked for " + ", ".join(tried)
-                         + "); pass one with -z/--tokenizer")
-
-
-def check_sampling(temperature: float, top_p: float, steps: int, seed: int | None = None) -> None:
-    if not 0 <= temperature < float("inf"):
-        raise UsageError(f"temperature must be >= 0 and finite, got {temperature}")
-    if not 0 <= top_p <= 1:
-        raise UsageError(f"top-p must be in [0, 1], got {top_p}")
-    if steps < 0:
-        raise UsageError(f"steps must be >= 0, got {steps}")
-    if seed is not None and not 0 < seed < 2**64:
-        raise UsageError(f"seed must be in 1..2^64-1 (run.c's generator is 64-bit), got {seed}")
 
 
 def token_array(ids, vocab_size: int) -> np.ndarray:
@@ -62,10 +41,6 @@ def token_array(ids, vocab_size: int) -> np.ndarray:
     if a.min() < 0 or a.max() >= vocab_size:
         raise UsageError(f"token ids must be in 0..{vocab_size - 1}")
     return a.astype(np.int32)
-
-
-def default_seed() -> int:
-    return time.time_ns() // 1000 & 0x7FFFFFFFFFFFFFFF or 1
 
 
 @dataclass
@@ -89,60 +64,12 @@ class Stats:
                 f"{self.first_token_seconds * 1000:.1f} ms, peak RSS {peak_rss_mb():.0f} MB")
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (mapped weight pages included): VmHWM of its
-    own address space; ru_maxrss would carry a parent's peak over fork and exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def mappings() -> list[tuple[int, int, dict]]:
-    """This process's mappings from /proc/self/smaps: (start, end, {field: text}), the
-    fields as "Rss", "FilePmdMapped", "VmFlags"; [] where there is no smaps."""
-    out = []
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if not key.endswith(":"):  # a mapping's first line: start-end perms ...
-                    start, end = (int(a, 16) for a in key.split("-"))
-                    out.append((start, end, {}))
-                elif out:
-                    out[-1][2][key[:-1]] = value.strip()
-    except OSError:
-        return []
-    return out
-
-
-def huge_page_bytes(buffer) -> int | None:
-    """Bytes of the file mapping(s) under `buffer` (an ndarray) that are mapped with
-    2 MiB pages now (FilePmdMapped); None where that is not known."""
-    lo, found, total = buffer.ctypes.data, False, 0
-    hi = lo + buffer.nbytes
-    for start, end, fields in mappings():
-        if start < hi and lo < end and "FilePmdMapped" in fields:
-            found = True
-            total += int(fields["FilePmdMapped"].split()[0]) * 1024
-    return total if found else None
-
-
-def peak_rss_mb() -> float:
-    return peak_rss_bytes() / 2**20
-
-
 class Session:
     """One sequence: an engine with its own KV cache, sized to what it can reach."""
 
     def __init__(self, model: "Model", capacity: int):
         self.model = model
-        self.engine = Transformer(model.file, capacity, PREFILL_BLOCK, model.threads)
+        self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads)
         self.pos = 0
         self.vocab = model.config.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
@@ -170,23 +97,26 @@ class Session:
 class Model:
     """A checkpoint (v0/v1 fp32 or v2 Q8_0), memory-mapped, with its tokenizer."""
 
-    def __init__(self, path, tokenizer=None, threads: int | None = None):
+    def __init__(self, path, tokenizer=None, threads: int | None = None,
+                 variant: str | None = None):
         self.path = os.fspath(path)
+        self.threads = resolve_threads(threads)
+        self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
         self.file = ModelFile(self.path)
         self.config = self.file.config
-        self.threads = resolve_threads(threads)
+        self.weights = Weights(self.file, self.variant)
         if self.config.straddles:
-            print(f"qllama: warning: {self.path}: group size {self.config.group_size} does "
-                  f"not divide the rows (dim {self.config.dim}, hidden_dim "
-                  f"{self.config.hidden_dim}); reading it by the format's definition on a "
-                  "slower path (llama2.c's runq.c computes such files wrongly)", file=sys.stderr)
+            warnings.warn(f"{self.path}: group size {self.config.group_size} does not divide "
+                          f"the rows (dim {self.config.dim}, hidden_dim {self.config.hidden_dim}); "
+                          "reading it by the format's definition on a slower path (llama2.c's "
+                          "runq.c computes such files wrongly)", QllamaWarning, stacklevel=2)
         self._tokenizer = tokenizer  # a path (loaded on first use), a tokenizer, or None
 
     # -- tokenizer -------------------------------------------------------------
     @property
     def tokenizer(self):
         if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
-            from .tokenizer import load_tokenizer
+            from .tokenizer import find_tokenizer, load_tokenizer
             path = self._tokenizer or find_tokenizer(self.path)
             self._tokenizer = load_tokenizer(path, vocab_size=self.config.vocab_size)
         elif self._tokenizer.vocab_size != self.config.vocab_size:
@@ -292,6 +222,7 @@ class Model:
         return stream
 
     def close(self) -> None:
+        self.weights = None  # its references to the map go first (sessions may keep theirs)
         self.file.close()
 
     def __enter__(self):
@@ -301,6 +232,7 @@ class Model:
         self.close()
 
 
-def load(path, tokenizer=None, threads: int | None = None) -> Model:
-    """Open a llama2.c checkpoint (version 0, 1 or 2) for generation and evaluation."""
-    return Model(path, tokenizer=tokenizer, threads=threads)
+def load(path, tokenizer=None, threads: int | None = None, variant: str | None = None) -> Model:
+    """Open a llama2.c checkpoint (version 0, 1 or 2) for generation and evaluation.
+    `variant` names the kernel variant (default: $QLLAMA_ISA, else the CPU's best)."""
+    return Model(path, tokenizer=tokenizer, threads=threads, variant=variant)

@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import formats
-from .atomic import atomic_output
-from .blockwriter import BlockWriter
 from .errors import UsageError
-from .formats import Config
+from .formats import llama2c
+from .formats.llama2c import Config
+from .formats.rope import rope_chunk_rows, rope_tables
+from .io.atomic import atomic_output
+from .io.blockwriter import BlockWriter
 from .threads import resolve_threads
 
 # Shapes of real llama2.c models; versions are set when writing.
@@ -37,7 +38,7 @@ PRESETS = {
 
 CHUNK_FLOATS = 4 << 20  # 16 MB of float32 per generated chunk (fixed: it is part of the seeding)
 NORMS = ("attention_norm", "ffn_norm", "norm")
-KIND_ID = {name: i for i, name in enumerate(formats.SHAPES)}
+KIND_ID = {name: i for i, name in enumerate(llama2c.SHAPES)}
 
 
 def _chunk(seed: int, name: str, layer: int | None, index: int, n: int) -> np.ndarray:
@@ -51,7 +52,7 @@ def _chunk(seed: int, name: str, layer: int | None, index: int, n: int) -> np.nd
 
 def random_tensor(config: Config, name: str, layer: int | None = None, seed: int = 0) -> np.ndarray:
     """One tensor exactly as write_random_model writes it (for tests of small models)."""
-    shape = formats.SHAPES[name][1](config)
+    shape = llama2c.SHAPES[name][1](config)
     numel = int(np.prod(shape))
     parts = [_chunk(seed, name, layer, i, min(CHUNK_FLOATS, numel - start))
              for i, start in enumerate(range(0, numel, CHUNK_FLOATS))]
@@ -71,12 +72,11 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
     if version not in (0, 1):
         raise UsageError(f"random models are fp32: version 0 or 1, not {version}")
     config = config.as_version(version)
-    formats.validate(config, os.fspath(path))
-    from .convert import rope_chunk_rows, rope_tables  # v0 only
+    llama2c.validate(config, os.fspath(path))
 
     rope_rows = rope_chunk_rows(config.head_size, 4 * CHUNK_FLOATS)
     jobs = []  # (entry name, layer, chunk index, n_floats or, for rope tables, n_positions)
-    for e in formats.layout(config):
+    for e in llama2c.layout(config):
         if e.name in ("freqs_cos", "freqs_sin"):   # chunk i: positions from i * rope_rows
             for i, start in enumerate(range(0, config.seq_len, rope_rows)):
                 jobs.append((e.name, None, i, min(rope_rows, config.seq_len - start)))
@@ -96,7 +96,7 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
     done = 0
     with atomic_output(os.fspath(path), force) as f, ThreadPoolExecutor(workers) as pool:
         out = BlockWriter(f.fileno())  # 2 MiB folios, as a quantized file gets
-        header = formats.header_bytes(config)
+        header = llama2c.header_bytes(config)
         out.pwrite(header, 0)
         at = len(header)
         pending = []
@@ -118,14 +118,14 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
                 progress(done)
         out.flush()
         written = os.fstat(f.fileno()).st_size
-    assert written == formats.expected_size(config), (written, formats.expected_size(config))
+    assert written == llama2c.expected_size(config), (written, llama2c.expected_size(config))
     return config
 
 
 def random_weights(config: Config, seed: int = 0) -> dict:
     """All tensors of a small model in memory: {(name, layer): float32 array} (tests)."""
     return {(e.name, e.layer): random_tensor(config, e.name, e.layer, seed)
-            for e in formats.layout(config.as_version(1))}
+            for e in llama2c.layout(config.as_version(1))}
 
 
 def write_weights(path, config: Config, weights: dict, version: int | None = None,
@@ -135,13 +135,11 @@ def write_weights(path, config: Config, weights: dict, version: int | None = Non
     Shapes must match the layout; version 0's rope tables are computed when absent.
     No validation of values: tests use it to write NaN, zeros, extreme magnitudes.
     """
-    from .convert import rope_tables
-
     config = config.as_version(config.version if version is None else version)
     tables = None
     with atomic_output(os.fspath(path), force) as f:
-        f.write(formats.header_bytes(config))
-        for e in formats.layout(config):
+        f.write(llama2c.header_bytes(config))
+        for e in llama2c.layout(config):
             w = weights.get((e.name, e.layer))
             if w is None and e.name in ("freqs_cos", "freqs_sin"):
                 if tables is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qllama import formats
-from qllama._kernels.q80 import quantize
-from qllama.formats import Config, ModelFile, QTensor
+from qllama._kernels.quantize_weights import quantize_weights as quantize
+from qllama.formats import llama2c as formats
+from qllama.formats.llama2c import Config, ModelFile, QTensor
 
 
 def write_model(path, config: Config, seed: int = 0) -> None:
@@ -93,7 +93,7 @@ def forward(model: ModelFile, tokens) -> np.ndarray:
     out = []
     for pos, tok in enumerate(tokens):
         x = W[("tok_embeddings", None)][tok].copy()
-        for l in range(c.n_layers):
+        for l in range(c.n_layers):  # noqa: E741 (run.c's name)
             xb = rmsnorm(x, W[("attention_norm", l)])
             q = rope(mm(W[("wq", l)], xb), hs, pos)
             keys[l].append(rope(mm(W[("wk", l)], xb), hs, pos))

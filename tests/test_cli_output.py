@@ -105,7 +105,7 @@ def test_demo(deep):
     out = run("demo", "--shape", "tiny", "--dir", workdir, "-n", "12", "--sample", "24",
               "--no-real", "--vocab-size", "400").stdout
     assert_whole(out, f"{workdir / 'random.v0.bin'}: version 0 (fp32), ",
-                 f"quantizing the random model: random.v1.bin → random.q80.bin",
+                 "quantizing the random model: random.v1.bin → random.q80.bin",
                  "What matters is how closely int8 follows fp32",
                  "For real checkpoints see README.md, section")
     widest = max(len(line) for line in out.splitlines())

@@ -2,13 +2,15 @@
 import numpy as np
 import pytest
 
-from conftest import data, golden
-from qllama import formats
 from qllama.cli import main
-from qllama.convert import convert_file, rope_tables
+from qllama.convert import convert_file
 from qllama.errors import UsageError
-from qllama.formats import Config, ModelFile
+from qllama.formats import llama2c as formats
+from qllama.formats.llama2c import Config, ModelFile
+from qllama.formats.rope import rope_tables
 from qllama.synth import random_weights, write_random_model, write_weights
+
+from conftest import data, golden
 
 SMALL = Config(1, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2,
                vocab_size=40, seq_len=16, shared_classifier=False)
@@ -57,7 +59,7 @@ def test_rope_tables_against_pytorch(path):
 
 
 def test_rope_chunks_are_slices_of_the_whole_table():
-    from qllama.convert import rope_chunks
+    from qllama.formats.rope import rope_chunks
     cos, sin = rope_tables(8, 1000)
     rows = []
     for start, c, s in rope_chunks(8, 1000, chunk_bytes=7 * 4 * 8):   # 7 rows of 4 float64

@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from qllama import demo
-from qllama.cli import main
+from qllama.cli import demo, main
 
 ARGS = ["demo", "--shape", "tiny", "--threads", "1", "--steps", "40", "--sample", "64"]
 
@@ -18,7 +17,7 @@ def test_demo_in_chosen_dir(tmp_path, capsys, monkeypatch):
     assert names == ["corpus.txt", "random.q80.bin", "random.v0.bin", "random.v1.bin",
                      "tokenizer.bin", "tokenizer.model"]
     assert sorted(os.listdir(tmp_path)) == ["demo"]
-    from qllama.formats import read_config
+    from qllama.formats.llama2c import read_config
     from qllama.tokenizer import load_tokenizer
     vocab = load_tokenizer(str(out_dir / "tokenizer.model")).vocab_size
     configs = [read_config(out_dir / n) for n in ("random.v0.bin", "random.v1.bin",

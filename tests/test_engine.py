@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import data, golden, models
-from qllama.formats import Config, ModelFile
+from qllama.formats.llama2c import Config, ModelFile
 from qllama.model import Model
+
+from conftest import data, golden, models
 from reference import forward as reference_forward
 from reference import write_model
 

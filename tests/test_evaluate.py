@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from qllama import evaluate as ev
 from qllama.cli import main
 from qllama.errors import UsageError
-from qllama.formats import QTensor
+from qllama.formats.llama2c import QTensor
 from qllama.model import BOS, Model
 
 from conftest import data, golden
@@ -143,7 +143,7 @@ def test_weight_errors_match_full_dequantize():
         for kind, e in errs.items():
             layers = range(ref.config.n_layers) if kind != "tok_embeddings" else [None]
             d = np.concatenate([(q.file.tensor(kind, l).dequantize().astype(np.float64)
-                                 - ref.file.tensor(kind, l)).ravel() for l in layers])
+                                 - ref.file.tensor(kind, l)).ravel() for l in layers])  # noqa: E741
             assert e.count == d.size
             assert e.rmse == pytest.approx(np.sqrt(np.mean(d * d)), rel=1e-9)
             assert e.max_abs == pytest.approx(np.abs(d).max(), rel=1e-12)
@@ -201,7 +201,7 @@ def test_golden_stories260K_int8_within_bounds():
 def test_real_model_quantized_by_qllama(tmp_path):
     """Our int8 file of the real stories260K: mean KL <= 1e-3, top-1 >= 98% over 512
     tokens sampled from the fp32 model (figures in README)."""
-    quantize = pytest.importorskip("qllama.quantize")
+    quantize = pytest.importorskip("qllama.quant.pipeline")
     src = data("stories260K.bin")
     dst = tmp_path / "stories260K.q80.bin"
     quantize.quantize_file(src, dst, threads=1)

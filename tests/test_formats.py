@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import golden, models
-from qllama import formats
 from qllama.cli import main
 from qllama.errors import FormatError
-from qllama.formats import Config, ModelFile
+from qllama.formats import llama2c as formats
+from qllama.formats.llama2c import Config, ModelFile
 from qllama.synth import random_weights, write_weights
+
+from conftest import golden, models
 
 SMALL = Config(1, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2,
                vocab_size=40, seq_len=16, shared_classifier=True)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import qllama
-from conftest import ROOT, data, golden
-from qllama.cli import main
-from qllama.formats import Config
 import qllama.model
-from qllama.quantize import quantize_file
+from qllama.cli import main
+from qllama.formats.llama2c import Config
+from qllama.quant.pipeline import quantize_file
+
+from conftest import ROOT, data, golden
 from reference import write_model
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -81,7 +82,7 @@ def test_chat_reads_turns_from_a_pipe():
 
 def test_chat_turns_keep_the_kv_cache():
     """A second turn continues the cache: its logits equal one pass over both turns."""
-    from qllama.generate import chat_prompt
+    from qllama.cli.run import chat_prompt
     model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
     session = model.session(200)
     sampler = model.sampler(0.0, 0.9, 1)

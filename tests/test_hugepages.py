@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qllama import blockwriter
-from qllama.blockwriter import BLOCK, BlockWriter
 from qllama.convert import convert_file
-from qllama.formats import Q80, Config, ModelFile, layout
-from qllama.model import huge_page_bytes, mappings
-from qllama.quantize import quantize_file
+from qllama.diagnostics import huge_page_bytes, mappings
+from qllama.formats.llama2c import Q80, Config, ModelFile, layout
+from qllama.io import blockwriter
+from qllama.io.blockwriter import BLOCK, BlockWriter
+from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_a_run_of_writes_reaches_the_kernel_in_whole_blocks(tmp_path_factory, si
             out.flush()
     finally:
         os.close(fd)
-    for offset, n, asked in calls:
+    for _, n, asked in calls:
         assert n == asked
     ends = [offset + n for offset, n, _ in calls]
     assert all(end % 64 == 0 for end in ends[:-1])
@@ -259,7 +259,8 @@ def test_model_mapping_asks_for_huge_pages(tmp_path):
 KV_CHILD = r"""
 import sys
 import numpy as np
-from qllama.model import Model, mappings
+from qllama.diagnostics import mappings
+from qllama.model import Model
 
 def hg_sizes():
     return [end - start for start, end, fields in mappings()

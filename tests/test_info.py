@@ -3,11 +3,11 @@ import json
 import subprocess
 import sys
 
+from qllama.cli import main
+from qllama.cli.info import describe
+from qllama.synth import write_random_model
 
 from conftest import golden, models
-from qllama.cli import main
-from qllama.info import describe
-from qllama.synth import write_random_model
 
 
 def info_json(path, capsys):

@@ -4,11 +4,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qllama._kernels.q80 import quantize
-from qllama._kernels.transformer import (kernel_attention, kernel_matmul, kernel_quantize,
-                                         kernel_rmsnorm, kernel_rope, kernel_softmax)
-from qllama.formats import QTensor
+from qllama import kernels
+from qllama._kernels.engine import Kernels
+from qllama._kernels.quantize_weights import quantize_weights as quantize
+from qllama.formats.llama2c import QTensor
+
 import reference
+
+_kernels = Kernels(kernels.select())  # the variant the engine runs here
+kernel_rmsnorm, kernel_softmax, kernel_rope = Kernels.rmsnorm, Kernels.softmax, Kernels.rope
+kernel_attention, kernel_quantize, kernel_matmul = (_kernels.attention, _kernels.quantize,
+                                                    _kernels.matmul)
 
 floats = st.floats(-4, 4, width=32, allow_subnormal=False)
 

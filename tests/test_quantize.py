@@ -9,14 +9,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import data, golden
-from qllama import formats
-from qllama._kernels.q80 import quantize as q80
+from qllama._kernels.quantize_weights import quantize_weights as q80
 from qllama.cli import main
 from qllama.errors import UsageError
-from qllama.formats import Config, ModelFile
-from qllama.quantize import choose_group_size, quantize_file
+from qllama.formats import llama2c as formats
+from qllama.formats.llama2c import Config, ModelFile
+from qllama.quant.groups import choose_group_size
+from qllama.quant.pipeline import quantize_file
 from qllama.synth import random_weights, write_weights
+
+from conftest import data, golden
 
 # A small model whose hidden_dim (48) makes the default group size back off to 16.
 SMALL = Config(1, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -407,7 +409,7 @@ def test_output_mode_follows_umask(small, tmp_path):
 
 def has_unnamed_files(directory):
     """Whether outputs in `directory` are written unnamed (O_TMPFILE) until complete."""
-    from qllama import atomic
+    from qllama.io import atomic
     fd = atomic._open_unnamed(str(directory))
     if fd is None:
         return False
@@ -466,7 +468,7 @@ def test_signal_leaves_no_partial_file(tmp_path, signame):
 
 def test_named_temporary_file_fallback(small, tmp_path, monkeypatch):
     """Without O_TMPFILE the output goes through a named file, gone on success and failure."""
-    from qllama import atomic
+    from qllama.io import atomic
     monkeypatch.setattr(atomic, "_open_unnamed", lambda parent: None)
     path, _ = small
     out = tmp_path / "o.q80"
@@ -484,7 +486,7 @@ def test_named_temporary_file_fallback(small, tmp_path, monkeypatch):
 
 def test_output_on_a_file_system_without_modes(small, tmp_path, monkeypatch):
     """vfat and exfat refuse chmod with EPERM: the output is still written."""
-    from qllama import atomic
+    from qllama.io import atomic
 
     def refuse(fd, mode):
         raise PermissionError(1, "Operation not permitted")

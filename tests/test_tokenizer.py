@@ -7,11 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import data, models
 from qllama import cli
 from qllama.errors import TokenizerError
-from qllama.tokenizer import (BYTE, CONTROL, UNKNOWN, BinTokenizer, SentencePieceTokenizer,
-                              bin_bytes, load_tokenizer, utf8_decode)
+from qllama.tokenizer import BinTokenizer, SentencePieceTokenizer, load_tokenizer
+from qllama.tokenizer.base import BYTE, CONTROL, UNKNOWN, utf8_decode
+from qllama.tokenizer.llama2c import bin_bytes
+
+from bpe_reference import ReferenceTable, bpe_reference
+from conftest import data, models
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -26,7 +29,7 @@ SCALE = int(os.environ.get("QLLAMA_TEST_SCALE", "1"))
 def llama():
     """(our tokenizer.bin encoder, its pure-Python twin, SentencePiece on tokenizer.model)"""
     raw = data("tokenizer.bin").read_bytes()
-    return (load_tokenizer(data("tokenizer.bin")), BinTokenizer("ref", raw, use_kernel=False),
+    return (load_tokenizer(data("tokenizer.bin")), BinTokenizer("ref", raw, merge_table=ReferenceTable),
             spm.SentencePieceProcessor(model_file=str(data("tokenizer.model"))))
 
 
@@ -431,7 +434,6 @@ def test_cli_encode_decode_json(capsys, monkeypatch):
        text=st.text("ab▁cédz", max_size=40), byte_fallback=st.booleans())
 def test_kernel_matches_python_twin(vocab, text, byte_fallback):
     from qllama._kernels.bpe import MergeTable
-    from qllama.tokenizer import _bpe_reference
     nbytes = 256 if byte_fallback else 0
     pieces = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(nbytes)]
     pieces += [p.encode() for p, _ in vocab]
@@ -445,7 +447,7 @@ def test_kernel_matches_python_twin(vocab, text, byte_fallback):
             table[p] = (i, scores[i])
     raw = text.encode()
     ids = kernel.encode(raw)
-    assert ids == _bpe_reference(raw, table, byte_ids, 0, byte_fallback)
+    assert ids == bpe_reference(raw, table, byte_ids, 0, byte_fallback)
     # and SentencePiece itself on the same vocabulary, when the pieces are distinct
     pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
     if len(set(pieces)) == len(pieces):

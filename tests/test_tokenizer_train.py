@@ -4,11 +4,12 @@ import struct
 
 import pytest
 
-from conftest import SHARED, data
 from qllama import cli
 from qllama.errors import TokenizerError, UsageError
 from qllama.tokenizer import load_tokenizer
-from qllama.tokenizer_train import LLAMA2_NORMALIZER_SPEC, LLAMA2_TRAINER_SPEC, train
+from qllama.tokenizer.train import LLAMA2_NORMALIZER_SPEC, LLAMA2_TRAINER_SPEC, train
+
+from conftest import SHARED, data
 
 pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
 
@@ -193,7 +194,7 @@ def test_trainer_exceptions_become_tokenizer_errors(corpus, tmp_path, monkeypatc
 
 
 def test_threads_follow_qllama_threads(corpus, tmp_path, monkeypatch):
-    import qllama.tokenizer_train as tt
+    import qllama.tokenizer.train as tt
     seen = []
     real = tt._run_trainer
     monkeypatch.setattr(tt, "_run_trainer", lambda kw, verbose: seen.append(kw["num_threads"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the qllama engine on random-weight models of real shapes.
 
-    python tools/bench.py                                   # stories15M, stories110M; int8, fp32; 1, 2 threads
+    python tools/bench.py       # stories15M, stories110M; int8, fp32; 1, 2 threads
     python tools/bench.py --shapes llama2-7b --paths int8 --threads 2
     python tools/bench.py --json > bench.json
 
@@ -21,7 +21,7 @@ roofline). Figures of llama2.c and llama.cpp are quoted from the issue, not meas
 
 Model files are cached in --dir (default runs/bench-models, git-ignored):
 <shape>.f32.bin (version 1, qllama.synth.write_random_model) and <shape>.q80.bin
-(version 2, qllama.quantize.quantize_file, group size 64).
+(version 2, qllama.quant.pipeline.quantize_file, group size 64).
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from qllama import formats  # noqa: E402
-from qllama.formats import Config  # noqa: E402
-from qllama.model import huge_page_bytes, peak_rss_bytes  # noqa: E402
+from qllama.diagnostics import huge_page_bytes, peak_rss_bytes  # noqa: E402
+from qllama.formats import llama2c as formats  # noqa: E402
+from qllama.formats.llama2c import Config  # noqa: E402
 
 # llama2-7b-4layers: Llama-2-7B's matrices with 4 of its 32 layers (a 1.1 GB int8 file
 # made in seconds): its decode / roofline is a quick stand-in for the 7B's.
@@ -76,10 +76,10 @@ REFERENCE_RSS = {("llama2-7b", "llama2.c runq.c"): 7.5e9}
 
 
 def machine_info() -> dict:
-    from qllama._kernels.transformer import AVX2
+    from qllama import kernels
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "flags": [], "l3_bytes": None, "mem_bytes": None,
-            "kernels": "AVX2+FMA" if AVX2 else "portable C"}
+            "kernels": kernels.select()}
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")
@@ -115,7 +115,7 @@ def machine_info() -> dict:
 
 def child_bandwidth(size: int, threads: list[int], repeats: int) -> dict:
     """Best-of-`repeats` read bandwidth per thread count; trials interleaved."""
-    from qllama._kernels.membench import read_sum
+    from membench import read_sum
     buf = np.ones(size // 8, dtype=np.uint64)  # (words,) touched: every page is resident
     best = {t: float("inf") for t in threads}
     for _ in range(repeats):
@@ -133,6 +133,7 @@ def child_bandwidth(size: int, threads: list[int], repeats: int) -> dict:
 
 def shape_config(shape: str) -> Config:
     from dataclasses import replace
+
     from qllama.synth import PRESETS
     if shape == "llama2-7b-4layers":
         return replace(PRESETS["llama2-7b"], n_layers=4)
@@ -153,7 +154,7 @@ def valid_file(path: Path) -> bool:
 
 def ensure_models(directory: Path, shape: str, paths: list[str], log) -> dict:
     """Write (once) the files `paths` need; returns {path: file}."""
-    from qllama.quantize import quantize_file
+    from qllama.quant.pipeline import quantize_file
     from qllama.synth import write_random_model
     directory.mkdir(parents=True, exist_ok=True)
     files = model_files(directory, shape)
@@ -237,8 +238,8 @@ def child_model(path: str, threads: int, prompt: int, decode: int, repeats: int,
 
 def kernel_build() -> str:
     """The engine build this process uses: its .so file's modification time (UTC)."""
-    from qllama._kernels import transformer
-    mtime = os.path.getmtime(transformer.__file__)
+    from qllama._kernels import engine
+    mtime = os.path.getmtime(engine.__file__)
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime))
 
 
@@ -528,7 +529,7 @@ def main(argv=None) -> int:
     # processes hits one round of each rather than all of one configuration.
     trials = {c[:3]: [] for c in configs}
     for round_ in range(args.rounds):
-        for shape, path, t, file, wbytes, decode, repeats in configs:
+        for shape, path, t, file, wbytes, _, repeats in configs:
             log(f"round {round_ + 1}/{args.rounds}: {shape} {path} {t} thread(s) ...")
             if args.quiet_wait > 0:
                 wait_quiet(args.quiet_wait, log)
@@ -548,7 +549,7 @@ def main(argv=None) -> int:
                 f"other processes {r['others_cores']:.2f} cores")
             trials[(shape, path, t)].append(r)
     runs = []
-    for shape, path, t, file, wbytes, decode, repeats in configs:
+    for shape, path, t, file, wbytes, _, repeats in configs:
         rs = trials[(shape, path, t)]
         runs.append({
             "shape": shape, "path": path, "threads": t, "file": str(file),

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from qllama.formats import read_config
+from qllama.formats.llama2c import read_config
 from qllama.synth import PRESETS, write_random_model
 
 READ_BUF = 64 << 20
@@ -62,7 +62,7 @@ def run_quantize(src: str, dst: str, threads: int | None, cold: bool) -> dict:
     dropped = drop_caches() if cold else False
     # Load the interpreter, numpy, rich and qllama back into the cache: the run
     # should time quantizing, not a cold `import numpy`.
-    subprocess.run([sys.executable, "-c", "import qllama.quantize, qllama._kernels.q80, "
+    subprocess.run([sys.executable, "-c", "import qllama.quant.pipeline, qllama._kernels.quantize_weights, "
                     "qllama.cli, rich.console, rich.table, rich.progress"], check=True)
     cmd = [sys.executable, "-m", "qllama", "quantize", src, dst, "--force"]
     if threads:

@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     rows.append(("qllama (Cython)", f"{len(lines)} lines", sum(map(len, per)), t))
     agree = agree and per == per_sp
     if args.python:
-        ref = BinTokenizer(args.bin, Path(args.bin).read_bytes(), use_kernel=False)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from bpe_reference import ReferenceTable
+        ref = BinTokenizer(args.bin, Path(args.bin).read_bytes(), merge_table=ReferenceTable)
         t, ids_ref = best(lambda: ref.encode(text, bos=False), 1)
         rows.append(("qllama (Python)", "one text", len(ids_ref), t))
         agree = agree and ids_ref == ids_sp

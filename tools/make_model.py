@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from qllama.errors import QllamaError
-from qllama.formats import Config, expected_size
+from qllama.formats.llama2c import Config, expected_size
 from qllama.synth import PRESETS, write_random_model
 
 FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")

@@ -4,10 +4,8 @@ float32 softmax with temperature, top-p over candidates above (1-p)/(n-1),
 sorted by probability with qsort. Same seed, same logits -> same tokens."""
 from libc.stdlib cimport malloc, free, qsort
 from libc.stdint cimport uint32_t
-from qllama._kernels.nn cimport softmax
-
-cdef extern from "simd.h" nogil:
-    uint32_t abs_bits "qllama_abs_bits"(float f)
+from qllama._kernels.bits cimport abs_bits
+from qllama._kernels.ops cimport softmax
 
 
 cdef struct ProbIndex:

@@ -5,9 +5,10 @@ import json
 import os
 import sys
 
-from .errors import UsageError
-from .threads import add_threads_argument
-from .tokenizer import export_bin, load_tokenizer, utf8_decode
+from ..errors import UsageError
+from ..threads import add_threads_argument
+from ..tokenizer import export_bin, load_tokenizer
+from ..tokenizer.base import utf8_decode
 
 
 def register(subparsers) -> None:
@@ -113,7 +114,7 @@ def cmd_decode(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .tokenizer_train import train
+    from ..tokenizer.train import train
 
     def warn(msg):
         print(f"qllama: warning: {msg}", file=sys.stderr)

@@ -1,94 +1,46 @@
-/* Dot products of four weight rows with one activation vector: the inner loops of
- * every matmul. Four rows per pass load each activation block once for four rows,
- * the reuse llama.cpp gets from repacking weights, here straight from the mapped
- * file. AVX2 + FMA versions, and plain C ones that any compiler vectorizes less
- * well (portable builds, other CPUs).
+/* AVX2 + FMA variant (compiled with -mavx2 -mfma).
  *
- * Q8_0 with groups aligned to rows (gs a multiple of 32): per 32 values,
- * |w| (u8) * sign(w)x (s8) -> vpmaddubsw pairs into int16 -> vpmaddwd into int32
- * lanes; at the end of each group the int32 lanes are exact, and are scaled by
- * w_scale * x_scale into float lanes. The unsigned side is the weight's because a
- * file may hold -128 (whose |w| is 128 as u8), while activations, quantized here,
- * stay within +-127: sign(w)x cannot overflow and a pair sums to at most
- * 2*128*127 < 2^15, so vpmaddubsw never saturates.
+ * Matmuls take four weight rows per pass, so each activation block is loaded once
+ * for four rows: the reuse llama.cpp gets from repacking weights, here straight
+ * from the mapped file.
+ *
+ * Q8_0 (gs a multiple of 32): per 32 values, |w| (u8) * sign(w)x (s8) ->
+ * vpmaddubsw pairs into int16 -> vpmaddwd into int32 lanes; at the end of each
+ * group the int32 lanes are exact, and are scaled by w_scale * x_scale into float
+ * lanes. The unsigned side is the weight's because a file may hold -128 (whose |w|
+ * is 128 as u8), while activations, quantized here, stay within +-127: sign(w)x
+ * cannot overflow and a pair sums to at most 2*128*127 < 2^15, so vpmaddubsw never
+ * saturates.
  *
  * Each pass also prefetches the next four rows: a block of rows is too short a
- * stream for the hardware prefetcher to get ahead of (768 bytes for dim 768),
- * so decode, which reads every weight once per token, would wait on DRAM.
- * Rows shorter than 4 KB are prefetched as the one contiguous stream the next
- * block is (four adjacent lines per step, reaching its end as this block ends);
- * longer rows line by line at the same place in each of the next four rows.
- * Measured on Zen 3 from DRAM: linear is 1.4-1.6x faster for 768- and 2048-byte
- * rows, per-row 0-20% faster for 4096- and 11008-byte rows.
+ * stream for the hardware prefetcher to get ahead of (768 bytes for dim 768), so
+ * decode, which reads every weight once per token, would wait on DRAM. Rows
+ * shorter than 4 KB are prefetched as the one contiguous stream the next block is
+ * (four adjacent lines per step, reaching its end as this block ends); longer rows
+ * line by line at the same place in each of the next four rows. Measured on Zen 3
+ * from DRAM: linear is 1.4-1.6x faster for 768- and 2048-byte rows, per-row 0-20%
+ * faster for 4096- and 11008-byte rows.
  */
-#ifndef QLLAMA_SIMD_H
-#define QLLAMA_SIMD_H
-
-#include <math.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-#define QLLAMA_AVX2 1
-#else
-#define QLLAMA_AVX2 0
-#endif
+#include <math.h>
 
-#if QLLAMA_AVX2
-static inline float qllama_hsum(__m256 v) {
+#include "../../bits.h"
+#include "../../kernels.h"
+
+void qllama_quantize_row_with(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s,
+                              void (*round)(const float *, ptrdiff_t, float, int8_t *));
+
+static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-#endif
 
-/* Bit patterns of floats: for non-negative floats (Inf and NaN included) they order
- * like the values, and integer max reductions vectorize where float max reductions
- * (NaN semantics) do not. Used by the weight quantizer (q80.pyx), the activation
- * quantizer (transformer.pyx) and the sampler's finite test (sampler.pyx). */
-static inline uint32_t qllama_abs_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u & 0x7fffffffu;
-}
+/* ---- activations to Q8_0: 8 lanes + two packs (gcc leaves the plain loop scalar) ---- */
 
-/* The same with NaN (bits above Inf's) as 0, so that a max leaves NaN out, as runq.c's
- * `if (val > wmax)` does: a subtract, shift and mask rather than a select, which gcc
- * would not vectorize. */
-static inline uint32_t qllama_abs_bits_no_nan(float f) {
-    int32_t u = (int32_t)qllama_abs_bits(f);
-    return (uint32_t)(u & ((u - 0x7f800001) >> 31));
-}
-
-static inline float qllama_from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* c + a * b for the scalar tails of the fp32 dot products: one rounding in AVX2 builds,
- * as the vector FMAs, written out so that every tail compiles alike (gcc contracts some
- * "s += w * x" loops into FMAs and vectorizes others into a multiply and an add). */
-#if QLLAMA_AVX2
-#define QLLAMA_MADD(a, b, c) fmaf((a), (b), (c))
-#else
-#define QLLAMA_MADD(a, b, c) ((c) + (a) * (b))
-#endif
-
-/* q[i] = round_away(x[i] / scale) clamped to +-127 (NaN to -127), i < n: runq.c's
- * roundf(x / scale) for one group of activations. gcc does not vectorize the
- * float -> int8 conversion of the plain loop; here it is 8 lanes + two packs. */
-static inline float qllama_round_away(float v) {
-    float t = truncf(v), d = v - t;  /* exact: v - trunc(v) is representable */
-    return t + ((float)(d >= 0.5f) - (float)(d <= -0.5f));
-}
-
-static inline void q80_round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
+static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
     ptrdiff_t i = 0;
-#if QLLAMA_AVX2
     const __m256 s = _mm256_set1_ps(scale), one = _mm256_set1_ps(1.0f);
     const __m256 half = _mm256_set1_ps(0.5f), mhalf = _mm256_set1_ps(-0.5f);
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
@@ -109,7 +61,6 @@ static inline void q80_round_group(const float *x, ptrdiff_t n, float scale, int
                                        _mm256_packs_epi32(r[2], r[3]));
         _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(p, order));
     }
-#endif
     for (; i < n; i++) {
         float v = qllama_round_away(x[i] / scale);
         v = v >= -127.0f ? v : -127.0f;
@@ -117,13 +68,18 @@ static inline void q80_round_group(const float *x, ptrdiff_t n, float scale, int
     }
 }
 
+static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s) {
+    qllama_quantize_row_with(x, n, gs, q, s, round_group);
+}
+
+/* ---- Q8_0 ------------------------------------------------------------------------ */
+
 /* out[r] = sum over groups g of (w_r . x)_g * ws[r * s_stride + g] * xs[g], r < 4.
  * Row r of the weights starts at w + r * n (n values, n % gs == 0, gs % 32 == 0). */
 static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride,
                             const int8_t *xq, const float *xs, ptrdiff_t n, ptrdiff_t gs,
                             float *out) {
     ptrdiff_t ng = n / gs;
-#if QLLAMA_AVX2
     const __m256i ones = _mm256_set1_epi16(1);
     const int linear = n < 4096;
     const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
@@ -156,54 +112,50 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t s_stride
         a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_mul_ps(_mm256_set1_ps(ws[2 * s_stride + g]), sx), a2);
         a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), _mm256_mul_ps(_mm256_set1_ps(ws[3 * s_stride + g]), sx), a3);
     }
-    out[0] = qllama_hsum(a0);
-    out[1] = qllama_hsum(a1);
-    out[2] = qllama_hsum(a2);
-    out[3] = qllama_hsum(a3);
-#else
-    for (int r = 0; r < 4; r++) {
-        const int8_t *wr = w + r * n;
-        float val = 0.0f;
-        for (ptrdiff_t g = 0; g < ng; g++) {
-            int32_t ival = 0;
-            for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k++)
-                ival += (int32_t)xq[k] * (int32_t)wr[k];
-            val += (float)ival * ws[r * s_stride + g] * xs[g];
-        }
-        out[r] = val;
-    }
-#endif
+    out[0] = hsum(a0);
+    out[1] = hsum(a1);
+    out[2] = hsum(a2);
+    out[3] = hsum(a3);
 }
 
-/* w . x for one fp32 row: the same accumulators and summation order as each row
- * of f32_dot4, so a row gives the same value whichever kernel computes it.
- * Attention scores (64-value heads) use it too: one horizontal sum per dot product,
- * where a 16-accumulator C loop ended in 16 dependent scalar adds. */
-static inline float f32_dot1(const float *w, const float *x, ptrdiff_t n) {
+static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                       const qllama_acts *x, float *out, ptrdiff_t out_stride) {
+    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
+    if (gs % 32) {
+        qllama_generic.q80_matmul(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    for (ptrdiff_t r = r0; r < r1; r += 4) {
+        if (r + 4 > r1) {  /* the matrix's last rows */
+            qllama_generic.q80_matmul(m, r, r1, x, out, out_stride);
+            break;
+        }
+        for (ptrdiff_t t = 0; t < x->T; t++)
+            q80_dot4(m->q + r * n, m->s + r * ng, ng, x->q + t * n, x->s + t * ng, n, gs,
+                     out + t * out_stride + r);
+    }
+}
+
+/* ---- fp32 ------------------------------------------------------------------------ */
+
+/* w . x for one fp32 row: the same accumulators and summation order as each row of
+ * f32_dot4, so a row gives the same value whichever kernel computes it. Attention
+ * scores (64-value heads) use it too: one horizontal sum per dot product. */
+static float f32_dot(const float *w, const float *x, ptrdiff_t n) {
     ptrdiff_t j = 0;
-    float s;
-#if QLLAMA_AVX2
     __m256 a = _mm256_setzero_ps(), b = a;
     for (; j + 16 <= n; j += 16) {
         a = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a);
         b = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), b);
     }
-    s = qllama_hsum(_mm256_add_ps(a, b));
-#else
-    float acc[8] = {0};
-    for (; j + 8 <= n; j += 8)
-        for (int l = 0; l < 8; l++) acc[l] += w[j + l] * x[j + l];
-    s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-#endif
-    for (; j < n; j++)
-        s = QLLAMA_MADD(w[j], x[j], s);
+    float s = hsum(_mm256_add_ps(a, b));
+    for (; j < n; j++) s = fmaf(w[j], x[j], s);
     return s;
 }
 
 /* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n). */
 static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
     ptrdiff_t j = 0;
-#if QLLAMA_AVX2
     const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
@@ -225,15 +177,33 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
         a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), x0, a3);
         b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), x1, b3);
     }
-    out[0] = qllama_hsum(_mm256_add_ps(a0, b0));
-    out[1] = qllama_hsum(_mm256_add_ps(a1, b1));
-    out[2] = qllama_hsum(_mm256_add_ps(a2, b2));
-    out[3] = qllama_hsum(_mm256_add_ps(a3, b3));
+    out[0] = hsum(_mm256_add_ps(a0, b0));
+    out[1] = hsum(_mm256_add_ps(a1, b1));
+    out[2] = hsum(_mm256_add_ps(a2, b2));
+    out[3] = hsum(_mm256_add_ps(a3, b3));
     for (; j < n; j++)
-        for (int r = 0; r < 4; r++) out[r] = QLLAMA_MADD(w[r * n + j], x[j], out[r]);
-#else
-    for (int r = 0; r < 4; r++) out[r] = f32_dot1(w + r * n, x, n);
-#endif
+        for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
 }
 
-#endif /* QLLAMA_SIMD_H */
+static void f32_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                       const qllama_acts *x, float *out, ptrdiff_t out_stride) {
+    ptrdiff_t n = m->cols;
+    for (ptrdiff_t r = r0; r < r1; r += 4) {
+        for (ptrdiff_t t = 0; t < x->T; t++) {
+            const float *xt = x->x + t * x->x_stride;
+            float *o = out + t * out_stride + r;
+            if (r + 4 <= r1)
+                f32_dot4(m->w + r * n, xt, n, o);
+            else
+                for (ptrdiff_t i = 0; i < r1 - r; i++) o[i] = f32_dot(m->w + (r + i) * n, xt, n);
+        }
+    }
+}
+
+const qllama_kernels qllama_avx2 = {
+    .name = "avx2",
+    .f32_matmul = f32_matmul,
+    .q80_matmul = q80_matmul,
+    .quantize_row = quantize_row,
+    .f32_dot = f32_dot,
+};

@@ -1,23 +1,26 @@
-"""The `qllama` command. Each subcommand lives in the module that does its work
-and registers itself here through `register(subparsers)`."""
+"""The `qllama` command: one module per subcommand (run, quantize, convert, info,
+eval, demo, tokenizer), each registering itself here through `register(subparsers)`
+and calling the library for its work. Errors become one line and exit status 1;
+the library's warnings one line each."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 
-from ._kernels.sigbus import bus_errors_reported
-from .errors import QllamaError
+from .._kernels.sigbus import bus_errors_reported
+from ..errors import QllamaError, QllamaWarning
 
 # Modules that provide a `register(subparsers)` function, in --help order.
 COMMAND_MODULES = (
-    "qllama.quantize",
-    "qllama.convert",
-    "qllama.info",
-    "qllama.generate",
-    "qllama.tokenizer_cli",
-    "qllama.evaluate",
-    "qllama.demo",
+    "qllama.cli.quantize",
+    "qllama.cli.convert",
+    "qllama.cli.info",
+    "qllama.cli.run",
+    "qllama.cli.tokenizer",
+    "qllama.cli.eval",
+    "qllama.cli.demo",
 )
 
 
@@ -34,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with bus_errors_reported():  # a model file truncated while mapped: not a core dump
+        # A model file truncated while mapped: one line, not a bus error and a core dump.
+        with bus_errors_reported(), warnings.catch_warnings():
+            warnings.simplefilter("always", QllamaWarning)
+            warnings.showwarning = _show_warning
             return args.func(args) or 0
     except QllamaError as e:
         print(f"qllama: error: {e}", file=sys.stderr)
@@ -49,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qllama: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, *_args, **_kwargs) -> None:
+    print(f"qllama: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .atomic import require_regular_file
-from .errors import FormatError
+from ..errors import FormatError
+from ..io.atomic import require_regular_file
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 HEADER_SIZE = 256  # v1 and v2 headers are zero-padded to this many bytes

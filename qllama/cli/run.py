@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from .model import BOS, EOS, Model, Stats, check_sampling, default_seed
-from .threads import add_threads_argument
+from ..model import BOS, EOS, Model, Stats
+from ..sampling import check_sampling, default_seed
+from ..threads import add_threads_argument
 
 
 def chat_prompt(user: str, system: str = "") -> str:
@@ -43,7 +44,7 @@ def run_command(args) -> int:
     seed = args.seed if args.seed is not None and args.seed > 0 else default_seed()
     check_sampling(args.temperature, args.top_p, args.steps, seed)
     with Model(args.model, tokenizer=args.tokenizer, threads=args.threads) as model:
-        model.tokenizer  # load and check it before any output
+        _ = model.tokenizer  # load and check it before any output
         stats = Stats()
         if args.mode == "chat":
             chat(model, args, seed, stats)

@@ -15,7 +15,7 @@ import os
 import stat
 import tempfile
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def require_regular_file(path: str, error=UsageError) -> None:

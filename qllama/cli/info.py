@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import formats
+from ..formats import llama2c
 
 VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
 
@@ -12,9 +12,9 @@ VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "versio
 def describe(path: str) -> dict:
     """Every fact `info` reports about a file; raises FormatError if it fails validation."""
     path = os.fspath(path)
-    c = formats.read_config(path)  # header + exact size check
+    c = llama2c.read_config(path)  # header + exact size check
     size = os.path.getsize(path)
-    expected = formats.expected_size(c)
+    expected = llama2c.expected_size(c)
     n_params = c.n_params()
     d = {
         "path": path,
@@ -34,12 +34,12 @@ def describe(path: str) -> dict:
         "n_params": n_params,
         "file_size": size,
         "expected_size": expected,
-        "header_bytes": formats.DATA_START[c.version],
+        "header_bytes": llama2c.DATA_START[c.version],
     }
     if c.version == 0:
         d["rope_tables_bytes"] = 2 * 4 * c.seq_len * (c.head_size // 2)
     if c.version == 2:
-        d["bytes_per_param"] = (expected - formats.DATA_START[2]) / n_params
+        d["bytes_per_param"] = (expected - llama2c.DATA_START[2]) / n_params
         d["groups_straddle_rows"] = c.straddles
     return d
 

@@ -1,13 +1,12 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Q8_0 quantization of weights: per group of GS values, scale = max|w| / 127 and
-q = round-half-to-even(w / scale), in float32 exactly as llama2.c's export.py."""
+"""The weight quantizer: per group of GS values, scale = max|w| / 127 and
+q = round-half-to-even(w / scale), in float32 exactly as llama2.c's export.py.
+(Activations are quantized differently, as runq.c does: kernels.h quantize_row.)"""
 from cython.parallel cimport prange
 from libc.math cimport rintf, NAN
 from libc.stdint cimport uint32_t
 
-cdef extern from "simd.h" nogil:
-    uint32_t abs_bits "qllama_abs_bits"(float f)  # |f| as bits: integer max vectorizes
-    float from_bits "qllama_from_bits"(uint32_t u)
+from qllama._kernels.bits cimport abs_bits, from_bits  # |f| as bits: integer max vectorizes
 
 cdef uint32_t INF_BITS = 0x7f800000  # |w| bits >= this: Inf or NaN
 MIN_VALUES_PER_THREAD = 1 << 18
@@ -54,7 +53,7 @@ cdef inline void quantize_group(const float* w, int gs, signed char* q, float* s
     err[0] = from_bits(emax_bits)
 
 
-def quantize(const float[::1] w, int group_size, signed char[::1] q, float[::1] s,
+def quantize_weights(const float[::1] w, int group_size, signed char[::1] q, float[::1] s,
              float[::1] err, int threads=1):
     """Quantize `w` (length a multiple of group_size) into `q` and `s`.
 

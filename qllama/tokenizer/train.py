@@ -30,10 +30,12 @@ import re
 import struct
 import sys
 
-from .atomic import atomic_output, check_output_path
-from .errors import TokenizerError, UsageError
-from .threads import resolve_threads
-from .tokenizer import SentencePieceTokenizer, _one_line, bin_bytes
+from ..errors import TokenizerError, UsageError
+from ..io.atomic import atomic_output, check_output_path
+from ..threads import resolve_threads
+from .base import _one_line
+from .llama2c import bin_bytes
+from .sentencepiece import SentencePieceTokenizer
 
 LLAMA2_TRAINER_SPEC = {
     "input": ["/large_experiments/theorem/datasets/MERGED/all.test1.merged"],

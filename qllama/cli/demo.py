@@ -20,10 +20,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import UsageError
-from .threads import add_threads_argument
+from ..errors import UsageError
+from ..threads import add_threads_argument
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # qllama/
 ROOT = PACKAGE.parent  # the repository, when qllama runs from a checkout
 DEFAULT_VOCAB = 1024  # the docs (~16k characters of docstrings alone) support it with Llama 2's settings
 SHAPES = ("stories15M", "tiny")
@@ -54,11 +54,11 @@ def docstrings(folder: Path) -> list[str]:
 
 
 def corpus_texts(root: Path = ROOT, package: Path = PACKAGE) -> list[tuple[str, str]]:
-    """(source, text) pairs: README.md, DEVELOPERS.md and docs/*.md of the checkout
+    """(source, text) pairs: README.md and docs/*.md of the checkout
     when present, and always the docstrings of qllama's own sources (installed
     with the package, so the demo works outside a checkout too)."""
     texts = []
-    docs = [root / "README.md", root / "DEVELOPERS.md", *sorted((root / "docs").glob("*.md"))]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     for path in docs:
         if path.is_file():
             texts.append((str(path.relative_to(root)), path.read_text(encoding="utf-8")))
@@ -116,8 +116,8 @@ class Demo:
 
     # -- tokenizer -------------------------------------------------------------
     def train_tokenizer(self):
-        from .tokenizer import load_tokenizer
-        from .tokenizer_train import train
+        from ..tokenizer import load_tokenizer
+        from ..tokenizer.train import train
 
         texts = corpus_texts()
         corpus = self.dir / "corpus.txt"
@@ -137,8 +137,8 @@ class Demo:
 
     # -- models ------------------------------------------------------------------
     def write_models(self, vocab_size: int):
-        from .formats import expected_size
-        from .synth import PRESETS, write_random_model
+        from ..formats.llama2c import expected_size
+        from ..synth import PRESETS, write_random_model
 
         config = replace(PRESETS[self.args.shape], vocab_size=vocab_size)
         self.step(f"writing a random-weight model: {self.args.shape} shape (dim {config.dim}, "
@@ -157,8 +157,8 @@ class Demo:
                       f"{time.perf_counter() - t0:.2f} s")
         return paths
 
-    def quantize(self, src: Path, dst: Path, label: str) -> Path:
-        from .quantize import quantize_file
+    def write_int8(self, src: Path, dst: Path, label: str) -> Path:
+        from ..quant.pipeline import quantize_file
 
         self.step(f"quantizing {label}: {src.name} → {dst.name} (int8 Q8_0, version 2)")
         bar, update = self.progress("quantizing", os.path.getsize(src))
@@ -175,7 +175,7 @@ class Demo:
 
     # -- generation and evaluation --------------------------------------------
     def generate(self, path: Path, tokenizer, prompt: str):
-        from .model import Model, Stats
+        from ..model import Model, Stats
 
         stats = Stats()
         with Model(path, tokenizer=tokenizer, threads=self.args.threads) as model:
@@ -185,7 +185,7 @@ class Demo:
         return prompt + text, stats
 
     def side_by_side(self, title: str, fp32: Path, int8: Path, tokenizer, prompt: str):
-        from .model import peak_rss_mb
+        from ..diagnostics import peak_rss_mb
 
         self.step(f"generating from {title} with fp32 and int8, seed {self.args.seed}, "
                   f"{self.args.steps} positions")
@@ -204,7 +204,7 @@ class Demo:
         """Version 0 and version 1 files of one seed hold the same weights: same logits."""
         import numpy as np
 
-        from .model import BOS, Model
+        from ..model import BOS, Model
 
         with Model(v0, threads=self.args.threads) as a, Model(v1, threads=self.args.threads) as b:
             ids = [BOS] + [(7 * i + 3) % a.config.vocab_size for i in range(15)]
@@ -213,8 +213,8 @@ class Demo:
                    "warning: version 0 and version 1 logits differ"))
 
     def evaluate(self, fp32: Path, int8: Path):
-        from .evaluate import evaluate, sample_windows
-        from .model import Model
+        from ..evaluate import evaluate, sample_windows
+        from ..model import Model
 
         with Model(fp32, threads=self.args.threads) as ref, \
                 Model(int8, threads=self.args.threads) as cand:
@@ -259,7 +259,7 @@ def show_eval(console, label: str, report) -> None:
 
 
 def run_demo(args, console) -> None:
-    from .model import check_sampling
+    from ..sampling import check_sampling
 
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
@@ -282,7 +282,7 @@ def run_demo(args, console) -> None:
         tok_path, tok = demo.train_tokenizer()
         paths = demo.write_models(tok.vocab_size)
         demo.check_versions(paths[0], paths[1])
-        int8 = demo.quantize(paths[1], workdir / "random.q80.bin", "the random model")
+        int8 = demo.write_int8(paths[1], workdir / "random.q80.bin", "the random model")
         rows = []
         row, agree, _ = demo.side_by_side("the random model", paths[0], int8, tok_path,
                                           args.prompt)
@@ -294,7 +294,7 @@ def run_demo(args, console) -> None:
         real = shared / "data" / "stories260K.bin" if shared else None
         real_tok = shared / "data" / "tok512.bin" if shared else None
         if real is not None and real.is_file() and real_tok.is_file():
-            real8 = demo.quantize(real, workdir / "stories260K.q80.bin",
+            real8 = demo.write_int8(real, workdir / "stories260K.q80.bin",
                                   "the real trained stories260K model")
             row, agree, _ = demo.side_by_side(f"stories260K (real weights, {real})", real,
                                               real8, str(real_tok), args.real_prompt)
@@ -305,7 +305,7 @@ def run_demo(args, console) -> None:
                           "data/stories260K.bin and data/tok512.bin to see a real model too)",
                           highlight=False)
 
-        from .model import peak_rss_mb
+        from ..diagnostics import peak_rss_mb
         console.print()
         show_stories(console, rows)
         console.print("[bold]accuracy of int8 against fp32[/] (qllama eval):")

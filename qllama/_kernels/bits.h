@@ -1,0 +1,38 @@
+/* Bit patterns of floats. For non-negative floats (Inf and NaN included) they order
+ * like the values, and integer max reductions vectorize where float max reductions
+ * (NaN semantics) do not. Used by the weight quantizer, the activation quantizer
+ * and the sampler's finite test. */
+#ifndef QLLAMA_BITS_H
+#define QLLAMA_BITS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t qllama_abs_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u & 0x7fffffffu;
+}
+
+/* The same with NaN (bits above Inf's) as 0, so that a max leaves NaN out, as runq.c's
+ * `if (val > wmax)` does: a subtract, shift and mask rather than a select, which gcc
+ * would not vectorize. */
+static inline uint32_t qllama_abs_bits_no_nan(float f) {
+    int32_t u = (int32_t)qllama_abs_bits(f);
+    return (uint32_t)(u & ((u - 0x7f800001) >> 31));
+}
+
+static inline float qllama_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* roundf(v) (half away from zero) without a libm call, exact for every float. */
+static inline float qllama_round_away(float v) {
+    float t = truncf(v), d = v - t;  /* exact: v - trunc(v) is representable */
+    return t + ((float)(d >= 0.5f) - (float)(d <= -0.5f));
+}
+
+#endif /* QLLAMA_BITS_H */

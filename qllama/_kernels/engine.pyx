@@ -1,0 +1,579 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The Llama 2 forward pass, as llama2.c's run.c (fp32) and runq.c (Q8_0) compute it.
+
+Data flow per block of T tokens at positions pos..pos+T-1:
+token table -> x (T, dim) -> for each layer: rmsnorm -> q/k/v -> RoPE -> k, v into
+the cache -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU -> w2 ->
+residual; then final rmsnorm -> classifier -> logits.
+
+- `Weights`: the mapped tensors of one checkpoint (Config / TransformerWeights in
+  run.c) and, for each matrix, the kernel that multiplies by it, chosen once
+  (`make_matrix`) from the CPU variant's table (kernels.h). Sessions share it.
+- `State`: one sequence's buffers and KV cache (run.c's RunState); `State.forward`
+  validates its arguments, then runs the whole block in one `nogil` call.
+- `Kernels`: a variant's kernels one by one, for checks and benchmarks.
+
+Weights are pointers into the memory-mapped file: nothing is dequantized in full.
+Each matmul reads a weight row once per block of tokens.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrtf
+from libc.stdint cimport int8_t, int32_t, uint64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+
+from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
+                                      qllama_matrix, qllama_variant, qllama_variants,
+                                      qllama_cpu_features, qllama_amx_permit,
+                                      qllama_q80_flat_matmul)
+from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
+
+import numpy as np
+
+cdef extern from "hugepages.h" nogil:
+    void qllama_advise_huge(void* p, size_t bytes)
+
+
+# ----------------------------------------------------------------------------
+# Variants: what this build compiled and what this CPU offers (qllama/kernels.py
+# decides which one runs)
+
+FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+            "avx512vnni", "avxvnni", "amx_tile", "amx_int8", "neon", "dotprod")  # cpu.h order
+
+
+def cpu_features():
+    """The instruction sets this CPU and OS support, as names (cpu.h)."""
+    cdef uint64_t bits = qllama_cpu_features()
+    return [name for i, name in enumerate(FEATURES) if bits >> i & 1]
+
+
+def compiled_variants():
+    """[(name, [features it needs])] for every variant in this build."""
+    cdef int n, i
+    cdef const qllama_variant* v = qllama_variants(&n)
+    return [(v[i].name.decode(), [f for j, f in enumerate(FEATURES) if v[i].needs >> j & 1])
+            for i in range(n)]
+
+
+def amx_permit():
+    """Ask Linux for the AMX tile state (arch_prctl); True when granted."""
+    return bool(qllama_amx_permit())
+
+
+cdef const qllama_kernels* variant_table(str name) except NULL:
+    cdef int n, i
+    cdef const qllama_variant* v = qllama_variants(&n)
+    for i in range(n):
+        if v[i].name.decode() == name:
+            return v[i].table
+    raise ValueError(f"kernel variant {name!r} is not in this build")
+
+
+# ----------------------------------------------------------------------------
+# Matrices and the choice of their kernel
+
+cdef struct Matrix:
+    qllama_matrix m
+    qllama_matmul_fn fn     # multiplies by this matrix on this CPU
+    bint q8_input           # fn takes quantized activations (else fp32)
+
+
+cdef struct Layer:
+    const float* attn_norm  # (dim,)
+    const float* ffn_norm   # (dim,)
+    Matrix wq               # (n_heads * head_size, dim)
+    Matrix wk               # (kv_dim, dim)
+    Matrix wv               # (kv_dim, dim)
+    Matrix wo               # (dim, n_heads * head_size)
+    Matrix w1               # (hidden_dim, dim)
+    Matrix w2               # (dim, hidden_dim)
+    Matrix w3               # (hidden_dim, dim)
+
+
+cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
+    """A Matrix over a mapped tensor (an fp32 ndarray or a formats.llama2c.QTensor),
+    with its kernel: the one place where a kernel is chosen for a matrix."""
+    cdef Matrix mat
+    cdef const float[::1] w
+    cdef const int8_t[::1] q
+    cdef const float[::1] s
+    memset(&mat, 0, sizeof(Matrix))
+    mat.m.rows, mat.m.cols = tensor.shape
+    if isinstance(tensor, np.ndarray):
+        w = tensor.reshape(-1)
+        if mat.m.rows <= 0 or mat.m.cols <= 0 or w.shape[0] != mat.m.rows * mat.m.cols:
+            raise ValueError("fp32 matrix does not match its shape")
+        mat.m.w = &w[0]
+        mat.fn = k.f32_matmul
+        return mat
+    q = tensor.q
+    s = tensor.s
+    if (mat.m.rows <= 0 or mat.m.cols <= 0 or gs <= 0 or q.shape[0] != mat.m.rows * mat.m.cols
+            or (mat.m.rows * mat.m.cols) % gs or s.shape[0] != mat.m.rows * mat.m.cols // gs):
+        raise ValueError("Q8_0 matrix does not match its shape and group size")
+    mat.m.q = &q[0]
+    mat.m.s = &s[0]
+    mat.m.gs = gs
+    if mat.m.cols % gs == 0:  # every group within one row: int8 dot products
+        mat.fn = k.q80_matmul
+        mat.q8_input = True
+    else:                     # groups straddle rows: the format's definition, fp32 input
+        mat.fn = qllama_q80_flat_matmul
+    return mat
+
+
+cdef struct Net:  # what the forward pass reads of the weights, without the GIL
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size
+    int seq_len, head_size, kv_dim, group_size
+    const qllama_kernels* kernels
+    Layer* layers
+    Matrix tok_embeddings
+    Matrix classifier       # the token table itself when the classifier is shared
+    const float* final_norm
+
+
+cdef class Weights:
+    """One mapped checkpoint's tensors and each matrix's kernel, for `variant`."""
+    cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
+    cdef Net net
+    cdef readonly str variant
+
+    def __cinit__(self):
+        self.net.layers = NULL
+
+    def __init__(self, model, str variant):
+        """`model` is a validated formats.llama2c.ModelFile (version 0, 1 or 2)."""
+        c = model.config
+        cdef Net* n = &self.net
+        self.model = (model, model.buffer)
+        n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
+        n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
+        n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
+        n.group_size = c.group_size
+        self.variant = variant
+        n.kernels = variant_table(variant)
+        cdef const qllama_kernels* k = n.kernels
+        gs = c.group_size
+        n.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
+        if n.layers == NULL:
+            raise MemoryError()
+        cdef const float[::1] norm
+        cdef int l
+        for l in range(c.n_layers):
+            norm = model.tensor("attention_norm", l)
+            n.layers[l].attn_norm = &norm[0]
+            norm = model.tensor("ffn_norm", l)
+            n.layers[l].ffn_norm = &norm[0]
+            n.layers[l].wq = make_matrix(model.tensor("wq", l), gs, k)
+            n.layers[l].wk = make_matrix(model.tensor("wk", l), gs, k)
+            n.layers[l].wv = make_matrix(model.tensor("wv", l), gs, k)
+            n.layers[l].wo = make_matrix(model.tensor("wo", l), gs, k)
+            n.layers[l].w1 = make_matrix(model.tensor("w1", l), gs, k)
+            n.layers[l].w2 = make_matrix(model.tensor("w2", l), gs, k)
+            n.layers[l].w3 = make_matrix(model.tensor("w3", l), gs, k)
+        norm = model.tensor("norm")
+        n.final_norm = &norm[0]
+        n.tok_embeddings = make_matrix(model.tensor("tok_embeddings"), gs, k)
+        if c.shared_classifier:
+            n.classifier = n.tok_embeddings
+        else:
+            n.classifier = make_matrix(model.tensor("output"), gs, k)
+
+    @property
+    def seq_len(self):
+        return self.net.seq_len
+
+    @property
+    def vocab_size(self):
+        return self.net.vocab_size
+
+    def __dealloc__(self):
+        free(self.net.layers)
+
+
+# ----------------------------------------------------------------------------
+# Parallel drivers: a matmul's rows are dealt out in blocks of 4 rows
+
+cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
+    const Matrix* m
+    float* out
+    Py_ssize_t out_stride
+
+
+cdef inline void run_rows(const Matrix* m, Py_ssize_t r0, const qllama_acts* x, float* out,
+                          Py_ssize_t out_stride) noexcept nogil:
+    cdef Py_ssize_t r1 = r0 + 4 if r0 + 4 < m.m.rows else m.m.rows
+    m.fn(&m.m, r0, r1, x, out, out_stride)
+
+
+cdef void matmuls(const Job* jobs, int n_jobs, const qllama_acts* x, int threads) noexcept nogil:
+    """Several matmuls of the same input (q, k, v) in one parallel region: their
+    blocks of 4 rows are dealt out together, one fork and one join for all.
+    Guided schedule: contiguous chunks that shrink towards the end, so a thread
+    that streamed its rows more slowly (memory is not shared evenly) is not waited
+    for; static halves left each thread ~20% of a decode step idle at the join."""
+    cdef Py_ssize_t b, bb, total = 0
+    cdef int j
+    for j in range(n_jobs):
+        total += (jobs[j].m.m.rows + 3) // 4
+    for b in prange(total, schedule="guided", num_threads=threads):
+        j = 0
+        bb = b
+        while bb >= (jobs[j].m.m.rows + 3) // 4:
+            bb = bb - (jobs[j].m.m.rows + 3) // 4
+            j = j + 1
+        run_rows(jobs[j].m, 4 * bb, x, jobs[j].out, jobs[j].out_stride)
+
+
+cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const Matrix* m,
+                 int threads) noexcept nogil:
+    """out (T, m.rows) with row stride out_stride = x (T, m.cols) @ m^T."""
+    cdef Job job
+    job.m = m
+    job.out = out
+    job.out_stride = out_stride
+    matmuls(&job, 1, x, threads)
+
+
+cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
+                 const qllama_acts* x, int threads) noexcept nogil:
+    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes rows r..r+3 of
+    both matrices and gates them itself: one parallel region, and the expf work is
+    shared out too."""
+    cdef Py_ssize_t b, t, r, hidden = w1.m.rows
+    for b in prange((hidden + 3) // 4, schedule="guided", num_threads=threads):
+        run_rows(w1, 4 * b, x, hb, hidden)
+        run_rows(w3, 4 * b, x, hb2, hidden)
+        for t in range(x.T):
+            for r in range(4 * b, min(4 * b + 4, hidden)):
+                hb[t * hidden + r] = silu(hb[t * hidden + r]) * hb2[t * hidden + r]
+
+
+cdef void prepare(qllama_acts* x, float* out, const float* inp, const float* weight,
+                  Py_ssize_t T, Py_ssize_t n, Py_ssize_t gs, int8_t* xq, float* xs,
+                  bint q8, const qllama_kernels* k, int threads) noexcept nogil:
+    """The input of a matmul: rows t < T of out = rmsnorm(inp) (or inp itself when
+    weight is NULL and out is inp), then, when the matrix takes them (q8), their
+    Q8_0 copy in xq/xs. A block's rows go in parallel."""
+    cdef Py_ssize_t t, ng = n // gs if gs else 0
+    if T == 1:
+        if weight != NULL:
+            rmsnorm(out, inp, weight, n)
+        if q8:
+            k.quantize_row(out, n, gs, xq, xs)
+    else:
+        for t in prange(T, schedule="static", num_threads=threads):
+            if weight != NULL:
+                rmsnorm(out + t * n, inp + t * n, weight, n)
+            if q8:
+                k.quantize_row(out + t * n, n, gs, xq + t * n, xs + t * ng)
+    x.x = out
+    x.x_stride = n
+    x.q = xq
+    x.s = xs
+    x.T = T
+    x.n = n
+    x.gs = gs
+
+
+cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
+    cdef Py_ssize_t j, n = table.m.cols, f
+    if table.m.w != NULL:
+        memcpy(out, table.m.w + token * n, n * sizeof(float))
+    else:
+        for j in range(n):
+            f = token * n + j
+            out[j] = table.m.q[f] * table.m.s[f // table.m.gs]
+
+
+cdef void attention_head(float* out, const float* q, const float* keys,
+                         const float* values, float* att, Py_ssize_t n_pos,
+                         Py_ssize_t stride, Py_ssize_t head_size,
+                         const qllama_kernels* k) noexcept nogil:
+    """One head of one token over cached positions 0..n_pos-1, whose keys and values
+    are at keys + p * stride and values + p * stride."""
+    cdef Py_ssize_t p, i
+    cdef float a
+    cdef float scale = 1.0 / sqrtf(<float>head_size)
+    cdef const float* v
+    for p in range(n_pos):
+        att[p] = k.f32_dot(keys + p * stride, q, head_size) * scale
+    softmax(att, n_pos)
+    for i in range(head_size):
+        out[i] = 0.0
+    for p in range(n_pos):
+        v = values + p * stride
+        a = att[p]
+        for i in range(head_size):
+            out[i] += a * v[i]
+
+
+# ----------------------------------------------------------------------------
+
+cdef class State:
+    """The run state of one sequence over shared `Weights`.
+
+    `capacity` is how many positions the KV cache holds (prompt + steps, at most
+    seq_len); `max_block` how many tokens one forward call takes.
+    """
+    cdef readonly Weights weights  # keeps `net` alive
+    cdef const Net* net
+    cdef readonly Py_ssize_t capacity, max_block
+    cdef public int threads
+    cdef float* x            # (block, dim) residual stream
+    cdef float* xb           # (block, max(dim, hidden)) normed / attention output
+    cdef float* xb2          # (block, dim)
+    cdef float* hb           # (block, hidden_dim)
+    cdef float* hb2          # (block, hidden_dim)
+    cdef float* q            # (block, dim)
+    cdef float* fcos         # (block, head_size / 2) RoPE angles of the block's positions
+    cdef float* fsin         # (block, head_size / 2)
+    cdef float* att          # (n_heads * block, capacity) scores, a row per (head, token)
+    cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
+    cdef float* xs           # (block, max(dim, hidden) / gs) their scales
+    cdef float* kb           # (block, kv_dim) the block's keys, before they go to the cache
+    cdef float* vb           # (block, kv_dim) its values
+    # KV cache (layer, kv head, capacity, head_size): a head's keys (values) for all
+    # positions are one contiguous run, which attention reads as one stream
+    cdef float* key_cache
+    cdef float* value_cache
+
+    def __init__(self, Weights weights, Py_ssize_t capacity, Py_ssize_t max_block=32,
+                 int threads=1):
+        if not 0 < capacity <= weights.seq_len:
+            raise ValueError(f"capacity {capacity} outside 1..seq_len {weights.seq_len}")
+        if max_block < 1:
+            raise ValueError("max_block must be at least 1")
+        self.weights = weights
+        self.net = &weights.net
+        self.capacity = capacity
+        self.max_block = max_block
+        self.threads = max(1, threads)
+        self._allocate()
+
+    cdef _allocate(self):
+        cdef const Net* w = self.net
+        cdef Py_ssize_t B = self.max_block, wide = max(w.dim, w.hidden_dim)
+        cdef Py_ssize_t cache = <Py_ssize_t>w.n_layers * self.capacity * w.kv_dim
+        self.x = <float*>malloc(B * w.dim * sizeof(float))
+        self.xb = <float*>malloc(B * wide * sizeof(float))
+        self.xb2 = <float*>malloc(B * w.dim * sizeof(float))
+        self.hb = <float*>malloc(B * w.hidden_dim * sizeof(float))
+        self.hb2 = <float*>malloc(B * w.hidden_dim * sizeof(float))
+        self.q = <float*>malloc(B * w.dim * sizeof(float))
+        self.kb = <float*>malloc(B * w.kv_dim * sizeof(float))
+        self.vb = <float*>malloc(B * w.kv_dim * sizeof(float))
+        self.fcos = <float*>malloc(B * (w.head_size // 2) * sizeof(float))
+        self.fsin = <float*>malloc(B * (w.head_size // 2) * sizeof(float))
+        self.att = <float*>malloc(B * w.n_heads * self.capacity * sizeof(float))
+        self.xq = <int8_t*>malloc(B * wide)
+        self.xs = <float*>malloc(B * (wide // max(1, w.group_size) + 1) * sizeof(float))
+        self.key_cache = <float*>calloc(cache, sizeof(float))
+        self.value_cache = <float*>calloc(cache, sizeof(float))
+        if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
+                or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
+                or self.att == NULL
+                or self.fcos == NULL or self.fsin == NULL
+                or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
+                or self.value_cache == NULL):
+            raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
+                              f"of KV cache for {self.capacity} positions); use fewer steps")
+        qllama_advise_huge(self.key_cache, cache * sizeof(float))
+        qllama_advise_huge(self.value_cache, cache * sizeof(float))
+
+    def __dealloc__(self):
+        free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
+        free(self.q); free(self.kb); free(self.vb); free(self.fcos); free(self.fsin)
+        free(self.att); free(self.xq); free(self.xs)
+        free(self.key_cache); free(self.value_cache)
+
+    @property
+    def kv_cache_bytes(self):
+        return 2 * 4 * self.net.n_layers * self.capacity * self.net.kv_dim
+
+    def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
+        """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
+
+        logits is (T, vocab) for every position's prediction, or (1, vocab) for
+        the last one only.
+        """
+        cdef Py_ssize_t T = tokens.shape[0], t
+        cdef int vocab = self.net.vocab_size
+        if not 0 < T <= self.max_block:
+            raise ValueError(f"block of {T} tokens; must be 1..{self.max_block}")
+        if pos < 0 or pos + T > self.capacity:
+            raise ValueError(f"positions {pos}..{pos + T - 1} exceed the cache "
+                             f"of {self.capacity}")
+        if logits.shape[1] != vocab or logits.shape[0] not in (1, T):
+            raise ValueError("logits buffer must be (T, vocab) or (1, vocab)")
+        for t in range(T):
+            if not 0 <= tokens[t] < vocab:
+                raise ValueError(f"token id {tokens[t]} outside 0..{vocab - 1}")
+        with nogil:
+            self._forward(&tokens[0], T, pos, &logits[0, 0], logits.shape[0])
+
+    cdef void _forward(self, const int32_t* tokens, Py_ssize_t T, Py_ssize_t pos,
+                       float* logits, Py_ssize_t n_logits) noexcept nogil:
+        cdef const Net* w = self.net
+        cdef const qllama_kernels* k = w.kernels
+        cdef Py_ssize_t dim = w.dim, hidden = w.hidden_dim, kv_dim = w.kv_dim, gs = w.group_size
+        cdef Py_ssize_t hs = w.head_size, H = w.n_heads, cap = self.capacity
+        cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh
+        cdef Py_ssize_t t, l, i, th, h, first
+        cdef int nt = self.threads
+        cdef const Layer* L
+        cdef Job jobs[3]
+        cdef qllama_acts xa
+        cdef float* kc
+        cdef float* vc
+        cdef float* fc
+        cdef float* fs
+        cdef float* q = self.q
+        cdef float* xb = self.xb
+        cdef float* att = self.att
+
+        for t in range(T):
+            embed_row(self.x + t * dim, &w.tok_embeddings, tokens[t])
+            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, pos + t)
+
+        for l in range(w.n_layers):
+            L = &w.layers[l]
+            kc = self.key_cache + l * cap * kv_dim
+            vc = self.value_cache + l * cap * kv_dim
+
+            # attention: q, k, v; k and v (k rotated) then go to this layer's cache
+            prepare(&xa, xb, self.x, L.attn_norm, T, dim, gs, self.xq, self.xs,
+                    L.wq.q8_input, k, nt)
+            jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
+            jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
+            jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
+            matmuls(jobs, 3, &xa, nt)
+            for t in range(T):
+                fc = self.fcos + t * (hs // 2)
+                fs = self.fsin + t * (hs // 2)
+                rope(self.q + t * dim, dim, hs, fc, fs)
+                rope(self.kb + t * kv_dim, kv_dim, hs, fc, fs)
+                for kvh in range(w.n_kv_heads):
+                    memcpy(kc + (kvh * cap + pos + t) * hs, self.kb + t * kv_dim + kvh * hs,
+                           hs * sizeof(float))
+                    memcpy(vc + (kvh * cap + pos + t) * hs, self.vb + t * kv_dim + kvh * hs,
+                           hs * sizeof(float))
+            # head-major: a head's tokens run one after another while its keys and
+            # values are in L2; contiguous ranges of heads per thread
+            for th in prange(H * T, schedule="static", num_threads=nt):
+                h = th // T
+                t = th % T
+                attention_head(xb + t * dim + h * hs, q + t * dim + h * hs,
+                               kc + (h // kv_mul) * cap * hs, vc + (h // kv_mul) * cap * hs,
+                               att + th * cap, pos + t + 1, hs, hs, k)
+            prepare(&xa, xb, xb, NULL, T, dim, gs, self.xq, self.xs, L.wo.q8_input, k, nt)
+            matmul(self.xb2, dim, &xa, &L.wo, nt)
+            for i in range(T * dim):
+                self.x[i] += self.xb2[i]
+
+            # feed-forward: w2(silu(w1 x) * w3 x)
+            prepare(&xa, xb, self.x, L.ffn_norm, T, dim, gs, self.xq, self.xs,
+                    L.w1.q8_input, k, nt)
+            swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, nt)
+            prepare(&xa, self.hb, self.hb, NULL, T, hidden, gs, self.xq, self.xs,
+                    L.w2.q8_input, k, nt)
+            matmul(xb, dim, &xa, &L.w2, nt)
+            for i in range(T * dim):
+                self.x[i] += xb[i]
+
+        # classifier over the last n_logits positions of the block
+        first = T - n_logits
+        prepare(&xa, xb, self.x + first * dim, w.final_norm, n_logits, dim, gs, self.xq,
+                self.xs, w.classifier.q8_input, k, nt)
+        matmul(logits, w.vocab_size, &xa, &w.classifier, nt)
+
+
+# ----------------------------------------------------------------------------
+# A variant's kernels one by one (and the ops every variant shares), for the
+# checks against numpy references and for kernel benchmarks (tools/bench.py).
+
+cdef class Kernels:
+    cdef const qllama_kernels* k
+    cdef readonly str variant
+
+    def __init__(self, str variant):
+        self.k = variant_table(variant)
+        self.variant = variant
+
+    def quantize(self, const float[::1] x, Py_ssize_t gs):
+        """Activations x (length a multiple of gs) to (int8 values, one scale per group)."""
+        if gs <= 0 or x.shape[0] == 0 or x.shape[0] % gs:
+            raise ValueError("x must be a non-empty whole number of groups")
+        q = np.empty(x.shape[0], np.int8)
+        s = np.empty(x.shape[0] // gs, np.float32)
+        cdef int8_t[::1] qv = q
+        cdef float[::1] sv = s
+        self.k.quantize_row(&x[0], x.shape[0], gs, &qv[0], &sv[0])
+        return q, s
+
+    def matmul(self, tensor, const float[:, ::1] x, int threads=1):
+        """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.llama2c.QTensor (any
+        group size), through the kernel the engine would choose for it."""
+        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
+        cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs, t
+        if x.shape[1] != n or T == 0:
+            raise ValueError("x must be (T > 0, cols)")
+        out = np.empty((T, m.m.rows), np.float32)
+        cdef float[:, ::1] o = out
+        cdef int8_t[::1] xq = np.zeros(T * n, np.int8)
+        cdef float[::1] xs = np.zeros(T * (n // gs if gs else 0) + 1, np.float32)
+        cdef qllama_acts xa
+        xa.x, xa.x_stride, xa.q, xa.s, xa.T, xa.n, xa.gs = &x[0, 0], n, &xq[0], &xs[0], T, n, gs
+        if m.q8_input:
+            for t in range(T):
+                self.k.quantize_row(&x[t, 0], n, gs, &xq[t * n], &xs[t * (n // gs)])
+        with nogil:
+            matmul(&o[0, 0], m.m.rows, &xa, &m, threads)
+        return out
+
+    def dot(self, const float[::1] a, const float[::1] b):
+        if a.shape[0] != b.shape[0] or a.shape[0] == 0:
+            raise ValueError("a and b must have the same non-zero length")
+        return self.k.f32_dot(&a[0], &b[0], a.shape[0])
+
+    def attention(self, const float[::1] q, const float[:, ::1] key_cache,
+                  const float[:, ::1] value_cache, Py_ssize_t head_size, Py_ssize_t kv_offset):
+        """One head over all rows of the caches (n_pos, kv_dim)."""
+        cdef Py_ssize_t n_pos = key_cache.shape[0], kv_dim = key_cache.shape[1]
+        if (n_pos == 0 or value_cache.shape[0] != n_pos or value_cache.shape[1] != kv_dim
+                or q.shape[0] != head_size or kv_offset < 0 or kv_offset + head_size > kv_dim):
+            raise ValueError("inconsistent attention shapes")
+        out = np.empty(head_size, np.float32)
+        att = np.empty(n_pos, np.float32)
+        cdef float[::1] o = out
+        cdef float[::1] a = att
+        attention_head(&o[0], &q[0], &key_cache[0, kv_offset], &value_cache[0, kv_offset],
+                       &a[0], n_pos, kv_dim, head_size, self.k)
+        return out
+
+    @staticmethod
+    def rmsnorm(const float[::1] x, const float[::1] weight):
+        if x.shape[0] != weight.shape[0] or x.shape[0] == 0:
+            raise ValueError("x and weight must have the same non-zero length")
+        out = np.empty(x.shape[0], np.float32)
+        cdef float[::1] o = out
+        rmsnorm(&o[0], &x[0], &weight[0], x.shape[0])
+        return out
+
+    @staticmethod
+    def softmax(float[::1] x):
+        if x.shape[0] == 0:
+            raise ValueError("empty vector")
+        softmax(&x[0], x.shape[0])
+
+    @staticmethod
+    def rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos):
+        if head_size <= 0 or head_size % 2 or vec.shape[0] % head_size or pos < 0:
+            raise ValueError("vector length must be a multiple of an even head size")
+        fcos = np.empty(head_size // 2, np.float32)
+        fsin = np.empty(head_size // 2, np.float32)
+        cdef float[::1] c = fcos
+        cdef float[::1] s = fsin
+        rope_table(&c[0], &s[0], head_size, pos)
+        rope(&vec[0], vec.shape[0], head_size, &c[0], &s[0])

@@ -1,0 +1,43 @@
+# Cython's view of kernels.h and cpu.h: the kernel table and the CPU's features.
+from libc.stdint cimport int8_t, uint64_t
+
+
+cdef extern from "kernels.h" nogil:
+    ctypedef struct qllama_matrix:
+        const float* w
+        const int8_t* q
+        const float* s
+        Py_ssize_t rows, cols, gs
+
+    ctypedef struct qllama_acts:
+        const float* x
+        Py_ssize_t x_stride
+        const int8_t* q
+        const float* s
+        Py_ssize_t T, n, gs
+
+    ctypedef void (*qllama_matmul_fn)(const qllama_matrix* m, Py_ssize_t r0, Py_ssize_t r1,
+                                      const qllama_acts* x, float* out,
+                                      Py_ssize_t out_stride) noexcept nogil
+
+    ctypedef struct qllama_kernels:
+        const char* name
+        qllama_matmul_fn f32_matmul
+        qllama_matmul_fn q80_matmul
+        void (*quantize_row)(const float* x, Py_ssize_t n, Py_ssize_t gs, int8_t* q,
+                             float* s) noexcept nogil
+        float (*f32_dot)(const float* a, const float* b, Py_ssize_t n) noexcept nogil
+
+    void qllama_q80_flat_matmul(const qllama_matrix* m, Py_ssize_t r0, Py_ssize_t r1,
+                                const qllama_acts* x, float* out, Py_ssize_t out_stride)
+
+
+cdef extern from "cpu.h" nogil:
+    ctypedef struct qllama_variant:
+        const char* name
+        const qllama_kernels* table
+        uint64_t needs
+
+    uint64_t qllama_cpu_features()
+    int qllama_amx_permit()
+    const qllama_variant* qllama_variants(int* n)

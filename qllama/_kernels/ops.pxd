@@ -1,0 +1,60 @@
+# Small neural-net ops, in float32 exactly as llama2.c's run.c computes them: inline,
+# so each module that cimports them (the engine, the sampler) compiles its own copy
+# from this one definition. Every CPU variant shares them.
+from libc.math cimport expf, sqrtf, powf, cosf, sinf
+
+
+cdef inline void softmax(float* x, Py_ssize_t n) noexcept nogil:
+    """In place: max, expf, running sum, divide."""
+    cdef float max_val = x[0], total = 0.0
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if x[i] > max_val:
+            max_val = x[i]
+    for i in range(n):
+        x[i] = expf(x[i] - max_val)
+        total += x[i]
+    for i in range(n):
+        x[i] = x[i] / total
+
+
+cdef inline void rmsnorm(float* o, const float* x, const float* weight,
+                         Py_ssize_t n) noexcept nogil:
+    cdef float ss = 0.0
+    cdef Py_ssize_t j
+    for j in range(n):
+        ss += x[j] * x[j]
+    ss = ss / n + 1e-5
+    ss = 1.0 / sqrtf(ss)
+    for j in range(n):
+        o[j] = weight[j] * (ss * x[j])
+
+
+cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size,
+                            Py_ssize_t pos) noexcept nogil:
+    """cos and sin of pos * 10000^(-2i/head_size) for the head_size/2 pairs, computed
+    in float32 as run.c does; shared by every head and layer of the position."""
+    cdef Py_ssize_t i
+    cdef float freq, val
+    for i in range(head_size // 2):
+        freq = 1.0 / powf(10000.0, <float>(2 * i) / <float>head_size)
+        val = pos * freq
+        fcos[i] = cosf(val)
+        fsin[i] = sinf(val)
+
+
+cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size, const float* fcos,
+                      const float* fsin) noexcept nogil:
+    """Rotate pairs (2i, 2i+1) within each head by the position's angles."""
+    cdef Py_ssize_t i, j
+    cdef float v0, v1
+    for i in range(0, n, 2):
+        j = (i % head_size) // 2
+        v0 = vec[i]
+        v1 = vec[i + 1]
+        vec[i] = v0 * fcos[j] - v1 * fsin[j]
+        vec[i + 1] = v0 * fsin[j] + v1 * fcos[j]
+
+
+cdef inline float silu(float v) noexcept nogil:
+    return v * (1.0 / (1.0 + expf(-v)))

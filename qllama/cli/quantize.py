@@ -1,0 +1,92 @@
+"""`qllama quantize IN OUT`: the streaming quantizer (quant.pipeline) with a
+progress bar on a terminal and a summary table."""
+from __future__ import annotations
+
+import sys
+
+from ..formats import llama2c
+from ..formats.llama2c import Q80
+from ..quant.pipeline import Report, quantize_file
+from ..threads import add_threads_argument
+from .console import console
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"
+
+
+def print_report(report: Report, console) -> None:
+    from rich.table import Table
+
+    c = report.config
+    table = Table(title=f"{report.dst}: Q8_0, group size {c.group_size}",
+                  title_justify="left")
+    table.add_column("tensor")
+    table.add_column("shape", justify="right")
+    table.add_column("count", justify="right")
+    table.add_column("encoding")
+    table.add_column("max |q·s − w|", justify="right")
+    for name, k in report.kinds.items():
+        err = f"{k.max_err:.3g}" if k.encoding == Q80 else "(fp32 copy)"
+        table.add_row(name, "×".join(map(str, k.shape)), str(k.count),
+                      "Q8_0" if k.encoding == Q80 else "fp32", err)
+    console.print(table)
+    console.print(
+        f"{report.src} (version {report.src_version}, {_fmt_bytes(report.in_bytes)}) → "
+        f"{report.dst} (version 2, {_fmt_bytes(report.out_bytes)}, "
+        f"{report.in_bytes / report.out_bytes:.2f}× smaller) in {report.seconds:.2f} s, "
+        f"{report.mb_per_s:,.0f} MB/s, {report.threads} thread(s)", highlight=False)
+
+
+def run(args) -> int:
+    err_console = console(stderr=True)
+    show_progress = not args.quiet and err_console.is_terminal
+    progress_cb = None
+    bar = None
+    if show_progress:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        bar = Progress("[progress.description]{task.description}", BarColumn(),
+                       DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                       console=err_console, transient=True)
+    try:
+        if bar is not None:
+            total = 4 * llama2c.read_config(args.input).n_params()  # weight bytes to read
+            task = bar.add_task("quantizing", total=total)
+            bar.start()
+            progress_cb = lambda n: bar.update(task, completed=n)  # noqa: E731
+        report = quantize_file(args.input, args.output, args.group_size, args.force,
+                               args.threads, progress_cb)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report.note and not args.quiet:
+        print(f"qllama: note: {report.note}", file=sys.stderr)
+    if not args.quiet:
+        print_report(report, console())
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2)",
+        description="Quantize a llama2.c fp32 checkpoint (version 0 or 1, detected from the "
+                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py.")
+    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1)")
+    p.add_argument("output", metavar="OUT", help="version 2 file to write")
+    p.add_argument("--group-size", type=int, default=None, metavar="N",
+                   help="values per scale; default: the largest power of two <= 64 that "
+                        "divides dim and hidden_dim (an explicit N must divide both)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    add_threads_argument(p, "quantization")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar, note or summary")
+    p.set_defaults(func=run)

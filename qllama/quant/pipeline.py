@@ -1,0 +1,151 @@
+"""The streaming quantizer: an fp32 checkpoint (version 0 or 1) → Q8_0 (version 2).
+
+The output is byte-identical to llama2.c's `export.py --version 2` for the same
+weights, except that qllama picks a group size that divides every row (llama2.c
+only checks dim) and writes zeros for an all-zero group (llama2.c divides 0 by 0).
+
+Data flow: validated input header → output layout (formats.llama2c.layout) → for
+each output tensor, chunks of the input read ahead by a thread (io.chunks) → the
+weight quantizer (Cython, nogil, prange over groups) → int8 values and scales
+written at their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter).
+Memory stays bounded by a few chunks whatever the model size.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import FormatError, QllamaError, UsageError
+from ..formats import llama2c
+from ..formats.llama2c import F32, Q80, Config, Entry
+from ..io.atomic import atomic_output, check_output_path
+from ..io.blockwriter import BlockWriter
+from ..io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, open_input, read_jobs
+from ..threads import resolve_threads
+from .groups import choose_group_size
+
+
+@dataclass
+class KindStats:
+    """Summary of one tensor kind (all layers of it)."""
+
+    shape: tuple
+    encoding: str
+    count: int = 0
+    max_err: float = 0.0  # max |q*s - w| over every value (Q80); 0 for F32 copies
+
+
+@dataclass
+class Report:
+    src: str
+    dst: str
+    src_version: int
+    config: Config  # the output's (version 2)
+    note: str | None
+    in_bytes: int
+    out_bytes: int
+    seconds: float = 0.0
+    threads: int = 1
+    kinds: dict = field(default_factory=dict)  # name -> KindStats, in file order
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.in_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _non_finite(path: str, e: Entry, start: int, w: np.ndarray) -> FormatError:
+    i = int(np.flatnonzero(~np.isfinite(w))[0])
+    flat = start + i
+    index = np.unravel_index(flat, e.shape)
+    where = e.name if e.layer is None else f"{e.name} of layer {e.layer}"
+    return FormatError(f"{path}: {where} holds {w[i]} at element {flat} "
+                       f"(index {tuple(int(x) for x in index)}); refusing to quantize "
+                       "a non-finite weight")
+
+
+def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool = False,
+                  threads: int | None = None, progress=None,
+                  chunk_bytes: int = CHUNK_BYTES) -> Report:
+    """Quantize checkpoint `src` (v0/v1) into `dst` (v2). Raises QllamaError on bad input.
+
+    `progress(done)` is called after each chunk with the weight bytes read so far (of
+    4 * config.n_params() in all: headers and v0's rope tables are not read).
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    threads = resolve_threads(threads)
+    fd, cin = open_input(src)
+    try:
+        if cin.version == 2:
+            raise UsageError(f"{src}: already quantized (version 2, group size "
+                             f"{cin.group_size}); quantize reads fp32 files (versions 0 and 1)")
+        gs, note = choose_group_size(cin, group_size)
+        cout = cin.as_version(2, gs)
+        llama2c.validate(cout, dst)
+        out_size = llama2c.expected_size(cout)
+        check_output_path(dst, force, (src,))
+        check_free_space(dst, out_size)
+        out_entries = llama2c.layout(cout)
+        step = max(gs, (chunk_bytes // 4) // gs * gs)  # values per chunk: whole groups
+        jobs = read_jobs(out_entries, llama2c.layout(cin), step)
+        in_bytes = sum(4 * e.numel for e in out_entries)
+        report = Report(src, dst, cin.version, cout, note, os.fstat(fd).st_size, out_size,
+                        threads=threads)
+        for e in out_entries:
+            k = report.kinds.setdefault(e.name, KindStats(e.shape, e.encoding))
+            k.count += 1
+
+        q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
+        # A tensor's scales are held and written after all its values, so the file is
+        # written front to back and every 2 MiB block in one piece (blockwriter.py);
+        # scales larger than a chunk (tiny groups) go out chunk by chunk instead.
+        def holds(e: Entry) -> bool:
+            return 4 * (e.numel // gs) <= chunk_bytes
+
+        held = [e.numel // gs for e in out_entries if e.encoding == Q80 and holds(e)]
+        s = np.empty(max([step // gs, *held]), dtype=np.float32)  # scales of one tensor or chunk
+        err = np.empty(step // gs, dtype=np.float32)  # (step / gs,) max error per group
+        from .._kernels.quantize_weights import quantize_weights
+
+        t0 = time.perf_counter()
+        done = 0
+        with atomic_output(dst, force, (src,)) as f:
+            out = BlockWriter(f.fileno())
+            out.pwrite(llama2c.header_bytes(cout), 0)
+            reader = ChunkReader(fd, src, jobs, step)
+            try:
+                for (_, n, e, start), w in reader:
+                    if e.encoding == F32:
+                        if not np.isfinite(w).all():
+                            raise _non_finite(src, e, start, w)
+                        out.pwrite(w, e.offset + 4 * start)
+                    else:
+                        hold = holds(e)
+                        g, g0 = n // gs, start // gs if hold else 0
+                        quantize_weights(w, gs, q[:n], s[g0:g0 + g], err[:g], threads)
+                        emax = float(err[:g].max())
+                        if emax != emax:  # NaN: a group held NaN or Inf
+                            raise _non_finite(src, e, start, w)
+                        k = report.kinds[e.name]
+                        k.max_err = max(k.max_err, emax)
+                        out.pwrite(q[:n], e.offset + start)
+                        if not hold:
+                            out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
+                        elif start + n == e.numel:
+                            out.pwrite(s[:g0 + g], e.scales_offset)
+                    done += 4 * n
+                    if progress is not None:
+                        progress(done)
+            finally:
+                reader.close()
+            out.flush()
+            if os.fstat(f.fileno()).st_size != out_size:  # cannot happen unless layout is wrong
+                raise QllamaError(f"{dst}: wrote {os.fstat(f.fileno()).st_size} bytes, "
+                                  f"expected {out_size}")
+        report.seconds = time.perf_counter() - t0
+        assert done == in_bytes
+        return report
+    finally:
+        os.close(fd)

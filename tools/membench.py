@@ -1,0 +1,44 @@
+"""The memory bandwidth probe (membench.c), compiled on first use into runs/ with
+the system's C compiler and loaded with ctypes: `read_sum(buf, threads)`."""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE.parent / "runs" / "membench.so"
+
+
+def _library() -> ctypes.CDLL:
+    src = HERE / "membench.c"
+    if not BUILD.exists() or BUILD.stat().st_mtime < src.stat().st_mtime:
+        BUILD.parent.mkdir(parents=True, exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(src),
+                        "-o", str(BUILD)], check=True)
+    lib = ctypes.CDLL(str(BUILD))
+    lib.qllama_read_sum.restype = ctypes.c_uint64
+    lib.qllama_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+    return lib
+
+
+_lib = None
+
+
+def read_sum(buf: np.ndarray, threads: int = 1) -> tuple[int, float]:
+    """Sum every word of `buf` (uint64, contiguous) with `threads` threads;
+    returns (sum, seconds)."""
+    global _lib
+    if _lib is None:
+        _lib = _library()
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    buf = np.ascontiguousarray(buf, dtype=np.uint64)
+    t0 = time.perf_counter()
+    total = _lib.qllama_read_sum(buf.ctypes.data, buf.size, threads)
+    return total, time.perf_counter() - t0
