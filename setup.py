@@ -31,6 +31,7 @@ VARIANTS = {
         ("avx2", "arch/x86/x86.c", X86_AVX2),
         ("avxvnni", "arch/x86/x86.c", X86_AVX2 + ["-mavxvnni"]),
         ("avx512vnni", "arch/x86/x86.c", X86_AVX512),
+        ("amx", "arch/x86/x86.c", X86_AVX512 + ["-mamx-tile", "-mamx-int8"]),
     ],
     "aarch64": [],
 }

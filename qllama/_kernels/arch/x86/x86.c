@@ -1,8 +1,12 @@
-/* x86-64 variants, one source compiled three times (setup.py):
+/* x86-64 variants, one source compiled four times (setup.py):
  *
- *   avx2        -mavx2 -mfma -mf16c                         int8 dots: vpmaddubsw + vpmaddwd
- *   avxvnni     the same + -mavxvnni                        int8 dots: vpdpbusd (VEX, 256-bit)
- *   avx512vnni  -mavx512f/bw/vl/dq/vnni -mfma -mf16c        vpdpbusd (EVEX); prefill GEMM in zmm
+ *   avx2        -mavx2 -mfma -mf16c                       int8 dots: vpmaddubsw + vpmaddwd
+ *   avxvnni     the same + -mavxvnni                      int8 dots: vpdpbusd (VEX, 256-bit)
+ *   avx512vnni  + -mavx512f/bw/vl/vnni                    vpdpbusd (EVEX); prefill GEMM in zmm
+ *   amx         + -mamx-tile -mamx-int8                   prefill on AMX tiles (amx.h)
+ *
+ * The tests build it twice more: with SIMDe (QLLAMA_SIMDE: avx512vnni's code on a CPU
+ * without AVX-512) and with QLLAMA_AMX_EMULATE (amx's, tiles modelled in C).
  *
  * QLLAMA_VARIANT names the table this compilation defines. The arithmetic is
  * kernels.h's, so all three give the generic variant's results bit for bit.
@@ -32,15 +36,29 @@
  * (measured on Zen 3 from DRAM: linear 1.4-1.6x faster for 768- and 2048-byte rows,
  * per-row 0-20% faster for 4096- and 11008-byte rows).
  */
-#include <immintrin.h>
 #include <math.h>
 #include <string.h>
+
+#ifdef QLLAMA_SIMDE
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
+#include <simde/x86/fma.h>
+#else
+#include <immintrin.h>
+#endif
 
 #include "../../bits.h"
 #include "../../generic.h"
 #include "../../kernels.h"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(QLLAMA_SIMDE) || (defined(__AVX512VNNI__) && defined(__AVX512VL__) && \
+                              defined(__AVX512BW__))
+#define AVX512 1
+#else
+#define AVX512 0
+#endif
+#if AVX512
 #define VNNI 1
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #elif defined(__AVXVNNI__)
@@ -49,10 +67,23 @@
 #else
 #define VNNI 0
 #endif
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define GEMM 1
+#if AVX512 && (defined(__AMX_INT8__) || defined(QLLAMA_AMX_EMULATE))
+#define AMX 1
 #else
-#define GEMM 0
+#define AMX 0
+#endif
+#define GEMM (AVX512 && !AMX)
+
+#ifdef QLLAMA_SIMDE  /* SIMDe 0.7 has no _mm512_cvtepi32_ps; (float)i rounds the same way */
+static inline __m512 cvt16(__m512i a) {
+    int32_t i[16];
+    float f[16];
+    _mm512_storeu_si512((void *)i, a);
+    for (int k = 0; k < 16; k++) f[k] = (float)i[k];
+    return _mm512_loadu_ps(f);
+}
+#else
+#define cvt16 _mm512_cvtepi32_ps
 #endif
 
 #define CAT_(a, b) a##b
@@ -187,9 +218,15 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
     }
 }
 
-/* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) ---------------------------------------- */
+/* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) or on tiles (amx) --------------------- */
 
-#if GEMM
+#if AMX
+#include "amx.h"
+#define Q80_MATMUL amx_q80_matmul
+#define Q80_PACKED_BYTES amx_packed_bytes
+#define Q80_PACK amx_pack
+#define ROW_BLOCK AMX_ROWS
+#elif GEMM
 #define LANES 16        /* tokens per zmm */
 #define GEMM_MIN_T 4    /* fewer tokens go through q80_rows (same results) */
 
@@ -263,7 +300,7 @@ static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
             __m512i corr = _mm512_set1_epi32(swr[r]);                                       \
             __m512 wsr = _mm512_set1_ps(ws[r * ng + g]);                                    \
             for (int j = 0; j < NT; j++) {                                                  \
-                __m512 isum = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[r][j], corr));          \
+                __m512 isum = cvt16(_mm512_sub_epi32(a[r][j], corr));                    \
                 __m512 sc = _mm512_mul_ps(wsr, _mm512_loadu_ps(psx + g * Tp + 16 * j));    \
                 f[r][j] = _mm512_add_ps(f[r][j], _mm512_mul_ps(isum, sc));                  \
             }                                                                               \
@@ -310,10 +347,12 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
 #define Q80_MATMUL q80_matmul
 #define Q80_PACKED_BYTES q80_packed_bytes
 #define Q80_PACK q80_pack
+#define ROW_BLOCK 4
 #else  /* 256-bit variants: tokens go through the decode kernel one by one */
 #define Q80_MATMUL q80_rows
 #define Q80_PACKED_BYTES NULL
 #define Q80_PACK NULL
+#define ROW_BLOCK 4
 #endif
 
 /* ---- fp32 ------------------------------------------------------------------------ */
@@ -447,7 +486,7 @@ static void f16_store(const float *x, uint16_t *h, ptrdiff_t n) {
 
 const qllama_kernels TABLE = {
     .name = STR(QLLAMA_VARIANT),
-    .row_block = 4,
+    .row_block = ROW_BLOCK,
     .f32_matmul = f32_matmul,
     .q80_matmul = Q80_MATMUL,
     .q80_packed_bytes = Q80_PACKED_BYTES,
