@@ -22,7 +22,7 @@ from .diagnostics import peak_rss_mb
 from .errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from .formats.llama2c import ModelFile
 from .sampling import check_sampling, default_seed
-from .threads import resolve_threads
+from .threads import ThreadGovernor, resolve_threads
 
 PREFILL_BLOCK = 32  # prompt tokens per engine call: each weight row is read once per block
 KV_TYPES = ("f16", "f32")
@@ -71,6 +71,7 @@ class Session:
     def __init__(self, model: "Model", capacity: int):
         self.model = model
         self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads, model.kv)
+        self.governor = ThreadGovernor(model.threads)
         self.pos = 0
         self.vocab = model.config.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
@@ -90,7 +91,11 @@ class Session:
         for start in range(0, n, PREFILL_BLOCK):
             block = tokens[start:start + PREFILL_BLOCK]
             target = out[start:start + len(block)] if all_logits else out
+            self.engine.threads = threads = self.governor.threads()
+            t0 = time.perf_counter()
             self.engine.forward(block, self.pos, target)
+            if len(block) == 1:
+                self.governor.record(threads, time.perf_counter() - t0)
             self.pos += len(block)
         return out if all_logits else out[0]
 
