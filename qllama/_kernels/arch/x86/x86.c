@@ -312,6 +312,11 @@ static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
 GEMM_KERNEL(1)
 GEMM_KERNEL(2)
 
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x 32 tokens: four 4-row
+ * tiles into a (row, token) buffer, then each token's 16 results as one 64-byte
+ * store. (Storing each tile's 4 x 32 results straight into the token-major output
+ * wrote 16 bytes into 32 lines a power-of-two stride apart: one L1 set, and half
+ * the kernel's speed gone.) */
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
@@ -321,33 +326,36 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
     }
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
-    float o[4 * 2 * 16];  /* (row, token) of one 4-row x 32-token tile */
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        if (r + 4 > r1) {
+    float o[4 * 2 * 16];         /* one 4-row tile: (row, token vector, lane) */
+    float block[16][2 * 16];     /* 16 rows x 32 tokens */
+    for (ptrdiff_t r = r0; r < r1; r += 16) {
+        if (r + 16 > r1) {  /* the matrix's last rows */
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
         for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
             int nt = T - t0 > 16 ? 2 : 1;
-            /* a token block's bytes start 16 * nt tokens in: shift the packed base */
-            const uint8_t *pb = px + t0 * 4;
-            const float *sb = psx + t0;
-            if (nt == 2)
-                gemm4x2(m->q + r * n, m->s + r * ng, n, gs, pb, sb, Tp, o);
-            else
-                gemm4x1(m->q + r * n, m->s + r * ng, n, gs, pb, sb, Tp, o);
-            for (int i = 0; i < 4; i++)
-                for (ptrdiff_t t = t0; t < T && t < t0 + 16 * nt; t++) {
-                    ptrdiff_t j = (t - t0) / 16, l = (t - t0) % 16;
-                    out[t * out_stride + r + i] = o[(i * nt + j) * 16 + l];
-                }
+            for (int i = 0; i < 16; i += 4) {
+                const int8_t *w = m->q + (r + i) * n;
+                const float *ws = m->s + (r + i) * ng;
+                if (nt == 2)
+                    gemm4x2(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
+                else
+                    gemm4x1(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
+                for (int k = 0; k < 4; k++) memcpy(block[i + k], o + k * nt * 16, 4 * 16 * nt);
+            }
+            for (ptrdiff_t t = t0; t < T && t < t0 + 32; t++) {
+                float row[16];
+                for (int i = 0; i < 16; i++) row[i] = block[i][t - t0];
+                _mm512_storeu_ps(out + t * out_stride + r, _mm512_loadu_ps(row));
+            }
         }
     }
 }
 #define Q80_MATMUL q80_matmul
 #define Q80_PACKED_BYTES q80_packed_bytes
 #define Q80_PACK q80_pack
-#define ROW_BLOCK 4
+#define ROW_BLOCK 16
 #else  /* 256-bit variants: tokens go through the decode kernel one by one */
 #define Q80_MATMUL q80_rows
 #define Q80_PACKED_BYTES NULL
