@@ -197,14 +197,10 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     _mm_storeu_ps(out, acc);
 }
 
-/* Rows r0..r1, tokens 0..T-1, one token at a time (the rows stay in L1 meanwhile). */
-static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                     float *out, ptrdiff_t out_stride) {
+/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile). */
+static void q80_rows4(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                      float *out, ptrdiff_t out_stride) {
     ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
-    if (gs % 32) {  /* groups shorter than a vector: the reference, same results */
-        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
-        return;
-    }
     for (ptrdiff_t r = r0; r < r1; r += 4) {
         if (r + 4 > r1) {  /* the matrix's last rows */
             qllama_q80_matmul_ref(m, r, r1, x, out, out_stride);
@@ -216,6 +212,36 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
             for (int i = 0; i < 4; i++) out[t * out_stride + r + i] = o[i];
         }
     }
+}
+
+/* The same for a block of tokens, 16 rows x 32 tokens at a time, each token's 16
+ * results as one 64-byte store: 4 results per token went to lines a power-of-two
+ * stride apart, all in one L1 set. */
+static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                     float *out, ptrdiff_t out_stride) {
+    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs, T = x->T, r = r0;
+    if (gs % 32) {  /* groups shorter than a vector: the reference, same results */
+        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    for (; T > 1 && r + 16 <= r1; r += 16)
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
+            ptrdiff_t tn = T - t0 < 32 ? T - t0 : 32;
+            float block[16][32];
+            for (int i = 0; i < 16; i += 4)
+                for (ptrdiff_t t = 0; t < tn; t++) {
+                    float o[4];
+                    q80_dot4(m->q + (r + i) * n, m->s + (r + i) * ng, ng, x->q + (t0 + t) * n,
+                             x->s + (t0 + t) * ng, n, gs, o);
+                    for (int k = 0; k < 4; k++) block[i + k][t] = o[k];
+                }
+            for (ptrdiff_t t = 0; t < tn; t++) {
+                float row[16];
+                for (int i = 0; i < 16; i++) row[i] = block[i][t];
+                memcpy(out + (t0 + t) * out_stride + r, row, sizeof row);
+            }
+        }
+    q80_rows4(m, r, r1, x, out, out_stride);
 }
 
 /* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) or on tiles (amx) --------------------- */
@@ -360,7 +386,7 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
 #define Q80_MATMUL q80_rows
 #define Q80_PACKED_BYTES NULL
 #define Q80_PACK NULL
-#define ROW_BLOCK 4
+#define ROW_BLOCK 16
 #endif
 
 /* ---- fp32 ------------------------------------------------------------------------ */
