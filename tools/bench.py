@@ -111,7 +111,8 @@ def models(shape: str, directory: Path, gguf: bool) -> dict:
     f = {"v1": directory / f"{shape}.v1.bin", "q80": directory / f"{shape}.q80.bin",
          "gguf": directory / f"{shape}.q8_0.gguf"}
     ql = [sys.executable, "-m", "qllama"]
-    if not f["v1"].exists():
+    missing = not f["q80"].exists() or (gguf and not f["gguf"].exists())
+    if missing and not f["v1"].exists():  # the fp32 file only to make the others (7B: 27 GB)
         subprocess.run([sys.executable, str(REPO / "tools" / "make_model.py"), shape, str(f["v1"])],
                        check=True)
     if not f["q80"].exists():
