@@ -1,5 +1,5 @@
 """The `qllama` command: one module per subcommand (run, quantize, convert,
-import, info, eval, demo, tokenizer), each registering itself here through `register(subparsers)`
+import, export, info, eval, demo, tokenizer), each registering itself here through `register(subparsers)`
 and calling the library for its work. Errors become one line and exit status 1;
 the library's warnings one line each."""
 from __future__ import annotations
@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "qllama.cli.quantize",
     "qllama.cli.convert",
     "qllama.cli.importer",
+    "qllama.cli.export",
     "qllama.cli.info",
     "qllama.cli.run",
     "qllama.cli.tokenizer",

@@ -1,0 +1,224 @@
+"""A llama2.c file (version 0, 1 or 2) → a Hugging Face folder that
+`transformers.AutoModelForCausalLM.from_pretrained` loads, streamed.
+
+Data flow: validated llama2.c header → config.json (formats.hf's inverse of
+parse_config) and the tensor table: Hugging Face names, shapes, dtype, shard and
+offset of each tensor → for each tensor in the input's file order, chunks of whole
+rows (whole heads for q/k) read a thread ahead as float32 (interop.rows) → q_proj /
+k_proj rows permuted into transformers' rotate-half order (formats.hf.to_hf) →
+fp32, fp16 or bf16 → written at their offsets in the safetensors shards, front to
+back, in 2 MiB-aligned pieces. Memory: a few chunks.
+
+safetensors' own writers take every tensor in memory at once (27 GB for a 7B), so
+the shards are written here, by the format's definition: an 8-byte little-endian
+header length, the JSON header (padded with spaces to 8 bytes), then the tensors'
+bytes at their `data_offsets`. The tests read them back with the safetensors library.
+
+The folder appears whole or not at all (io.atomic.atomic_directory).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import QllamaWarning, UsageError
+from ..formats import hf
+from ..formats.llama2c import Config
+from ..io.atomic import atomic_directory
+from ..io.blockwriter import BlockWriter
+from ..io.chunks import CHUNK_BYTES, check_free_space
+from ..quant.pipeline import check_written
+from .rows import Llama2cReader, resolve_tokenizer
+
+SHARD_BYTES = 5 * 10**9  # tensor bytes per shard, as transformers' save_pretrained made them
+
+# --type -> (safetensors dtype, config.json dtype name, bytes per value)
+DTYPES = {"f32": ("F32", "float32", 4), "f16": ("F16", "float16", 2),
+          "bf16": ("BF16", "bfloat16", 2)}
+
+# What an export writes: an existing folder holding only these may be replaced (--force).
+WRITTEN = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
+           hf.INDEX, hf.SINGLE)
+
+
+def _written(name: str) -> bool:
+    return name in WRITTEN or (name.startswith("model-") and name.endswith(".safetensors"))
+
+
+@dataclass
+class HFReport:
+    src: str
+    dst: str
+    src_version: int
+    dtype: str  # --type
+    files: list = field(default_factory=list)  # written into dst
+    out_bytes: int = 0
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+
+def config_json(config: Config, dtype_name: str, bos: int = 1, eos: int = 2) -> dict:
+    """A transformers 4.x-style config.json (5.x reads it too) for `config`."""
+    c = config
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.dim,
+        "intermediate_size": c.hidden_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_size,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.seq_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": hf.RMS_NORM_EPS,
+        "rope_theta": hf.ROPE_THETA,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": c.shared_classifier,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": dtype_name,
+        "use_cache": True,
+    }
+
+
+def _cast(w: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "f32":
+        return w
+    if kind == "f16":
+        return w.astype(np.float16)
+    import ml_dtypes
+    # round to nearest even; as raw bits (a buffer cannot carry numpy's bfloat16)
+    return w.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def _header(tensors: list) -> bytes:
+    """A safetensors header for [(name, dtype, shape, begin, end)], with its length."""
+    meta = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
+    for name, dtype, shape, begin, end in tensors:
+        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+    text = json.dumps(meta, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = None,
+              force: bool = False, progress=None, shard_bytes: int = SHARD_BYTES,
+              chunk_bytes: int = CHUNK_BYTES) -> HFReport:
+    """Write llama2.c checkpoint `src` as the Hugging Face folder `dst` with weights of
+    `kind` ("f32", "f16", "bf16"). `progress(done, total)` gets weight values so far."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if kind not in DTYPES:
+        raise UsageError(f"Hugging Face weights are written as {', '.join(DTYPES)}, not {kind}")
+    st_dtype, dtype_name, size = DTYPES[kind]
+    with Llama2cReader(src) as reader:
+        config = reader.config
+        report = HFReport(src, dst, config.version, kind)
+        tok_path = resolve_tokenizer(src, tokenizer)
+        tok = None
+        if tok_path:
+            from ..tokenizer import SentencePieceTokenizer, load_tokenizer
+            tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
+            if not isinstance(tok, SentencePieceTokenizer):
+                warnings.warn(f"{tok_path}: a llama2.c tokenizer.bin is not carried into the "
+                              "folder (transformers' LlamaTokenizer reads tokenizer.model); pass "
+                              "one with -z", QllamaWarning, stacklevel=2)
+                tok = None
+        else:
+            report.notes.append("no tokenizer.model beside the model and none given (-z): the "
+                                "folder has the model only")
+
+        # The tensor table: each tensor's shard and its place there, in input order.
+        entries = reader.weights()
+        shards, current, used = [], [], 0
+        for e in entries:
+            nbytes = e.numel * size
+            if current and used + nbytes > shard_bytes:
+                shards.append(current)
+                current, used = [], 0
+            current.append((e, nbytes))
+            used += nbytes
+        shards.append(current)
+        names = ([hf.SINGLE] if len(shards) == 1 else
+                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        place = {}  # (name, layer) -> (shard index, absolute offset of the tensor's data)
+        headers, weight_map = [], {}
+        for i, shard in enumerate(shards):
+            table, at = [], 0
+            for e, nbytes in shard:
+                table.append((hf.hf_name(e.name, e.layer), st_dtype, e.shape, at, at + nbytes))
+                weight_map[table[-1][0]] = names[i]
+                at += nbytes
+            head = _header(table)
+            headers.append((head, len(head) + at))
+            for (e, _), (*_, begin, _) in zip(shard, table):
+                place[(e.name, e.layer)] = (i, len(head) + begin)
+        report.out_bytes = sum(total for _, total in headers)
+        check_free_space(dst, report.out_bytes)
+
+        plan = []
+        for e in entries:
+            unit = config.head_size if e.name in hf.PERMUTED else 1
+            step = reader.row_step(e, unit, chunk_bytes)
+            for r0 in range(0, e.shape[0], step):
+                plan.append((e, r0, min(e.shape[0], r0 + step)))
+        total, done = sum(e.numel for e in entries), 0
+        t0 = time.perf_counter()
+        with atomic_directory(dst, force, _written) as tmp:
+            fds = [os.open(os.path.join(tmp, n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                   for n in names]
+            try:
+                outs = [BlockWriter(fd) for fd in fds]
+                for out, (head, _) in zip(outs, headers):
+                    out.pwrite(head, 0)
+                with reader.chunks(plan) as chunks:
+                    for (e, r0, r1), w in chunks:
+                        if e.name in hf.PERMUTED:
+                            w = hf.to_hf(w, (r1 - r0) // config.head_size)
+                        i, offset = place[(e.name, e.layer)]
+                        outs[i].pwrite(_cast(w, kind), offset + r0 * (e.numel // e.shape[0]) * size)
+                        done += w.size
+                        if progress is not None:
+                            progress(done, total)
+                for out in outs:
+                    out.flush()
+                for fd, n, (_, want) in zip(fds, names, headers):
+                    check_written(fd, n, want)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if len(names) > 1:
+                _write_json(os.path.join(tmp, hf.INDEX), {
+                    "metadata": {"total_size": sum(e.numel * size for e in entries)},
+                    "weight_map": dict(sorted(weight_map.items()))})
+            bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
+            _write_json(os.path.join(tmp, "config.json"), config_json(config, dtype_name, bos, eos))
+            _write_json(os.path.join(tmp, "generation_config.json"),
+                        {"bos_token_id": bos, "eos_token_id": eos})
+            if tok is not None:
+                shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.model"))
+                _write_json(os.path.join(tmp, "tokenizer_config.json"), {
+                    "tokenizer_class": "LlamaTokenizer",
+                    "bos_token": tok.piece(tok.bos_id), "eos_token": tok.piece(tok.eos_id),
+                    "unk_token": tok.piece(tok.unk_id), "pad_token": None,
+                    "add_bos_token": True, "add_eos_token": False, "legacy": True,
+                    "model_max_length": config.seq_len})
+            report.files = sorted(os.listdir(tmp))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
