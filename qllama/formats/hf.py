@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 
@@ -63,11 +64,16 @@ def heads_of(name: str, config: Config) -> int:
     return config.n_heads if name == "wq" else config.n_kv_heads
 
 
+def meta_order_view(w: np.ndarray, heads: int) -> np.ndarray:
+    """Hugging Face rows (heads * head_size, cols) as a (heads, head_size / 2, 2, cols)
+    view in Meta/llama2.c's order: reshaped to (rows, cols), that is to_meta(w)."""
+    rows, cols = w.shape
+    return w.reshape(heads, 2, rows // heads // 2, cols).transpose(0, 2, 1, 3)
+
+
 def to_meta(w: np.ndarray, heads: int) -> np.ndarray:
     """Hugging Face rows → Meta/llama2.c rows: (heads * head_size, cols), whole heads."""
-    rows, cols = w.shape
-    half = rows // heads // 2
-    return w.reshape(heads, 2, half, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+    return meta_order_view(w, heads).reshape(w.shape)
 
 
 def to_hf(w: np.ndarray, heads: int) -> np.ndarray:
@@ -215,3 +221,15 @@ def weight_files(folder: str) -> dict | None:
         if not os.path.isfile(os.path.join(folder, file)):
             raise FormatError(f"{index}: names shard {file}, which is not in {folder}")
     return wmap
+
+
+def data_offsets(path: str) -> dict:
+    """{tensor name: byte offset of its data in the file} of a safetensors file, whose
+    header (checked by the safetensors library first) is an 8-byte little-endian
+    length, then that much JSON giving each tensor's `data_offsets` from the end of
+    the header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {name: 8 + n + t["data_offsets"][0] for name, t in header.items()
+            if name != "__metadata__"}

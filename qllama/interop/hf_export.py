@@ -48,7 +48,7 @@ WRITTEN = ("config.json", "generation_config.json", "tokenizer.model", "tokenize
            hf.INDEX, hf.SINGLE)
 
 
-def _written(name: str) -> bool:
+def export_writes(name: str) -> bool:
     return name in WRITTEN or (name.startswith("model-") and name.endswith(".safetensors"))
 
 
@@ -92,7 +92,7 @@ def config_json(config: Config, dtype_name: str, bos: int = 1, eos: int = 2) -> 
     }
 
 
-def _cast(w: np.ndarray, kind: str) -> np.ndarray:
+def cast_values(w: np.ndarray, kind: str) -> np.ndarray:
     if kind == "f32":
         return w
     if kind == "f16":
@@ -110,6 +110,77 @@ def _header(tensors: list) -> bytes:
     text = json.dumps(meta, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
+
+
+class SafetensorsWriter:
+    """The safetensors files of a folder, written tensor chunk by chunk.
+
+    `tensors`: [(name, safetensors dtype, shape, bytes per value)] in the order they
+    are written; they fill shards of at most `shard_bytes` in that order (one file,
+    model.safetensors, when they fit). `write(name, at, data)` puts `data` at byte `at`
+    of a tensor; `close()` checks every file is complete and writes the index.
+    """
+
+    def __init__(self, folder: str, tensors: list, shard_bytes: int = SHARD_BYTES):
+        shards, current, used = [], [], 0
+        for name, dtype, shape, size in tensors:
+            nbytes = int(np.prod(shape)) * size
+            if current and used + nbytes > shard_bytes:
+                shards.append(current)
+                current, used = [], 0
+            current.append((name, dtype, shape, nbytes))
+            used += nbytes
+        shards.append(current)
+        self.folder = folder
+        self.files = ([hf.SINGLE] if len(shards) == 1 else
+                      [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                       for i in range(len(shards))])
+        self.place = {}  # tensor name -> (shard index, offset of its data in the file)
+        self.sizes, self.total, heads = [], 0, []
+        for i, shard in enumerate(shards):
+            table, at = [], 0
+            for name, dtype, shape, nbytes in shard:
+                table.append((name, dtype, shape, at, at + nbytes))
+                at += nbytes
+            heads.append(_header(table))
+            self.sizes.append(len(heads[-1]) + at)
+            self.total += at
+            for name, *_, begin, _ in table:
+                self.place[name] = (i, len(heads[-1]) + begin)
+        self.fds, self.outs = [], []
+        for file, head in zip(self.files, heads):
+            self.fds.append(os.open(os.path.join(folder, file),
+                                    os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            self.outs.append(BlockWriter(self.fds[-1]))
+            self.outs[-1].pwrite(head, 0)
+
+    def write(self, name: str, at: int, data: np.ndarray) -> None:
+        i, offset = self.place[name]
+        self.outs[i].pwrite(data, offset + at)
+
+    def close(self) -> None:
+        try:
+            for out, fd, file, size in zip(self.outs, self.fds, self.files, self.sizes):
+                out.flush()
+                check_written(fd, file, size)
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+        if len(self.files) > 1:
+            weight_map = {name: self.files[i] for name, (i, _) in self.place.items()}
+            write_json(os.path.join(self.folder, hf.INDEX), {
+                "metadata": {"total_size": self.total},
+                "weight_map": dict(sorted(weight_map.items()))})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        if kind is None:
+            self.close()
+        else:
+            for fd in self.fds:
+                os.close(fd)
 
 
 def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = None,
@@ -138,34 +209,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
             report.notes.append("no tokenizer.model beside the model and none given (-z): the "
                                 "folder has the model only")
 
-        # The tensor table: each tensor's shard and its place there, in input order.
         entries = reader.weights()
-        shards, current, used = [], [], 0
-        for e in entries:
-            nbytes = e.numel * size
-            if current and used + nbytes > shard_bytes:
-                shards.append(current)
-                current, used = [], 0
-            current.append((e, nbytes))
-            used += nbytes
-        shards.append(current)
-        names = ([hf.SINGLE] if len(shards) == 1 else
-                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-        place = {}  # (name, layer) -> (shard index, absolute offset of the tensor's data)
-        headers, weight_map = [], {}
-        for i, shard in enumerate(shards):
-            table, at = [], 0
-            for e, nbytes in shard:
-                table.append((hf.hf_name(e.name, e.layer), st_dtype, e.shape, at, at + nbytes))
-                weight_map[table[-1][0]] = names[i]
-                at += nbytes
-            head = _header(table)
-            headers.append((head, len(head) + at))
-            for (e, _), (*_, begin, _) in zip(shard, table):
-                place[(e.name, e.layer)] = (i, len(head) + begin)
-        report.out_bytes = sum(total for _, total in headers)
-        check_free_space(dst, report.out_bytes)
-
         plan = []
         for e in entries:
             unit = config.head_size if e.name in hf.PERMUTED else 1
@@ -173,52 +217,41 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
             for r0 in range(0, e.shape[0], step):
                 plan.append((e, r0, min(e.shape[0], r0 + step)))
         total, done = sum(e.numel for e in entries), 0
+        report.out_bytes = total * size
+        check_free_space(dst, report.out_bytes)
         t0 = time.perf_counter()
-        with atomic_directory(dst, force, _written) as tmp:
-            fds = [os.open(os.path.join(tmp, n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                   for n in names]
-            try:
-                outs = [BlockWriter(fd) for fd in fds]
-                for out, (head, _) in zip(outs, headers):
-                    out.pwrite(head, 0)
-                with reader.chunks(plan) as chunks:
-                    for (e, r0, r1), w in chunks:
-                        if e.name in hf.PERMUTED:
-                            w = hf.to_hf(w, (r1 - r0) // config.head_size)
-                        i, offset = place[(e.name, e.layer)]
-                        outs[i].pwrite(_cast(w, kind), offset + r0 * (e.numel // e.shape[0]) * size)
-                        done += w.size
-                        if progress is not None:
-                            progress(done, total)
-                for out in outs:
-                    out.flush()
-                for fd, n, (_, want) in zip(fds, names, headers):
-                    check_written(fd, n, want)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            if len(names) > 1:
-                _write_json(os.path.join(tmp, hf.INDEX), {
-                    "metadata": {"total_size": sum(e.numel * size for e in entries)},
-                    "weight_map": dict(sorted(weight_map.items()))})
+        with atomic_directory(dst, force, export_writes) as tmp:
+            # in the input's order: the input is read front to back, each shard written so
+            table = [(hf.hf_name(e.name, e.layer), st_dtype, e.shape, size) for e in entries]
+            with SafetensorsWriter(tmp, table, shard_bytes) as out, \
+                    reader.chunks(plan) as chunks:
+                for (e, r0, r1), w in chunks:
+                    if e.name in hf.PERMUTED:
+                        w = hf.to_hf(w, (r1 - r0) // config.head_size)
+                    out.write(hf.hf_name(e.name, e.layer), r0 * (e.numel // e.shape[0]) * size,
+                              cast_values(w, kind))
+                    done += w.size
+                    if progress is not None:
+                        progress(done, total)
             bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
-            _write_json(os.path.join(tmp, "config.json"), config_json(config, dtype_name, bos, eos))
-            _write_json(os.path.join(tmp, "generation_config.json"),
+            write_json(os.path.join(tmp, "config.json"), config_json(config, dtype_name, bos, eos))
+            write_json(os.path.join(tmp, "generation_config.json"),
                         {"bos_token_id": bos, "eos_token_id": eos})
             if tok is not None:
                 shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.model"))
-                _write_json(os.path.join(tmp, "tokenizer_config.json"), {
+                write_json(os.path.join(tmp, "tokenizer_config.json"), {
                     "tokenizer_class": "LlamaTokenizer",
                     "bos_token": tok.piece(tok.bos_id), "eos_token": tok.piece(tok.eos_id),
                     "unk_token": tok.piece(tok.unk_id), "pad_token": None,
                     "add_bos_token": True, "add_eos_token": False, "legacy": True,
                     "model_max_length": config.seq_len})
             report.files = sorted(os.listdir(tmp))
+            report.out_bytes = sum(os.path.getsize(os.path.join(tmp, n)) for n in report.files)
         report.seconds = time.perf_counter() - t0
         return report
 
 
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
