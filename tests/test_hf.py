@@ -269,7 +269,7 @@ def test_hf_v1_hf_round_trip_is_bit_exact(name, tmp_path):
         assert back[k].dtype == w.dtype and np.array_equal(bits(back[k]), bits(w)), k
     assert ("model.safetensors.index.json" in report.files) == (name == "hfb")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert hf.parse_config(cfg)[0] == ModelFile(tmp_path / "m.bin").config
+    assert hf.parse_config(cfg) == ModelFile(tmp_path / "m.bin").config
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == \
         (shared_hf(name) / "tokenizer.model").read_bytes()
     # and imported again: the same llama2.c file
@@ -467,3 +467,19 @@ def test_nothing_left_behind_on_a_late_error(tmp_path):
     write_folder(tmp_path / "m", config_dict(config), tensors)
     assert run_import(tmp_path / "m", out / "m.bin")[0] == 0
     assert sorted(os.listdir(out)) == ["m.bin", "tokenizer.bin", "tokenizer.model"]
+
+
+def test_published_tinyllama_config_is_accepted():
+    """TinyLlama-1.1B-Chat-v1.0's config.json as published (transformers 4.x style)."""
+    cfg = {"architectures": ["LlamaForCausalLM"], "attention_bias": False,
+           "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+           "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 5632,
+           "max_position_embeddings": 2048, "model_type": "llama", "num_attention_heads": 32,
+           "num_hidden_layers": 22, "num_key_value_heads": 4, "pad_token_id": 0,
+           "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+           "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+           "transformers_version": "4.35.0", "use_cache": True, "vocab_size": 32000}
+    config = hf.parse_config(cfg)
+    assert config == Config(1, dim=2048, hidden_dim=5632, n_layers=22, n_heads=32, n_kv_heads=4,
+                            vocab_size=32000, seq_len=2048, shared_classifier=False)
+    assert config.kv_dim == 256

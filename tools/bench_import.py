@@ -9,8 +9,10 @@ version 2, its peak RSS and speed against a plain sequential read of the shards.
 In one run: (1) the folder is made if absent (tools/make_model.py --hf: random
 weights, bf16, 5 GB shards); (2) read speed of its shards: each read whole,
 sequentially, with readinto into one reused 64 MB buffer; (3) `python -m qllama
-import FOLDER OUT --to v2` in a subprocess under /usr/bin/time -v (peak RSS). As
-root the page cache is dropped before (2) and before (3): both read from disk.
+import FOLDER OUT --to v2` in a subprocess under /usr/bin/time -v (peak RSS); (4)
+the import's I/O alone: the shards read while as many bytes as the output are
+written and fsync'd, no computation. As root the page cache is dropped before (2),
+(3) and (4): all read from disk.
 MB/s is shard bytes over import's own time (config to fsync'd rename).
 """
 from __future__ import annotations
@@ -46,6 +48,33 @@ def read_speed(paths: list[str], cold: bool) -> tuple[float, int, bool]:
             while k := f.readinto(view):
                 n += k
     return n / 1e6 / (time.perf_counter() - t0), n, dropped
+
+
+def copy_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> float:
+    """MB/s of shards when only the I/O of an import is done: the shards read (one
+    thread) while as many bytes as the output has are written and fsync'd (another):
+    both share the disk."""
+    import threading
+    if cold:
+        drop_caches()
+
+    def write() -> None:
+        block = bytes(2 << 20)
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for at in range(0, out_bytes, len(block)):
+                os.pwrite(fd, block[:out_bytes - at], at)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=write)
+    t0 = time.perf_counter()
+    writer.start()
+    n = read_speed(paths, False)[1]
+    writer.join()
+    os.unlink(scratch)
+    return n / 1e6 / (time.perf_counter() - t0)
 
 
 def run_import(folder: str, out: str, threads: int | None, cold: bool) -> dict:
@@ -97,10 +126,14 @@ def main(argv=None) -> int:
         print(f"# plain read of {len(paths)} shards ({size / 1e9:.2f} GB): {rd:,.0f} MB/s",
               flush=True)
         r = run_import(folder, out, args.threads, not args.warm)
+        floor = copy_floor(paths, os.path.getsize(out), out + ".io", not args.warm)
+        print(f"# the import's I/O alone (shards read while {os.path.getsize(out) / 1e9:.2f} GB "
+              f"are written and fsync'd): {floor:,.0f} MB/s of shards", flush=True)
         mbps = size / 1e6 / r["seconds"]
         cache = "cold" if dropped_r and r["dropped"] else "warm (page cache not dropped)"
         print(f"import --to v2: {r['seconds']:.1f} s ({r['wall']:.1f} s wall), {mbps:,.0f} MB/s "
-              f"of shards, {mbps / rd:.2f}x the plain read ({rd:,.0f} MB/s); peak RSS "
+              f"of shards, {mbps / rd:.2f}x the plain read ({rd:,.0f} MB/s), {mbps / floor:.2f}x "
+              f"its I/O alone ({floor:,.0f} MB/s); peak RSS "
               f"{r['rss_mb']:,.0f} MB ({r['rss_source']}); output "
               f"{os.path.getsize(out) / 1e9:.2f} GB; {cache}")
     finally:

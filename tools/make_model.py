@@ -27,7 +27,6 @@ from qllama.interop.hf_export import (
     SHARD_BYTES,
     SafetensorsWriter,
     cast_values,
-    config_json,
     export_writes,
     write_json,
 )
@@ -78,7 +77,7 @@ def write_random_hf(folder: str, config: Config, seed: int = 0, kind: str = "bf1
                 done += data.nbytes
                 if progress is not None:
                     progress(done)
-        write_json(os.path.join(tmp, "config.json"), config_json(config, dtype_name))
+        write_json(os.path.join(tmp, "config.json"), hf.config_json(config, dtype_name))
     return done
 
 

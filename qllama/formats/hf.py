@@ -6,7 +6,9 @@ Described once, here, for the importer, the exporter and their tests:
 - `NAMES` / `hf_name`: tensor names ↔ llama2.c names (shapes are the same: (out, in));
 - `weight_files`: which safetensors file holds each tensor (one file, or shards
   and `model.safetensors.index.json`);
-- `to_meta` / `to_hf`: the rotary permutation of q_proj and k_proj rows.
+- `to_meta` / `to_hf`: the rotary permutation of q_proj and k_proj rows;
+- `config_json`, `safetensors_header`: what the exporter writes, `data_offsets`: where
+  the importer reads.
 
 Rotary embeddings: Meta's checkpoints (and llama2.c) rotate interleaved pairs
 (x[2i], x[2i+1]) of each head; transformers rotates halves (x[i], x[i + hs/2]).
@@ -57,11 +59,6 @@ RMS_NORM_EPS = 1e-5   # what run.c computes with
 
 def hf_name(name: str, layer: int | None) -> str:
     return NAMES[name].format(layer) if layer is not None else NAMES[name]
-
-
-def heads_of(name: str, config: Config) -> int:
-    """Heads whose rows a permuted tensor holds: n_heads for wq, n_kv_heads for wk."""
-    return config.n_heads if name == "wq" else config.n_kv_heads
 
 
 def meta_order_view(w: np.ndarray, heads: int) -> np.ndarray:
@@ -125,9 +122,8 @@ def _rope_theta(cfg: dict, where: str) -> float:
     return _number(cfg.get("rope_theta", ROPE_THETA), "rope_theta", where)
 
 
-def parse_config(cfg, where: str = "config.json") -> tuple[Config, str | None]:
-    """A llama2.c version 1 Config from a config.json's contents (a dict), and the
-    declared dtype (`dtype` in 5.x, `torch_dtype` in 4.x; None if absent).
+def parse_config(cfg, where: str = "config.json") -> Config:
+    """A llama2.c version 1 Config from a config.json's contents (a dict).
 
     Raises FormatError, naming the field, for anything a llama2.c file cannot
     carry: another model_type or activation, rope theta other than 10000, rope
@@ -176,11 +172,38 @@ def parse_config(cfg, where: str = "config.json") -> tuple[Config, str | None]:
                     seq_len=_int(cfg, "max_position_embeddings", where),
                     shared_classifier=tied)
     validate(config, where)
-    dtype = cfg.get("dtype", cfg.get("torch_dtype"))
-    return config, dtype if isinstance(dtype, str) else None
+    return config
 
 
-def read_config(folder: str) -> tuple[Config, str | None]:
+def config_json(config: Config, dtype_name: str, bos: int = 1, eos: int = 2) -> dict:
+    """A transformers 4.x-style config.json (5.x reads it too) for `config`."""
+    c = config
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.dim,
+        "intermediate_size": c.hidden_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_size,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.seq_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": RMS_NORM_EPS,
+        "rope_theta": ROPE_THETA,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": c.shared_classifier,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": dtype_name,
+        "use_cache": True,
+    }
+
+
+def read_config(folder: str) -> Config:
     path = os.path.join(folder, "config.json")
     return parse_config(_load_json(path), path)
 
@@ -233,3 +256,13 @@ def data_offsets(path: str) -> dict:
         header = json.loads(f.read(n))
     return {name: 8 + n + t["data_offsets"][0] for name, t in header.items()
             if name != "__metadata__"}
+
+
+def safetensors_header(tensors: list) -> bytes:
+    """A safetensors header for [(name, dtype, shape, begin, end)], with its length."""
+    meta = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
+    for name, dtype, shape, begin, end in tensors:
+        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+    text = json.dumps(meta, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ import numpy as np
 
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf
-from ..formats.llama2c import Config
 from ..io.atomic import atomic_directory
 from ..io.blockwriter import BlockWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
@@ -64,34 +62,6 @@ class HFReport:
     notes: list = field(default_factory=list)
 
 
-def config_json(config: Config, dtype_name: str, bos: int = 1, eos: int = 2) -> dict:
-    """A transformers 4.x-style config.json (5.x reads it too) for `config`."""
-    c = config
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": c.dim,
-        "intermediate_size": c.hidden_dim,
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_size,
-        "vocab_size": c.vocab_size,
-        "max_position_embeddings": c.seq_len,
-        "hidden_act": "silu",
-        "rms_norm_eps": hf.RMS_NORM_EPS,
-        "rope_theta": hf.ROPE_THETA,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": c.shared_classifier,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "torch_dtype": dtype_name,
-        "use_cache": True,
-    }
-
-
 def cast_values(w: np.ndarray, kind: str) -> np.ndarray:
     if kind == "f32":
         return w
@@ -100,16 +70,6 @@ def cast_values(w: np.ndarray, kind: str) -> np.ndarray:
     import ml_dtypes
     # round to nearest even; as raw bits (a buffer cannot carry numpy's bfloat16)
     return w.astype(ml_dtypes.bfloat16).view(np.uint16)
-
-
-def _header(tensors: list) -> bytes:
-    """A safetensors header for [(name, dtype, shape, begin, end)], with its length."""
-    meta = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
-    for name, dtype, shape, begin, end in tensors:
-        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
-    text = json.dumps(meta, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text
 
 
 class SafetensorsWriter:
@@ -142,7 +102,7 @@ class SafetensorsWriter:
             for name, dtype, shape, nbytes in shard:
                 table.append((name, dtype, shape, at, at + nbytes))
                 at += nbytes
-            heads.append(_header(table))
+            heads.append(hf.safetensors_header(table))
             self.sizes.append(len(heads[-1]) + at)
             self.total += at
             for name, *_, begin, _ in table:
@@ -234,7 +194,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
                     if progress is not None:
                         progress(done, total)
             bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
-            write_json(os.path.join(tmp, "config.json"), config_json(config, dtype_name, bos, eos))
+            write_json(os.path.join(tmp, "config.json"), hf.config_json(config, dtype_name, bos, eos))
             write_json(os.path.join(tmp, "generation_config.json"),
                         {"bos_token_id": bos, "eos_token_id": eos})
             if tok is not None:

@@ -244,7 +244,7 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         raise UsageError(f"{src}: not a folder (a Hugging Face model folder holds config.json "
                          "and safetensors weights)")
     threads = resolve_threads(threads)
-    config, _ = hf.read_config(src)
+    config = hf.read_config(src)
     note = None
     if version == 2:
         gs, note = choose_group_size(config, group_size)
@@ -271,8 +271,9 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
                           [p for p, _ in tokenizer_files], threads=threads,
                           kinds=kind_stats(entries))
 
-    def label(e: Entry) -> str:
-        return hf.hf_name(e.name, e.layer)
+    def label(e: Entry) -> str:  # for q/k the element index counts llama2.c's rows
+        extra = " (rows in llama2.c's order)" if e.name in hf.PERMUTED else ""
+        return hf.hf_name(e.name, e.layer) + extra
 
     t0 = time.perf_counter()
     done = 0
