@@ -483,3 +483,17 @@ def test_published_tinyllama_config_is_accepted():
     assert config == Config(1, dim=2048, hidden_dim=5632, n_layers=22, n_heads=32, n_kv_heads=4,
                             vocab_size=32000, seq_len=2048, shared_classifier=False)
     assert config.kv_dim == 256
+
+
+def test_summary_lines_are_whole_on_a_pipe(tmp_path):
+    folder = tmp_path / ("a-long-folder-name-" * 8)
+    small_folder(folder / "m")
+    out = folder / "m.q80.bin"
+    r = subprocess.run([sys.executable, "-m", "qllama", "import", str(folder / "m"), str(out)],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert f"{out}: Q8_0, group size 8" in r.stdout  # 64, 32 and 16 do not divide hidden_dim 40
+    assert f"{folder / 'm'} (Hugging Face, F32, " in r.stdout
+    assert f") → {out} (version 2, " in r.stdout
+    assert "qllama: note: group size 64 does not divide both dim 32 and hidden_dim 40; using 8" \
+        in r.stderr
