@@ -22,10 +22,16 @@ KERNELS = Path("qllama/_kernels")
 C_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 NATIVE = os.environ.get("QLLAMA_NATIVE", "0") not in ("", "0")
 
-# (macro that tells cpu.c the variant is in, source, target flags), per architecture
+# Kernel variants per architecture: (name, source, target flags). cpu.c learns which
+# were built from QLLAMA_HAVE_<NAME>; the source from QLLAMA_VARIANT which table to define.
+X86_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+X86_AVX512 = X86_AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 VARIANTS = {
     "x86_64": [
-        ("QLLAMA_HAVE_AVX2", "arch/x86/avx2.c", ["-mavx2", "-mfma", "-mf16c"]),
+        ("avx2", "arch/x86/x86.c", X86_AVX2),
+        ("avxvnni", "arch/x86/x86.c", X86_AVX2 + ["-mavxvnni"]),
+        ("avx512vnni", "arch/x86/x86.c", X86_AVX512),
+        ("amx", "arch/x86/x86.c", X86_AVX512 + ["-mamx-tile", "-mamx-int8"]),
     ],
     "aarch64": [],
 }
@@ -41,27 +47,40 @@ class BuildVariants(build_ext):
 
     def build_extension(self, ext):
         if ext.name == "qllama._kernels.engine":
-            from distutils.errors import CompileError
-            for macro, source, flags in VARIANTS.get(machine(), []):
-                try:
-                    objects = self.compiler.compile(
-                        [str(KERNELS / source)], output_dir=self.build_temp,
-                        include_dirs=[str(KERNELS)], extra_postargs=C_FLAGS + ["-fPIC"] + flags)
-                except CompileError:
-                    self.warn(f"{source}: the compiler does not take {' '.join(flags)}; "
-                              "that kernel variant is left out of this build")
+            for name, source, flags in VARIANTS.get(machine(), []):
+                if not self.compiler_takes(flags):
+                    self.warn(f"the compiler does not take {' '.join(flags)}: kernel variant "
+                              f"{name} is left out of this build")
                     continue
-                ext.extra_objects.extend(objects)
-                ext.define_macros.append((macro, "1"))
+                ext.extra_objects.extend(self.compiler.compile(
+                    [str(KERNELS / source)], output_dir=os.path.join(self.build_temp, name),
+                    include_dirs=[str(KERNELS)], macros=[("QLLAMA_VARIANT", name)],
+                    extra_postargs=C_FLAGS + ["-fPIC"] + flags))
+                ext.define_macros.append((f"QLLAMA_HAVE_{name.upper()}", "1"))
         super().build_extension(ext)
 
 
+    def compiler_takes(self, flags: list) -> bool:
+        """Whether the compiler accepts these target flags (an empty file compiles)."""
+        from distutils.errors import CompileError
+        probe = Path(self.build_temp) / "probe.c"
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("int qllama_probe;\n")
+        try:
+            self.compiler.compile([str(probe)], output_dir=str(probe.parent / "probe"),
+                                  extra_postargs=flags)
+            return True
+        except CompileError:
+            return False
+
+
 def extension(pyx: Path) -> Extension:
-    sources = [str(pyx)]
+    sources, depends = [str(pyx)], [str(p) for p in KERNELS.glob("*.pxd")]
     if pyx.stem == "engine":
         sources += [str(KERNELS / "generic.c"), str(KERNELS / "cpu.c")]
+        depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"))]
     return Extension(
-        f"qllama._kernels.{pyx.stem}", sources,
+        f"qllama._kernels.{pyx.stem}", sources, depends=depends,
         include_dirs=[np.get_include(), str(KERNELS)],
         extra_compile_args=C_FLAGS + ["-fopenmp"] + (["-march=native"] if NATIVE else []),
         extra_link_args=["-fopenmp"],

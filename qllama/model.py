@@ -22,9 +22,10 @@ from .diagnostics import peak_rss_mb
 from .errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from .formats.llama2c import ModelFile
 from .sampling import check_sampling, default_seed
-from .threads import resolve_threads
+from .threads import ThreadGovernor, resolve_threads
 
 PREFILL_BLOCK = 32  # prompt tokens per engine call: each weight row is read once per block
+KV_TYPES = ("f16", "f32")
 BOS, EOS = 1, 2
 
 
@@ -69,7 +70,8 @@ class Session:
 
     def __init__(self, model: "Model", capacity: int):
         self.model = model
-        self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads)
+        self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads, model.kv)
+        self.governor = ThreadGovernor(model.threads)
         self.pos = 0
         self.vocab = model.config.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
@@ -89,7 +91,11 @@ class Session:
         for start in range(0, n, PREFILL_BLOCK):
             block = tokens[start:start + PREFILL_BLOCK]
             target = out[start:start + len(block)] if all_logits else out
+            self.engine.threads = threads = self.governor.threads()
+            t0 = time.perf_counter()
             self.engine.forward(block, self.pos, target)
+            if len(block) == 1:
+                self.governor.record(threads, time.perf_counter() - t0)
             self.pos += len(block)
         return out if all_logits else out[0]
 
@@ -98,9 +104,12 @@ class Model:
     """A checkpoint (v0/v1 fp32 or v2 Q8_0), memory-mapped, with its tokenizer."""
 
     def __init__(self, path, tokenizer=None, threads: int | None = None,
-                 variant: str | None = None):
+                 variant: str | None = None, kv: str = "f16"):
         self.path = os.fspath(path)
         self.threads = resolve_threads(threads)
+        if kv not in KV_TYPES:
+            raise UsageError(f"KV cache type {kv!r}: one of {', '.join(KV_TYPES)}")
+        self.kv = kv
         self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
         self.file = ModelFile(self.path)
         self.config = self.file.config
@@ -232,7 +241,9 @@ class Model:
         self.close()
 
 
-def load(path, tokenizer=None, threads: int | None = None, variant: str | None = None) -> Model:
+def load(path, tokenizer=None, threads: int | None = None, variant: str | None = None,
+         kv: str = "f16") -> Model:
     """Open a llama2.c checkpoint (version 0, 1 or 2) for generation and evaluation.
-    `variant` names the kernel variant (default: $QLLAMA_ISA, else the CPU's best)."""
-    return Model(path, tokenizer=tokenizer, threads=threads, variant=variant)
+    `variant` names the kernel variant (default: $QLLAMA_ISA, else the CPU's best);
+    `kv` the KV cache's type: "f16" (half the memory) or "f32" (run.c's)."""
+    return Model(path, tokenizer=tokenizer, threads=threads, variant=variant, kv=kv)

@@ -61,13 +61,13 @@ def test_fp32_logits_match_pytorch(name, files):
     ref = np.load(golden(f"{name}.logits.npy"))
     ids = tokens_json()[name]["logits_tokens"]
     for f in files:
-        assert rel_error(Model(golden(f), threads=2).logits(ids), ref) <= 1e-4
+        assert rel_error(Model(golden(f), threads=2, kv="f32").logits(ids), ref) <= 1e-4
 
 
 def test_fp32_logits_real_model_match_pytorch():
     ref = np.load(golden("stories260K.logits.npy"))
     ids = tokens_json()["stories260K"]["logits_tokens"]
-    assert rel_error(Model(data("stories260K.bin")).logits(ids), ref) <= 1e-4
+    assert rel_error(Model(data("stories260K.bin"), kv="f32").logits(ids), ref) <= 1e-4
 
 
 # --- int8 against the fp32 reference -----------------------------------------------
@@ -88,8 +88,9 @@ def test_int8_logits_within_quantization_bound(name, file):
 
 # --- greedy and sampled token streams against run.c / runq.c ------------------------
 
-def run_ids(path, prompt_ids, steps, temperature=0.0, top_p=0.9, seed=1, threads=2):
-    model = Model(path, threads=threads)
+def run_ids(path, prompt_ids, steps, temperature=0.0, top_p=0.9, seed=1, threads=2, kv="f32"):
+    """Tokens as run.c / runq.c compute them: with their fp32 KV cache."""
+    model = Model(path, threads=threads, kv=kv)
     return prompt_ids + list(model.generate_ids(prompt_ids, steps, temperature, top_p, seed))
 
 
@@ -121,7 +122,7 @@ def test_straddling_groups_read_by_definition():
     dequantizes groups over the flattened tensor (runq.c gets this wrong)."""
     path = models("stories260K.q80-gs8-external.bin")
     ids = tokens_json()["stories260K"]["logits_tokens"][:12]
-    model = Model(path)
+    model = Model(path, kv="f32")
     assert model.config.straddles
     ref = reference_forward(model.file, ids)
     # dim 64 is a multiple of 8, so activations entering those matrices are quantized
@@ -134,7 +135,7 @@ def test_groups_straddling_every_row(tmp_path):
     path = tmp_path / "straddle.bin"
     write_model(path, Config(2, 48, 80, 2, 6, 3, 96, 16, True, 32), seed=5)
     ids = [1, 5, 7, 90, 3, 3, 0]
-    model = Model(path)
+    model = Model(path, kv="f32")
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= 1e-5
 
 
@@ -232,7 +233,7 @@ def test_forward_matches_float64_reference(tmp_path, data):
     write_model(path, c, seed=data.draw(st.integers(0, 1000)))
     # up to 40 tokens: prompts longer than one 32-token prefill block
     ids = data.draw(st.lists(st.integers(0, c.vocab_size - 1), min_size=1, max_size=40))
-    model = Model(path, threads=data.draw(st.sampled_from([1, 2])))
+    model = Model(path, threads=data.draw(st.sampled_from([1, 2])), kv="f32")
     got = model.logits(ids)
     ref = reference_forward(ModelFile(path), ids)
     tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
@@ -246,6 +247,6 @@ def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
     path = tmp_path / "m.bin"
     write_model(path, Config(version, 128, 192, 2, 4, 2, 70, 48, False, gs), seed=11)
     ids = list(np.random.default_rng(2).integers(0, 70, 40))
-    model = Model(path, threads=2)
+    model = Model(path, threads=2, kv="f32")
     tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol

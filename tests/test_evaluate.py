@@ -284,3 +284,33 @@ def test_text_eval_real_model(tmp_path):
     assert r.windows == -(-n_ids // ref.config.seq_len)
     assert r.perplexity_reference < 10  # a trained model finds its own kind of story easy
     assert r.kl_mean <= 1e-3 and r.top1_agreement >= 0.95
+
+
+# -- the fp16 KV cache ------------------------------------------------------------------
+
+
+def eval_models(ref, cand, n=512, seed=1):
+    windows = ev.sample_windows(ref, n, seed=seed)
+    return ev.evaluate(ref, cand, windows, weights=False)
+
+
+@pytest.mark.parametrize("path", [("data", "stories260K.bin"), ("golden", "gqa512.q80.bin"),
+                                  ("golden", "unshared32k.v1.bin")])
+def test_f16_cache_against_f32_cache(path):
+    """The same weights with an fp16 and an fp32 KV cache: KL <= 1e-5 nats."""
+    where, name = path
+    file = data(name) if where == "data" else golden(name)
+    r = eval_models(Model(file, threads=1, kv="f32"), Model(file, threads=1, kv="f16"))
+    assert r.kl_mean <= 1e-5, r.summary()
+    assert r.top1_agreement >= 0.99, r.summary()
+
+
+def test_int8_with_f16_cache_against_fp32(tmp_path):
+    """What a user runs by default (our int8 file, fp16 cache) against the fp32 model
+    with run.c's fp32 cache, on the real stories260K: the int8 bounds hold."""
+    from qllama.quant.pipeline import quantize_file
+    dst = tmp_path / "stories260K.q80.bin"
+    quantize_file(data("stories260K.bin"), dst, threads=1)
+    r = eval_models(Model(data("stories260K.bin"), threads=1, kv="f32"),
+                    Model(dst, threads=1, kv="f16"))
+    assert r.kl_mean <= 1e-3 and r.top1_agreement >= 0.98, r.summary()

@@ -266,7 +266,7 @@ def hg_sizes():
     return [end - start for start, end, fields in mappings()
             if "hg" in fields["VmFlags"].split() and end - start >= 4 << 20]
 
-model = Model(sys.argv[1], threads=1)
+model = Model(sys.argv[1], threads=1, kv="f32")
 before = hg_sizes()
 session = model.session(4096)  # 2 layers x 4096 positions x 256 floats = 8 MiB each
 session.feed(np.array([1], np.int32))

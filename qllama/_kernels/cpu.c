@@ -87,10 +87,31 @@ int qllama_amx_permit(void) { return 0; }
 #endif
 
 /* Every variant compiled into this build, with the features it needs. */
+enum {
+    X86_AVX2 = QLLAMA_CPU_AVX | QLLAMA_CPU_AVX2 | QLLAMA_CPU_FMA | QLLAMA_CPU_F16C,
+    X86_AVX512 = X86_AVX2 | QLLAMA_CPU_AVX512F | QLLAMA_CPU_AVX512BW | QLLAMA_CPU_AVX512VL
+                 | QLLAMA_CPU_AVX512VNNI,
+};
+
 static const qllama_variant variants[] = {
     {"scalar", &qllama_generic, 0},
 #ifdef QLLAMA_HAVE_AVX2
-    {"avx2", &qllama_avx2, QLLAMA_CPU_AVX | QLLAMA_CPU_AVX2 | QLLAMA_CPU_FMA | QLLAMA_CPU_F16C},
+    {"avx2", &qllama_avx2, X86_AVX2},
+#endif
+#ifdef QLLAMA_HAVE_AVXVNNI
+    {"avxvnni", &qllama_avxvnni, X86_AVX2 | QLLAMA_CPU_AVXVNNI},
+#endif
+#ifdef QLLAMA_HAVE_AVX512VNNI
+    {"avx512vnni", &qllama_avx512vnni, X86_AVX512},
+#endif
+#ifdef QLLAMA_HAVE_AMX
+    {"amx", &qllama_amx, X86_AVX512 | QLLAMA_CPU_AMX_TILE | QLLAMA_CPU_AMX_INT8},
+#endif
+#ifdef QLLAMA_HAVE_NEON
+    {"neon", &qllama_neon, QLLAMA_CPU_NEON},
+#endif
+#ifdef QLLAMA_HAVE_DOTPROD
+    {"dotprod", &qllama_dotprod, QLLAMA_CPU_NEON | QLLAMA_CPU_DOTPROD},
 #endif
 };
 

@@ -29,6 +29,10 @@ typedef struct {
     uint64_t needs;  /* QLLAMA_CPU_* bits the variant's instructions need */
 } qllama_variant;
 
+/* The variants' tables (setup.py defines QLLAMA_HAVE_<NAME> for those it built). */
+extern const qllama_kernels qllama_avx2, qllama_avxvnni, qllama_avx512vnni, qllama_amx;
+extern const qllama_kernels qllama_neon, qllama_dotprod;
+
 uint64_t qllama_cpu_features(void);
 int qllama_amx_permit(void);  /* 1 when the process may use AMX tiles */
 const qllama_variant *qllama_variants(int *n);

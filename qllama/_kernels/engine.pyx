@@ -18,14 +18,14 @@ Each matmul reads a weight row once per block of tokens.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrtf
-from libc.stdint cimport int8_t, int32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint16_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
 from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
                                       qllama_matrix, qllama_variant, qllama_variants,
                                       qllama_cpu_features, qllama_amx_permit,
-                                      qllama_q80_flat_matmul)
+                                      qllama_q80_flat_matmul, qllama_f16_to_f32)
 from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 
 import numpy as np
@@ -193,7 +193,7 @@ cdef class Weights:
 
 
 # ----------------------------------------------------------------------------
-# Parallel drivers: a matmul's rows are dealt out in blocks of 4 rows
+# Parallel drivers: a matmul's rows are dealt out in blocks of the variant's row_block
 
 cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
     const Matrix* m
@@ -201,61 +201,63 @@ cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
     Py_ssize_t out_stride
 
 
-cdef inline void run_rows(const Matrix* m, Py_ssize_t r0, const qllama_acts* x, float* out,
-                          Py_ssize_t out_stride) noexcept nogil:
-    cdef Py_ssize_t r1 = r0 + 4 if r0 + 4 < m.m.rows else m.m.rows
+cdef inline void run_rows(const Matrix* m, Py_ssize_t r0, Py_ssize_t rb, const qllama_acts* x,
+                          float* out, Py_ssize_t out_stride) noexcept nogil:
+    cdef Py_ssize_t r1 = r0 + rb if r0 + rb < m.m.rows else m.m.rows
     m.fn(&m.m, r0, r1, x, out, out_stride)
 
 
-cdef void matmuls(const Job* jobs, int n_jobs, const qllama_acts* x, int threads) noexcept nogil:
+cdef void matmuls(const Job* jobs, int n_jobs, const qllama_acts* x, Py_ssize_t rb,
+                  int threads) noexcept nogil:
     """Several matmuls of the same input (q, k, v) in one parallel region: their
-    blocks of 4 rows are dealt out together, one fork and one join for all.
+    blocks of rb rows are dealt out together, one fork and one join for all.
     Guided schedule: contiguous chunks that shrink towards the end, so a thread
     that streamed its rows more slowly (memory is not shared evenly) is not waited
     for; static halves left each thread ~20% of a decode step idle at the join."""
     cdef Py_ssize_t b, bb, total = 0
     cdef int j
     for j in range(n_jobs):
-        total += (jobs[j].m.m.rows + 3) // 4
+        total += (jobs[j].m.m.rows + rb - 1) // rb
     for b in prange(total, schedule="guided", num_threads=threads):
         j = 0
         bb = b
-        while bb >= (jobs[j].m.m.rows + 3) // 4:
-            bb = bb - (jobs[j].m.m.rows + 3) // 4
+        while bb >= (jobs[j].m.m.rows + rb - 1) // rb:
+            bb = bb - (jobs[j].m.m.rows + rb - 1) // rb
             j = j + 1
-        run_rows(jobs[j].m, 4 * bb, x, jobs[j].out, jobs[j].out_stride)
+        run_rows(jobs[j].m, rb * bb, rb, x, jobs[j].out, jobs[j].out_stride)
 
 
 cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const Matrix* m,
-                 int threads) noexcept nogil:
+                 Py_ssize_t rb, int threads) noexcept nogil:
     """out (T, m.rows) with row stride out_stride = x (T, m.cols) @ m^T."""
     cdef Job job
     job.m = m
     job.out = out
     job.out_stride = out_stride
-    matmuls(&job, 1, x, threads)
+    matmuls(&job, 1, x, rb, threads)
 
 
 cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
-                 const qllama_acts* x, int threads) noexcept nogil:
-    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes rows r..r+3 of
-    both matrices and gates them itself: one parallel region, and the expf work is
-    shared out too."""
+                 const qllama_acts* x, Py_ssize_t rb, int threads) noexcept nogil:
+    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes a block of rows
+    of both matrices and gates them itself: one parallel region, and the expf work
+    is shared out too."""
     cdef Py_ssize_t b, t, r, hidden = w1.m.rows
-    for b in prange((hidden + 3) // 4, schedule="guided", num_threads=threads):
-        run_rows(w1, 4 * b, x, hb, hidden)
-        run_rows(w3, 4 * b, x, hb2, hidden)
+    for b in prange((hidden + rb - 1) // rb, schedule="guided", num_threads=threads):
+        run_rows(w1, rb * b, rb, x, hb, hidden)
+        run_rows(w3, rb * b, rb, x, hb2, hidden)
         for t in range(x.T):
-            for r in range(4 * b, min(4 * b + 4, hidden)):
+            for r in range(rb * b, min(rb * b + rb, hidden)):
                 hb[t * hidden + r] = silu(hb[t * hidden + r]) * hb2[t * hidden + r]
 
 
 cdef void prepare(qllama_acts* x, float* out, const float* inp, const float* weight,
                   Py_ssize_t T, Py_ssize_t n, Py_ssize_t gs, int8_t* xq, float* xs,
-                  bint q8, const qllama_kernels* k, int threads) noexcept nogil:
+                  void* packed, bint q8, const qllama_kernels* k, int threads) noexcept nogil:
     """The input of a matmul: rows t < T of out = rmsnorm(inp) (or inp itself when
     weight is NULL and out is inp), then, when the matrix takes them (q8), their
-    Q8_0 copy in xq/xs. A block's rows go in parallel."""
+    Q8_0 copy in xq/xs, and for a block of tokens the variant's packed layout of it
+    (once here, not once per row block). A block's rows go in parallel."""
     cdef Py_ssize_t t, ng = n // gs if gs else 0
     if T == 1:
         if weight != NULL:
@@ -275,6 +277,10 @@ cdef void prepare(qllama_acts* x, float* out, const float* inp, const float* wei
     x.T = T
     x.n = n
     x.gs = gs
+    x.packed = NULL
+    if q8 and T > 1 and packed != NULL and k.q80_pack != NULL:
+        k.q80_pack(x, packed)
+        x.packed = packed
 
 
 cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
@@ -287,26 +293,29 @@ cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept 
             out[j] = table.m.q[f] * table.m.s[f // table.m.gs]
 
 
-cdef void attention_head(float* out, const float* q, const float* keys,
-                         const float* values, float* att, Py_ssize_t n_pos,
-                         Py_ssize_t stride, Py_ssize_t head_size,
+cdef void attention_head(float* out, const float* q, const void* keys, const void* values,
+                         float* att, Py_ssize_t n_pos, Py_ssize_t head_size, bint f16,
                          const qllama_kernels* k) noexcept nogil:
-    """One head of one token over cached positions 0..n_pos-1, whose keys and values
-    are at keys + p * stride and values + p * stride."""
-    cdef Py_ssize_t p, i
-    cdef float a
+    """One head of one token over cached positions 0..n_pos-1: the head's keys and
+    values, fp16 or fp32, are n_pos contiguous rows of head_size."""
     cdef float scale = 1.0 / sqrtf(<float>head_size)
-    cdef const float* v
-    for p in range(n_pos):
-        att[p] = k.f32_dot(keys + p * stride, q, head_size) * scale
-    softmax(att, n_pos)
-    for i in range(head_size):
-        out[i] = 0.0
-    for p in range(n_pos):
-        v = values + p * stride
-        a = att[p]
-        for i in range(head_size):
-            out[i] += a * v[i]
+    if f16:
+        k.attn_scores_f16(q, <const uint16_t*>keys, n_pos, head_size, scale, att)
+        softmax(att, n_pos)
+        k.attn_values_f16(att, <const uint16_t*>values, n_pos, head_size, out)
+    else:
+        k.attn_scores_f32(q, <const float*>keys, n_pos, head_size, scale, att)
+        softmax(att, n_pos)
+        k.attn_values_f32(att, <const float*>values, n_pos, head_size, out)
+
+
+cdef inline void kv_store(void* cache, Py_ssize_t at, const float* x, Py_ssize_t n, bint f16,
+                          const qllama_kernels* k) noexcept nogil:
+    """n values of x into cache entries at..at+n-1 (fp16: rounded to nearest even)."""
+    if f16:
+        k.f16_store(x, <uint16_t*>cache + at, n)
+    else:
+        memcpy(<float*>cache + at, x, n * sizeof(float))
 
 
 # ----------------------------------------------------------------------------
@@ -315,12 +324,15 @@ cdef class State:
     """The run state of one sequence over shared `Weights`.
 
     `capacity` is how many positions the KV cache holds (prompt + steps, at most
-    seq_len); `max_block` how many tokens one forward call takes.
+    seq_len); `max_block` how many tokens one forward call takes; `kv` the cache's
+    element type, "f16" (half the memory; kernels.h's rounding) or "f32".
     """
     cdef readonly Weights weights  # keeps `net` alive
     cdef const Net* net
     cdef readonly Py_ssize_t capacity, max_block
+    cdef readonly str kv
     cdef public int threads
+    cdef bint kv16
     cdef float* x            # (block, dim) residual stream
     cdef float* xb           # (block, max(dim, hidden)) normed / attention output
     cdef float* xb2          # (block, dim)
@@ -332,30 +344,44 @@ cdef class State:
     cdef float* att          # (n_heads * block, capacity) scores, a row per (head, token)
     cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
     cdef float* xs           # (block, max(dim, hidden) / gs) their scales
+    cdef void* packed        # the variant's GEMM layout of xq / xs (NULL: none)
     cdef float* kb           # (block, kv_dim) the block's keys, before they go to the cache
     cdef float* vb           # (block, kv_dim) its values
-    # KV cache (layer, kv head, capacity, head_size): a head's keys (values) for all
-    # positions are one contiguous run, which attention reads as one stream
-    cdef float* key_cache
-    cdef float* value_cache
+    # KV cache (layer, kv head, capacity, head_size) of fp16 or fp32: a head's keys
+    # (values) for all positions are one contiguous run, which attention reads as one
+    # stream
+    cdef void* key_cache
+    cdef void* value_cache
 
     def __init__(self, Weights weights, Py_ssize_t capacity, Py_ssize_t max_block=32,
-                 int threads=1):
+                 int threads=1, str kv="f16"):
         if not 0 < capacity <= weights.seq_len:
             raise ValueError(f"capacity {capacity} outside 1..seq_len {weights.seq_len}")
         if max_block < 1:
             raise ValueError("max_block must be at least 1")
+        if kv not in ("f16", "f32"):
+            raise ValueError(f"kv cache type {kv!r}: must be 'f16' or 'f32'")
         self.weights = weights
         self.net = &weights.net
         self.capacity = capacity
         self.max_block = max_block
         self.threads = max(1, threads)
+        self.kv = kv
+        self.kv16 = kv == "f16"
         self._allocate()
 
     cdef _allocate(self):
         cdef const Net* w = self.net
+        cdef const qllama_kernels* k = w.kernels
         cdef Py_ssize_t B = self.max_block, wide = max(w.dim, w.hidden_dim)
         cdef Py_ssize_t cache = <Py_ssize_t>w.n_layers * self.capacity * w.kv_dim
+        cdef size_t item = 2 if self.kv16 else 4
+        cdef size_t packed = 0
+        if w.group_size and B > 1 and k.q80_packed_bytes != NULL:
+            packed = max(k.q80_packed_bytes(B, w.dim, w.group_size) if w.dim % w.group_size == 0
+                         else 0,
+                         k.q80_packed_bytes(B, w.hidden_dim, w.group_size)
+                         if w.hidden_dim % w.group_size == 0 else 0)
         self.x = <float*>malloc(B * w.dim * sizeof(float))
         self.xb = <float*>malloc(B * wide * sizeof(float))
         self.xb2 = <float*>malloc(B * w.dim * sizeof(float))
@@ -369,28 +395,29 @@ cdef class State:
         self.att = <float*>malloc(B * w.n_heads * self.capacity * sizeof(float))
         self.xq = <int8_t*>malloc(B * wide)
         self.xs = <float*>malloc(B * (wide // max(1, w.group_size) + 1) * sizeof(float))
-        self.key_cache = <float*>calloc(cache, sizeof(float))
-        self.value_cache = <float*>calloc(cache, sizeof(float))
+        self.packed = malloc(packed) if packed else NULL
+        self.key_cache = calloc(cache, item)
+        self.value_cache = calloc(cache, item)
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
                 or self.att == NULL
                 or self.fcos == NULL or self.fsin == NULL
-                or self.xq == NULL or self.xs == NULL or self.key_cache == NULL
-                or self.value_cache == NULL):
+                or self.xq == NULL or self.xs == NULL or (packed and self.packed == NULL)
+                or self.key_cache == NULL or self.value_cache == NULL):
             raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
                               f"of KV cache for {self.capacity} positions); use fewer steps")
-        qllama_advise_huge(self.key_cache, cache * sizeof(float))
-        qllama_advise_huge(self.value_cache, cache * sizeof(float))
+        qllama_advise_huge(self.key_cache, cache * item)
+        qllama_advise_huge(self.value_cache, cache * item)
 
     def __dealloc__(self):
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
         free(self.q); free(self.kb); free(self.vb); free(self.fcos); free(self.fsin)
-        free(self.att); free(self.xq); free(self.xs)
+        free(self.att); free(self.xq); free(self.xs); free(self.packed)
         free(self.key_cache); free(self.value_cache)
 
     @property
     def kv_cache_bytes(self):
-        return 2 * 4 * self.net.n_layers * self.capacity * self.net.kv_dim
+        return 2 * (2 if self.kv16 else 4) * self.net.n_layers * self.capacity * self.net.kv_dim
 
     def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
         """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
@@ -418,20 +445,22 @@ cdef class State:
         cdef const Net* w = self.net
         cdef const qllama_kernels* k = w.kernels
         cdef Py_ssize_t dim = w.dim, hidden = w.hidden_dim, kv_dim = w.kv_dim, gs = w.group_size
-        cdef Py_ssize_t hs = w.head_size, H = w.n_heads, cap = self.capacity
-        cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh
-        cdef Py_ssize_t t, l, i, th, h, first
+        cdef Py_ssize_t hs = w.head_size, H = w.n_heads, cap = self.capacity, rb = k.row_block
+        cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh, head
+        cdef Py_ssize_t t, l, i, th, h, first, layer_at
         cdef int nt = self.threads
+        cdef bint f16 = self.kv16
+        cdef size_t item = 2 if f16 else 4
         cdef const Layer* L
         cdef Job jobs[3]
         cdef qllama_acts xa
-        cdef float* kc
-        cdef float* vc
         cdef float* fc
         cdef float* fs
         cdef float* q = self.q
         cdef float* xb = self.xb
         cdef float* att = self.att
+        cdef char* kc = <char*>self.key_cache
+        cdef char* vc = <char*>self.value_cache
 
         for t in range(T):
             embed_row(self.x + t * dim, &w.tok_embeddings, tokens[t])
@@ -439,54 +468,55 @@ cdef class State:
 
         for l in range(w.n_layers):
             L = &w.layers[l]
-            kc = self.key_cache + l * cap * kv_dim
-            vc = self.value_cache + l * cap * kv_dim
+            layer_at = l * cap * kv_dim  # this layer's first cache entry
 
             # attention: q, k, v; k and v (k rotated) then go to this layer's cache
-            prepare(&xa, xb, self.x, L.attn_norm, T, dim, gs, self.xq, self.xs,
+            prepare(&xa, xb, self.x, L.attn_norm, T, dim, gs, self.xq, self.xs, self.packed,
                     L.wq.q8_input, k, nt)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
-            matmuls(jobs, 3, &xa, nt)
+            matmuls(jobs, 3, &xa, rb, nt)
             for t in range(T):
                 fc = self.fcos + t * (hs // 2)
                 fs = self.fsin + t * (hs // 2)
                 rope(self.q + t * dim, dim, hs, fc, fs)
                 rope(self.kb + t * kv_dim, kv_dim, hs, fc, fs)
                 for kvh in range(w.n_kv_heads):
-                    memcpy(kc + (kvh * cap + pos + t) * hs, self.kb + t * kv_dim + kvh * hs,
-                           hs * sizeof(float))
-                    memcpy(vc + (kvh * cap + pos + t) * hs, self.vb + t * kv_dim + kvh * hs,
-                           hs * sizeof(float))
+                    kv_store(self.key_cache, layer_at + (kvh * cap + pos + t) * hs,
+                             self.kb + t * kv_dim + kvh * hs, hs, f16, k)
+                    kv_store(self.value_cache, layer_at + (kvh * cap + pos + t) * hs,
+                             self.vb + t * kv_dim + kvh * hs, hs, f16, k)
             # head-major: a head's tokens run one after another while its keys and
             # values are in L2; contiguous ranges of heads per thread
             for th in prange(H * T, schedule="static", num_threads=nt):
                 h = th // T
                 t = th % T
+                head = layer_at + (h // kv_mul) * cap * hs  # the head's first cache entry
                 attention_head(xb + t * dim + h * hs, q + t * dim + h * hs,
-                               kc + (h // kv_mul) * cap * hs, vc + (h // kv_mul) * cap * hs,
-                               att + th * cap, pos + t + 1, hs, hs, k)
-            prepare(&xa, xb, xb, NULL, T, dim, gs, self.xq, self.xs, L.wo.q8_input, k, nt)
-            matmul(self.xb2, dim, &xa, &L.wo, nt)
+                               kc + head * item, vc + head * item, att + th * cap,
+                               pos + t + 1, hs, f16, k)
+            prepare(&xa, xb, xb, NULL, T, dim, gs, self.xq, self.xs, self.packed,
+                    L.wo.q8_input, k, nt)
+            matmul(self.xb2, dim, &xa, &L.wo, rb, nt)
             for i in range(T * dim):
                 self.x[i] += self.xb2[i]
 
             # feed-forward: w2(silu(w1 x) * w3 x)
-            prepare(&xa, xb, self.x, L.ffn_norm, T, dim, gs, self.xq, self.xs,
+            prepare(&xa, xb, self.x, L.ffn_norm, T, dim, gs, self.xq, self.xs, self.packed,
                     L.w1.q8_input, k, nt)
-            swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, nt)
-            prepare(&xa, self.hb, self.hb, NULL, T, hidden, gs, self.xq, self.xs,
+            swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, rb, nt)
+            prepare(&xa, self.hb, self.hb, NULL, T, hidden, gs, self.xq, self.xs, self.packed,
                     L.w2.q8_input, k, nt)
-            matmul(xb, dim, &xa, &L.w2, nt)
+            matmul(xb, dim, &xa, &L.w2, rb, nt)
             for i in range(T * dim):
                 self.x[i] += xb[i]
 
         # classifier over the last n_logits positions of the block
         first = T - n_logits
         prepare(&xa, xb, self.x + first * dim, w.final_norm, n_logits, dim, gs, self.xq,
-                self.xs, w.classifier.q8_input, k, nt)
-        matmul(logits, w.vocab_size, &xa, &w.classifier, nt)
+                self.xs, self.packed, w.classifier.q8_input, k, nt)
+        matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
 
 
 # ----------------------------------------------------------------------------
@@ -514,7 +544,8 @@ cdef class Kernels:
 
     def matmul(self, tensor, const float[:, ::1] x, int threads=1):
         """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.llama2c.QTensor (any
-        group size), through the kernel the engine would choose for it."""
+        group size), through the kernel the engine would choose for it, with the
+        activations quantized and packed as the engine does."""
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
         cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs, t
         if x.shape[1] != n or T == 0:
@@ -523,13 +554,21 @@ cdef class Kernels:
         cdef float[:, ::1] o = out
         cdef int8_t[::1] xq = np.zeros(T * n, np.int8)
         cdef float[::1] xs = np.zeros(T * (n // gs if gs else 0) + 1, np.float32)
+        cdef size_t nbytes = 0
+        if m.q8_input and self.k.q80_packed_bytes != NULL:
+            nbytes = self.k.q80_packed_bytes(T, n, gs)
+        cdef unsigned char[::1] packed = np.zeros(nbytes + 1, np.uint8)
         cdef qllama_acts xa
         xa.x, xa.x_stride, xa.q, xa.s, xa.T, xa.n, xa.gs = &x[0, 0], n, &xq[0], &xs[0], T, n, gs
+        xa.packed = NULL
         if m.q8_input:
             for t in range(T):
                 self.k.quantize_row(&x[t, 0], n, gs, &xq[t * n], &xs[t * (n // gs)])
+            if T > 1 and nbytes and self.k.q80_pack != NULL:
+                self.k.q80_pack(&xa, &packed[0])
+                xa.packed = &packed[0]
         with nogil:
-            matmul(&o[0, 0], m.m.rows, &xa, &m, threads)
+            matmul(&o[0, 0], m.m.rows, &xa, &m, self.k.row_block, threads)
         return out
 
     def dot(self, const float[::1] a, const float[::1] b):
@@ -537,19 +576,38 @@ cdef class Kernels:
             raise ValueError("a and b must have the same non-zero length")
         return self.k.f32_dot(&a[0], &b[0], a.shape[0])
 
+    def to_f16(self, const float[::1] x):
+        """x rounded to fp16 as the KV cache stores it: (uint16 bits, as float32)."""
+        h = np.empty(x.shape[0], np.uint16)
+        cdef uint16_t[::1] hv = h
+        if x.shape[0]:
+            self.k.f16_store(&x[0], &hv[0], x.shape[0])
+        back = np.array([qllama_f16_to_f32(v) for v in h], np.float32)
+        return h, back
+
     def attention(self, const float[::1] q, const float[:, ::1] key_cache,
-                  const float[:, ::1] value_cache, Py_ssize_t head_size, Py_ssize_t kv_offset):
-        """One head over all rows of the caches (n_pos, kv_dim)."""
+                  const float[:, ::1] value_cache, Py_ssize_t head_size, Py_ssize_t kv_offset,
+                  str kv="f32"):
+        """One head over all rows of the caches (n_pos, kv_dim), whose head is at
+        kv_offset; kv "f16" rounds the cache to fp16 first, as the engine stores it."""
         cdef Py_ssize_t n_pos = key_cache.shape[0], kv_dim = key_cache.shape[1]
         if (n_pos == 0 or value_cache.shape[0] != n_pos or value_cache.shape[1] != kv_dim
-                or q.shape[0] != head_size or kv_offset < 0 or kv_offset + head_size > kv_dim):
+                or q.shape[0] != head_size or kv_offset < 0 or kv_offset + head_size > kv_dim
+                or kv not in ("f16", "f32")):
             raise ValueError("inconsistent attention shapes")
+        keys = np.ascontiguousarray(np.asarray(key_cache)[:, kv_offset:kv_offset + head_size])
+        values = np.ascontiguousarray(np.asarray(value_cache)[:, kv_offset:kv_offset + head_size])
+        if kv == "f16":
+            keys = self.to_f16(keys.reshape(-1))[0]
+            values = self.to_f16(values.reshape(-1))[0]
+        cdef const unsigned char[::1] kb = keys.reshape(-1).view(np.uint8)
+        cdef const unsigned char[::1] vb = values.reshape(-1).view(np.uint8)
         out = np.empty(head_size, np.float32)
         att = np.empty(n_pos, np.float32)
         cdef float[::1] o = out
         cdef float[::1] a = att
-        attention_head(&o[0], &q[0], &key_cache[0, kv_offset], &value_cache[0, kv_offset],
-                       &a[0], n_pos, kv_dim, head_size, self.k)
+        attention_head(&o[0], &q[0], &kb[0], &vb[0], &a[0], n_pos, head_size, kv == "f16",
+                       self.k)
         return out
 
     @staticmethod

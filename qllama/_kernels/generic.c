@@ -1,10 +1,14 @@
-/* The reference variant: every kernel of kernels.h in plain C. It runs on any CPU,
- * fills the table slots a SIMD variant leaves empty, and is what the tests compare
- * every other variant with. */
+/* The reference variant: every kernel of kernels.h in plain C, with the arithmetic
+ * kernels.h specifies written out one operation at a time. It runs on any CPU,
+ * and it is what the tests compare every other variant with, bit for bit.
+ * (Built with -ffp-contract=off: a product and a sum are two roundings unless the
+ * source says fmaf.) */
+#include <math.h>
 #include <string.h>
 
 #include "bits.h"
 #include "kernels.h"
+#include "generic.h"
 
 /* ---- activations to Q8_0 ------------------------------------------------------- */
 
@@ -18,10 +22,10 @@ static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
     }
 }
 
-/* Shared by every variant: the max runs over the bit patterns of |x|, which
- * vectorizes; NaN is left out of it, as runq.c leaves it out. */
+/* The max runs over the bit patterns of |x|, which vectorizes; NaN is left out of
+ * it, as runq.c leaves it out. A variant passes its own vector `round`. */
 void qllama_quantize_row_with(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s,
-                              void (*round)(const float *, ptrdiff_t, float, int8_t *)) {
+                              qllama_round_fn round) {
     for (ptrdiff_t g = 0; g < n / gs; g++) {
         uint32_t wmax = 0;
         for (ptrdiff_t i = g * gs; i < (g + 1) * gs; i++) {
@@ -41,40 +45,101 @@ static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, f
     qllama_quantize_row_with(x, n, gs, q, s, round_group);
 }
 
-/* ---- dot products ---------------------------------------------------------------- */
+/* ---- fp16 ------------------------------------------------------------------------- */
 
-/* Eight lanes (element j in lane j % 8), folded pairwise; the tail in order. */
-static float f32_dot(const float *w, const float *x, ptrdiff_t n) {
-    float acc[8] = {0};
+uint16_t qllama_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u)  /* NaN: quiet, the payload's top bits kept (as F16C does) */
+        return sign | 0x7e00u | (uint16_t)((a >> 13) & 0x3ffu);
+    if (a >= 0x477ff000u)  /* 65520 and up round to infinity */
+        return sign | 0x7c00u;
+    if (a < 0x38800000u) {  /* below 2^-14: a subnormal half, or zero */
+        if (a <= 0x33000000u)  /* up to 2^-25, half the smallest subnormal: a tie to 0 */
+            return sign;
+        uint32_t m = (a & 0x7fffffu) | 0x800000u;  /* value = m * 2^(e - 150) */
+        int shift = 126 - (int)(a >> 23);          /* in units of 2^-24: m >> shift */
+        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;  /* may reach 0x400, 2^-14: right */
+        return sign | (uint16_t)h;
+    }
+    uint32_t h = (a >> 13) - (112u << 10);  /* exponent rebiased from 127 to 15 */
+    uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;  /* a carry may reach inf: right */
+    return sign | (uint16_t)h;
+}
+
+float qllama_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0x1f) {
+        x = sign | 0x7f800000u | (m << 13);
+    } else if (e) {
+        x = sign | ((e + 112) << 23) | (m << 13);
+    } else if (!m) {
+        x = sign;
+    } else {  /* subnormal: m * 2^-24, normalized */
+        uint32_t s = 0;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            s++;
+        }
+        x = sign | ((113 - s) << 23) | ((m & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static void f16_store(const float *x, uint16_t *h, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) h[i] = qllama_f32_to_f16(x[i]);
+}
+
+/* ---- fp32 dot products, in kernels.h's order --------------------------------------- */
+
+/* 16 lanes, folded; the tail in order. `b` is fp32 (b16 NULL) or fp16 (b16). */
+static inline float dot16(const float *a, const float *b, const uint16_t *b16, ptrdiff_t n) {
+    float acc[16] = {0};
     ptrdiff_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int l = 0; l < 8; l++) acc[l] += w[j + l] * x[j + l];
-    float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for (; j < n; j++) s += w[j] * x[j];
-    return s;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] = fmaf(a[j + l], b16 ? qllama_f16_to_f32(b16[j + l]) : b[j + l], acc[l]);
+    float s[8];
+    for (int l = 0; l < 8; l++) s[l] = acc[l] + acc[l + 8];
+    float r = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    for (; j < n; j++) r = fmaf(a[j], b16 ? qllama_f16_to_f32(b16[j]) : b[j], r);
+    return r;
+}
+
+float qllama_f32_dot_ref(const float *a, const float *b, ptrdiff_t n) {
+    return dot16(a, b, NULL, n);
 }
 
 static void f32_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                        const qllama_acts *x, float *out, ptrdiff_t out_stride) {
     for (ptrdiff_t t = 0; t < x->T; t++)
         for (ptrdiff_t r = r0; r < r1; r++)
-            out[t * out_stride + r] = f32_dot(m->w + r * m->cols, x->x + t * x->x_stride, m->cols);
+            out[t * out_stride + r] = dot16(m->w + r * m->cols, x->x + t * x->x_stride, NULL,
+                                            m->cols);
 }
 
-/* One row with groups aligned to it: exact int32 per group, then both scales, as runq.c. */
+/* ---- Q8_0 ------------------------------------------------------------------------- */
+
+/* One row with groups aligned to it: exact int32 per group, then both scales. */
 static float q80_dot(const int8_t *w, const float *ws, const int8_t *xq, const float *xs,
                      ptrdiff_t n, ptrdiff_t gs) {
-    float val = 0.0f;
+    float acc = 0.0f;
     for (ptrdiff_t g = 0; g < n / gs; g++) {
-        int32_t ival = 0;
-        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k++) ival += (int32_t)xq[k] * (int32_t)w[k];
-        val += (float)ival * ws[g] * xs[g];
+        int32_t isum = 0;
+        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k++) isum += (int32_t)xq[k] * (int32_t)w[k];
+        acc = acc + (float)isum * (ws[g] * xs[g]);
     }
-    return val;
+    return acc;
 }
 
-static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
-                       const qllama_acts *x, float *out, ptrdiff_t out_stride) {
+void qllama_q80_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                           const qllama_acts *x, float *out, ptrdiff_t out_stride) {
     ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
     for (ptrdiff_t t = 0; t < x->T; t++)
         for (ptrdiff_t r = r0; r < r1; r++)
@@ -107,10 +172,45 @@ void qllama_q80_flat_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                                                    x->x + t * x->x_stride, m->cols, m->gs);
 }
 
+/* ---- attention over one head's cached positions ------------------------------------ */
+
+static void attn_scores_f16(const float *q, const uint16_t *k, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float scale, float *att) {
+    for (ptrdiff_t p = 0; p < n_pos; p++) att[p] = dot16(q, NULL, k + p * hs, hs) * scale;
+}
+
+static void attn_scores_f32(const float *q, const float *k, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float scale, float *att) {
+    for (ptrdiff_t p = 0; p < n_pos; p++) att[p] = dot16(q, k + p * hs, NULL, hs) * scale;
+}
+
+static void attn_values_f16(const float *att, const uint16_t *v, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float *out) {
+    for (ptrdiff_t i = 0; i < hs; i++) out[i] = 0.0f;
+    for (ptrdiff_t p = 0; p < n_pos; p++)
+        for (ptrdiff_t i = 0; i < hs; i++)
+            out[i] = fmaf(att[p], qllama_f16_to_f32(v[p * hs + i]), out[i]);
+}
+
+static void attn_values_f32(const float *att, const float *v, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float *out) {
+    for (ptrdiff_t i = 0; i < hs; i++) out[i] = 0.0f;
+    for (ptrdiff_t p = 0; p < n_pos; p++)
+        for (ptrdiff_t i = 0; i < hs; i++) out[i] = fmaf(att[p], v[p * hs + i], out[i]);
+}
+
 const qllama_kernels qllama_generic = {
     .name = "scalar",
+    .row_block = 4,
     .f32_matmul = f32_matmul,
-    .q80_matmul = q80_matmul,
+    .q80_matmul = qllama_q80_matmul_ref,
+    .q80_packed_bytes = NULL,
+    .q80_pack = NULL,
     .quantize_row = quantize_row,
-    .f32_dot = f32_dot,
+    .f32_dot = qllama_f32_dot_ref,
+    .f16_store = f16_store,
+    .attn_scores_f16 = attn_scores_f16,
+    .attn_values_f16 = attn_values_f16,
+    .attn_scores_f32 = attn_scores_f32,
+    .attn_values_f32 = attn_values_f32,
 };

@@ -1,13 +1,33 @@
 /* The kernel table: every hot loop of the forward pass, one implementation per CPU
- * variant, chosen once at load (cpu.c) and once per matrix (engine.pyx).
+ * variant, the variant chosen once per process (qllama/kernels.py) and the kernel
+ * once per matrix (engine.pyx, make_matrix).
  *
- *   generic.c            the reference: plain C, every kernel, any CPU
- *   arch/x86/avx2.c      AVX2 + FMA
+ *   generic.c               the reference: plain C, every kernel, any CPU
+ *   arch/x86/x86.c          AVX2 + FMA; the same source with VNNI dot products as
+ *                           "avxvnni" (256-bit, client chips) and, with an
+ *                           AVX-512 VNNI GEMM for prefill, as "avx512vnni"
+ *   arch/x86/amx.c          "amx": AMX-INT8 tiles for prefill, avx512vnni otherwise
+ *   arch/arm/neon.c         NEON; with sdot (dotprod) as "dotprod"
  *
  * Each variant is its own translation unit compiled with its own target flags
  * (setup.py), so a portable build carries all of them and none leaks instructions
- * into code that runs before the CPU has been checked. A variant without its own
- * version of a kernel points at the generic one.
+ * into code that runs before the CPU has been checked.
+ *
+ * Same numbers from every variant. Integer parts are exact, and every float
+ * operation is specified, so all variants give bitwise-equal results:
+ * - Q8_0 row . activations: per group g the exact int32 sum isum_g of q_w * q_x,
+ *   then acc = acc + (float)isum_g * (w_scale_g * x_scale_g), groups in order,
+ *   acc from 0 (three roundings per group: two products and the sum).
+ * - fp32 dot products (f32 matmuls, attention scores): 16 partial sums, lane l
+ *   holding elements j with j % 16 == l of each whole 16-block, each step a fused
+ *   multiply-add; then lanes l and l + 8 added, those eight summed as
+ *   ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)); then the n % 16 tail
+ *   elements in order, each a fused multiply-add.
+ * - attention values: out[i] = fma(att[p], v_p[i], out[i]) for p in order.
+ * - fp16 KV entries: fp32 rounded to nearest even (IEEE binary16).
+ * - activations to Q8_0 as runq.c: scale = max|x| / 127, q = x / scale rounded
+ *   half away from zero, clamped to +-127.
+ * Everything else (rmsnorm, RoPE, softmax, SwiGLU) is shared code (ops.pxd).
  *
  * Shapes: a matrix is (rows, cols) row-major; Q8_0 values are those of the
  * flattened tensor, with scale s[f / gs] for value f. Activations are a block of
@@ -27,25 +47,45 @@ typedef struct {
 } qllama_matrix;
 
 typedef struct {
-    const float *x;   /* (T, n) fp32, row t at x + t * x_stride */
+    const float *x;      /* (T, n) fp32, row t at x + t * x_stride */
     ptrdiff_t x_stride;
-    const int8_t *q;  /* (T, n) quantized (Q8_0 matrices whose groups lie in rows) */
-    const float *s;   /* (T, n / gs) their scales */
+    const int8_t *q;     /* (T, n) quantized (for Q8_0 matrices whose groups lie in rows) */
+    const float *s;      /* (T, n / gs) their scales */
+    const void *packed;  /* the variant's layout of q and s for its GEMM, or NULL */
     ptrdiff_t T, n, gs;
 } qllama_acts;
 
-/* out[t * out_stride + r] = row r of m . activation row t, for r0 <= r < r1, t < T. */
+/* out[t * out_stride + r] = row r of m . activation row t, for r0 <= r < r1, t < T.
+ * r0 is a multiple of the variant's row_block. */
 typedef void (*qllama_matmul_fn)(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                                  const qllama_acts *x, float *out, ptrdiff_t out_stride);
 
 typedef struct {
     const char *name;
+    ptrdiff_t row_block;  /* rows a matmul kernel call should get (a multiple of 4) */
     qllama_matmul_fn f32_matmul;   /* fp32 weights, fp32 activations */
     qllama_matmul_fn q80_matmul;   /* Q8_0 with gs dividing cols, quantized activations */
-    /* activations to Q8_0 as runq.c: scale max|x| / 127, round half away from zero */
+    /* Bytes of the packed layout of T quantized rows of n values, and the packing
+     * itself (q, s of x into buf; x->packed is set by the caller); both NULL in a
+     * variant that does not pack. Packing happens once per matmul input, before the
+     * rows are dealt out to threads. */
+    size_t (*q80_packed_bytes)(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
+    void (*q80_pack)(const qllama_acts *x, void *buf);
+    /* activations to Q8_0 as runq.c (one row of n values, groups of gs) */
     void (*quantize_row)(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s);
-    /* a . b, in the same order as one row of f32_matmul (attention scores use it) */
     float (*f32_dot)(const float *a, const float *b, ptrdiff_t n);
+    /* KV cache entries: fp16 (default) or fp32. n_pos cached positions of one head,
+     * hs values each, contiguous. scores: att[p] = (q . k_p) * scale. values:
+     * out (hs) = sum over p of att[p] * v_p. */
+    void (*f16_store)(const float *x, uint16_t *h, ptrdiff_t n);
+    void (*attn_scores_f16)(const float *q, const uint16_t *k, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float scale, float *att);
+    void (*attn_values_f16)(const float *att, const uint16_t *v, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float *out);
+    void (*attn_scores_f32)(const float *q, const float *k, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float scale, float *att);
+    void (*attn_values_f32)(const float *att, const float *v, ptrdiff_t n_pos, ptrdiff_t hs,
+                            float *out);
 } qllama_kernels;
 
 /* Q8_0 whose groups straddle rows (gs does not divide cols), fp32 activations: the
@@ -53,9 +93,12 @@ typedef struct {
 void qllama_q80_flat_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                             const qllama_acts *x, float *out, ptrdiff_t out_stride);
 
+/* fp16 <-> fp32 in plain C (round to nearest even), for the generic variant and the
+ * tests' view of the cache. */
+uint16_t qllama_f32_to_f16(float f);
+float qllama_f16_to_f32(uint16_t h);
+
+/* The generic variant's kernels, for variants that keep some of them. */
 extern const qllama_kernels qllama_generic;
-#ifdef QLLAMA_HAVE_AVX2
-extern const qllama_kernels qllama_avx2;
-#endif
 
 #endif /* QLLAMA_KERNELS_H */

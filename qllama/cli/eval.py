@@ -16,6 +16,7 @@ from ..evaluate import (
 )
 from ..threads import add_threads_argument
 from .console import console
+from .run import add_kv_argument
 
 
 def _version(v: int) -> str:
@@ -60,8 +61,8 @@ def print_report(report: Report, console) -> None:
 def run(args) -> int:
     from ..model import Model
 
-    with Model(args.reference, tokenizer=args.tokenizer, threads=args.threads) as ref, \
-            Model(args.candidate, tokenizer=args.tokenizer, threads=args.threads) as cand:
+    opts = dict(tokenizer=args.tokenizer, threads=args.threads, kv=args.kv)
+    with Model(args.reference, **opts) as ref, Model(args.candidate, **opts) as cand:
         if args.text is not None:
             text = sys.stdin.read() if args.text == "-" else read_text(args.text)
             windows = windows_from_text(ref, text, "standard input" if args.text == "-"
@@ -103,5 +104,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-weights", action="store_true",
                    help="skip the per-tensor weight comparison")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_kv_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=run)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
+from ..errors import UsageError
 from ..formats import llama2c
 
 VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
@@ -44,7 +46,46 @@ def describe(path: str) -> dict:
     return d
 
 
+def cpu() -> dict:
+    """The CPU, the features qllama found, the kernel variants built and the one chosen."""
+    from .. import kernels
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    runnable = kernels.runnable()
+    return {"cpu": name, "features": kernels.cpu_features(),
+            "variants": {v: {"needs": needs, "runnable": v in runnable}
+                         for v, needs in kernels.compiled().items()},
+            "QLLAMA_ISA": os.environ.get("QLLAMA_ISA") or None,
+            "chosen": kernels.select()}
+
+
+def run_cpu(args) -> int:
+    d = cpu()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"cpu: {d['cpu']}")
+    print(f"features: {' '.join(d['features']) or '(none qllama uses)'}")
+    for v, info in d["variants"].items():
+        state = "runnable" if info["runnable"] else "not on this CPU"
+        print(f"variant {v}: {state} (needs {' '.join(info['needs']) or 'nothing'})")
+    forced = f" (QLLAMA_ISA={d['QLLAMA_ISA']})" if d["QLLAMA_ISA"] else ""
+    print(f"chosen: {d['chosen']}{forced}")
+    return 0
+
+
 def run(args) -> int:
+    if args.cpu:
+        return run_cpu(args)
+    if args.file is None:
+        raise UsageError("info needs a FILE (or --cpu)")
     d = describe(args.file)
     if args.json:
         print(json.dumps(d, indent=2))
@@ -85,9 +126,12 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "info", help="describe a checkpoint file (version, shapes, sizes)",
-        description="Validate a llama2.c checkpoint (version 0, 1 or 2) and describe it.")
-    p.add_argument("file", metavar="FILE")
+        "info", help="describe a checkpoint file (version, shapes, sizes), or the CPU",
+        description="Validate a llama2.c checkpoint (version 0, 1 or 2) and describe it; "
+                    "with --cpu, show the CPU features and kernel variant qllama uses.")
+    p.add_argument("file", metavar="FILE", nargs="?")
+    p.add_argument("--cpu", action="store_true",
+                   help="the CPU's features and the kernel variant qllama runs on it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 

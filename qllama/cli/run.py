@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import sys
 
-from ..model import BOS, EOS, Model, Stats
+from ..model import BOS, EOS, KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
+
+
+def add_kv_argument(p) -> None:
+    p.add_argument("--kv", choices=KV_TYPES, default="f16",
+                   help="KV cache type: f16 (default, half the memory) or f32 (run.c's, "
+                        "for its exact numbers)")
 
 
 def chat_prompt(user: str, system: str = "") -> str:
@@ -35,6 +41,7 @@ def register(sub) -> None:
                         "in the working directory)")
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
     p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
+    add_kv_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=run_command)
 
@@ -43,14 +50,15 @@ def run_command(args) -> int:
     # run.c: a seed <= 0 means "from the clock"
     seed = args.seed if args.seed is not None and args.seed > 0 else default_seed()
     check_sampling(args.temperature, args.top_p, args.steps, seed)
-    with Model(args.model, tokenizer=args.tokenizer, threads=args.threads) as model:
+    with Model(args.model, tokenizer=args.tokenizer, threads=args.threads, kv=args.kv) as model:
         _ = model.tokenizer  # load and check it before any output
         stats = Stats()
         if args.mode == "chat":
             chat(model, args, seed, stats)
         else:
             generate(model, args, seed, stats)
-        print(f"seed {seed}: {stats.line()}", file=sys.stderr)
+        print(f"seed {seed}: {stats.line()}, kernels {model.variant}, {model.kv} KV cache",
+              file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,168 @@
+/* AMX-INT8 prefill, part of x86.c's "amx" compilation (-mamx-tile -mamx-int8 on top
+ * of avx512vnni's flags); decode stays avx512vnni's.
+ *
+ * The product is transposed so that the weights need no copy: an A tile is 16
+ * weight rows x K bytes loaded straight from the mapped file at the row stride
+ * (K = 64, or 32 when the group size is an odd multiple of 32); a B tile is K/4
+ * rows of 16 tokens x 4 bytes, the block's activations packed once per matmul
+ * input as [group][k/4][token][4] (signed: tdpbssd takes s8 x s8, -128 included);
+ * each C tile is 16 rows x 16 tokens of exact int32 sums. After each group the
+ * C tiles are stored and scaled into float accumulators with AVX-512, in kernels.h's
+ * order, so the results equal every other variant's.
+ *
+ * Built with QLLAMA_AMX_EMULATE, the tile instructions below are a scalar model of
+ * their definitions (Intel SDM: LDTILECFG, TILELOADD, TDPBSSD, TILESTORED,
+ * TILEZERO), so that the packing, the tile shapes and the scale bookkeeping are
+ * tested on CPUs without AMX (tests/harness).
+ */
+#define AMX_ROWS 16   /* weight rows per A tile: the variant's row_block */
+#define AMX_TOKENS 16 /* tokens per B tile */
+
+typedef struct {  /* the 64-byte tile configuration of palette 1 */
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+#ifdef QLLAMA_AMX_EMULATE
+static __thread struct {
+    uint8_t rows[8];
+    uint16_t colsb[8];
+    uint8_t data[8][16][64];
+} emu;
+
+static void tile_config(const amx_config *c) {
+    for (int t = 0; t < 8; t++) {
+        emu.rows[t] = c->rows[t];
+        emu.colsb[t] = c->colsb[t];
+    }
+}
+static void tile_zero(int t) { memset(emu.data[t], 0, sizeof emu.data[t]); }
+static void tile_load(int t, const void *base, ptrdiff_t stride) {
+    for (int r = 0; r < emu.rows[t]; r++)
+        memcpy(emu.data[t][r], (const uint8_t *)base + r * stride, emu.colsb[t]);
+}
+static void tile_store(int t, void *base, ptrdiff_t stride) {
+    for (int r = 0; r < emu.rows[t]; r++)
+        memcpy((uint8_t *)base + r * stride, emu.data[t][r], emu.colsb[t]);
+}
+/* C[m][n] += sum over k < colsb(A) / 4, j < 4 of A[m][4k + j] * B[k][4n + j], signed */
+static void tile_dpbssd(int c, int a, int b) {
+    for (int m = 0; m < emu.rows[c]; m++)
+        for (int n = 0; n < emu.colsb[c] / 4; n++) {
+            int32_t acc;
+            memcpy(&acc, &emu.data[c][m][4 * n], 4);
+            for (int k = 0; k < emu.colsb[a] / 4; k++)
+                for (int j = 0; j < 4; j++)
+                    acc += (int32_t)(int8_t)emu.data[a][m][4 * k + j] *
+                           (int32_t)(int8_t)emu.data[b][k][4 * n + j];
+            memcpy(&emu.data[c][m][4 * n], &acc, 4);
+        }
+}
+#define TILE_LOAD(t, base, stride) tile_load(t, base, stride)
+#define TILE_STORE(t, base, stride) tile_store(t, base, stride)
+#define TILE_DPBSSD(c, a, b) tile_dpbssd(c, a, b)
+#define TILE_ZERO(t) tile_zero(t)
+#else
+static void tile_config(const amx_config *c) { _tile_loadconfig(c); }
+#define TILE_LOAD(t, base, stride) _tile_loadd(t, base, stride)
+#define TILE_STORE(t, base, stride) _tile_stored(t, base, stride)
+#define TILE_DPBSSD(c, a, b) _tile_dpbssd(c, a, b)
+#define TILE_ZERO(t) _tile_zero(t)
+#endif
+
+static inline ptrdiff_t amx_padded(ptrdiff_t T) { return (T + AMX_TOKENS - 1) / AMX_TOKENS * AMX_TOKENS; }
+
+static size_t amx_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return (size_t)(n * amx_padded(T)) + 4 * (size_t)(n / gs * amx_padded(T));
+}
+
+/* bytes [g][k/4][t][4] as s8, then float scales [g][t]; padding tokens 0 */
+static void amx_pack(const qllama_acts *x, void *buf) {
+    ptrdiff_t T = x->T, Tp = amx_padded(T), n = x->n, gs = x->gs, ng = n / gs;
+    uint8_t *b = (uint8_t *)buf;
+    float *s = (float *)(b + n * Tp);
+    memset(buf, 0, (size_t)(n * Tp));
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++)
+            memcpy(b + (k4 * Tp + t) * 4, x->q + t * n + 4 * k4, 4);
+    for (ptrdiff_t g = 0; g < ng; g++)
+        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
+}
+
+/* Tiles: 0 = A (16 rows x K bytes), 1, 2 = B of token blocks 0 and 1 (K/4 rows x 64
+ * bytes), 3, 4 = C of those blocks (16 x 16 int32). One configuration per K,
+ * loaded when a thread's last one differs. */
+static void amx_configure(ptrdiff_t K) {
+    static __thread ptrdiff_t loaded;  /* K of this thread's configuration, 0: none */
+    if (loaded == K) return;
+    amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    c.rows[0] = AMX_ROWS, c.colsb[0] = (uint16_t)K;
+    for (int t = 1; t <= 2; t++) c.rows[t] = (uint8_t)(K / 4), c.colsb[t] = 64;
+    for (int t = 3; t <= 4; t++) c.rows[t] = AMX_ROWS, c.colsb[t] = 64;
+    tile_config(&c);
+    loaded = K;
+}
+
+/* 16 rows at w (row stride n) x nb token blocks (1 or 2) of the packed activations. */
+static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                       const uint8_t *px, const float *psx, ptrdiff_t Tp, int nb,
+                       float acc[AMX_ROWS][2 * AMX_TOKENS]) {
+    ptrdiff_t ng = n / gs, K = gs % 64 ? 32 : 64;
+    int32_t c[2][AMX_ROWS][AMX_TOKENS];
+    amx_configure(K);
+    for (int i = 0; i < AMX_ROWS; i++)
+        for (int t = 0; t < 2 * AMX_TOKENS; t++) acc[i][t] = 0.0f;
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        TILE_ZERO(3);
+        TILE_ZERO(4);
+        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += K) {
+            TILE_LOAD(0, w + k, n);
+            const uint8_t *b = px + (k / 4) * Tp * 4;  /* k/4 is the packed row */
+            TILE_LOAD(1, b, Tp * 4);
+            TILE_DPBSSD(3, 0, 1);
+            if (nb == 2) {
+                TILE_LOAD(2, b + AMX_TOKENS * 4, Tp * 4);
+                TILE_DPBSSD(4, 0, 2);
+            }
+        }
+        TILE_STORE(3, c[0], AMX_TOKENS * 4);
+        if (nb == 2) TILE_STORE(4, c[1], AMX_TOKENS * 4);
+        for (int j = 0; j < nb; j++) {
+            __m512 sx = _mm512_loadu_ps(psx + g * Tp + AMX_TOKENS * j);
+            for (int i = 0; i < AMX_ROWS; i++) {
+                __m512 isum = cvt16(_mm512_loadu_si512((const void *)c[j][i]));
+                __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ws[i * ng + g]), sx);
+                float *a = acc[i] + AMX_TOKENS * j;
+                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(isum, sc)));
+            }
+        }
+    }
+}
+
+static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                           const qllama_acts *x, float *out, ptrdiff_t out_stride) {
+    ptrdiff_t T = x->T, Tp = amx_padded(T), n = m->cols, gs = m->gs, ng = n / gs;
+    if (T < 2 || x->packed == NULL || gs % 32) {
+        q80_rows(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    const uint8_t *px = (const uint8_t *)x->packed;
+    const float *psx = (const float *)(px + n * Tp);
+    float acc[AMX_ROWS][2 * AMX_TOKENS];
+    for (ptrdiff_t r = r0; r < r1; r += AMX_ROWS) {
+        if (r + AMX_ROWS > r1) {  /* the matrix's last rows: a tile would read past them */
+            q80_rows(m, r, r1, x, out, out_stride);
+            break;
+        }
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += 2 * AMX_TOKENS) {
+            int nb = T - t0 > AMX_TOKENS ? 2 : 1;
+            amx_tile16(m->q + r * n, m->s + r * ng, n, gs, px + t0 * 4, psx + t0, Tp, nb, acc);
+            for (int i = 0; i < AMX_ROWS; i++)
+                for (ptrdiff_t t = t0; t < T && t < t0 + nb * AMX_TOKENS; t++)
+                    out[t * out_stride + r + i] = acc[i][t - t0];
+        }
+    }
+}

@@ -1,0 +1,19 @@
+/* Pieces of the generic variant that SIMD variants build on (not part of the table). */
+#ifndef QLLAMA_GENERIC_H
+#define QLLAMA_GENERIC_H
+
+#include "kernels.h"
+
+/* Rounds one group of activations: q[i] = round_away(x[i] / scale), clamped. */
+typedef void (*qllama_round_fn)(const float *x, ptrdiff_t n, float scale, int8_t *q);
+
+/* Activations to Q8_0 (max over |x| bits, scale, zero groups) with a variant's `round`. */
+void qllama_quantize_row_with(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s,
+                              qllama_round_fn round);
+
+/* The reference fp32 dot product and Q8_0 matmul (kernels.h's arithmetic). */
+float qllama_f32_dot_ref(const float *a, const float *b, ptrdiff_t n);
+void qllama_q80_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                           const qllama_acts *x, float *out, ptrdiff_t out_stride);
+
+#endif /* QLLAMA_GENERIC_H */

@@ -1,0 +1,178 @@
+"""Builds and runs tests/harness/kernel_harness.c for kernel variants the engine
+cannot load on this machine: the variant's own source with its own flags, emulated
+(SIMDe for AVX-512 on a CPU without it, a C model of the AMX tiles) or
+cross-compiled and run under qemu-user (aarch64). A `Build` whose tools are missing
+says why, and the tests skip with that reason.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qllama import kernels
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELS = REPO / "qllama" / "_kernels"
+HARNESS = REPO / "tests" / "harness" / "kernel_harness.c"
+X86_AVX512 = ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+SIMDE_DIRS = ["/usr/include", "/usr/local/include"]
+
+
+def simde_include() -> str | None:
+    """A directory holding simde/ (Debian's libsimde-dev, or PyPI's simde-py)."""
+    dirs = list(SIMDE_DIRS)
+    try:
+        import simde_py  # noqa: F401  (PyPI simde-py: headers inside the package)
+        dirs.insert(0, str(Path(simde_py.__file__).parent / "include"))
+    except ImportError:
+        pass
+    for d in dirs:
+        if (Path(d) / "simde" / "x86" / "avx512.h").exists():
+            return d
+    return None
+
+
+@dataclass
+class Build:
+    """One harness executable: `table` from `source` compiled with `flags`."""
+
+    name: str
+    table: str
+    source: str | None   # a variant's source under qllama/_kernels (None: generic only)
+    flags: list
+    cc: str = "cc"
+    runner: tuple = ()    # e.g. ("qemu-aarch64",)
+    missing: str | None = None  # why it cannot be built here
+
+    def path(self, workdir: Path) -> Path:
+        exe = workdir / f"harness-{self.name}"
+        if exe.exists():
+            return exe
+        sources = [str(HARNESS), str(KERNELS / "generic.c")]
+        if self.source:
+            sources.append(str(KERNELS / self.source))
+        cmd = [self.cc, "-O2", "-ffp-contract=off", "-fno-math-errno", f"-I{KERNELS}",
+               f"-DQLLAMA_TABLE={self.table}", *self.flags, *sources, "-o", str(exe), "-lm"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"building {self.name} failed:\n{' '.join(cmd)}\n{r.stderr[-3000:]}")
+        return exe
+
+    def run(self, workdir: Path, cases: list) -> list:
+        """Each case's outputs (as bytes), in order."""
+        exe = self.path(workdir)
+        fd, src = tempfile.mkstemp(dir=workdir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<q", len(cases)))
+            for case in cases:
+                f.write(case.encode())
+        dst = src + ".out"
+        r = subprocess.run([*self.runner, str(exe), src, dst], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{self.name} harness failed ({r.returncode}): {r.stderr[-2000:]}")
+        data = Path(dst).read_bytes()
+        os.unlink(src)
+        os.unlink(dst)
+        outs, at = [], 0
+        for case in cases:
+            n = case.out_bytes()
+            outs.append(data[at:at + n])
+            at += n
+        assert at == len(data), (at, len(data))
+        return outs
+
+
+def host_builds() -> dict[str, Build]:
+    """Every harness build, with `missing` set where this machine cannot make it."""
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    have = set(kernels.cpu_features())
+    simde = simde_include()
+    builds = {"scalar": Build("scalar", "qllama_generic", None, [])}
+
+    avx512_native = x86 and {"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= have
+    simde_flags = (["-DQLLAMA_SIMDE", f"-I{simde}", "-mavx2", "-mfma", "-mf16c"]
+                   if simde and x86 and {"avx2", "fma", "f16c"} <= have else None)
+    no_simde = ("SIMDe headers are absent (Debian libsimde-dev or PyPI simde-py)" if not simde
+                else "needs an x86-64 CPU with AVX2")
+    builds["avx512vnni-simde"] = Build(
+        "avx512vnni-simde", "qllama_avx512vnni", "arch/x86/x86.c",
+        ["-DQLLAMA_VARIANT=avx512vnni", *(simde_flags or [])],
+        missing=None if simde_flags else no_simde)
+    # AMX's tiles modelled in C; its float part in AVX-512 (native, else SIMDe)
+    amx_flags = (X86_AVX512 if avx512_native else simde_flags)
+    builds["amx-emulated"] = Build(
+        "amx-emulated", "qllama_amx", "arch/x86/x86.c",
+        ["-DQLLAMA_VARIANT=amx", "-DQLLAMA_AMX_EMULATE", *(amx_flags or [])],
+        missing=None if amx_flags else f"no AVX-512 on this CPU and {no_simde}")
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    arm_missing = None if cross and qemu else (
+        "needs aarch64-linux-gnu-gcc (Debian gcc-aarch64-linux-gnu) and qemu-aarch64 "
+        "(Debian qemu-user)")
+    if not (KERNELS / "arch" / "arm" / "neon.c").exists():
+        arm_missing = "qllama/_kernels/arch/arm/neon.c is not in this checkout"
+    for name, march in (("neon", "armv8-a"), ("dotprod", "armv8.2-a+dotprod")):
+        builds[f"{name}-qemu"] = Build(
+            f"{name}-qemu", f"qllama_{name}", "arch/arm/neon.c",
+            [f"-march={march}", f"-DQLLAMA_VARIANT={name}", "-static"],
+            cc=cross or "aarch64-linux-gnu-gcc", runner=(qemu or "qemu-aarch64",),
+            missing=arm_missing)
+    return builds
+
+
+# ---- cases --------------------------------------------------------------------------
+
+
+@dataclass
+class Q80Case:
+    q: np.ndarray   # (rows, cols) int8
+    s: np.ndarray   # (rows * cols / gs,) float32
+    x: np.ndarray   # (T, cols) float32
+    gs: int
+
+    def encode(self) -> bytes:
+        rows, cols = self.q.shape
+        return (struct.pack("<5q", 1, rows, cols, self.gs, len(self.x)) + self.q.tobytes()
+                + self.s.astype("<f4").tobytes() + self.x.astype("<f4").tobytes())
+
+    def out_bytes(self) -> int:
+        rows, cols = self.q.shape
+        T = len(self.x)
+        return T * cols + 4 * T * cols // self.gs + 4 * T * rows
+
+
+@dataclass
+class F32Case:
+    w: np.ndarray   # (rows, cols) float32
+    x: np.ndarray   # (T, cols) float32
+
+    def encode(self) -> bytes:
+        rows, cols = self.w.shape
+        return (struct.pack("<4q", 2, rows, cols, len(self.x)) + self.w.astype("<f4").tobytes()
+                + self.x.astype("<f4").tobytes())
+
+    def out_bytes(self) -> int:
+        return 4 * len(self.x) * self.w.shape[0]
+
+
+@dataclass
+class AttentionCase:
+    q: np.ndarray   # (hs,)
+    k: np.ndarray   # (n_pos, hs)
+    v: np.ndarray   # (n_pos, hs)
+
+    def encode(self) -> bytes:
+        n_pos, hs = self.k.shape
+        return (struct.pack("<3q", 3, n_pos, hs) + self.q.astype("<f4").tobytes()
+                + self.k.astype("<f4").tobytes() + self.v.astype("<f4").tobytes())
+
+    def out_bytes(self) -> int:
+        n_pos, hs = self.k.shape
+        return 2 * 2 * n_pos * hs + 2 * 4 * (n_pos + hs)

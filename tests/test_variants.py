@@ -1,0 +1,247 @@
+"""Same numbers from every kernel variant (kernels.h): bit for bit equal to the scalar
+reference, on random shapes (hypothesis) that no tile divides, 1 to 64 tokens per
+block, group sizes 32, 64 and 128, weights of -128 and all-zero groups.
+
+- Variants this CPU runs are checked in the engine itself (`Kernels`, whole models).
+- Variants it cannot run are built from the same source by tests/harness.py:
+  AVX-512 VNNI through SIMDe, AMX with its tiles modelled in C, NEON and dotprod
+  cross-compiled and run under qemu-user; each skips, saying why, where its tools
+  are missing.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from qllama import kernels
+from qllama._kernels.engine import Kernels
+from qllama.errors import UsageError
+from qllama.formats.llama2c import Config, QTensor
+from qllama.model import Model
+from qllama.quant.pipeline import quantize_file
+from qllama.synth import write_random_model
+
+import harness
+
+RUNNABLE = kernels.runnable()
+SIMD = [v for v in RUNNABLE if v != "scalar"]
+SCALAR = Kernels("scalar")
+GROUP_SIZES = [32, 64, 128]
+
+
+def q80_matrices(draw, rows, cols, gs):
+    """int8 values over the whole range (-128 included, as a file may hold), some
+    groups all zero, and scales of a wide range (0 for the zero groups)."""
+    q = draw(hnp.arrays(np.int8, (rows, cols), elements=st.integers(-128, 127)))
+    flat = q.reshape(-1, gs)
+    zero = draw(hnp.arrays(np.bool_, len(flat)))
+    flat[zero] = 0
+    s = draw(hnp.arrays(np.float32, len(flat), elements=st.floats(2.0 ** -14, 4.0, width=32)))
+    s[zero] = 0.0
+    return q, s
+
+
+@st.composite
+def q80_cases(draw, max_rows=40):
+    gs = draw(st.sampled_from(GROUP_SIZES))
+    cols = gs * draw(st.integers(1, 4))
+    rows = draw(st.integers(1, max_rows))
+    T = draw(st.integers(1, 64))
+    q, s = q80_matrices(draw, rows, cols, gs)
+    x = draw(hnp.arrays(np.float32, (T, cols), elements=st.floats(-8, 8, width=32)))
+    if draw(st.booleans()):
+        x[:, :gs] = 0.0  # an all-zero activation group: scale 0
+    return harness.Q80Case(q, s, x, gs)
+
+
+@st.composite
+def f32_cases(draw):
+    cols = draw(st.integers(1, 100))
+    rows = draw(st.integers(1, 13))
+    T = draw(st.integers(1, 5))
+    w = draw(hnp.arrays(np.float32, (rows, cols), elements=st.floats(-2, 2, width=32)))
+    x = draw(hnp.arrays(np.float32, (T, cols), elements=st.floats(-2, 2, width=32)))
+    return harness.F32Case(w, x)
+
+
+@st.composite
+def attention_cases(draw):
+    hs = draw(st.sampled_from([8, 16, 24, 64, 72, 128]))
+    n_pos = draw(st.integers(1, 40))
+    vals = st.floats(-70000, 70000, width=32) | st.floats(-2, 2, width=32)
+    q = draw(hnp.arrays(np.float32, hs, elements=st.floats(-2, 2, width=32)))
+    k = draw(hnp.arrays(np.float32, (n_pos, hs), elements=vals))
+    v = draw(hnp.arrays(np.float32, (n_pos, hs), elements=vals))
+    return harness.AttentionCase(q, k / np.float32(1000), v)
+
+
+# ---- variants this CPU runs, in the engine ------------------------------------------
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=q80_cases(), threads=st.sampled_from([1, 2]))
+def test_q80_matmul_every_variant_equals_scalar(case, threads):
+    t = QTensor(case.q.reshape(-1), case.s, case.q.shape, case.gs)
+    ref = SCALAR.matmul(t, case.x)
+    for v in SIMD:
+        assert np.array_equal(Kernels(v).matmul(t, case.x, threads), ref), v
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@settings(max_examples=40, deadline=None)
+@given(case=f32_cases())
+def test_f32_matmul_every_variant_equals_scalar(case):
+    ref = SCALAR.matmul(case.w, case.x)
+    for v in SIMD:
+        assert np.array_equal(Kernels(v).matmul(case.w, case.x), ref), v
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@settings(max_examples=40, deadline=None)
+@given(case=attention_cases(), kv=st.sampled_from(["f16", "f32"]))
+def test_attention_every_variant_equals_scalar(case, kv):
+    ref = SCALAR.attention(case.q, case.k, case.v, len(case.q), 0, kv)
+    for v in SIMD:
+        assert np.array_equal(Kernels(v).attention(case.q, case.k, case.v, len(case.q), 0, kv),
+                              ref), v
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 60),
+                  elements=st.floats(width=32, allow_nan=False)))
+def test_f16_rounding_is_ieee_nearest_even(x):
+    """The cache's fp16 is numpy's float16 conversion (round to nearest even, overflow
+    to infinity, subnormals kept) in every variant."""
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    for v in RUNNABLE:
+        bits, back = Kernels(v).to_f16(x)
+        assert np.array_equal(bits, want.view(np.uint16)), v
+        assert np.array_equal(back, want.astype(np.float32)), v
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Small random models, fp32 and int8, with GQA and row counts no tile divides."""
+    d = tmp_path_factory.mktemp("variants")
+    out = {}
+    for name, c in {
+        "gs64": Config(1, dim=128, hidden_dim=320, n_layers=2, n_heads=8, n_kv_heads=2,
+                       vocab_size=300, seq_len=96, shared_classifier=False),
+        "gs32": Config(1, dim=96, hidden_dim=224, n_layers=2, n_heads=3, n_kv_heads=3,
+                       vocab_size=260, seq_len=96, shared_classifier=True),
+    }.items():
+        write_random_model(d / f"{name}.bin", c, seed=5)
+        quantize_file(d / f"{name}.bin", d / f"{name}.q80.bin")
+        out[name] = d / f"{name}.bin"
+        out[name + ".q80"] = d / f"{name}.q80.bin"
+    return out
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@pytest.mark.parametrize("key", ["gs64", "gs64.q80", "gs32", "gs32.q80"])
+@pytest.mark.parametrize("kv", ["f16", "f32"])
+def test_whole_model_logits_equal_across_variants(models, key, kv):
+    """Prefill blocks of 32 and 29 tokens (the GEMM path) and decode tokens: every
+    variant's logits, at 1 and 2 threads, equal the scalar variant's."""
+    ids = [1] + [int(i) for i in np.random.default_rng(3).integers(3, 250, 60)]
+    ref = Model(models[key], variant="scalar", threads=1, kv=kv).logits(ids)
+    for v in SIMD:
+        for threads in (1, 2):
+            m = Model(models[key], variant=v, threads=threads, kv=kv)
+            assert np.array_equal(m.logits(ids), ref), (v, threads)
+            s = m.session(8)
+            last = [s.feed([i]) for i in ids[:8]][-1]
+            assert np.array_equal(last, ref[7]), (v, "decode")
+
+
+# ---- choosing a variant -------------------------------------------------------------
+
+
+def test_isa_names_are_checked(monkeypatch):
+    monkeypatch.setenv("QLLAMA_ISA", "avx9000")
+    with pytest.raises(UsageError, match="unknown kernel variant 'avx9000'"):
+        kernels.select()
+    monkeypatch.setenv("QLLAMA_ISA", "scalar")
+    assert kernels.select() == "scalar"
+    monkeypatch.delenv("QLLAMA_ISA")
+    assert kernels.select() == RUNNABLE[0]
+    foreign = "neon" if "avx2" in kernels.compiled() else "avx2"
+    with pytest.raises(UsageError, match=f"'{foreign}' is not in this build"):
+        kernels.select(foreign)
+
+
+def test_variant_the_cpu_lacks_is_refused(monkeypatch):
+    """A compiled variant needing a feature the CPU lacks is a UsageError, never SIGILL."""
+    built = kernels.compiled()
+    needy = max(built, key=lambda v: len(built[v]))
+    if not built[needy]:
+        pytest.skip("this build has only the scalar variant")
+    have = [f for f in kernels.cpu_features() if f != built[needy][-1]]
+    monkeypatch.setattr(kernels, "cpu_features", lambda: have)
+    with pytest.raises(UsageError, match=f"'{needy}' cannot run on this CPU \\(needs "):
+        kernels.select(needy)
+    assert needy not in kernels.runnable()
+
+
+def test_cli_bad_isa_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "qllama", "info", "--cpu"], capture_output=True,
+                       text=True, env={**os.environ, "QLLAMA_ISA": "sse9"})
+    assert r.returncode == 1
+    assert r.stderr.startswith("qllama: error: unknown kernel variant 'sse9'")
+    assert r.stderr.count("\n") == 1
+    r = subprocess.run([sys.executable, "-m", "qllama", "info", "--cpu"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and f"chosen: {RUNNABLE[0]}" in r.stdout
+
+
+# ---- variants built by the harness: emulated or under qemu ---------------------------
+
+BUILDS = harness.host_builds()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("harness")
+
+
+def check_harness(name, workdir, cases):
+    build = BUILDS[name]
+    if build.missing:
+        pytest.skip(f"{name}: {build.missing}")
+    got = build.run(workdir, cases)
+    want = BUILDS["scalar"].run(workdir, cases)
+    for case, g, w in zip(cases, got, want):
+        assert g == w, f"{name} differs from scalar on {type(case).__name__} {case}"
+
+
+HARNESS_VARIANTS = [n for n in BUILDS if n != "scalar"]
+
+
+@pytest.mark.parametrize("name", HARNESS_VARIANTS)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(q80=st.lists(q80_cases(max_rows=48), min_size=1, max_size=6),
+       f32=st.lists(f32_cases(), min_size=1, max_size=3),
+       att=st.lists(attention_cases(), min_size=1, max_size=3))
+def test_harness_variant_equals_scalar(name, workdir, q80, f32, att):
+    check_harness(name, workdir, [*q80, *f32, *att])
+
+
+def test_harness_scalar_equals_engine(workdir):
+    """The harness's own scalar build computes what the engine's scalar variant does
+    (so agreeing with it means agreeing with the engine)."""
+    rng = np.random.default_rng(7)
+    q = rng.integers(-128, 128, (20, 128), dtype=np.int8)
+    s = rng.uniform(0.01, 1, 20 * 128 // 64).astype(np.float32)
+    x = rng.normal(size=(9, 128)).astype(np.float32)
+    case = harness.Q80Case(q, s, x, 64)
+    out = BUILDS["scalar"].run(workdir, [case])[0]
+    got = np.frombuffer(out[-4 * 9 * 20:], np.float32).reshape(9, 20)
+    assert np.array_equal(got, SCALAR.matmul(QTensor(q.reshape(-1), s, q.shape, 64), x))
