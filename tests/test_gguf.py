@@ -138,8 +138,6 @@ def test_v2_is_requantized_and_the_error_reported(tmp_path):
     for name, err in worst.items():
         assert report.kinds[name].max_err == pytest.approx(err, rel=1e-6), name
         assert 0 < err < 1e-3  # the fp16 scale's rounding, not a wrong block
-    with qllama.load(tmp_path / "m.q80.bin") as ours:  # requantized file: same argmax path
-        assert ours.logits([1, 2, 3]).shape == (3, 512)
 
 
 def test_export_refusals(tiny, tmp_path, capsys):

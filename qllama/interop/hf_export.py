@@ -35,7 +35,7 @@ from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
 
-SHARD_BYTES = 5 * 10**9  # tensor bytes per shard, as transformers' save_pretrained made them
+SHARD_BYTES = 5 * 10**9  # tensor bytes per shard: files of a few GB, as on the hub
 
 # --type -> (safetensors dtype, config.json dtype name, bytes per value)
 DTYPES = {"f32": ("F32", "float32", 4), "f16": ("F16", "float16", 2),
