@@ -80,7 +80,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES) -> GGUFReport:
     """Write llama2.c checkpoint `src` as GGUF `dst` with matrices of `kind` ("f32", "f16",
     "q8_0"; default q8_0 for a version 2 input, else f32). `progress(done, total)` gets
-    the weight values converted so far and in all."""
+    the weights converted so far and in all, in bytes of float32."""
     import gguf
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -145,7 +145,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                         out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)
                     done += w.size
                     if progress is not None:
-                        progress(done, total)
+                        progress(4 * done, 4 * total)
             out.flush()
             check_written(f.fileno(), dst, at)
         report.seconds = time.perf_counter() - t0

@@ -147,7 +147,8 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
               force: bool = False, progress=None, shard_bytes: int = SHARD_BYTES,
               chunk_bytes: int = CHUNK_BYTES) -> HFReport:
     """Write llama2.c checkpoint `src` as the Hugging Face folder `dst` with weights of
-    `kind` ("f32", "f16", "bf16"). `progress(done, total)` gets weight values so far."""
+    `kind` ("f32", "f16", "bf16"). `progress(done, total)` gets the weights converted so
+    far and in all, in bytes of float32."""
     src, dst = os.fspath(src), os.fspath(dst)
     if kind not in DTYPES:
         raise UsageError(f"Hugging Face weights are written as {', '.join(DTYPES)}, not {kind}")
@@ -192,7 +193,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
                               cast_values(w, kind))
                     done += w.size
                     if progress is not None:
-                        progress(done, total)
+                        progress(4 * done, 4 * total)
             bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
             write_json(os.path.join(tmp, "config.json"), hf.config_json(config, dtype_name, bos, eos))
             write_json(os.path.join(tmp, "generation_config.json"),

@@ -62,8 +62,8 @@ class Llama2cReader:
         return w.reshape((r1 - r0, cols) if len(e.shape) > 1 else (r1 - r0,))
 
     def chunks(self, plan):
-        """Iterate (job, rows) for jobs (entry, r0, r1, ...), read a thread ahead; use in
-        a `with contextlib.closing(...)`."""
+        """(job, rows) for each job (entry, r0, r1, ...), read a thread ahead; a context
+        manager (leaving it stops the reading thread)."""
         return contextlib.closing(prefetch((job, self.read(*job[:3])) for job in plan))
 
 
