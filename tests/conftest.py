@@ -27,3 +27,8 @@ def data(name: str) -> Path:
 
 def models(name: str) -> Path:
     return shared_file("models", name)
+
+
+def hf(name: str) -> Path:
+    """A Hugging Face reference folder or file under shared/hf/ (see its README)."""
+    return shared_file("hf", name)

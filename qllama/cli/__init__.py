@@ -1,5 +1,5 @@
-"""The `qllama` command: one module per subcommand (run, quantize, convert, info,
-eval, demo, tokenizer), each registering itself here through `register(subparsers)`
+"""The `qllama` command: one module per subcommand (run, quantize, convert,
+import, export, info, eval, demo, tokenizer), each registering itself here through `register(subparsers)`
 and calling the library for its work. Errors become one line and exit status 1;
 the library's warnings one line each."""
 from __future__ import annotations
@@ -16,6 +16,8 @@ from ..errors import QllamaError, QllamaWarning
 COMMAND_MODULES = (
     "qllama.cli.quantize",
     "qllama.cli.convert",
+    "qllama.cli.importer",
+    "qllama.cli.export",
     "qllama.cli.info",
     "qllama.cli.run",
     "qllama.cli.tokenizer",

@@ -7,6 +7,8 @@ width their content needs.
 """
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 
 UNWRAPPED_WIDTH = 10_000  # wide enough for any line qllama prints
@@ -17,3 +19,28 @@ def console(stderr: bool = False) -> Console:
     if c.is_terminal:
         return c
     return Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False):
+    """`update(done_bytes, total_bytes=None)` drawing a transient bar on stderr when it
+    is a terminal (and not `quiet`); None otherwise."""
+    err = console(stderr=True)
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    task = bar.add_task(description, total=None)
+    bar.start()
+    try:
+        yield lambda done, total=None: bar.update(task, completed=done, total=total)
+    finally:
+        bar.stop()

@@ -8,7 +8,7 @@ from ..formats import llama2c
 from ..formats.llama2c import Q80
 from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
-from .console import console
+from .console import console, progress_bar
 
 
 def _fmt_bytes(n: int) -> str:
@@ -18,22 +18,26 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def print_report(report: Report, console) -> None:
+def kinds_table(title: str, kinds: dict):
+    """A table of tensor kinds (quant.pipeline.KindStats): shape, count, encoding, error."""
     from rich.table import Table
 
-    c = report.config
-    table = Table(title=f"{report.dst}: Q8_0, group size {c.group_size}",
-                  title_justify="left")
+    table = Table(title=title, title_justify="left")
     table.add_column("tensor")
     table.add_column("shape", justify="right")
     table.add_column("count", justify="right")
     table.add_column("encoding")
     table.add_column("max |q·s − w|", justify="right")
-    for name, k in report.kinds.items():
+    for name, k in kinds.items():
         err = f"{k.max_err:.3g}" if k.encoding == Q80 else "(fp32 copy)"
         table.add_row(name, "×".join(map(str, k.shape)), str(k.count),
                       "Q8_0" if k.encoding == Q80 else "fp32", err)
-    console.print(table)
+    return table
+
+
+def print_report(report: Report, console) -> None:
+    c = report.config
+    console.print(kinds_table(f"{report.dst}: Q8_0, group size {c.group_size}", report.kinds))
     console.print(
         f"{report.src} (version {report.src_version}, {_fmt_bytes(report.in_bytes)}) → "
         f"{report.dst} (version 2, {_fmt_bytes(report.out_bytes)}, "
@@ -42,32 +46,13 @@ def print_report(report: Report, console) -> None:
 
 
 def run(args) -> int:
-    err_console = console(stderr=True)
-    show_progress = not args.quiet and err_console.is_terminal
-    progress_cb = None
-    bar = None
-    if show_progress:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-        bar = Progress("[progress.description]{task.description}", BarColumn(),
-                       DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                       console=err_console, transient=True)
-    try:
-        if bar is not None:
+    with progress_bar("quantizing", args.quiet) as update:
+        progress_cb = None
+        if update is not None:
             total = 4 * llama2c.read_config(args.input).n_params()  # weight bytes to read
-            task = bar.add_task("quantizing", total=total)
-            bar.start()
-            progress_cb = lambda n: bar.update(task, completed=n)  # noqa: E731
+            progress_cb = lambda n: update(n, total)  # noqa: E731
         report = quantize_file(args.input, args.output, args.group_size, args.force,
                                args.threads, progress_cb)
-    finally:
-        if bar is not None:
-            bar.stop()
     if report.note and not args.quiet:
         print(f"qllama: note: {report.note}", file=sys.stderr)
     if not args.quiet:

@@ -1,6 +1,7 @@
 """File paths: inputs must be regular files; outputs are written atomically (a
 temporary file beside the target, fsync, rename), so a failure or Ctrl-C at any
-point leaves no partial file behind.
+point leaves no partial file behind. A directory output (a Hugging Face folder) is
+filled under a temporary name and renamed when complete.
 
 On Linux the temporary file is unnamed (O_TMPFILE) until it is complete, so even a
 process killed outright (SIGKILL, the OOM killer) leaves nothing: the kernel frees
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 
@@ -123,3 +125,47 @@ def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, force: bool = False, replaceable=lambda name: False):
+    """Yield a new, empty directory to fill; on success it becomes `path`, else it
+    vanishes. An existing `path` needs `force`, and is replaced only if every entry
+    in it is a regular file for which `replaceable(name)` holds (what this output
+    writes): a directory of other things is never deleted."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise UsageError(f"{path}: exists and is not a directory")
+        if not force:
+            raise UsageError(f"{path}: already exists (use --force to replace it)")
+        for entry in os.scandir(path):
+            if not entry.is_file(follow_symlinks=False) or not replaceable(entry.name):
+                raise UsageError(f"{path}: holds {entry.name}, which this output does not "
+                                 "write; refusing to replace the directory")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: parent directory {parent} does not exist")
+    try:
+        tmp = tempfile.mkdtemp(prefix=".qllama-", suffix=".part", dir=parent)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        yield tmp
+        for entry in os.scandir(tmp):  # contents durable before the rename
+            fd = os.open(entry.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if os.path.lexists(path):  # checked above: only files this output writes
+            old = tempfile.mkdtemp(prefix=".qllama-", suffix=".old", dir=parent)
+            os.replace(path, old + "/d")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

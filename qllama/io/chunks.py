@@ -132,3 +132,44 @@ def check_free_space(path: str, nbytes: int) -> None:
     if free < nbytes:
         raise UsageError(f"{path}: needs {nbytes / 1e6:,.1f} MB but only "
                          f"{free / 1e6:,.1f} MB are free on its filesystem")
+
+
+def prefetch(items, depth: int = 2):
+    """Iterate `items` in a thread, up to `depth` items ahead of the caller: the
+    reads of the next chunks overlap the work on this one (a reader's errors are
+    raised in the caller). Close the generator (contextlib.closing) to stop it."""
+    slots: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, end))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((False, e))
+
+    thread = threading.Thread(target=run, name="qllama-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()  # at most the item being read: then its files may be closed

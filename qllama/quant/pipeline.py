@@ -56,14 +56,90 @@ class Report:
         return self.in_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _non_finite(path: str, e: Entry, start: int, w: np.ndarray) -> FormatError:
+def kind_stats(entries: list[Entry]) -> dict:
+    """name -> KindStats of each tensor kind, in file order (errors filled in later)."""
+    kinds = {}
+    for e in entries:
+        kinds.setdefault(e.name, KindStats(e.shape, e.encoding)).count += 1
+    return kinds
+
+
+def tensor_label(e: Entry) -> str:
+    return e.name if e.layer is None else f"{e.name} of layer {e.layer}"
+
+
+def _non_finite(path: str, e: Entry, start: int, w: np.ndarray, label=tensor_label) -> FormatError:
     i = int(np.flatnonzero(~np.isfinite(w))[0])
     flat = start + i
     index = np.unravel_index(flat, e.shape)
-    where = e.name if e.layer is None else f"{e.name} of layer {e.layer}"
-    return FormatError(f"{path}: {where} holds {w[i]} at element {flat} "
+    return FormatError(f"{path}: {label(e)} holds {w[i]} at element {flat} "
                        f"(index {tuple(int(x) for x in index)}); refusing to quantize "
                        "a non-finite weight")
+
+
+class TensorWriter:
+    """Writes the tensors of an output file (version 1 or 2) chunk by chunk, in file
+    order, from float32 values: fp32 entries as they are, Q8_0 entries through the
+    weight quantizer (Cython, nogil, prange over groups). Refuses NaN and Inf, naming
+    the tensor as `label(entry)` does, and keeps each kind's largest quantization
+    error in `kinds` (name -> KindStats).
+
+    `write(e, start, w)`: `w` holds values start .. start + len(w) of entry `e`, at
+    most `step` of them, a whole number of groups; a tensor's chunks come in order.
+    """
+
+    def __init__(self, out: BlockWriter, config: Config, step: int, threads: int,
+                 kinds: dict, src: str, label=tensor_label,
+                 chunk_bytes: int = CHUNK_BYTES):
+        self.out, self.threads, self.kinds = out, threads, kinds
+        self.src, self.label = src, label
+        self.gs = gs = config.group_size
+        self.chunk_bytes = chunk_bytes
+        if config.version != 2:
+            return
+        from .._kernels.quantize_weights import quantize_weights
+        self._quantize = quantize_weights
+        self.q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
+        held = [e.numel // gs for e in llama2c.layout(config)
+                if e.encoding == Q80 and self.holds(e)]
+        # scales of one tensor or chunk
+        self.s = np.empty(max([step // gs, *held]), dtype=np.float32)
+        self.err = np.empty(step // gs, dtype=np.float32)  # (step / gs,) max error per group
+
+    def holds(self, e: Entry) -> bool:
+        """A tensor's scales are held and written after all its values, so the file is
+        written front to back and every 2 MiB block in one piece (blockwriter.py);
+        scales larger than a chunk (tiny groups) go out chunk by chunk instead."""
+        return 4 * (e.numel // self.gs) <= self.chunk_bytes
+
+    def write(self, e: Entry, start: int, w: np.ndarray) -> None:
+        out, n = self.out, len(w)
+        if e.encoding == F32:
+            if not np.isfinite(w).all():
+                raise _non_finite(self.src, e, start, w, self.label)
+            out.pwrite(w, e.offset + 4 * start)
+            return
+        gs, q, s, err = self.gs, self.q, self.s, self.err
+        hold = self.holds(e)
+        g, g0 = n // gs, start // gs if hold else 0
+        self._quantize(w, gs, q[:n], s[g0:g0 + g], err[:g], self.threads)
+        emax = float(err[:g].max())
+        if emax != emax:  # NaN: a group held NaN or Inf
+            raise _non_finite(self.src, e, start, w, self.label)
+        k = self.kinds[e.name]
+        k.max_err = max(k.max_err, emax)
+        out.pwrite(q[:n], e.offset + start)
+        if not hold:
+            out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
+        elif start + n == e.numel:
+            out.pwrite(s[:g0 + g], e.scales_offset)
+
+
+def check_written(fd: int, dst: str, size: int) -> None:
+    """The output's size is the layout's (cannot differ unless the layout is wrong)."""
+    written = os.fstat(fd).st_size
+    if written != size:
+        raise QllamaError(f"{dst}: wrote {written} bytes, expected {size}")
 
 
 def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool = False,
@@ -92,58 +168,26 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
         jobs = read_jobs(out_entries, llama2c.layout(cin), step)
         in_bytes = sum(4 * e.numel for e in out_entries)
         report = Report(src, dst, cin.version, cout, note, os.fstat(fd).st_size, out_size,
-                        threads=threads)
-        for e in out_entries:
-            k = report.kinds.setdefault(e.name, KindStats(e.shape, e.encoding))
-            k.count += 1
-
-        q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
-        # A tensor's scales are held and written after all its values, so the file is
-        # written front to back and every 2 MiB block in one piece (blockwriter.py);
-        # scales larger than a chunk (tiny groups) go out chunk by chunk instead.
-        def holds(e: Entry) -> bool:
-            return 4 * (e.numel // gs) <= chunk_bytes
-
-        held = [e.numel // gs for e in out_entries if e.encoding == Q80 and holds(e)]
-        s = np.empty(max([step // gs, *held]), dtype=np.float32)  # scales of one tensor or chunk
-        err = np.empty(step // gs, dtype=np.float32)  # (step / gs,) max error per group
-        from .._kernels.quantize_weights import quantize_weights
+                        threads=threads, kinds=kind_stats(out_entries))
 
         t0 = time.perf_counter()
         done = 0
         with atomic_output(dst, force, (src,)) as f:
             out = BlockWriter(f.fileno())
             out.pwrite(llama2c.header_bytes(cout), 0)
+            tensors = TensorWriter(out, cout, step, threads, report.kinds, src,
+                                   chunk_bytes=chunk_bytes)
             reader = ChunkReader(fd, src, jobs, step)
             try:
                 for (_, n, e, start), w in reader:
-                    if e.encoding == F32:
-                        if not np.isfinite(w).all():
-                            raise _non_finite(src, e, start, w)
-                        out.pwrite(w, e.offset + 4 * start)
-                    else:
-                        hold = holds(e)
-                        g, g0 = n // gs, start // gs if hold else 0
-                        quantize_weights(w, gs, q[:n], s[g0:g0 + g], err[:g], threads)
-                        emax = float(err[:g].max())
-                        if emax != emax:  # NaN: a group held NaN or Inf
-                            raise _non_finite(src, e, start, w)
-                        k = report.kinds[e.name]
-                        k.max_err = max(k.max_err, emax)
-                        out.pwrite(q[:n], e.offset + start)
-                        if not hold:
-                            out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
-                        elif start + n == e.numel:
-                            out.pwrite(s[:g0 + g], e.scales_offset)
+                    tensors.write(e, start, w)
                     done += 4 * n
                     if progress is not None:
                         progress(done)
             finally:
                 reader.close()
             out.flush()
-            if os.fstat(f.fileno()).st_size != out_size:  # cannot happen unless layout is wrong
-                raise QllamaError(f"{dst}: wrote {os.fstat(f.fileno()).st_size} bytes, "
-                                  f"expected {out_size}")
+            check_written(f.fileno(), dst, out_size)
         report.seconds = time.perf_counter() - t0
         assert done == in_bytes
         return report

@@ -1,0 +1,209 @@
+"""qllama export --to gguf: read back with gguf.GGUFReader (tensors, types, metadata,
+vocabulary), gguf's own quantizer's bytes, the F16 fall-back, the error a v2 input's
+requantization adds, and llama.cpp's greedy tokens when a build is at hand."""
+import os
+import re
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+import qllama
+from qllama.cli import main
+from qllama.formats import gguf as gguf_format
+from qllama.formats.llama2c import Config, ModelFile
+from qllama.interop.gguf_export import export_gguf
+from qllama.quant.pipeline import quantize_file
+from qllama.synth import write_random_model
+from qllama.tokenizer import load_tokenizer
+
+from conftest import data, golden
+
+# hidden_dim 96 is 3 blocks of 32, dim 64 two: every matrix can be Q8_0.
+TINY = Config(1, dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
+              seq_len=128, shared_classifier=False)
+
+
+def tensors(reader: gguf.GGUFReader) -> dict:
+    return {t.name: t for t in reader.tensors}
+
+
+def field(reader: gguf.GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.bin"
+    write_random_model(path, TINY, seed=4)
+    (tmp_path / "tokenizer.model").write_bytes(data("tok512.model").read_bytes())
+    return path
+
+
+def test_f32_reads_back_exactly(tiny, tmp_path):
+    out = tmp_path / "t.gguf"
+    report = export_gguf(str(tiny), str(out), "f32", chunk_bytes=4096)
+    assert report.out_bytes == out.stat().st_size
+    r = gguf.GGUFReader(out)
+    got = tensors(r)
+    f = ModelFile(tiny)
+    names = set()
+    for e in f.entries.values():
+        t = got[gguf_format.tensor_name(e.name, e.layer)]
+        names.add(t.name)
+        assert t.tensor_type == T.F32
+        assert list(t.shape) == list(reversed(e.shape))  # GGUF lists ne0 (columns) first
+        assert np.array_equal(np.asarray(t.data).reshape(e.shape), f.tensor(e.name, e.layer))
+    assert names == set(got) and "output.weight" in names
+    c = TINY
+    expect = {"general.architecture": "llama", "general.file_type": 0,
+              "llama.context_length": c.seq_len, "llama.embedding_length": c.dim,
+              "llama.block_count": c.n_layers, "llama.feed_forward_length": c.hidden_dim,
+              "llama.attention.head_count": c.n_heads, "llama.attention.head_count_kv":
+              c.n_kv_heads, "llama.rope.dimension_count": c.dim // c.n_heads,
+              "llama.rope.freq_base": 10000.0, "tokenizer.ggml.model": "llama",
+              "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+              "tokenizer.ggml.unknown_token_id": 0}
+    for key, value in expect.items():
+        assert field(r, key) == value, key
+    assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
+
+
+def test_vocabulary_from_model_and_bin_agree(tiny, tmp_path):
+    """Pieces, scores and types of tok512.model; its tokenizer.bin (types inferred) gives
+    the same vocabulary."""
+    export_gguf(str(tiny), str(tmp_path / "a.gguf"), "f16", tokenizer=str(data("tok512.model")))
+    export_gguf(str(tiny), str(tmp_path / "b.gguf"), "f16", tokenizer=str(data("tok512.bin")))
+    a, b = gguf.GGUFReader(tmp_path / "a.gguf"), gguf.GGUFReader(tmp_path / "b.gguf")
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(data("tok512.model")))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    types = [6 if sp.is_byte(i) else 3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 1
+             for i in range(len(pieces))]
+    for r in (a, b):
+        assert field(r, "tokenizer.ggml.tokens") == pieces
+        assert field(r, "tokenizer.ggml.token_type") == types
+        assert np.allclose(field(r, "tokenizer.ggml.scores"),
+                           [sp.get_score(i) for i in range(len(pieces))], rtol=0, atol=0)
+    assert types.count(6) == 256 and types[:3] == [2, 3, 3]
+
+
+def test_q8_0_is_ggufs_quantizer_and_f16_fallback(tmp_path):
+    """stories260K (v0, shared classifier): matrices are gguf.quants' Q8_0 bytes, except
+    w2 whose rows of 172 values are not whole blocks of 32: F16, with a note."""
+    src = data("stories260K.bin")
+    out = tmp_path / "s.gguf"
+    report = export_gguf(str(src), str(out), "q8_0", tokenizer=str(data("tok512.model")),
+                         chunk_bytes=4096)
+    assert report.notes == ["blk.N.ffn_down.weight stays F16: its rows of 172 values are not "
+                            "whole Q8_0 blocks of 32 (as llama.cpp's converters fall back)"]
+    r = gguf.GGUFReader(out)
+    got = tensors(r)
+    assert "output.weight" not in got  # shared: llama.cpp uses token_embd
+    assert field(r, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q8_0
+    f = ModelFile(src)
+    for e in f.entries.values():
+        if e.name in ("freqs_cos", "freqs_sin"):
+            continue
+        t = got[gguf_format.tensor_name(e.name, e.layer)]
+        w = np.asarray(f.tensor(e.name, e.layer))
+        want_type = T.F32 if w.ndim == 1 else T.F16 if e.name == "w2" else T.Q8_0
+        assert t.tensor_type == want_type, t.name
+        want = gguf.quants.quantize(w, want_type)
+        assert np.asarray(t.data).tobytes() == want.tobytes(), t.name
+        err = np.abs(gguf.quants.dequantize(want, want_type).reshape(w.shape) - w).max()
+        assert report.kinds[e.name].max_err >= err
+
+
+def test_v2_is_requantized_and_the_error_reported(tmp_path):
+    src = golden("gqa512.v1.bin")
+    quantize_file(str(src), str(tmp_path / "m.q80.bin"))
+    out = tmp_path / "m.gguf"
+    report = export_gguf(str(tmp_path / "m.q80.bin"), str(out), tokenizer=str(data("tok512.bin")))
+    assert report.kind == "q8_0"  # the default for a Q8_0 input
+    got = tensors(gguf.GGUFReader(out))
+    f = ModelFile(tmp_path / "m.q80.bin")
+    worst = {}
+    for e in f.entries.values():
+        t = got[gguf_format.tensor_name(e.name, e.layer)]
+        if e.encoding == "f32":
+            assert np.array_equal(np.asarray(t.data).reshape(e.shape), f.tensor(e.name, e.layer))
+            continue
+        v2 = f.tensor(e.name, e.layer).dequantize()
+        back = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(e.shape)
+        worst[e.name] = max(worst.get(e.name, 0.0), float(np.abs(back - v2).max()))
+    for name, err in worst.items():
+        assert report.kinds[name].max_err == pytest.approx(err, rel=1e-6), name
+        assert 0 < err < 1e-3  # the fp16 scale's rounding, not a wrong block
+
+
+def test_export_refusals(tiny, tmp_path, capsys):
+    os.unlink(tmp_path / "tokenizer.model")
+    assert main(["export", str(tiny), str(tmp_path / "t.gguf"), "--to", "gguf"]) == 1
+    assert "a GGUF file carries its vocabulary" in capsys.readouterr().err
+    assert main(["export", str(tiny), str(tmp_path / "t.gguf"), "--to", "gguf", "-z",
+                 str(data("tokenizer.model"))]) == 1
+    assert "has 32000 tokens, model has 512" in capsys.readouterr().err
+    assert main(["export", str(tiny), str(tmp_path / "t.gguf"), "--to", "gguf", "--type",
+                 "bf16", "-z", str(data("tok512.bin"))]) == 1
+    assert not (tmp_path / "t.gguf").exists()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".qllama-")] == []
+
+
+def test_summary_lines_are_whole_on_a_pipe(tmp_path):
+    folder = tmp_path / ("a-long-folder-name-" * 8)
+    folder.mkdir()
+    write_random_model(folder / "m.bin", TINY, seed=1)
+    r = subprocess.run([sys.executable, "-m", "qllama", "export", str(folder / "m.bin"),
+                        str(folder / "m.gguf"), "--to", "gguf", "--type", "q8_0", "-z",
+                        str(data("tok512.model"))], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert f"{folder / 'm.bin'} (version 1) → {folder / 'm.gguf'} (" in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# llama.cpp itself
+
+
+def llama_cli() -> str:
+    folder = os.environ.get("QLLAMA_LLAMA_CPP", "")
+    path = os.path.join(folder, "llama-cli")
+    if not folder or not os.access(path, os.X_OK):
+        pytest.skip("set QLLAMA_LLAMA_CPP to a llama.cpp build's bin folder (with llama-cli) "
+                    "to check that llama.cpp runs the exported GGUF")
+    return path
+
+
+def llama_cpp_greedy(cli: str, model, prompt: str, n: int) -> list[int]:
+    """Token ids llama.cpp evaluates at temperature 0: the prompt's, then each
+    generated one (its verbose log prints every batch as 'eval: [ 'piece':id, ... ]')."""
+    r = subprocess.run([cli, "-m", str(model), "-p", prompt, "-n", str(n), "--temp", "0",
+                        "-no-cnv", "--no-warmup", "--simple-io", "-s", "1", "-t", "1", "-v"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = []
+    for batch in re.findall(r"eval: \[(.*?)\]", r.stdout + r.stderr):
+        ids += [int(i) for i in re.findall(r":(\d+)\s*(?:,|$)", batch.strip())]
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_llama_cpp_greedy_equals_qllama(kind, tmp_path):
+    cli = llama_cli()
+    src = data("stories260K.bin")
+    out = tmp_path / "s.gguf"
+    export_gguf(str(src), str(out), kind, tokenizer=str(data("tok512.model")))
+    theirs = llama_cpp_greedy(cli, out, "Once upon a time", 80)
+    with qllama.load(src, tokenizer=str(data("tok512.model"))) as ours:
+        prompt = ours.encode("Once upon a time")
+        mine = prompt + list(ours.generate_ids(prompt, len(theirs) - 1, temperature=0.0))
+    assert len(theirs) >= 60
+    if kind == "f32":
+        assert theirs == mine
+    else:  # llama.cpp quantizes activations for Q8_0 dot products: the first words agree
+        assert theirs[:40] == mine[:40]
+    assert load_tokenizer(data("tok512.model")).decode(theirs).startswith("Once upon a time")
