@@ -16,7 +16,6 @@
  * tested on CPUs without AMX (tests/harness).
  */
 #define AMX_ROWS 16   /* weight rows per A tile: the variant's row_block */
-#define AMX_TOKENS 16 /* tokens per B tile */
 
 typedef struct {  /* the 64-byte tile configuration of palette 1 */
     uint8_t palette, start_row, reserved[14];
@@ -71,24 +70,8 @@ static void tile_config(const amx_config *c) { _tile_loadconfig(c); }
 #define TILE_ZERO(t) _tile_zero(t)
 #endif
 
-static inline ptrdiff_t amx_padded(ptrdiff_t T) { return (T + AMX_TOKENS - 1) / AMX_TOKENS * AMX_TOKENS; }
-
-static size_t amx_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return (size_t)(n * amx_padded(T)) + 4 * (size_t)(n / gs * amx_padded(T));
-}
-
-/* bytes [g][k/4][t][4] as s8, then float scales [g][t]; padding tokens 0 */
-static void amx_pack(const qllama_acts *x, void *buf) {
-    ptrdiff_t T = x->T, Tp = amx_padded(T), n = x->n, gs = x->gs, ng = n / gs;
-    uint8_t *b = (uint8_t *)buf;
-    float *s = (float *)(b + n * Tp);
-    memset(buf, 0, (size_t)(n * Tp));
-    for (ptrdiff_t t = 0; t < T; t++)
-        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++)
-            memcpy(b + (k4 * Tp + t) * 4, x->q + t * n + 4 * k4, 4);
-    for (ptrdiff_t g = 0; g < ng; g++)
-        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
-}
+/* tdpbssd's sides are both signed: the activations as they are */
+static void amx_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0); }
 
 /* Tiles: 0 = A (16 rows x K bytes), 1, 2 = B of token blocks 0 and 1 (K/4 rows x 64
  * bytes), 3, 4 = C of those blocks (16 x 16 int32). One configuration per K,
@@ -109,12 +92,12 @@ static void amx_configure(ptrdiff_t K) {
 /* 16 rows at w (row stride n) x nb token blocks (1 or 2) of the packed activations. */
 static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                        const uint8_t *px, const float *psx, ptrdiff_t Tp, int nb,
-                       float acc[AMX_ROWS][2 * AMX_TOKENS]) {
+                       float acc[AMX_ROWS][2 * LANES]) {
     ptrdiff_t ng = n / gs, K = gs % 64 ? 32 : 64;
-    int32_t c[2][AMX_ROWS][AMX_TOKENS];
+    int32_t c[2][AMX_ROWS][LANES];
     amx_configure(K);
     for (int i = 0; i < AMX_ROWS; i++)
-        for (int t = 0; t < 2 * AMX_TOKENS; t++) acc[i][t] = 0.0f;
+        for (int t = 0; t < 2 * LANES; t++) acc[i][t] = 0.0f;
     for (ptrdiff_t g = 0; g < ng; g++) {
         TILE_ZERO(3);
         TILE_ZERO(4);
@@ -124,18 +107,18 @@ static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
             TILE_LOAD(1, b, Tp * 4);
             TILE_DPBSSD(3, 0, 1);
             if (nb == 2) {
-                TILE_LOAD(2, b + AMX_TOKENS * 4, Tp * 4);
+                TILE_LOAD(2, b + LANES * 4, Tp * 4);
                 TILE_DPBSSD(4, 0, 2);
             }
         }
-        TILE_STORE(3, c[0], AMX_TOKENS * 4);
-        if (nb == 2) TILE_STORE(4, c[1], AMX_TOKENS * 4);
+        TILE_STORE(3, c[0], LANES * 4);
+        if (nb == 2) TILE_STORE(4, c[1], LANES * 4);
         for (int j = 0; j < nb; j++) {
-            __m512 sx = _mm512_loadu_ps(psx + g * Tp + AMX_TOKENS * j);
+            __m512 sx = _mm512_loadu_ps(psx + g * Tp + LANES * j);
             for (int i = 0; i < AMX_ROWS; i++) {
                 __m512 isum = cvt16(_mm512_loadu_si512((const void *)c[j][i]));
                 __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ws[i * ng + g]), sx);
-                float *a = acc[i] + AMX_TOKENS * j;
+                float *a = acc[i] + LANES * j;
                 _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(isum, sc)));
             }
         }
@@ -144,24 +127,24 @@ static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
 
 static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                            const qllama_acts *x, float *out, ptrdiff_t out_stride) {
-    ptrdiff_t T = x->T, Tp = amx_padded(T), n = m->cols, gs = m->gs, ng = n / gs;
+    ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
     if (T < 2 || x->packed == NULL || gs % 32) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
-    float acc[AMX_ROWS][2 * AMX_TOKENS];
+    float acc[AMX_ROWS][2 * LANES];
     for (ptrdiff_t r = r0; r < r1; r += AMX_ROWS) {
         if (r + AMX_ROWS > r1) {  /* the matrix's last rows: a tile would read past them */
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += 2 * AMX_TOKENS) {
-            int nb = T - t0 > AMX_TOKENS ? 2 : 1;
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += 2 * LANES) {
+            int nb = T - t0 > LANES ? 2 : 1;
             amx_tile16(m->q + r * n, m->s + r * ng, n, gs, px + t0 * 4, psx + t0, Tp, nb, acc);
             for (int i = 0; i < AMX_ROWS; i++)
-                for (ptrdiff_t t = t0; t < T && t < t0 + nb * AMX_TOKENS; t++)
+                for (ptrdiff_t t = t0; t < T && t < t0 + nb * LANES; t++)
                     out[t * out_stride + r + i] = acc[i][t - t0];
         }
     }

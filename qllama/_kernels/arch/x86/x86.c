@@ -246,40 +246,45 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
 
 /* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) or on tiles (amx) --------------------- */
 
-#if AMX
-#include "amx.h"
-#define Q80_MATMUL amx_q80_matmul
-#define Q80_PACKED_BYTES amx_packed_bytes
-#define Q80_PACK amx_pack
-#define ROW_BLOCK AMX_ROWS
-#elif GEMM
-#define LANES 16        /* tokens per zmm */
-#define GEMM_MIN_T 4    /* fewer tokens go through q80_rows (same results) */
+#if AVX512
+#define LANES 16  /* tokens per zmm, and per AMX B tile */
 
 static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
 
-static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+static size_t packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     return (size_t)(n * padded(T)) + 4 * (size_t)(n / gs * padded(T));
 }
 
-/* bytes [g][k/4][t][4] as u8 (x + 128), then float scales [g][t]; padding tokens 0 */
-static void q80_pack(const qllama_acts *x, void *buf) {
+/* A block's activations for the GEMMs: bytes [g][k/4][t][4], each 4-byte piece xor
+ * `flip`, then float scales [g][t]; padding tokens 0 (xor flip). */
+static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
     ptrdiff_t T = x->T, Tp = padded(T), n = x->n, gs = x->gs, ng = n / gs;
     uint8_t *b = (uint8_t *)buf;
     float *s = (float *)(b + n * Tp);
-    memset(buf, 0x80, (size_t)(n * Tp));
-    for (ptrdiff_t t = 0; t < T; t++) {
-        const int8_t *q = x->q + t * n;
-        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++) {
+    memset(buf, (int)(flip & 0xff), (size_t)(n * Tp));
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++) {  /* k4 runs over groups in order */
             uint32_t v;
-            memcpy(&v, q + 4 * k4, 4);
-            v ^= 0x80808080u;
-            memcpy(b + (k4 * Tp + t) * 4, &v, 4);  /* k4 runs over groups in order */
+            memcpy(&v, x->q + t * n + 4 * k4, 4);
+            v ^= flip;
+            memcpy(b + (k4 * Tp + t) * 4, &v, 4);
         }
-    }
     for (ptrdiff_t g = 0; g < ng; g++)
         for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
 }
+#endif
+
+#if AMX
+#include "amx.h"
+#define Q80_MATMUL amx_q80_matmul
+#define Q80_PACKED_BYTES packed_bytes
+#define Q80_PACK amx_pack
+#define ROW_BLOCK AMX_ROWS
+#elif GEMM
+#define GEMM_MIN_T 4    /* fewer tokens go through q80_rows (same results) */
+
+/* the GEMM's unsigned side: x + 128 */
+static void q80_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0x80808080u); }
 
 static inline __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -379,7 +384,7 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
     }
 }
 #define Q80_MATMUL q80_matmul
-#define Q80_PACKED_BYTES q80_packed_bytes
+#define Q80_PACKED_BYTES packed_bytes
 #define Q80_PACK q80_pack
 #define ROW_BLOCK 16
 #else  /* 256-bit variants: tokens go through the decode kernel one by one */
