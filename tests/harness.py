@@ -3,6 +3,11 @@ cannot load on this machine: the variant's own source with its own flags, emulat
 (SIMDe for AVX-512 on a CPU without it, a C model of the AMX tiles) or
 cross-compiled and run under qemu-user (aarch64). A `Build` whose tools are missing
 says why, and the tests skip with that reason.
+
+Each build is compared with the generic variant built for the same architecture:
+bits equal everywhere except a NaN an invalid operation makes (inf * 0 in attention
+values, say), which is 0xffc00000 on x86-64 and 0x7fc00000 on aarch64 whatever the
+source; so the aarch64 builds have a reference of their own, generic.c under qemu.
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ class Build:
     cc: str = "cc"
     runner: tuple = ()    # e.g. ("qemu-aarch64",)
     missing: str | None = None  # why it cannot be built here
+    reference: str | None = "scalar"  # the build it must equal (None: a reference)
 
     def path(self, workdir: Path) -> Path:
         exe = workdir / f"harness-{self.name}"
@@ -95,7 +101,7 @@ def host_builds() -> dict[str, Build]:
     x86 = platform.machine() in ("x86_64", "AMD64")
     have = set(kernels.cpu_features())
     simde = simde_include()
-    builds = {"scalar": Build("scalar", "qllama_generic", None, [])}
+    builds = {"scalar": Build("scalar", "qllama_generic", None, [], reference=None)}
 
     avx512_native = x86 and {"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= have
     simde_flags = (["-DQLLAMA_SIMDE", f"-I{simde}", "-mavx2", "-mfma", "-mf16c"]
@@ -116,14 +122,16 @@ def host_builds() -> dict[str, Build]:
     arm_missing = None if cross and qemu else (
         "needs aarch64-linux-gnu-gcc (Debian gcc-aarch64-linux-gnu) and qemu-aarch64 "
         "(Debian qemu-user)")
+    cc, runner = cross or "aarch64-linux-gnu-gcc", (qemu or "qemu-aarch64",)
+    builds["scalar-qemu"] = Build("scalar-qemu", "qllama_generic", None, ["-static"], cc=cc,
+                                  runner=runner, missing=arm_missing, reference=None)
     if not (KERNELS / "arch" / "arm" / "neon.c").exists():
         arm_missing = "qllama/_kernels/arch/arm/neon.c is not in this checkout"
     for name, march in (("neon", "armv8-a"), ("dotprod", "armv8.2-a+dotprod")):
         builds[f"{name}-qemu"] = Build(
             f"{name}-qemu", f"qllama_{name}", "arch/arm/neon.c",
             [f"-march={march}", f"-DQLLAMA_VARIANT={name}", "-static"],
-            cc=cross or "aarch64-linux-gnu-gcc", runner=(qemu or "qemu-aarch64",),
-            missing=arm_missing)
+            cc=cc, runner=runner, missing=arm_missing, reference="scalar-qemu")
     return builds
 
 
