@@ -105,9 +105,9 @@ def test_f32_matmul_every_variant_equals_scalar(case):
 @given(case=attention_cases(), kv=st.sampled_from(["f16", "f32"]))
 def test_attention_every_variant_equals_scalar(case, kv):
     ref = SCALAR.attention(case.q, case.k, case.v, len(case.q), 0, kv)
-    for v in SIMD:
-        assert np.array_equal(Kernels(v).attention(case.q, case.k, case.v, len(case.q), 0, kv),
-                              ref), v
+    for v in SIMD:  # bit patterns: a cache of +-inf makes NaN (inf - inf), never equal as floats
+        got = Kernels(v).attention(case.q, case.k, case.v, len(case.q), 0, kv)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), v
 
 
 @settings(max_examples=40, deadline=None)
