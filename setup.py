@@ -33,7 +33,11 @@ VARIANTS = {
         ("avx512vnni", "arch/x86/x86.c", X86_AVX512),
         ("amx", "arch/x86/x86.c", X86_AVX512 + ["-mamx-tile", "-mamx-int8"]),
     ],
-    "aarch64": [],
+    "aarch64": [
+        ("neon", "arch/arm/neon.c", ["-march=armv8-a"]),
+        # gcc takes vdotq_s32 only with +dotprod (ARMv8.2-A makes it optional)
+        ("dotprod", "arch/arm/neon.c", ["-march=armv8.2-a+dotprod"]),
+    ],
 }
 
 
