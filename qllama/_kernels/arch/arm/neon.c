@@ -15,7 +15,8 @@
  *   within +-127 (quantize_row clamps), so |sum| <= 2*128*127 < 2^15, no overflow.
  * - dotprod: sdot, signed x signed into int32 lanes; -128 needs no care.
  * At each group's end the four rows' lanes are summed exactly (pairwise adds, a
- * transposed reduction) and scaled in float, four rows at a time.
+ * transposed reduction) and scaled in float, four rows at a time. A block of tokens
+ * goes 16 rows at a time (the row_block), each token's 16 results stored together.
  *
  * Prefill (dotprod, 4 or more tokens): a GEMM whose int32x4 lanes are 4 tokens. The
  * block's activations are packed once per matmul input as [k/4][token][4] bytes
@@ -143,14 +144,10 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     vst1q_f32(out, acc);
 }
 
-/* Rows r0..r1, tokens 0..T-1, one token at a time (the rows stay in L1 meanwhile). */
-static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                     float *out, ptrdiff_t out_stride) {
+/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile). */
+static void q80_rows4(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                      float *out, ptrdiff_t out_stride) {
     ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
-    if (gs % 16) {  /* groups shorter than a vector: the reference, same results */
-        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
-        return;
-    }
     for (ptrdiff_t r = r0; r < r1; r += 4) {
         if (r + 4 > r1) {  /* the matrix's last rows */
             qllama_q80_matmul_ref(m, r, r1, x, out, out_stride);
@@ -164,12 +161,47 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
     }
 }
 
+/* 16 results of token t from a (row, token) block as one 64-byte store: x86.c found 4
+ * results per token going to lines a power-of-two stride apart, all in one L1 set. */
+static inline void store16(float *out, const float *block, ptrdiff_t width, ptrdiff_t t) {
+    float row[16];
+    for (int i = 0; i < 16; i++) row[i] = block[i * width + t];
+    memcpy(out, row, sizeof row);
+}
+
+/* The same for a block of tokens, 16 rows x 32 tokens at a time, each token's 16
+ * results stored together. */
+static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                     float *out, ptrdiff_t out_stride) {
+    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs, T = x->T, r = r0;
+    if (gs % 16) {  /* groups shorter than a vector: the reference, same results */
+        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    for (; T > 1 && r + 16 <= r1; r += 16)
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
+            ptrdiff_t tn = T - t0 < 32 ? T - t0 : 32;
+            float block[16][32];
+            for (int i = 0; i < 16; i += 4)
+                for (ptrdiff_t t = 0; t < tn; t++) {
+                    float o[4];
+                    q80_dot4(m->q + (r + i) * n, m->s + (r + i) * ng, ng, x->q + (t0 + t) * n,
+                             x->s + (t0 + t) * ng, n, gs, o);
+                    for (int k = 0; k < 4; k++) block[i + k][t] = o[k];
+                }
+            for (ptrdiff_t t = 0; t < tn; t++)
+                store16(out + (t0 + t) * out_stride + r, block[0], 32, t);
+        }
+    q80_rows4(m, r, r1, x, out, out_stride);
+}
+
 /* ---- Q8_0 prefill: GEMM with sdot by lane (dotprod) ------------------------------- */
 
 #if DOTPROD
 #define LANES 4       /* tokens per int32x4 */
 #define GEMM_NT 3     /* token vectors per tile: 4 * 3 accumulators + 4 + 4 * 3 = 28 */
 #define GEMM_MIN_T 4  /* fewer tokens go through q80_rows (same results, fewer sdots) */
+#define GEMM_T 48     /* tokens per block of 16 rows: four token tiles */
 
 static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
 
@@ -246,6 +278,9 @@ static void gemm4x3(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
     gemm4(w, ws, n, gs, px, psx, Tp, o, 3);
 }
 
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x GEMM_T tokens: each
+ * 4-row tile over the chunk's token tiles (its rows stay in L1), into a (row, token)
+ * buffer; then each token's 16 results as one store (store16). */
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
@@ -258,20 +293,27 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
     static void (*const kernel[GEMM_NT + 1])(const int8_t *, const float *, ptrdiff_t, ptrdiff_t,
                                              const int8_t *, const float *, ptrdiff_t,
                                              float *) = {NULL, gemm4x1, gemm4x2, gemm4x3};
-    float o[4 * GEMM_NT * LANES];  /* (row, token) of one 4-row x 12-token tile */
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        if (r + 4 > r1) {
+    float o[4 * GEMM_NT * LANES];  /* one 4-row tile: (row, token vector, lane) */
+    float block[16][GEMM_T];       /* 16 rows x GEMM_T tokens (padding tokens included) */
+    for (ptrdiff_t r = r0; r < r1; r += 16) {
+        if (r + 16 > r1) {  /* the matrix's last rows */
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += GEMM_NT * LANES) {
-            ptrdiff_t nt = (T - t0 + LANES - 1) / LANES;
-            if (nt > GEMM_NT) nt = GEMM_NT;
-            /* a token block's bytes start t0 tokens in: shift the packed base */
-            kernel[nt](m->q + r * n, m->s + r * ng, n, gs, px + t0 * 4, psx + t0, Tp, o);
-            for (int i = 0; i < 4; i++)
-                for (ptrdiff_t t = t0; t < T && t < t0 + LANES * nt; t++)
-                    out[t * out_stride + r + i] = o[i * nt * LANES + (t - t0)];
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += GEMM_T) {
+            ptrdiff_t tn = T - t0 < GEMM_T ? T - t0 : GEMM_T;
+            for (int i = 0; i < 16; i += 4)
+                for (ptrdiff_t t1 = 0; t1 < tn; t1 += GEMM_NT * LANES) {
+                    ptrdiff_t nt = (tn - t1 + LANES - 1) / LANES;
+                    if (nt > GEMM_NT) nt = GEMM_NT;
+                    /* a token tile's bytes start t0 + t1 tokens in: shift the packed base */
+                    kernel[nt](m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
+                               px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);
+                    for (int k = 0; k < 4; k++)
+                        memcpy(block[i + k] + t1, o + k * nt * LANES, sizeof(float) * LANES * nt);
+                }
+            for (ptrdiff_t t = 0; t < tn; t++)
+                store16(out + (t0 + t) * out_stride + r, block[0], GEMM_T, t);
         }
     }
 }
@@ -428,7 +470,7 @@ static void f16_store(const float *x, uint16_t *h, ptrdiff_t n) {
 
 const qllama_kernels TABLE = {
     .name = STR(QLLAMA_VARIANT),
-    .row_block = 4,
+    .row_block = 16,
     .f32_matmul = f32_matmul,
     .q80_matmul = Q80_MATMUL,
     .q80_packed_bytes = Q80_PACKED_BYTES,
