@@ -147,6 +147,27 @@ void qllama_q80_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                                               x->s + t * ng, n, gs);
 }
 
+size_t qllama_pack_tokens_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs, ptrdiff_t lanes) {
+    ptrdiff_t Tp = (T + lanes - 1) / lanes * lanes;
+    return (size_t)(n * Tp) + 4 * (size_t)(n / gs * Tp);
+}
+
+void qllama_pack_tokens(const qllama_acts *x, ptrdiff_t lanes, uint32_t flip, void *buf) {
+    ptrdiff_t T = x->T, Tp = (T + lanes - 1) / lanes * lanes, n = x->n, gs = x->gs, ng = n / gs;
+    uint8_t *b = (uint8_t *)buf;
+    float *s = (float *)(b + n * Tp);
+    memset(buf, (int)(flip & 0xff), (size_t)(n * Tp));
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++) {
+            uint32_t v;
+            memcpy(&v, x->q + t * n + 4 * k4, 4);
+            v ^= flip;
+            memcpy(b + (k4 * Tp + t) * 4, &v, 4);
+        }
+    for (ptrdiff_t g = 0; g < ng; g++)
+        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
+}
+
 /* Elements start..start+n-1 of a flattened Q8_0 tensor whose groups may cross rows:
  * element f has scale s[f / gs]. fp32 activations. */
 static float q80_flat_dot(const int8_t *q, const float *s, ptrdiff_t start, const float *x,

@@ -16,4 +16,11 @@ float qllama_f32_dot_ref(const float *a, const float *b, ptrdiff_t n);
 void qllama_q80_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                            const qllama_acts *x, float *out, ptrdiff_t out_stride);
 
+/* A block of T quantized activation rows for a GEMM whose vector lanes are tokens
+ * (avx512vnni, amx, dotprod): bytes [k/4][t][4] (k/4 runs over the groups in order),
+ * each 4-byte piece xor `flip`, then float scales [g][t]; the tokens padded to a
+ * multiple of `lanes` (bytes 0 xor flip, scales 0). */
+size_t qllama_pack_tokens_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs, ptrdiff_t lanes);
+void qllama_pack_tokens(const qllama_acts *x, ptrdiff_t lanes, uint32_t flip, void *buf);
+
 #endif /* QLLAMA_GENERIC_H */

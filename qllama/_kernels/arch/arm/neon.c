@@ -206,23 +206,11 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
 static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
 
 static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return (size_t)(n * padded(T)) + 4 * (size_t)(n / gs * padded(T));
+    return qllama_pack_tokens_bytes(T, n, gs, LANES);
 }
 
-/* bytes [k/4][t][4] (k/4 runs over groups in order), then float scales [g][t];
- * padding tokens 0 */
-static void q80_pack(const qllama_acts *x, void *buf) {
-    ptrdiff_t T = x->T, Tp = padded(T), n = x->n, gs = x->gs, ng = n / gs;
-    int8_t *b = (int8_t *)buf;
-    float *s = (float *)(b + n * Tp);
-    memset(buf, 0, (size_t)(n * Tp));
-    for (ptrdiff_t t = 0; t < T; t++) {
-        const int8_t *q = x->q + t * n;
-        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++) memcpy(b + (k4 * Tp + t) * 4, q + 4 * k4, 4);
-    }
-    for (ptrdiff_t g = 0; g < ng; g++)
-        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
-}
+/* bytes [k/4][t][4] as s8, then float scales [g][t]; padding tokens 0 (generic.c) */
+static void q80_pack(const qllama_acts *x, void *buf) { qllama_pack_tokens(x, LANES, 0, buf); }
 
 /* 4 rows at w (row stride n) x NT token vectors (4 tokens each) starting at the
  * packed bytes px and scales psx (row stride Tp) into o, (row, vector, lane). The

@@ -252,25 +252,13 @@ static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
 static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
 
 static size_t packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return (size_t)(n * padded(T)) + 4 * (size_t)(n / gs * padded(T));
+    return qllama_pack_tokens_bytes(T, n, gs, LANES);
 }
 
-/* A block's activations for the GEMMs: bytes [g][k/4][t][4], each 4-byte piece xor
- * `flip`, then float scales [g][t]; padding tokens 0 (xor flip). */
+/* A block's activations for the GEMMs (generic.c): bytes [g][k/4][t][4], each 4-byte
+ * piece xor `flip`, then float scales [g][t]; padding tokens 0 (xor flip). */
 static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
-    ptrdiff_t T = x->T, Tp = padded(T), n = x->n, gs = x->gs, ng = n / gs;
-    uint8_t *b = (uint8_t *)buf;
-    float *s = (float *)(b + n * Tp);
-    memset(buf, (int)(flip & 0xff), (size_t)(n * Tp));
-    for (ptrdiff_t t = 0; t < T; t++)
-        for (ptrdiff_t k4 = 0; k4 < n / 4; k4++) {  /* k4 runs over groups in order */
-            uint32_t v;
-            memcpy(&v, x->q + t * n + 4 * k4, 4);
-            v ^= flip;
-            memcpy(b + (k4 * Tp + t) * 4, &v, 4);
-        }
-    for (ptrdiff_t g = 0; g < ng; g++)
-        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
+    qllama_pack_tokens(x, LANES, flip, buf);
 }
 #endif
 
