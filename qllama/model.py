@@ -71,7 +71,6 @@ class Session:
     def __init__(self, model: "Model", capacity: int):
         self.model = model
         self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads, model.kv)
-        self.governor = ThreadGovernor(model.threads)
         self.pos = 0
         self.vocab = model.config.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
@@ -91,11 +90,12 @@ class Session:
         for start in range(0, n, PREFILL_BLOCK):
             block = tokens[start:start + PREFILL_BLOCK]
             target = out[start:start + len(block)] if all_logits else out
-            self.engine.threads = threads = self.governor.threads()
-            t0 = time.perf_counter()
+            governor = self.model.governor
+            self.engine.threads = threads = governor.threads()
+            t0, c0 = time.perf_counter(), time.thread_time()
             self.engine.forward(block, self.pos, target)
-            if len(block) == 1:
-                self.governor.record(threads, time.perf_counter() - t0)
+            governor.record(threads, time.perf_counter() - t0, time.thread_time() - c0,
+                            len(block))
             self.pos += len(block)
         return out if all_logits else out[0]
 
@@ -107,6 +107,7 @@ class Model:
                  variant: str | None = None, kv: str = "f16"):
         self.path = os.fspath(path)
         self.threads = resolve_threads(threads)
+        self.governor = ThreadGovernor(self.threads)  # all threads or one, as the load allows
         if kv not in KV_TYPES:
             raise UsageError(f"KV cache type {kv!r}: one of {', '.join(KV_TYPES)}")
         self.kv = kv

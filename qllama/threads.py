@@ -47,25 +47,29 @@ def add_threads_argument(parser, what: str = "worker") -> None:
 
 
 class ThreadGovernor:
-    """How many threads each engine call of one session uses.
+    """How many threads a model's engine calls use: all of them, or one.
 
     On a machine with other busy processes, a matmul's threads are descheduled in
     turn and every join waits for the one that is not running: with one busy process
     on 2 cores, 2-thread decode of stories15M fell to 0.2x of 1-thread decode in the
     same condition (measured). No split of the work helps a thread that is not on a
-    core, so the governor measures instead: it times each call, runs a few calls with
-    the other choice (all threads, or one) now and then, and keeps the faster. A call
-    much slower than usual with all threads (a neighbour just woke) triggers a trial
-    of one thread at once, and a trial call that stalls ends its trial; failed trials
-    back off, so that trials cost at most about 2% of the time (TRIAL_SHARE) when
-    nothing changes.
+    core, so the governor watches, per model (the machine's load is not a session's):
+    - A call whose calling thread ran less than STALLED of its time waited on a
+      thread that was not running (spinning at a join counts as running): the next
+      calls use one thread.
+    - Short stalls hide in that spinning, so decode calls (many and short) also run
+      trials: a few calls with the other choice, early on and now and then, keeping
+      whichever is faster. A stalled trial call ends its trial; failed trials back
+      off, so that they take at most about TRIAL_SHARE of the time when nothing
+      changes. Prefill blocks follow the decision (trials there would cost a whole
+      block at the slower choice).
     """
 
-    TRIAL_CALLS = 3        # calls per trial of the other choice
+    TRIAL_CALLS = 4        # decode calls per trial (and before the first one)
+    STALLED = 0.7          # the calling thread ran less than this share of a call
     TRIAL_SHARE = 0.02     # trials take at most this share of the time between them
     MIN_GAP = 0.05         # seconds between trials, at least
     MAX_BACKOFF = 16       # failed trials stretch the gap up to this factor
-    SLOWDOWN = 2.0         # a call this many times the usual one triggers a trial
     BETTER = 0.9           # the other choice must take at most this share of the time
 
     def __init__(self, threads: int, clock=None):
@@ -73,7 +77,7 @@ class ThreadGovernor:
         self.max = threads
         self.clock = clock or time.perf_counter
         self.current = threads
-        self.recent = {threads: [], 1: []}  # seconds of the last decode calls per choice
+        self.recent = {threads: [], 1: []}  # seconds of the last decode calls, per choice
         self.trial = None                   # [choice, calls left] while one runs
         self.backoff = 1
         self.next_trial = None              # clock time when the next trial may start
@@ -81,40 +85,53 @@ class ThreadGovernor:
     def threads(self) -> int:
         return self.trial[0] if self.trial else self.current
 
-    def record(self, threads: int, seconds: float) -> None:
-        """One decode call (one token) run with `threads` took `seconds`. Prefill
-        blocks are not recorded (their time per token is another quantity); they
-        run with the current choice."""
+    def record(self, threads: int, seconds: float, cpu_seconds: float, tokens: int = 1) -> None:
+        """A call of `tokens` tokens with `threads` took `seconds`, of which the calling
+        thread ran `cpu_seconds`."""
         if self.max == 1:
             return
-        usual = _median(self.recent[threads])
+        stalled = threads > 1 and cpu_seconds < self.STALLED * seconds
+        now = self.clock()
+        if tokens > 1:  # a prefill block: its stalls count, its times are another kind
+            if stalled and self.current == self.max and not self.trial:
+                self.current = 1
+                self._schedule(now, seconds)
+            return
         history = self.recent[threads]
         history.append(seconds)
         del history[:-8]
-        now = self.clock()
         if self.trial:
-            kept = _median(self.recent[self.current])
             self.trial[1] -= 1
-            if self.trial[1] == 0 or seconds > self.SLOWDOWN * kept:  # a stall: stop early
-                self._decide(now)
+            if self.trial[1] == 0 or stalled:
+                self._decide(now, seconds, stalled)
             return
-        first = self.next_trial is None  # the first trial right away: start well
-        slow = threads == self.max and usual is not None and seconds > self.SLOWDOWN * usual
-        if first or slow or now >= self.next_trial:
-            self.trial = [1 if self.current == self.max else self.max, self.TRIAL_CALLS]
-            self.trial_start = now
+        if stalled and self.current == self.max:  # a neighbour took a core: one thread now
+            self.current = 1
+            self._schedule(now, seconds)
+        elif self.next_trial is None:  # the first trial once a few calls have been timed
+            if len(history) >= self.TRIAL_CALLS:
+                self._start(now)
+        elif now >= self.next_trial:
+            self._start(now)
 
-    def _decide(self, now: float) -> None:
+    def _start(self, now: float) -> None:
+        self.trial = [1 if self.current == self.max else self.max, self.TRIAL_CALLS]
+        self.trial_start = now
+
+    def _decide(self, now: float, last: float, stalled: bool) -> None:
         other = self.trial[0]
         tried = _median(self.recent[other][-(self.TRIAL_CALLS - self.trial[1]):])
         kept = _median(self.recent[self.current])
-        if self.trial[1] == 0 and tried <= self.BETTER * kept:
+        if not stalled and self.trial[1] == 0 and tried <= self.BETTER * kept:
             self.current, self.backoff = other, 1
         else:
             self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
-        cost = now - self.trial_start
-        self.next_trial = now + max(self.MIN_GAP, cost / self.TRIAL_SHARE) * self.backoff
         self.trial = None
+        self._schedule(now, now - self.trial_start + last)
+
+    def _schedule(self, now: float, cost: float) -> None:
+        """The next trial after a gap in which `cost` (a trial's) is TRIAL_SHARE."""
+        self.next_trial = now + max(self.MIN_GAP, cost / self.TRIAL_SHARE) * self.backoff
 
 
 def _median(values: list) -> float | None:

@@ -64,7 +64,7 @@ for x in ids(decode + 1)[1:]:
     s.feed([x])
 tg = decode / (time.perf_counter() - t)
 print(json.dumps({"decode": tg, "prefill": pp, "variant": m.variant,
-                  "threads_at_end": s.governor.current}))
+                  "threads_at_end": m.governor.current}))
 """
 
 
