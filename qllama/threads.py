@@ -53,16 +53,17 @@ class ThreadGovernor:
     turn and every join waits for the one that is not running: with one busy process
     on 2 cores, 2-thread decode of stories15M fell to 0.2x of 1-thread decode in the
     same condition (measured). No split of the work helps a thread that is not on a
-    core, so the governor watches, per model (the machine's load is not a session's):
+    core, so the governor watches, per model (the machine's load is not a session's),
+    and compares the two choices by their mean time per token (a rare long stall is
+    the cost, which a median would hide).
+    - Decode calls (many and short) run trials: TRIAL_CALLS calls with the other
+      choice, early on and now and then, keeping the faster. Failed trials back off,
+      so that they take at most about TRIAL_SHARE of the time when nothing changes.
     - A call whose calling thread ran less than STALLED of its time waited on a
-      thread that was not running (spinning at a join counts as running): the next
-      calls use one thread.
-    - Short stalls hide in that spinning, so decode calls (many and short) also run
-      trials: a few calls with the other choice, early on and now and then, keeping
-      whichever is faster. A stalled trial call ends its trial; failed trials back
-      off, so that they take at most about TRIAL_SHARE of the time when nothing
-      changes. Prefill blocks follow the decision (trials there would cost a whole
-      block at the slower choice).
+      thread that was not running (spinning at a join counts as running). Two such
+      decode calls in a row, and the next calls use one thread (one alone happens on
+      an idle machine too, about one call in a hundred); a stalled prefill block makes
+      the next block a trial of one thread, judged against the stalled one.
     """
 
     TRIAL_CALLS = 4        # decode calls per trial (and before the first one)
@@ -77,10 +78,13 @@ class ThreadGovernor:
         self.max = threads
         self.clock = clock or time.perf_counter
         self.current = threads
-        self.recent = {threads: [], 1: []}  # seconds of the last decode calls, per choice
-        self.trial = None                   # [choice, calls left] while one runs
+        # seconds per token of the last calls, per (prefill?, choice)
+        self.recent = {(kind, n): [] for kind in (False, True) for n in (threads, 1)}
+        self.trial = None                   # [choice, calls left, prefill?] while one runs
+        self.stalls = 0                     # stalled decode calls in a row
+        self.calls = 0
         self.backoff = 1
-        self.next_trial = None              # clock time when the next trial may start
+        self.next_trial = None              # clock time when the next decode trial may start
 
     def threads(self) -> int:
         return self.trial[0] if self.trial else self.current
@@ -90,22 +94,27 @@ class ThreadGovernor:
         thread ran `cpu_seconds`."""
         if self.max == 1:
             return
-        stalled = threads > 1 and cpu_seconds < self.STALLED * seconds
-        now = self.clock()
-        if tokens > 1:  # a prefill block: its stalls count, its times are another kind
-            if stalled and self.current == self.max and not self.trial:
-                self.current = 1
-                self._schedule(now, seconds)
-            return
-        history = self.recent[threads]
-        history.append(seconds)
+        prefill = tokens > 1
+        history = self.recent[(prefill, threads)]
+        history.append(seconds / tokens)
         del history[:-8]
+        self.calls += 1  # the first call faults the mapped weights in: its waits are not stalls
+        stalled = threads > 1 and cpu_seconds < self.STALLED * seconds and self.calls > 1
+        now = self.clock()
         if self.trial:
-            self.trial[1] -= 1
-            if self.trial[1] == 0 or stalled:
-                self._decide(now, seconds, stalled)
+            if self.trial[2] == prefill:
+                self.trial[1] -= 1
+                if self.trial[1] == 0 or stalled:
+                    self._decide(now, seconds, stalled)
             return
-        if stalled and self.current == self.max:  # a neighbour took a core: one thread now
+        if prefill:
+            if stalled and self.current == self.max:  # the next block: one thread, judged
+                del history[:-1]                      # against this one
+                self.trial = [1, 1, True]
+                self.trial_start = now
+            return
+        self.stalls = self.stalls + 1 if stalled else 0
+        if self.stalls >= 2 and self.current == self.max:  # a neighbour took a core
             self.current = 1
             self._schedule(now, seconds)
         elif self.next_trial is None:  # the first trial once a few calls have been timed
@@ -115,27 +124,28 @@ class ThreadGovernor:
             self._start(now)
 
     def _start(self, now: float) -> None:
-        self.trial = [1 if self.current == self.max else self.max, self.TRIAL_CALLS]
+        self.trial = [1 if self.current == self.max else self.max, self.TRIAL_CALLS, False]
         self.trial_start = now
 
     def _decide(self, now: float, last: float, stalled: bool) -> None:
-        other = self.trial[0]
-        tried = _median(self.recent[other][-(self.TRIAL_CALLS - self.trial[1]):])
-        kept = _median(self.recent[self.current])
-        if not stalled and self.trial[1] == 0 and tried <= self.BETTER * kept:
+        other, left, prefill = self.trial
+        calls = (1 if prefill else self.TRIAL_CALLS) - left
+        tried = _mean(self.recent[(prefill, other)][-calls:])
+        kept = _mean(self.recent[(prefill, self.current)])
+        if not stalled and left == 0 and kept is not None and tried <= self.BETTER * kept:
             self.current, self.backoff = other, 1
-        else:
+            if prefill:  # decode's trials start from this evidence, at their usual cost
+                self._schedule(now, _mean(self.recent[(True, self.max)]) * 32)
+        elif not prefill:
             self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
         self.trial = None
-        self._schedule(now, now - self.trial_start + last)
+        if not prefill:
+            self._schedule(now, now - self.trial_start + last)
 
     def _schedule(self, now: float, cost: float) -> None:
-        """The next trial after a gap in which `cost` (a trial's) is TRIAL_SHARE."""
+        """The next decode trial after a gap in which `cost` (a trial's) is TRIAL_SHARE."""
         self.next_trial = now + max(self.MIN_GAP, cost / self.TRIAL_SHARE) * self.backoff
 
 
-def _median(values: list) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[len(s) // 2]
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None

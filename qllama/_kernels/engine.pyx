@@ -32,6 +32,7 @@ import numpy as np
 
 cdef extern from "hugepages.h" nogil:
     void qllama_advise_huge(void* p, size_t bytes)
+    void qllama_prefault(void* p, size_t bytes)
 
 
 # ----------------------------------------------------------------------------
@@ -408,6 +409,9 @@ cdef class State:
                               f"of KV cache for {self.capacity} positions); use fewer steps")
         qllama_advise_huge(self.key_cache, cache * item)
         qllama_advise_huge(self.value_cache, cache * item)
+        with nogil:
+            qllama_prefault(self.key_cache, cache * item)
+            qllama_prefault(self.value_cache, cache * item)
 
     def __dealloc__(self):
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)

@@ -1,4 +1,4 @@
-/* Transparent huge pages for the KV cache.
+/* Transparent huge pages for the KV cache, faulted in when it is allocated.
  *
  * Attention reads a session's whole KV cache once per token; in 4 KiB pages that is a
  * TLB miss every 4 KiB of it (at long contexts the cache is as large as the weights).
@@ -25,6 +25,14 @@ static inline void qllama_advise_huge(void *p, size_t bytes) {
     (void)p;
     (void)bytes;
 #endif
+}
+
+/* Fault in every page of a fresh zeroed block now (a write of the zero already there
+ * per 4 KiB): a page fault in the middle of a forward pass (zeroing 2 MiB for a huge
+ * page) stalls every thread waiting at the next join. */
+static inline void qllama_prefault(void *p, size_t bytes) {
+    volatile char *c = (volatile char *)p;
+    for (size_t i = 0; i < bytes; i += 4096) c[i] = 0;
 }
 
 #endif /* QLLAMA_HUGEPAGES_H */
