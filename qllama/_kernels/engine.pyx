@@ -19,7 +19,7 @@ Each matmul reads a weight row once per block of tokens.
 from cython.parallel cimport prange
 from libc.math cimport sqrtf
 from libc.stdint cimport int8_t, int32_t, uint16_t, uint64_t
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
@@ -319,6 +319,18 @@ cdef inline void kv_store(void* cache, Py_ssize_t at, const float* x, Py_ssize_t
         memcpy(<float*>cache + at, x, n * sizeof(float))
 
 
+cdef void* zeroed(size_t nbytes, bint huge=False) noexcept nogil:
+    """A zeroed buffer with every page faulted in now: a fault in the middle of a
+    forward pass (a fresh session's first block) holds every thread at the next join.
+    `huge`: advised 2 MiB pages (the KV cache, which attention streams)."""
+    cdef void* p = calloc(nbytes, 1)
+    if p != NULL:
+        if huge:
+            qllama_advise_huge(p, nbytes)
+        qllama_prefault(p, nbytes)
+    return p
+
+
 # ----------------------------------------------------------------------------
 
 cdef class State:
@@ -383,22 +395,22 @@ cdef class State:
                          else 0,
                          k.q80_packed_bytes(B, w.hidden_dim, w.group_size)
                          if w.hidden_dim % w.group_size == 0 else 0)
-        self.x = <float*>malloc(B * w.dim * sizeof(float))
-        self.xb = <float*>malloc(B * wide * sizeof(float))
-        self.xb2 = <float*>malloc(B * w.dim * sizeof(float))
-        self.hb = <float*>malloc(B * w.hidden_dim * sizeof(float))
-        self.hb2 = <float*>malloc(B * w.hidden_dim * sizeof(float))
-        self.q = <float*>malloc(B * w.dim * sizeof(float))
-        self.kb = <float*>malloc(B * w.kv_dim * sizeof(float))
-        self.vb = <float*>malloc(B * w.kv_dim * sizeof(float))
-        self.fcos = <float*>malloc(B * (w.head_size // 2) * sizeof(float))
-        self.fsin = <float*>malloc(B * (w.head_size // 2) * sizeof(float))
-        self.att = <float*>malloc(B * w.n_heads * self.capacity * sizeof(float))
-        self.xq = <int8_t*>malloc(B * wide)
-        self.xs = <float*>malloc(B * (wide // max(1, w.group_size) + 1) * sizeof(float))
-        self.packed = malloc(packed) if packed else NULL
-        self.key_cache = calloc(cache, item)
-        self.value_cache = calloc(cache, item)
+        self.x = <float*>zeroed(B * w.dim * sizeof(float))
+        self.xb = <float*>zeroed(B * wide * sizeof(float))
+        self.xb2 = <float*>zeroed(B * w.dim * sizeof(float))
+        self.hb = <float*>zeroed(B * w.hidden_dim * sizeof(float))
+        self.hb2 = <float*>zeroed(B * w.hidden_dim * sizeof(float))
+        self.q = <float*>zeroed(B * w.dim * sizeof(float))
+        self.kb = <float*>zeroed(B * w.kv_dim * sizeof(float))
+        self.vb = <float*>zeroed(B * w.kv_dim * sizeof(float))
+        self.fcos = <float*>zeroed(B * (w.head_size // 2) * sizeof(float))
+        self.fsin = <float*>zeroed(B * (w.head_size // 2) * sizeof(float))
+        self.att = <float*>zeroed(B * w.n_heads * self.capacity * sizeof(float))
+        self.xq = <int8_t*>zeroed(B * wide)
+        self.xs = <float*>zeroed(B * (wide // max(1, w.group_size) + 1) * sizeof(float))
+        self.packed = zeroed(packed) if packed else NULL
+        self.key_cache = zeroed(cache * item, True)
+        self.value_cache = zeroed(cache * item, True)
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
                 or self.att == NULL
@@ -407,11 +419,6 @@ cdef class State:
                 or self.key_cache == NULL or self.value_cache == NULL):
             raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
                               f"of KV cache for {self.capacity} positions); use fewer steps")
-        qllama_advise_huge(self.key_cache, cache * item)
-        qllama_advise_huge(self.value_cache, cache * item)
-        with nogil:
-            qllama_prefault(self.key_cache, cache * item)
-            qllama_prefault(self.value_cache, cache * item)
 
     def __dealloc__(self):
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)

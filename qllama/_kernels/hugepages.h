@@ -27,8 +27,8 @@ static inline void qllama_advise_huge(void *p, size_t bytes) {
 #endif
 }
 
-/* Fault in every page of a fresh zeroed block now (a write of the zero already there
- * per 4 KiB): a page fault in the middle of a forward pass (zeroing 2 MiB for a huge
+/* Fault in every page of a zeroed block now (a write of the zero already there per
+ * 4 KiB): a page fault in the middle of a forward pass (zeroing 2 MiB for a huge
  * page) stalls every thread waiting at the next join. */
 static inline void qllama_prefault(void *p, size_t bytes) {
     volatile char *c = (volatile char *)p;
