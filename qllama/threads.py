@@ -60,10 +60,11 @@ class ThreadGovernor:
       choice, early on and now and then, keeping the faster. Failed trials back off,
       so that they take at most about TRIAL_SHARE of the time when nothing changes.
     - A call whose calling thread ran less than STALLED of its time waited on a
-      thread that was not running (spinning at a join counts as running). Two such
-      decode calls in a row, and the next calls use one thread (one alone happens on
-      an idle machine too, about one call in a hundred); a stalled prefill block makes
-      the next block a trial of one thread, judged against the stalled one.
+      thread that was not running (spinning at a join counts as running). One alone
+      happens on an idle machine too (about one decode call in a hundred; a virtual
+      CPU slow to wake), so it takes two in a row: two decode calls, and the next
+      calls use one thread; two prefill blocks, and the next block is a trial of one
+      thread, judged against them.
     """
 
     TRIAL_CALLS = 4        # decode calls per trial (and before the first one)
@@ -81,7 +82,7 @@ class ThreadGovernor:
         # seconds per token of the last calls, per (prefill?, choice)
         self.recent = {(kind, n): [] for kind in (False, True) for n in (threads, 1)}
         self.trial = None                   # [choice, calls left, prefill?] while one runs
-        self.stalls = 0                     # stalled decode calls in a row
+        self.stalls = {False: 0, True: 0}   # stalled calls in a row, per (prefill?)
         self.calls = 0
         self.backoff = 1
         self.next_trial = None              # clock time when the next decode trial may start
@@ -107,14 +108,14 @@ class ThreadGovernor:
                 if self.trial[1] == 0 or stalled:
                     self._decide(now, seconds, stalled)
             return
+        self.stalls[prefill] = self.stalls[prefill] + 1 if stalled else 0
         if prefill:
-            if stalled and self.current == self.max:  # the next block: one thread, judged
-                del history[:-1]                      # against this one
-                self.trial = [1, 1, True]
+            if self.stalls[True] >= 2 and self.current == self.max:  # the next block: one
+                del history[:-2]                                      # thread, judged against
+                self.trial = [1, 1, True]                             # the stalled ones
                 self.trial_start = now
             return
-        self.stalls = self.stalls + 1 if stalled else 0
-        if self.stalls >= 2 and self.current == self.max:  # a neighbour took a core
+        if self.stalls[False] >= 2 and self.current == self.max:  # a neighbour took a core
             self.current = 1
             self._schedule(now, seconds)
         elif self.next_trial is None:  # the first trial once a few calls have been timed

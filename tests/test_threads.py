@@ -69,20 +69,23 @@ def test_follows_the_load_both_ways():
     assert gov.current == 2
 
 
-def test_prefill_blocks_trial_one_thread_after_a_stall():
-    """Prefill blocks run no periodic trials (one would cost a whole block); a stalled
-    block makes the next one a trial of one thread, judged against the stalled one."""
+def test_prefill_blocks_trial_one_thread_after_two_stalls():
+    """Prefill blocks run no periodic trials (one would cost a whole block); two
+    stalled blocks in a row make the next one a trial of one thread, judged against
+    them."""
     gov, _ = make(busy=False)
     for _ in range(50):  # an idle machine: nothing stalls, all threads
         gov.record(gov.threads(), 10e-3, 10e-3, tokens=32)
-    assert gov.threads() == 2 and gov.trial is None
-    gov.record(2, 30e-3, 10e-3, tokens=32)  # stalled
+    gov.record(2, 30e-3, 10e-3, tokens=32)  # stalled, once: nothing yet
+    assert gov.threads() == 2
+    gov.record(2, 30e-3, 10e-3, tokens=32)  # twice
     assert gov.threads() == 1
-    gov.record(1, 18e-3, 18e-3, tokens=32)  # faster than the stalled block: kept
+    gov.record(1, 18e-3, 18e-3, tokens=32)  # faster than the stalled blocks: kept
     assert gov.current == 1 and gov.trial is None
     gov, _ = make(busy=False)
     for _ in range(2):
         gov.record(2, 10e-3, 10e-3, tokens=32)
+    gov.record(2, 30e-3, 10e-3, tokens=32)
     gov.record(2, 30e-3, 10e-3, tokens=32)
     gov.record(1, 40e-3, 40e-3, tokens=32)  # slower: back to all threads
     assert gov.current == 2
