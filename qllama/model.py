@@ -24,7 +24,7 @@ from .formats.llama2c import ModelFile
 from .sampling import check_sampling, default_seed
 from .threads import ThreadGovernor, resolve_threads
 
-PREFILL_BLOCK = 32  # prompt tokens per engine call: each weight row is read once per block
+PREFILL_BLOCK = 64  # prompt tokens per engine call: each weight row is read once per block
 KV_TYPES = ("f16", "f32")
 BOS, EOS = 1, 2
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qllama.formats.llama2c import Config, ModelFile
-from qllama.model import Model
+from qllama.model import PREFILL_BLOCK, Model
 
 from conftest import data, golden, models
 from reference import forward as reference_forward
@@ -243,10 +243,11 @@ def test_forward_matches_float64_reference(tmp_path, data):
 @pytest.mark.parametrize("version,gs", [(1, 0), (2, 64), (2, 32)])
 def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
     """Group size 64 (the AVX2 kernel's usual case), GQA, a separate classifier with
-    rows % 4 != 0, and 40 tokens: two prefill blocks, against float64 numpy."""
+    rows % 4 != 0, and 80 tokens: two prefill blocks, against float64 numpy."""
     path = tmp_path / "m.bin"
-    write_model(path, Config(version, 128, 192, 2, 4, 2, 70, 48, False, gs), seed=11)
-    ids = list(np.random.default_rng(2).integers(0, 70, 40))
+    write_model(path, Config(version, 128, 192, 2, 4, 2, 70, 96, False, gs), seed=11)
+    ids = list(np.random.default_rng(2).integers(0, 70, 80))
+    assert PREFILL_BLOCK < len(ids) <= 2 * PREFILL_BLOCK
     model = Model(path, threads=2, kv="f32")
     tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol
