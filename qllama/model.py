@@ -91,7 +91,7 @@ class Session:
             block = tokens[start:start + PREFILL_BLOCK]
             target = out[start:start + len(block)] if all_logits else out
             governor = self.model.governor
-            self.engine.threads = threads = governor.threads()
+            self.engine.threads = threads = governor.threads(len(block))
             t0, c0 = time.perf_counter(), time.thread_time()
             self.engine.forward(block, self.pos, target)
             governor.record(threads, time.perf_counter() - t0, time.thread_time() - c0,

@@ -65,6 +65,12 @@ class ThreadGovernor:
       CPU slow to wake), so it takes two in a row: two decode calls, and the next
       calls use one thread; two prefill blocks, and the next block is a trial of one
       thread, judged against them.
+    - A trial is of one kind of call (decode or prefill) and only calls of that kind
+      run it; a call of the other kind runs the current choice and ends the trial
+      unjudged (it would otherwise pin the other kind's calls to the trial's choice).
+    - On one thread, prefill blocks also run trials of all threads when the decode
+      trials would (a prefill-only workload, such as an evaluation, has no decode
+      calls to bring it back).
     """
 
     TRIAL_CALLS = 4        # decode calls per trial (and before the first one)
@@ -87,8 +93,11 @@ class ThreadGovernor:
         self.backoff = 1
         self.next_trial = None              # clock time when the next decode trial may start
 
-    def threads(self) -> int:
-        return self.trial[0] if self.trial else self.current
+    def threads(self, tokens: int = 1) -> int:
+        """The thread count for a call of `tokens` tokens."""
+        if self.trial and self.trial[2] == (tokens > 1):
+            return self.trial[0]
+        return self.current
 
     def record(self, threads: int, seconds: float, cpu_seconds: float, tokens: int = 1) -> None:
         """A call of `tokens` tokens with `threads` took `seconds`, of which the calling
@@ -107,12 +116,17 @@ class ThreadGovernor:
                 self.trial[1] -= 1
                 if self.trial[1] == 0 or stalled:
                     self._decide(now, seconds, stalled)
-            return
+                return
+            self.trial = None  # a call of the other kind: that trial ends unjudged
         self.stalls[prefill] = self.stalls[prefill] + 1 if stalled else 0
         if prefill:
             if self.stalls[True] >= 2 and self.current == self.max:  # the next block: one
                 del history[:-2]                                      # thread, judged against
                 self.trial = [1, 1, True]                             # the stalled ones
+                self.trial_start = now
+            elif (self.current != self.max and self.next_trial is not None
+                  and now >= self.next_trial):  # on one thread: a block of all threads
+                self.trial = [self.max, 1, True]
                 self.trial_start = now
             return
         if self.stalls[False] >= 2 and self.current == self.max:  # a neighbour took a core
@@ -133,14 +147,16 @@ class ThreadGovernor:
         calls = (1 if prefill else self.TRIAL_CALLS) - left
         tried = _mean(self.recent[(prefill, other)][-calls:])
         kept = _mean(self.recent[(prefill, self.current)])
-        if not stalled and left == 0 and kept is not None and tried <= self.BETTER * kept:
+        switched = not stalled and left == 0 and kept is not None and tried <= self.BETTER * kept
+        if switched:
             self.current, self.backoff = other, 1
-            if prefill:  # decode's trials start from this evidence, at their usual cost
-                self._schedule(now, _mean(self.recent[(True, self.max)]) * 32)
-        elif not prefill:
+        elif not prefill or other == self.max:
             self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
         self.trial = None
-        if not prefill:
+        if prefill and other == 1:
+            if switched:  # decode's trials start from this evidence, at their usual cost
+                self._schedule(now, _mean(self.recent[(True, self.max)]) * 32)
+        else:
             self._schedule(now, now - self.trial_start + last)
 
     def _schedule(self, now: float, cost: float) -> None:

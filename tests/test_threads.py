@@ -77,9 +77,9 @@ def test_prefill_blocks_trial_one_thread_after_two_stalls():
     for _ in range(50):  # an idle machine: nothing stalls, all threads
         gov.record(gov.threads(), 10e-3, 10e-3, tokens=32)
     gov.record(2, 30e-3, 10e-3, tokens=32)  # stalled, once: nothing yet
-    assert gov.threads() == 2
+    assert gov.threads(32) == 2
     gov.record(2, 30e-3, 10e-3, tokens=32)  # twice
-    assert gov.threads() == 1
+    assert gov.threads(32) == 1
     gov.record(1, 18e-3, 18e-3, tokens=32)  # faster than the stalled blocks: kept
     assert gov.current == 1 and gov.trial is None
     gov, _ = make(busy=False)
@@ -93,10 +93,46 @@ def test_prefill_blocks_trial_one_thread_after_two_stalls():
 
 def test_the_first_calls_may_wait():
     """A model's first calls fault its mapped weights in (worker threads in the
-    kernel, the calling thread waiting): not a neighbour's doing."""
+    kernel, the calling thread waiting): not a neighbour's doing. (Two stalled blocks
+    in a row would start a trial: the first one must not count.)"""
     gov, _ = make(busy=False)
     gov.record(2, 40e-3, 10e-3, tokens=8)
-    assert gov.threads() == 2 and gov.trial is None
+    gov.record(2, 40e-3, 10e-3, tokens=8)
+    assert gov.threads(8) == 2 and gov.trial is None
+
+
+def test_a_trial_runs_only_calls_of_its_kind():
+    """A prefill trial left pending by the prompt's last blocks must not pin the
+    decode calls that follow to one thread, nor a decode trial the next prompt."""
+    gov, m = make(busy=False)
+    for wall, cpu in ((10e-3, 10e-3), (30e-3, 10e-3), (30e-3, 10e-3)):  # 2 stalled blocks
+        gov.record(gov.threads(64), wall, cpu, tokens=64)
+    assert gov.threads(64) == 1  # the next block would be the trial
+    t = decode(gov, m, 1_000)
+    assert gov.current == 2 and t <= 1.03 * 1_000 * 0.6e-3
+    gov, m = make(busy=False)
+    decode(gov, m, 5)
+    assert gov.trial is not None and gov.threads() == 1  # a decode trial of one thread
+    assert gov.threads(64) == 2  # a prompt arriving now runs all threads
+    gov.record(2, 10e-3, 10e-3, tokens=64)
+    assert gov.trial is None
+
+
+def test_prefill_only_work_returns_to_all_threads():
+    """An evaluation (prefill blocks only) that a passing neighbour moved to one thread
+    goes back to all threads once the neighbour has gone."""
+    gov, m = make(busy=False)
+    def block(busy):
+        n = gov.threads(64)
+        wall, cpu = (30e-3, 30e-3) if n == 1 else ((60e-3, 20e-3) if busy else (18e-3, 18e-3))
+        m.now += wall
+        gov.record(n, wall, cpu, tokens=64)
+        return n
+    for busy in [False] * 10 + [True] * 3:
+        block(busy)
+    assert gov.current == 1
+    used = [block(False) for _ in range(2_000)]
+    assert gov.current == 2 and used[-1000:].count(1) == 0
 
 
 def test_one_stall_alone_is_not_enough():
