@@ -32,9 +32,10 @@ def resolve_threads(requested: int | None = None) -> int:
                 raise UsageError(f"QLLAMA_THREADS={env!r} is not a whole number") from None
     if requested is None:
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            n = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
+            n = os.cpu_count() or 1
+        return min(max(1, n), MAX_THREADS)
     if not 1 <= requested <= MAX_THREADS:
         raise UsageError(f"thread count must be in 1..{MAX_THREADS}, got {requested}")
     return requested

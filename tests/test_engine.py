@@ -251,3 +251,16 @@ def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
     model = Model(path, threads=2, kv="f32")
     tol = 1e-4 if version == 1 else Q80_VS_REFERENCE
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol
+
+
+def test_thread_counts_openmp_cannot_make_are_refused(small_models):
+    """libgomp aborts on -1 (2^32 - 1 threads) and crashes on 100000: a ValueError."""
+    from qllama._kernels.engine import Kernels
+    session = Model(small_models[(1, 0)], threads=1).session(8)
+    for bad in (0, -1, 100_000):
+        with pytest.raises(ValueError, match="outside 1..1024"):
+            session.engine.threads = bad
+        with pytest.raises(ValueError, match="outside 1..1024"):
+            Kernels("scalar").matmul(np.ones((4, 8), np.float32), np.ones((1, 8), np.float32), bad)
+    session.engine.threads = 2
+    assert session.engine.threads == 2

@@ -30,6 +30,8 @@ from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 
 import numpy as np
 
+from qllama.threads import MAX_THREADS
+
 cdef extern from "hugepages.h" nogil:
     void qllama_advise_huge(void* p, size_t bytes)
     void qllama_prefault(void* p, size_t bytes)
@@ -344,7 +346,7 @@ cdef class State:
     cdef const Net* net
     cdef readonly Py_ssize_t capacity, max_block
     cdef readonly str kv
-    cdef public int threads
+    cdef int n_threads       # OpenMP threads per parallel region (the `threads` property)
     cdef bint kv16
     cdef float* x            # (block, dim) residual stream
     cdef float* xb           # (block, max(dim, hidden)) normed / attention output
@@ -427,6 +429,18 @@ cdef class State:
         free(self.key_cache); free(self.value_cache)
 
     @property
+    def threads(self):
+        return self.n_threads
+
+    @threads.setter
+    def threads(self, int n):
+        # libgomp aborts (or crashes) on a thread count it cannot create: -1 asks for
+        # 2^32 - 1 threads
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"threads {n} outside 1..{MAX_THREADS}")
+        self.n_threads = n
+
+    @property
     def kv_cache_bytes(self):
         return 2 * (2 if self.kv16 else 4) * self.net.n_layers * self.capacity * self.net.kv_dim
 
@@ -459,7 +473,7 @@ cdef class State:
         cdef Py_ssize_t hs = w.head_size, H = w.n_heads, cap = self.capacity, rb = k.row_block
         cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh, head
         cdef Py_ssize_t t, l, i, th, h, first, layer_at
-        cdef int nt = self.threads
+        cdef int nt = self.n_threads
         cdef bint f16 = self.kv16
         cdef size_t item = 2 if f16 else 4
         cdef const Layer* L
@@ -557,6 +571,8 @@ cdef class Kernels:
         """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.llama2c.QTensor (any
         group size), through the kernel the engine would choose for it, with the
         activations quantized and packed as the engine does."""
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads {threads} outside 1..{MAX_THREADS}")
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
         cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs, t
         if x.shape[1] != n or T == 0:
