@@ -263,3 +263,14 @@ def test_harness_aarch64_scalar_equals_host_scalar(workdir):
     cases.append(harness.AttentionCase(*(rng.normal(size=shape).astype(np.float32)
                                          for shape in ((72,), (9, 72), (9, 72)))))
     assert build.run(workdir, cases) == BUILDS["scalar"].run(workdir, cases)
+
+
+def test_groups_too_long_for_int32_take_the_fp32_path():
+    """A file may declare a group size whose int8 sums overflow int32 (2^18 values of
+    -128 x 127): such matrices take the format's fp32 definition, not a wrapped sum."""
+    gs = cols = 1 << 18
+    q = np.full((4, cols), -128, np.int8)
+    t = QTensor(q.reshape(-1), np.ones(4, np.float32), q.shape, gs)
+    x = np.ones((1, cols), np.float32)
+    for v in RUNNABLE:
+        assert np.array_equal(Kernels(v).matmul(t, x), np.full((1, 4), -128.0 * cols, np.float32)), v

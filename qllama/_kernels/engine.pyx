@@ -94,6 +94,12 @@ cdef struct Layer:
     Matrix w3               # (hidden_dim, dim)
 
 
+# A group's int32 sum (kernels.h) is exact while gs * 128 * 127 < 2^31; a larger group
+# (a file may declare any group size dividing its tensors) would wrap.
+cdef enum:
+    Q80_MAX_GROUP = 131072
+
+
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
     """A Matrix over a mapped tensor (an fp32 ndarray or a formats.llama2c.QTensor),
     with its kernel: the one place where a kernel is chosen for a matrix."""
@@ -118,10 +124,10 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
     mat.m.q = &q[0]
     mat.m.s = &s[0]
     mat.m.gs = gs
-    if mat.m.cols % gs == 0:  # every group within one row: int8 dot products
+    if mat.m.cols % gs == 0 and gs <= Q80_MAX_GROUP:  # groups within rows: int8 dot products
         mat.fn = k.q80_matmul
         mat.q8_input = True
-    else:                     # groups straddle rows: the format's definition, fp32 input
+    else:  # groups straddle rows (or overflow int32): the format's definition, fp32 input
         mat.fn = qllama_q80_flat_matmul
     return mat
 
