@@ -278,3 +278,10 @@ def test_groups_too_long_for_int32_take_the_fp32_path():
     x = np.ones((1, cols), np.float32)
     for v in RUNNABLE:
         assert np.array_equal(Kernels(v).matmul(t, x), np.full((1, 4), -128.0 * cols, np.float32)), v
+
+
+def test_engine_refuses_a_variant_the_cpu_lacks():
+    """The engine's own entry points check too (a direct Kernels("amx") would SIGILL)."""
+    for v in set(kernels.compiled()) - set(RUNNABLE):
+        with pytest.raises(ValueError, match=f"'{v}'"):
+            Kernels(v)

@@ -65,10 +65,16 @@ def amx_permit():
 
 
 cdef const qllama_kernels* variant_table(str name) except NULL:
+    """The table of a compiled variant this CPU runs: qllama/kernels.py chooses, and
+    this check keeps the engine's own entry points (Weights, Kernels) from SIGILL."""
     cdef int n, i
     cdef const qllama_variant* v = qllama_variants(&n)
     for i in range(n):
         if v[i].name.decode() == name:
+            if v[i].needs & ~qllama_cpu_features():
+                raise ValueError(f"kernel variant {name!r} needs CPU features this CPU lacks")
+            if name == "amx" and not qllama_amx_permit():
+                raise ValueError("kernel variant 'amx': the OS refused the AMX tile state")
             return v[i].table
     raise ValueError(f"kernel variant {name!r} is not in this build")
 
