@@ -6,7 +6,9 @@
  *   arch/x86/x86.c          AVX2 + FMA; the same source with VNNI dot products as
  *                           "avxvnni" (256-bit, client chips) and, with an
  *                           AVX-512 VNNI GEMM for prefill, as "avx512vnni"
- *   arch/x86/amx.c          "amx": AMX-INT8 tiles for prefill, avx512vnni otherwise
+ *   arch/x86/amx.h          "amx" (x86.c with AMX flags): AMX-INT8 tiles for prefill,
+ *                           avx512vnni otherwise
+ *   arch/rows.h             row drivers x86.c and neon.c share
  *   arch/arm/neon.c         NEON; with sdot (dotprod) as "dotprod"
  *
  * Each variant is its own translation unit compiled with its own target flags

@@ -28,9 +28,11 @@
  * only 16-bit elements (smlal, 4 products an instruction against decode's 16 in
  * three), so its tokens go through the decode kernel one by one (as x86's avx2 does).
  *
- * Each decode pass also prefetches the next four rows, in the order x86.c does and
- * for its reason (a block of rows is too short a stream for the hardware prefetcher);
- * its thresholds were measured on Zen 3, not on any ARM core.
+ * Each decode pass also prefetches the next four rows, for x86.c's reason (a block
+ * of rows is too short a stream for the hardware prefetcher): as one linear stream
+ * below 4096-byte rows and row by row above, the order x86.c had until it measured
+ * the linear stream faster at every length on Zen 5. Neither was measured on an ARM
+ * core.
  *
  * tests/harness.py cross-compiles both variants and runs them under qemu-user against
  * generic.c built the same way, bit for bit.
@@ -91,6 +93,72 @@ static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, f
     qllama_quantize_row_with(x, n, gs, q, s, round_group);
 }
 
+/* ---- fp32 dot products, in kernels.h's order -------------------------------------- */
+
+/* Values j..j + 3 of b, fp16 (half) or fp32; half is a literal at every call, so the
+ * test folds away. */
+INLINE float32x4_t load4(const void *b, ptrdiff_t j, const int half) {
+    return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)b + j)))
+                : vld1q_f32((const float *)b + j);
+}
+
+INLINE float load1(const void *b, ptrdiff_t j, const int half) {
+    return half ? qllama_f16_to_f32(((const uint16_t *)b)[j]) : ((const float *)b)[j];
+}
+
+/* Lanes 0-3 (a0) + 8-11 (a2) and 4-7 (a1) + 12-15 (a3) of the 16 partial sums, then
+ * ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)). */
+INLINE float fold16(float32x4_t a0, float32x4_t a1, float32x4_t a2, float32x4_t a3) {
+    float32x4_t u = vaddq_f32(vaddq_f32(a0, a2), vaddq_f32(a1, a3));  /* s_l + s_(l+4) */
+    return vpadds_f32(vadd_f32(vget_low_f32(u), vget_high_f32(u)));
+}
+
+/* a . b for one row: 16 lanes in four accumulators, folded, the tail by fmaf. */
+INLINE float dot16(const float *a, const void *b, ptrdiff_t n, const int half) {
+    ptrdiff_t j = 0;
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    for (; j + 16 <= n; j += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(a + j), load4(b, j, half));
+        a1 = vfmaq_f32(a1, vld1q_f32(a + j + 4), load4(b, j + 4, half));
+        a2 = vfmaq_f32(a2, vld1q_f32(a + j + 8), load4(b, j + 8, half));
+        a3 = vfmaq_f32(a3, vld1q_f32(a + j + 12), load4(b, j + 12, half));
+    }
+    float s = fold16(a0, a1, a2, a3);
+    for (; j < n; j++) s = fmaf(a[j], load1(b, j, half), s);
+    return s;
+}
+
+static float f32_dot(const float *a, const float *b, ptrdiff_t n) { return dot16(a, b, n, 0); }
+
+/* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n), each in
+ * f32_dot's order: 16 accumulators, x loaded once for four rows. */
+static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
+    ptrdiff_t j = 0;
+    float32x4_t a[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int l = 0; l < 4; l++) a[r][l] = vdupq_n_f32(0.0f);
+    const int linear = n < 1024;
+    for (; j + 16 <= n; j += 16) {
+        const char *p = linear ? (const char *)(w + 4 * n) + 16 * j : (const char *)(w + 4 * n + j);
+        ptrdiff_t step = linear ? 64 : 4 * n;
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + step);
+        __builtin_prefetch(p + 2 * step);
+        __builtin_prefetch(p + 3 * step);
+        for (int l = 0; l < 4; l++) {
+            float32x4_t xv = vld1q_f32(x + j + 4 * l);
+            for (int r = 0; r < 4; r++)
+                a[r][l] = vfmaq_f32(a[r][l], vld1q_f32(w + r * n + j + 4 * l), xv);
+            /* no load moves above this: gcc's generic schedule would hoist all 16
+             * weight loads over the FMAs and spill accumulators to the stack */
+            __asm__ volatile("" ::: "memory");
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = fold16(a[r][0], a[r][1], a[r][2], a[r][3]);
+    for (; j < n; j++)
+        for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
+}
+
 /* ---- Q8_0 decode: four rows, one token ------------------------------------------- */
 
 /* The exact int32 lanes of one row's 16 bytes times the activations' 16, added to acc. */
@@ -144,56 +212,8 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     vst1q_f32(out, acc);
 }
 
-/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile). */
-static void q80_rows4(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                      float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        if (r + 4 > r1) {  /* the matrix's last rows */
-            qllama_q80_matmul_ref(m, r, r1, x, out, out_stride);
-            break;
-        }
-        float o[4];
-        for (ptrdiff_t t = 0; t < x->T; t++) {
-            q80_dot4(m->q + r * n, m->s + r * ng, ng, x->q + t * n, x->s + t * ng, n, gs, o);
-            for (int i = 0; i < 4; i++) out[t * out_stride + r + i] = o[i];
-        }
-    }
-}
-
-/* 16 results of token t from a (row, token) block as one 64-byte store: x86.c found 4
- * results per token going to lines a power-of-two stride apart, all in one L1 set. */
-static inline void store16(float *out, const float *block, ptrdiff_t width, ptrdiff_t t) {
-    float row[16];
-    for (int i = 0; i < 16; i++) row[i] = block[i * width + t];
-    memcpy(out, row, sizeof row);
-}
-
-/* The same for a block of tokens, 16 rows x 32 tokens at a time, each token's 16
- * results stored together. */
-static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                     float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs, T = x->T, r = r0;
-    if (gs % 16) {  /* groups shorter than a vector: the reference, same results */
-        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
-        return;
-    }
-    for (; T > 1 && r + 16 <= r1; r += 16)
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
-            ptrdiff_t tn = T - t0 < 32 ? T - t0 : 32;
-            float block[16][32];
-            for (int i = 0; i < 16; i += 4)
-                for (ptrdiff_t t = 0; t < tn; t++) {
-                    float o[4];
-                    q80_dot4(m->q + (r + i) * n, m->s + (r + i) * ng, ng, x->q + (t0 + t) * n,
-                             x->s + (t0 + t) * ng, n, gs, o);
-                    for (int k = 0; k < 4; k++) block[i + k][t] = o[k];
-                }
-            for (ptrdiff_t t = 0; t < tn; t++)
-                store16(out + (t0 + t) * out_stride + r, block[0], 32, t);
-        }
-    q80_rows4(m, r, r1, x, out, out_stride);
-}
+#define Q80_DOT4_GS 16  /* q80_dot4's groups: whole 16-byte vectors */
+#include "../rows.h"  /* store16, q80_rows4, q80_rows, f32_matmul */
 
 /* ---- Q8_0 prefill: GEMM with sdot by lane (dotprod) ------------------------------- */
 
@@ -313,87 +333,6 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
 #define Q80_PACKED_BYTES NULL
 #define Q80_PACK NULL
 #endif
-
-/* ---- fp32 dot products, in kernels.h's order -------------------------------------- */
-
-/* Values j..j + 3 of b, fp16 (half) or fp32; half is a literal at every call, so the
- * test folds away. */
-INLINE float32x4_t load4(const void *b, ptrdiff_t j, const int half) {
-    return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)b + j)))
-                : vld1q_f32((const float *)b + j);
-}
-
-INLINE float load1(const void *b, ptrdiff_t j, const int half) {
-    return half ? qllama_f16_to_f32(((const uint16_t *)b)[j]) : ((const float *)b)[j];
-}
-
-/* Lanes 0-3 (a0) + 8-11 (a2) and 4-7 (a1) + 12-15 (a3) of the 16 partial sums, then
- * ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)). */
-INLINE float fold16(float32x4_t a0, float32x4_t a1, float32x4_t a2, float32x4_t a3) {
-    float32x4_t u = vaddq_f32(vaddq_f32(a0, a2), vaddq_f32(a1, a3));  /* s_l + s_(l+4) */
-    return vpadds_f32(vadd_f32(vget_low_f32(u), vget_high_f32(u)));
-}
-
-/* a . b for one row: 16 lanes in four accumulators, folded, the tail by fmaf. */
-INLINE float dot16(const float *a, const void *b, ptrdiff_t n, const int half) {
-    ptrdiff_t j = 0;
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    for (; j + 16 <= n; j += 16) {
-        a0 = vfmaq_f32(a0, vld1q_f32(a + j), load4(b, j, half));
-        a1 = vfmaq_f32(a1, vld1q_f32(a + j + 4), load4(b, j + 4, half));
-        a2 = vfmaq_f32(a2, vld1q_f32(a + j + 8), load4(b, j + 8, half));
-        a3 = vfmaq_f32(a3, vld1q_f32(a + j + 12), load4(b, j + 12, half));
-    }
-    float s = fold16(a0, a1, a2, a3);
-    for (; j < n; j++) s = fmaf(a[j], load1(b, j, half), s);
-    return s;
-}
-
-static float f32_dot(const float *a, const float *b, ptrdiff_t n) { return dot16(a, b, n, 0); }
-
-/* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n), each in
- * f32_dot's order: 16 accumulators, x loaded once for four rows. */
-static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
-    ptrdiff_t j = 0;
-    float32x4_t a[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int l = 0; l < 4; l++) a[r][l] = vdupq_n_f32(0.0f);
-    const int linear = n < 1024;
-    for (; j + 16 <= n; j += 16) {
-        const char *p = linear ? (const char *)(w + 4 * n) + 16 * j : (const char *)(w + 4 * n + j);
-        ptrdiff_t step = linear ? 64 : 4 * n;
-        __builtin_prefetch(p);
-        __builtin_prefetch(p + step);
-        __builtin_prefetch(p + 2 * step);
-        __builtin_prefetch(p + 3 * step);
-        for (int l = 0; l < 4; l++) {
-            float32x4_t xv = vld1q_f32(x + j + 4 * l);
-            for (int r = 0; r < 4; r++)
-                a[r][l] = vfmaq_f32(a[r][l], vld1q_f32(w + r * n + j + 4 * l), xv);
-            /* no load moves above this: gcc's generic schedule would hoist all 16
-             * weight loads over the FMAs and spill accumulators to the stack */
-            __asm__ volatile("" ::: "memory");
-        }
-    }
-    for (int r = 0; r < 4; r++) out[r] = fold16(a[r][0], a[r][1], a[r][2], a[r][3]);
-    for (; j < n; j++)
-        for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
-}
-
-static void f32_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
-                       const qllama_acts *x, float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols;
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        for (ptrdiff_t t = 0; t < x->T; t++) {
-            const float *xt = x->x + t * x->x_stride;
-            float *o = out + t * out_stride + r;
-            if (r + 4 <= r1)
-                f32_dot4(m->w + r * n, xt, n, o);
-            else
-                for (ptrdiff_t i = 0; i < r1 - r; i++) o[i] = f32_dot(m->w + (r + i) * n, xt, n);
-        }
-    }
-}
 
 /* ---- attention over fp16 (fcvtl) or fp32 cache rows -------------------------------- */
 

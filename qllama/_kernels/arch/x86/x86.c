@@ -9,7 +9,7 @@
  * without AVX-512) and with QLLAMA_AMX_EMULATE (amx's, tiles modelled in C).
  *
  * QLLAMA_VARIANT names the table this compilation defines. The arithmetic is
- * kernels.h's, so all three give the generic variant's results bit for bit.
+ * kernels.h's, so all four give the generic variant's results bit for bit.
  *
  * Decode (one token) takes four weight rows per pass, so each activation block is
  * loaded once for four rows, straight from the mapped file. Per 32 values of a row:
@@ -143,6 +143,55 @@ static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, f
     qllama_quantize_row_with(x, n, gs, q, s, round_group);
 }
 
+/* ---- fp32 ------------------------------------------------------------------------ */
+
+/* w . x for one fp32 row in kernels.h's order: a = lanes 0-7 of each 16-block,
+ * b = lanes 8-15, folded and summed by hsum, the tail by fmaf. */
+static float f32_dot(const float *w, const float *x, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (; j + 16 <= n; j += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), b);
+    }
+    float s = hsum(_mm256_add_ps(a, b));
+    for (; j < n; j++) s = fmaf(w[j], x[j], s);
+    return s;
+}
+
+/* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n), each in
+ * f32_dot's order. */
+static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
+    ptrdiff_t j = 0;
+    const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const int linear = n < 1024;
+    for (; j + 16 <= n; j += 16) {
+        const char *p = linear ? (const char *)(w + 4 * n) + 16 * j : (const char *)(w0 + 4 * n + j);
+        ptrdiff_t step = linear ? 64 : 4 * n;
+        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(p + step, _MM_HINT_T0);
+        _mm_prefetch(p + 2 * step, _MM_HINT_T0);
+        _mm_prefetch(p + 3 * step, _MM_HINT_T0);
+        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), x0, a0);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), x1, b0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), x0, a1);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), x1, b1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), x0, a2);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), x1, b2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), x0, a3);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), x1, b3);
+    }
+    out[0] = hsum(_mm256_add_ps(a0, b0));
+    out[1] = hsum(_mm256_add_ps(a1, b1));
+    out[2] = hsum(_mm256_add_ps(a2, b2));
+    out[3] = hsum(_mm256_add_ps(a3, b3));
+    for (; j < n; j++)
+        for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
+}
+
 /* ---- Q8_0 decode: four rows, one token ------------------------------------------- */
 
 /* out[r] for the 4 rows at w (row r at w + r * n), n % gs == 0, gs % 32 == 0. */
@@ -195,52 +244,8 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     _mm_storeu_ps(out, acc);
 }
 
-/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile). */
-static void q80_rows4(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                      float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        if (r + 4 > r1) {  /* the matrix's last rows */
-            qllama_q80_matmul_ref(m, r, r1, x, out, out_stride);
-            break;
-        }
-        float o[4];
-        for (ptrdiff_t t = 0; t < x->T; t++) {
-            q80_dot4(m->q + r * n, m->s + r * ng, ng, x->q + t * n, x->s + t * ng, n, gs, o);
-            for (int i = 0; i < 4; i++) out[t * out_stride + r + i] = o[i];
-        }
-    }
-}
-
-/* The same for a block of tokens, 16 rows x 32 tokens at a time, each token's 16
- * results as one 64-byte store: 4 results per token went to lines a power-of-two
- * stride apart, all in one L1 set. */
-static void q80_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                     float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs, T = x->T, r = r0;
-    if (gs % 32) {  /* groups shorter than a vector: the reference, same results */
-        qllama_q80_matmul_ref(m, r0, r1, x, out, out_stride);
-        return;
-    }
-    for (; T > 1 && r + 16 <= r1; r += 16)
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
-            ptrdiff_t tn = T - t0 < 32 ? T - t0 : 32;
-            float block[16][32];
-            for (int i = 0; i < 16; i += 4)
-                for (ptrdiff_t t = 0; t < tn; t++) {
-                    float o[4];
-                    q80_dot4(m->q + (r + i) * n, m->s + (r + i) * ng, ng, x->q + (t0 + t) * n,
-                             x->s + (t0 + t) * ng, n, gs, o);
-                    for (int k = 0; k < 4; k++) block[i + k][t] = o[k];
-                }
-            for (ptrdiff_t t = 0; t < tn; t++) {
-                float row[16];
-                for (int i = 0; i < 16; i++) row[i] = block[i][t];
-                memcpy(out + (t0 + t) * out_stride + r, row, sizeof row);
-            }
-        }
-    q80_rows4(m, r, r1, x, out, out_stride);
-}
+#define Q80_DOT4_GS 32  /* q80_dot4's groups: whole 32-byte vectors */
+#include "../rows.h"  /* q80_rows4, q80_rows, f32_matmul */
 
 /* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) or on tiles (amx) --------------------- */
 
@@ -379,70 +384,6 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
 #define Q80_PACK NULL
 #define ROW_BLOCK 16
 #endif
-
-/* ---- fp32 ------------------------------------------------------------------------ */
-
-/* w . x for one fp32 row in kernels.h's order: a = lanes 0-7 of each 16-block,
- * b = lanes 8-15, folded and summed by hsum, the tail by fmaf. */
-static float f32_dot(const float *w, const float *x, ptrdiff_t n) {
-    ptrdiff_t j = 0;
-    __m256 a = _mm256_setzero_ps(), b = a;
-    for (; j + 16 <= n; j += 16) {
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a);
-        b = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), b);
-    }
-    float s = hsum(_mm256_add_ps(a, b));
-    for (; j < n; j++) s = fmaf(w[j], x[j], s);
-    return s;
-}
-
-/* out[r] = w_r . x for the 4 fp32 rows starting at w (row r at w + r * n), each in
- * f32_dot's order. */
-static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *out) {
-    ptrdiff_t j = 0;
-    const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    const int linear = n < 1024;
-    for (; j + 16 <= n; j += 16) {
-        const char *p = linear ? (const char *)(w + 4 * n) + 16 * j : (const char *)(w0 + 4 * n + j);
-        ptrdiff_t step = linear ? 64 : 4 * n;
-        _mm_prefetch(p, _MM_HINT_T0);
-        _mm_prefetch(p + step, _MM_HINT_T0);
-        _mm_prefetch(p + 2 * step, _MM_HINT_T0);
-        _mm_prefetch(p + 3 * step, _MM_HINT_T0);
-        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), x0, a0);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), x1, b0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), x0, a1);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), x1, b1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), x0, a2);
-        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), x1, b2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), x0, a3);
-        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), x1, b3);
-    }
-    out[0] = hsum(_mm256_add_ps(a0, b0));
-    out[1] = hsum(_mm256_add_ps(a1, b1));
-    out[2] = hsum(_mm256_add_ps(a2, b2));
-    out[3] = hsum(_mm256_add_ps(a3, b3));
-    for (; j < n; j++)
-        for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
-}
-
-static void f32_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
-                       const qllama_acts *x, float *out, ptrdiff_t out_stride) {
-    ptrdiff_t n = m->cols;
-    for (ptrdiff_t r = r0; r < r1; r += 4) {
-        for (ptrdiff_t t = 0; t < x->T; t++) {
-            const float *xt = x->x + t * x->x_stride;
-            float *o = out + t * out_stride + r;
-            if (r + 4 <= r1)
-                f32_dot4(m->w + r * n, xt, n, o);
-            else
-                for (ptrdiff_t i = 0; i < r1 - r; i++) o[i] = f32_dot(m->w + (r + i) * n, xt, n);
-        }
-    }
-}
 
 /* ---- attention over fp16 (F16C) or fp32 cache rows ---------------------------------- */
 
