@@ -264,3 +264,19 @@ def test_thread_counts_openmp_cannot_make_are_refused(small_models):
             Kernels("scalar").matmul(np.ones((4, 8), np.float32), np.ones((1, 8), np.float32), bad)
     session.engine.threads = 2
     assert session.engine.threads == 2
+
+
+def test_blocks_longer_than_the_cache_are_cut_to_it(small_models):
+    """max_block beyond the capacity could never run; taken as given, 2^62 + 1 made
+    every buffer's size wrap to one token's while forward() wrote 16 tokens."""
+    from qllama._kernels.engine import State
+    model = Model(small_models[(1, 0)], threads=1)
+    ids = np.arange(3, 19, dtype=np.int32)
+    outs = []
+    for max_block in (2 ** 62 + 1, 16):
+        state = State(model.weights, 16, max_block)
+        assert state.max_block == 16
+        out = np.empty((16, 97), np.float32)
+        state.forward(ids, 0, out)
+        outs.append(out)
+    assert np.array_equal(*outs)

@@ -391,7 +391,7 @@ cdef class State:
         self.weights = weights
         self.net = &weights.net
         self.capacity = capacity
-        self.max_block = max_block
+        self.max_block = min(max_block, capacity)  # a longer block could never run
         self.threads = max(1, threads)
         self.kv = kv
         self.kv16 = kv == "f16"
@@ -404,6 +404,12 @@ cdef class State:
         cdef Py_ssize_t cache = <Py_ssize_t>w.n_layers * self.capacity * w.kv_dim
         cdef size_t item = 2 if self.kv16 else 4
         cdef size_t packed = 0
+        # the largest sizes below, in Python's integers: a product that wrapped would
+        # allocate too little for what forward() writes
+        cdef object b = B
+        if max(b * wide, b * w.n_heads * self.capacity, <object>cache) * 4 >= 2 ** 62:
+            raise MemoryError(f"run state for {self.capacity} positions and blocks of "
+                              f"{B} tokens is too large")
         if w.group_size and B > 1 and k.q80_packed_bytes != NULL:
             packed = max(k.q80_packed_bytes(B, w.dim, w.group_size) if w.dim % w.group_size == 0
                          else 0,
