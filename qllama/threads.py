@@ -54,27 +54,26 @@ class ThreadGovernor:
     turn and every join waits for the one that is not running: with one busy process
     on 2 cores, 2-thread decode of stories15M fell to 0.2x of 1-thread decode in the
     same condition (measured). No split of the work helps a thread that is not on a
-    core, so the governor watches, per model (the machine's load is not a session's),
-    and compares the two choices by their mean time per token (a rare long stall is
-    the cost, which a median would hide).
-    - Decode calls (many and short) run trials: TRIAL_CALLS calls with the other
-      choice, early on and now and then, keeping the faster. Failed trials back off,
-      so that they take at most about TRIAL_SHARE of the time when nothing changes.
+    core, so the governor measures, per model (the machine's load is not a session's),
+    each kind of call apart (decode calls; prefill blocks, per token):
+    - A trial runs TRIAL_CALLS calls of one kind with the other choice and keeps it if
+      their mean time is at most BETTER of the current choice's recent mean (means:
+      a rare long stall is the cost, which a median would hide). It stops as soon as
+      its calls so far already take longer than a successful trial could.
+    - Decode trials come once a few calls are timed, then now and then, backing off
+      while they fail, so that they take at most about TRIAL_SHARE of the time when
+      nothing changes. Prefill runs them only when on one thread (a trial of one
+      thread would cost an idle machine a whole block at half speed).
     - A call whose calling thread ran less than STALLED of its time waited on a
       thread that was not running (spinning at a join counts as running). One alone
-      happens on an idle machine too (about one decode call in a hundred; a virtual
-      CPU slow to wake), so it takes two in a row: two decode calls, and the next
-      calls use one thread; two prefill blocks, and the next block is a trial of one
-      thread, judged against them.
-    - A trial is of one kind of call (decode or prefill) and only calls of that kind
-      run it; a call of the other kind runs the current choice and ends the trial
-      unjudged (it would otherwise pin the other kind's calls to the trial's choice).
-    - On one thread, prefill blocks also run trials of all threads when the decode
-      trials would (a prefill-only workload, such as an evaluation, has no decode
-      calls to bring it back).
+      happens on an idle machine too (a virtual CPU slow to wake), so two in a row of
+      a kind, on all threads, start a trial of one thread without waiting for the
+      backed-off schedule (but within the TRIAL_SHARE budget).
+    - Only calls of its kind run a trial; a call of the other kind ends it unjudged
+      (it would otherwise pin the other kind's calls to the trial's choice).
     """
 
-    TRIAL_CALLS = 4        # decode calls per trial (and before the first one)
+    TRIAL_CALLS = {False: 4, True: 1}  # calls per trial: decode, prefill (blocks are long)
     STALLED = 0.7          # the calling thread ran less than this share of a call
     TRIAL_SHARE = 0.02     # trials take at most this share of the time between them
     MIN_GAP = 0.05         # seconds between trials, at least
@@ -88,17 +87,17 @@ class ThreadGovernor:
         self.current = threads
         # seconds per token of the last calls, per (prefill?, choice)
         self.recent = {(kind, n): [] for kind in (False, True) for n in (threads, 1)}
-        self.trial = None                   # [choice, calls left, prefill?] while one runs
-        self.stalls = {False: 0, True: 0}   # stalled calls in a row, per (prefill?)
+        self.trial = None      # while one runs: {"threads", "prefill", "left", "spent", "start"}
+        self.stalls = {False: 0, True: 0}  # stalled calls in a row, per kind
         self.calls = 0
         self.backoff = 1
-        self.next_trial = None              # clock time when the next decode trial may start
+        self.next_trial = None  # clock time when the next trial may start
+        self.stall_trial = 0.0  # ... and the next one a stall may start (no backoff)
 
     def threads(self, tokens: int = 1) -> int:
         """The thread count for a call of `tokens` tokens."""
-        if self.trial and self.trial[2] == (tokens > 1):
-            return self.trial[0]
-        return self.current
+        t = self.trial
+        return t["threads"] if t and t["prefill"] == (tokens > 1) else self.current
 
     def record(self, threads: int, seconds: float, cpu_seconds: float, tokens: int = 1) -> None:
         """A call of `tokens` tokens with `threads` took `seconds`, of which the calling
@@ -106,63 +105,49 @@ class ThreadGovernor:
         if self.max == 1:
             return
         prefill = tokens > 1
+        per_token = seconds / tokens
         history = self.recent[(prefill, threads)]
-        history.append(seconds / tokens)
+        history.append(per_token)
         del history[:-8]
         self.calls += 1  # the first call faults the mapped weights in: its waits are not stalls
         stalled = threads > 1 and cpu_seconds < self.STALLED * seconds and self.calls > 1
-        now = self.clock()
-        if self.trial:
-            if self.trial[2] == prefill:
-                self.trial[1] -= 1
-                if self.trial[1] == 0 or stalled:
-                    self._decide(now, seconds, stalled)
-                return
-            self.trial = None  # a call of the other kind: that trial ends unjudged
         self.stalls[prefill] = self.stalls[prefill] + 1 if stalled else 0
-        if prefill:
-            if self.stalls[True] >= 2 and self.current == self.max:  # the next block: one
-                del history[:-2]                                      # thread, judged against
-                self.trial = [1, 1, True]                             # the stalled ones
-                self.trial_start = now
-            elif (self.current != self.max and self.next_trial is not None
-                  and now >= self.next_trial):  # on one thread: a block of all threads
-                self.trial = [self.max, 1, True]
-                self.trial_start = now
-            return
-        if self.stalls[False] >= 2 and self.current == self.max:  # a neighbour took a core
-            self.current = 1
-            self._schedule(now, seconds)
-        elif self.next_trial is None:  # the first trial once a few calls have been timed
-            if len(history) >= self.TRIAL_CALLS:
-                self._start(now)
-        elif now >= self.next_trial:
-            self._start(now)
+        now = self.clock()
+        t = self.trial
+        if t and t["prefill"] != prefill:
+            self.trial = t = None  # a call of the other kind: that trial ends unjudged
+        if t:
+            t["left"] -= 1
+            t["spent"] += per_token
+            kept = _mean(self.recent[(prefill, self.current)])
+            if t["spent"] > self.BETTER * kept * self.TRIAL_CALLS[prefill]:
+                self._end(now, switch=False)  # already slower than a success allows
+            elif t["left"] == 0:
+                self._end(now, switch=True)
+        elif (self.current == self.max and self.stalls[prefill] >= 2
+              and now >= self.stall_trial):
+            self._start(now, prefill)  # a neighbour may have taken a core
+        elif self.next_trial is None:
+            if not prefill and len(history) >= self.TRIAL_CALLS[False]:
+                self._start(now, prefill)  # the first decode trial once a few calls are timed
+        elif now >= self.next_trial and (not prefill or self.current != self.max):
+            self._start(now, prefill)
 
-    def _start(self, now: float) -> None:
-        self.trial = [1 if self.current == self.max else self.max, self.TRIAL_CALLS, False]
-        self.trial_start = now
+    def _start(self, now: float, prefill: bool) -> None:
+        self.trial = {"threads": 1 if self.current == self.max else self.max,
+                      "prefill": prefill, "left": self.TRIAL_CALLS[prefill], "spent": 0.0,
+                      "start": now}
 
-    def _decide(self, now: float, last: float, stalled: bool) -> None:
-        other, left, prefill = self.trial
-        calls = (1 if prefill else self.TRIAL_CALLS) - left
-        tried = _mean(self.recent[(prefill, other)][-calls:])
-        kept = _mean(self.recent[(prefill, self.current)])
-        switched = not stalled and left == 0 and kept is not None and tried <= self.BETTER * kept
-        if switched:
-            self.current, self.backoff = other, 1
-        elif not prefill or other == self.max:
-            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
-        self.trial = None
-        if prefill and other == 1:
-            if switched:  # decode's trials start from this evidence, at their usual cost
-                self._schedule(now, _mean(self.recent[(True, self.max)]) * 32)
+    def _end(self, now: float, switch: bool) -> None:
+        if switch:
+            self.current, self.backoff = self.trial["threads"], 1
         else:
-            self._schedule(now, now - self.trial_start + last)
-
-    def _schedule(self, now: float, cost: float) -> None:
-        """The next decode trial after a gap in which `cost` (a trial's) is TRIAL_SHARE."""
-        self.next_trial = now + max(self.MIN_GAP, cost / self.TRIAL_SHARE) * self.backoff
+            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
+        # the next trial after a gap in which this one's cost is TRIAL_SHARE
+        gap = max(self.MIN_GAP, (now - self.trial["start"]) / self.TRIAL_SHARE)
+        self.next_trial = now + gap * self.backoff
+        self.stall_trial = now + gap
+        self.trial = None
 
 
 def _mean(values: list) -> float | None:
