@@ -41,6 +41,19 @@ VARIANTS = {
 }
 
 
+# One instruction of each variant: the compiler and the assembler must both know it.
+X86 = "#include <immintrin.h>\n"
+ARM = "#include <arm_neon.h>\n"
+PROBES = {
+    "avx2": X86 + "__m256i f(__m256i a) { return _mm256_maddubs_epi16(a, a); }",
+    "avxvnni": X86 + "__m256i f(__m256i a) { return _mm256_dpbusd_avx_epi32(a, a, a); }",
+    "avx512vnni": X86 + "__m512i f(__m512i a) { return _mm512_dpbusd_epi32(a, a, a); }",
+    "amx": X86 + "void f(void) { _tile_release(); }",
+    "neon": ARM + "int32x4_t f(int32x4_t a) { return vaddq_s32(a, a); }",
+    "dotprod": ARM + "int32x4_t f(int32x4_t a, int8x16_t b) { return vdotq_s32(a, b, b); }",
+}
+
+
 def machine() -> str:
     m = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
@@ -52,7 +65,7 @@ class BuildVariants(build_ext):
     def build_extension(self, ext):
         if ext.name == "qllama._kernels.engine":
             for name, source, flags in VARIANTS.get(machine(), []):
-                if not self.compiler_takes(flags):
+                if not self.compiler_takes(name, flags):
                     self.warn(f"the compiler does not take {' '.join(flags)}: kernel variant "
                               f"{name} is left out of this build")
                     continue
@@ -64,12 +77,12 @@ class BuildVariants(build_ext):
         super().build_extension(ext)
 
 
-    def compiler_takes(self, flags: list) -> bool:
-        """Whether the compiler accepts these target flags (an empty file compiles)."""
-        from distutils.errors import CompileError
-        probe = Path(self.build_temp) / "probe.c"
+    def compiler_takes(self, name: str, flags: list) -> bool:
+        """Whether the compiler and assembler build one of the variant's instructions."""
+        from setuptools.errors import CompileError
+        probe = Path(self.build_temp) / f"probe_{name}.c"
         probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text("int qllama_probe;\n")
+        probe.write_text(PROBES[name] + "\n")
         try:
             self.compiler.compile([str(probe)], output_dir=str(probe.parent / "probe"),
                                   extra_postargs=flags)

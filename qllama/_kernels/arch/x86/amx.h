@@ -36,6 +36,7 @@ static void tile_config(const amx_config *c) {
         emu.colsb[t] = c->colsb[t];
     }
 }
+static void tile_release(void) { memset(&emu, 0, sizeof emu); }
 static void tile_zero(int t) { memset(emu.data[t], 0, sizeof emu.data[t]); }
 static void tile_load(int t, const void *base, ptrdiff_t stride) {
     for (int r = 0; r < emu.rows[t]; r++)
@@ -64,6 +65,7 @@ static void tile_dpbssd(int c, int a, int b) {
 #define TILE_ZERO(t) tile_zero(t)
 #else
 static void tile_config(const amx_config *c) { _tile_loadconfig(c); }
+static void tile_release(void) { _tile_release(); }
 #define TILE_LOAD(t, base, stride) _tile_loadd(t, base, stride)
 #define TILE_STORE(t, base, stride) _tile_stored(t, base, stride)
 #define TILE_DPBSSD(c, a, b) _tile_dpbssd(c, a, b)
@@ -74,11 +76,11 @@ static void tile_config(const amx_config *c) { _tile_loadconfig(c); }
 static void amx_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0); }
 
 /* Tiles: 0 = A (16 rows x K bytes), 1, 2 = B of token blocks 0 and 1 (K/4 rows x 64
- * bytes), 3, 4 = C of those blocks (16 x 16 int32). One configuration per K,
- * loaded when a thread's last one differs. */
+ * bytes), 3, 4 = C of those blocks (16 x 16 int32). Configured at the start of each
+ * matmul call and released at its end: tile state left configured would be saved
+ * at every context switch, and other code on the thread (a library of the caller's)
+ * may release it under us. */
 static void amx_configure(ptrdiff_t K) {
-    static __thread ptrdiff_t loaded;  /* K of this thread's configuration, 0: none */
-    if (loaded == K) return;
     amx_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
@@ -86,7 +88,6 @@ static void amx_configure(ptrdiff_t K) {
     for (int t = 1; t <= 2; t++) c.rows[t] = (uint8_t)(K / 4), c.colsb[t] = 64;
     for (int t = 3; t <= 4; t++) c.rows[t] = AMX_ROWS, c.colsb[t] = 64;
     tile_config(&c);
-    loaded = K;
 }
 
 /* 16 rows at w (row stride n) x nb token blocks (1 or 2) of the packed activations. */
@@ -95,7 +96,6 @@ static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
                        float acc[AMX_ROWS][2 * LANES]) {
     ptrdiff_t ng = n / gs, K = gs % 64 ? 32 : 64;
     int32_t c[2][AMX_ROWS][LANES];
-    amx_configure(K);
     for (int i = 0; i < AMX_ROWS; i++)
         for (int t = 0; t < 2 * LANES; t++) acc[i][t] = 0.0f;
     for (ptrdiff_t g = 0; g < ng; g++) {
@@ -135,11 +135,9 @@ static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
     float acc[AMX_ROWS][2 * LANES];
-    for (ptrdiff_t r = r0; r < r1; r += AMX_ROWS) {
-        if (r + AMX_ROWS > r1) {  /* the matrix's last rows: a tile would read past them */
-            q80_rows(m, r, r1, x, out, out_stride);
-            break;
-        }
+    ptrdiff_t whole = r0 + (r1 - r0) / AMX_ROWS * AMX_ROWS;
+    if (whole > r0) amx_configure(gs % 64 ? 32 : 64);
+    for (ptrdiff_t r = r0; r < whole; r += AMX_ROWS) {
         for (ptrdiff_t t0 = 0; t0 < T; t0 += 2 * LANES) {
             int nb = T - t0 > LANES ? 2 : 1;
             amx_tile16(m->q + r * n, m->s + r * ng, n, gs, px + t0 * 4, psx + t0, Tp, nb, acc);
@@ -148,4 +146,7 @@ static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                     out[t * out_stride + r + i] = acc[i][t - t0];
         }
     }
+    if (whole > r0) tile_release();
+    if (whole < r1)  /* the matrix's last rows: a tile would read past them */
+        q80_rows(m, whole, r1, x, out, out_stride);
 }
