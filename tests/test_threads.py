@@ -34,6 +34,18 @@ def make(busy, **kw):
     return ThreadGovernor(2, clock=lambda: m.now, **kw), m
 
 
+def prefill(gov, m, tokens, one, idle, busy):
+    """A block function: (wall, cpu) of a block on one thread, on all threads idle, and
+    on all threads beside a busy neighbour; `block(busy)` runs one, returns its threads."""
+    def block(is_busy):
+        n = gov.threads(tokens)
+        wall, cpu = one if n == 1 else (busy if is_busy else idle)
+        m.now += wall
+        gov.record(n, wall, cpu, tokens=tokens)
+        return n
+    return block
+
+
 def test_idle_machine_keeps_all_threads_at_small_cost():
     gov, m = make(busy=False)
     t = decode(gov, m, 20_000)
@@ -74,14 +86,7 @@ def test_prefill_blocks_trial_one_thread_after_two_stalls():
     cost an idle machine a whole block); two stalled blocks in a row make the next one
     a trial of one thread, kept if faster than the recent blocks' mean."""
     gov, m = make(busy=False)
-
-    def block(busy):
-        n = gov.threads(32)
-        wall, cpu = (18e-3, 18e-3) if n == 1 else ((30e-3, 10e-3) if busy else (10e-3, 10e-3))
-        m.now += wall
-        gov.record(n, wall, cpu, tokens=32)
-        return n
-
+    block = prefill(gov, m, 32, one=(18e-3, 18e-3), idle=(10e-3, 10e-3), busy=(30e-3, 10e-3))
     for _ in range(50):  # an idle machine: nothing stalls, all threads
         block(False)
     assert gov.trial is None and gov.current == 2
@@ -126,12 +131,7 @@ def test_prefill_only_work_returns_to_all_threads():
     """An evaluation (prefill blocks only) that a passing neighbour moved to one thread
     goes back to all threads once the neighbour has gone."""
     gov, m = make(busy=False)
-    def block(busy):
-        n = gov.threads(64)
-        wall, cpu = (30e-3, 30e-3) if n == 1 else ((60e-3, 20e-3) if busy else (18e-3, 18e-3))
-        m.now += wall
-        gov.record(n, wall, cpu, tokens=64)
-        return n
+    block = prefill(gov, m, 64, one=(30e-3, 30e-3), idle=(18e-3, 18e-3), busy=(60e-3, 20e-3))
     for busy in [False] * 10 + [True] * 100:
         block(busy)
     assert gov.current == 1
