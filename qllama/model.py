@@ -87,10 +87,10 @@ class Session:
             raise UsageError(f"{self.pos + n} positions exceed the context of "
                              f"{self.capacity} tokens")
         out = np.empty((n, self.vocab), np.float32) if all_logits else self._last
+        governor = self.model.governor
         for start in range(0, n, PREFILL_BLOCK):
             block = tokens[start:start + PREFILL_BLOCK]
             target = out[start:start + len(block)] if all_logits else out
-            governor = self.model.governor
             self.engine.threads = threads = governor.threads(len(block))
             t0, c0 = time.perf_counter(), time.thread_time()
             self.engine.forward(block, self.pos, target)
