@@ -44,3 +44,10 @@ def progress_bar(description: str, quiet: bool = False):
         yield lambda done, total=None: bar.update(task, completed=done, total=total)
     finally:
         bar.stop()
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"

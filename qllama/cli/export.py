@@ -7,8 +7,7 @@ import sys
 from ..errors import UsageError
 from ..interop.gguf_export import export_gguf
 from ..interop.hf_export import export_hf
-from .console import console, progress_bar
-from .quantize import _fmt_bytes
+from .console import console, fmt_bytes, progress_bar
 
 
 def run(args) -> int:
@@ -45,7 +44,7 @@ def run(args) -> int:
     else:
         extra = f", {', '.join(report.files)}"
     out.print(f"{report.src} (version {report.src_version}) → {report.dst} "
-              f"({_fmt_bytes(report.out_bytes)}{extra}) in {report.seconds:.2f} s",
+              f"({fmt_bytes(report.out_bytes)}{extra}) in {report.seconds:.2f} s",
               highlight=False)
     return 0
 

@@ -6,8 +6,8 @@ import sys
 
 from ..interop.hf_import import import_hf
 from ..threads import add_threads_argument
-from .console import console, progress_bar
-from .quantize import _fmt_bytes, kinds_table
+from .console import console, fmt_bytes, progress_bar
+from .quantize import kinds_table
 
 
 def run(args) -> int:
@@ -24,8 +24,8 @@ def run(args) -> int:
     if c.version == 2:
         out.print(kinds_table(f"{report.dst}: Q8_0, group size {c.group_size}", report.kinds))
     out.print(f"{report.src} (Hugging Face, {'/'.join(report.dtypes)}, "
-              f"{_fmt_bytes(report.in_bytes)}) → {report.dst} (version {c.version}, "
-              f"{_fmt_bytes(report.out_bytes)}) in {report.seconds:.2f} s, "
+              f"{fmt_bytes(report.in_bytes)}) → {report.dst} (version {c.version}, "
+              f"{fmt_bytes(report.out_bytes)}) in {report.seconds:.2f} s, "
               f"{report.mb_per_s:,.0f} MB/s", highlight=False)
     for path in report.tokenizer_files:
         out.print(f"wrote {path}", highlight=False)

@@ -8,14 +8,7 @@ from ..formats import llama2c
 from ..formats.llama2c import Q80
 from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
-from .console import console, progress_bar
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n} B"
+from .console import console, fmt_bytes, progress_bar
 
 
 def kinds_table(title: str, kinds: dict):
@@ -39,8 +32,8 @@ def print_report(report: Report, console) -> None:
     c = report.config
     console.print(kinds_table(f"{report.dst}: Q8_0, group size {c.group_size}", report.kinds))
     console.print(
-        f"{report.src} (version {report.src_version}, {_fmt_bytes(report.in_bytes)}) → "
-        f"{report.dst} (version 2, {_fmt_bytes(report.out_bytes)}, "
+        f"{report.src} (version {report.src_version}, {fmt_bytes(report.in_bytes)}) → "
+        f"{report.dst} (version 2, {fmt_bytes(report.out_bytes)}, "
         f"{report.in_bytes / report.out_bytes:.2f}× smaller) in {report.seconds:.2f} s, "
         f"{report.mb_per_s:,.0f} MB/s, {report.threads} thread(s)", highlight=False)
 
