@@ -360,6 +360,7 @@ cdef class State:
     cdef readonly str kv
     cdef int n_threads       # OpenMP threads per parallel region (the `threads` property)
     cdef bint kv16
+    cdef size_t kv_item      # bytes per cache entry: 2 (fp16) or 4
     cdef float* x            # (block, dim) residual stream
     cdef float* xb           # (block, max(dim, hidden)) normed / attention output
     cdef float* xb2          # (block, dim)
@@ -395,6 +396,7 @@ cdef class State:
         self.threads = max(1, threads)
         self.kv = kv
         self.kv16 = kv == "f16"
+        self.kv_item = 2 if self.kv16 else 4
         self._allocate()
 
     cdef _allocate(self):
@@ -402,7 +404,7 @@ cdef class State:
         cdef const qllama_kernels* k = w.kernels
         cdef Py_ssize_t B = self.max_block, wide = max(w.dim, w.hidden_dim)
         cdef Py_ssize_t cache = <Py_ssize_t>w.n_layers * self.capacity * w.kv_dim
-        cdef size_t item = 2 if self.kv16 else 4
+        cdef size_t item = self.kv_item
         cdef size_t packed = 0
         # the largest sizes below, in Python's integers: a product that wrapped would
         # allocate too little for what forward() writes
@@ -460,7 +462,7 @@ cdef class State:
 
     @property
     def kv_cache_bytes(self):
-        return 2 * (2 if self.kv16 else 4) * self.net.n_layers * self.capacity * self.net.kv_dim
+        return 2 * self.kv_item * self.net.n_layers * self.capacity * self.net.kv_dim
 
     def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
         """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
@@ -493,7 +495,7 @@ cdef class State:
         cdef Py_ssize_t t, l, i, th, h, first, layer_at
         cdef int nt = self.n_threads
         cdef bint f16 = self.kv16
-        cdef size_t item = 2 if f16 else 4
+        cdef size_t item = self.kv_item
         cdef const Layer* L
         cdef Job jobs[3]
         cdef qllama_acts xa
