@@ -7,13 +7,14 @@ under a folder whose path is over 120 characters, and every sentence we know it
 prints must be found within one line.
 """
 import os
-import struct
 import subprocess
 import sys
 
 import pytest
 
 from qllama.synth import write_random_model
+
+from makers import write_tokenizer_bin
 
 LONG = "a-folder-with-a-long-name-" * 3
 
@@ -29,20 +30,6 @@ def deep(tmp_path_factory):
     write_tokenizer_bin(folder / "tokenizer.bin", 512)
     run("quantize", folder / "tiny.bin", folder / "tiny.q80.bin", "-q")
     return folder
-
-
-def write_tokenizer_bin(path, vocab_size: int) -> None:
-    """A llama2.c tokenizer.bin: unknown, BOS, EOS, 256 byte pieces, then lower-case
-    letter pairs and triples as mergeable pieces."""
-    pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{b:02X}>".encode() for b in range(256)]
-    letters = "etaoinshrdlu"
-    words = [" "] + [a + b for a in letters for b in letters] + [" " + a for a in letters]
-    words += [a + b + c for a in letters for b in letters for c in letters]
-    pieces += [w.encode() for w in words[:vocab_size - len(pieces)]]
-    out = [struct.pack("<i", max(len(p) for p in pieces))]
-    for i, p in enumerate(pieces):
-        out.append(struct.pack("<fi", -float(i), len(p)) + p)
-    path.write_bytes(b"".join(out))
 
 
 def run(*args, stdin=None):

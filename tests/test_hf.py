@@ -9,17 +9,16 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 import qllama
 from qllama.cli import main
 from qllama.formats import hf
-from qllama.formats.llama2c import Config, ModelFile, layout
+from qllama.formats.llama2c import Config, ModelFile
 from qllama.interop.hf_export import export_hf
 from qllama.interop.hf_import import import_hf
 from qllama.quant.pipeline import quantize_file
@@ -27,6 +26,7 @@ from qllama.tokenizer import find_tokenizer
 
 from conftest import data
 from conftest import hf as shared_hf
+from makers import SMALL, config_dict, random_tensors, small_folder, write_folder
 
 IDS = [1, 37, 200, 5, 511, 88, 300, 42, 7, 99, 150, 3, 250, 410, 61, 19]
 # fp32 logits to compare with transformers': run.c's fp32 KV cache (the default fp16
@@ -37,65 +37,6 @@ REFERENCE = ("hfa", "hfb", "hfc")
 
 # ---------------------------------------------------------------------------
 # Folders of our own, and transformers' forward pass in numpy
-
-NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
-
-
-def config_dict(c: Config, style: int = 5, dtype: str = "float32", **changes) -> dict:
-    """config.json for `c` as transformers `style` (4 or 5) writes it; `changes`
-    override keys (None deletes one)."""
-    d = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-         "hidden_size": c.dim, "intermediate_size": c.hidden_dim,
-         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
-         "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_size,
-         "vocab_size": c.vocab_size, "max_position_embeddings": c.seq_len,
-         "hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": False,
-         "mlp_bias": False, "tie_word_embeddings": c.shared_classifier,
-         "bos_token_id": 1, "eos_token_id": 2}
-    if style == 4:
-        d.update(rope_theta=10000.0, rope_scaling=None, torch_dtype=dtype,
-                 transformers_version="4.46.0")
-    else:
-        d.update(rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, dtype=dtype,
-                 transformers_version="5.24.0")
-    for k, v in changes.items():
-        if v is None:
-            d.pop(k, None)
-        else:
-            d[k] = v
-    return d
-
-
-def random_tensors(c: Config, seed: int = 0, dtype: str = "F32") -> dict:
-    """{hf name: array} of a random model: N(0, 0.1) matrices, norms in [0.5, 1.5]."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for e in layout(c.as_version(1)):
-        if len(e.shape) == 1:
-            w = rng.uniform(0.5, 1.5, e.shape)
-        else:
-            w = rng.normal(0, 0.1, e.shape)
-        out[hf.hf_name(e.name, e.layer)] = w.astype(np.float32).astype(NP_DTYPES[dtype])
-    return out
-
-
-def write_folder(folder, cfg: dict, tensors: dict, shards: int = 1) -> None:
-    """config.json plus one model.safetensors, or `shards` files and the index."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    names = sorted(tensors)
-    if shards == 1:
-        save_file(tensors, str(folder / hf.SINGLE), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    per = math.ceil(len(names) / shards)
-    for i in range(shards):
-        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[i * per:(i + 1) * per]}
-        save_file(part, str(folder / file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in part})
-    (folder / hf.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
 
 def hf_forward(t: dict, cfg: dict, ids) -> np.ndarray:
     """Logits (T, vocab) in float64 as transformers' LlamaForCausalLM computes them:
@@ -137,10 +78,6 @@ def hf_forward(t: dict, cfg: dict, ids) -> np.ndarray:
             t[p + "mlp.down_proj.weight"].T
     head = t["lm_head.weight"] if "lm_head.weight" in t else t["model.embed_tokens.weight"]
     return rms(x, t["model.norm.weight"]) @ head.T
-
-
-SMALL = Config(1, dim=32, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2,
-               vocab_size=48, seq_len=16, shared_classifier=False)
 
 
 def leftovers(directory) -> list:
@@ -349,10 +286,6 @@ def test_transformers_loads_export(tmp_path):
 
 # ---------------------------------------------------------------------------
 # What cannot be imported: one line naming the field, nothing left behind
-
-
-def small_folder(folder, style=5, dtype="F32", **changes) -> None:
-    write_folder(folder, config_dict(SMALL, style, **changes), random_tensors(SMALL, 1, dtype))
 
 
 def run_import(src, out, *flags):
