@@ -7,8 +7,8 @@ Described once, here, for the importer, the exporter and their tests:
 - `weight_files`: which safetensors file holds each tensor (one file, or shards
   and `model.safetensors.index.json`);
 - `to_meta` / `to_hf`: the rotary permutation of q_proj and k_proj rows;
-- `config_json`, `safetensors_header`: what the exporter writes, `data_offsets`: where
-  the importer reads.
+- `config_json`: what the exporter writes (the safetensors layout itself is
+  `formats.safetensors`).
 
 Rotary embeddings: Meta's checkpoints (and llama2.c) rotate interleaved pairs
 (x[2i], x[2i+1]) of each head; transformers rotates halves (x[i], x[i + hs/2]).
@@ -18,13 +18,12 @@ permutation brings them back. q_proj has n_heads heads, k_proj n_kv_heads.
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 import numpy as np
 
 from ..errors import FormatError
+from ..io.inputs import load_json
 from .llama2c import Config, validate
 
 # llama2.c name -> Hugging Face name ("{}" is the layer).
@@ -205,64 +204,33 @@ def config_json(config: Config, dtype_name: str, bos: int = 1, eos: int = 2) -> 
 
 def read_config(folder: str) -> Config:
     path = os.path.join(folder, "config.json")
-    return parse_config(_load_json(path), path)
-
-
-def _load_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise FormatError(f"{path}: missing (a Hugging Face model folder has config.json "
-                          "and safetensors weights)") from None
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror}") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from None
+                          "and safetensors weights)")
+    return parse_config(load_json(path, "a config.json"), path)
 
 
 def weight_files(folder: str) -> dict | None:
     """{tensor name: file} from model.safetensors.index.json, or None for a single
-    model.safetensors. Every shard the index names must exist in the folder."""
+    model.safetensors. Every shard the index names must be in the folder."""
     index = os.path.join(folder, INDEX)
-    if not os.path.exists(index):
-        if os.path.isfile(os.path.join(folder, SINGLE)):
+    if not os.path.lexists(index):
+        if os.path.lexists(os.path.join(folder, SINGLE)):
             return None
         other = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")
-                 if os.path.exists(os.path.join(folder, n))]
+                 if os.path.lexists(os.path.join(folder, n))]
         hint = (f" (it has {other[0]}: PyTorch pickles are not read; the hub's safetensors "
                 "weights are)") if other else ""
         raise FormatError(f"{folder}: no {SINGLE} or {INDEX}{hint}")
-    data = _load_json(index)
+    data = load_json(index, "an index")
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not wmap:
         raise FormatError(f"{index}: has no weight_map")
     for name, file in wmap.items():
         if not isinstance(file, str) or os.path.basename(file) != file or file in ("", ".", ".."):
-            raise FormatError(f"{index}: {name} is in {file!r}, not a file in the folder")
+            shown = repr(file)[:60]
+            raise FormatError(f"{index}: {name[:80]} is in {shown}, not a file in the folder")
     for file in sorted(set(wmap.values())):
-        if not os.path.isfile(os.path.join(folder, file)):
+        if not os.path.lexists(os.path.join(folder, file)):
             raise FormatError(f"{index}: names shard {file}, which is not in {folder}")
     return wmap
-
-
-def data_offsets(path: str) -> dict:
-    """{tensor name: byte offset of its data in the file} of a safetensors file, whose
-    header (checked by the safetensors library first) is an 8-byte little-endian
-    length, then that much JSON giving each tensor's `data_offsets` from the end of
-    the header."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {name: 8 + n + t["data_offsets"][0] for name, t in header.items()
-            if name != "__metadata__"}
-
-
-def safetensors_header(tensors: list) -> bytes:
-    """A safetensors header for [(name, dtype, shape, begin, end)], with its length."""
-    meta = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
-    for name, dtype, shape, begin, end in tensors:
-        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
-    text = json.dumps(meta, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text

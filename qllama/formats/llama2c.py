@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FormatError
-from ..io.atomic import require_regular_file
+from ..io.inputs import open_regular, pread_exact
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 HEADER_SIZE = 256  # v1 and v2 headers are zero-padded to this many bytes
@@ -247,13 +247,11 @@ def validate(config: Config, name: str = "model") -> None:
 def read_config(path: str | os.PathLike) -> Config:
     """Validate a file's header against its size without mapping it."""
     path = os.fspath(path)
-    require_regular_file(path, FormatError)
+    fd, size = open_regular(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(HEADER_SIZE)
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror}") from None
+        head = pread_exact(fd, min(size, HEADER_SIZE), 0, path)
+    finally:
+        os.close(fd)
     return parse_header(head, size, path)
 
 

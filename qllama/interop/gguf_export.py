@@ -93,9 +93,9 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         if not tok_path:
             raise UsageError(f"{src}: no tokenizer.model or tokenizer.bin beside it; a GGUF file "
                              "carries its vocabulary: pass one with -z/--tokenizer")
+        check_output_path(dst, force, (src, tok_path))
         from ..tokenizer import load_tokenizer
         tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
-        check_output_path(dst, force, (src,))
 
         entries = reader.weights()
         report = GGUFReport(src, dst, config.version, kind, tok_path, 0)
@@ -131,7 +131,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         total = sum(e.numel for e in entries)
         done = 0
         t0 = time.perf_counter()
-        with atomic_output(dst, force, (src,)) as f:
+        with atomic_output(dst, force, (src, tok_path)) as f:
             out = BlockWriter(f.fileno())
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
             with reader.chunks(plan) as chunks:

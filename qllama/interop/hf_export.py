@@ -10,9 +10,9 @@ fp32, fp16 or bf16 → written at their offsets in the safetensors shards, front
 back, in 2 MiB-aligned pieces. Memory: a few chunks.
 
 safetensors' own writers take every tensor in memory at once (27 GB for a 7B), so
-the shards are written here, by the format's definition: an 8-byte little-endian
-header length, the JSON header (padded with spaces to 8 bytes), then the tensors'
-bytes at their `data_offsets`. The tests read them back with the safetensors library.
+the shards are written here, by the format's definition (formats.safetensors): the
+header, then the tensors' bytes at their `data_offsets`. The tests read them back
+with the safetensors library.
 
 The folder appears whole or not at all (io.atomic.atomic_directory).
 """
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import QllamaWarning, UsageError
-from ..formats import hf
-from ..io.atomic import atomic_directory
+from ..formats import hf, safetensors
+from ..io.atomic import atomic_directory, check_output_directory
 from ..io.blockwriter import BlockWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.pipeline import check_written
@@ -102,7 +102,7 @@ class SafetensorsWriter:
             for name, dtype, shape, nbytes in shard:
                 table.append((name, dtype, shape, at, at + nbytes))
                 at += nbytes
-            heads.append(hf.safetensors_header(table))
+            heads.append(safetensors.header_bytes(table))
             self.sizes.append(len(heads[-1]) + at)
             self.total += at
             for name, *_, begin, _ in table:
@@ -157,6 +157,8 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
         config = reader.config
         report = HFReport(src, dst, config.version, kind)
         tok_path = resolve_tokenizer(src, tokenizer)
+        inputs = (src, tok_path) if tok_path else (src,)
+        check_output_directory(dst, force, export_writes, inputs)
         tok = None
         if tok_path:
             from ..tokenizer import SentencePieceTokenizer, load_tokenizer
@@ -181,7 +183,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
         report.out_bytes = total * size
         check_free_space(dst, report.out_bytes)
         t0 = time.perf_counter()
-        with atomic_directory(dst, force, export_writes) as tmp:
+        with atomic_directory(dst, force, export_writes, inputs) as tmp:
             # in the input's order: the input is read front to back, each shard written so
             table = [(hf.hf_name(e.name, e.layer), st_dtype, e.shape, size) for e in entries]
             with SafetensorsWriter(tmp, table, shard_bytes) as out, \

@@ -1,37 +1,37 @@
 """A Hugging Face Llama folder → a llama2.c file, version 1 (fp32) or 2 (Q8_0), streamed.
 
-Data flow: config.json → Config (formats.hf.parse_config: refusals) → every tensor's
-safetensors header checked against the llama2.c layout (name, dtype, shape) →
-for each output tensor in file order, row chunks read a thread ahead from the
-memory-mapped shard (the safetensors library), converted to float32 exactly (bf16
-through ml_dtypes), q_proj / k_proj rows put back in Meta's order per head →
-quant.pipeline.TensorWriter (fp32 copy, or the Q8_0 weight quantizer) → 2 MiB-aligned
-writes (io.blockwriter) into an atomic output. So a v2 file is byte-identical to
-`qllama quantize` of the v1 file.
-
-Each chunk is read through its own `safe_open`: the shard's map is dropped after
-every chunk, so the pages read do not pile up in the process's resident set (a
-7B's 10 GB shard read through one map would count 10 GB). Memory stays a few chunks.
+Data flow: config.json → Config (formats.hf.parse_config: refusals) → every shard's
+safetensors header, parsed once (formats.safetensors), checked against the llama2.c
+layout (name, dtype, shape) → for each output tensor in file order, row chunks read
+a thread ahead with pread, converted to float32 exactly, q_proj / k_proj rows put
+back in Meta's order per head → quant.pipeline.TensorWriter (fp32 copy, or the Q8_0
+weight quantizer) → 2 MiB-aligned writes (io.blockwriter) into an atomic output. So
+a v2 file is byte-identical to `qllama quantize` of the v1 file. Shards are read,
+never mapped, so the pages read do not pile up in the process's resident set (a
+7B's 10 GB shard read through one map would count 10 GB): memory stays a few chunks.
 
 A `tokenizer.model` in the folder is written beside the output as tokenizer.model
-and tokenizer.bin (llama2.c's export, byte for byte), where `qllama run` looks.
+and tokenizer.bin (llama2.c's export, byte for byte), where `qllama run` looks; the
+three files appear together or not at all. No output may be one of the inputs.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import FormatError, QllamaWarning, UsageError
-from ..formats import hf, llama2c
+from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
+from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Config, Entry
-from ..io.atomic import atomic_output, check_output_path
+from ..io.atomic import atomic_outputs, check_output_name, check_output_path
 from ..io.blockwriter import BlockWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch, read_exact
+from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded
 from ..quant.groups import choose_group_size
 from ..quant.pipeline import TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads
@@ -47,14 +47,7 @@ class Source:
     dtype: str
     shape: tuple
     offset: int
-
-    @property
-    def itemsize(self) -> int:
-        return 4 if self.dtype == "F32" else 2
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.itemsize
+    nbytes: int
 
 
 @dataclass
@@ -76,39 +69,42 @@ class ImportReport:
         return self.in_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _open(path: str):
-    """safe_open with the library's errors (a truncated or corrupt file) as one line."""
-    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy: safetensors then returns it)
-    from safetensors import SafetensorError, safe_open
-    try:
-        return safe_open(path, framework="numpy")
-    except SafetensorError as e:
-        raise FormatError(f"{path}: not a valid safetensors file ({' '.join(str(e).split())})"
-                          ) from None
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror}") from None
+# How each dtype's bytes are viewed: bf16 as its bits, widened by a shift (_read).
+_VIEWS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 
-def scan(folder: str, config: Config) -> dict:
-    """{(llama2.c name, layer): Source} for every tensor of the v1 layout, after
-    checking every tensor header in the folder: nothing missing, mis-shaped, of
-    another dtype, or unknown (biases are named as such)."""
+def input_files(folder: str) -> tuple[list, dict | None]:
+    """(every file the import reads, the index's weight map or None)."""
     wmap = hf.weight_files(folder)
+    shards = sorted(set(wmap.values())) if wmap is not None else [hf.SINGLE]
+    names = ["config.json"] + ([hf.INDEX] if wmap is not None else []) + shards
+    paths = [os.path.join(folder, n) for n in names]
+    tokenizer = os.path.join(folder, "tokenizer.model")
+    return paths + ([tokenizer] if os.path.lexists(tokenizer) else []), wmap
+
+
+def scan(folder: str, config: Config, wmap: dict | None) -> dict:
+    """{(llama2.c name, layer): Source} for every tensor of the v1 layout, after
+    checking every tensor header in the folder (each shard's parsed once): nothing
+    missing, duplicated, mis-shaped, of another dtype, or unknown (biases are named
+    as such)."""
     files = sorted(set(wmap.values())) if wmap is not None else [hf.SINGLE]
     found = {}  # hf name -> Source
     for file in files:
         path = os.path.join(folder, file)
-        with _open(path) as f:
-            offsets = hf.data_offsets(path)
-            for name in f.keys():
-                s = f.get_slice(name)
-                found[name] = Source(path, name, s.get_dtype(), tuple(s.get_shape()),
-                                     offsets[name])
+        for name, t in safetensors.read_header(path).items():
+            if name in found:
+                raise FormatError(f"{folder}: tensor {name} is in both "
+                                  f"{os.path.basename(found[name].path)} and {file}")
+            found[name] = Source(path, name, t.dtype, t.shape, t.offset, t.nbytes)
     if wmap is not None:
         for name, file in wmap.items():
-            if name not in found or os.path.basename(found[name].path) != file:
-                raise FormatError(f"{os.path.join(folder, hf.INDEX)}: names {file} for {name}, "
-                                  "which that file does not hold")
+            if name not in found:
+                raise FormatError(f"{os.path.join(folder, hf.INDEX)}: names {file} for "
+                                  f"{name}, which no shard holds")
+            if os.path.basename(found[name].path) != file:
+                raise FormatError(f"{os.path.join(folder, hf.INDEX)}: names {file} for "
+                                  f"{name}, which is in {os.path.basename(found[name].path)}")
     wanted = {}
     for e in llama2c.layout(config.as_version(1)):
         wanted[hf.hf_name(e.name, e.layer)] = e
@@ -155,13 +151,13 @@ def _byte_range(chunk) -> tuple[int, int]:
     return s.offset + r0 * row, (r1 - r0) * row
 
 
-def _read(chunk, config: Config, out: np.ndarray) -> np.ndarray:
-    """One chunk's values as float32 in llama2.c's order, in `out` (flat); returns that
-    part of `out`. Widening and un-permuting are one numpy pass into a reused buffer:
-    fresh buffers cost a page fault per 4 KiB."""
+def _read(chunk, config: Config, raw, out: np.ndarray) -> np.ndarray:
+    """One chunk's values (its bytes `raw`) as float32 in llama2.c's order, in `out`
+    (flat); returns that part of `out`. Widening and un-permuting are one numpy pass
+    into a reused buffer: fresh buffers cost a page fault per 4 KiB."""
     e, start, s, r0, r1 = chunk
-    with _open(s.path) as f:
-        a = f.get_slice(s.name)[r0:r1]
+    cols = e.numel // e.shape[0]
+    a = np.frombuffer(raw, _VIEWS[s.dtype], (r1 - r0) * cols).reshape(r1 - r0, cols)
     w = out[:a.size]
     src, dst = a, w.reshape(a.shape)
     if e.name in hf.PERMUTED:
@@ -170,7 +166,7 @@ def _read(chunk, config: Config, out: np.ndarray) -> np.ndarray:
     if s.dtype == "BF16":
         # bf16 is the upper half of a float32: widened exactly by a shift, which, unlike
         # ml_dtypes' cast, releases the GIL (the quantizer's thread runs meanwhile).
-        np.left_shift(src.view(np.uint16), 16, out=dst.view(np.uint32), dtype=np.uint32)
+        np.left_shift(src, 16, out=dst.view(np.uint32), dtype=np.uint32)
     else:
         np.copyto(dst, src)  # F16 → F32 is exact
     return w
@@ -179,12 +175,11 @@ def _read(chunk, config: Config, out: np.ndarray) -> np.ndarray:
 def _reads(plan: list, config: Config, step: int):
     """(chunk, values) for each chunk of the plan (_read), into a ring of buffers.
 
-    The chunk's bytes are first read with pread into a scratch buffer: that fills the
-    page cache at the disk's sequential speed (1.7-2.5 GB/s here), where the faults of
-    the library's map of a cold file read at 0.6-1 GB/s, holding the GIL; the library
-    then copies from the cache. Consumed through prefetch(depth=2): the caller holds
-    one chunk, two wait in its queue and one is being read, so a ring of four buffers
-    never overwrites values in use."""
+    The chunk's bytes are read with pread into a scratch buffer (at the disk's
+    sequential speed, 1.7-2.5 GB/s here, where the faults of a map of a cold file read
+    at 0.6-1 GB/s, holding the GIL), then converted from there. Consumed through
+    prefetch(depth=2): the caller holds one chunk, two wait in its queue and one is
+    being read, so a ring of four buffers never overwrites values in use."""
     ring = [np.empty(step, np.float32) for _ in range(4)]
     scratch = bytearray(max(_byte_range(c)[1] for c in plan))
     fds = {}
@@ -192,42 +187,48 @@ def _reads(plan: list, config: Config, step: int):
         for i, chunk in enumerate(plan):
             path = chunk[2].path
             if path not in fds:
-                fds[path] = os.open(path, os.O_RDONLY)
+                fds[path] = open_regular(path)[0]
             offset, n = _byte_range(chunk)
-            read_exact(fds[path], memoryview(scratch)[:n], offset, path)
-            yield chunk, _read(chunk, config, ring[i % len(ring)])
+            raw = memoryview(scratch)[:n]
+            read_exact(fds[path], raw, offset, path)
+            yield chunk, _read(chunk, config, raw, ring[i % len(ring)])
     finally:
         for fd in fds.values():
             os.close(fd)
 
 
-def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool) -> list:
+def _same_bytes(path: str, data: bytes) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_size == len(data)
+            and read_bounded(path, len(data), "a tokenizer") == data)
+
+
+def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
+                       inputs: list) -> list:
     """[(path, bytes)] to write beside dst: tokenizer.model and its tokenizer.bin;
     files already there with these bytes are left alone, others need --force."""
     path = os.path.join(folder, "tokenizer.model")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return []
-    from ..tokenizer import SentencePieceTokenizer, load_tokenizer
+    from ..tokenizer import SentencePieceTokenizer
     from ..tokenizer.llama2c import bin_bytes
-    tok = load_tokenizer(path)
-    if not isinstance(tok, SentencePieceTokenizer):
-        raise UsageError(f"{path}: is not a SentencePiece model")
+    model_bytes = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError)
+    tok = SentencePieceTokenizer(path, model_bytes)
     if tok.vocab_size != config.vocab_size:
         warnings.warn(f"{path} has {tok.vocab_size} pieces but the model's vocabulary is "
                       f"{config.vocab_size}: not copied beside the output", QllamaWarning,
                       stacklevel=3)
         return []
-    with open(path, "rb") as f:
-        model_bytes = f.read()
     out_dir = os.path.dirname(os.path.abspath(dst))
     outputs = []
     for name, data in (("tokenizer.model", model_bytes), ("tokenizer.bin", bin_bytes(tok))):
         target = os.path.join(out_dir, name)
-        if os.path.isfile(target):
-            with open(target, "rb") as f:
-                if f.read() == data:
-                    continue
-        check_output_path(target, force)
+        if _same_bytes(target, data):
+            continue
+        check_output_path(target, force, inputs)
         outputs.append((target, data))
     return outputs
 
@@ -240,11 +241,13 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     `progress(done, total)` gets the tensor bytes read so far and in all.
     Raises QllamaError, before writing anything, on what cannot be imported."""
     src, dst = os.fspath(src), os.fspath(dst)
+    check_output_name(dst)  # the rest of the rule once the inputs are known
     if not os.path.isdir(src):
         raise UsageError(f"{src}: not a folder (a Hugging Face model folder holds config.json "
                          "and safetensors weights)")
     threads = resolve_threads(threads)
     config = hf.read_config(src)
+    inputs, wmap = input_files(src)
     note = None
     if version == 2:
         gs, note = choose_group_size(config, group_size)
@@ -256,11 +259,11 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     else:
         raise UsageError(f"import writes llama2.c versions 1 and 2, not {version}")
     llama2c.validate(cout, dst)
-    sources = scan(src, config)
+    sources = scan(src, config, wmap)
     out_size = llama2c.expected_size(cout)
-    check_output_path(dst, force)
+    check_output_path(dst, force, inputs)
     check_free_space(dst, out_size)
-    tokenizer_files = _tokenizer_outputs(src, dst, config, force)
+    tokenizer_files = _tokenizer_outputs(src, dst, config, force, inputs)
     entries = llama2c.layout(cout)
     gs = max(cout.group_size, 1)
     step = max(gs, (chunk_bytes // 4) // gs * gs)
@@ -277,10 +280,10 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
 
     t0 = time.perf_counter()
     done = 0
-    with contextlib.ExitStack() as stack:
-        f = stack.enter_context(atomic_output(dst, force))
-        for path, data in tokenizer_files:  # committed before the model, dropped with it
-            stack.enter_context(atomic_output(path, True)).write(data)
+    paths = [dst] + [p for p, _ in tokenizer_files]
+    with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs):
+        for out, (_, data) in zip(tokenizer_outs, tokenizer_files):
+            out.write(data)
         out = BlockWriter(f.fileno())
         out.pwrite(llama2c.header_bytes(cout), 0)
         tensors = TensorWriter(out, cout, step, threads, report.kinds, src, label,

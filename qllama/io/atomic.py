@@ -1,7 +1,9 @@
-"""File paths: inputs must be regular files; outputs are written atomically (a
-temporary file beside the target, fsync, rename), so a failure or Ctrl-C at any
-point leaves no partial file behind. A directory output (a Hugging Face folder) is
-filled under a temporary name and renamed when complete.
+"""Outputs: one rule for what a command may write (`check_output_path`), and
+writing it atomically (a temporary file beside the target, fsync, rename), so a
+failure or Ctrl-C at any point leaves no partial file behind. Several files (an
+import's model and the tokenizer files beside it) appear together or not at all.
+A directory output (a Hugging Face folder) is filled under a temporary name and
+renamed when complete. Inputs are opened by io.inputs.
 
 On Linux the temporary file is unnamed (O_TMPFILE) until it is complete, so even a
 process killed outright (SIGKILL, the OOM killer) leaves nothing: the kernel frees
@@ -20,28 +22,40 @@ import tempfile
 from ..errors import UsageError
 
 
-def require_regular_file(path: str, error=UsageError) -> None:
-    """Refuse a missing path, a directory, a FIFO or a device before opening it
-    (opening a FIFO blocks; a device has no size to validate)."""
+def _identity(path: str) -> tuple | None:
+    """(device, inode) of the file `path` names, through symlinks; None if none."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise error(f"{path}: not a regular file")
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_output_name(path: str) -> None:
+    """The part of the rule a path fails by its name alone: empty, or a directory."""
+    if not path:
+        raise UsageError("the output path is empty")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory")
+    if os.path.basename(path) in ("", ".", ".."):
+        raise UsageError(f"{path}: names a directory, not a file")
 
 
 def check_output_path(path: str, force: bool = False, inputs: tuple = ()) -> None:
-    """Refuse an output that would overwrite an input or an existing file; --force
-    replaces regular files only (never a device, FIFO or directory)."""
-    for src in inputs:
-        if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
-            raise UsageError(f"{path}: output is the same file as the input")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory")
+    """The one rule for every command's output: a new or (with --force) replaceable
+    regular file, never one of `inputs` (by inode, so through symlinks and hard
+    links), never a directory or an empty path. Checked before anything is written."""
+    check_output_name(path)
+    target = _identity(path)
+    if target is not None:
+        for src in inputs:
+            if _identity(src) == target:
+                same = os.path.abspath(src) == os.path.abspath(path)
+                raise UsageError(f"{path}: output is the same file as the input"
+                                 + ("" if same else f" {src}"))
     if os.path.lexists(path) and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")
-    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+    if target is not None and not stat.S_ISREG(os.stat(path).st_mode):
         raise UsageError(f"{path}: not a regular file; refusing to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -93,46 +107,108 @@ def _set_mode(fd: int) -> None:
         os.fchmod(fd, 0o666 & ~_umask())
 
 
+class _Pending:
+    """One output under construction: an unnamed (or, failing that, a `.part`) file
+    in the target's directory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.parent = os.path.dirname(os.path.abspath(path))
+        self.tmp = None  # the file's name, once it has one
+        fd = _open_unnamed(self.parent)
+        if fd is None:
+            try:
+                fd, self.tmp = tempfile.mkstemp(prefix=".qllama-", suffix=".part",
+                                                dir=self.parent)
+            except OSError as e:
+                raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
+        self.file = os.fdopen(fd, "wb")
+        _set_mode(fd)
+
+    def finish(self) -> None:
+        """Durable and named, ready to be renamed over the target."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        if self.tmp is None:
+            self.tmp = _name_unnamed(self.file.fileno(), self.parent, self.path)
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+
+def _publish(pending: list) -> None:
+    """Rename every finished file over its target: all of them, or, should a rename
+    fail, none (the targets renamed so far get their old files back, kept meanwhile
+    under a second name)."""
+    done = []  # (pending, the old file's second name or None)
+    try:
+        for p in pending:
+            old = None
+            if len(pending) > 1 and os.path.lexists(p.path):
+                old = os.path.join(p.parent, f".qllama-{os.urandom(6).hex()}.old")
+                try:
+                    os.link(p.path, old, follow_symlinks=False)
+                except OSError:  # no hard links here: move it aside instead
+                    os.replace(p.path, old)
+            done.append((p, old))
+            os.replace(p.tmp, p.path)
+    except OSError as e:
+        for q, old in reversed(done):
+            with contextlib.suppress(OSError):
+                if old is not None:
+                    os.replace(old, q.path)
+                elif not os.path.lexists(q.tmp):  # it had been renamed over q.path
+                    os.unlink(q.path)
+        raise UsageError(f"{p.path}: cannot write: {e.strerror}") from None
+    for _, old in done:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+    for parent in dict.fromkeys(p.parent for p in pending):  # the renames, durable
+        with contextlib.suppress(OSError):
+            dfd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: list, force: bool = False, inputs: tuple = ()):
+    """Yield a binary file object per path; on success they replace their paths
+    together, else none of them appears (nor does anything else)."""
+    for path in paths:
+        check_output_path(path, force, inputs)
+    pending = []
+    try:
+        for path in paths:
+            pending.append(_Pending(path))
+        yield [p.file for p in pending]
+        for p in pending:
+            p.finish()
+        _publish(pending)
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, force: bool = False, inputs: tuple = ()):
     """Yield a binary file object; on success it replaces `path`, else it vanishes."""
-    check_output_path(path, force, inputs)
-    parent = os.path.dirname(os.path.abspath(path))
-    fd = _open_unnamed(parent)
-    tmp = None  # the file's name, once it has one
-    if fd is None:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".qllama-", suffix=".part", dir=parent)
-        except OSError as e:
-            raise UsageError(f"{path}: cannot create output: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _set_mode(f.fileno())
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-            if tmp is None:  # name the complete file, then move it over `path`
-                tmp = _name_unnamed(f.fileno(), parent, path)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_outputs([path], force, inputs) as (f,):
+        yield f
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str, force: bool = False, replaceable=lambda name: False):
-    """Yield a new, empty directory to fill; on success it becomes `path`, else it
-    vanishes. An existing `path` needs `force`, and is replaced only if every entry
-    in it is a regular file for which `replaceable(name)` holds (what this output
-    writes): a directory of other things is never deleted."""
+def check_output_directory(path: str, force: bool = False, replaceable=lambda name: False,
+                           inputs: tuple = ()) -> None:
+    """check_output_path's rule for a directory output (atomic_directory)."""
+    if not path:
+        raise UsageError("the output path is empty")
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     if os.path.lexists(path):
@@ -140,12 +216,29 @@ def atomic_directory(path: str, force: bool = False, replaceable=lambda name: Fa
             raise UsageError(f"{path}: exists and is not a directory")
         if not force:
             raise UsageError(f"{path}: already exists (use --force to replace it)")
+        ids = {_identity(src) for src in inputs} - {None}
         for entry in os.scandir(path):
+            if _identity(entry.path) in ids:
+                raise UsageError(f"{path}: holds {entry.name}, an input of this command; "
+                                 "refusing to replace the directory")
             if not entry.is_file(follow_symlinks=False) or not replaceable(entry.name):
                 raise UsageError(f"{path}: holds {entry.name}, which this output does not "
                                  "write; refusing to replace the directory")
     if not os.path.isdir(parent):
         raise UsageError(f"{path}: parent directory {parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, force: bool = False, replaceable=lambda name: False,
+                     inputs: tuple = ()):
+    """Yield a new, empty directory to fill; on success it becomes `path`, else it
+    vanishes. An existing `path` needs `force`, and is replaced only if every entry
+    in it is a regular file for which `replaceable(name)` holds (what this output
+    writes) and none is one of `inputs`: a directory of other things is never
+    deleted."""
+    check_output_directory(path, force, replaceable, inputs)
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
     try:
         tmp = tempfile.mkdtemp(prefix=".qllama-", suffix=".part", dir=parent)
     except OSError as e:

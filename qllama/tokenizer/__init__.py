@@ -37,7 +37,7 @@ import os
 import struct
 
 from ..errors import TokenizerError
-from ..io.atomic import require_regular_file
+from ..io.inputs import TOKENIZER_LIMIT, read_bounded
 from .base import StreamDecoder, Tokenizer
 from .llama2c import BinTokenizer, export_bin
 from .sentencepiece import SentencePieceTokenizer
@@ -51,13 +51,7 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     `tokenizer.bin`. With `vocab_size`, the file must have exactly that many
     pieces (the model's vocabulary)."""
     path = os.fspath(path)
-    require_regular_file(path, TokenizerError)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read tokenizer ({e.strerror or e})") from None
-    tok = _from_bytes(path, data)
+    tok = _from_bytes(path, read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError))
     if vocab_size is not None and tok.vocab_size != vocab_size:
         raise TokenizerError(f"tokenizer {path} has {tok.vocab_size} tokens, model has {vocab_size}")
     return tok

@@ -1,0 +1,115 @@
+"""The one way readers open input files (model files, config.json, indexes, shards,
+tokenizers): a regular file, its size known before a byte is read, reads bounded.
+
+A FIFO would block an open() or read() forever and a device (a symlink to /dev/zero)
+has no size to validate, so both are refused by their kind before they are opened,
+and again from the open descriptor (the path may have changed in between). JSON is
+bounded in size and in nesting depth: the parser recurses, and a file nested 100,000
+levels deep must be one line of error, not a RecursionError.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from ..errors import FormatError
+
+JSON_LIMIT = 16 << 20  # config.json is ~1 KB, the largest real index ~100 KB
+JSON_DEPTH = 64        # config.json and indexes nest 3 levels, safetensors headers 3
+TOKENIZER_LIMIT = 64 << 20  # Llama 2's tokenizer.model is 0.5 MB, 256k-piece models ~4 MB
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _check_mode(path: str, mode: int, error) -> None:
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {_kind(mode)}, not a regular file")
+
+
+def require_regular_file(path: str, error=FormatError) -> int:
+    """Refuse a missing path, a directory, a FIFO or a device without opening it;
+    returns the file's size."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    _check_mode(path, st.st_mode, error)
+    return st.st_size
+
+
+def open_regular(path: str, error=FormatError) -> tuple[int, int]:
+    """(fd, size) of a regular file opened read-only; the caller closes fd."""
+    require_regular_file(path, error)
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the check, open()
+        # returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        _check_mode(path, st.st_mode, error)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def pread_exact(fd: int, n: int, offset: int, path: str, error=FormatError) -> bytes:
+    """n bytes from `offset`; a file that ends first is an error."""
+    parts, done = [], 0
+    while done < n:
+        try:
+            got = os.pread(fd, n - done, offset + done)
+        except OSError as e:
+            raise error(f"{path}: cannot read: {e.strerror}") from None
+        if not got:
+            raise error(f"{path}: file ended at byte {offset + done} while reading "
+                        "(did it change while qllama was reading it?)")
+        parts.append(got)
+        done += len(got)
+    return b"".join(parts)
+
+
+def read_bounded(path: str, limit: int, what: str, error=FormatError) -> bytes:
+    """The whole of a regular file of at most `limit` bytes (`what` names it)."""
+    fd, size = open_regular(path, error)
+    try:
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes; {what} is at most {limit:,} bytes")
+        return pread_exact(fd, size, 0, path, error)
+    finally:
+        os.close(fd)
+
+
+def parse_json(data: bytes, where: str, error=FormatError, depth: int = JSON_DEPTH):
+    """JSON text (UTF-8) nested at most `depth` levels."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise error(f"{where}: not valid JSON (nested deeper than {depth} levels)") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: not valid JSON (not UTF-8 at byte {e.start})") from None
+    except ValueError as e:
+        raise error(f"{where}: not valid JSON ({' '.join(str(e).split())})") from None
+    level = [value]  # breadth first, a level at a time: no recursion here either
+    for _ in range(depth):
+        level = [v for c in level if isinstance(c, (dict, list))
+                 for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return value
+    if any(isinstance(c, (dict, list)) for c in level):
+        raise error(f"{where}: not valid JSON (nested deeper than {depth} levels)")
+    return value
+
+
+def load_json(path: str, what: str = "a JSON file", error=FormatError, limit: int = JSON_LIMIT):
+    return parse_json(read_bounded(path, limit, what, error), path, error)
