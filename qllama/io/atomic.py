@@ -140,34 +140,53 @@ class _Pending:
                 os.unlink(self.tmp)
 
 
+def _keep_old(p: _Pending) -> tuple | None:
+    """A second name for the file at p.path, if any: (name, hard-linked?)."""
+    if not os.path.lexists(p.path):
+        return None
+    name = os.path.join(p.parent, f".qllama-{os.urandom(6).hex()}.old")
+    try:
+        os.link(p.path, name, follow_symlinks=False)
+        return name, True
+    except OSError:  # no hard links here: move it aside instead
+        os.replace(p.path, name)
+        return name, False
+
+
+def _restore(p: _Pending, old: tuple | None, replaced: bool) -> None:
+    """Undo what _publish did to p.path (best effort: this runs on a failure)."""
+    with contextlib.suppress(OSError):
+        if old is None:
+            if replaced:
+                os.unlink(p.path)
+        elif replaced or not old[1]:
+            os.replace(old[0], p.path)
+        else:  # a link to the file still there (rename would do nothing: same inode)
+            os.unlink(old[0])
+
+
 def _publish(pending: list) -> None:
     """Rename every finished file over its target: all of them, or, should a rename
     fail, none (the targets renamed so far get their old files back, kept meanwhile
     under a second name)."""
-    done = []  # (pending, the old file's second name or None)
+    done = []  # (pending, its old file's second name)
     try:
         for p in pending:
-            old = None
-            if len(pending) > 1 and os.path.lexists(p.path):
-                old = os.path.join(p.parent, f".qllama-{os.urandom(6).hex()}.old")
-                try:
-                    os.link(p.path, old, follow_symlinks=False)
-                except OSError:  # no hard links here: move it aside instead
-                    os.replace(p.path, old)
+            old = _keep_old(p) if len(pending) > 1 else None
+            try:
+                os.replace(p.tmp, p.path)
+            except OSError:
+                _restore(p, old, replaced=False)
+                raise
             done.append((p, old))
-            os.replace(p.tmp, p.path)
     except OSError as e:
         for q, old in reversed(done):
-            with contextlib.suppress(OSError):
-                if old is not None:
-                    os.replace(old, q.path)
-                elif not os.path.lexists(q.tmp):  # it had been renamed over q.path
-                    os.unlink(q.path)
+            _restore(q, old, replaced=True)
         raise UsageError(f"{p.path}: cannot write: {e.strerror}") from None
     for _, old in done:
         if old is not None:
             with contextlib.suppress(OSError):
-                os.unlink(old)
+                os.unlink(old[0])
     for parent in dict.fromkeys(p.parent for p in pending):  # the renames, durable
         with contextlib.suppress(OSError):
             dfd = os.open(parent, os.O_RDONLY)
