@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import UsageError
 from .formats.llama2c import QUANTIZED, Config, QTensor
+from .io.inputs import read_bounded
 from .model import BOS, EOS
 from .sampling import check_sampling
 
@@ -30,6 +31,7 @@ TOP_K = 5
 DEFAULT_SAMPLE = 512
 ROWS_PER_BLOCK = 64  # positions converted to float64 at once: bounds memory for big vocabularies
 WEIGHT_BLOCK = 1 << 20  # weights compared at once (values)
+TEXT_LIMIT = 1 << 30  # --text is tokenized whole
 
 
 # ---------------------------------------------------------------------------
@@ -355,10 +357,7 @@ def evaluate(reference, candidate, windows: list[Window], source: str = "",
 
 def read_text(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        return read_bounded(path, TEXT_LIMIT, "a text to evaluate on", UsageError).decode()
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 

@@ -387,6 +387,8 @@ CASES = {
     "convert-fifo-input": _llama2c(_fifo_llama2c, ["is a FIFO"]),
     "export-dev-zero-input": _llama2c(_dev_zero_llama2c, ["character device"]),
     "export-huge-dims": _llama2c(_huge_dims, []),
+    "eval-text-fifo": _llama2c(lambda t, s: (["eval", s, s, "--text", _fifo(t / "story.txt")],
+                                             [str(t / "story.txt")]), ["is a FIFO"]),
     # hostile but valid: a clean success
     "shard-200k-metadata-pairs": _metadata_pairs(200_000),
     "shard-4.5M-metadata-pairs": _metadata_pairs(4_500_000),

@@ -244,15 +244,22 @@ def validate(config: Config, name: str = "model") -> None:
                                   f"{numel} values of {kind}")
 
 
-def read_config(path: str | os.PathLike) -> Config:
-    """Validate a file's header against its size without mapping it."""
-    path = os.fspath(path)
+def open_checkpoint(path: str) -> tuple[int, Config]:
+    """(fd, config) of a regular file whose header was validated against its size,
+    both from the one descriptor; the caller closes fd."""
     fd, size = open_regular(path)
     try:
-        head = pread_exact(fd, min(size, HEADER_SIZE), 0, path)
-    finally:
+        return fd, parse_header(pread_exact(fd, min(size, HEADER_SIZE), 0, path), size, path)
+    except BaseException:
         os.close(fd)
-    return parse_header(head, size, path)
+        raise
+
+
+def read_config(path: str | os.PathLike) -> Config:
+    """Validate a file's header against its size without mapping it."""
+    fd, config = open_checkpoint(os.fspath(path))
+    os.close(fd)
+    return config
 
 
 class QTensor(NamedTuple):
@@ -273,10 +280,12 @@ class ModelFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self.config = read_config(self.path)
+        fd, self.config = open_checkpoint(self.path)
         self.entries = {(e.name, e.layer): e for e in layout(self.config)}
-        with open(self.path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
         # Pages read from disk from now on come in 2 MiB folios, mapped with huge
         # pages: decode streams every weight per token, and 4 KiB pages cost it
         # TLB misses (docs/performance.md). Pages already cached keep their size.

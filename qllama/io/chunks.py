@@ -115,8 +115,7 @@ class ChunkReader:
 
 def open_input(path: str) -> tuple[int, Config]:
     """Validate and open an input checkpoint; returns (fd, config)."""
-    config = llama2c.read_config(path)
-    fd = os.open(path, os.O_RDONLY)
+    fd, config = llama2c.open_checkpoint(path)
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     return fd, config
