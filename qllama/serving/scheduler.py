@@ -1,0 +1,265 @@
+"""Continuous batching: many sequences over one model, driven by one engine thread.
+
+Callers (the HTTP server's handlers) never touch the engine: they `submit` a request
+and get its events through a callback, from the engine thread. Each step, the engine
+thread takes the next token of every running sequence and a bounded chunk of waiting
+prompt tokens (chunked prefill: a long prompt does not freeze the others' streams),
+runs them as one batch, and hands each sequence's prediction to its Generation.
+Requests join at the next step and leave the moment they finish or are cancelled;
+their KV cache goes back to the pool then.
+
+Admission: at most `max_sessions` sequences run, and their KV cache must fit the
+pool; the rest wait in a queue of at most `queue` requests, and past that `submit`
+raises Busy (an HTTP 503 with Retry-After).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import QllamaError, UsageError
+from ..model import token_array
+from ..sampling import check_sampling, default_seed
+from .generation import Generation, Usage
+
+PREFILL_CHUNK = 64  # prompt tokens one step takes, over all sequences
+
+
+class Busy(QllamaError):
+    """Every session and queue place is taken: try again later."""
+
+    retry_after = 1
+
+
+@dataclass
+class Event:
+    """What a request gets from the engine thread: text as it is made, then one event
+    with finish_reason ("stop", "length", "cancelled") or error, and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    prompt_ids: list
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: tuple
+    on_event: Callable[[Event], None]
+    id: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    # engine-side state
+    generation: Generation | None = None
+    fed: int = 0  # positions run so far
+    pages: object = None  # the KV cache it holds while running
+
+    @property
+    def positions(self) -> int:
+        """Positions the sequence can need: the prompt and every generated token but the last."""
+        return len(self.prompt_ids) + self.max_tokens - 1
+
+
+@dataclass
+class Metrics:
+    running: int = 0
+    queued: int = 0
+    kv_pages_used: int = 0
+    kv_pages_total: int = 0
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+    requests_finished: int = 0
+    steps: int = 0
+    step_seconds: float = 0.0  # all steps together
+    last_step_seconds: float = 0.0
+
+
+class Scheduler:
+    """Runs requests on `model` (a qllama.Model) from its own engine thread."""
+
+    def __init__(self, model, max_sessions: int = 8, queue: int = 16,
+                 kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
+        from .batch import BatchEngine
+        if max_sessions < 1 or queue < 0 or prefill_chunk < 1:
+            raise UsageError("max_sessions and prefill_chunk must be at least 1, queue at least 0")
+        self.model = model
+        self.max_sessions = max_sessions
+        self.queue_limit = queue
+        self.prefill_chunk = prefill_chunk
+        self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
+                                  kv_memory=kv_memory)
+        self.seq_len = model.config.seq_len
+        self.metrics = Metrics(kv_pages_total=self.engine.pool.pages)
+        self._ids = itertools.count(1)
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="qllama-engine", daemon=True)
+
+    # -- the callers' side -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, prompt_ids, max_tokens: int, on_event, temperature: float = 1.0,
+               top_p: float = 0.9, seed: int | None = None, stop=()) -> Request:
+        """Queue a request; its events go to on_event (called from the engine thread).
+        Raises UsageError for what cannot run, Busy when every place is taken."""
+        ids = token_array(prompt_ids, self.model.config.vocab_size).tolist()
+        if len(ids) >= self.seq_len:
+            raise UsageError(f"the prompt is {len(ids)} tokens; this model's context is "
+                             f"{self.seq_len}, and the answer needs at least one more")
+        if max_tokens < 1:
+            raise UsageError(f"max_tokens is {max_tokens}, must be at least 1")
+        seed = default_seed() if seed is None else seed
+        check_sampling(temperature, top_p, 0, seed)
+        max_tokens = min(max_tokens, self.seq_len - len(ids) + 1)
+        req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event)
+        if not self.engine.pool.could_hold(req.positions):
+            raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
+                             "cache, more than the whole pool holds (--kv-memory)")
+        with self._lock:
+            if self._stopping:
+                raise Busy("the server is shutting down")
+            if (len(self._running) + len(self._waiting) >= self.max_sessions + self.queue_limit):
+                raise Busy(f"all {self.max_sessions} sessions and {self.queue_limit} queue "
+                           "places are taken")
+            req.id = next(self._ids)
+            self._waiting.append(req)
+            self._lock.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop a request (its client went away): its KV pages are free after the next step."""
+        with self._lock:
+            req.cancelled = True
+            self._lock.notify()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Accept nothing new, finish what runs and waits, then stop the engine thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def snapshot(self) -> Metrics:
+        with self._lock:
+            m = Metrics(**vars(self.metrics))
+            m.running, m.queued = len(self._running), len(self._waiting)
+            m.kv_pages_used = self.engine.pool.used
+            return m
+
+    # -- the engine thread ---------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                self._drop_cancelled()
+                self._admit()
+                while not self._running:
+                    if self._stopping and not self._waiting:
+                        return
+                    self._lock.wait()
+                    self._drop_cancelled()
+                    self._admit()
+                running = list(self._running)
+            self._step(running)
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(req)
+            self._finish(req, Event(finish_reason="cancelled"))
+        for req in [r for r in self._running if r.cancelled]:
+            self._release(req, Event(finish_reason="cancelled"))
+
+    def _admit(self) -> None:
+        """Waiting requests start, in order, while a session and their KV cache are free."""
+        while self._waiting and len(self._running) < self.max_sessions:
+            req = self._waiting[0]
+            pages = self.engine.pool.take(req.positions)
+            if pages is None:
+                return  # the pool frees pages as sequences end
+            self._waiting.popleft()
+            req.pages = pages
+            try:
+                req.generation = Generation(self.model, req.prompt_ids, req.max_tokens,
+                                            req.temperature, req.top_p, req.seed, req.stop)
+            except QllamaError as e:
+                self._release(req, Event(error=str(e)), running=False)
+                continue
+            self._running.append(req)
+
+    def _step(self, running: list) -> None:
+        """One batch: each decoding sequence's last token, then prompt chunks."""
+        rows = []  # (request, tokens, whether its last row predicts a token)
+        budget = self.prefill_chunk
+        for req in running:
+            n_prompt = len(req.prompt_ids)
+            if req.fed >= n_prompt:
+                rows.append((req, [req.generation.tokens[-1]], True))
+            elif budget > 0:
+                take = min(budget, n_prompt - req.fed)
+                budget -= take
+                rows.append((req, req.prompt_ids[req.fed:req.fed + take],
+                             req.fed + take == n_prompt))
+        t0 = time.perf_counter()
+        try:
+            logits = self.engine.forward([(r.pages, r.fed, np.asarray(toks, np.int32), want)
+                                          for r, toks, want in rows])
+        except Exception as e:  # the engine refused the batch: fail its requests, go on
+            with self._lock:
+                for req, _, _ in rows:
+                    self._release(req, Event(error=f"engine error: {e}"))
+            return
+        seconds = time.perf_counter() - t0
+        done = []
+        for (req, toks, want), out in zip(rows, logits):
+            req.fed += len(toks)
+            if not want:
+                continue
+            try:
+                text, reason = req.generation.step(out)
+            except QllamaError as e:
+                done.append((req, Event(error=str(e))))
+                continue
+            if reason is not None:
+                done.append((req, Event(text, reason, req.generation.usage)))
+            elif text:
+                req.on_event(Event(text))
+        with self._lock:
+            m = self.metrics
+            m.steps += 1
+            m.step_seconds += seconds
+            m.last_step_seconds = seconds
+            m.prompt_tokens += sum(len(t) for r, t, _ in rows if r.fed <= len(r.prompt_ids))
+            m.tokens_generated += sum(1 for _, _, want in rows if want)
+            for req, event in done:
+                self._release(req, event)
+
+    def _release(self, req: Request, event: Event, running: bool = True) -> None:
+        if running and req in self._running:
+            self._running.remove(req)
+        if req.pages is not None:
+            self.engine.pool.give(req.pages)
+            req.pages = None
+        self._finish(req, event)
+
+    def _finish(self, req: Request, event: Event) -> None:
+        if event.usage is None:
+            event.usage = req.generation.usage if req.generation else Usage(len(req.prompt_ids))
+        self.metrics.requests_finished += 1
+        try:
+            req.on_event(event)
+        except Exception:  # a caller's callback must not stop the engine
+            pass
