@@ -9,8 +9,12 @@ residual; then final rmsnorm -> classifier -> logits.
 - `Weights`: the mapped tensors of one checkpoint (Config / TransformerWeights in
   run.c) and, for each matrix, the kernel that multiplies by it, chosen once
   (`make_matrix`) from the CPU variant's table (kernels.h). Sessions share it.
-- `State`: one sequence's buffers and KV cache (run.c's RunState); `State.forward`
-  validates its arguments, then runs the whole block in one `nogil` call.
+- `KVCache`: KV memory in pages; a sequence is a table of pages.
+- `Workspace`: the scratch of forward passes (run.c's RunState less its cache);
+  `Workspace.forward` runs a block of rows, of one sequence or many, each at its own
+  position over its own pages: it validates its arguments, then runs the whole block
+  in one `nogil` call.
+- `State`: one sequence: a Workspace and a KV cache of one page.
 - `Kernels`: a variant's kernels one by one, for checks and benchmarks.
 
 Weights are pointers into the memory-mapped file: nothing is dequantized in full.
@@ -308,20 +312,37 @@ cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept 
             out[j] = table.m.q[f] * table.m.s[f // table.m.gs]
 
 
-cdef void attention_head(float* out, const float* q, const void* keys, const void* values,
+cdef void attention_head(float* out, const float* q, const char* keys, const char* values,
+                         const int32_t* table, Py_ssize_t page_bytes, Py_ssize_t page_size,
                          float* att, Py_ssize_t n_pos, Py_ssize_t head_size, bint f16,
                          const qllama_kernels* k) noexcept nogil:
-    """One head of one token over cached positions 0..n_pos-1: the head's keys and
-    values, fp16 or fp32, are n_pos contiguous rows of head_size."""
+    """One head of one token over cached positions 0..n_pos-1, held in the pages
+    table[0], table[1], ...: in each, the head's keys (values) for page_size positions
+    are contiguous rows of head_size, fp16 or fp32, at keys (values) + page * page_bytes.
+    Scores page by page, one softmax over all, values accumulated page by page in
+    position order: the same operations whatever the page size (kernels.h)."""
     cdef float scale = 1.0 / sqrtf(<float>head_size)
-    if f16:
-        k.attn_scores_f16(q, <const uint16_t*>keys, n_pos, head_size, scale, att)
-        softmax(att, n_pos)
-        k.attn_values_f16(att, <const uint16_t*>values, n_pos, head_size, out)
-    else:
-        k.attn_scores_f32(q, <const float*>keys, n_pos, head_size, scale, att)
-        softmax(att, n_pos)
-        k.attn_values_f32(att, <const float*>values, n_pos, head_size, out)
+    cdef Py_ssize_t j, n, at
+    for j in range((n_pos + page_size - 1) // page_size):
+        n = min(page_size, n_pos - j * page_size)
+        at = table[j] * page_bytes
+        if f16:
+            k.attn_scores_f16(q, <const uint16_t*>(keys + at), n, head_size, scale,
+                              att + j * page_size)
+        else:
+            k.attn_scores_f32(q, <const float*>(keys + at), n, head_size, scale,
+                              att + j * page_size)
+    softmax(att, n_pos)
+    memset(out, 0, head_size * sizeof(float))
+    for j in range((n_pos + page_size - 1) // page_size):
+        n = min(page_size, n_pos - j * page_size)
+        at = table[j] * page_bytes
+        if f16:
+            k.attn_values_f16(att + j * page_size, <const uint16_t*>(values + at), n,
+                              head_size, out)
+        else:
+            k.attn_values_f32(att + j * page_size, <const float*>(values + at), n,
+                              head_size, out)
 
 
 cdef inline void kv_store(void* cache, Py_ssize_t at, const float* x, Py_ssize_t n, bint f16,
@@ -333,84 +354,118 @@ cdef inline void kv_store(void* cache, Py_ssize_t at, const float* x, Py_ssize_t
         memcpy(<float*>cache + at, x, n * sizeof(float))
 
 
-cdef void* zeroed(size_t nbytes, bint huge=False) noexcept nogil:
-    """A zeroed buffer with every page faulted in now: a fault in the middle of a
-    forward pass (a fresh session's first block) holds every thread at the next join.
-    `huge`: advised 2 MiB pages (the KV cache, which attention streams)."""
+cdef void* zeroed(size_t nbytes, bint huge=False, bint fault=True) noexcept nogil:
+    """A zeroed buffer with every page faulted in now (`fault`): a fault in the middle
+    of a forward pass (a fresh session's first block) holds every thread at the next
+    join. `huge`: advised 2 MiB pages (the KV cache, which attention streams)."""
     cdef void* p = calloc(nbytes, 1)
     if p != NULL:
         if huge:
             qllama_advise_huge(p, nbytes)
-        qllama_prefault(p, nbytes)
+        if fault:
+            qllama_prefault(p, nbytes)
     return p
 
 
 # ----------------------------------------------------------------------------
 
-cdef class State:
-    """The run state of one sequence over shared `Weights`.
-
-    `capacity` is how many positions the KV cache holds (prompt + steps, at most
-    seq_len); `max_block` how many tokens one forward call takes; `kv` the cache's
-    element type, "f16" (half the memory; kernels.h's rounding) or "f32".
-    """
-    cdef readonly Weights weights  # keeps `net` alive
-    cdef const Net* net
-    cdef readonly Py_ssize_t capacity, max_block
+cdef class KVCache:
+    """KV cache memory in pages of `page_size` positions. A page holds, for every layer
+    and kv head (in that order), page_size rows of head_size keys, and the same of
+    values, fp16 ("f16", kernels.h's rounding) or fp32: a head's keys in a page are
+    one contiguous run, which attention reads as one stream. A sequence holds a table
+    of pages (position p is in its page p // page_size); one page of a sequence's whole
+    capacity is State's cache. `fault`: fault every page in now (else as first used:
+    a pool of pages is resident only as far as sequences have used it)."""
+    cdef readonly Weights weights
+    cdef readonly Py_ssize_t page_size, n_pages
     cdef readonly str kv
-    cdef int n_threads       # OpenMP threads per parallel region (the `threads` property)
     cdef bint kv16
-    cdef size_t kv_item      # bytes per cache entry: 2 (fp16) or 4
-    cdef float* x            # (block, dim) residual stream
-    cdef float* xb           # (block, max(dim, hidden)) normed / attention output
-    cdef float* xb2          # (block, dim)
-    cdef float* hb           # (block, hidden_dim)
-    cdef float* hb2          # (block, hidden_dim)
-    cdef float* q            # (block, dim)
-    cdef float* fcos         # (block, head_size / 2) RoPE angles of the block's positions
-    cdef float* fsin         # (block, head_size / 2)
-    cdef float* att          # (n_heads * block, capacity) scores, a row per (head, token)
-    cdef int8_t* xq          # (block, max(dim, hidden)) quantized activations
-    cdef float* xs           # (block, max(dim, hidden) / gs) their scales
-    cdef void* packed        # the variant's GEMM layout of xq / xs (NULL: none)
-    cdef float* kb           # (block, kv_dim) the block's keys, before they go to the cache
-    cdef float* vb           # (block, kv_dim) its values
-    # KV cache (layer, kv head, capacity, head_size) of fp16 or fp32: a head's keys
-    # (values) for all positions are one contiguous run, which attention reads as one
-    # stream
-    cdef void* key_cache
-    cdef void* value_cache
+    cdef size_t item          # bytes per entry: 2 (fp16) or 4
+    cdef Py_ssize_t page_entries
+    cdef void* keys
+    cdef void* values
 
-    def __init__(self, Weights weights, Py_ssize_t capacity, Py_ssize_t max_block=32,
-                 int threads=1, str kv="f16"):
-        if not 0 < capacity <= weights.seq_len:
-            raise ValueError(f"capacity {capacity} outside 1..seq_len {weights.seq_len}")
-        if max_block < 1:
-            raise ValueError("max_block must be at least 1")
+    def __init__(self, Weights weights, Py_ssize_t page_size, Py_ssize_t n_pages,
+                 str kv="f16", bint fault=True):
         if kv not in ("f16", "f32"):
             raise ValueError(f"kv cache type {kv!r}: must be 'f16' or 'f32'")
+        if not 0 < page_size <= weights.net.seq_len or n_pages < 1:
+            raise ValueError(f"page size {page_size} outside 1..seq_len, or no pages")
+        self.weights = weights
+        self.page_size, self.n_pages, self.kv = page_size, n_pages, kv
+        self.kv16 = kv == "f16"
+        self.item = 2 if self.kv16 else 4
+        self.page_entries = weights.net.n_layers * page_size * weights.net.kv_dim
+        # in Python's integers: a product that wrapped would allocate too little
+        if <object>self.page_entries * n_pages * self.item >= 2 ** 62:
+            raise MemoryError(f"a KV cache of {n_pages} pages of {page_size} positions "
+                              "is too large")
+        cdef size_t nbytes = self.page_entries * n_pages * self.item
+        self.keys = zeroed(nbytes, True, fault)
+        self.values = zeroed(nbytes, True, fault)
+        if self.keys == NULL or self.values == NULL:
+            raise MemoryError(f"cannot allocate {2 * nbytes / 1e9:.2f} GB of KV cache")
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.values)
+
+    @property
+    def nbytes(self):
+        return 2 * self.page_entries * self.n_pages * self.item
+
+    @property
+    def page_bytes(self):
+        return 2 * self.page_entries * self.item
+
+
+cdef class Workspace:
+    """The scratch of forward passes over `weights`: blocks of up to `max_rows` rows
+    (tokens of one or many sequences) at positions below `max_positions`, with
+    `threads` OpenMP threads. It belongs to whoever runs the engine (a session, the
+    server's engine thread), not to a sequence: a sequence is its pages alone."""
+    cdef readonly Weights weights  # keeps `net` alive
+    cdef const Net* net
+    cdef readonly Py_ssize_t max_rows, max_positions
+    cdef int n_threads       # OpenMP threads per parallel region (the `threads` property)
+    cdef float* x            # (rows, dim) residual stream
+    cdef float* xb           # (rows, max(dim, hidden)) normed / attention output
+    cdef float* xb2          # (rows, dim); the classifier's rows, gathered
+    cdef float* hb           # (rows, hidden_dim)
+    cdef float* hb2          # (rows, hidden_dim)
+    cdef float* q            # (rows, dim)
+    cdef float* fcos         # (rows, head_size / 2) RoPE angles of the rows' positions
+    cdef float* fsin         # (rows, head_size / 2)
+    cdef float* att          # (n_heads * rows, max_positions) scores, a row per (head, row)
+    cdef int8_t* xq          # (rows, max(dim, hidden)) quantized activations
+    cdef float* xs           # (rows, max(dim, hidden) / gs) their scales
+    cdef void* packed        # the variant's GEMM layout of xq / xs (NULL: none)
+    cdef float* kb           # (rows, kv_dim) the rows' keys, before they go to the cache
+    cdef float* vb           # (rows, kv_dim) their values
+
+    def __init__(self, Weights weights, Py_ssize_t max_rows, Py_ssize_t max_positions,
+                 int threads=1):
+        if not 0 < max_positions <= weights.net.seq_len:
+            raise ValueError(f"max_positions {max_positions} outside 1..seq_len "
+                             f"{weights.net.seq_len}")
+        if max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
         self.weights = weights
         self.net = &weights.net
-        self.capacity = capacity
-        self.max_block = min(max_block, capacity)  # a longer block could never run
+        self.max_rows = max_rows
+        self.max_positions = max_positions
         self.threads = max(1, threads)
-        self.kv = kv
-        self.kv16 = kv == "f16"
-        self.kv_item = 2 if self.kv16 else 4
         self._allocate()
 
     cdef _allocate(self):
         cdef const Net* w = self.net
         cdef const qllama_kernels* k = w.kernels
-        cdef Py_ssize_t B = self.max_block, wide = max(w.dim, w.hidden_dim)
-        cdef Py_ssize_t cache = <Py_ssize_t>w.n_layers * self.capacity * w.kv_dim
-        cdef size_t item = self.kv_item
+        cdef Py_ssize_t B = self.max_rows, wide = max(w.dim, w.hidden_dim)
         cdef size_t packed = 0
-        # the largest sizes below, in Python's integers: a product that wrapped would
-        # allocate too little for what forward() writes
-        cdef object b = B
-        if max(b * wide, b * w.n_heads * self.capacity, <object>cache) * 4 >= 2 ** 62:
-            raise MemoryError(f"run state for {self.capacity} positions and blocks of "
+        cdef object b = B  # the largest sizes in Python's integers, as in KVCache
+        if max(b * wide, b * w.n_heads * self.max_positions) * 4 >= 2 ** 62:
+            raise MemoryError(f"run state for {self.max_positions} positions and blocks of "
                               f"{B} tokens is too large")
         if w.group_size and B > 1 and k.q80_packed_bytes != NULL:
             packed = max(k.q80_packed_bytes(B, w.dim, w.group_size) if w.dim % w.group_size == 0
@@ -427,26 +482,20 @@ cdef class State:
         self.vb = <float*>zeroed(B * w.kv_dim * sizeof(float))
         self.fcos = <float*>zeroed(B * (w.head_size // 2) * sizeof(float))
         self.fsin = <float*>zeroed(B * (w.head_size // 2) * sizeof(float))
-        self.att = <float*>zeroed(B * w.n_heads * self.capacity * sizeof(float))
+        self.att = <float*>zeroed(B * w.n_heads * self.max_positions * sizeof(float))
         self.xq = <int8_t*>zeroed(B * wide)
         self.xs = <float*>zeroed(B * (wide // max(1, w.group_size) + 1) * sizeof(float))
         self.packed = zeroed(packed) if packed else NULL
-        self.key_cache = zeroed(cache * item, True)
-        self.value_cache = zeroed(cache * item, True)
         if (self.x == NULL or self.xb == NULL or self.xb2 == NULL or self.hb == NULL
                 or self.hb2 == NULL or self.q == NULL or self.kb == NULL or self.vb == NULL
-                or self.att == NULL
-                or self.fcos == NULL or self.fsin == NULL
-                or self.xq == NULL or self.xs == NULL or (packed and self.packed == NULL)
-                or self.key_cache == NULL or self.value_cache == NULL):
-            raise MemoryError(f"cannot allocate the run state ({self.kv_cache_bytes / 1e9:.2f} GB "
-                              f"of KV cache for {self.capacity} positions); use fewer steps")
+                or self.att == NULL or self.fcos == NULL or self.fsin == NULL
+                or self.xq == NULL or self.xs == NULL or (packed and self.packed == NULL)):
+            raise MemoryError(f"cannot allocate the scratch for blocks of {B} tokens")
 
     def __dealloc__(self):
         free(self.x); free(self.xb); free(self.xb2); free(self.hb); free(self.hb2)
         free(self.q); free(self.kb); free(self.vb); free(self.fcos); free(self.fsin)
         free(self.att); free(self.xq); free(self.xs); free(self.packed)
-        free(self.key_cache); free(self.value_cache)
 
     @property
     def threads(self):
@@ -460,42 +509,64 @@ cdef class State:
             raise ValueError(f"threads {n} outside 1..{MAX_THREADS}")
         self.n_threads = n
 
-    @property
-    def kv_cache_bytes(self):
-        return 2 * self.kv_item * self.net.n_layers * self.capacity * self.net.kv_dim
+    def forward(self, KVCache cache, const int32_t[::1] tokens, const int32_t[::1] positions,
+                const int32_t[::1] seq, const int32_t[:, ::1] tables,
+                const int32_t[::1] logit_rows, float[:, ::1] logits):
+        """Run rows t < T: token tokens[t] of sequence seq[t] at position positions[t],
+        whose pages are tables[seq[t]] in `cache`; each row's key and value go to the
+        cache, and it attends to its sequence's positions 0..positions[t] (earlier rows
+        of the block included). logits[i] gets the prediction of row logit_rows[i].
 
-    def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
-        """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
-
-        logits is (T, vocab) for every position's prediction, or (1, vocab) for
-        the last one only.
-        """
-        cdef Py_ssize_t T = tokens.shape[0], t
-        cdef int vocab = self.net.vocab_size
-        if not 0 < T <= self.max_block:
-            raise ValueError(f"block of {T} tokens; must be 1..{self.max_block}")
-        if pos < 0 or pos + T > self.capacity:
-            raise ValueError(f"positions {pos}..{pos + T - 1} exceed the cache "
-                             f"of {self.capacity}")
-        if logits.shape[1] != vocab or logits.shape[0] not in (1, T):
-            raise ValueError("logits buffer must be (T, vocab) or (1, vocab)")
+        Everything is checked here, before the nogil pass: rows, tokens, positions,
+        every page a row touches, the logits rows. A sequence's rows give the same
+        numbers bit for bit in any block, alone or with others, in any order."""
+        cdef const Net* w = self.net
+        cdef Py_ssize_t T = tokens.shape[0], t, j, pages, ps = cache.page_size
+        cdef Py_ssize_t L = logit_rows.shape[0], vocab = w.vocab_size
+        if cache.weights is not self.weights:
+            raise ValueError("the KV cache belongs to other weights")
+        if not 0 < T <= self.max_rows:
+            raise ValueError(f"block of {T} rows; must be 1..{self.max_rows}")
+        if positions.shape[0] != T or seq.shape[0] != T:
+            raise ValueError("tokens, positions and seq must have one entry per row")
+        if logits.shape[0] != L or logits.shape[1] != vocab or L == 0:
+            raise ValueError("logits must be (len(logit_rows) > 0, vocab)")
         for t in range(T):
             if not 0 <= tokens[t] < vocab:
                 raise ValueError(f"token id {tokens[t]} outside 0..{vocab - 1}")
+            if not 0 <= positions[t] < self.max_positions:
+                raise ValueError(f"position {positions[t]} outside 0..{self.max_positions - 1}")
+            if not 0 <= seq[t] < tables.shape[0]:
+                raise ValueError(f"row {t}: sequence {seq[t]} has no page table")
+            pages = positions[t] // ps + 1
+            if pages > tables.shape[1]:
+                raise ValueError(f"row {t}: position {positions[t]} is past its page table")
+            for j in range(pages):
+                if not 0 <= tables[seq[t], j] < cache.n_pages:
+                    raise ValueError(f"row {t}: page {tables[seq[t], j]} outside the cache's "
+                                     f"{cache.n_pages}")
+        for j in range(L):
+            if not 0 <= logit_rows[j] < T:
+                raise ValueError(f"logits row {logit_rows[j]} outside 0..{T - 1}")
         with nogil:
-            self._forward(&tokens[0], T, pos, &logits[0, 0], logits.shape[0])
+            self._forward(cache, &tokens[0], &positions[0], &seq[0], &tables[0, 0],
+                          tables.shape[1], T, &logit_rows[0], L, &logits[0, 0])
 
-    cdef void _forward(self, const int32_t* tokens, Py_ssize_t T, Py_ssize_t pos,
-                       float* logits, Py_ssize_t n_logits) noexcept nogil:
+    cdef void _forward(self, KVCache cache, const int32_t* tokens, const int32_t* positions,
+                       const int32_t* seq, const int32_t* tables, Py_ssize_t table_width,
+                       Py_ssize_t T, const int32_t* logit_rows, Py_ssize_t n_logits,
+                       float* logits) noexcept nogil:
         cdef const Net* w = self.net
         cdef const qllama_kernels* k = w.kernels
         cdef Py_ssize_t dim = w.dim, hidden = w.hidden_dim, kv_dim = w.kv_dim, gs = w.group_size
-        cdef Py_ssize_t hs = w.head_size, H = w.n_heads, cap = self.capacity, rb = k.row_block
-        cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh, head
-        cdef Py_ssize_t t, l, i, th, h, first, layer_at
+        cdef Py_ssize_t hs = w.head_size, H = w.n_heads, rb = k.row_block
+        cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh
+        cdef Py_ssize_t ps = cache.page_size, maxp = self.max_positions
+        cdef Py_ssize_t page_entries = cache.page_entries, head_run = ps * hs
+        cdef Py_ssize_t t, l, i, th, h, at, pos
         cdef int nt = self.n_threads
-        cdef bint f16 = self.kv16
-        cdef size_t item = self.kv_item
+        cdef bint f16 = cache.kv16
+        cdef size_t item = cache.item
         cdef const Layer* L
         cdef Job jobs[3]
         cdef qllama_acts xa
@@ -504,18 +575,17 @@ cdef class State:
         cdef float* q = self.q
         cdef float* xb = self.xb
         cdef float* att = self.att
-        cdef char* kc = <char*>self.key_cache
-        cdef char* vc = <char*>self.value_cache
+        cdef char* kc = <char*>cache.keys
+        cdef char* vc = <char*>cache.values
 
         for t in range(T):
             embed_row(self.x + t * dim, &w.tok_embeddings, tokens[t])
-            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, pos + t)
+            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, positions[t])
 
         for l in range(w.n_layers):
             L = &w.layers[l]
-            layer_at = l * cap * kv_dim  # this layer's first cache entry
 
-            # attention: q, k, v; k and v (k rotated) then go to this layer's cache
+            # attention: q, k, v; k and v (k rotated) then go to the rows' pages
             prepare(&xa, xb, self.x, L.attn_norm, T, dim, gs, self.xq, self.xs, self.packed,
                     L.wq.q8_input, k, nt)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
@@ -527,20 +597,25 @@ cdef class State:
                 fs = self.fsin + t * (hs // 2)
                 rope(self.q + t * dim, dim, hs, fc, fs)
                 rope(self.kb + t * kv_dim, kv_dim, hs, fc, fs)
+                pos = positions[t]
+                # entry of (page, layer l, kv head 0, slot pos % ps); a kv head is head_run on
+                at = (tables[seq[t] * table_width + pos // ps] * page_entries
+                      + l * ps * kv_dim + (pos % ps) * hs)
                 for kvh in range(w.n_kv_heads):
-                    kv_store(self.key_cache, layer_at + (kvh * cap + pos + t) * hs,
-                             self.kb + t * kv_dim + kvh * hs, hs, f16, k)
-                    kv_store(self.value_cache, layer_at + (kvh * cap + pos + t) * hs,
-                             self.vb + t * kv_dim + kvh * hs, hs, f16, k)
-            # head-major: a head's tokens run one after another while its keys and
-            # values are in L2; contiguous ranges of heads per thread
+                    kv_store(cache.keys, at + kvh * head_run, self.kb + t * kv_dim + kvh * hs,
+                             hs, f16, k)
+                    kv_store(cache.values, at + kvh * head_run, self.vb + t * kv_dim + kvh * hs,
+                             hs, f16, k)
+            # head-major: a head's rows run one after another while its keys and values
+            # are in L2; contiguous ranges of heads per thread
             for th in prange(H * T, schedule="static", num_threads=nt):
                 h = th // T
                 t = th % T
-                head = layer_at + (h // kv_mul) * cap * hs  # the head's first cache entry
                 attention_head(xb + t * dim + h * hs, q + t * dim + h * hs,
-                               kc + head * item, vc + head * item, att + th * cap,
-                               pos + t + 1, hs, f16, k)
+                               kc + (l * ps * kv_dim + (h // kv_mul) * head_run) * item,
+                               vc + (l * ps * kv_dim + (h // kv_mul) * head_run) * item,
+                               tables + seq[t] * table_width, page_entries * item, ps,
+                               att + th * maxp, positions[t] + 1, hs, f16, k)
             prepare(&xa, xb, xb, NULL, T, dim, gs, self.xq, self.xs, self.packed,
                     L.wo.q8_input, k, nt)
             matmul(self.xb2, dim, &xa, &L.wo, rb, nt)
@@ -557,11 +632,85 @@ cdef class State:
             for i in range(T * dim):
                 self.x[i] += xb[i]
 
-        # classifier over the last n_logits positions of the block
-        first = T - n_logits
-        prepare(&xa, xb, self.x + first * dim, w.final_norm, n_logits, dim, gs, self.xq,
-                self.xs, self.packed, w.classifier.q8_input, k, nt)
+        # classifier over the rows that want logits, gathered
+        for i in range(n_logits):
+            memcpy(self.xb2 + i * dim, self.x + logit_rows[i] * dim, dim * sizeof(float))
+        prepare(&xa, xb, self.xb2, w.final_norm, n_logits, dim, gs, self.xq, self.xs,
+                self.packed, w.classifier.q8_input, k, nt)
         matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
+
+
+cdef class State:
+    """The run state of one sequence over shared `Weights`: a Workspace and a KV cache
+    of one page of `capacity` positions (prompt + steps, at most seq_len).
+
+    `max_block` is how many tokens one forward call takes; `kv` the cache's element
+    type, "f16" (half the memory; kernels.h's rounding) or "f32".
+    """
+    cdef readonly Workspace workspace
+    cdef readonly KVCache cache
+    cdef readonly Py_ssize_t capacity, max_block
+    cdef int32_t[:, ::1] table
+    cdef int32_t[::1] seq, positions, last, every
+
+    def __init__(self, Weights weights, Py_ssize_t capacity, Py_ssize_t max_block=32,
+                 int threads=1, str kv="f16"):
+        if not 0 < capacity <= weights.seq_len:
+            raise ValueError(f"capacity {capacity} outside 1..seq_len {weights.seq_len}")
+        if max_block < 1:
+            raise ValueError("max_block must be at least 1")
+        if kv not in ("f16", "f32"):
+            raise ValueError(f"kv cache type {kv!r}: must be 'f16' or 'f32'")
+        self.capacity = capacity
+        self.max_block = min(max_block, capacity)  # a longer block could never run
+        self.workspace = Workspace(weights, self.max_block, capacity, threads)
+        self.cache = KVCache(weights, capacity, 1, kv)
+        self.table = np.zeros((1, 1), np.int32)
+        self.seq = np.zeros(self.max_block, np.int32)
+        self.positions = np.zeros(self.max_block, np.int32)
+        self.every = np.arange(self.max_block, dtype=np.int32)
+        self.last = np.zeros(1, np.int32)
+
+    @property
+    def weights(self):
+        return self.workspace.weights
+
+    @property
+    def kv(self):
+        return self.cache.kv
+
+    @property
+    def threads(self):
+        return self.workspace.threads
+
+    @threads.setter
+    def threads(self, int n):
+        self.workspace.threads = n
+
+    @property
+    def kv_cache_bytes(self):
+        return self.cache.nbytes
+
+    def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
+        """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
+
+        logits is (T, vocab) for every position's prediction, or (1, vocab) for
+        the last one only.
+        """
+        cdef Py_ssize_t T = tokens.shape[0], t
+        if not 0 < T <= self.max_block:
+            raise ValueError(f"block of {T} tokens; must be 1..{self.max_block}")
+        if pos < 0 or pos + T > self.capacity:
+            raise ValueError(f"positions {pos}..{pos + T - 1} exceed the cache "
+                             f"of {self.capacity}")
+        if logits.shape[0] not in (1, T):
+            raise ValueError("logits buffer must be (T, vocab) or (1, vocab)")
+        for t in range(T):
+            self.positions[t] = pos + t
+        self.last[0] = T - 1
+        rows = self.every[:T] if logits.shape[0] == T and T > 1 else self.last
+        self.workspace.forward(self.cache, tokens, self.positions[:T], self.seq[:T],
+                               self.table, rows, logits)
 
 
 # ----------------------------------------------------------------------------
@@ -653,8 +802,9 @@ cdef class Kernels:
         att = np.empty(n_pos, np.float32)
         cdef float[::1] o = out
         cdef float[::1] a = att
-        attention_head(&o[0], &q[0], &kb[0], &vb[0], &a[0], n_pos, head_size, kv == "f16",
-                       self.k)
+        cdef int32_t page = 0  # the cache as one page of n_pos positions
+        attention_head(&o[0], &q[0], <const char*>&kb[0], <const char*>&vb[0], &page, 0, n_pos,
+                       &a[0], n_pos, head_size, kv == "f16", self.k)
         return out
 
     @staticmethod

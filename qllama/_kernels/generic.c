@@ -207,7 +207,6 @@ static void attn_scores_f32(const float *q, const float *k, ptrdiff_t n_pos, ptr
 
 static void attn_values_f16(const float *att, const uint16_t *v, ptrdiff_t n_pos, ptrdiff_t hs,
                             float *out) {
-    for (ptrdiff_t i = 0; i < hs; i++) out[i] = 0.0f;
     for (ptrdiff_t p = 0; p < n_pos; p++)
         for (ptrdiff_t i = 0; i < hs; i++)
             out[i] = fmaf(att[p], qllama_f16_to_f32(v[p * hs + i]), out[i]);
@@ -215,7 +214,6 @@ static void attn_values_f16(const float *att, const uint16_t *v, ptrdiff_t n_pos
 
 static void attn_values_f32(const float *att, const float *v, ptrdiff_t n_pos, ptrdiff_t hs,
                             float *out) {
-    for (ptrdiff_t i = 0; i < hs; i++) out[i] = 0.0f;
     for (ptrdiff_t p = 0; p < n_pos; p++)
         for (ptrdiff_t i = 0; i < hs; i++) out[i] = fmaf(att[p], v[p * hs + i], out[i]);
 }

@@ -25,7 +25,9 @@
  *   multiply-add; then lanes l and l + 8 added, those eight summed as
  *   ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)); then the n % 16 tail
  *   elements in order, each a fused multiply-add.
- * - attention values: out[i] = fma(att[p], v_p[i], out[i]) for p in order.
+ * - attention values: out[i] = fma(att[p], v_p[i], out[i]) for p in order, from the
+ *   out the caller passes (zeroed before the first call): a cache held in pages is
+ *   one call per page, the same operations as one call over all positions.
  * - fp16 KV entries: fp32 rounded to nearest even (IEEE binary16).
  * - activations to Q8_0 as runq.c: scale = max|x| / 127, q = x / scale rounded
  *   half away from zero, clamped to +-127.
@@ -78,7 +80,7 @@ typedef struct {
     float (*f32_dot)(const float *a, const float *b, ptrdiff_t n);
     /* KV cache entries: fp16 (default) or fp32. n_pos cached positions of one head,
      * hs values each, contiguous. scores: att[p] = (q . k_p) * scale. values:
-     * out (hs) = sum over p of att[p] * v_p. */
+     * out (hs) += sum over p of att[p] * v_p. */
     void (*f16_store)(const float *x, uint16_t *h, ptrdiff_t n);
     void (*attn_scores_f16)(const float *q, const uint16_t *k, ptrdiff_t n_pos, ptrdiff_t hs,
                             float scale, float *att);

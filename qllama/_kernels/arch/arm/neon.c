@@ -346,12 +346,12 @@ static void attn_scores_f32(const float *q, const float *k, ptrdiff_t n_pos, ptr
     for (ptrdiff_t p = 0; p < n_pos; p++) att[p] = dot16(q, k + p * hs, hs, 0) * scale;
 }
 
-/* out[i..i + 4 NV) = sum over p of att[p] * v_p, NV accumulators in registers across
+/* out[i..i + 4 NV) += sum over p of att[p] * v_p, NV accumulators in registers across
  * positions, each step a fused multiply-add in p's order. */
 INLINE void values_block(const float *att, const void *v, ptrdiff_t n_pos, ptrdiff_t hs,
                          ptrdiff_t i, float *out, const int NV, const int half) {
     float32x4_t o[8];
-    for (int l = 0; l < NV; l++) o[l] = vdupq_n_f32(0.0f);
+    for (int l = 0; l < NV; l++) o[l] = vld1q_f32(out + i + 4 * l);
     for (ptrdiff_t p = 0; p < n_pos; p++) {
         float32x4_t a = vdupq_n_f32(att[p]);
         for (int l = 0; l < NV; l++)
@@ -367,7 +367,7 @@ INLINE void values(const float *att, const void *v, ptrdiff_t n_pos, ptrdiff_t h
     for (; i + 16 <= hs; i += 16) values_block(att, v, n_pos, hs, i, out, 4, half);
     for (; i + 4 <= hs; i += 4) values_block(att, v, n_pos, hs, i, out, 1, half);
     for (; i < hs; i++) {
-        float o = 0.0f;
+        float o = out[i];
         for (ptrdiff_t p = 0; p < n_pos; p++) o = fmaf(att[p], load1(v, p * hs + i, half), o);
         out[i] = o;
     }

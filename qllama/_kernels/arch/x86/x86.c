@@ -412,7 +412,8 @@ static void attn_values_##SUFFIX(const float *att, const T *v, ptrdiff_t n_pos, 
                                  float *out) {                                              \
     ptrdiff_t i = 0;                                                                        \
     for (; i + 32 <= hs; i += 32) { /* four accumulators in registers across positions */   \
-        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;                         \
+        __m256 o0 = _mm256_loadu_ps(out + i), o1 = _mm256_loadu_ps(out + i + 8);            \
+        __m256 o2 = _mm256_loadu_ps(out + i + 16), o3 = _mm256_loadu_ps(out + i + 24);      \
         for (ptrdiff_t p = 0; p < n_pos; p++) {                                             \
             __m256 a = _mm256_set1_ps(att[p]);                                              \
             const T *vp = v + p * hs + i;                                                   \
@@ -427,13 +428,13 @@ static void attn_values_##SUFFIX(const float *att, const T *v, ptrdiff_t n_pos, 
         _mm256_storeu_ps(out + i + 24, o3);                                                 \
     }                                                                                       \
     for (; i + 8 <= hs; i += 8) {                                                           \
-        __m256 o0 = _mm256_setzero_ps();                                                    \
+        __m256 o0 = _mm256_loadu_ps(out + i);                                               \
         for (ptrdiff_t p = 0; p < n_pos; p++)                                               \
             o0 = _mm256_fmadd_ps(_mm256_set1_ps(att[p]), LOAD(v + p * hs + i), o0);         \
         _mm256_storeu_ps(out + i, o0);                                                      \
     }                                                                                       \
     for (; i < hs; i++) {                                                                   \
-        float o = 0.0f;                                                                     \
+        float o = out[i];                                                                   \
         for (ptrdiff_t p = 0; p < n_pos; p++) o = fmaf(att[p], SCALAR(v[p * hs + i]), o);    \
         out[i] = o;                                                                         \
     }                                                                                       \
