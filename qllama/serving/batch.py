@@ -1,9 +1,11 @@
-"""The engine for many sequences: one forward call per step over rows of different
-sequences, each with its own KV cache and position.
+"""The engine for many sequences: one forward pass per step over rows of different
+sequences, each at its own position over its own KV pages (engine.Workspace).
 
-KV memory is one budget (`kv_memory` bytes), counted in pages of PAGE positions;
-a sequence takes the pages its positions need when it starts and gives them back
-when it ends.
+KV memory is one pool (`kv_memory` bytes) of pages of PAGE positions. A sequence
+takes the pages its positions can need when it starts (so it never runs out midway)
+and gives them back when it ends; pages are faulted in as they are first written, so
+the resident set follows the tokens actually cached. No split of the context per
+slot: any sequence may grow to the model's seq_len while the pool has pages.
 """
 from __future__ import annotations
 
@@ -11,79 +13,94 @@ import time
 
 import numpy as np
 
-from .._kernels.engine import State
+from .._kernels.engine import KVCache, Workspace
 from ..errors import UsageError
 
-PAGE = 16  # positions per KV page
-DEFAULT_KV_MEMORY = 1 << 30
+PAGE = 16  # positions per KV page: a short sequence wastes at most 15 positions of cache
 
 
 class KVPool:
-    """The pages of KV cache sequences may hold."""
+    """Pages of KV cache to hand out (page ids into one KVCache)."""
 
-    def __init__(self, page_bytes: int, kv_memory: int, seq_len: int):
-        self.page_bytes = page_bytes
-        self.pages = max(1, kv_memory // page_bytes)
-        self.used = 0
-        self.seq_len = seq_len
+    def __init__(self, weights, c, kv: str, kv_memory: int):
+        item = 2 if kv == "f16" else 4
+        self.page_bytes = 2 * item * c.n_layers * c.kv_dim * PAGE
+        self.pages = max(1, kv_memory // self.page_bytes)
+        self.cache = KVCache(weights, PAGE, self.pages, kv, fault=False)
+        self._free = list(range(self.pages - 1, -1, -1))  # a stack: reuse resident pages
 
-    def pages_for(self, positions: int) -> int:
+    @property
+    def used(self) -> int:
+        return self.pages - len(self._free)
+
+    @staticmethod
+    def pages_for(positions: int) -> int:
         return -(-positions // PAGE)
 
     def could_hold(self, positions: int) -> bool:
         return self.pages_for(positions) <= self.pages
 
-    def take(self, positions: int):
+    def take(self, positions: int) -> list | None:
+        """Page ids for `positions`, or None while the pool has too few free."""
         n = self.pages_for(positions)
-        if self.used + n > self.pages:
+        if n > len(self._free):
             return None
-        self.used += n
-        return _Pages(n, positions)
+        return [self._free.pop() for _ in range(n)]
 
-    def give(self, pages) -> None:
-        self.used -= pages.n
-        pages.release()
-
-
-class _Pages:
-    def __init__(self, n: int, positions: int):
-        self.n = n
-        self.positions = positions
-        self.state = None  # the sequence's run state, made on its first forward
-
-    def release(self) -> None:
-        self.state = None
+    def give(self, pages: list) -> None:
+        self._free.extend(reversed(pages))
 
 
 class BatchEngine:
-    def __init__(self, model, max_rows: int, kv_memory: int | None = None):
+    """Forward passes over batches of sequences for `model` (a qllama.Model)."""
+
+    def __init__(self, model, max_rows: int, kv_memory: int | None = None,
+                 max_sessions: int = 8):
         c = model.config
         self.model = model
-        self.max_rows = max_rows
-        item = 2 if model.kv == "f16" else 4
-        page_bytes = 2 * item * c.n_layers * c.kv_dim * PAGE
-        self.pool = KVPool(page_bytes, kv_memory or DEFAULT_KV_MEMORY, c.seq_len)
         self.vocab = c.vocab_size
+        self.seq_len = c.seq_len
+        item = 2 if model.kv == "f16" else 4
+        if kv_memory is None:  # every session may reach seq_len
+            kv_memory = max_sessions * KVPool.pages_for(c.seq_len) * 2 * item * c.n_layers \
+                * c.kv_dim * PAGE
+        self.pool = KVPool(model.weights, c, model.kv, kv_memory)
+        self.workspace = Workspace(model.weights, max_rows, c.seq_len, model.threads)
 
-    def forward(self, rows: list) -> list:
-        """rows: (pages, first position, int32 tokens, want logits); returns for each
-        the logits (vocab,) of its last token, or None."""
-        if sum(len(t) for _, _, t, _ in rows) > self.max_rows:
-            raise UsageError("batch larger than the engine's rows")
-        out = []
+    @property
+    def max_rows(self) -> int:
+        return self.workspace.max_rows
+
+    def forward(self, batch: list) -> list:
+        """batch: (pages, first position, int32 tokens, want logits) per sequence, each
+        sequence once; returns for each the logits (vocab,) of its last token, or None."""
+        tokens = np.concatenate([t for _, _, t, _ in batch]).astype(np.int32, copy=False)
+        if len(tokens) > self.max_rows:
+            raise UsageError(f"a batch of {len(tokens)} rows; the engine takes {self.max_rows}")
+        width = max(len(p) for p, _, _, _ in batch)
+        tables = np.zeros((len(batch), width), np.int32)
+        positions = np.empty(len(tokens), np.int32)
+        seq = np.empty(len(tokens), np.int32)
+        logit_rows, wanted = [], []
+        row = 0
+        for i, (pages, pos, toks, want) in enumerate(batch):
+            tables[i, :len(pages)] = pages
+            positions[row:row + len(toks)] = np.arange(pos, pos + len(toks))
+            seq[row:row + len(toks)] = i
+            row += len(toks)
+            if want:
+                logit_rows.append(row - 1)
+                wanted.append(i)
+        out = [None] * len(batch)
+        if not logit_rows:  # the classifier needs a row; take the last and drop it
+            logit_rows = [row - 1]
+        logits = np.empty((len(logit_rows), self.vocab), np.float32)
         governor = self.model.governor
-        for pages, pos, tokens, want in rows:
-            if pages.state is None:
-                pages.state = State(self.model.weights, pages.positions, 64,
-                                    self.model.threads, self.model.kv)
-            logits = np.empty((1, self.vocab), np.float32)
-            state = pages.state
-            for start in range(0, len(tokens), 64):
-                block = tokens[start:start + 64]
-                state.threads = threads = governor.threads(len(block))
-                t0, c0 = time.perf_counter(), time.thread_time()
-                state.forward(block, pos + start, logits)
-                governor.record(threads, time.perf_counter() - t0, time.thread_time() - c0,
-                                len(block))
-            out.append(logits[0] if want else None)
+        self.workspace.threads = threads = governor.threads(len(tokens))
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self.workspace.forward(self.pool.cache, tokens, positions, seq, tables,
+                               np.asarray(logit_rows, np.int32), logits)
+        governor.record(threads, time.perf_counter() - t0, time.thread_time() - c0, len(tokens))
+        for j, i in enumerate(wanted):
+            out[i] = logits[j]
         return out

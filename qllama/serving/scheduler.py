@@ -98,7 +98,7 @@ class Scheduler:
         self.queue_limit = queue
         self.prefill_chunk = prefill_chunk
         self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
-                                  kv_memory=kv_memory)
+                                  kv_memory=kv_memory, max_sessions=max_sessions)
         self.seq_len = model.config.seq_len
         self.metrics = Metrics(kv_pages_total=self.engine.pool.pages)
         self._ids = itertools.count(1)

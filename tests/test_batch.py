@@ -1,0 +1,232 @@
+"""The engine for many sequences (serving.batch, engine.Workspace over a paged KVCache):
+a sequence's logits are the same bit for bit whether it runs alone, one token at a
+time or in any batch with others, in any order, on any pages, for every kernel
+variant this CPU runs; and the scheduler's outputs equal Model.generate_ids'."""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qllama import kernels
+from qllama._kernels.engine import KVCache, Workspace
+from qllama.formats.llama2c import Config
+from qllama.model import Model
+from qllama.quant.pipeline import quantize_file
+from qllama.serving.batch import PAGE
+from qllama.serving.scheduler import Busy, Scheduler
+from qllama.synth import write_random_model
+
+from conftest import data
+
+# GQA, row counts no tile divides, a vocabulary no tile divides
+CONFIG = Config(1, dim=128, hidden_dim=320, n_layers=2, n_heads=8, n_kv_heads=2,
+                vocab_size=300, seq_len=96, shared_classifier=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    write_random_model(d / "m.bin", CONFIG, seed=11)
+    quantize_file(d / "m.bin", d / "m.q80.bin")
+    return {"f32": d / "m.bin", "q80": d / "m.q80.bin"}
+
+
+_solo = {}
+
+
+def solo_logits(path, variant, kv, ids):
+    """Every position's logits of one sequence, alone, as `qllama run` computes them."""
+    key = (str(path), variant, kv, tuple(ids))
+    if key not in _solo:
+        _solo[key] = Model(path, variant=variant, threads=1, kv=kv).logits(ids)
+    return _solo[key]
+
+
+@st.composite
+def schedules(draw):
+    """Sequences and how their tokens are dealt out over steps: each step takes a
+    chunk of every unfinished sequence chosen for it, in a drawn order."""
+    n = draw(st.integers(1, 4))
+    seqs = [draw(st.lists(st.integers(3, CONFIG.vocab_size - 1), min_size=1, max_size=40))
+            for _ in range(n)]
+    fed = [0] * n
+    steps = []
+    while any(f < len(s) for f, s in zip(fed, seqs)):
+        live = [i for i in range(n) if fed[i] < len(seqs[i])]
+        chosen = draw(st.lists(st.sampled_from(live), min_size=1, unique=True))
+        step = []
+        for i in chosen:
+            take = draw(st.integers(1, len(seqs[i]) - fed[i]))
+            step.append((i, fed[i], take))
+            fed[i] += take
+        steps.append(step)
+    pages = draw(st.permutations(range(n * 6)))  # any pages of the pool, in any order
+    return seqs, steps, pages
+
+
+@pytest.mark.parametrize("variant", kernels.runnable())
+@pytest.mark.parametrize("kind", ["f32", "q80"])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=schedules(), kv=st.sampled_from(["f16", "f32"]), threads=st.sampled_from([1, 2]))
+def test_batched_logits_equal_solo(files, variant, kind, case, kv, threads):
+    seqs, steps, pages = case
+    model = Model(files[kind], variant=variant, threads=threads, kv=kv)
+    cache = KVCache(model.weights, PAGE, len(pages), kv, fault=False)
+    tables = np.array(pages, np.int32).reshape(len(seqs), 6)  # 6 pages: 96 positions
+    ws = Workspace(model.weights, sum(len(s) for s in seqs), CONFIG.seq_len, threads)
+    got = [np.empty((len(s), CONFIG.vocab_size), np.float32) for s in seqs]
+    for step in steps:
+        tokens = np.concatenate([seqs[i][p:p + n] for i, p, n in step]).astype(np.int32)
+        positions = np.concatenate([np.arange(p, p + n) for _, p, n in step]).astype(np.int32)
+        seq = np.concatenate([[i] * n for i, _, n in step]).astype(np.int32)
+        logits = np.empty((len(tokens), CONFIG.vocab_size), np.float32)
+        ws.forward(cache, tokens, positions, seq, tables, np.arange(len(tokens), dtype=np.int32),
+                   logits)
+        row = 0
+        for i, p, n in step:
+            got[i][p:p + n] = logits[row:row + n]
+            row += n
+    for i, s in enumerate(seqs):
+        assert np.array_equal(got[i], solo_logits(files[kind], variant, kv, s)), i
+
+
+def test_forward_refuses_what_it_cannot_run(files):
+    model = Model(files["q80"], threads=1)
+    cache = KVCache(model.weights, PAGE, 4, "f16", fault=False)
+    ws = Workspace(model.weights, 8, CONFIG.seq_len, 1)
+    one = np.ones(1, np.int32)
+    zero = np.zeros(1, np.int32)
+    out = np.empty((1, CONFIG.vocab_size), np.float32)
+
+    table = np.zeros((1, 6), np.int32)
+
+    def run(tokens=one, positions=zero, seq=zero, tables=table, rows=zero, logits=out):
+        ws.forward(cache, tokens, positions, seq, tables, rows, logits)
+
+    run()
+    for kwargs, message in [
+        ({"tokens": np.array([CONFIG.vocab_size], np.int32)}, "token id"),
+        ({"positions": np.array([CONFIG.seq_len], np.int32)}, "position"),
+        ({"positions": np.array([-1], np.int32)}, "position"),
+        ({"seq": np.array([1], np.int32)}, "no page table"),
+        ({"positions": np.array([PAGE * 2], np.int32), "tables": np.zeros((1, 2), np.int32)},
+         "past its page table"),
+        ({"tables": np.full((1, 6), 4, np.int32)}, "page 4 outside"),
+        ({"rows": np.array([1], np.int32)}, "logits row"),
+        ({"tokens": np.ones(9, np.int32)}, "block of 9 rows"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run(**kwargs)
+    other = Model(files["f32"], threads=1)
+    with pytest.raises(ValueError, match="other weights"):
+        ws.forward(KVCache(other.weights, PAGE, 1), one, zero, zero, np.zeros((1, 1), np.int32),
+                   zero, out)
+
+
+# ---- the scheduler ------------------------------------------------------------------
+
+def run_all(scheduler, requests, timeout=60):
+    """Submit (ids, kwargs) requests at once; [(text, final event)] in order."""
+    results = [None] * len(requests)
+    done = [threading.Event() for _ in requests]
+    texts = [[] for _ in requests]
+
+    def on_event(i):
+        def f(e):
+            texts[i].append(e.text)
+            if e.finish_reason or e.error:
+                results[i] = ("".join(texts[i]), e)
+                done[i].set()
+        return f
+
+    for i, (ids, kwargs) in enumerate(requests):
+        scheduler.submit(ids, on_event=on_event(i), **kwargs)
+    for d in done:
+        assert d.wait(timeout)
+    return results
+
+
+@pytest.fixture(scope="module")
+def story():
+    return Model(data("stories260K.bin"), tokenizer=data("tok512.model"), threads=1)
+
+
+PROMPTS = ["Once upon a time", "The cat sat", "Lily and Tom went to the", "A big dog", "One day",
+           "Tim had a red ball. He", ""]
+
+
+def solo_text(model, prompt, max_tokens, **kwargs):
+    ids = model.encode(prompt)  # generate_ids' steps count positions; the last token is not run
+    out = list(model.generate_ids(ids, len(ids) + max_tokens - 1, **kwargs))
+    return model.decode(ids + out)[len(model.decode(ids)):]
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_scheduler_equals_solo_runs(story, seed):
+    """Seven requests on three sessions (four queue): each answer is its solo run's,
+    greedy or seeded, and afterwards every page is free."""
+    kwargs = {"temperature": 0.0} if seed is None else {"temperature": 0.9, "top_p": 0.9,
+                                                        "seed": seed}
+    s = Scheduler(story, max_sessions=3, queue=4, prefill_chunk=8)
+    s.start()
+    try:
+        got = run_all(s, [(story.encode(p), dict(max_tokens=30, **kwargs)) for p in PROMPTS])
+    finally:
+        s.shutdown(10)
+    for p, (text, final) in zip(PROMPTS, got):
+        want = solo_text(story, p, 30, **kwargs)
+        assert text == want, p
+        assert final.finish_reason in ("stop", "length") and final.error is None
+        assert final.usage.completion_tokens <= 30
+    m = s.snapshot()
+    assert m.kv_pages_used == 0 and m.running == 0 and m.queued == 0
+    assert m.requests_finished == len(PROMPTS)
+
+
+def test_scheduler_stop_strings_and_limits(story):
+    s = Scheduler(story, max_sessions=1, queue=1)
+    with pytest.raises(Exception, match="max_tokens"):
+        s.submit([1, 2], 0, lambda e: None)
+    with pytest.raises(Exception, match="context"):
+        s.submit([1] * story.config.seq_len, 4, lambda e: None)
+    s.start()
+    try:
+        full = solo_text(story, "Once upon a time", 40, temperature=0.0)
+        stop = full[10:14]
+        (text, final), = run_all(s, [(story.encode("Once upon a time"),
+                                      dict(max_tokens=40, temperature=0.0, stop=[stop]))])
+        assert text == full[:full.index(stop)] and final.finish_reason == "stop"
+        # one running and one queued: a third request is turned away
+        gate = threading.Event()
+        s.submit(story.encode("One day"), 200, lambda e: gate.set() if e.finish_reason else None,
+                 temperature=0.0)
+        s.submit(story.encode("One day"), 5, lambda e: None, temperature=0.0)
+        with pytest.raises(Busy):
+            s.submit(story.encode("One day"), 5, lambda e: None, temperature=0.0)
+    finally:
+        s.shutdown(30)
+    assert s.snapshot().kv_pages_used == 0
+
+
+def test_cancel_frees_pages(story):
+    s = Scheduler(story, max_sessions=2, queue=2)
+    finals = []
+    started = threading.Event()
+    req = None
+
+    def on_event(e):
+        started.set()
+        if e.finish_reason:
+            finals.append(e.finish_reason)
+
+    s.start()
+    try:
+        req = s.submit(story.encode("Once upon a time"), 250, on_event, temperature=1.0, seed=3)
+        assert started.wait(10)
+        s.cancel(req)
+    finally:
+        s.shutdown(10)
+    assert finals in (["cancelled"], ["stop"], ["length"]) and s.snapshot().kv_pages_used == 0
