@@ -10,8 +10,8 @@ fallback) or one unknown id per run of unknown symbols.
 
 `MergeTable` is the Python-facing type: it validates and lays out the
 vocabulary once; `encode` prepares the buffers and runs the `nogil` core,
-which only computes. The pure-Python twin `qllama.tokenizer._bpe_reference`
-runs the same algorithm and is what the tests compare this kernel against.
+which only computes. The pure-Python twin `tests/bpe_reference.py` runs the
+same algorithm and is what the tests compare this kernel against.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
