@@ -1,0 +1,126 @@
+# Matrices and the choice of their kernel; the weights of one checkpoint. Included by
+# engine.pyx.
+
+cdef struct Matrix:
+    qllama_matrix m
+    qllama_matmul_fn fn     # multiplies by this matrix on this CPU
+    bint q8_input           # fn takes quantized activations (else fp32)
+
+
+cdef struct Layer:
+    const float* attn_norm  # (dim,)
+    const float* ffn_norm   # (dim,)
+    Matrix wq               # (n_heads * head_size, dim)
+    Matrix wk               # (kv_dim, dim)
+    Matrix wv               # (kv_dim, dim)
+    Matrix wo               # (dim, n_heads * head_size)
+    Matrix w1               # (hidden_dim, dim)
+    Matrix w2               # (dim, hidden_dim)
+    Matrix w3               # (hidden_dim, dim)
+
+
+# A group's int32 sum (kernels.h) is exact while gs * 128 * 127 < 2^31; a larger group
+# (a file may declare any group size dividing its tensors) would wrap.
+cdef enum:
+    Q80_MAX_GROUP = 131072
+
+
+cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
+    """A Matrix over a mapped tensor (an fp32 ndarray or a formats.llama2c.QTensor),
+    with its kernel: the one place where a kernel is chosen for a matrix."""
+    cdef Matrix mat
+    cdef const float[::1] w
+    cdef const int8_t[::1] q
+    cdef const float[::1] s
+    memset(&mat, 0, sizeof(Matrix))
+    mat.m.rows, mat.m.cols = tensor.shape
+    if isinstance(tensor, np.ndarray):
+        w = tensor.reshape(-1)
+        if mat.m.rows <= 0 or mat.m.cols <= 0 or w.shape[0] != mat.m.rows * mat.m.cols:
+            raise ValueError("fp32 matrix does not match its shape")
+        mat.m.w = &w[0]
+        mat.fn = k.f32_matmul
+        return mat
+    q = tensor.q
+    s = tensor.s
+    if (mat.m.rows <= 0 or mat.m.cols <= 0 or gs <= 0 or q.shape[0] != mat.m.rows * mat.m.cols
+            or (mat.m.rows * mat.m.cols) % gs or s.shape[0] != mat.m.rows * mat.m.cols // gs):
+        raise ValueError("Q8_0 matrix does not match its shape and group size")
+    mat.m.q = &q[0]
+    mat.m.s = &s[0]
+    mat.m.gs = gs
+    if mat.m.cols % gs == 0 and gs <= Q80_MAX_GROUP:  # groups within rows: int8 dot products
+        mat.fn = k.q80_matmul
+        mat.q8_input = True
+    else:  # groups straddle rows (or overflow int32): the format's definition, fp32 input
+        mat.fn = qllama_q80_flat_matmul
+    return mat
+
+
+cdef struct Net:  # what the forward pass reads of the weights, without the GIL
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size
+    int seq_len, head_size, kv_dim, group_size
+    const qllama_kernels* kernels
+    Layer* layers
+    Matrix tok_embeddings
+    Matrix classifier       # the token table itself when the classifier is shared
+    const float* final_norm
+
+
+cdef class Weights:
+    """One mapped checkpoint's tensors and each matrix's kernel, for `variant`."""
+    cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
+    cdef Net net
+    cdef readonly str variant
+
+    def __cinit__(self):
+        self.net.layers = NULL
+
+    def __init__(self, model, str variant):
+        """`model` is a validated formats.llama2c.ModelFile (version 0, 1 or 2)."""
+        c = model.config
+        cdef Net* n = &self.net
+        self.model = (model, model.buffer)
+        n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
+        n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
+        n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
+        n.group_size = c.group_size
+        self.variant = variant
+        n.kernels = variant_table(variant)
+        cdef const qllama_kernels* k = n.kernels
+        gs = c.group_size
+        n.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
+        if n.layers == NULL:
+            raise MemoryError()
+        cdef const float[::1] norm
+        cdef int l
+        for l in range(c.n_layers):
+            norm = model.tensor("attention_norm", l)
+            n.layers[l].attn_norm = &norm[0]
+            norm = model.tensor("ffn_norm", l)
+            n.layers[l].ffn_norm = &norm[0]
+            n.layers[l].wq = make_matrix(model.tensor("wq", l), gs, k)
+            n.layers[l].wk = make_matrix(model.tensor("wk", l), gs, k)
+            n.layers[l].wv = make_matrix(model.tensor("wv", l), gs, k)
+            n.layers[l].wo = make_matrix(model.tensor("wo", l), gs, k)
+            n.layers[l].w1 = make_matrix(model.tensor("w1", l), gs, k)
+            n.layers[l].w2 = make_matrix(model.tensor("w2", l), gs, k)
+            n.layers[l].w3 = make_matrix(model.tensor("w3", l), gs, k)
+        norm = model.tensor("norm")
+        n.final_norm = &norm[0]
+        n.tok_embeddings = make_matrix(model.tensor("tok_embeddings"), gs, k)
+        if c.shared_classifier:
+            n.classifier = n.tok_embeddings
+        else:
+            n.classifier = make_matrix(model.tensor("output"), gs, k)
+
+    @property
+    def seq_len(self):
+        return self.net.seq_len
+
+    @property
+    def vocab_size(self):
+        return self.net.vocab_size
+
+    def __dealloc__(self):
+        free(self.net.layers)
