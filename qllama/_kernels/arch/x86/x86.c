@@ -1,12 +1,16 @@
 /* x86-64 variants, one source compiled four times (setup.py):
  *
- *   avx2        -mavx2 -mfma -mf16c                       int8 dots: vpmaddubsw + vpmaddwd
- *   avxvnni     the same + -mavxvnni                      int8 dots: vpdpbusd (VEX, 256-bit)
+ *   avx2        -mavx2 -mfma -mf16c                       int8 dots: vpmaddubsw + vpmaddwd;
+ *                                                         prefill GEMM in ymm
+ *   avxvnni     the same + -mavxvnni                      int8 dots: vpdpbusd (VEX, 256-bit);
+ *                                                         prefill GEMM in ymm
  *   avx512vnni  + -mavx512f/bw/vl/vnni                    vpdpbusd (EVEX); prefill GEMM in zmm
  *   amx         + -mamx-tile -mamx-int8                   prefill on AMX tiles (amx.h)
  *
- * The tests build it twice more: with SIMDe (QLLAMA_SIMDE: avx512vnni's code on a CPU
- * without AVX-512) and with QLLAMA_AMX_EMULATE (amx's, tiles modelled in C).
+ * The tests build it three times more: with SIMDe (QLLAMA_SIMDE: avx512vnni's code on
+ * a CPU without AVX-512), with QLLAMA_VNNI_EVEX (avxvnni's, vpdpbusd in its AVX-512
+ * encoding, on CPUs without AVX-VNNI) and with QLLAMA_AMX_EMULATE (amx's, tiles
+ * modelled in C).
  *
  * QLLAMA_VARIANT names the table this compilation defines. The arithmetic is
  * kernels.h's, so all four give the generic variant's results bit for bit.
@@ -16,6 +20,7 @@
  *   quantize.h    activations to Q8_0                                   every variant
  *   decode.h      one token: Q8_0 four rows at a time, fp32 dots;       every variant
  *                 with ../rows.h, the row drivers shared with neon.c
+ *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni
  *   gemm512.h     the 16-token layout; the zmm GEMM (prefill)           avx512vnni (+ amx)
  *   amx.h         prefill on AMX tiles                                  amx
  *   attention.h   scores and values over the fp16 / fp32 KV cache       every variant
@@ -36,13 +41,17 @@
 #include "../../generic.h"
 #include "../../kernels.h"
 
-#if defined(QLLAMA_SIMDE) || (defined(__AVX512VNNI__) && defined(__AVX512VL__) && \
-                              defined(__AVX512BW__))
+#if defined(QLLAMA_VNNI_EVEX)
+#define AVX512 0  /* the tests' avxvnni on a CPU without AVX-VNNI: below */
+#elif defined(QLLAMA_SIMDE) || (defined(__AVX512VNNI__) && defined(__AVX512VL__) && \
+                                defined(__AVX512BW__))
 #define AVX512 1
 #else
 #define AVX512 0
 #endif
-#if AVX512
+#if AVX512 || defined(QLLAMA_VNNI_EVEX)
+/* QLLAMA_VNNI_EVEX (tests/harness.py): avxvnni's code with vpdpbusd in its AVX-512
+ * VL encoding (native, or SIMDe's), the same operation, on CPUs without AVX-VNNI */
 #define VNNI 1
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #elif defined(__AVXVNNI__)
@@ -82,7 +91,7 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 #include "quantize.h"
 #include "decode.h"
 
-/* ---- Q8_0 prefill: GEMM in zmm (avx512vnni) or on tiles (amx) --------------------- */
+/* ---- Q8_0 prefill: GEMM in ymm (avx2, avxvnni), zmm (avx512vnni), AMX tiles (amx) -- */
 
 #if AVX512
 #include "gemm512.h"
@@ -98,10 +107,11 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 #define Q80_PACKED_BYTES packed_bytes
 #define Q80_PACK q80_pack
 #define ROW_BLOCK 16
-#else  /* 256-bit variants: tokens go through the decode kernel one by one */
-#define Q80_MATMUL q80_rows
-#define Q80_PACKED_BYTES NULL
-#define Q80_PACK NULL
+#else  /* 256-bit variants */
+#include "gemm256.h"
+#define Q80_MATMUL q80_matmul
+#define Q80_PACKED_BYTES q80_packed_bytes
+#define Q80_PACK q80_pack
 #define ROW_BLOCK 16
 #endif
 
