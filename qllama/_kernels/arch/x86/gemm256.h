@@ -13,8 +13,8 @@
  *   most 2*128*127 < 2^15); |w| is taken once per row and piece, for both vectors.
  *   The activations are packed signed.
  * - avxvnni: one vpdpbusd of the activations packed as x + 128 (u8) and w (s8); the
- *   128 * sum(w) this adds, per row and group, is taken off at the group's end (the
- *   accumulators start at minus it). vpdpbusd wraps, so the sum is exact whenever
+ *   128 * sum(w) this adds, per row and group, is taken off by starting the group's
+ *   accumulators at minus it. vpdpbusd wraps, so the sum is exact whenever
  *   w . x fits int32, which the engine's group size limit ensures.
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
@@ -28,8 +28,9 @@
 #define GEMM_NT 2     /* token vectors per tile */
 #define GEMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
 /* Fewer tokens go through q80_rows (same results): a tile costs the same for 1 to 8
- * tokens, and on a Zen 4 (2048 x 768, gs 32, one thread) 5 tokens token by token
- * cost what one 8-token tile does, 6 cost 1.2x (avx2) and 1.1x (VNNI) more. */
+ * tokens. On a Zen 4, one thread (tools/matmul_bench.c), 5 tokens token by token cost
+ * what one 8-token tile does; 6 tokens are 1.13-1.17x faster through the GEMM for
+ * 2048 x 768 (gs 32) and 11008 x 4096 (gs 64), 0.95x for avx2's 768 x 2048 (gs 64). */
 #define GEMM_MIN_T 6
 
 #define INLINE static inline __attribute__((always_inline))
@@ -62,8 +63,8 @@ INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
         for (; k + 32 <= gs; k += 32)
             c[r] = DPBUSD(c[r], ones, _mm256_loadu_si256((const __m256i *)(w + r * n + k)));
         if (k < gs)  /* 16 bytes left (gs 16, 48, ...) */
-            c[r] = DPBUSD(c[r], ones, _mm256_zextsi128_si256(
-                                          _mm_loadu_si128((const __m128i *)(w + r * n + k))));
+            c[r] = DPBUSD(c[r], ones, _mm256_inserti128_si256(
+                _mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(w + r * n + k)), 0));
     }
     return _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7));
 }
