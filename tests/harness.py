@@ -1,6 +1,7 @@
 """Builds and runs tests/harness/kernel_harness.c for kernel variants the engine
 cannot load on this machine: the variant's own source with its own flags, emulated
-(SIMDe for AVX-512 on a CPU without it, a C model of the AMX tiles) or
+(SIMDe for AVX-512 on a CPU without it, avxvnni's vpdpbusd in its AVX-512 form, a C
+model of the AMX tiles) or
 cross-compiled and run under qemu-user (aarch64). A `Build` whose tools are missing
 says why, and the tests skip with that reason.
 
@@ -112,6 +113,13 @@ def host_builds() -> dict[str, Build]:
         "avx512vnni-simde", "qllama_avx512vnni", "arch/x86/x86.c",
         ["-DQLLAMA_VARIANT=avx512vnni", *(simde_flags or [])],
         missing=None if simde_flags else no_simde)
+    # avxvnni's code with vpdpbusd in its EVEX form (AVX-512 VNNI + VL, native, else
+    # SIMDe's): the same operation, for CPUs without AVX-VNNI (AMD before Zen 5)
+    vnni_flags = (X86_AVX512 if avx512_native else simde_flags)
+    builds["avxvnni-evex"] = Build(
+        "avxvnni-evex", "qllama_avxvnni", "arch/x86/x86.c",
+        ["-DQLLAMA_VARIANT=avxvnni", "-DQLLAMA_VNNI_EVEX", *(vnni_flags or [])],
+        missing=None if vnni_flags else f"no AVX-512 on this CPU and {no_simde}")
     # AMX's tiles modelled in C; its float part in AVX-512 (native, else SIMDe)
     amx_flags = (X86_AVX512 if avx512_native else simde_flags)
     builds["amx-emulated"] = Build(

@@ -1,12 +1,14 @@
 """Same numbers from every kernel variant (kernels.h): bit for bit equal to the scalar
 reference, on random shapes (hypothesis) that no tile divides, 1 to 64 tokens per
-block, group sizes 16 to 128 (16: the fallback of the 32-byte x86 kernels and
-dotprod's GEMM; 48 and 96: AMX's 32-byte tiles over several steps a group), weights of
--128 and all-zero groups.
+block, group sizes 16 to 128 (16: the fallback of the 32-byte x86 decode kernels, and
+the 16-byte pieces of the ymm and dotprod GEMMs; 48 and 96: AMX's 32-byte tiles over
+several steps a group), weights of -128 and all-zero groups; and fixed cases at the
+GEMMs' edges (every group size, token counts around their vectors and thresholds).
 
 - Variants this CPU runs are checked in the engine itself (`Kernels`, whole models).
 - Variants it cannot run are built from the same source by tests/harness.py:
-  AVX-512 VNNI through SIMDe, AMX with its tiles modelled in C, NEON and dotprod
+  AVX-512 VNNI through SIMDe, AVX-VNNI with vpdpbusd in its AVX-512 form, AMX with
+  its tiles modelled in C, NEON and dotprod
   cross-compiled and run under qemu-user; each skips, saying why, where its tools
   are missing.
 """
@@ -91,6 +93,40 @@ def test_q80_matmul_every_variant_equals_scalar(case, threads):
     ref = SCALAR.matmul(t, case.x)
     for v in SIMD:
         assert np.array_equal(Kernels(v).matmul(t, case.x, threads), ref), v
+
+
+def gemm_cases():
+    """Every group size x token counts around the GEMMs' vectors (8 and 16 tokens) and
+    thresholds, on 37 rows (two 16-row blocks and a tail of 5), at the products' edges:
+    weights of -128 against activations of +-127 (the quantized max of each group)."""
+    rng = np.random.default_rng(18)
+    cases = []
+    for gs in GROUP_SIZES:
+        cols = gs * (3 if gs < 64 else 2)
+        q = rng.integers(-128, 128, (37, cols), dtype=np.int8)
+        q[3] = -128
+        q[20, : cols // 2] = -128
+        s = rng.uniform(0.01, 2, 37 * cols // gs).astype(np.float32)
+        for T in (2, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64):
+            x = rng.normal(size=(T, cols)).astype(np.float32)
+            x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
+            x[-1] = 4.0
+            cases.append(harness.Q80Case(q, s, x, gs))
+    return cases
+
+
+GEMM_CASES = gemm_cases()
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_q80_gemm_edges_every_variant_equals_scalar(threads):
+    for case in GEMM_CASES:
+        t = QTensor(case.q.reshape(-1), case.s, case.q.shape, case.gs)
+        ref = SCALAR.matmul(t, case.x)
+        for v in SIMD:
+            got = Kernels(v).matmul(t, case.x, threads)
+            assert np.array_equal(got, ref), (v, case.gs, len(case.x))
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
@@ -238,6 +274,11 @@ HARNESS_VARIANTS = [n for n, b in BUILDS.items() if b.reference]
        att=st.lists(attention_cases(), min_size=1, max_size=3))
 def test_harness_variant_equals_scalar(name, workdir, q80, f32, att):
     check_harness(name, workdir, [*q80, *f32, *att])
+
+
+@pytest.mark.parametrize("name", [n for n in HARNESS_VARIANTS if not n.endswith("-qemu")])
+def test_harness_gemm_edges_equal_scalar(name, workdir):
+    check_harness(name, workdir, GEMM_CASES)
 
 
 def test_harness_scalar_equals_engine(workdir):

@@ -3,9 +3,11 @@
  * once per matrix (engine.pyx, make_matrix).
  *
  *   generic.c               the reference: plain C, every kernel, any CPU
- *   arch/x86/x86.c          AVX2 + FMA; the same source with VNNI dot products as
- *                           "avxvnni" (256-bit, client chips) and, with an
- *                           AVX-512 VNNI GEMM for prefill, as "avx512vnni"
+ *   arch/x86/x86.c          AVX2 + FMA with a ymm GEMM for prefill; the same source
+ *                           with VNNI dot products as "avxvnni" (256-bit, client
+ *                           chips) and, with an AVX-512 VNNI GEMM, as "avx512vnni";
+ *                           it assembles the tables from headers by job beside it
+ *                           (quantize.h, decode.h, gemm256.h, gemm512.h, attention.h)
  *   arch/x86/amx.h          "amx" (x86.c with AMX flags): AMX-INT8 tiles for prefill,
  *                           avx512vnni otherwise
  *   arch/rows.h             row drivers x86.c and neon.c share

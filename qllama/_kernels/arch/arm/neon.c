@@ -26,7 +26,8 @@
  * weight and 12 activation vectors fit the 32 registers through a group (the float
  * sums wait in L1 between groups); no weight is copied. Plain neon multiplies by lane
  * only 16-bit elements (smlal, 4 products an instruction against decode's 16 in
- * three), so its tokens go through the decode kernel one by one (as x86's avx2 does).
+ * three), so its tokens go through the decode kernel one by one (x86's avx2 has no
+ * such limit: vpmaddubsw takes a broadcast weight piece, 32 products an instruction).
  *
  * Each decode pass also prefetches the next four rows, for x86.c's reason (a block
  * of rows is too short a stream for the hardware prefetcher): as one linear stream

@@ -1,0 +1,168 @@
+/* Prefill in ymm, part of x86.c: the GEMM of the 256-bit variants (avx2, avxvnni),
+ * for blocks of GEMM_MIN_T or more tokens; fewer keep decode.h's kernel.
+ *
+ * The lanes are tokens, as in gemm512.h, 8 to a ymm. The block's activations are
+ * packed once per matmul input as [k/4][token][4] bytes (generic.c, tokens padded to
+ * 8), so each 4-byte piece of a weight row, broadcast straight from the mapped file,
+ * multiplies 8 tokens' 4 bytes into their int32 lanes; no weight is copied. A tile is
+ * 4 rows x 1 or 2 token vectors: 8 int32 accumulators, the 2 activation vectors, the
+ * broadcast and its temporaries fill the 16 ymm registers; the float sums wait in L1
+ * (o) between groups. Per 4-byte piece of a row and token vector:
+ * - avx2: vpmaddubsw(|w|, sign(w)x) pairs into int16, vpmaddwd into int32: decode's
+ *   products, exact for w = -128 (|w| 128 as u8, activations within +-127, a pair at
+ *   most 2*128*127 < 2^15); |w| is taken once per row and piece, for both vectors.
+ *   The activations are packed signed.
+ * - avxvnni: one vpdpbusd of the activations packed as x + 128 (u8) and w (s8); the
+ *   128 * sum(w) this adds, per row and group, is taken off by starting the group's
+ *   accumulators at minus it. vpdpbusd wraps, so the sum is exact whenever
+ *   w . x fits int32, which the engine's group size limit ensures.
+ * At each group's end every (row, token vector) is converted and scaled in float in
+ * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
+ *
+ * Rows go in blocks of 16 (the row_block) x GEMM_T tokens: four 4-row tiles into a
+ * (row, token) buffer, then each token's 16 results as one 64-byte store (store16,
+ * for the L1-set reason rows.h gives). A matrix's last rows (fewer than 16) and
+ * groups that are not whole 16-byte pieces take q80_rows, with the same results.
+ */
+#define LANES8 8      /* tokens per ymm */
+#define GEMM_NT 2     /* token vectors per tile */
+#define GEMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
+/* Fewer tokens go through q80_rows (same results): a tile costs the same for 1 to 8
+ * tokens. On a Zen 4, one thread (tools/matmul_bench.c), 5 tokens token by token cost
+ * what one 8-token tile does; 6 tokens are 1.13-1.17x faster through the GEMM for
+ * 2048 x 768 (gs 32) and 11008 x 4096 (gs 64), 0.95x for avx2's 768 x 2048 (gs 64). */
+#define GEMM_MIN_T 6
+
+#define INLINE static inline __attribute__((always_inline))
+
+static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
+
+static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return qllama_pack_tokens_bytes(T, n, gs, LANES8);
+}
+
+/* VNNI's unsigned side is the activations': x + 128; avx2 takes them as they are */
+static void q80_pack(const qllama_acts *x, void *buf) {
+    qllama_pack_tokens(x, LANES8, VNNI ? 0x80808080u : 0, buf);
+}
+
+INLINE __m256i bcast4_8(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+#if VNNI
+/* -128 * sum(w) of one group of each of the 4 rows at w (row stride n), exact */
+INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
+    const __m256i ones = _mm256_set1_epi8(1);
+    __m256i c[4];
+    for (int r = 0; r < 4; r++) {
+        ptrdiff_t k = 0;
+        c[r] = _mm256_setzero_si256();
+        for (; k + 32 <= gs; k += 32)
+            c[r] = DPBUSD(c[r], ones, _mm256_loadu_si256((const __m256i *)(w + r * n + k)));
+        if (k < gs)  /* 16 bytes left (gs 16, 48, ...) */
+            c[r] = DPBUSD(c[r], ones, _mm256_inserti128_si256(
+                _mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(w + r * n + k)), 0));
+    }
+    return _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7));
+}
+#endif
+
+/* 4 rows at w (row stride n) x NT token vectors starting at the packed bytes px and
+ * scales psx (row stride Tp) into o, (row, vector, lane). */
+INLINE void gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                  const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o, const int NT) {
+    ptrdiff_t ng = n / gs, g4 = gs / 4;
+    memset(o, 0, sizeof(float) * 4 * NT * LANES8);
+#if !VNNI
+    const __m256i ones = _mm256_set1_epi16(1);
+#endif
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        const uint8_t *xg = px + g * g4 * Tp * 4;
+        const int8_t *wg = w + g * gs;
+        __m256i a[4][GEMM_NT];
+#if VNNI
+        int32_t start[4];
+        _mm_storeu_si128((__m128i *)start, minus_offset4(wg, n, gs));
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < NT; j++) a[r][j] = _mm256_set1_epi32(start[r]);
+#else
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < NT; j++) a[r][j] = _mm256_setzero_si256();
+#endif
+        for (ptrdiff_t k4 = 0; k4 < g4; k4++) {
+            __m256i xv[GEMM_NT];
+            for (int j = 0; j < NT; j++)
+                xv[j] = _mm256_loadu_si256((const __m256i *)(xg + (k4 * Tp + LANES8 * j) * 4));
+            for (int r = 0; r < 4; r++) {
+                __m256i wb = bcast4_8(wg + r * n + 4 * k4);
+#if VNNI
+                for (int j = 0; j < NT; j++) a[r][j] = DPBUSD(a[r][j], xv[j], wb);
+#else
+                __m256i aw = _mm256_abs_epi8(wb);
+                for (int j = 0; j < NT; j++) {
+                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[j], wb));
+                    a[r][j] = _mm256_add_epi32(a[r][j], _mm256_madd_epi16(p, ones));
+                }
+                /* no broadcast moves above this: gcc would start all four rows at once
+                 * and spill accumulators to the stack */
+                __asm__ volatile("" ::: "memory");
+#endif
+            }
+        }
+        for (int j = 0; j < NT; j++) {
+            __m256 xs = _mm256_loadu_ps(psx + g * Tp + LANES8 * j);
+            for (int r = 0; r < 4; r++) {
+                float *f = o + (r * NT + j) * LANES8;
+                __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws[r * ng + g]), xs);
+                __m256 isum = _mm256_cvtepi32_ps(a[r][j]);
+                _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(isum, sc)));
+            }
+        }
+    }
+}
+
+static void gemm4x1(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                    const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o) {
+    gemm4(w, ws, n, gs, px, psx, Tp, o, 1);
+}
+static void gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                    const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o) {
+    gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
+}
+
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x GEMM_T tokens. */
+static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    ptrdiff_t T = x->T, Tp = padded8(T), n = m->cols, gs = m->gs, ng = n / gs;
+    if (T < GEMM_MIN_T || x->packed == NULL || gs % 16) {
+        q80_rows(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    const uint8_t *px = (const uint8_t *)x->packed;
+    const float *psx = (const float *)(px + n * Tp);
+    float o[4 * GEMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
+    float block[16][GEMM_T];        /* 16 rows x GEMM_T tokens (padding tokens included) */
+    for (ptrdiff_t r = r0; r < r1; r += 16) {
+        if (r + 16 > r1) {  /* the matrix's last rows */
+            q80_rows(m, r, r1, x, out, out_stride);
+            break;
+        }
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += GEMM_T) {
+            ptrdiff_t tn = T - t0 < GEMM_T ? T - t0 : GEMM_T;
+            for (int i = 0; i < 16; i += 4)
+                for (ptrdiff_t t1 = 0; t1 < tn; t1 += GEMM_NT * LANES8) {
+                    int nt = tn - t1 > LANES8 ? 2 : 1;
+                    /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
+                    (nt == 2 ? gemm4x2 : gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
+                                                  px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);
+                    for (int k = 0; k < 4; k++)
+                        memcpy(block[i + k] + t1, o + k * nt * LANES8, sizeof(float) * LANES8 * nt);
+                }
+            for (ptrdiff_t t = 0; t < tn; t++)
+                store16(out + (t0 + t) * out_stride + r, block[0], GEMM_T, t);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+/* Prefill in zmm, part of x86.c: the token layout of the AVX-512 variants (avx512vnni's
+ * GEMM below and amx.h's tiles), and avx512vnni's GEMM (GEMM set: 4 or more tokens).
+ *
+ * A GEMM whose zmm lanes are 16 tokens. The block's activations are packed once per
+ * matmul input as [group][k/4][token][4] bytes, offset by 128 (u8); each 4-byte piece
+ * of a weight row is broadcast straight from the map ({1to16}), so one vpdpbusd does
+ * 64 multiply-adds for 16 tokens and no weight is copied. 4 rows x 32 tokens of int32
+ * and float accumulators live in registers; 128 * sum(w) per row and group is taken
+ * off at the group's end.
+ */
+#ifdef QLLAMA_SIMDE  /* SIMDe 0.7 has no _mm512_cvtepi32_ps; (float)i rounds the same way */
+static inline __m512 cvt16(__m512i a) {
+    int32_t i[16];
+    float f[16];
+    _mm512_storeu_si512((void *)i, a);
+    for (int k = 0; k < 16; k++) f[k] = (float)i[k];
+    return _mm512_loadu_ps(f);
+}
+#else
+#define cvt16 _mm512_cvtepi32_ps
+#endif
+
+#define LANES 16  /* tokens per zmm, and per AMX B tile */
+
+static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
+
+static size_t packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return qllama_pack_tokens_bytes(T, n, gs, LANES);
+}
+
+/* A block's activations for the GEMMs (generic.c): bytes [g][k/4][t][4], each 4-byte
+ * piece xor `flip`, then float scales [g][t]; padding tokens 0 (xor flip). */
+static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
+    qllama_pack_tokens(x, LANES, flip, buf);
+}
+
+#if GEMM
+#define GEMM_MIN_T 4    /* fewer tokens go through q80_rows (same results) */
+
+/* the GEMM's unsigned side: x + 128 */
+static void q80_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0x80808080u); }
+
+static inline __m512i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* 4 rows at w (row stride n) x NT token vectors (16 tokens each) of one token block */
+#define GEMM_KERNEL(NT)                                                                     \
+static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,         \
+                       const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o) {       \
+    ptrdiff_t ng = n / gs, g4 = gs / 4;                                                     \
+    __m512 f[4][NT];                                                                        \
+    for (int r = 0; r < 4; r++)                                                             \
+        for (int j = 0; j < NT; j++) f[r][j] = _mm512_setzero_ps();                         \
+    const __m256i ones = _mm256_set1_epi8(1);                                               \
+    for (ptrdiff_t g = 0; g < ng; g++) {                                                    \
+        __m512i a[4][NT];                                                                   \
+        for (int r = 0; r < 4; r++)                                                         \
+            for (int j = 0; j < NT; j++) a[r][j] = _mm512_setzero_si512();                  \
+        const uint8_t *xg = px + g * g4 * Tp * 4;                                           \
+        const int8_t *wg = w + g * gs;                                                      \
+        for (ptrdiff_t k4 = 0; k4 < g4; k4++) {                                             \
+            __m512i xv[NT];                                                                 \
+            for (int j = 0; j < NT; j++)                                                    \
+                xv[j] = _mm512_loadu_si512((const void *)(xg + (k4 * Tp + 16 * j) * 4));   \
+            for (int r = 0; r < 4; r++) {                                                   \
+                __m512i wb = bcast4(wg + r * n + 4 * k4);                                   \
+                for (int j = 0; j < NT; j++) a[r][j] = _mm512_dpbusd_epi32(a[r][j], xv[j], wb); \
+            }                                                                               \
+        }                                                                                   \
+        /* 128 * sum(w) of each row's group, exact: the offset the u8 side added */        \
+        __m256i c[4];                                                                       \
+        for (int r = 0; r < 4; r++) {                                                       \
+            c[r] = _mm256_setzero_si256();                                                  \
+            for (ptrdiff_t k = 0; k < gs; k += 32)                                          \
+                c[r] = _mm256_dpbusd_epi32(c[r], ones,                                      \
+                                           _mm256_loadu_si256((const __m256i *)(wg + r * n + k))); \
+        }                                                                                   \
+        __m128i sw = _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7);                       \
+        int32_t swr[4];                                                                     \
+        _mm_storeu_si128((__m128i *)swr, sw);                                               \
+        for (int r = 0; r < 4; r++) {                                                       \
+            __m512i corr = _mm512_set1_epi32(swr[r]);                                       \
+            __m512 wsr = _mm512_set1_ps(ws[r * ng + g]);                                    \
+            for (int j = 0; j < NT; j++) {                                                  \
+                __m512 isum = cvt16(_mm512_sub_epi32(a[r][j], corr));                    \
+                __m512 sc = _mm512_mul_ps(wsr, _mm512_loadu_ps(psx + g * Tp + 16 * j));    \
+                f[r][j] = _mm512_add_ps(f[r][j], _mm512_mul_ps(isum, sc));                  \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    for (int r = 0; r < 4; r++)                                                             \
+        for (int j = 0; j < NT; j++) _mm512_storeu_ps(o + (r * NT + j) * 16, f[r][j]);      \
+}
+GEMM_KERNEL(1)
+GEMM_KERNEL(2)
+
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x 32 tokens: four 4-row
+ * tiles into a (row, token) buffer, then each token's 16 results as one 64-byte
+ * store. (Storing each tile's 4 x 32 results straight into the token-major output
+ * wrote 16 bytes into 32 lines a power-of-two stride apart: one L1 set, and half
+ * the kernel's speed gone.) */
+static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
+    if (T < GEMM_MIN_T || x->packed == NULL || gs % 32) {
+        q80_rows(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    const uint8_t *px = (const uint8_t *)x->packed;
+    const float *psx = (const float *)(px + n * Tp);
+    float o[4 * 2 * 16];         /* one 4-row tile: (row, token vector, lane) */
+    float block[16][2 * 16];     /* 16 rows x 32 tokens */
+    for (ptrdiff_t r = r0; r < r1; r += 16) {
+        if (r + 16 > r1) {  /* the matrix's last rows */
+            q80_rows(m, r, r1, x, out, out_stride);
+            break;
+        }
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += 32) {
+            int nt = T - t0 > 16 ? 2 : 1;
+            for (int i = 0; i < 16; i += 4) {
+                const int8_t *w = m->q + (r + i) * n;
+                const float *ws = m->s + (r + i) * ng;
+                if (nt == 2)
+                    gemm4x2(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
+                else
+                    gemm4x1(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
+                for (int k = 0; k < 4; k++) memcpy(block[i + k], o + k * nt * 16, 4 * 16 * nt);
+            }
+            for (ptrdiff_t t = t0; t < T && t < t0 + 32; t++) {
+                float row[16];
+                for (int i = 0; i < 16; i++) row[i] = block[i][t - t0];
+                _mm512_storeu_ps(out + t * out_stride + r, _mm512_loadu_ps(row));
+            }
+        }
+    }
+}
+#endif
