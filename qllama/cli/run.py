@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..chat import turn_ids
 from ..model import BOS, EOS, KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
@@ -12,13 +13,6 @@ def add_kv_argument(p) -> None:
     p.add_argument("--kv", choices=KV_TYPES, default="f16",
                    help="KV cache type: f16 (default, half the memory) or f32 (run.c's, "
                         "for its exact numbers)")
-
-
-def chat_prompt(user: str, system: str = "") -> str:
-    """Llama 2 chat template for one user turn (the system prompt goes in the first)."""
-    if system:
-        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-    return f"[INST] {user} [/INST]"
 
 
 def register(sub) -> None:
@@ -90,7 +84,7 @@ def chat(model: Model, args, seed: int, stats: Stats) -> None:
         user = line.rstrip("\n")
         if not user.strip():
             continue
-        ids = model.encode(chat_prompt(user, args.system if first else ""), bos=True)
+        ids = turn_ids(model, user, args.system if first else "")
         first = False
         if session.pos + len(ids) >= session.capacity:
             print("\n[context full: raise --steps to chat longer]", file=sys.stderr)
