@@ -37,7 +37,7 @@ def create_app(scheduler, model, model_name: str, api_key: str | None = None,
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.model_info, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
@@ -78,6 +78,7 @@ class _Api:
         self.seq_len = model.config.seq_len
         self.created = int(os.stat(model.path).st_mtime)
         self.rejected_busy = 0
+        self.cancelled = 0  # requests whose client went away before their end
 
     # -- checks ------------------------------------------------------------------
     def _authorize(self, request) -> None:
@@ -153,11 +154,40 @@ class _Api:
                            headers={"Retry-After": str(e.retry_after)}) from None
         except UsageError as e:
             raise ApiError(400, str(e)) from None
-        events = _events(self.scheduler, req, queue, request.receive, chat)
+        events = self._events(req, queue, request.receive, chat)
         reply = Reply(chat, self.model_name)
         if params.stream:
             return _EventStream(_sse(events, reply, params.include_usage))
         return await _whole(events, reply)
+
+    async def _events(self, req, queue, receive, chat: bool):
+        """A request's events until its final one; if the client disconnects first, the
+        request is cancelled and the events end without a final one. A chat reply's first
+        text loses its word-start space (chat.reply_text)."""
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            queue.put_nowait(_GONE)
+
+        watcher = asyncio.ensure_future(watch())
+        started = not chat
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                if event is _GONE:
+                    return
+                if not started and event.text:
+                    event.text, started = reply_text(event.text), True
+                finished = event.finish_reason is not None or event.error is not None
+                yield event
+                if finished:
+                    return
+        finally:
+            watcher.cancel()
+            if not finished:
+                self.cancelled += 1
+                self.scheduler.cancel(req)
 
     # -- the rest ------------------------------------------------------------------
     def _model_object(self) -> dict:
@@ -168,7 +198,7 @@ class _Api:
         self._authorize(request)
         return JSONResponse({"object": "list", "data": [self._model_object()]})
 
-    async def model(self, request):
+    async def model_info(self, request):
         self._authorize(request)
         name = request.path_params["model_id"]
         if name != self.model_name:
@@ -193,6 +223,8 @@ class _Api:
                  m.requests_finished),
                 ("requests_rejected_total", "counter", "Requests refused as busy (503).",
                  self.rejected_busy),
+                ("requests_cancelled_total", "counter", "Requests whose client went away.",
+                 self.cancelled),
                 ("engine_steps_total", "counter", "Engine steps (batches) run.", m.steps),
                 ("engine_step_seconds_total", "counter", "Time spent in engine steps.",
                  m.step_seconds),
@@ -202,35 +234,6 @@ class _Api:
                       f"qllama_{name} {value}"]
         return Response("\n".join(lines) + "\n",
                         media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-async def _events(scheduler, req, queue, receive, chat: bool):
-    """A request's events until its final one; if the client disconnects first, the
-    request is cancelled and the events end without a final one. A chat reply's first
-    text loses its word-start space (chat.reply_text)."""
-    async def watch():
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        queue.put_nowait(_GONE)
-
-    watcher = asyncio.ensure_future(watch())
-    started = not chat
-    finished = False
-    try:
-        while True:
-            event = await queue.get()
-            if event is _GONE:
-                return
-            if not started and event.text:
-                event.text, started = reply_text(event.text), True
-            finished = event.finish_reason is not None or event.error is not None
-            yield event
-            if finished:
-                return
-    finally:
-        watcher.cancel()
-        if not finished:
-            scheduler.cancel(req)
 
 
 async def _whole(events, reply: Reply) -> Response:
