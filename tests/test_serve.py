@@ -20,6 +20,7 @@ import pytest
 
 import qllama
 from qllama.chat import conversation_ids, reply_text, turn_ids
+from qllama.cli.serve import parse_size
 from qllama.synth import write_random_model
 
 from conftest import ROOT, data
@@ -38,9 +39,8 @@ class Server:
         self.log = open(tmp / f"serve-{time.monotonic_ns()}.err", "w+")
         cmd = [sys.executable, "-m", "qllama", "serve", str(model), "-z", str(tokenizer),
                "--port", "0", "--threads", "1", *map(str, args)]
-        if key:
-            cmd += ["--api-key", key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=ENV)
+        env = dict(ENV, QLLAMA_API_KEY=key or "")  # the key from the environment
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
         line = b""
         deadline = time.monotonic() + 60
         while not line.endswith(b"\n"):
@@ -115,6 +115,7 @@ def tiny(tmp_path_factory):
     write_random_model(d / "tiny.bin", "tiny")
     write_tokenizer_bin(d / "tok.bin", 512)
     server = Server(d / "tiny.bin", d / "tok.bin", "--kv-memory", "16K", key=KEY, tmp=d)
+    assert "tiny" in server.ready
     yield server
     server.kill()
 
@@ -352,6 +353,24 @@ def test_a_client_that_disconnects_mid_stream_frees_its_pages(stories):
     assert made < 8 * max_tokens
 
 
+def test_serve_command_line_errors(tmp_path):
+    assert [parse_size(t) for t in ("512M", "2G", "1.5g", "64KiB", "4096")] == \
+        [512 << 20, 2 << 30, 3 << 29, 64 << 10, 4096]
+    with pytest.raises(ValueError):
+        parse_size("12X")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = subprocess.run([sys.executable, "-m", "qllama", "serve", str(data("stories260K.bin")),
+                            "-z", str(data("tok512.model")), "--port",
+                            str(taken.getsockname()[1])],
+                           capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("qllama: error: cannot listen on"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--kv-memory", "lots"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "not a size" in r.stderr
+
+
 # -- faults ------------------------------------------------------------------------------
 def assert_error(r: httpx.Response, status: int, message: str, param=None):
     assert r.status_code == status, r.text
@@ -455,7 +474,7 @@ def test_a_100_mb_body_is_refused_by_content_length_and_while_reading(tiny):
             + auth)
     answer = raw(tiny.port, head + b"Content-Length: 100000000\r\n\r\n", b"{" + b" " * 65536)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert b"request_too_large" in answer
+    assert b"request_too_large" in answer and b"connection: close" in answer.lower()
     # no Content-Length: chunked, 2 MB in 64 KB chunks, refused past 1 MB
     chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
     answer = raw(tiny.port, head + b"Transfer-Encoding: chunked\r\n\r\n", chunk * 32)

@@ -15,6 +15,12 @@ def add_kv_argument(p) -> None:
                         "for its exact numbers)")
 
 
+def add_tokenizer_argument(p) -> None:
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
+                        "in the working directory)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "run", help="generate text or chat with a model (v0/v1 fp32 or v2 int8)",
@@ -30,9 +36,7 @@ def register(sub) -> None:
     p.add_argument("-n", "--steps", type=int, default=256,
                    help="positions to run, prompt included; 0 = seq_len (default 256)")
     p.add_argument("-i", "--prompt", default="", help="input prompt")
-    p.add_argument("-z", "--tokenizer", default=None,
-                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
-                        "in the working directory)")
+    add_tokenizer_argument(p)
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
     p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
     add_kv_argument(p)

@@ -3,6 +3,7 @@ mapped model, many requests at once through the continuous-batching scheduler.""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..errors import QllamaWarning, UsageError
 from ..threads import add_threads_argument
-from .run import add_kv_argument
+from .run import add_kv_argument, add_tokenizer_argument
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -50,15 +51,14 @@ def register(sub) -> None:
                     "/v1/chat/completions, /v1/models), plus /health and /metrics; many "
                     "requests run at once, batched on one engine thread.")
     p.add_argument("model", help="checkpoint: version 0, 1 (fp32) or 2 (Q8_0)")
-    p.add_argument("-z", "--tokenizer", default=None,
-                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
-                        "in the working directory)")
+    add_tokenizer_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000,
                    help="port (default 8000; 0 picks a free one, printed when ready)")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/ requests")
+    p.add_argument("--api-key", default=os.environ.get("QLLAMA_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ requests (default: "
+                        "$QLLAMA_API_KEY, which keeps the key out of the process list)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N",
                    help="requests generating at once (default 8)")
     p.add_argument("--queue", type=int, default=16, metavar="N",

@@ -25,6 +25,7 @@ from .scheduler import Busy, Event
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context fits well within it
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: end the connection
 _GONE = Event(finish_reason="disconnected")  # what the queue gets when the client leaves
 
 
@@ -99,13 +100,14 @@ class _Api:
                 raise ApiError(400, f"bad Content-Length {length[:40]!r}")
             if int(length) > self.max_body:
                 raise ApiError(413, f"the request body is {length} bytes; the limit is "
-                                    f"{self.max_body}", code="request_too_large")
+                                    f"{self.max_body}", code="request_too_large",
+                               headers=_CLOSE)
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > self.max_body:
                 raise ApiError(413, f"the request body exceeds the limit of {self.max_body} "
-                                    "bytes", code="request_too_large")
+                                    "bytes", code="request_too_large", headers=_CLOSE)
         return parse_json(bytes(data))
 
     # -- generation ----------------------------------------------------------------
