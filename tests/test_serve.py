@@ -441,6 +441,21 @@ def test_bad_chat_messages(tiny, messages, message):
     assert message in e.value.body["message"] and e.value.body["param"].startswith("messages")
 
 
+def test_chat_replies_by_default_to_the_end_of_what_the_pool_holds(tiny):
+    """tiny's pool is 4 pages of 16 positions, half its context: a chat without
+    max_tokens runs until its sequence holds them all (or EOS), not into an error."""
+    client = tiny.client()
+    for seed in (1, 2, 3):
+        r = client.chat.completions.create(model="tiny", temperature=1.0, seed=seed,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert r.usage.total_tokens <= 64 + 1
+        assert r.choices[0].finish_reason == "stop" or r.usage.total_tokens == 64 + 1
+    with pytest.raises(openai.BadRequestError) as e:  # asked for: refused, not cut
+        client.chat.completions.create(model="tiny", max_tokens=100,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert "more than the whole pool" in e.value.body["message"]
+
+
 def test_chat_accepts_text_parts_and_max_completion_tokens(tiny):
     r = tiny.client().chat.completions.create(
         model="tiny", max_completion_tokens=3, temperature=0,

@@ -126,9 +126,9 @@ def serve_command(args) -> int:
         server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        # the model stays mapped: an engine thread still busy after the timeout may read it
         scheduler.shutdown(timeout=30)
         sock.close()
-        model.close()
     print("qllama: server stopped", file=sys.stderr)
     return 0
 

@@ -129,9 +129,10 @@ class _Api:
             ids = await asyncio.to_thread(conversation_ids, self.model, messages)
         except UsageError as e:
             raise ApiError(400, str(e), param="messages") from None
-        # by default a reply may run to the end of the context
+        # by default a reply may run to the end of the context, or of what the KV pool holds
+        default = max(1, self.scheduler.max_positions - len(ids) + 1)
         return await self._generate(request, ids, params, "messages",
-                                    params.max_tokens or self.seq_len, chat=True)
+                                    params.max_tokens or default, chat=True)
 
     async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool):
         if len(ids) >= self.seq_len:
