@@ -102,10 +102,11 @@ def _integer(body: dict, key: str, lo: int, hi: int) -> int | None:
     return v
 
 
-def _flag(body: dict, key: str) -> bool:
+def _flag(body: dict, key: str, where: str = "") -> bool:
     v = body.get(key)
     if v is not None and not isinstance(v, bool):
-        raise ApiError(400, f"{key} must be true or false, got {json.dumps(v)[:40]}", param=key)
+        raise ApiError(400, f"{where}{key} must be true or false, got {json.dumps(v)[:40]}",
+                       param=where + key)
     return bool(v)
 
 
@@ -126,7 +127,7 @@ def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens"
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     stream = _flag(body, "stream")
-    include_usage = _flag(options or {}, "include_usage")
+    include_usage = _flag(options or {}, "include_usage", "stream_options.")
     max_tokens = _integer(body, max_tokens_key, 1, 1 << 31)
     if max_tokens_key != "max_tokens" and max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, 1 << 31)
