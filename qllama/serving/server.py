@@ -157,40 +157,11 @@ class _Api:
                            headers={"Retry-After": str(e.retry_after)}) from None
         except UsageError as e:
             raise ApiError(400, str(e)) from None
-        events = self._events(req, queue, request.receive, chat)
+        events = _Events(self, req, queue, request.receive, chat)
         reply = Reply(chat, self.model_name)
         if params.stream:
-            return _EventStream(_sse(events, reply, params.include_usage))
+            return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
-
-    async def _events(self, req, queue, receive, chat: bool):
-        """A request's events until its final one; if the client disconnects first, the
-        request is cancelled and the events end without a final one. A chat reply's first
-        text loses its word-start space (chat.reply_text)."""
-        async def watch():
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            queue.put_nowait(_GONE)
-
-        watcher = asyncio.ensure_future(watch())
-        started = not chat
-        finished = False
-        try:
-            while True:
-                event = await queue.get()
-                if event is _GONE:
-                    return
-                if not started and event.text:
-                    event.text, started = reply_text(event.text), True
-                finished = event.finish_reason is not None or event.error is not None
-                yield event
-                if finished:
-                    return
-        finally:
-            watcher.cancel()
-            if not finished:
-                self.cancelled += 1
-                self.scheduler.cancel(req)
 
     # -- the rest ------------------------------------------------------------------
     def _model_object(self) -> dict:
@@ -239,7 +210,44 @@ class _Api:
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-async def _whole(events, reply: Reply) -> Response:
+class _Events:
+    """A request's events, iterated until its final one. A watcher on the connection
+    stops the iteration (without a final event) when the client disconnects; `close`,
+    which every response calls however it ends, cancels the request if it has not
+    finished. A chat reply's first text loses its word-start space (chat.reply_text)."""
+
+    def __init__(self, api: _Api, req, queue: asyncio.Queue, receive, chat: bool):
+        self.api, self.req, self.queue = api, req, queue
+        self.started = not chat
+        self.finished = self.closed = False
+        self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.queue.put_nowait(_GONE)
+
+    async def __aiter__(self):
+        while not self.finished:
+            event = await self.queue.get()
+            if event is _GONE:
+                return
+            if not self.started and event.text:
+                event.text, self.started = reply_text(event.text), True
+            self.finished = event.finish_reason is not None or event.error is not None
+            yield event
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.watcher.cancel()
+        if not self.finished:
+            self.api.cancelled += 1
+            self.api.scheduler.cancel(self.req)
+
+
+async def _whole(events: _Events, reply: Reply) -> Response:
     """A non-streamed answer: every piece, then one JSON object."""
     pieces = []
     try:
@@ -251,7 +259,7 @@ async def _whole(events, reply: Reply) -> Response:
                 return JSONResponse(reply.whole("".join(pieces), event.finish_reason,
                                                 event.usage))
     finally:
-        await events.aclose()
+        events.close()
     return Response(status_code=499)  # the client went away; nobody reads this
 
 
@@ -259,35 +267,33 @@ def _data(obj) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _sse(events, reply: Reply, include_usage: bool):
+async def _sse(events: _Events, reply: Reply, include_usage: bool):
     """Server-sent events in OpenAI's chunk shapes, ending with `data: [DONE]`."""
-    try:
-        if reply.chat:
-            yield _data(reply.chunk("", role=True))
-        async for event in events:
-            if event.error:
-                yield _data(error_body(event.error, "server_error"))
-                break
-            if event.finish_reason:
-                yield _data(reply.chunk(event.text or None, event.finish_reason))
-                if include_usage:
-                    yield _data(reply.usage_chunk(event.usage))
-                break
-            if event.text:
-                yield _data(reply.chunk(event.text))
-        else:
-            return  # the client went away: nothing more to send
-        yield b"data: [DONE]\n\n"
-    finally:
-        await events.aclose()  # cancels the request if it has not finished
+    if reply.chat:
+        yield _data(reply.chunk("", role=True))
+    async for event in events:
+        if event.error:
+            yield _data(error_body(event.error, "server_error"))
+            break
+        if event.finish_reason:
+            yield _data(reply.chunk(event.text or None, event.finish_reason))
+            if include_usage:
+                yield _data(reply.usage_chunk(event.usage))
+            break
+        if event.text:
+            yield _data(reply.chunk(event.text))
+    else:
+        return  # the client went away: nothing more to send
+    yield b"data: [DONE]\n\n"
 
 
 class _EventStream:
-    """A text/event-stream response from an async iterator of chunks; the iterator is
-    always closed (which cancels an unfinished request), however the response ends."""
+    """A text/event-stream response of `events` as server-sent events; the events are
+    closed (which cancels an unfinished request) however the response ends."""
 
-    def __init__(self, chunks):
-        self.chunks = chunks
+    def __init__(self, events: _Events, reply: Reply, include_usage: bool):
+        self.events = events
+        self.chunks = _sse(events, reply, include_usage)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -301,3 +307,4 @@ class _EventStream:
             pass
         finally:
             await self.chunks.aclose()
+            self.events.close()
