@@ -313,9 +313,11 @@ def test_sixty_four_clients_get_full_answers_or_a_clean_503(stories):
     assert m["requests_rejected_total"] >= len(busy)
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_pages(stories):
-    """Eight long requests share the engine; one client leaves after its first chunk:
-    its session ends at once (the others' pages stay), and it never runs to the end."""
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_mid_answer_frees_its_pages(stories, stream):
+    """Eight long requests share the engine; one client leaves while its answer is made
+    (streamed: after its first chunk; whole: while it waits): its session ends at once
+    (the others' pages stay), and it never runs to the end."""
     page_positions = 16
     prompt = "Once upon a time"
     n_prompt = len(stories.model.encode(prompt))
@@ -330,13 +332,20 @@ def test_a_client_that_disconnects_mid_stream_frees_its_pages(stories):
                                                      max_tokens=max_tokens, temperature=0)
                 return r.usage.completion_tokens
             stayers = [asyncio.ensure_future(stay()) for _ in range(7)]
-            stream = await aclient.completions.create(model="stories260K", prompt=prompt,
-                                                      max_tokens=max_tokens, temperature=0,
-                                                      stream=True)
-            await stream.__anext__()
+            leaver = aclient.completions.create(model="stories260K", prompt=prompt,
+                                                max_tokens=max_tokens, temperature=0,
+                                                stream=stream)
+            if stream:
+                leaver = await leaver
+                await leaver.__anext__()
+            else:
+                leaver = asyncio.ensure_future(leaver)
             full = await asyncio.to_thread(stories.wait_metrics,
                                            lambda m: m["running_sessions"] == 8, 10)
-            await stream.close()
+            if stream:
+                await leaver.close()
+            else:
+                leaver.cancel()  # the client gives up: its connection closes
             after = await asyncio.to_thread(stories.wait_metrics,
                                             lambda m: m["running_sessions"] <= 7, 5)
             return full, after, await asyncio.wait_for(asyncio.gather(*stayers), 60)
