@@ -5,6 +5,7 @@ a tiny random model where it does not. Every client call has a timeout, every lo
 loop a bound, and every server is killed in teardown."""
 import asyncio
 import itertools
+import json
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import httpx
 import openai
@@ -21,6 +23,9 @@ import pytest
 import qllama
 from qllama.chat import conversation_ids, reply_text, turn_ids
 from qllama.cli.serve import parse_size
+from qllama.serving.generation import Usage
+from qllama.serving.scheduler import Event
+from qllama.serving.server import create_app
 from qllama.synth import write_random_model
 
 from conftest import ROOT, data
@@ -378,6 +383,45 @@ def test_serve_command_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--kv-memory", "lots"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and "not a size" in r.stderr
+
+
+class FailingScheduler:
+    """A scheduler whose engine makes one piece of text and then fails."""
+
+    max_positions = 128
+
+    def __init__(self):
+        self.cancelled = []
+
+    def submit(self, ids, max_tokens, on_event, *args):
+        on_event(Event(" Hel"))  # as the engine thread would; here from the loop's own
+        on_event(Event(error="engine error: boom", usage=Usage(len(ids))))
+        return len(ids)
+
+    def cancel(self, req):
+        self.cancelled.append(req)
+
+
+def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
+    from starlette.testclient import TestClient
+    model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
+                                  encode=lambda text, bos=True: [1] + [5] * len(text))
+    app = create_app(FailingScheduler(), model, "fake")
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"prompt": "hi"})
+        assert r.status_code == 500 and r.json()["error"]["message"] == "engine error: boom"
+        assert r.json()["error"]["type"] == "server_error"
+        with client.stream("POST", "/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+            lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+        assert lines[1]["choices"][0]["delta"] == {"content": "Hel"}  # word-start space cut
+        assert lines[-1] == {"error": {"message": "engine error: boom", "type": "server_error",
+                                       "param": None, "code": None}}
+        # the openai client raises on it
+        oc = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client,
+                           max_retries=0)
+        with pytest.raises(openai.APIError, match="boom"):
+            list(oc.completions.create(model="fake", prompt="hi", stream=True))
 
 
 # -- faults ------------------------------------------------------------------------------

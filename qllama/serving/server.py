@@ -70,6 +70,8 @@ async def _internal_error(request, exc: Exception) -> JSONResponse:
 
 
 class _Api:
+    """The handlers, and the counters /metrics adds to the scheduler's."""
+
     def __init__(self, scheduler, model, model_name, api_key, max_body):
         self.scheduler = scheduler
         self.model = model
