@@ -82,7 +82,7 @@ def test_chat_reads_turns_from_a_pipe():
 
 def test_chat_turns_keep_the_kv_cache():
     """A second turn continues the cache: its logits equal one pass over both turns."""
-    from qllama.cli.run import chat_prompt
+    from qllama.chat import chat_prompt
     model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
     session = model.session(200)
     sampler = model.sampler(0.0, 0.9, 1)

@@ -1,4 +1,4 @@
-"""The `qllama` command: one module per subcommand (run, quantize, convert,
+"""The `qllama` command: one module per subcommand (run, serve, quantize, convert,
 import, export, info, eval, demo, tokenizer), each registering itself here through `register(subparsers)`
 and calling the library for its work. Errors become one line and exit status 1;
 the library's warnings one line each."""
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "qllama.cli.export",
     "qllama.cli.info",
     "qllama.cli.run",
+    "qllama.cli.serve",
     "qllama.cli.tokenizer",
     "qllama.cli.eval",
     "qllama.cli.demo",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..chat import turn_ids
 from ..model import BOS, EOS, KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
@@ -14,11 +15,10 @@ def add_kv_argument(p) -> None:
                         "for its exact numbers)")
 
 
-def chat_prompt(user: str, system: str = "") -> str:
-    """Llama 2 chat template for one user turn (the system prompt goes in the first)."""
-    if system:
-        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-    return f"[INST] {user} [/INST]"
+def add_tokenizer_argument(p) -> None:
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
+                        "in the working directory)")
 
 
 def register(sub) -> None:
@@ -36,9 +36,7 @@ def register(sub) -> None:
     p.add_argument("-n", "--steps", type=int, default=256,
                    help="positions to run, prompt included; 0 = seq_len (default 256)")
     p.add_argument("-i", "--prompt", default="", help="input prompt")
-    p.add_argument("-z", "--tokenizer", default=None,
-                   help="tokenizer.model or tokenizer.bin (default: beside the model, then "
-                        "in the working directory)")
+    add_tokenizer_argument(p)
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
     p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
     add_kv_argument(p)
@@ -90,7 +88,7 @@ def chat(model: Model, args, seed: int, stats: Stats) -> None:
         user = line.rstrip("\n")
         if not user.strip():
             continue
-        ids = model.encode(chat_prompt(user, args.system if first else ""), bos=True)
+        ids = turn_ids(model, user, args.system if first else "")
         first = False
         if session.pos + len(ids) >= session.capacity:
             print("\n[context full: raise --steps to chat longer]", file=sys.stderr)

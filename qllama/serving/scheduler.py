@@ -90,7 +90,7 @@ class Scheduler:
 
     def __init__(self, model, max_sessions: int = 8, queue: int = 16,
                  kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
-        from .batch import BatchEngine
+        from .batch import PAGE, BatchEngine
         if max_sessions < 1 or queue < 0 or prefill_chunk < 1:
             raise UsageError("max_sessions and prefill_chunk must be at least 1, queue at least 0")
         self.model = model
@@ -100,6 +100,8 @@ class Scheduler:
         self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
                                   kv_memory=kv_memory, max_sessions=max_sessions)
         self.seq_len = model.config.seq_len
+        # the most positions one request can hold: its context, or the whole KV pool
+        self.max_positions = min(self.seq_len, self.engine.pool.pages * PAGE)
         self.metrics = Metrics(kv_pages_total=self.engine.pool.pages)
         self._ids = itertools.count(1)
         self._waiting: deque[Request] = deque()

@@ -1,0 +1,233 @@
+"""The OpenAI API's request checks and response objects, without HTTP.
+
+Requests are checked strictly, so a client's mistake gets a 4xx naming the field rather
+than a guess: numbers must be JSON numbers (not strings, not booleans, finite), integers
+whole, and options this server cannot honour (n > 1, logprobs, penalties, ...) are refused
+rather than ignored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+MAX_STOPS = 4  # OpenAI's limit on stop sequences
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's error object and `status`."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> dict:
+    """The request body as a JSON object: strict UTF-8, no NaN or Infinity."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        body = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _zero(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and v == 0
+
+
+# Options this server does not implement, and what each may be when not asked for.
+UNSUPPORTED = {
+    "logprobs": lambda v: v is False, "top_logprobs": _zero, "echo": lambda v: v is False,
+    "best_of": lambda v: v == 1 and not isinstance(v, bool),
+    "suffix": lambda v: v == "", "logit_bias": lambda v: v == {},
+    "presence_penalty": _zero, "frequency_penalty": _zero, "tools": lambda v: v == [],
+    "functions": lambda v: v == [], "tool_choice": lambda v: v == "none",
+}
+
+
+@dataclass
+class Params:
+    """The sampling and output options of one request, checked."""
+
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple
+
+
+def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ApiError(400, f"{key} must be a number, got {json.dumps(v)[:40]}", param=key)
+    if not lo <= v <= hi:
+        raise ApiError(400, f"{key} must be in [{lo:g}, {hi:g}], got {v}", param=key)
+    return float(v)
+
+
+def _integer(body: dict, key: str, lo: int, hi: int) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ApiError(400, f"{key} must be an integer, got {json.dumps(v)[:40]}", param=key)
+    if not lo <= v <= hi:
+        raise ApiError(400, f"{key} must be in {lo}..{hi}, got {v}", param=key)
+    return v
+
+
+def _flag(body: dict, key: str, where: str = "") -> bool:
+    v = body.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise ApiError(400, f"{where}{key} must be true or false, got {json.dumps(v)[:40]}",
+                       param=where + key)
+    return bool(v)
+
+
+def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens") -> Params:
+    """Check what both endpoints share: model, n, stream, sampling, stop, unsupported options."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "model must be a string", param="model")
+    if model is not None and model != model_name:
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves "
+                            f"{model_name!r}", param="model", code="model_not_found")
+    for key, not_asked in UNSUPPORTED.items():
+        if body.get(key) is not None and not not_asked(body[key]):
+            raise ApiError(400, f"{key} is not supported by this server", param=key)
+    if _integer(body, "n", 1, 1 << 31) not in (None, 1):
+        raise ApiError(400, "n must be 1: this server makes one choice per request", param="n")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object", param="stream_options")
+    stream = _flag(body, "stream")
+    include_usage = _flag(options or {}, "include_usage", "stream_options.")
+    max_tokens = _integer(body, max_tokens_key, 1, 1 << 31)
+    if max_tokens_key != "max_tokens" and max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1, 1 << 31)
+    temperature = _number(body, "temperature", 1.0, 0.0, math.inf)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    seed = _integer(body, "seed", 1, 2**64 - 1)  # run.c's generator: a nonzero 64-bit state
+    return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body))
+
+
+def _stops(body: dict) -> tuple:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    if len(stops) > MAX_STOPS:
+        raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stops)}",
+                       param="stop")
+    return tuple(stops)
+
+
+def completion_prompt(body: dict) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]  # the openai client may send one prompt as a list
+    if not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string (one prompt per request)", param="prompt")
+    return prompt
+
+
+def chat_messages(body: dict) -> list[tuple[str, str]]:
+    """(role, content) of each message; "developer" is OpenAI's newer name for system."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object", param=where)
+        role = {"developer": "system"}.get(m.get("role"), m.get("role"))
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(400, f"{where}.role must be system, user or assistant, got "
+                                f"{json.dumps(m.get('role'))[:40]}", param=f"{where}.role")
+        out.append((role, _content(m.get("content"), f"{where}.content")))
+    return out
+
+
+def _content(content, where: str) -> str:
+    """A message's text: a string, or a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"{where} must be a string or a list of text parts", param=where)
+
+
+# -- responses ---------------------------------------------------------------------
+def usage_body(usage) -> dict:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+class Reply:
+    """The response objects of one request, whole or as stream chunks, in the shapes of
+    OpenAI's text_completion and chat.completion(.chunk)."""
+
+    def __init__(self, chat: bool, model_name: str):
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model = model_name
+
+    def _head(self, object: str) -> dict:
+        return {"id": self.id, "object": object, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish_reason: str, usage) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": finish_reason}
+            obj = self._head("chat.completion")
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            obj = self._head("text_completion")
+        return {**obj, "choices": [choice], "usage": usage_body(usage)}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant"} if role else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "logprobs": None,
+                      "finish_reason": finish_reason}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": text or "", "logprobs": None,
+                  "finish_reason": finish_reason}
+        return {**self._head("text_completion"), "choices": [choice]}
+
+    def usage_chunk(self, usage) -> dict:
+        object = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._head(object), "choices": [], "usage": usage_body(usage)}

@@ -1,0 +1,312 @@
+"""The OpenAI-compatible HTTP API over a Scheduler (starlette, served by uvicorn).
+
+Handlers never call the engine: they check the request (api.py), encode the prompt in a
+worker thread, `submit` it, and read its events from an asyncio.Queue that the engine
+thread fills through `loop.call_soon_threadsafe`. A client that goes away (its
+connection's http.disconnect) has its request cancelled, which frees its KV pages at
+the engine's next step.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..chat import conversation_ids, reply_text
+from ..errors import UsageError
+from .api import ApiError, Reply, chat_messages, completion_prompt, error_body, parse_json, parse_params
+from .scheduler import Busy, Event
+
+MAX_BODY = 1 << 20  # bytes; a prompt longer than any context fits well within it
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: end the connection
+_GONE = Event(finish_reason="disconnected")  # what the queue gets when the client leaves
+
+
+def create_app(scheduler, model, model_name: str, api_key: str | None = None,
+               max_body: int = MAX_BODY) -> Starlette:
+    """The ASGI app serving `model` (under `model_name`) through `scheduler` (started by
+    the caller). With `api_key`, /v1/ requires `Authorization: Bearer <api_key>`."""
+    api = _Api(scheduler, model, model_name, api_key, max_body)
+    routes = [
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.model_info, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+    ]
+    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.state.api = api
+    return app
+
+
+def _error_response(status: int, body: dict, headers=None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc.status, exc.body(), exc.headers)
+
+
+async def _http_error(request, exc: HTTPException) -> JSONResponse:
+    # starlette's own 404 and 405, in OpenAI's shape
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return _error_response(exc.status_code,
+                           error_body(f"{request.method} {request.url.path}: {exc.detail}",
+                                      code=kind), exc.headers)
+
+
+async def _internal_error(request, exc: Exception) -> JSONResponse:
+    return _error_response(500, error_body(f"internal error: {type(exc).__name__}",
+                                           "server_error"))
+
+
+class _Api:
+    """The handlers, and the counters /metrics adds to the scheduler's."""
+
+    def __init__(self, scheduler, model, model_name, api_key, max_body):
+        self.scheduler = scheduler
+        self.model = model
+        self.model_name = model_name
+        self.key = api_key.encode() if api_key else None
+        self.max_body = max_body
+        self.seq_len = model.config.seq_len
+        self.created = int(os.stat(model.path).st_mtime)
+        self.rejected_busy = 0
+        self.cancelled = 0  # requests whose client went away before their end
+
+    # -- checks ------------------------------------------------------------------
+    def _authorize(self, request) -> None:
+        if self.key is None:
+            return
+        # header values arrive as latin-1 text: back to the bytes the client sent
+        given = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, token = given.partition(b" ")
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
+            raise ApiError(401, "missing or incorrect API key (Authorization: Bearer KEY)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _body(self, request) -> dict:
+        """The JSON body, refused past max_body bytes by Content-Length and while reading."""
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, f"bad Content-Length {length[:40]!r}")
+            if int(length) > self.max_body:
+                raise ApiError(413, f"the request body is {length} bytes; the limit is "
+                                    f"{self.max_body}", code="request_too_large",
+                               headers=_CLOSE)
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_body:
+                raise ApiError(413, f"the request body exceeds the limit of {self.max_body} "
+                                    "bytes", code="request_too_large", headers=_CLOSE)
+        return parse_json(bytes(data))
+
+    # -- generation ----------------------------------------------------------------
+    async def completions(self, request):
+        self._authorize(request)
+        body = await self._body(request)
+        params = parse_params(body, self.model_name)
+        prompt = completion_prompt(body)
+        ids = await asyncio.to_thread(self.model.encode, prompt, True)
+        return await self._generate(request, ids, params, "prompt",
+                                    params.max_tokens or COMPLETION_MAX_TOKENS, chat=False)
+
+    async def chat_completions(self, request):
+        self._authorize(request)
+        body = await self._body(request)
+        params = parse_params(body, self.model_name, "max_completion_tokens")
+        messages = chat_messages(body)
+        try:
+            ids = await asyncio.to_thread(conversation_ids, self.model, messages)
+        except UsageError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        # by default a reply may run to the end of the context, or of what the KV pool holds
+        default = max(1, self.scheduler.max_positions - len(ids) + 1)
+        return await self._generate(request, ids, params, "messages",
+                                    params.max_tokens or default, chat=True)
+
+    async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool):
+        if len(ids) >= self.seq_len:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
+                                f"{self.seq_len} tokens, and the answer needs at least one "
+                                "more", param=prompt_param, code="context_length_exceeded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event):  # on the engine thread: must not raise
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        try:
+            req = self.scheduler.submit(ids, max_tokens, on_event, params.temperature,
+                                        params.top_p, params.seed, params.stop)
+        except Busy as e:
+            self.rejected_busy += 1
+            raise ApiError(503, str(e), "server_error", code="server_busy",
+                           headers={"Retry-After": str(e.retry_after)}) from None
+        except UsageError as e:
+            raise ApiError(400, str(e)) from None
+        events = _Events(self, req, queue, request.receive, chat)
+        reply = Reply(chat, self.model_name)
+        if params.stream:
+            return _EventStream(events, reply, params.include_usage)
+        return await _whole(events, reply)
+
+    # -- the rest ------------------------------------------------------------------
+    def _model_object(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created,
+                "owned_by": "qllama"}
+
+    async def models(self, request):
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_object()]})
+
+    async def model_info(self, request):
+        self._authorize(request)
+        name = request.path_params["model_id"]
+        if name != self.model_name:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves "
+                                f"{self.model_name!r}", param="model", code="model_not_found")
+        return JSONResponse(self._model_object())
+
+    async def health(self, request):
+        return JSONResponse({"status": "ok", "model": self.model_name})
+
+    async def metrics(self, request):
+        m = self.scheduler.snapshot()
+        lines = []
+        for name, kind, help, value in (
+                ("running_sessions", "gauge", "Sequences running on the engine.", m.running),
+                ("queued_sessions", "gauge", "Requests waiting for a session.", m.queued),
+                ("kv_pages_used", "gauge", "KV cache pages held by sequences.", m.kv_pages_used),
+                ("kv_pages_total", "gauge", "KV cache pages in the pool.", m.kv_pages_total),
+                ("tokens_generated_total", "counter", "Tokens generated.", m.tokens_generated),
+                ("prompt_tokens_total", "counter", "Prompt tokens run.", m.prompt_tokens),
+                ("requests_finished_total", "counter", "Requests finished (any reason).",
+                 m.requests_finished),
+                ("requests_rejected_total", "counter", "Requests refused as busy (503).",
+                 self.rejected_busy),
+                ("requests_cancelled_total", "counter", "Requests whose client went away.",
+                 self.cancelled),
+                ("engine_steps_total", "counter", "Engine steps (batches) run.", m.steps),
+                ("engine_step_seconds_total", "counter", "Time spent in engine steps.",
+                 m.step_seconds),
+                ("engine_last_step_seconds", "gauge", "Duration of the last engine step.",
+                 m.last_step_seconds)):
+            lines += [f"# HELP qllama_{name} {help}", f"# TYPE qllama_{name} {kind}",
+                      f"qllama_{name} {value}"]
+        return Response("\n".join(lines) + "\n",
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class _Events:
+    """A request's events, iterated until its final one. A watcher on the connection
+    stops the iteration (without a final event) when the client disconnects; `close`,
+    which every response calls however it ends, cancels the request if it has not
+    finished. A chat reply's first text loses its word-start space (chat.reply_text)."""
+
+    def __init__(self, api: _Api, req, queue: asyncio.Queue, receive, chat: bool):
+        self.api, self.req, self.queue = api, req, queue
+        self.started = not chat
+        self.finished = self.closed = False
+        self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.queue.put_nowait(_GONE)
+
+    async def __aiter__(self):
+        while not self.finished:
+            event = await self.queue.get()
+            if event is _GONE:
+                return
+            if not self.started and event.text:
+                event.text, self.started = reply_text(event.text), True
+            self.finished = event.finish_reason is not None or event.error is not None
+            yield event
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.watcher.cancel()
+        if not self.finished:
+            self.api.cancelled += 1
+            self.api.scheduler.cancel(self.req)
+
+
+async def _whole(events: _Events, reply: Reply) -> Response:
+    """A non-streamed answer: every piece, then one JSON object."""
+    pieces = []
+    try:
+        async for event in events:
+            pieces.append(event.text)
+            if event.error:
+                return _error_response(500, error_body(event.error, "server_error"))
+            if event.finish_reason:
+                return JSONResponse(reply.whole("".join(pieces), event.finish_reason,
+                                                event.usage))
+    finally:
+        events.close()
+    return Response(status_code=499)  # the client went away; nobody reads this
+
+
+def _data(obj) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _sse(events: _Events, reply: Reply, include_usage: bool):
+    """Server-sent events in OpenAI's chunk shapes, ending with `data: [DONE]`."""
+    if reply.chat:
+        yield _data(reply.chunk("", role=True))
+    async for event in events:
+        if event.error:
+            yield _data(error_body(event.error, "server_error"))
+            break
+        if event.finish_reason:
+            yield _data(reply.chunk(event.text or None, event.finish_reason))
+            if include_usage:
+                yield _data(reply.usage_chunk(event.usage))
+            break
+        if event.text:
+            yield _data(reply.chunk(event.text))
+    else:
+        return  # the client went away: nothing more to send
+    yield b"data: [DONE]\n\n"
+
+
+class _EventStream:
+    """A text/event-stream response of `events` as server-sent events; the events are
+    closed (which cancels an unfinished request) however the response ends."""
+
+    def __init__(self, events: _Events, reply: Reply, include_usage: bool):
+        self.events = events
+        self.chunks = _sse(events, reply, include_usage)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away while we wrote
+            pass
+        finally:
+            await self.chunks.aclose()
+            self.events.close()

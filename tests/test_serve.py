@@ -1,0 +1,591 @@
+"""`qllama serve` as a client sees it: real server processes on 127.0.0.1 (ephemeral
+ports), driven by the official `openai` client (raw HTTP where the client cannot send
+the fault). stories260K + tok512.model where text matters (compared with `qllama run`),
+a tiny random model where it does not. Every client call has a timeout, every load
+loop a bound, and every server is killed in teardown."""
+import asyncio
+import itertools
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import httpx
+import openai
+import pytest
+
+import qllama
+from qllama.chat import conversation_ids, reply_text, turn_ids
+from qllama.cli.serve import parse_size
+from qllama.serving.generation import Usage
+from qllama.serving.scheduler import Event
+from qllama.serving.server import create_app
+from qllama.synth import write_random_model
+
+from conftest import ROOT, data
+from makers import write_tokenizer_bin
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+TIMEOUT = 30  # seconds, any one client call
+KEY = "sk-qllama-test-4f9c"
+
+
+class Server:
+    """`qllama serve MODEL ...` on 127.0.0.1 port 0; the port from its ready line."""
+
+    def __init__(self, model, tokenizer, *args, key=None, tmp=None):
+        self.key = key
+        self.log = open(tmp / f"serve-{time.monotonic_ns()}.err", "w+")
+        cmd = [sys.executable, "-m", "qllama", "serve", str(model), "-z", str(tokenizer),
+               "--port", "0", "--threads", "1", *map(str, args)]
+        env = dict(ENV, QLLAMA_API_KEY=key or "")  # the key from the environment
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
+        line = b""
+        deadline = time.monotonic() + 60
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.kill()
+                pytest.fail(f"no ready line within 60 s: {self.stderr()}")
+            chunk = os.read(self.proc.stdout.fileno(), 1)
+            if not chunk:
+                self.kill()
+                pytest.fail(f"the server exited before it was ready: {self.stderr()}")
+            line += chunk
+        self.ready = line.decode()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", self.ready)
+        assert m, self.ready
+        self.port = int(m.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key or "unused",
+                             timeout=TIMEOUT, max_retries=0, **kw)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.key or "unused",
+                                  timeout=TIMEOUT, max_retries=0)
+
+    def post(self, path, content, headers=None) -> httpx.Response:
+        h = {"content-type": "application/json"}
+        if self.key:
+            h["authorization"] = f"Bearer {self.key}"
+        return httpx.post(self.url + path, content=content, headers={**h, **(headers or {})},
+                          timeout=TIMEOUT)
+
+    def metrics(self) -> dict:
+        text = httpx.get(self.url + "/metrics", timeout=TIMEOUT).text
+        return {name: float(v) for name, v in re.findall(r"^qllama_(\w+) (\S+)$", text, re.M)}
+
+    def wait_metrics(self, pred, seconds=10.0) -> dict:
+        deadline = time.monotonic() + seconds
+        while True:
+            m = self.metrics()
+            if pred(m) or time.monotonic() > deadline:
+                return m
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-2000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory):
+    model, tok = data("stories260K.bin"), data("tok512.model")
+    server = Server(model, tok, tmp=tmp_path_factory.mktemp("s"))
+    server.model = qllama.load(model, tokenizer=tok, threads=1)
+    server.paths = (model, tok)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random model (seq_len 128) with an API key and a KV pool of 4 pages."""
+    d = tmp_path_factory.mktemp("tiny")
+    write_random_model(d / "tiny.bin", "tiny")
+    write_tokenizer_bin(d / "tok.bin", 512)
+    server = Server(d / "tiny.bin", d / "tok.bin", "--kv-memory", "16K", key=KEY, tmp=d)
+    assert "tiny" in server.ready
+    yield server
+    server.kill()
+
+
+def run_cli(*args, stdin=None) -> str:
+    r = subprocess.run([sys.executable, "-m", "qllama", "run", *map(str, args)], input=stdin,
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def complete(client, prompt, **kw):
+    return client.completions.create(model="stories260K", prompt=prompt, **kw)
+
+
+def stream_text(chunks) -> tuple[str, str]:
+    """(text, finish_reason) of a completions or chat stream."""
+    text, reason = [], None
+    for c in chunks:
+        for choice in c.choices:
+            text.append(getattr(choice, "text", None) or getattr(getattr(choice, "delta", None),
+                                                                  "content", None) or "")
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
+
+
+# -- endpoints -------------------------------------------------------------------------
+def test_ready_line_models_health_metrics(stories):
+    assert "stories260K" in stories.ready
+    client = stories.client()
+    assert [m.id for m in client.models.list().data] == ["stories260K"]
+    assert client.models.retrieve("stories260K").owned_by == "qllama"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    assert httpx.get(stories.url + "/health", timeout=TIMEOUT).json()["status"] == "ok"
+    r = httpx.get(stories.url + "/metrics", timeout=TIMEOUT)
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE qllama_kv_pages_used gauge" in r.text
+    m = stories.metrics()
+    assert m["kv_pages_total"] > 0 and m["running_sessions"] == 0
+    for name in ("queued_sessions", "tokens_generated_total", "engine_step_seconds_total",
+                 "engine_last_step_seconds"):
+        assert name in m
+
+
+def test_greedy_completion_equals_qllama_run(stories):
+    prompt, steps = "Once upon a time", 60
+    n_prompt = len(stories.model.encode(prompt))
+    expected = run_cli(stories.paths[0], "-z", stories.paths[1], "-t", "0", "-n", steps,
+                       "-i", prompt, "--threads", "1")
+    assert expected.startswith(prompt) and expected.endswith("\n")
+    expected = expected[len(prompt):-1]
+    client = stories.client()
+    r = complete(client, prompt, max_tokens=steps - n_prompt + 1, temperature=0)
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
+    assert r.object == "text_completion" and r.model == "stories260K"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, steps - n_prompt + 1)
+    chunks = complete(client, prompt, max_tokens=steps - n_prompt + 1, temperature=0,
+                      stream=True, stream_options={"include_usage": True})
+    chunks = list(chunks)
+    assert stream_text(chunks) == (expected, "length")
+    assert chunks[-1].usage.total_tokens == steps + 1 and len(chunks) > 10
+    # the default max_tokens is OpenAI's 16
+    assert complete(client, prompt, temperature=0).usage.completion_tokens == 16
+
+
+def test_seeded_sampling_is_reproducible_and_equals_qllama_run(stories):
+    prompt, steps, seed = "The cat", 50, 4242
+    n_prompt = len(stories.model.encode(prompt))
+    expected = run_cli(stories.paths[0], "-z", stories.paths[1], "-t", "0.8", "-p", "0.9",
+                       "-s", seed, "-n", steps, "-i", prompt, "--threads", "1")
+    client = stories.client()
+    texts = [complete(client, prompt, max_tokens=steps - n_prompt + 1, temperature=0.8,
+                      top_p=0.9, seed=seed).choices[0].text for _ in range(2)]
+    assert texts[0] == texts[1] == expected[len(prompt):-1]
+    other = complete(client, prompt, max_tokens=steps - n_prompt + 1, temperature=0.8,
+                     top_p=0.9, seed=seed + 1).choices[0].text
+    assert other != texts[0]
+
+
+def test_chat_equals_qllama_run_chat(stories):
+    user, system, steps = "Tell me a story", "be brief", 80
+    n_prompt = len(turn_ids(stories.model, user, system))
+    out = run_cli(stories.paths[0], "-z", stories.paths[1], "-m", "chat", "-t", "0",
+                  "-y", system, "-n", steps, "--threads", "1", stdin=user + "\n")
+    assert out.startswith("Assistant: ")
+    expected = reply_text(out[len("Assistant: "):-1])
+    client = stories.client()
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    r = client.chat.completions.create(model="stories260K", messages=messages, temperature=0,
+                                       max_tokens=steps - n_prompt + 1)
+    assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
+    assert r.object == "chat.completion" and r.usage.prompt_tokens == n_prompt
+    chunks = list(client.chat.completions.create(
+        model="stories260K", messages=messages, temperature=0, max_tokens=steps - n_prompt + 1,
+        stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert stream_text(chunks) == (expected, "length")
+
+
+def test_chat_conversation_is_laid_out_as_run_chat_keeps_it(stories):
+    """A second turn's context is run -m chat's cache: turn 1 (BOS, template), the reply's
+    tokens, turn 2 (BOS, template); its greedy answer equals the library's from there."""
+    model, client = stories.model, stories.client()
+    system, u1, u2 = "be brief", "Hello", "More"
+    first = client.chat.completions.create(
+        model="stories260K", temperature=0.8, top_p=0.9, seed=2, max_tokens=30,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": u1}])
+    t1 = turn_ids(model, u1, system)
+    reply = list(itertools.islice(model.generate_ids(t1, 0, 0.8, 0.9, 2), 30))
+    a1 = first.choices[0].message.content
+    assert a1 == reply_text(_text_after(model, t1, reply)) and not a1.startswith(" ")
+    ids = t1 + reply + turn_ids(model, u2)
+    assert conversation_ids(model, [("system", system), ("user", u1), ("assistant", a1),
+                                    ("user", u2)]) == ids
+    second = client.chat.completions.create(
+        model="stories260K", temperature=0, max_tokens=20,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": u1},
+                  {"role": "assistant", "content": a1}, {"role": "user", "content": u2}])
+    assert second.usage.prompt_tokens == len(ids)
+    expected = list(itertools.islice(model.generate_ids(ids, 0, 0.0), 20))
+    assert second.choices[0].message.content == reply_text(_text_after(model, ids, expected))
+
+
+def _text_after(model, context, tokens) -> str:
+    stream = model.text_stream(context)
+    return "".join(stream.feed(t) for t in tokens) + stream.flush()
+
+
+def test_stop_strings(stories):
+    client = stories.client()
+    full = complete(client, "Once upon a time", max_tokens=40, temperature=0).choices[0].text
+    cut = full.index("girl")
+    r = complete(client, "Once upon a time", max_tokens=40, temperature=0, stop=["girl", "zzz"])
+    assert r.choices[0].text == full[:cut] and r.choices[0].finish_reason == "stop"
+    chunks = complete(client, "Once upon a time", max_tokens=40, temperature=0, stop="girl",
+                      stream=True)
+    assert stream_text(chunks) == (full[:cut], "stop")
+
+
+def test_concurrent_streams_each_equal_their_solo_run(stories):
+    client = stories.client()
+    cases = [("Once upon a time", dict(temperature=0)),
+             ("The dog", dict(temperature=0)),
+             ("Lily", dict(temperature=1.0, top_p=0.9, seed=7)),
+             ("Tom and", dict(temperature=0.7, top_p=0.5, seed=99)),
+             ("A big", dict(temperature=0)),
+             ("One day", dict(temperature=1.0, top_p=1.0, seed=3))]
+    solo = [complete(client, p, max_tokens=48, **kw).choices[0].text for p, kw in cases]
+
+    async def all_at_once():
+        async with stories.async_client() as aclient:
+            async def one(prompt, kw):
+                pieces = []
+                async for c in await aclient.completions.create(
+                        model="stories260K", prompt=prompt, max_tokens=48, stream=True, **kw):
+                    pieces.append(c.choices[0].text)
+                return "".join(pieces), len(pieces)
+            return await asyncio.wait_for(
+                asyncio.gather(*(one(p, kw) for p, kw in cases)), 60)
+
+    results = asyncio.run(all_at_once())
+    assert [text for text, _ in results] == solo
+    assert all(n > 5 for _, n in results)  # streamed, not one lump
+
+
+def test_sixty_four_clients_get_full_answers_or_a_clean_503(stories):
+    """--max-sessions 8 --queue 16 (the defaults): the first 24 always get places."""
+    client = stories.client()
+    expected = complete(client, "Once upon a time", max_tokens=100, temperature=0).choices[0].text
+
+    async def crowd():
+        async with stories.async_client() as aclient:
+            async def one():
+                try:
+                    pieces = []
+                    async for c in await aclient.completions.create(
+                            model="stories260K", prompt="Once upon a time", max_tokens=100,
+                            temperature=0, stream=True):
+                        pieces.append(c.choices[0].text)
+                    return "".join(pieces)
+                except openai.APIStatusError as e:
+                    return e
+            return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(64))), 90)
+
+    results = asyncio.run(crowd())
+    done = [r for r in results if isinstance(r, str)]
+    busy = [r for r in results if not isinstance(r, str)]
+    assert all(r == expected for r in done)
+    assert all(e.status_code == 503 and e.response.headers["retry-after"] == "1"
+               and e.body["code"] == "server_busy" for e in busy)
+    assert len(done) >= 24 and busy, (len(done), len(busy))
+    m = stories.wait_metrics(lambda m: m["running_sessions"] == 0, 10)
+    assert (m["running_sessions"], m["queued_sessions"], m["kv_pages_used"]) == (0, 0, 0)
+    assert m["requests_rejected_total"] >= len(busy)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_mid_answer_frees_its_pages(stories, stream):
+    """Eight long requests share the engine; one client leaves while its answer is made
+    (streamed: after its first chunk; whole: while it waits): its session ends at once
+    (the others' pages stay), and it never runs to the end."""
+    page_positions = 16
+    prompt = "Once upon a time"
+    n_prompt = len(stories.model.encode(prompt))
+    max_tokens = 300  # greedy, this prompt's story ends (EOS) after 341 tokens
+    pages = -(-(n_prompt + max_tokens - 1) // page_positions)
+    before = stories.metrics()
+
+    async def scene():
+        async with stories.async_client() as aclient:
+            async def stay():
+                r = await aclient.completions.create(model="stories260K", prompt=prompt,
+                                                     max_tokens=max_tokens, temperature=0)
+                return r.usage.completion_tokens
+            stayers = [asyncio.ensure_future(stay()) for _ in range(7)]
+            leaver = aclient.completions.create(model="stories260K", prompt=prompt,
+                                                max_tokens=max_tokens, temperature=0,
+                                                stream=stream)
+            if stream:
+                leaver = await leaver
+                await leaver.__anext__()
+            else:
+                leaver = asyncio.ensure_future(leaver)
+            full = await asyncio.to_thread(stories.wait_metrics,
+                                           lambda m: m["running_sessions"] == 8, 10)
+            if stream:
+                await leaver.close()
+            else:
+                leaver.cancel()  # the client gives up: its connection closes
+            after = await asyncio.to_thread(stories.wait_metrics,
+                                            lambda m: m["running_sessions"] <= 7, 5)
+            return full, after, await asyncio.wait_for(asyncio.gather(*stayers), 60)
+
+    full, after, stayed = asyncio.run(scene())
+    assert full["running_sessions"] == 8 and full["kv_pages_used"] == 8 * pages
+    assert after["running_sessions"] == 7, after
+    assert after["kv_pages_used"] <= 7 * pages  # the leaver's pages are back
+    assert stayed == [max_tokens] * 7
+    m = stories.wait_metrics(lambda m: m["running_sessions"] == 0, 10)
+    assert m["kv_pages_used"] == 0
+    assert m["requests_cancelled_total"] == before["requests_cancelled_total"] + 1
+    made = m["tokens_generated_total"] - before["tokens_generated_total"]
+    assert made < 8 * max_tokens
+
+
+def test_serve_command_line_errors(tmp_path):
+    assert [parse_size(t) for t in ("512M", "2G", "1.5g", "64KiB", "4096")] == \
+        [512 << 20, 2 << 30, 3 << 29, 64 << 10, 4096]
+    with pytest.raises(ValueError):
+        parse_size("12X")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = subprocess.run([sys.executable, "-m", "qllama", "serve", str(data("stories260K.bin")),
+                            "-z", str(data("tok512.model")), "--port",
+                            str(taken.getsockname()[1])],
+                           capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("qllama: error: cannot listen on"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--kv-memory", "lots"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "not a size" in r.stderr
+
+
+class FailingScheduler:
+    """A scheduler whose engine makes one piece of text and then fails."""
+
+    max_positions = 128
+
+    def __init__(self):
+        self.cancelled = []
+
+    def submit(self, ids, max_tokens, on_event, *args):
+        on_event(Event(" Hel"))  # as the engine thread would; here from the loop's own
+        on_event(Event(error="engine error: boom", usage=Usage(len(ids))))
+        return len(ids)
+
+    def cancel(self, req):
+        self.cancelled.append(req)
+
+
+def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
+    from starlette.testclient import TestClient
+    model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
+                                  encode=lambda text, bos=True: [1] + [5] * len(text))
+    app = create_app(FailingScheduler(), model, "fake")
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"prompt": "hi"})
+        assert r.status_code == 500 and r.json()["error"]["message"] == "engine error: boom"
+        assert r.json()["error"]["type"] == "server_error"
+        with client.stream("POST", "/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+            lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+        assert lines[1]["choices"][0]["delta"] == {"content": "Hel"}  # word-start space cut
+        assert lines[-1] == {"error": {"message": "engine error: boom", "type": "server_error",
+                                       "param": None, "code": None}}
+        # the openai client raises on it
+        oc = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client,
+                           max_retries=0)
+        with pytest.raises(openai.APIError, match="boom"):
+            list(oc.completions.create(model="fake", prompt="hi", stream=True))
+
+
+# -- faults ------------------------------------------------------------------------------
+def assert_error(r: httpx.Response, status: int, message: str, param=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert message in err["message"], err
+    if param:
+        assert err["param"] == param
+
+
+def test_api_key_is_required_and_compared(tiny):
+    bad = openai.OpenAI(base_url=tiny.url + "/v1", api_key="sk-wrong", timeout=TIMEOUT,
+                        max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.completions.create(model="tiny", prompt="a", max_tokens=2)
+    assert e.value.body["code"] == "invalid_api_key"
+    r = httpx.post(tiny.url + "/v1/completions", json={"prompt": "a"}, timeout=TIMEOUT)
+    assert_error(r, 401, "API key")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(tiny.url + "/v1/models", timeout=TIMEOUT).status_code == 401
+    assert tiny.client().models.list().data[0].id == "tiny"
+    # health and metrics stay open for probes
+    assert httpx.get(tiny.url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.parametrize("body, status, message, param", [
+    (b'{"prompt": "a", ', 400, "not valid JSON", None),
+    (b'["prompt"]', 400, "must be a JSON object", None),
+    (b'{"prompt": "a", "temperature": NaN}', 400, "not valid JSON", None),
+    (b'{"prompt": "a", "max_tokens": "5"}', 400, "max_tokens must be an integer", "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": true}', 400, "max_tokens must be an integer", "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": 2.5}', 400, "max_tokens must be an integer", "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": 0}', 400, "max_tokens must be in 1..", "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": -5}', 400, "max_tokens must be in 1..", "max_tokens"),
+    (b'{"prompt": "a", "temperature": "hot"}', 400, "temperature must be a number",
+     "temperature"),
+    (b'{"prompt": "a", "temperature": -0.5}', 400, "temperature must be in", "temperature"),
+    (b'{"prompt": "a", "top_p": 1.5}', 400, "top_p must be in", "top_p"),
+    (b'{"prompt": "a", "seed": 0}', 400, "seed must be in", "seed"),
+    (b'{"prompt": "a", "n": 2}', 400, "n must be 1", "n"),
+    (b'{"prompt": "a", "stream": "yes"}', 400, "stream must be true or false", "stream"),
+    (b'{"prompt": "a", "stream_options": {"include_usage": 1}}', 400,
+     "include_usage must be true or false", "stream_options.include_usage"),
+    (b'{"prompt": "a", "temperature": 1e400}', 400, "temperature must be a number",
+     "temperature"),
+    (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
+    (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
+    (b'{"prompt": "a", "logprobs": 3}', 400, "logprobs is not supported", "logprobs"),
+    (b'{"prompt": 7}', 400, "prompt must be a string", "prompt"),
+    (b'{"prompt": "a", "model": "gpt-4"}', 404, "does not exist", "model"),
+    (b'{"prompt": "a\xff\xfe"}', 400, "not valid UTF-8", None),
+    (b'{"prompt": "' + b"hello " * 200 + b'"}', 400, "context is 128 tokens", "prompt"),
+    (b'{"prompt": "a", "max_tokens": 100}', 400, "more than the whole pool", None),
+])
+def test_bad_requests_get_openai_errors_and_the_server_goes_on(tiny, body, status, message,
+                                                               param):
+    assert_error(tiny.post("/v1/completions", body), status, message, param)
+    r = tiny.client().completions.create(model="tiny", prompt="a", max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens <= 3 and r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([], "messages must be a non-empty list"),
+    ([{"role": "robot", "content": "hi"}], "role must be system, user or assistant"),
+    ([{"role": "user", "content": 5}], "must be a string or a list of text parts"),
+    ([{"role": "assistant", "content": "hi"}], "expected 'user'"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+     "must end with a user turn"),
+])
+def test_bad_chat_messages(tiny, messages, message):
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client().chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    assert message in e.value.body["message"] and e.value.body["param"].startswith("messages")
+
+
+def test_chat_replies_by_default_to_the_end_of_what_the_pool_holds(tiny):
+    """tiny's pool is 4 pages of 16 positions, half its context: a chat without
+    max_tokens runs until its sequence holds them all (or EOS), not into an error."""
+    client = tiny.client()
+    for seed in (1, 2, 3):
+        r = client.chat.completions.create(model="tiny", temperature=1.0, seed=seed,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert r.usage.total_tokens <= 64 + 1
+        assert r.choices[0].finish_reason == "stop" or r.usage.total_tokens == 64 + 1
+    with pytest.raises(openai.BadRequestError) as e:  # asked for: refused, not cut
+        client.chat.completions.create(model="tiny", max_tokens=100,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert "more than the whole pool" in e.value.body["message"]
+
+
+def test_chat_accepts_text_parts_and_max_completion_tokens(tiny):
+    r = tiny.client().chat.completions.create(
+        model="tiny", max_completion_tokens=3, temperature=0,
+        messages=[{"role": "developer", "content": "sys"},
+                  {"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    assert r.usage.completion_tokens <= 3
+
+
+def raw(port, request: bytes, then: bytes = b"", seconds: float = 10) -> bytes:
+    """Send a raw HTTP request, keep sending `then` while the server reads, return the
+    answer (what arrived before the server closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as s:
+        s.sendall(request)
+        try:
+            for i in range(0, len(then), 1 << 16):
+                s.sendall(then[i:i + (1 << 16)])
+        except OSError:  # the server answered and closed before reading it all
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def test_a_100_mb_body_is_refused_by_content_length_and_while_reading(tiny):
+    auth = f"Authorization: Bearer {KEY}\r\n".encode()
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + auth)
+    answer = raw(tiny.port, head + b"Content-Length: 100000000\r\n\r\n", b"{" + b" " * 65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"request_too_large" in answer and b"connection: close" in answer.lower()
+    # no Content-Length: chunked, 2 MB in 64 KB chunks, refused past 1 MB
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    answer = raw(tiny.port, head + b"Transfer-Encoding: chunked\r\n\r\n", chunk * 32)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert tiny.client().completions.create(model="tiny", prompt="a", max_tokens=2).choices
+
+
+def test_unknown_routes_and_methods_get_error_objects(tiny):
+    assert_error(httpx.get(tiny.url + "/v2/nothing", timeout=TIMEOUT), 404, "Not Found")
+    assert_error(httpx.get(tiny.url + "/v1/completions", timeout=TIMEOUT), 405, "Not Allowed")
+
+
+def test_sigterm_ends_running_streams_then_exits_0(tmp_path):
+    model, tok = data("stories260K.bin"), data("tok512.model")
+    server = Server(model, tok, tmp=tmp_path)
+    try:
+        async def streams():
+            async with server.async_client() as aclient:
+                async def one(first: asyncio.Event):
+                    pieces, usage = [], None
+                    async for c in await aclient.completions.create(
+                            model="stories260K", prompt="Once upon a time", max_tokens=300,
+                            temperature=0, stream=True, stream_options={"include_usage": True}):
+                        if c.choices:
+                            pieces.append(c.choices[0].finish_reason)
+                        first.set()
+                        usage = c.usage or usage
+                    return pieces[-1], usage.completion_tokens
+                events = [asyncio.Event() for _ in range(4)]
+                tasks = [asyncio.ensure_future(one(e)) for e in events]
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
+                server.proc.send_signal(signal.SIGTERM)
+                return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+        results = asyncio.run(streams())
+        assert results == [("length", 300)] * 4
+        assert server.proc.wait(30) == 0, server.stderr()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/health", timeout=5)
+    finally:
+        server.kill()
