@@ -169,8 +169,10 @@ async def crowd(url, texts, tokens) -> tuple[list, float]:
 def measure(engine: Engine, clients: int, texts, tokens, log) -> dict:
     engine.start(clients, log)
     try:
-        # warm-up, all clients, a few tokens: weights paged in, threads and buffers made
-        asyncio.run(crowd(engine.url, texts[:clients], 8))
+        # warm-up, all clients, a few tokens: weights paged in, threads and buffers made;
+        # on other prompts, or llama-server would answer the measured ones from the
+        # prompts cached in its slots
+        asyncio.run(crowd(engine.url, texts[-clients:], 8))
         results, _ = asyncio.run(crowd(engine.url, texts[:clients], tokens))
         rss = engine.peak_rss_mb()
     finally:
@@ -220,7 +222,7 @@ def main() -> int:
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     model = qllama.load(args.model, tokenizer=args.tokenizer, threads=1)
-    texts = prompts(model, max(counts), args.prompt)
+    texts = prompts(model, 2 * max(counts), args.prompt)  # the second half warms up
     engines: list[Engine] = [Qllama(args.model, args.tokenizer, args.threads)]
     with tempfile.TemporaryDirectory() as tmp:
         if args.llama_server:

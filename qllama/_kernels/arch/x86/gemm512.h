@@ -35,7 +35,12 @@ static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
 }
 
 #if GEMM
-#define GEMM_MIN_T 4    /* fewer tokens go through q80_rows (same results) */
+/* Fewer tokens go through q80_rows (same results): the GEMM computes 16 token lanes
+ * whatever T, q80_rows each token against weights still in L1. A whole stories110M
+ * forward pass at 2 threads on a Zen 4 (ms, q80_rows / GEMM): T=4 6.9 / 17.8,
+ * T=8 11.7 / 19.5, T=16 22.1 / 20.8, T=32 37.1 / 29.6. Batched decode of a few
+ * sequences is such a block. */
+#define GEMM_MIN_T 16
 
 /* the GEMM's unsigned side: x + 128 */
 static void q80_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0x80808080u); }
