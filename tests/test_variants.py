@@ -97,7 +97,8 @@ def test_q80_matmul_every_variant_equals_scalar(case, threads):
 
 def gemm_cases():
     """Every group size x token counts around the GEMMs' vectors (8 and 16 tokens) and
-    thresholds, on 37 rows (two 16-row blocks and a tail of 5), at the products' edges:
+    thresholds, on 37 rows (two 16-row blocks and a tail of 5) and on long rows, at the
+    products' edges:
     weights of -128 against activations of +-127 (the quantized max of each group)."""
     rng = np.random.default_rng(18)
     cases = []
@@ -111,6 +112,17 @@ def gemm_cases():
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
             x[-1] = 4.0
+            cases.append(harness.Q80Case(q, s, x, gs))
+    # rows of 2048 values or more: avx512vnni takes blocks of 6-15 tokens through the
+    # ymm GEMM there (gemm512.h's YMM_MIN_COLS), shorter rows through q80_rows
+    for gs in GROUP_SIZES:
+        cols = gs * -(-2048 // gs)
+        q = rng.integers(-128, 128, (21, cols), dtype=np.int8)
+        q[2] = -128
+        s = rng.uniform(0.01, 2, 21 * cols // gs).astype(np.float32)
+        for T in (5, 6, 8, 15, 16):
+            x = rng.normal(size=(T, cols)).astype(np.float32)
+            x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
     return cases
 

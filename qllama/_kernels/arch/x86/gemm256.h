@@ -1,5 +1,5 @@
 /* Prefill in ymm, part of x86.c: the GEMM of the 256-bit variants (avx2, avxvnni),
- * for blocks of GEMM_MIN_T or more tokens; fewer keep decode.h's kernel.
+ * for blocks of YMM_MIN_T or more tokens; fewer keep decode.h's kernel.
  *
  * The lanes are tokens, as in gemm512.h, 8 to a ymm. The block's activations are
  * packed once per matmul input as [k/4][token][4] bytes (generic.c, tokens padded to
@@ -19,30 +19,30 @@
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
- * Rows go in blocks of 16 (the row_block) x GEMM_T tokens: four 4-row tiles into a
+ * Rows go in blocks of 16 (the row_block) x YMM_T tokens: four 4-row tiles into a
  * (row, token) buffer, then each token's 16 results as one 64-byte store (store16,
  * for the L1-set reason rows.h gives). A matrix's last rows (fewer than 16) and
  * groups that are not whole 16-byte pieces take q80_rows, with the same results.
  */
 #define LANES8 8      /* tokens per ymm */
-#define GEMM_NT 2     /* token vectors per tile */
-#define GEMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
+#define YMM_NT 2     /* token vectors per tile */
+#define YMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
 /* Fewer tokens go through q80_rows (same results): a tile costs the same for 1 to 8
  * tokens. On a Zen 4, one thread (tools/matmul_bench.c), 5 tokens token by token cost
  * what one 8-token tile does; 6 tokens are 1.13-1.17x faster through the GEMM for
  * 2048 x 768 (gs 32) and 11008 x 4096 (gs 64), 0.95x for avx2's 768 x 2048 (gs 64). */
-#define GEMM_MIN_T 6
+#define YMM_MIN_T 6
 
 #define INLINE static inline __attribute__((always_inline))
 
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
-static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     return qllama_pack_tokens_bytes(T, n, gs, LANES8);
 }
 
 /* VNNI's unsigned side is the activations': x + 128; avx2 takes them as they are */
-static void q80_pack(const qllama_acts *x, void *buf) {
+static void ymm_pack(const qllama_acts *x, void *buf) {
     qllama_pack_tokens(x, LANES8, VNNI ? 0x80808080u : 0, buf);
 }
 
@@ -72,7 +72,7 @@ INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
 
 /* 4 rows at w (row stride n) x NT token vectors starting at the packed bytes px and
  * scales psx (row stride Tp) into o, (row, vector, lane). */
-INLINE void gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+INLINE void ymm_gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                   const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o, const int NT) {
     ptrdiff_t ng = n / gs, g4 = gs / 4;
     memset(o, 0, sizeof(float) * 4 * NT * LANES8);
@@ -82,7 +82,7 @@ INLINE void gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
     for (ptrdiff_t g = 0; g < ng; g++) {
         const uint8_t *xg = px + g * g4 * Tp * 4;
         const int8_t *wg = w + g * gs;
-        __m256i a[4][GEMM_NT];
+        __m256i a[4][YMM_NT];
 #if VNNI
         int32_t start[4];
         _mm_storeu_si128((__m128i *)start, minus_offset4(wg, n, gs));
@@ -93,7 +93,7 @@ INLINE void gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
             for (int j = 0; j < NT; j++) a[r][j] = _mm256_setzero_si256();
 #endif
         for (ptrdiff_t k4 = 0; k4 < g4; k4++) {
-            __m256i xv[GEMM_NT];
+            __m256i xv[YMM_NT];
             for (int j = 0; j < NT; j++)
                 xv[j] = _mm256_loadu_si256((const __m256i *)(xg + (k4 * Tp + LANES8 * j) * 4));
             for (int r = 0; r < 4; r++) {
@@ -124,45 +124,45 @@ INLINE void gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
     }
 }
 
-static void gemm4x1(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+static void ymm_gemm4x1(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                     const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o) {
-    gemm4(w, ws, n, gs, px, psx, Tp, o, 1);
+    ymm_gemm4(w, ws, n, gs, px, psx, Tp, o, 1);
 }
-static void gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+static void ymm_gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                     const uint8_t *px, const float *psx, ptrdiff_t Tp, float *o) {
-    gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
+    ymm_gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
 }
 
-/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x GEMM_T tokens. */
-static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x YMM_T tokens. */
+static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded8(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < GEMM_MIN_T || x->packed == NULL || gs % 16) {
+    if (T < YMM_MIN_T || x->packed == NULL || gs % 16) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
-    float o[4 * GEMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
-    float block[16][GEMM_T];        /* 16 rows x GEMM_T tokens (padding tokens included) */
+    float o[4 * YMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
+    float block[16][YMM_T];        /* 16 rows x YMM_T tokens (padding tokens included) */
     for (ptrdiff_t r = r0; r < r1; r += 16) {
         if (r + 16 > r1) {  /* the matrix's last rows */
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += GEMM_T) {
-            ptrdiff_t tn = T - t0 < GEMM_T ? T - t0 : GEMM_T;
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += YMM_T) {
+            ptrdiff_t tn = T - t0 < YMM_T ? T - t0 : YMM_T;
             for (int i = 0; i < 16; i += 4)
-                for (ptrdiff_t t1 = 0; t1 < tn; t1 += GEMM_NT * LANES8) {
+                for (ptrdiff_t t1 = 0; t1 < tn; t1 += YMM_NT * LANES8) {
                     int nt = tn - t1 > LANES8 ? 2 : 1;
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
-                    (nt == 2 ? gemm4x2 : gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
+                    (nt == 2 ? ymm_gemm4x2 : ymm_gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
                                                   px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);
                     for (int k = 0; k < 4; k++)
                         memcpy(block[i + k] + t1, o + k * nt * LANES8, sizeof(float) * LANES8 * nt);
                 }
             for (ptrdiff_t t = 0; t < tn; t++)
-                store16(out + (t0 + t) * out_stride + r, block[0], GEMM_T, t);
+                store16(out + (t0 + t) * out_stride + r, block[0], YMM_T, t);
         }
     }
 }

@@ -35,15 +35,31 @@ static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
 }
 
 #if GEMM
-/* Fewer tokens go through q80_rows (same results): the GEMM computes 16 token lanes
- * whatever T, q80_rows each token against weights still in L1. A whole stories110M
- * forward pass at 2 threads on a Zen 4 (ms, q80_rows / GEMM): T=4 6.9 / 17.8,
- * T=8 11.7 / 19.5, T=16 22.1 / 20.8, T=32 37.1 / 29.6. Batched decode of a few
- * sequences is such a block. */
+/* Fewer tokens go through gemm256.h's 8-lane GEMM (and fewer than its YMM_MIN_T
+ * through q80_rows; the same results): this GEMM computes 16 token lanes whatever T.
+ * A whole stories110M forward pass at 2 threads on a Zen 4 (ms, q80_rows / this
+ * GEMM): T=4 6.9 / 17.8, T=8 11.7 / 19.5, T=16 22.1 / 20.8, T=32 37.1 / 29.6.
+ * Batched decode of a few sequences is such a block. */
 #define GEMM_MIN_T 16
+/* ... and then only rows of 2048 values or more: shorter ones spend more of each group
+ * on the ymm GEMM's offset and scaling than on products. One matrix, 8 tokens, 2
+ * threads, this Zen 4 (ms, q80_rows / ymm GEMM): 32000 x 768 2.28 / 3.82, 4096 x 4096
+ * 1.64 / 1.48, 11008 x 4096 4.68 / 4.31, 4096 x 11008 4.77 / 4.01; a Llama-2-7B-shape
+ * forward pass of 8 tokens 665 / 498. */
+#define YMM_MIN_COLS 2048
 
 /* the GEMM's unsigned side: x + 128 */
-static void q80_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0x80808080u); }
+/* The layout of the GEMM that will take the block: 16 lanes here, 8 in gemm256.h */
+static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    size_t a = packed_bytes(T, n, gs), b = ymm_packed_bytes(T, n, gs);
+    return a > b ? a : b;
+}
+static void q80_pack(const qllama_acts *x, void *buf) {
+    if (x->T >= GEMM_MIN_T)
+        pack_tokens(x, buf, 0x80808080u);
+    else
+        ymm_pack(x, buf);
+}
 
 static inline __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -110,7 +126,11 @@ GEMM_KERNEL(2)
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < GEMM_MIN_T || x->packed == NULL || gs % 32) {
+    if (T < GEMM_MIN_T) {  /* packed for the ymm GEMM by q80_pack */
+        (n >= YMM_MIN_COLS ? ymm_q80_matmul : q80_rows)(m, r0, r1, x, out, out_stride);
+        return;
+    }
+    if (x->packed == NULL || gs % 32) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }

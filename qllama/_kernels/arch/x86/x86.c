@@ -4,7 +4,8 @@
  *                                                         prefill GEMM in ymm
  *   avxvnni     the same + -mavxvnni                      int8 dots: vpdpbusd (VEX, 256-bit);
  *                                                         prefill GEMM in ymm
- *   avx512vnni  + -mavx512f/bw/vl/vnni                    vpdpbusd (EVEX); prefill GEMM in zmm
+ *   avx512vnni  + -mavx512f/bw/vl/vnni                    vpdpbusd (EVEX); GEMM in zmm from
+ *                                                         16 tokens, in ymm below
  *   amx         + -mamx-tile -mamx-int8                   prefill on AMX tiles (amx.h)
  *
  * The tests build it three times more: with SIMDe (QLLAMA_SIMDE: avx512vnni's code on
@@ -20,7 +21,8 @@
  *   quantize.h    activations to Q8_0                                   every variant
  *   decode.h      one token: Q8_0 four rows at a time, fp32 dots;       every variant
  *                 with ../rows.h, the row drivers shared with neon.c
- *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni
+ *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni,
+ *                 (blocks of 6-15 tokens: batched decode)               avx512vnni
  *   gemm512.h     the 16-token layout; the zmm GEMM (prefill)           avx512vnni (+ amx)
  *   amx.h         prefill on AMX tiles                                  amx
  *   attention.h   scores and values over the fp16 / fp32 KV cache       every variant
@@ -93,6 +95,9 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 
 /* ---- Q8_0 prefill: GEMM in ymm (avx2, avxvnni), zmm (avx512vnni), AMX tiles (amx) -- */
 
+#if !AMX
+#include "gemm256.h"
+#endif
 #if AVX512
 #include "gemm512.h"
 #endif
@@ -102,16 +107,15 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 #define Q80_PACKED_BYTES packed_bytes
 #define Q80_PACK amx_pack
 #define ROW_BLOCK AMX_ROWS
-#elif GEMM
-#define Q80_MATMUL q80_matmul
-#define Q80_PACKED_BYTES packed_bytes
-#define Q80_PACK q80_pack
-#define ROW_BLOCK 16
-#else  /* 256-bit variants */
-#include "gemm256.h"
+#elif GEMM  /* zmm for 16 tokens or more, ymm below */
 #define Q80_MATMUL q80_matmul
 #define Q80_PACKED_BYTES q80_packed_bytes
 #define Q80_PACK q80_pack
+#define ROW_BLOCK 16
+#else  /* 256-bit variants */
+#define Q80_MATMUL ymm_q80_matmul
+#define Q80_PACKED_BYTES ymm_packed_bytes
+#define Q80_PACK ymm_pack
 #define ROW_BLOCK 16
 #endif
 
