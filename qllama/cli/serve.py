@@ -64,7 +64,8 @@ def register(sub) -> None:
     p.add_argument("--queue", type=int, default=16, metavar="N",
                    help="requests that may wait for a session; past that: 503 (default 16)")
     p.add_argument("--kv-memory", type=_size, default=None, metavar="SIZE",
-                   help="KV cache pool for all sessions, e.g. 512M, 2G (default 1G)")
+                   help="KV cache pool for all sessions, e.g. 512M, 2G (default: enough for every "
+                        "session to reach the model's context; resident only as used)")
     add_kv_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=serve_command)
