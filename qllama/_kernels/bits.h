@@ -35,4 +35,11 @@ static inline float qllama_round_away(float v) {
     return t + ((float)(d >= 0.5f) - (float)(d <= -0.5f));
 }
 
+/* One activation to int8 as runq.c does: round_away(v) clamped to +-127 (NaN to -127). */
+static inline int8_t qllama_quantize_value(float v) {
+    v = qllama_round_away(v);
+    v = v >= -127.0f ? v : -127.0f;
+    return (int8_t)(v > 127.0f ? 127.0f : v);
+}
+
 #endif /* QLLAMA_BITS_H */

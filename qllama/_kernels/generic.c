@@ -15,11 +15,7 @@
 /* q[i] = round_away(x[i] / scale) clamped to +-127 (NaN to -127): runq.c's
  * roundf(x / scale) for one group. */
 static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float v = qllama_round_away(x[i] / scale);
-        v = v >= -127.0f ? v : -127.0f;
-        q[i] = (int8_t)(v > 127.0f ? 127.0f : v);
-    }
+    for (ptrdiff_t i = 0; i < n; i++) q[i] = qllama_quantize_value(x[i] / scale);
 }
 
 /* The max runs over the bit patterns of |x|, which vectorizes; NaN is left out of

@@ -83,11 +83,7 @@ static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
         int16x8_t h1 = vmovn_high_s32(vmovn_s32(r[2]), r[3]);
         vst1q_s8(q + i, vmovn_high_s16(vmovn_s16(h0), h1));
     }
-    for (; i < n; i++) {
-        float v = qllama_round_away(x[i] / scale);
-        v = v >= -127.0f ? v : -127.0f;
-        q[i] = (int8_t)(v > 127.0f ? 127.0f : v);
-    }
+    for (; i < n; i++) q[i] = qllama_quantize_value(x[i] / scale);
 }
 
 static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s) {

@@ -24,11 +24,7 @@ static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
                                        _mm256_packs_epi32(r[2], r[3]));
         _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(p, order));
     }
-    for (; i < n; i++) {
-        float v = qllama_round_away(x[i] / scale);
-        v = v >= -127.0f ? v : -127.0f;
-        q[i] = (int8_t)(v > 127.0f ? 127.0f : v);
-    }
+    for (; i < n; i++) q[i] = qllama_quantize_value(x[i] / scale);
 }
 
 static void quantize_row(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s) {
