@@ -19,14 +19,14 @@ from . import kernels
 from ._kernels.engine import State, Weights
 from ._kernels.sampler import Sampler
 from .diagnostics import peak_rss_mb
-from .errors import FormatError, QllamaWarning, TokenizerError, UsageError
+from .errors import QllamaWarning, TokenizerError, UsageError
 from .formats.llama2c import ModelFile
+from .generation import BOS, EOS, Generation
 from .sampling import check_sampling, default_seed
 from .threads import ThreadGovernor, resolve_threads
 
 PREFILL_BLOCK = 64  # prompt tokens per engine call: each weight row is read once per block
 KV_TYPES = ("f16", "f32")
-BOS, EOS = 1, 2
 
 
 def token_array(ids, vocab_size: int) -> np.ndarray:
@@ -188,21 +188,21 @@ class Model:
         t1 = time.perf_counter()
         stats.prompt_tokens += len(prompt)
         stats.prompt_seconds += t1 - t0
+        # the last token is sampled, not run: one more than the positions left
+        gen = Generation(self, prompt, session.capacity - session.pos + 1, sampler,
+                         stop_ids=stop, text=False)
         first = True
         while True:
-            token = sampler.sample(logits)
-            if token < 0:
-                raise FormatError(f"{self.path}: the model computed NaN or infinite logits at "
-                                  f"position {session.pos - 1}: its weights hold NaN or Inf")
+            token = gen.next_token(logits)
             if first:
                 stats.first_token_seconds = time.perf_counter() - t0
                 first = False
-            if token in stop:
+            if token is None:
                 break
             stats.tokens.append(token)
             stats.generated_tokens += 1
             yield token
-            if session.pos >= session.capacity:
+            if gen.finish_reason is not None:
                 break
             logits = session.feed([token])
         stats.generate_seconds += time.perf_counter() - t1

@@ -230,3 +230,34 @@ def test_cancel_frees_pages(story):
     finally:
         s.shutdown(10)
     assert finals in (["cancelled"], ["stop"], ["length"]) and s.snapshot().kv_pages_used == 0
+
+
+def test_an_engine_thread_that_fails_fails_its_requests(story, monkeypatch):
+    """A bug in the engine thread: every running and waiting request gets an error
+    event at once (none waits forever), `alive` says so, and submit refuses."""
+    s = Scheduler(story, max_sessions=1, queue=2)
+    calls = []
+
+    def broken(running):
+        calls.append(len(running))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(s, "_step", broken)
+    errors = []
+    done = threading.Event()
+
+    def on_event(e):
+        if e.error:
+            errors.append(e.error)
+            if len(errors) == 3:
+                done.set()
+
+    for prompt in ("One day", "The cat", "A dog"):
+        s.submit(story.encode(prompt), 5, on_event, temperature=0.0)
+    assert s.alive
+    s.start()
+    assert done.wait(10)
+    assert all("the engine stopped (RuntimeError: boom)" in e for e in errors)
+    assert not s.alive and s.snapshot().kv_pages_used == 0
+    with pytest.raises(Busy, match="engine stopped"):
+        s.submit([1, 2], 1, on_event)

@@ -23,7 +23,7 @@ import pytest
 import qllama
 from qllama.chat import conversation_ids, reply_text, turn_ids
 from qllama.cli.serve import parse_size
-from qllama.serving.generation import Usage
+from qllama.generation import Usage
 from qllama.serving.scheduler import Event
 from qllama.serving.server import create_app
 from qllama.synth import write_random_model
@@ -389,6 +389,7 @@ class FailingScheduler:
     """A scheduler whose engine makes one piece of text and then fails."""
 
     max_positions = 128
+    alive, failure = True, None
 
     def __init__(self):
         self.cancelled = []
@@ -422,6 +423,10 @@ def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
                            max_retries=0)
         with pytest.raises(openai.APIError, match="boom"):
             list(oc.completions.create(model="fake", prompt="hi", stream=True))
+        assert client.get("/health").status_code == 200
+        app.state.api.scheduler.alive, app.state.api.scheduler.failure = False, "RuntimeError: x"
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["error"] == "RuntimeError: x"
 
 
 # -- faults ------------------------------------------------------------------------------

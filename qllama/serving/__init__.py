@@ -1,3 +1,3 @@
-"""Serving many users at once: `generation` (one sequence's sampling, stop strings and
-text), `batch` (the engine for many sequences and its KV page pool), `scheduler`
+"""Serving many users at once (each sequence's generation is qllama.generation's):
+`batch` (the engine for many sequences and its KV page pool), `scheduler`
 (continuous batching on one engine thread), `server` (the OpenAI-compatible HTTP API)."""

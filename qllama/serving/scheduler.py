@@ -15,6 +15,7 @@ raises Busy (an HTTP 503 with Retry-After).
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import deque
@@ -24,9 +25,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import QllamaError, UsageError
+from ..generation import Generation, Usage
 from ..model import token_array
 from ..sampling import check_sampling, default_seed
-from .generation import Generation, Usage
 
 PREFILL_CHUNK = 64  # prompt tokens one step takes, over all sequences
 
@@ -108,6 +109,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._lock = threading.Condition()
         self._stopping = False
+        self.failure: str | None = None  # why the engine thread stopped, if it failed
         self._thread = threading.Thread(target=self._loop, name="qllama-engine", daemon=True)
 
     # -- the callers' side -------------------------------------------------------
@@ -132,6 +134,8 @@ class Scheduler:
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
                              "cache, more than the whole pool holds (--kv-memory)")
         with self._lock:
+            if self.failure is not None:
+                raise Busy(f"the engine stopped ({self.failure})")
             if self._stopping:
                 raise Busy("the server is shutting down")
             if (len(self._running) + len(self._waiting) >= self.max_sessions + self.queue_limit):
@@ -163,8 +167,27 @@ class Scheduler:
             m.kv_pages_used = self.engine.pool.used
             return m
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs (or has not started yet) and has not failed."""
+        return self.failure is None and (self._thread.is_alive() or not self._thread.ident)
+
     # -- the engine thread ---------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # a bug: fail every request now, not leave them waiting
+            with self._lock:
+                self.failure = f"{type(e).__name__}: {e}"
+                self._stopping = True
+                event = f"the engine stopped ({self.failure})"
+                for req in list(self._running):
+                    self._release(req, Event(error=event))
+                while self._waiting:
+                    self._finish(self._waiting.popleft(), Event(error=event))
+            print(f"qllama: error: {event}", file=sys.stderr, flush=True)
+
+    def _run(self) -> None:
         while True:
             with self._lock:
                 self._drop_cancelled()
@@ -195,8 +218,9 @@ class Scheduler:
             self._waiting.popleft()
             req.pages = pages
             try:
-                req.generation = Generation(self.model, req.prompt_ids, req.max_tokens,
-                                            req.temperature, req.top_p, req.seed, req.stop)
+                req.generation = Generation(
+                    self.model, req.prompt_ids, req.max_tokens,
+                    self.model.sampler(req.temperature, req.top_p, req.seed), req.stop)
             except QllamaError as e:
                 self._release(req, Event(error=str(e)), running=False)
                 continue

@@ -183,6 +183,9 @@ class _Api:
         return JSONResponse(self._model_object())
 
     async def health(self, request):
+        if not self.scheduler.alive:
+            return JSONResponse({"status": "engine stopped", "model": self.model_name,
+                                 "error": self.scheduler.failure}, status_code=503)
         return JSONResponse({"status": "ok", "model": self.model_name})
 
     async def metrics(self, request):

@@ -1,11 +1,11 @@
 """One sequence's generation after each logits vector: sample (run.c's sampler), stop
-at EOS/BOS, at a stop string or at max_tokens, and turn tokens into text.
+at EOS/BOS, at max_tokens or at a stop string, and turn tokens into text.
 
-Used alike by the scheduler (many sequences) and by anything that drives a single
-Session. Text comes out as the tokenizer's incremental decoder makes it (whole UTF-8
-characters); text that might be the start of a stop string is held back until it is
-known not to be one, so a stop string never reaches the client, even split across
-tokens.
+The one loop every caller runs: `qllama run` and chat (through Model.generate_ids, ids
+only) and the server's scheduler (many sequences, text). Text comes out as the
+tokenizer's incremental decoder makes it (whole UTF-8 characters); text that might be
+the start of a stop string is held back until it is known not to be one, so a stop
+string never reaches the client, even split across tokens.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FormatError
-from ..model import BOS, EOS
+from .errors import FormatError
+
+BOS, EOS = 1, 2  # Llama 2's (llama2.c assumes them)
 
 
 @dataclass
@@ -56,40 +57,53 @@ class StopText:
 
 
 class Generation:
-    """What a sequence does with each prediction; `step` returns (text, finish_reason),
-    finish_reason None while it goes on, "stop" or "length" at its end."""
+    """What a sequence does with each prediction. `next_token` gives the next token id,
+    or None where the sequence ends (a stop id sampled); `step` the text it adds and the
+    finish_reason: None while it goes on, "stop" or "length" at its end. `sampler` is
+    run.c's (model.sampler); text=False skips decoding (ids only)."""
 
-    def __init__(self, model, prompt_ids, max_tokens: int, temperature: float, top_p: float,
-                 seed: int, stop=()):
+    def __init__(self, model, prompt_ids, max_tokens: int, sampler, stop=(),
+                 stop_ids=(BOS, EOS), text: bool = True):
         self.model = model
-        self.prompt_ids = list(prompt_ids)
         self.max_tokens = max_tokens
-        self.sampler = model.sampler(temperature, top_p, seed)
-        self.decoder = model.text_stream(self.prompt_ids)
+        self.sampler = sampler
+        self.stop_ids = stop_ids
+        self.decoder = model.text_stream(list(prompt_ids)) if text else None
         self.stop = StopText(stop)
-        self.usage = Usage(len(self.prompt_ids))
+        self.usage = Usage(len(prompt_ids))
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
 
-    def step(self, logits: np.ndarray) -> tuple[str, str | None]:
+    def next_token(self, logits: np.ndarray) -> int | None:
         token = self.sampler.sample(logits)
         if token < 0:
-            raise FormatError(f"{self.model.path}: the model computed NaN or infinite logits: "
-                              "its weights hold NaN or Inf")
-        if token in (BOS, EOS):
-            return self._finish("stop")
+            raise FormatError(f"{self.model.path}: the model computed NaN or infinite logits "
+                              f"after {self.usage.total_tokens} tokens: its weights hold NaN "
+                              "or Inf")
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+            return None
         self.tokens.append(token)
         self.usage.completion_tokens += 1
+        if len(self.tokens) >= self.max_tokens:
+            self.finish_reason = "length"
+        return token
+
+    def step(self, logits: np.ndarray) -> tuple[str, str | None]:
+        token = self.next_token(logits)
+        if token is None:
+            return self._end()
         text, stopped = self.stop.feed(self.decoder.feed(token))
         if stopped:
             self.finish_reason = "stop"
             return text, "stop"
-        if len(self.tokens) >= self.max_tokens:
-            more, reason = self._finish("length")
+        if self.finish_reason is not None:
+            more, reason = self._end()
             return text + more, reason
         return text, None
 
-    def _finish(self, reason: str) -> tuple[str, str]:
+    def _end(self) -> tuple[str, str]:
         text, stopped = self.stop.feed(self.decoder.flush())
-        self.finish_reason = "stop" if stopped else reason
+        if stopped:
+            self.finish_reason = "stop"
         return text + ("" if stopped else self.stop.flush()), self.finish_reason
