@@ -34,6 +34,7 @@ from libc.string cimport memcpy, memset
 from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
                                       qllama_matrix, qllama_variant, qllama_variants,
                                       qllama_cpu_features, qllama_amx_permit,
+                                      qllama_feature_names, qllama_n_features,
                                       qllama_q80_flat_matmul, qllama_f16_to_f32)
 from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 

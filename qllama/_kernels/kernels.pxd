@@ -53,6 +53,8 @@ cdef extern from "cpu.h" nogil:
         const qllama_kernels* table
         uint64_t needs
 
+    const char* const qllama_feature_names[]
+    const int qllama_n_features
     uint64_t qllama_cpu_features()
     int qllama_amx_permit()
     const qllama_variant* qllama_variants(int* n)
