@@ -84,7 +84,7 @@ class BuildVariants(build_ext):
 def extension(pyx: Path) -> Extension:
     sources, depends = [str(pyx)], [str(p) for p in (*KERNELS.glob("*.pxd"), *KERNELS.glob("*.pxi"))]
     if pyx.stem == "engine":
-        sources += [str(KERNELS / "generic.c"), str(KERNELS / "cpu.c")]
+        sources += [str(KERNELS / f) for f in ("driver.c", "generic.c", "cpu.c")]
         depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"),
                                      KERNELS / "variants.json")]
     return Extension(

@@ -2,8 +2,9 @@
 cannot load on this machine: the variant's own source with its own flags, emulated
 (SIMDe for AVX-512 on a CPU without it, avxvnni's vpdpbusd in its AVX-512 form, a C
 model of the AMX tiles) or
-cross-compiled and run under qemu-user (aarch64). A `Build` whose tools are missing
-says why, and the tests skip with that reason.
+cross-compiled and run under qemu-user (aarch64). Matmuls go through the engine's
+driver (driver.c): the kernel it plans, the activations prepared as it prepares them.
+A `Build` whose tools are missing says why, and the tests skip with that reason.
 
 Each build is compared with the generic variant built for the same architecture:
 bits equal everywhere except a NaN an invalid operation makes (inf * 0 in attention
@@ -68,7 +69,7 @@ class Build:
         exe = workdir / f"harness-{self.name}"
         if exe.exists():
             return exe
-        sources = [str(HARNESS), str(KERNELS / "generic.c")]
+        sources = [str(HARNESS), str(KERNELS / "driver.c"), str(KERNELS / "generic.c")]
         if self.source:
             sources.append(str(KERNELS / self.source))
         cmd = [self.cc, "-O2", "-ffp-contract=off", "-fno-math-errno", f"-I{KERNELS}",
@@ -167,7 +168,7 @@ class Q80Case:
     def out_bytes(self) -> int:
         rows, cols = self.q.shape
         T = len(self.x)
-        return T * cols + 4 * T * cols // self.gs + 4 * T * rows
+        return T * cols + 4 * T * (cols // self.gs) + 4 * T * rows
 
 
 @dataclass
