@@ -31,8 +31,8 @@ from libc.stdint cimport int8_t, int32_t, uint16_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
-                                      qllama_matrix, qllama_variant, qllama_variants,
+from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matrix,
+                                      qllama_variant, qllama_variants,
                                       qllama_cpu_features, qllama_amx_permit,
                                       qllama_feature_names, qllama_n_features,
                                       qllama_f16_to_f32, qllama_plan, qllama_plan_matrix,

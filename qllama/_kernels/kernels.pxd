@@ -42,8 +42,6 @@ cdef extern from "kernels.h" nogil:
         void (*attn_values_f32)(const float* att, const float* v, Py_ssize_t n_pos,
                                 Py_ssize_t hs, float* out) noexcept nogil
 
-    void qllama_q80_flat_matmul(const qllama_matrix* m, Py_ssize_t r0, Py_ssize_t r1,
-                                const qllama_acts* x, float* out, Py_ssize_t out_stride)
     uint16_t qllama_f32_to_f16(float f)
     float qllama_f16_to_f32(uint16_t h)
 
