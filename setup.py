@@ -7,6 +7,7 @@ portable: nothing is compiled for the build machine's CPU. QLLAMA_NATIVE=1 adds
 A variant whose flags the compiler does not know (an old gcc without -mavxvnni) is
 left out of the build with a warning; the others still run.
 """
+import json
 import os
 import platform
 from pathlib import Path
@@ -22,23 +23,12 @@ KERNELS = Path("qllama/_kernels")
 C_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 NATIVE = os.environ.get("QLLAMA_NATIVE", "0") not in ("", "0")
 
-# Kernel variants per architecture: (name, source, target flags). cpu.c learns which
-# were built from QLLAMA_HAVE_<NAME>; the source from QLLAMA_VARIANT which table to define.
-X86_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
-X86_AVX512 = X86_AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
-VARIANTS = {
-    "x86_64": [
-        ("avx2", "arch/x86/x86.c", X86_AVX2),
-        ("avxvnni", "arch/x86/x86.c", X86_AVX2 + ["-mavxvnni"]),
-        ("avx512vnni", "arch/x86/x86.c", X86_AVX512),
-        ("amx", "arch/x86/x86.c", X86_AVX512 + ["-mamx-tile", "-mamx-int8"]),
-    ],
-    "aarch64": [
-        ("neon", "arch/arm/neon.c", ["-march=armv8-a"]),
-        # gcc takes vdotq_s32 only with +dotprod (ARMv8.2-A makes it optional)
-        ("dotprod", "arch/arm/neon.c", ["-march=armv8.2-a+dotprod"]),
-    ],
-}
+# Kernel variants per architecture, {machine: [(name, source, target flags)]}, from the
+# file tests/harness.py reads too. cpu.c learns which were built from QLLAMA_HAVE_<NAME>;
+# the source from QLLAMA_VARIANT which table to define.
+VARIANTS = {arch: [(v["name"], v["source"], v["flags"]) for v in variants]
+            for arch, variants in json.loads((KERNELS / "variants.json").read_text()).items()
+            if arch != "about"}
 
 
 # One instruction of each variant: the compiler and the assembler must both know it.
@@ -94,8 +84,9 @@ class BuildVariants(build_ext):
 def extension(pyx: Path) -> Extension:
     sources, depends = [str(pyx)], [str(p) for p in (*KERNELS.glob("*.pxd"), *KERNELS.glob("*.pxi"))]
     if pyx.stem == "engine":
-        sources += [str(KERNELS / "generic.c"), str(KERNELS / "cpu.c")]
-        depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"))]
+        sources += [str(KERNELS / f) for f in ("driver.c", "generic.c", "cpu.c")]
+        depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"),
+                                     KERNELS / "variants.json")]
     return Extension(
         f"qllama._kernels.{pyx.stem}", sources, depends=depends,
         include_dirs=[np.get_include(), str(KERNELS)],

@@ -2,8 +2,9 @@
 cannot load on this machine: the variant's own source with its own flags, emulated
 (SIMDe for AVX-512 on a CPU without it, avxvnni's vpdpbusd in its AVX-512 form, a C
 model of the AMX tiles) or
-cross-compiled and run under qemu-user (aarch64). A `Build` whose tools are missing
-says why, and the tests skip with that reason.
+cross-compiled and run under qemu-user (aarch64). Matmuls go through the engine's
+driver (driver.c): the kernel it plans, the activations prepared as it prepares them.
+A `Build` whose tools are missing says why, and the tests skip with that reason.
 
 Each build is compared with the generic variant built for the same architecture:
 bits equal everywhere except a NaN an invalid operation makes (inf * 0 in attention
@@ -12,6 +13,7 @@ source; so the aarch64 builds have a reference of their own, generic.c under qem
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -28,7 +30,11 @@ from qllama import kernels
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "qllama" / "_kernels"
 HARNESS = REPO / "tests" / "harness" / "kernel_harness.c"
-X86_AVX512 = ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+# each variant's source and target flags, as setup.py builds it into the engine
+VARIANTS = {v["name"]: v for arch, variants in json.loads((KERNELS / "variants.json").read_text())
+            .items() if arch != "about" for v in variants}
+X86_AVX2 = VARIANTS["avx2"]["flags"]
+X86_AVX512 = VARIANTS["avx512vnni"]["flags"]
 SIMDE_DIRS = ["/usr/include", "/usr/local/include"]
 
 
@@ -63,7 +69,7 @@ class Build:
         exe = workdir / f"harness-{self.name}"
         if exe.exists():
             return exe
-        sources = [str(HARNESS), str(KERNELS / "generic.c")]
+        sources = [str(HARNESS), str(KERNELS / "driver.c"), str(KERNELS / "generic.c")]
         if self.source:
             sources.append(str(KERNELS / self.source))
         cmd = [self.cc, "-O2", "-ffp-contract=off", "-fno-math-errno", f"-I{KERNELS}",
@@ -105,25 +111,25 @@ def host_builds() -> dict[str, Build]:
     builds = {"scalar": Build("scalar", "qllama_generic", None, [], reference=None)}
 
     avx512_native = x86 and {"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= have
-    simde_flags = (["-DQLLAMA_SIMDE", f"-I{simde}", "-mavx2", "-mfma", "-mf16c"]
+    simde_flags = (["-DQLLAMA_SIMDE", f"-I{simde}", *X86_AVX2]
                    if simde and x86 and {"avx2", "fma", "f16c"} <= have else None)
     no_simde = ("SIMDe headers are absent (Debian libsimde-dev or PyPI simde-py)" if not simde
                 else "needs an x86-64 CPU with AVX2")
     builds["avx512vnni-simde"] = Build(
-        "avx512vnni-simde", "qllama_avx512vnni", "arch/x86/x86.c",
+        "avx512vnni-simde", "qllama_avx512vnni", VARIANTS["avx512vnni"]["source"],
         ["-DQLLAMA_VARIANT=avx512vnni", *(simde_flags or [])],
         missing=None if simde_flags else no_simde)
     # avxvnni's code with vpdpbusd in its EVEX form (AVX-512 VNNI + VL, native, else
     # SIMDe's): the same operation, for CPUs without AVX-VNNI (AMD before Zen 5)
     vnni_flags = (X86_AVX512 if avx512_native else simde_flags)
     builds["avxvnni-evex"] = Build(
-        "avxvnni-evex", "qllama_avxvnni", "arch/x86/x86.c",
+        "avxvnni-evex", "qllama_avxvnni", VARIANTS["avxvnni"]["source"],
         ["-DQLLAMA_VARIANT=avxvnni", "-DQLLAMA_VNNI_EVEX", *(vnni_flags or [])],
         missing=None if vnni_flags else f"no AVX-512 on this CPU and {no_simde}")
     # AMX's tiles modelled in C; its float part in AVX-512 (native, else SIMDe)
     amx_flags = (X86_AVX512 if avx512_native else simde_flags)
     builds["amx-emulated"] = Build(
-        "amx-emulated", "qllama_amx", "arch/x86/x86.c",
+        "amx-emulated", "qllama_amx", VARIANTS["amx"]["source"],
         ["-DQLLAMA_VARIANT=amx", "-DQLLAMA_AMX_EMULATE", *(amx_flags or [])],
         missing=None if amx_flags else f"no AVX-512 on this CPU and {no_simde}")
     cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
@@ -133,13 +139,14 @@ def host_builds() -> dict[str, Build]:
     cc, runner = cross or "aarch64-linux-gnu-gcc", (qemu or "qemu-aarch64",)
     builds["scalar-qemu"] = Build("scalar-qemu", "qllama_generic", None, ["-static"], cc=cc,
                                   runner=runner, missing=arm_missing, reference=None)
-    if not (KERNELS / "arch" / "arm" / "neon.c").exists():
-        arm_missing = "qllama/_kernels/arch/arm/neon.c is not in this checkout"
-    for name, march in (("neon", "armv8-a"), ("dotprod", "armv8.2-a+dotprod")):
+    for name in ("neon", "dotprod"):
+        source = VARIANTS[name]["source"]
+        missing = arm_missing or (None if (KERNELS / source).exists()
+                                  else f"qllama/_kernels/{source} is not in this checkout")
         builds[f"{name}-qemu"] = Build(
-            f"{name}-qemu", f"qllama_{name}", "arch/arm/neon.c",
-            [f"-march={march}", f"-DQLLAMA_VARIANT={name}", "-static"],
-            cc=cc, runner=runner, missing=arm_missing, reference="scalar-qemu")
+            f"{name}-qemu", f"qllama_{name}", source,
+            [*VARIANTS[name]["flags"], f"-DQLLAMA_VARIANT={name}", "-static"],
+            cc=cc, runner=runner, missing=missing, reference="scalar-qemu")
     return builds
 
 
@@ -161,7 +168,7 @@ class Q80Case:
     def out_bytes(self) -> int:
         rows, cols = self.q.shape
         T = len(self.x)
-        return T * cols + 4 * T * cols // self.gs + 4 * T * rows
+        return T * cols + 4 * T * (cols // self.gs) + 4 * T * rows
 
 
 @dataclass

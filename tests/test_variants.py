@@ -306,6 +306,30 @@ def test_harness_scalar_equals_engine(workdir):
     assert np.array_equal(got, SCALAR.matmul(QTensor(q.reshape(-1), s, q.shape, 64), x))
 
 
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_harness_runs_the_engines_kernel_choice(name, workdir):
+    """Every harness build goes through the engine's driver: groups that straddle rows
+    (or span several) take the fp32 path there too, with no quantized rows (zeros),
+    and each build gives the engine's numbers, GEMM blocks included."""
+    build = BUILDS[name]
+    if build.missing:
+        if os.environ.get("QLLAMA_REQUIRE_EMULATION"):
+            pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
+        pytest.skip(f"{name}: {build.missing}")
+    rng = np.random.default_rng(5)
+    cases = []
+    for rows, cols, gs, T in ((4, 40, 32, 3), (6, 48, 96, 9), (37, 64, 64, 17)):
+        q = rng.integers(-128, 128, (rows, cols), dtype=np.int8)
+        s = rng.uniform(0.01, 1, rows * cols // gs).astype(np.float32)
+        cases.append(harness.Q80Case(q, s, rng.normal(size=(T, cols)).astype(np.float32), gs))
+    for case, out in zip(cases, build.run(workdir, cases)):
+        (rows, cols), T = case.q.shape, len(case.x)
+        want = SCALAR.matmul(QTensor(case.q.reshape(-1), case.s, case.q.shape, case.gs), case.x)
+        got = np.frombuffer(out[-4 * T * rows:], np.float32).reshape(T, rows)
+        assert np.array_equal(got, want), (name, case.q.shape, case.gs)
+        assert any(out[:-4 * T * rows]) == (cols % case.gs == 0), (name, case.q.shape, case.gs)
+
+
 def test_harness_aarch64_scalar_equals_host_scalar(workdir):
     """generic.c under qemu (the aarch64 builds' reference) computes what it does on
     the host, on cases that make no NaN (whose bits are the one thing that differs)."""

@@ -6,7 +6,7 @@
  *   K=qllama/_kernels
  *   cc -O3 -fno-math-errno -ffp-contract=off -I$K -DQLLAMA_VARIANT=avx2 \
  *      -DQLLAMA_TABLE=qllama_avx2 -mavx2 -mfma -mf16c \
- *      tools/matmul_bench.c $K/generic.c $K/arch/x86/x86.c -lm -o /tmp/mmb
+ *      tools/matmul_bench.c $K/driver.c $K/generic.c $K/arch/x86/x86.c -lm -o /tmp/mmb
  *   /tmp/mmb ROWS COLS GS T...          e.g. /tmp/mmb 2048 768 32 1 8 64
  *
  * avxvnni on a CPU without AVX-VNNI (AMD before Zen 5): add -DQLLAMA_VNNI_EVEX
@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "driver.h"
 #include "kernels.h"
 
 extern const qllama_kernels QLLAMA_TABLE;
@@ -29,14 +30,10 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* seconds per matmul, rows dealt out in row_block pieces as the engine does */
-static double once(const qllama_matrix *m, const qllama_acts *x, float *out, long reps) {
+/* seconds per matmul, through the engine's driver (rows in row_block pieces) */
+static double once(const qllama_plan *p, const qllama_acts *x, float *out, long reps) {
     double t0 = now();
-    for (long i = 0; i < reps; i++)
-        for (ptrdiff_t r0 = 0; r0 < m->rows; r0 += K->row_block) {
-            ptrdiff_t r1 = r0 + K->row_block < m->rows ? r0 + K->row_block : m->rows;
-            K->q80_matmul(m, r0, r1, x, out, m->rows);
-        }
+    for (long i = 0; i < reps; i++) qllama_run(K, p, x, out, p->m.rows);
     return (now() - t0) / (double)reps;
 }
 
@@ -52,6 +49,8 @@ int main(int argc, char **argv) {
     for (ptrdiff_t i = 0; i < rows * cols; i++) q[i] = (int8_t)(rand() & 255);
     for (ptrdiff_t i = 0; i < rows * cols / gs; i++) s[i] = 0.01f * (float)(1 + rand() % 100);
     qllama_matrix m = {NULL, q, s, rows, cols, gs};
+    qllama_plan p;
+    qllama_plan_matrix(&p, &m, K);
     printf("%s, %ld x %ld, gs %ld, one thread: ms per matmul (GMAC/s)\n", K->name, (long)rows,
            (long)cols, (long)gs);
     for (int a = 4; a < argc; a++) {
@@ -60,20 +59,19 @@ int main(int argc, char **argv) {
         int8_t *xq = malloc((size_t)(T * cols));
         float *xs = malloc(sizeof(float) * (size_t)(T * cols / gs));
         for (ptrdiff_t i = 0; i < T * cols; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-        for (ptrdiff_t t = 0; t < T; t++)
-            K->quantize_row(x + t * cols, cols, gs, xq + t * cols, xs + t * (cols / gs));
-        qllama_acts acts = {x, cols, xq, xs, NULL, T, cols, gs};
         void *packed = malloc(K->q80_packed_bytes(T, cols, gs));
-        K->q80_pack(&acts, packed);
+        qllama_acts acts;
+        qllama_prepare(K, &p, &acts, x, T, xq, xs, NULL);
+        K->q80_pack(&acts, packed);  /* for T = 1 too, which the engine leaves unpacked */
         /* the two alternate, so that both see the same machine; best of 7 each */
         long reps = (long)(2e8 / ((double)rows * (double)cols * (double)T)) + 1;
         double one = 1e30, gemm = 1e30;
         for (int k = 0; k < 7; k++) {
             acts.packed = NULL;
-            double t = once(&m, &acts, out, reps);
+            double t = once(&p, &acts, out, reps);
             one = t < one ? t : one;
             acts.packed = packed;
-            t = once(&m, &acts, out, reps);
+            t = once(&p, &acts, out, reps);
             gemm = t < gemm ? t : gemm;
         }
         double macs = (double)rows * (double)cols * (double)T;

@@ -10,6 +10,14 @@
 #include "kernels.h"
 #include "cpu.h"
 
+const char *const qllama_feature_names[] = {
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+    "avx512vnni", "avxvnni", "amx_tile", "amx_int8", "neon", "dotprod",
+};
+const int qllama_n_features = (int)(sizeof qllama_feature_names / sizeof qllama_feature_names[0]);
+_Static_assert(1 << sizeof qllama_feature_names / sizeof qllama_feature_names[0]
+               == QLLAMA_CPU_DOTPROD << 1, "a name for every QLLAMA_CPU_* bit, in order");
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #ifdef __linux__

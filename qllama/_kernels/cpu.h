@@ -23,6 +23,10 @@ enum {
     QLLAMA_CPU_DOTPROD = 1 << 13,
 };
 
+/* Bit i's name (cpu.c, in the order above): what Python lists and tests name. */
+extern const char *const qllama_feature_names[];
+extern const int qllama_n_features;
+
 typedef struct {
     const char *name;
     const qllama_kernels *table;

@@ -1,16 +1,11 @@
-# Parallel drivers: a matmul's rows are dealt out in blocks of the variant's row_block;
-# the input of a matmul; a token's embedding. Included by engine.pyx.
+# The kernel driver (driver.h) on OpenMP threads: a matmul's rows dealt out in blocks of
+# the variant's row_block; the input of a matmul; a token's embedding. Included by
+# engine.pyx.
 
 cdef struct Job:  # one matmul of a fused parallel region: out (T, m.rows)
     const Matrix* m
     float* out
     Py_ssize_t out_stride
-
-
-cdef inline void run_rows(const Matrix* m, Py_ssize_t r0, Py_ssize_t rb, const qllama_acts* x,
-                          float* out, Py_ssize_t out_stride) noexcept nogil:
-    cdef Py_ssize_t r1 = r0 + rb if r0 + rb < m.m.rows else m.m.rows
-    m.fn(&m.m, r0, r1, x, out, out_stride)
 
 
 cdef void matmuls(const Job* jobs, int n_jobs, const qllama_acts* x, Py_ssize_t rb,
@@ -30,7 +25,7 @@ cdef void matmuls(const Job* jobs, int n_jobs, const qllama_acts* x, Py_ssize_t 
         while bb >= (jobs[j].m.m.rows + rb - 1) // rb:
             bb = bb - (jobs[j].m.m.rows + rb - 1) // rb
             j = j + 1
-        run_rows(jobs[j].m, rb * bb, rb, x, jobs[j].out, jobs[j].out_stride)
+        qllama_run_rows(jobs[j].m, rb * bb, rb, x, jobs[j].out, jobs[j].out_stride)
 
 
 cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const Matrix* m,
@@ -50,43 +45,33 @@ cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
     is shared out too."""
     cdef Py_ssize_t b, t, r, hidden = w1.m.rows
     for b in prange((hidden + rb - 1) // rb, schedule="guided", num_threads=threads):
-        run_rows(w1, rb * b, rb, x, hb, hidden)
-        run_rows(w3, rb * b, rb, x, hb2, hidden)
+        qllama_run_rows(w1, rb * b, rb, x, hb, hidden)
+        qllama_run_rows(w3, rb * b, rb, x, hb2, hidden)
         for t in range(x.T):
             for r in range(rb * b, min(rb * b + rb, hidden)):
                 hb[t * hidden + r] = silu(hb[t * hidden + r]) * hb2[t * hidden + r]
 
 
-cdef void prepare(qllama_acts* x, float* out, const float* inp, const float* weight,
-                  Py_ssize_t T, Py_ssize_t n, Py_ssize_t gs, int8_t* xq, float* xs,
-                  void* packed, bint q8, const qllama_kernels* k, int threads) noexcept nogil:
-    """The input of a matmul: rows t < T of out = rmsnorm(inp) (or inp itself when
-    weight is NULL and out is inp), then, when the matrix takes them (q8), their
-    Q8_0 copy in xq/xs, and for a block of tokens the variant's packed layout of it
-    (once here, not once per row block). A block's rows go in parallel."""
-    cdef Py_ssize_t t, ng = n // gs if gs else 0
+cdef void prepare(qllama_acts* x, const Matrix* m, float* out, const float* inp,
+                  const float* weight, Py_ssize_t T, int8_t* xq, float* xs, void* packed,
+                  const qllama_kernels* k, int threads) noexcept nogil:
+    """The input of matmuls by m (and by matrices of its shape and kind): rows t < T of
+    out = rmsnorm(inp) (or inp itself when weight is NULL and out is inp), prepared
+    for m by the driver: their Q8_0 copy in xq/xs when m takes one, and for a block
+    of tokens the variant's packed layout of it (once here, not once per row block).
+    A block's rows go in parallel."""
+    cdef Py_ssize_t t, n = m.m.cols
+    qllama_acts_init(x, m, out, T, xq, xs)
     if T == 1:
         if weight != NULL:
             rmsnorm(out, inp, weight, n)
-        if q8:
-            k.quantize_row(out, n, gs, xq, xs)
+        qllama_acts_quantize(k, x, 0, 1)
     else:
         for t in prange(T, schedule="static", num_threads=threads):
             if weight != NULL:
                 rmsnorm(out + t * n, inp + t * n, weight, n)
-            if q8:
-                k.quantize_row(out + t * n, n, gs, xq + t * n, xs + t * ng)
-    x.x = out
-    x.x_stride = n
-    x.q = xq
-    x.s = xs
-    x.T = T
-    x.n = n
-    x.gs = gs
-    x.packed = NULL
-    if q8 and T > 1 and packed != NULL and k.q80_pack != NULL:
-        k.q80_pack(x, packed)
-        x.packed = packed
+            qllama_acts_quantize(k, x, t, t + 1)
+    qllama_acts_pack(k, x, packed)
 
 
 cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:

@@ -7,8 +7,8 @@ the cache -> attention -> wo -> residual -> rmsnorm -> w1, w3 -> SwiGLU -> w2 ->
 residual; then final rmsnorm -> classifier -> logits.
 
 - `Weights`: the mapped tensors of one checkpoint (Config / TransformerWeights in
-  run.c) and, for each matrix, the kernel that multiplies by it, chosen once
-  (`make_matrix`) from the CPU variant's table (kernels.h). Sessions share it.
+  run.c) and, for each matrix, the kernel that multiplies by it, planned once
+  (`make_matrix`, driver.h) from the CPU variant's table (kernels.h). Sessions share it.
 - `KVCache`: KV memory in pages; a sequence is a table of pages.
 - `Workspace`: the scratch of forward passes (run.c's RunState less its cache);
   `Workspace.forward` runs a block of rows, of one sequence or many, each at its own
@@ -31,10 +31,14 @@ from libc.stdint cimport int8_t, int32_t, uint16_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matmul_fn,
-                                      qllama_matrix, qllama_variant, qllama_variants,
+from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matrix,
+                                      qllama_variant, qllama_variants,
                                       qllama_cpu_features, qllama_amx_permit,
-                                      qllama_q80_flat_matmul, qllama_f16_to_f32)
+                                      qllama_feature_names, qllama_n_features,
+                                      qllama_f16_to_f32, qllama_plan, qllama_plan_matrix,
+                                      qllama_packed_bytes, qllama_acts_init,
+                                      qllama_acts_quantize, qllama_acts_pack, qllama_prepare,
+                                      qllama_run_rows)
 from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 
 import numpy as np

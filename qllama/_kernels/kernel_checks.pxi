@@ -23,31 +23,23 @@ cdef class Kernels:
 
     def matmul(self, tensor, const float[:, ::1] x, int threads=1):
         """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.llama2c.QTensor (any
-        group size), through the kernel the engine would choose for it, with the
-        activations quantized and packed as the engine does."""
+        group size), through the driver as the engine runs it: the kernel it plans,
+        the activations quantized and packed as in a forward pass."""
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads {threads} outside 1..{MAX_THREADS}")
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
-        cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs, t
+        cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs
         if x.shape[1] != n or T == 0:
             raise ValueError("x must be (T > 0, cols)")
         out = np.empty((T, m.m.rows), np.float32)
         cdef float[:, ::1] o = out
         cdef int8_t[::1] xq = np.zeros(T * n, np.int8)
         cdef float[::1] xs = np.zeros(T * (n // gs if gs else 0) + 1, np.float32)
-        cdef size_t nbytes = 0
-        if m.q8_input and self.k.q80_packed_bytes != NULL:
-            nbytes = self.k.q80_packed_bytes(T, n, gs)
+        cdef size_t nbytes = qllama_packed_bytes(self.k, T, n, gs)
         cdef unsigned char[::1] packed = np.zeros(nbytes + 1, np.uint8)
         cdef qllama_acts xa
-        xa.x, xa.x_stride, xa.q, xa.s, xa.T, xa.n, xa.gs = &x[0, 0], n, &xq[0], &xs[0], T, n, gs
-        xa.packed = NULL
-        if m.q8_input:
-            for t in range(T):
-                self.k.quantize_row(&x[t, 0], n, gs, &xq[t * n], &xs[t * (n // gs)])
-            if T > 1 and nbytes and self.k.q80_pack != NULL:
-                self.k.q80_pack(&xa, &packed[0])
-                xa.packed = &packed[0]
+        qllama_prepare(self.k, &m, &xa, &x[0, 0], T, &xq[0], &xs[0],
+                       &packed[0] if nbytes else NULL)
         with nogil:
             matmul(&o[0, 0], m.m.rows, &xa, &m, self.k.row_block, threads)
         return out

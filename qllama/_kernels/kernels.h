@@ -1,6 +1,7 @@
 /* The kernel table: every hot loop of the forward pass, one implementation per CPU
  * variant, the variant chosen once per process (qllama/kernels.py) and the kernel
- * once per matrix (engine.pyx, make_matrix).
+ * once per matrix (driver.h, which runs the matmuls of the engine, of its checks and
+ * of the tests' harness).
  *
  *   generic.c               the reference: plain C, every kernel, any CPU
  *   arch/x86/x86.c          AVX2 + FMA with a ymm GEMM for prefill; the same source

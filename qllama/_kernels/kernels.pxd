@@ -1,4 +1,5 @@
-# Cython's view of kernels.h and cpu.h: the kernel table and the CPU's features.
+# Cython's view of kernels.h, driver.h and cpu.h: the kernel table, the driver that
+# runs a matrix through it, and the CPU's features.
 from libc.stdint cimport int8_t, uint16_t, uint64_t
 
 
@@ -41,10 +42,28 @@ cdef extern from "kernels.h" nogil:
         void (*attn_values_f32)(const float* att, const float* v, Py_ssize_t n_pos,
                                 Py_ssize_t hs, float* out) noexcept nogil
 
-    void qllama_q80_flat_matmul(const qllama_matrix* m, Py_ssize_t r0, Py_ssize_t r1,
-                                const qllama_acts* x, float* out, Py_ssize_t out_stride)
     uint16_t qllama_f32_to_f16(float f)
     float qllama_f16_to_f32(uint16_t h)
+
+
+cdef extern from "driver.h" nogil:
+    ctypedef struct qllama_plan:
+        qllama_matrix m
+        qllama_matmul_fn fn
+        bint q8_input
+
+    void qllama_plan_matrix(qllama_plan* p, const qllama_matrix* m, const qllama_kernels* k)
+    size_t qllama_packed_bytes(const qllama_kernels* k, Py_ssize_t T, Py_ssize_t n,
+                               Py_ssize_t gs)
+    void qllama_acts_init(qllama_acts* a, const qllama_plan* p, const float* x, Py_ssize_t T,
+                          int8_t* q, float* s)
+    void qllama_acts_quantize(const qllama_kernels* k, const qllama_acts* a, Py_ssize_t t0,
+                              Py_ssize_t t1)
+    void qllama_acts_pack(const qllama_kernels* k, qllama_acts* a, void* buf)
+    void qllama_prepare(const qllama_kernels* k, const qllama_plan* p, qllama_acts* a,
+                        const float* x, Py_ssize_t T, int8_t* q, float* s, void* buf)
+    void qllama_run_rows(const qllama_plan* p, Py_ssize_t r0, Py_ssize_t rb,
+                         const qllama_acts* a, float* out, Py_ssize_t out_stride)
 
 
 cdef extern from "cpu.h" nogil:
@@ -53,6 +72,8 @@ cdef extern from "cpu.h" nogil:
         const qllama_kernels* table
         uint64_t needs
 
+    const char* const qllama_feature_names[]
+    const int qllama_n_features
     uint64_t qllama_cpu_features()
     int qllama_amx_permit()
     const qllama_variant* qllama_variants(int* n)

@@ -1,10 +1,7 @@
 # Matrices and the choice of their kernel; the weights of one checkpoint. Included by
 # engine.pyx.
 
-cdef struct Matrix:
-    qllama_matrix m
-    qllama_matmul_fn fn     # multiplies by this matrix on this CPU
-    bint q8_input           # fn takes quantized activations (else fp32)
+ctypedef qllama_plan Matrix  # a matrix, its kernel on this CPU, its input (driver.h)
 
 
 cdef struct Layer:
@@ -19,41 +16,31 @@ cdef struct Layer:
     Matrix w3               # (hidden_dim, dim)
 
 
-# A group's int32 sum (kernels.h) is exact while gs * 128 * 127 < 2^31; a larger group
-# (a file may declare any group size dividing its tensors) would wrap.
-cdef enum:
-    Q80_MAX_GROUP = 131072
-
-
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
     """A Matrix over a mapped tensor (an fp32 ndarray or a formats.llama2c.QTensor),
-    with its kernel: the one place where a kernel is chosen for a matrix."""
+    checked against its buffers, with the kernel the driver plans for it."""
     cdef Matrix mat
+    cdef qllama_matrix m
     cdef const float[::1] w
     cdef const int8_t[::1] q
     cdef const float[::1] s
-    memset(&mat, 0, sizeof(Matrix))
-    mat.m.rows, mat.m.cols = tensor.shape
+    memset(&m, 0, sizeof(qllama_matrix))
+    m.rows, m.cols = tensor.shape
     if isinstance(tensor, np.ndarray):
         w = tensor.reshape(-1)
-        if mat.m.rows <= 0 or mat.m.cols <= 0 or w.shape[0] != mat.m.rows * mat.m.cols:
+        if m.rows <= 0 or m.cols <= 0 or w.shape[0] != m.rows * m.cols:
             raise ValueError("fp32 matrix does not match its shape")
-        mat.m.w = &w[0]
-        mat.fn = k.f32_matmul
-        return mat
-    q = tensor.q
-    s = tensor.s
-    if (mat.m.rows <= 0 or mat.m.cols <= 0 or gs <= 0 or q.shape[0] != mat.m.rows * mat.m.cols
-            or (mat.m.rows * mat.m.cols) % gs or s.shape[0] != mat.m.rows * mat.m.cols // gs):
-        raise ValueError("Q8_0 matrix does not match its shape and group size")
-    mat.m.q = &q[0]
-    mat.m.s = &s[0]
-    mat.m.gs = gs
-    if mat.m.cols % gs == 0 and gs <= Q80_MAX_GROUP:  # groups within rows: int8 dot products
-        mat.fn = k.q80_matmul
-        mat.q8_input = True
-    else:  # groups straddle rows (or overflow int32): the format's definition, fp32 input
-        mat.fn = qllama_q80_flat_matmul
+        m.w = &w[0]
+    else:
+        q = tensor.q
+        s = tensor.s
+        if (m.rows <= 0 or m.cols <= 0 or gs <= 0 or q.shape[0] != m.rows * m.cols
+                or (m.rows * m.cols) % gs or s.shape[0] != m.rows * m.cols // gs):
+            raise ValueError("Q8_0 matrix does not match its shape and group size")
+        m.q = &q[0]
+        m.s = &s[0]
+        m.gs = gs
+    qllama_plan_matrix(&mat, &m, k)
     return mat
 
 

@@ -1,8 +1,7 @@
 # Variants: what this build compiled and what this CPU offers (qllama/kernels.py
 # decides which one runs). Included by engine.pyx.
 
-FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
-            "avx512vnni", "avxvnni", "amx_tile", "amx_int8", "neon", "dotprod")  # cpu.h order
+FEATURES = tuple(qllama_feature_names[i].decode() for i in range(qllama_n_features))  # bit i
 
 
 def cpu_features():

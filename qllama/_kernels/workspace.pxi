@@ -48,11 +48,9 @@ cdef class Workspace:
         if max(b * wide, b * w.n_heads * self.max_positions) * 4 >= 2 ** 62:
             raise MemoryError(f"run state for {self.max_positions} positions and blocks of "
                               f"{B} tokens is too large")
-        if w.group_size and B > 1 and k.q80_packed_bytes != NULL:
-            packed = max(k.q80_packed_bytes(B, w.dim, w.group_size) if w.dim % w.group_size == 0
-                         else 0,
-                         k.q80_packed_bytes(B, w.hidden_dim, w.group_size)
-                         if w.hidden_dim % w.group_size == 0 else 0)
+        # the rows every matmul takes are dim or hidden_dim long
+        packed = max(qllama_packed_bytes(k, B, w.dim, w.group_size),
+                     qllama_packed_bytes(k, B, w.hidden_dim, w.group_size))
         self.x = <float*>zeroed(B * w.dim * sizeof(float))
         self.xb = <float*>zeroed(B * wide * sizeof(float))
         self.xb2 = <float*>zeroed(B * w.dim * sizeof(float))
@@ -139,7 +137,7 @@ cdef class Workspace:
                        float* logits) noexcept nogil:
         cdef const Net* w = self.net
         cdef const qllama_kernels* k = w.kernels
-        cdef Py_ssize_t dim = w.dim, hidden = w.hidden_dim, kv_dim = w.kv_dim, gs = w.group_size
+        cdef Py_ssize_t dim = w.dim, kv_dim = w.kv_dim
         cdef Py_ssize_t hs = w.head_size, H = w.n_heads, rb = k.row_block
         cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh
         cdef Py_ssize_t ps = cache.page_size, maxp = self.max_positions
@@ -167,8 +165,8 @@ cdef class Workspace:
             L = &w.layers[l]
 
             # attention: q, k, v; k and v (k rotated) then go to the rows' pages
-            prepare(&xa, xb, self.x, L.attn_norm, T, dim, gs, self.xq, self.xs, self.packed,
-                    L.wq.q8_input, k, nt)
+            prepare(&xa, &L.wq, xb, self.x, L.attn_norm, T, self.xq, self.xs, self.packed, k,
+                    nt)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
@@ -197,18 +195,17 @@ cdef class Workspace:
                                vc + (l * ps * kv_dim + (h // kv_mul) * head_run) * item,
                                tables + seq[t] * table_width, page_entries * item, ps,
                                att + th * maxp, positions[t] + 1, hs, f16, k)
-            prepare(&xa, xb, xb, NULL, T, dim, gs, self.xq, self.xs, self.packed,
-                    L.wo.q8_input, k, nt)
+            prepare(&xa, &L.wo, xb, xb, NULL, T, self.xq, self.xs, self.packed, k, nt)
             matmul(self.xb2, dim, &xa, &L.wo, rb, nt)
             for i in range(T * dim):
                 self.x[i] += self.xb2[i]
 
             # feed-forward: w2(silu(w1 x) * w3 x)
-            prepare(&xa, xb, self.x, L.ffn_norm, T, dim, gs, self.xq, self.xs, self.packed,
-                    L.w1.q8_input, k, nt)
+            prepare(&xa, &L.w1, xb, self.x, L.ffn_norm, T, self.xq, self.xs, self.packed, k,
+                    nt)
             swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, rb, nt)
-            prepare(&xa, self.hb, self.hb, NULL, T, hidden, gs, self.xq, self.xs, self.packed,
-                    L.w2.q8_input, k, nt)
+            prepare(&xa, &L.w2, self.hb, self.hb, NULL, T, self.xq, self.xs, self.packed, k,
+                    nt)
             matmul(xb, dim, &xa, &L.w2, rb, nt)
             for i in range(T * dim):
                 self.x[i] += xb[i]
@@ -216,8 +213,8 @@ cdef class Workspace:
         # classifier over the rows that want logits, gathered
         for i in range(n_logits):
             memcpy(self.xb2 + i * dim, self.x + logit_rows[i] * dim, dim * sizeof(float))
-        prepare(&xa, xb, self.xb2, w.final_norm, n_logits, dim, gs, self.xq, self.xs,
-                self.packed, w.classifier.q8_input, k, nt)
+        prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, n_logits, self.xq, self.xs,
+                self.packed, k, nt)
         matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
 
 

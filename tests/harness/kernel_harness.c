@@ -9,9 +9,11 @@
  * CASES: int64 count, then per case an int64 kind and its data; OUT: each case's
  * results, in order. All little-endian, as tests/harness.py writes them.
  *   kind 1, matmul: int64 rows, cols, gs, T; int8 q[rows * cols]; float s[rows * cols / gs];
- *           float x[T * cols]  ->  int8 xq[T * cols]; float xs[T * cols / gs];
- *           float out[T * rows]  (activations quantized, packed and multiplied as the
- *           engine does: rows dealt out in blocks of row_block)
+ *           float x[T * cols]  ->  int8 xq[T * cols]; float xs[T * (cols / gs)];
+ *           float out[T * rows]  (through the engine's driver, driver.h: the kernel it
+ *           plans, activations quantized and packed as in a forward pass, rows in blocks
+ *           of row_block; xq and xs are zeros when the plan takes fp32 rows, for groups
+ *           that straddle rows or are too long for int32 sums)
  *   kind 2, fp32 matmul: int64 rows, cols, T; float w[rows * cols]; float x[T * cols]
  *           ->  float out[T * rows]
  *   kind 3, attention: int64 n_pos, hs; float q[hs], k[n_pos * hs], v[n_pos * hs]
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "driver.h"
 #include "kernels.h"
 
 extern const qllama_kernels QLLAMA_TABLE;
@@ -49,11 +52,17 @@ static void give(const void *p, size_t n) {
     if (fwrite(p, 1, n, out) != n) exit(3);
 }
 
-static void run_matmul(const qllama_matrix *m, const qllama_acts *x, float *o) {
-    for (ptrdiff_t r0 = 0; r0 < m->rows; r0 += K->row_block) {
-        ptrdiff_t r1 = r0 + K->row_block < m->rows ? r0 + K->row_block : m->rows;
-        (m->w ? K->f32_matmul : K->q80_matmul)(m, r0, r1, x, o, m->rows);
-    }
+/* out (T, rows) = x (T, cols) @ m^T through the driver, as the engine runs it */
+static void run_matmul(const qllama_matrix *m, const float *x, int64_t T, int8_t *xq, float *xs,
+                       float *out) {
+    qllama_plan p;
+    qllama_acts a;
+    qllama_plan_matrix(&p, m, K);
+    size_t nb = qllama_packed_bytes(K, T, m->cols, m->gs);
+    void *packed = nb ? malloc(nb) : NULL;
+    qllama_prepare(K, &p, &a, x, T, xq, xs, packed);
+    qllama_run(K, &p, &a, out, m->rows);
+    free(packed);
 }
 
 static void case_q80(void) {
@@ -63,20 +72,12 @@ static void case_q80(void) {
     m.q = take((size_t)(rows * cols));
     m.s = take(4 * (size_t)(rows * cols / gs));
     float *x = take(4 * (size_t)(T * cols));
-    int8_t *xq = malloc((size_t)(T * cols));
-    float *xs = malloc(4 * (size_t)(T * cols / gs) + 4);
-    for (int64_t t = 0; t < T; t++) K->quantize_row(x + t * cols, cols, gs, xq + t * cols, xs + t * (cols / gs));
-    qllama_acts a = {x, cols, xq, xs, NULL, T, cols, gs};
-    void *packed = NULL;
-    if (T > 1 && K->q80_pack) {
-        packed = malloc(K->q80_packed_bytes(T, cols, gs));
-        K->q80_pack(&a, packed);
-        a.packed = packed;
-    }
+    int8_t *xq = calloc((size_t)(T * cols), 1);
+    float *xs = calloc((size_t)(T * (cols / gs)) + 1, 4);
     float *o = malloc(4 * (size_t)(T * rows));
-    run_matmul(&m, &a, o);
+    run_matmul(&m, x, T, xq, xs, o);
     give(xq, (size_t)(T * cols));
-    give(xs, 4 * (size_t)(T * cols / gs));
+    give(xs, 4 * (size_t)(T * (cols / gs)));
     give(o, 4 * (size_t)(T * rows));
 }
 
@@ -86,9 +87,8 @@ static void case_f32(void) {
     m.rows = rows, m.cols = cols;
     m.w = take(4 * (size_t)(rows * cols));
     float *x = take(4 * (size_t)(T * cols));
-    qllama_acts a = {x, cols, NULL, NULL, NULL, T, cols, 0};
     float *o = malloc(4 * (size_t)(T * rows));
-    run_matmul(&m, &a, o);
+    run_matmul(&m, x, T, NULL, NULL, o);
     give(o, 4 * (size_t)(T * rows));
 }
 
