@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_quantize import READ_BUF, drop_caches  # noqa: E402
+from bench_quantize import READ_BUF, drop_caches, io_floor  # noqa: E402
 from make_model import write_random_hf  # noqa: E402
 
 from qllama.synth import PRESETS  # noqa: E402
@@ -54,33 +54,6 @@ def read_speed(paths: list[str], cold: bool) -> tuple[float, int, bool]:
             while k := f.readinto(view):
                 n += k
     return n / 1e6 / (time.perf_counter() - t0), n, dropped
-
-
-def copy_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> float:
-    """MB/s of shards when only the I/O of an import is done: the shards read (one
-    thread) while as many bytes as the output has are written and fsync'd (another):
-    both share the disk."""
-    import threading
-    if cold:
-        drop_caches()
-
-    def write() -> None:
-        block = bytes(2 << 20)
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for at in range(0, out_bytes, len(block)):
-                os.pwrite(fd, block[:out_bytes - at], at)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    writer = threading.Thread(target=write)
-    t0 = time.perf_counter()
-    writer.start()
-    n = read_speed(paths, False)[1]
-    writer.join()
-    os.unlink(scratch)
-    return n / 1e6 / (time.perf_counter() - t0)
 
 
 def run_import(folder: str, out: str, threads: int | None, cold: bool,
@@ -143,7 +116,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             for tree, name in trees:
                 r = run_import(folder, out, args.threads, not args.warm, tree)
-                floor = copy_floor(paths, os.path.getsize(out), out + ".io", not args.warm)
+                floor = io_floor(paths, os.path.getsize(out), out + ".io", not args.warm)
                 print(f"# the import's I/O alone (shards read while "
                       f"{os.path.getsize(out) / 1e9:.2f} GB are written and fsync'd): "
                       f"{floor:,.0f} MB/s of shards", flush=True)
