@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import stat
 import time
 import warnings
@@ -34,7 +35,7 @@ from ..io.blockwriter import QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch, read_exact
 from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded
 from ..quant.groups import choose_group_size
-from ..quant.pipeline import TensorWriter, check_written, kind_stats
+from ..quant.pipeline import N_VALUE_BUFFERS, TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads
 
 
@@ -292,13 +293,21 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         out.pwrite(llama2c.header_bytes(cout), 0)
         tensors = TensorWriter(out, cout, step, threads, report.kinds, src, label,
                                chunk_bytes=chunk_bytes)
-        values = np.empty(step, np.float32)  # (step,) one chunk as float32
+        # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
+        # in the writer's queue (pages are touched only where used: v1 output, norms).
+        pool: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(N_VALUE_BUFFERS):
+            pool.put(np.empty(step, np.float32))
         bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
         with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as chunks:
             for chunk, raw in chunks:
                 e, start, s, r0, r1 = chunk
-                fused = s.dtype == "BF16" and e.encoding == Q80
-                tensors.write(e, start, _read(chunk, config, raw, bits if fused else values))
+                if s.dtype == "BF16" and e.encoding == Q80:
+                    tensors.write(e, start, _read(chunk, config, raw, bits))
+                else:
+                    buf = pool.get()
+                    tensors.write(e, start, _read(chunk, config, raw, buf),
+                                  release=lambda buf=buf: pool.put(buf))
                 done += s.nbytes * (r1 - r0) // s.shape[0]
                 if progress is not None:
                     progress(done, report.in_bytes)

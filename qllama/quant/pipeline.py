@@ -96,6 +96,8 @@ class TensorWriter:
     `write(e, start, w)`: `w` holds values start .. start + len(w) of entry `e`, at
     most `step` of them, a whole number of groups; a tensor's chunks come in order.
     `w` is float32, or uint16: bfloat16's bits, widened in the quantizer's own pass.
+    With `release`, `w` is the caller's until `release()` is called (an fp32 entry's
+    values are then written from `w` itself, not copied into the writer's queue).
     """
 
     def __init__(self, out, config: Config, step: int, threads: int,
@@ -127,15 +129,24 @@ class TensorWriter:
         scales larger than a chunk (tiny groups) go out chunk by chunk instead."""
         return 4 * (e.numel // self.gs) <= self.chunk_bytes
 
-    def write(self, e: Entry, start: int, w: np.ndarray) -> None:
-        out, n = self.out, len(w)
-        if w.dtype == np.uint16 and e.encoding == F32:
-            w = widen_bf16(w)
+    def write(self, e: Entry, start: int, w: np.ndarray, release=None) -> None:
         if e.encoding == F32:
+            if w.dtype == np.uint16:
+                w = widen_bf16(w)
             if not np.isfinite(w).all():
+                if release is not None:
+                    release()
                 raise _non_finite(self.src, e, start, w, self.label)
-            out.pwrite(w, e.offset + 4 * start)
+            self.out.pwrite(w, e.offset + 4 * start, release=release)
             return
+        try:
+            self._write_q80(e, start, w)
+        finally:
+            if release is not None:
+                release()
+
+    def _write_q80(self, e: Entry, start: int, w: np.ndarray) -> None:
+        out, n = self.out, len(w)
         gs, s, err = self.gs, self.s, self.err
         hold = self.holds(e)
         g, g0 = n // gs, start // gs if hold else 0
