@@ -2,6 +2,7 @@
 advised MADV_HUGEPAGE."""
 import contextlib
 import dataclasses
+import errno
 import mmap
 import os
 import subprocess
@@ -18,7 +19,7 @@ from qllama.convert import convert_file
 from qllama.diagnostics import huge_page_bytes, mappings
 from qllama.formats.llama2c import Q80, Config, ModelFile, layout
 from qllama.io import blockwriter
-from qllama.io.blockwriter import BLOCK, BlockWriter
+from qllama.io.blockwriter import BLOCK, BlockWriter, QueuedWriter
 from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 
@@ -43,6 +44,57 @@ def test_file_holds_the_writes_in_order(tmp_path_factory, ws):
                 expect[offset:offset + len(data)] = data
         out.flush()
         assert os.pread(fd, 4096, 0) == bytes(expect)
+    finally:
+        os.close(fd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(writes, st.integers(1, 400), st.lists(st.booleans(), min_size=30, max_size=30))
+def test_queued_writer_holds_the_writes_in_order(tmp_path_factory, ws, max_bytes, handed):
+    """The writer thread makes the same file as the writes made one by one, whether
+    the caller's buffers are copied or handed over (and each handed one released)."""
+    path = tmp_path_factory.mktemp("qw") / "f"
+    expect, released, pending = bytearray(), [], []
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        with QueuedWriter(fd, max_bytes=max_bytes, block=64) as out:
+            for i, (offset, data) in enumerate(ws):
+                buf = bytearray(data)
+                if handed[i]:
+                    pending.append(i)
+                    out.pwrite(buf, offset, release=lambda i=i: released.append(i))
+                else:
+                    out.pwrite(buf, offset)
+                    buf[:] = bytes(len(buf))  # reused at once: the write must have copied
+                if data:
+                    expect.extend(bytes(max(0, offset + len(data) - len(expect))))
+                    expect[offset:offset + len(data)] = data
+            out.flush()
+            assert os.pread(fd, 4096, 0) == bytes(expect)
+            assert released == pending
+    finally:
+        os.close(fd)
+
+
+def test_queued_writer_raises_a_failed_write_in_the_caller(tmp_path):
+    """A write that fails in the thread is raised, as is, by the caller's next call;
+    every handed buffer is released all the same (a pool waiting on it goes on)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # writes fail with EBADF
+    released = []
+    try:
+        with QueuedWriter(fd, block=64) as out:
+            out.pwrite(b"x" * 100, 0, release=lambda: released.append(0))
+            with pytest.raises(OSError) as info:
+                for i in range(1, 50):
+                    out.pwrite(b"y" * 100, 100 * i, release=lambda i=i: released.append(i))
+                out.flush()
+            assert info.value.errno == errno.EBADF
+            with pytest.raises(OSError):
+                out.flush()
+        assert released == list(range(len(released)))
+        assert released and released[-1] >= 0
     finally:
         os.close(fd)
 

@@ -525,3 +525,29 @@ def test_force_never_replaces_a_fifo_or_device(small, tmp_path, capsys):
         assert main(["quantize", str(src), str(target), "--force", "-q"]) == 1
         assert "not a regular file" in capsys.readouterr().err
     assert not os.path.isfile(fifo) and not os.path.isfile("/dev/null")
+
+
+def test_bf16_quantizer_equals_float32_of_the_same_values():
+    """quantize_weights_bf16 (bits widened in its own pass) makes the bytes
+    quantize_weights makes of the widened float32, with the same error marks: Inf,
+    NaN, all-zero, subnormal and largest-finite groups, any group size."""
+    from qllama._kernels.quantize_weights import quantize_weights_bf16
+    rng = np.random.default_rng(7)
+    n = 64 * 24 * 50
+    bits = ((rng.standard_normal(n, dtype=np.float32) * 0.02).view(np.uint32) >> 16)
+    bits = bits.astype(np.uint16)
+    bits[5], bits[700] = 0x7F80, 0x7FC1  # Inf, NaN
+    bits[2048:2112] = 0  # an all-zero group
+    bits[3072:3136] = rng.integers(0, 4, 64)  # subnormal and zero values
+    bits[4096:4160] = 0x7F7F  # the largest finite bf16
+    bits[4200] = 0xFF7F
+    w = (bits.astype(np.uint32) << 16).view(np.float32)
+    for gs in (24, 32, 64):
+        outs = []
+        for f, x in ((q80, w), (quantize_weights_bf16, bits)):
+            q = np.empty(n, np.int8)
+            s, e = np.empty(n // gs, np.float32), np.empty(n // gs, np.float32)
+            f(x, gs, q, s, e, 2)
+            outs.append((q.tobytes(), s.tobytes(), e.tobytes()))
+        assert outs[0] == outs[1]
+        assert np.isnan(np.frombuffer(outs[0][2], np.float32)[[5 // gs, 700 // gs]]).all()

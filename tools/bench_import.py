@@ -14,6 +14,12 @@ the import's I/O alone: the shards read while as many bytes as the output are
 written and fsync'd, no computation. As root the page cache is dropped before (2),
 (3) and (4): all read from disk.
 MB/s is shard bytes over import's own time (config to fsync'd rename).
+
+    python tools/bench_import.py --keep --against /tmp/base --rounds 2
+
+--against DIR also imports with the qllama tree at DIR (a checkout with its
+extensions built), alternating with this one and the I/O floor for --rounds rounds:
+on a shared machine only measurements of one run, interleaved, compare.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_quantize import READ_BUF, drop_caches  # noqa: E402
+from bench_quantize import READ_BUF, drop_caches, io_floor  # noqa: E402
 from make_model import write_random_hf  # noqa: E402
 
 from qllama.synth import PRESETS  # noqa: E402
@@ -50,45 +56,24 @@ def read_speed(paths: list[str], cold: bool) -> tuple[float, int, bool]:
     return n / 1e6 / (time.perf_counter() - t0), n, dropped
 
 
-def copy_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> float:
-    """MB/s of shards when only the I/O of an import is done: the shards read (one
-    thread) while as many bytes as the output has are written and fsync'd (another):
-    both share the disk."""
-    import threading
-    if cold:
-        drop_caches()
-
-    def write() -> None:
-        block = bytes(2 << 20)
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for at in range(0, out_bytes, len(block)):
-                os.pwrite(fd, block[:out_bytes - at], at)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    writer = threading.Thread(target=write)
-    t0 = time.perf_counter()
-    writer.start()
-    n = read_speed(paths, False)[1]
-    writer.join()
-    os.unlink(scratch)
-    return n / 1e6 / (time.perf_counter() - t0)
-
-
-def run_import(folder: str, out: str, threads: int | None, cold: bool) -> dict:
+def run_import(folder: str, out: str, threads: int | None, cold: bool,
+               tree: str | None = None) -> dict:
     dropped = drop_caches() if cold else False
+    env = dict(os.environ, COLUMNS="250")
+    cwd = None
+    if tree:  # `python -m` puts the working directory first on sys.path: run from the tree
+        env["PYTHONPATH"] = cwd = os.path.abspath(tree)
+        folder, out = os.path.abspath(folder), os.path.abspath(out)
     # Python, numpy, safetensors and qllama back in the cache: time the import, not imports.
     subprocess.run([sys.executable, "-c", "import qllama.interop.hf_import, qllama.cli, "
-                    "safetensors, ml_dtypes, rich.table"], check=True)
+                    "safetensors, ml_dtypes, rich.table"], check=True, env=env, cwd=cwd)
     cmd = [sys.executable, "-m", "qllama", "import", folder, out, "--to", "v2", "--force"]
     if threads:
         cmd += ["--threads", str(threads)]
     if os.path.exists("/usr/bin/time"):
         cmd = ["/usr/bin/time", "-v"] + cmd
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, COLUMNS="250"))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise SystemExit(f"import failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
@@ -109,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep the generated folder and output")
     p.add_argument("--warm", action="store_true", help="do not drop the page cache")
+    p.add_argument("--against", default=None, help="another qllama tree to import with too")
+    p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args(argv)
     os.makedirs(args.dir, exist_ok=True)
     folder = args.folder or os.path.join(args.dir, f"{args.shape}-hf")
@@ -125,17 +112,21 @@ def main(argv=None) -> int:
         rd, size, dropped_r = read_speed(paths, not args.warm)
         print(f"# plain read of {len(paths)} shards ({size / 1e9:.2f} GB): {rd:,.0f} MB/s",
               flush=True)
-        r = run_import(folder, out, args.threads, not args.warm)
-        floor = copy_floor(paths, os.path.getsize(out), out + ".io", not args.warm)
-        print(f"# the import's I/O alone (shards read while {os.path.getsize(out) / 1e9:.2f} GB "
-              f"are written and fsync'd): {floor:,.0f} MB/s of shards", flush=True)
-        mbps = size / 1e6 / r["seconds"]
-        cache = "cold" if dropped_r and r["dropped"] else "warm (page cache not dropped)"
-        print(f"import --to v2: {r['seconds']:.1f} s ({r['wall']:.1f} s wall), {mbps:,.0f} MB/s "
-              f"of shards, {mbps / rd:.2f}x the plain read ({rd:,.0f} MB/s), {mbps / floor:.2f}x "
-              f"its I/O alone ({floor:,.0f} MB/s); peak RSS "
-              f"{r['rss_mb']:,.0f} MB ({r['rss_source']}); output "
-              f"{os.path.getsize(out) / 1e9:.2f} GB; {cache}")
+        trees = [(None, "this tree")] + ([(args.against, args.against)] if args.against else [])
+        for _ in range(args.rounds):
+            for tree, name in trees:
+                r = run_import(folder, out, args.threads, not args.warm, tree)
+                floor = io_floor(paths, os.path.getsize(out), out + ".io", not args.warm)
+                print(f"# the import's I/O alone (shards read while "
+                      f"{os.path.getsize(out) / 1e9:.2f} GB are written and fsync'd): "
+                      f"{floor:,.0f} MB/s of shards", flush=True)
+                mbps = size / 1e6 / r["seconds"]
+                cache = "cold" if dropped_r and r["dropped"] else "warm (page cache not dropped)"
+                print(f"import --to v2 ({name}): {r['seconds']:.1f} s ({r['wall']:.1f} s wall), "
+                      f"{mbps:,.0f} MB/s of shards, {mbps / rd:.2f}x the plain read "
+                      f"({rd:,.0f} MB/s), {mbps / floor:.2f}x its I/O alone ({floor:,.0f} MB/s); "
+                      f"peak RSS {r['rss_mb']:,.0f} MB ({r['rss_source']}); output "
+                      f"{os.path.getsize(out) / 1e9:.2f} GB; {cache}", flush=True)
     finally:
         if not args.keep:
             if os.path.exists(out):

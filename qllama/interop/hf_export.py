@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
 from ..io.atomic import atomic_directory, check_output_directory
-from ..io.blockwriter import BlockWriter
+from ..io.blockwriter import QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
@@ -111,7 +111,7 @@ class SafetensorsWriter:
         for file, head in zip(self.files, heads):
             self.fds.append(os.open(os.path.join(folder, file),
                                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            self.outs.append(BlockWriter(self.fds[-1]))
+            self.outs.append(QueuedWriter(self.fds[-1]))  # written while the next is cast
             self.outs[-1].pwrite(head, 0)
 
     def write(self, name: str, at: int, data: np.ndarray) -> None:
@@ -124,8 +124,7 @@ class SafetensorsWriter:
                 out.flush()
                 check_written(fd, file, size)
         finally:
-            for fd in self.fds:
-                os.close(fd)
+            self._close_files()
         if len(self.files) > 1:
             weight_map = {name: self.files[i] for name, (i, _) in self.place.items()}
             write_json(os.path.join(self.folder, hf.INDEX), {
@@ -139,8 +138,13 @@ class SafetensorsWriter:
         if kind is None:
             self.close()
         else:
-            for fd in self.fds:
-                os.close(fd)
+            self._close_files()
+
+    def _close_files(self) -> None:
+        for out in self.outs:
+            out.close()  # its thread stopped (what it still held dropped) before its fd
+        for fd in self.fds:
+            os.close(fd)
 
 
 def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = None,

@@ -3,9 +3,10 @@
 Data flow: config.json → Config (formats.hf.parse_config: refusals) → every shard's
 safetensors header, parsed once (formats.safetensors), checked against the llama2.c
 layout (name, dtype, shape) → for each output tensor in file order, row chunks read
-a thread ahead with pread, converted to float32 exactly, q_proj / k_proj rows put
-back in Meta's order per head → quant.pipeline.TensorWriter (fp32 copy, or the Q8_0
-weight quantizer) → 2 MiB-aligned writes (io.blockwriter) into an atomic output. So
+a thread ahead with pread, q_proj / k_proj rows put back in Meta's order per head →
+quant.pipeline.TensorWriter (fp32 copy, converted exactly; or the Q8_0 weight
+quantizer on every core, which widens bf16 in its own pass) → 2 MiB-aligned writes
+by a writer thread (io.blockwriter.QueuedWriter) into an atomic output. So
 a v2 file is byte-identical to `qllama quantize` of the v1 file. Shards are read,
 never mapped, so the pages read do not pile up in the process's resident set (a
 7B's 10 GB shard read through one map would count 10 GB): memory stays a few chunks.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import stat
 import time
 import warnings
@@ -27,13 +29,13 @@ import numpy as np
 
 from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from ..formats import hf, llama2c, safetensors
-from ..formats.llama2c import Config, Entry
+from ..formats.llama2c import Q80, Config, Entry
 from ..io.atomic import atomic_outputs, check_output_name, check_output_path
-from ..io.blockwriter import BlockWriter
+from ..io.blockwriter import QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch, read_exact
 from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded
 from ..quant.groups import choose_group_size
-from ..quant.pipeline import TensorWriter, check_written, kind_stats
+from ..quant.pipeline import N_VALUE_BUFFERS, TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads
 
 
@@ -152,9 +154,11 @@ def _byte_range(chunk) -> tuple[int, int]:
 
 
 def _read(chunk, config: Config, raw, out: np.ndarray) -> np.ndarray:
-    """One chunk's values (its bytes `raw`) as float32 in llama2.c's order, in `out`
-    (flat); returns that part of `out`. Widening and un-permuting are one numpy pass
-    into a reused buffer: fresh buffers cost a page fault per 4 KiB."""
+    """One chunk's values (its bytes `raw`) in llama2.c's order, in `out` (flat): as
+    float32, or, for a bf16 tensor and a uint16 `out`, as bf16 bits (for the
+    quantizer, which widens them itself); returns that part of `out`, or a view of
+    `raw` when nothing needs moving. One numpy pass into a reused buffer: fresh
+    buffers cost a page fault per 4 KiB."""
     e, start, s, r0, r1 = chunk
     cols = e.numel // e.shape[0]
     a = np.frombuffer(raw, _VIEWS[s.dtype], (r1 - r0) * cols).reshape(r1 - r0, cols)
@@ -163,25 +167,26 @@ def _read(chunk, config: Config, raw, out: np.ndarray) -> np.ndarray:
     if e.name in hf.PERMUTED:
         src = hf.meta_order_view(a, (r1 - r0) // config.head_size)
         dst = w.reshape(src.shape)
-    if s.dtype == "BF16":
-        # bf16 is the upper half of a float32: widened exactly by a shift, which, unlike
-        # ml_dtypes' cast, releases the GIL (the quantizer's thread runs meanwhile).
+    if out.dtype == np.uint16:
+        if e.name not in hf.PERMUTED:
+            return a.reshape(-1)
+        np.copyto(dst, src)  # reordered as bits: half the bytes of float32
+    elif s.dtype == "BF16":
+        # bf16 is the upper half of a float32: widened exactly by a shift.
         np.left_shift(src, 16, out=dst.view(np.uint32), dtype=np.uint32)
     else:
         np.copyto(dst, src)  # F16 → F32 is exact
     return w
 
 
-def _reads(plan: list, config: Config, step: int):
-    """(chunk, values) for each chunk of the plan (_read), into a ring of buffers.
-
-    The chunk's bytes are read with pread into a scratch buffer (at the disk's
-    sequential speed, 1.7-2.5 GB/s here, where the faults of a map of a cold file read
-    at 0.6-1 GB/s, holding the GIL), then converted from there. Consumed through
+def _reads(plan: list, step: int):
+    """(chunk, its bytes) for each chunk of the plan, read with pread into a ring of
+    buffers (at the disk's sequential speed, where the faults of a map of a cold file
+    read at 0.6-1 GB/s, holding the GIL). Only reads: the conversion (_read) is the
+    caller's, so that this thread keeps the disk busy. Consumed through
     prefetch(depth=2): the caller holds one chunk, two wait in its queue and one is
-    being read, so a ring of four buffers never overwrites values in use."""
-    ring = [np.empty(step, np.float32) for _ in range(4)]
-    scratch = bytearray(max(_byte_range(c)[1] for c in plan))
+    being read, so a ring of four buffers never overwrites bytes in use."""
+    ring = [bytearray(max(_byte_range(c)[1] for c in plan)) for _ in range(4)]
     fds = {}
     try:
         for i, chunk in enumerate(plan):
@@ -189,9 +194,9 @@ def _reads(plan: list, config: Config, step: int):
             if path not in fds:
                 fds[path] = open_regular(path)[0]
             offset, n = _byte_range(chunk)
-            raw = memoryview(scratch)[:n]
+            raw = memoryview(ring[i % len(ring)])[:n]
             read_exact(fds[path], raw, offset, path)
-            yield chunk, _read(chunk, config, raw, ring[i % len(ring)])
+            yield chunk, raw
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -281,16 +286,28 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     t0 = time.perf_counter()
     done = 0
     paths = [dst] + [p for p, _ in tokenizer_files]
-    with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs):
-        for out, (_, data) in zip(tokenizer_outs, tokenizer_files):
-            out.write(data)
-        out = BlockWriter(f.fileno())
+    with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs), \
+            QueuedWriter(f.fileno()) as out:
+        for tok_out, (_, data) in zip(tokenizer_outs, tokenizer_files):
+            tok_out.write(data)
         out.pwrite(llama2c.header_bytes(cout), 0)
         tensors = TensorWriter(out, cout, step, threads, report.kinds, src, label,
                                chunk_bytes=chunk_bytes)
-        with contextlib.closing(prefetch(_reads(plan, config, step), depth=2)) as chunks:
-            for (e, start, s, r0, r1), w in chunks:
-                tensors.write(e, start, w)
+        # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
+        # in the writer's queue (pages are touched only where used: v1 output, norms).
+        pool: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(N_VALUE_BUFFERS):
+            pool.put(np.empty(step, np.float32))
+        bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
+        with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as chunks:
+            for chunk, raw in chunks:
+                e, start, s, r0, r1 = chunk
+                if s.dtype == "BF16" and e.encoding == Q80:
+                    tensors.write(e, start, _read(chunk, config, raw, bits))
+                else:
+                    buf = pool.get()
+                    tensors.write(e, start, _read(chunk, config, raw, buf),
+                                  release=lambda buf=buf: pool.put(buf))
                 done += s.nbytes * (r1 - r0) // s.shape[0]
                 if progress is not None:
                     progress(done, report.in_bytes)

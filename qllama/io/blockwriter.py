@@ -13,7 +13,9 @@ held, so the file's bytes are exactly those of the same writes made one by one.
 """
 from __future__ import annotations
 
+import collections
 import os
+import threading
 
 BLOCK = 2 << 20  # the huge (PMD) page size with 4 KiB pages: x86-64, most arm64
 
@@ -24,8 +26,16 @@ class BlockWriter:
         self._held = bytearray()  # bytes of [self._start, self._start + len), inside one block
         self._start = 0
 
-    def pwrite(self, data, offset: int) -> None:
-        data = memoryview(data).cast("B")
+    def pwrite(self, data, offset: int, release=None) -> None:
+        """`release()`, if given, is called once `data` is no longer needed (as
+        QueuedWriter.pwrite's; here at once)."""
+        try:
+            self._pwrite(memoryview(data).cast("B"), offset)
+        finally:
+            if release is not None:
+                release()
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
         if not len(data):
             return  # writes nothing: must not flush a block being held
         if self._held and offset != self._start + len(self._held):
@@ -74,3 +84,107 @@ def _write_all(fd: int, parts: list, offset: int) -> None:
             views.pop(0)
         if views:
             views[0] = views[0][n:]
+
+
+QUEUE_BYTES = 128 << 20  # bytes handed to the writer thread and not yet written
+
+
+class QueuedWriter:
+    """A BlockWriter whose writes are made by a thread, so that the caller computes
+    the next chunk while the kernel copies (and, past the dirty limit, throttles)
+    this one. At most `max_bytes` wait in the queue (the caller blocks beyond that):
+    memory stays bounded whatever the output's size.
+
+    `pwrite(data, offset, release=None)`: without `release`, `data` is copied (the
+    caller may reuse its buffer at once); with it, `data` is written in place and
+    `release()` is called once it has been (the caller hands its buffer back to a
+    pool). A failed write is raised in the caller, as is, by its next `pwrite` or by
+    `flush`; the writes after it are dropped (their buffers still released).
+    `flush()` returns once everything is written; `close()` stops the thread.
+    """
+
+    def __init__(self, fd: int, max_bytes: int = QUEUE_BYTES, block: int = BLOCK):
+        self.blocks = BlockWriter(fd, block)
+        self.max_bytes = max_bytes
+        self.queued = 0  # bytes in self.items
+        self.items: collections.deque = collections.deque()  # (view, offset, release) or None
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.dropping = False  # set by close(): what is still queued is not written
+        self.thread = threading.Thread(target=self._run, name="qllama-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.items:
+                    self.cond.wait()
+                item = self.items[0]
+            if item is None:
+                return
+            view, offset, release = item
+            if self.error is None and not self.dropping:
+                try:
+                    if view is FLUSH:
+                        self.blocks.flush()
+                    else:
+                        self.blocks.pwrite(view, offset)
+                except BaseException as e:  # raised in the caller
+                    self.error = e
+            if release is not None:
+                release()
+            with self.cond:
+                self.items.popleft()
+                self.queued -= 0 if view is FLUSH else len(view)
+                self.cond.notify_all()
+
+    def _put(self, item, nbytes: int) -> None:
+        with self.cond:
+            # Room for this item, or an empty queue: one item larger than the bound goes.
+            while self.items and self.queued + nbytes > self.max_bytes and self.error is None:
+                self.cond.wait()
+            self.items.append(item)
+            self.queued += nbytes
+            self.cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def pwrite(self, data, offset: int, release=None) -> None:
+        view = memoryview(data).cast("B")
+        if release is None:
+            view = memoryview(bytes(view))
+        try:
+            self._raise()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._put((view, offset, release), len(view))
+
+    def flush(self) -> None:
+        self._put((FLUSH, 0, None), 0)
+        with self.cond:
+            while self.items:
+                self.cond.wait()
+        self._raise()
+
+    def close(self) -> None:
+        """Stop the thread; writes still queued (after an error) are dropped."""
+        if not self.thread.is_alive():
+            return
+        with self.cond:
+            self.dropping = True
+            self.items.append(None)
+            self.cond.notify_all()
+        self.thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+FLUSH = memoryview(b"")  # queued by flush(): the held block goes out

@@ -7,12 +7,14 @@ only checks dim) and writes zeros for an all-zero group (llama2.c divides 0 by 0
 Data flow: validated input header → output layout (formats.llama2c.layout) → for
 each output tensor, chunks of the input read ahead by a thread (io.chunks) → the
 weight quantizer (Cython, nogil, prange over groups) → int8 values and scales
-written at their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter).
-Memory stays bounded by a few chunks whatever the model size.
+written at their offsets, front to back in 2 MiB-aligned pieces by a writer thread
+(io.blockwriter.QueuedWriter): reading, quantizing and writing overlap. Memory
+stays bounded by a few chunks and the writer's queue whatever the model size.
 """
 from __future__ import annotations
 
 import os
+import queue
 import time
 from dataclasses import dataclass, field
 
@@ -22,10 +24,12 @@ from ..errors import FormatError, QllamaError, UsageError
 from ..formats import llama2c
 from ..formats.llama2c import F32, Q80, Config, Entry
 from ..io.atomic import atomic_output, check_output_path
-from ..io.blockwriter import BlockWriter
+from ..io.blockwriter import QueuedWriter
 from ..io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, open_input, read_jobs
 from ..threads import resolve_threads
 from .groups import choose_group_size
+
+N_VALUE_BUFFERS = 4  # int8 chunks quantized ahead of the writer: 4 * 8 MB
 
 
 @dataclass
@@ -77,6 +81,11 @@ def _non_finite(path: str, e: Entry, start: int, w: np.ndarray, label=tensor_lab
                        "a non-finite weight")
 
 
+def widen_bf16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values given as their bits (uint16) → float32, exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 class TensorWriter:
     """Writes the tensors of an output file (version 1 or 2) chunk by chunk, in file
     order, from float32 values: fp32 entries as they are, Q8_0 entries through the
@@ -86,9 +95,12 @@ class TensorWriter:
 
     `write(e, start, w)`: `w` holds values start .. start + len(w) of entry `e`, at
     most `step` of them, a whole number of groups; a tensor's chunks come in order.
+    `w` is float32, or uint16: bfloat16's bits, widened in the quantizer's own pass.
+    With `release`, `w` is the caller's until `release()` is called (an fp32 entry's
+    values are then written from `w` itself, not copied into the writer's queue).
     """
 
-    def __init__(self, out: BlockWriter, config: Config, step: int, threads: int,
+    def __init__(self, out, config: Config, step: int, threads: int,
                  kinds: dict, src: str, label=tensor_label,
                  chunk_bytes: int = CHUNK_BYTES):
         self.out, self.threads, self.kinds = out, threads, kinds
@@ -97,9 +109,14 @@ class TensorWriter:
         self.chunk_bytes = chunk_bytes
         if config.version != 2:
             return
-        from .._kernels.quantize_weights import quantize_weights
-        self._quantize = quantize_weights
-        self.q = np.empty(step, dtype=np.int8)  # (step,) values of one chunk
+        from .._kernels.quantize_weights import quantize_weights, quantize_weights_bf16
+        self._quantize = {np.dtype(np.float32): quantize_weights,
+                          np.dtype(np.uint16): quantize_weights_bf16}
+        # (step,) int8 values of one chunk each: one being quantized while the others
+        # wait in the writer's queue (QueuedWriter), handed back once written.
+        self.pool: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(N_VALUE_BUFFERS):
+            self.pool.put(np.empty(step, dtype=np.int8))
         held = [e.numel // gs for e in llama2c.layout(config)
                 if e.encoding == Q80 and self.holds(e)]
         # scales of one tensor or chunk
@@ -112,23 +129,41 @@ class TensorWriter:
         scales larger than a chunk (tiny groups) go out chunk by chunk instead."""
         return 4 * (e.numel // self.gs) <= self.chunk_bytes
 
-    def write(self, e: Entry, start: int, w: np.ndarray) -> None:
-        out, n = self.out, len(w)
+    def write(self, e: Entry, start: int, w: np.ndarray, release=None) -> None:
         if e.encoding == F32:
+            if w.dtype == np.uint16:
+                w = widen_bf16(w)
             if not np.isfinite(w).all():
+                if release is not None:
+                    release()
                 raise _non_finite(self.src, e, start, w, self.label)
-            out.pwrite(w, e.offset + 4 * start)
+            self.out.pwrite(w, e.offset + 4 * start, release=release)
             return
-        gs, q, s, err = self.gs, self.q, self.s, self.err
+        try:
+            self._write_q80(e, start, w)
+        finally:
+            if release is not None:
+                release()
+
+    def _write_q80(self, e: Entry, start: int, w: np.ndarray) -> None:
+        out, n = self.out, len(w)
+        gs, s, err = self.gs, self.s, self.err
         hold = self.holds(e)
         g, g0 = n // gs, start // gs if hold else 0
-        self._quantize(w, gs, q[:n], s[g0:g0 + g], err[:g], self.threads)
-        emax = float(err[:g].max())
-        if emax != emax:  # NaN: a group held NaN or Inf
-            raise _non_finite(self.src, e, start, w, self.label)
+        q = self.pool.get()
+        try:
+            self._quantize[w.dtype](w, gs, q[:n], s[g0:g0 + g], err[:g], self.threads)
+            emax = float(err[:g].max())
+            if emax != emax:  # NaN: a group held NaN or Inf
+                if w.dtype == np.uint16:
+                    w = widen_bf16(w)
+                raise _non_finite(self.src, e, start, w, self.label)
+        except BaseException:
+            self.pool.put(q)
+            raise
         k = self.kinds[e.name]
         k.max_err = max(k.max_err, emax)
-        out.pwrite(q[:n], e.offset + start)
+        out.pwrite(q[:n], e.offset + start, release=lambda: self.pool.put(q))
         if not hold:
             out.pwrite(s[:g], e.scales_offset + 4 * (start // gs))
         elif start + n == e.numel:
@@ -172,8 +207,7 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
 
         t0 = time.perf_counter()
         done = 0
-        with atomic_output(dst, force, (src,)) as f:
-            out = BlockWriter(f.fileno())
+        with atomic_output(dst, force, (src,)) as f, QueuedWriter(f.fileno()) as out:
             out.pwrite(llama2c.header_bytes(cout), 0)
             tensors = TensorWriter(out, cout, step, threads, report.kinds, src,
                                    chunk_bytes=chunk_bytes)
