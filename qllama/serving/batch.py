@@ -19,15 +19,19 @@ from ..errors import UsageError
 PAGE = 16  # positions per KV page: a short sequence wastes at most 15 positions of cache
 
 
-class KVPool:
-    """Pages of KV cache to hand out (page ids into one KVCache)."""
+def page_bytes(config, kv: str) -> int:
+    """Bytes of one KV page: keys and values of PAGE positions in every layer."""
+    return 2 * (2 if kv == "f16" else 4) * config.n_layers * config.kv_dim * PAGE
 
-    def __init__(self, weights, c, kv: str, kv_memory: int):
-        item = 2 if kv == "f16" else 4
-        self.page_bytes = 2 * item * c.n_layers * c.kv_dim * PAGE
-        self.pages = max(1, kv_memory // self.page_bytes)
-        self.cache = KVCache(weights, PAGE, self.pages, kv, fault=False)
-        self._free = list(range(self.pages - 1, -1, -1))  # a stack: reuse resident pages
+
+class KVPool:
+    """`pages` pages of KV cache to hand out (page ids into one KVCache)."""
+
+    def __init__(self, weights, kv: str, pages: int):
+        self.pages = pages
+        self.cache = KVCache(weights, PAGE, pages, kv, fault=False)
+        self.page_bytes = self.cache.page_bytes
+        self._free = list(range(pages - 1, -1, -1))  # a stack: reuse resident pages
 
     @property
     def used(self) -> int:
@@ -59,12 +63,11 @@ class BatchEngine:
         c = model.config
         self.model = model
         self.vocab = c.vocab_size
-        self.seq_len = c.seq_len
-        item = 2 if model.kv == "f16" else 4
         if kv_memory is None:  # every session may reach seq_len
-            kv_memory = max_sessions * KVPool.pages_for(c.seq_len) * 2 * item * c.n_layers \
-                * c.kv_dim * PAGE
-        self.pool = KVPool(model.weights, c, model.kv, kv_memory)
+            pages = max_sessions * KVPool.pages_for(c.seq_len)
+        else:
+            pages = max(1, kv_memory // page_bytes(c, model.kv))
+        self.pool = KVPool(model.weights, model.kv, pages)
         self.workspace = Workspace(model.weights, max_rows, c.seq_len, model.threads)
 
     @property

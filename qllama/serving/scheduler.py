@@ -14,12 +14,11 @@ raises Busy (an HTTP 503 with Retry-After).
 """
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ from ..errors import QllamaError, UsageError
 from ..generation import Generation, Usage
 from ..model import token_array
 from ..sampling import check_sampling, default_seed
+from .batch import PAGE, BatchEngine
 
 PREFILL_CHUNK = 64  # prompt tokens one step takes, over all sequences
 
@@ -58,8 +58,6 @@ class Request:
     seed: int
     stop: tuple
     on_event: Callable[[Event], None]
-    id: int = 0
-    submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     # engine-side state
     generation: Generation | None = None
@@ -91,7 +89,6 @@ class Scheduler:
 
     def __init__(self, model, max_sessions: int = 8, queue: int = 16,
                  kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
-        from .batch import PAGE, BatchEngine
         if max_sessions < 1 or queue < 0 or prefill_chunk < 1:
             raise UsageError("max_sessions and prefill_chunk must be at least 1, queue at least 0")
         self.model = model
@@ -104,7 +101,6 @@ class Scheduler:
         # the most positions one request can hold: its context, or the whole KV pool
         self.max_positions = min(self.seq_len, self.engine.pool.pages * PAGE)
         self.metrics = Metrics(kv_pages_total=self.engine.pool.pages)
-        self._ids = itertools.count(1)
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._lock = threading.Condition()
@@ -141,7 +137,6 @@ class Scheduler:
             if (len(self._running) + len(self._waiting) >= self.max_sessions + self.queue_limit):
                 raise Busy(f"all {self.max_sessions} sessions and {self.queue_limit} queue "
                            "places are taken")
-            req.id = next(self._ids)
             self._waiting.append(req)
             self._lock.notify()
         return req
@@ -222,7 +217,7 @@ class Scheduler:
                     self.model, req.prompt_ids, req.max_tokens,
                     self.model.sampler(req.temperature, req.top_p, req.seed), req.stop)
             except QllamaError as e:
-                self._release(req, Event(error=str(e)), running=False)
+                self._release(req, Event(error=str(e)))
                 continue
             self._running.append(req)
 
@@ -230,6 +225,7 @@ class Scheduler:
         """One batch: each decoding sequence's last token, then prompt chunks."""
         rows = []  # (request, tokens, whether its last row predicts a token)
         budget = self.prefill_chunk
+        prefill = 0
         for req in running:
             n_prompt = len(req.prompt_ids)
             if req.fed >= n_prompt:
@@ -237,6 +233,7 @@ class Scheduler:
             elif budget > 0:
                 take = min(budget, n_prompt - req.fed)
                 budget -= take
+                prefill += take
                 rows.append((req, req.prompt_ids[req.fed:req.fed + take],
                              req.fed + take == n_prompt))
         t0 = time.perf_counter()
@@ -268,13 +265,13 @@ class Scheduler:
             m.steps += 1
             m.step_seconds += seconds
             m.last_step_seconds = seconds
-            m.prompt_tokens += sum(len(t) for r, t, _ in rows if r.fed <= len(r.prompt_ids))
+            m.prompt_tokens += prefill
             m.tokens_generated += sum(1 for _, _, want in rows if want)
             for req, event in done:
                 self._release(req, event)
 
-    def _release(self, req: Request, event: Event, running: bool = True) -> None:
-        if running and req in self._running:
+    def _release(self, req: Request, event: Event) -> None:
+        if req in self._running:
             self._running.remove(req)
         if req.pages is not None:
             self.engine.pool.give(req.pages)
