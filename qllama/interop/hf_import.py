@@ -32,8 +32,8 @@ from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Q80, Config, Entry
 from ..io.atomic import atomic_outputs, check_output_name, check_output_path
 from ..io.blockwriter import QueuedWriter
-from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch, read_exact
-from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded
+from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch
+from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded, read_exact
 from ..quant.groups import choose_group_size
 from ..quant.pipeline import N_VALUE_BUFFERS, TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads

@@ -14,7 +14,8 @@ import os
 import numpy as np
 
 from ..formats.llama2c import F32, Entry, layout
-from ..io.chunks import CHUNK_BYTES, open_input, prefetch, read_exact
+from ..io.chunks import CHUNK_BYTES, open_input, prefetch
+from ..io.inputs import read_exact
 
 
 class Llama2cReader:

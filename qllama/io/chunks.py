@@ -14,9 +14,10 @@ import threading
 
 import numpy as np
 
-from ..errors import FormatError, UsageError
+from ..errors import UsageError
 from ..formats import llama2c
 from ..formats.llama2c import Config, Entry
+from .inputs import read_exact
 
 CHUNK_BYTES = 32 << 20  # fp32 bytes read per chunk: large enough that per-chunk Python is noise
 N_BUFFERS = 3  # one being read, one being worked on, one spare
@@ -34,17 +35,6 @@ def read_jobs(out_entries: list[Entry], in_entries: list[Entry], step: int) -> l
         for start in range(0, e.numel, step):
             jobs.append((ein.offset + 4 * start, min(step, e.numel - start), e, start))
     return jobs
-
-
-def read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
-    """Fill `buf` from `offset` of `fd` (preadv until full; EOF is an error)."""
-    done, n = 0, len(buf)
-    while done < n:
-        got = os.preadv(fd, [buf[done:]], offset + done)
-        if got == 0:
-            raise FormatError(f"{path}: file ended at byte {offset + done} while reading "
-                              "(did it change while qllama was reading it?)")
-        done += got
 
 
 class ChunkReader:

@@ -63,20 +63,27 @@ def open_regular(path: str, error=FormatError) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill `buf` from `offset` of `fd` (preadv until full; EOF is an error)."""
+    done, n = 0, len(buf)
+    while done < n:
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got == 0:
+            raise FormatError(f"{path}: file ended at byte {offset + done} while reading "
+                              "(did it change while qllama was reading it?)")
+        done += got
+
+
 def pread_exact(fd: int, n: int, offset: int, path: str, error=FormatError) -> bytes:
     """n bytes from `offset`; a file that ends first is an error."""
-    parts, done = [], 0
-    while done < n:
-        try:
-            got = os.pread(fd, n - done, offset + done)
-        except OSError as e:
-            raise error(f"{path}: cannot read: {e.strerror}") from None
-        if not got:
-            raise error(f"{path}: file ended at byte {offset + done} while reading "
-                        "(did it change while qllama was reading it?)")
-        parts.append(got)
-        done += len(got)
-    return b"".join(parts)
+    buf = bytearray(n)
+    try:
+        read_exact(fd, memoryview(buf), offset, path)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    except FormatError as e:
+        raise error(str(e)) from None
+    return bytes(buf)
 
 
 def read_bounded(path: str, limit: int, what: str, error=FormatError) -> bytes:
