@@ -184,6 +184,8 @@ def test_scheduler_equals_solo_runs(story, seed):
     m = s.snapshot()
     assert m.kv_pages_used == 0 and m.running == 0 and m.queued == 0
     assert m.requests_finished == len(PROMPTS)
+    assert m.tokens_generated == sum(final.usage.completion_tokens for _, final in got)
+    assert m.prompt_tokens == sum(len(story.encode(p)) for p in PROMPTS)
 
 
 def test_scheduler_stop_strings_and_limits(story):
@@ -209,6 +211,20 @@ def test_scheduler_stop_strings_and_limits(story):
     finally:
         s.shutdown(30)
     assert s.snapshot().kv_pages_used == 0
+
+
+def test_metrics_count_tokens_made(story):
+    """A story that ends at EOS: the EOS prediction is no token (greedy, "The cat sat"
+    ends itself after 212)."""
+    s = Scheduler(story, max_sessions=1, queue=0)
+    s.start()
+    try:
+        (text, final), = run_all(s, [(story.encode("The cat sat"),
+                                      dict(max_tokens=250, temperature=0.0))])
+    finally:
+        s.shutdown(10)
+    assert final.finish_reason == "stop" and final.usage.completion_tokens == 212
+    assert s.snapshot().tokens_generated == 212
 
 
 def test_cancel_frees_pages(story):

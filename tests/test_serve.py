@@ -364,7 +364,7 @@ def test_a_client_that_disconnects_mid_answer_frees_its_pages(stories, stream):
     assert m["kv_pages_used"] == 0
     assert m["requests_cancelled_total"] == before["requests_cancelled_total"] + 1
     made = m["tokens_generated_total"] - before["tokens_generated_total"]
-    assert made < 8 * max_tokens
+    assert 7 * max_tokens <= made < 8 * max_tokens
 
 
 def test_serve_command_line_errors(tmp_path):

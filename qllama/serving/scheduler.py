@@ -247,12 +247,15 @@ class Scheduler:
             return
         seconds = time.perf_counter() - t0
         done = []
+        generated = 0
         for (req, toks, want), out in zip(rows, logits):
             req.fed += len(toks)
             if not want:
                 continue
             try:
+                made = len(req.generation.tokens)
                 text, reason = req.generation.step(out)
+                generated += len(req.generation.tokens) - made  # none when EOS ends it
             except QllamaError as e:
                 done.append((req, Event(error=str(e))))
                 continue
@@ -266,7 +269,7 @@ class Scheduler:
             m.step_seconds += seconds
             m.last_step_seconds = seconds
             m.prompt_tokens += prefill
-            m.tokens_generated += sum(1 for _, _, want in rows if want)
+            m.tokens_generated += generated
             for req, event in done:
                 self._release(req, event)
 
