@@ -15,7 +15,7 @@ from .errors import UsageError
 from .formats import llama2c
 from .formats.rope import rope_chunks
 from .io.atomic import atomic_output, check_output_path
-from .io.blockwriter import QueuedWriter
+from .io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from .io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, open_input, read_jobs
 
 
@@ -42,7 +42,8 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False) -> di
         step = CHUNK_BYTES // 4
         jobs = read_jobs(out_entries, in_entries, step)  # freqs tables: from rope_chunks
         t0 = time.perf_counter()
-        with atomic_output(dst, force, (src,)) as f, QueuedWriter(f.fileno()) as out:
+        with atomic_output(dst, force, (src,)) as f, QueuedWriter(
+                f.fileno(), QUEUED_CHUNKS * CHUNK_BYTES) as out:
             out.pwrite(llama2c.header_bytes(cout), 0)
 
             def write_tables(tables):  # in their place: the file is written front to back

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path
-from ..io.blockwriter import QueuedWriter
+from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
@@ -131,7 +131,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         total = sum(e.numel for e in entries)
         done = 0
         t0 = time.perf_counter()
-        with atomic_output(dst, force, (src, tok_path)) as f, QueuedWriter(f.fileno()) as out:
+        with atomic_output(dst, force, (src, tok_path)) as f, QueuedWriter(
+                f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
             with reader.chunks(plan) as chunks:
                 for (e, r0, r1, qtype, offset, nbytes), w in chunks:

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
 from ..io.atomic import atomic_directory, check_output_directory
-from ..io.blockwriter import QueuedWriter
+from ..io.blockwriter import QUEUE_BYTES, QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
@@ -78,10 +78,12 @@ class SafetensorsWriter:
     `tensors`: [(name, safetensors dtype, shape, bytes per value)] in the order they
     are written; they fill shards of at most `shard_bytes` in that order (one file,
     model.safetensors, when they fit). `write(name, at, data)` puts `data` at byte `at`
-    of a tensor; `close()` checks every file is complete and writes the index.
+    of a tensor; `close()` checks every file is complete and writes the index. Each
+    file's writer thread holds at most `queue_bytes` of unwritten data.
     """
 
-    def __init__(self, folder: str, tensors: list, shard_bytes: int = SHARD_BYTES):
+    def __init__(self, folder: str, tensors: list, shard_bytes: int = SHARD_BYTES,
+                 queue_bytes: int = QUEUE_BYTES):
         shards, current, used = [], [], 0
         for name, dtype, shape, size in tensors:
             nbytes = int(np.prod(shape)) * size
@@ -111,7 +113,7 @@ class SafetensorsWriter:
         for file, head in zip(self.files, heads):
             self.fds.append(os.open(os.path.join(folder, file),
                                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            self.outs.append(QueuedWriter(self.fds[-1]))  # written while the next is cast
+            self.outs.append(QueuedWriter(self.fds[-1], queue_bytes))  # written while the next is cast
             self.outs[-1].pwrite(head, 0)
 
     def write(self, name: str, at: int, data: np.ndarray) -> None:
@@ -190,7 +192,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
         with atomic_directory(dst, force, export_writes, inputs) as tmp:
             # in the input's order: the input is read front to back, each shard written so
             table = [(hf.hf_name(e.name, e.layer), st_dtype, e.shape, size) for e in entries]
-            with SafetensorsWriter(tmp, table, shard_bytes) as out, \
+            with SafetensorsWriter(tmp, table, shard_bytes, QUEUED_CHUNKS * chunk_bytes) as out, \
                     reader.chunks(plan) as chunks:
                 for (e, r0, r1), w in chunks:
                     if e.name in hf.PERMUTED:

@@ -31,7 +31,7 @@ from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Q80, Config, Entry
 from ..io.atomic import atomic_outputs, check_output_name, check_output_path
-from ..io.blockwriter import QueuedWriter
+from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch
 from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded, read_exact
 from ..quant.groups import choose_group_size
@@ -287,7 +287,7 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     done = 0
     paths = [dst] + [p for p, _ in tokenizer_files]
     with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs), \
-            QueuedWriter(f.fileno()) as out:
+            QueuedWriter(f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
         for tok_out, (_, data) in zip(tokenizer_outs, tokenizer_files):
             tok_out.write(data)
         out.pwrite(llama2c.header_bytes(cout), 0)

@@ -86,14 +86,16 @@ def _write_all(fd: int, parts: list, offset: int) -> None:
             views[0] = views[0][n:]
 
 
-QUEUE_BYTES = 128 << 20  # bytes handed to the writer thread and not yet written
+QUEUED_CHUNKS = 2  # a converter's chunks waiting for the writer: the next two; it works on a third
+QUEUE_BYTES = QUEUED_CHUNKS * (32 << 20)  # for io.chunks.CHUNK_BYTES; converters pass their own
 
 
 class QueuedWriter:
     """A BlockWriter whose writes are made by a thread, so that the caller computes
     the next chunk while the kernel copies (and, past the dirty limit, throttles)
     this one. At most `max_bytes` wait in the queue (the caller blocks beyond that):
-    memory stays bounded whatever the output's size.
+    memory stays bounded whatever the output's size. Converters pass QUEUED_CHUNKS of
+    their chunks, so that their memory stays a few chunks whatever the chunk size.
 
     `pwrite(data, offset, release=None)`: without `release`, `data` is copied (the
     caller may reuse its buffer at once); with it, `data` is written in place and

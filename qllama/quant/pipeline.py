@@ -24,7 +24,7 @@ from ..errors import FormatError, QllamaError, UsageError
 from ..formats import llama2c
 from ..formats.llama2c import F32, Q80, Config, Entry
 from ..io.atomic import atomic_output, check_output_path
-from ..io.blockwriter import QueuedWriter
+from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, open_input, read_jobs
 from ..threads import resolve_threads
 from .groups import choose_group_size
@@ -207,7 +207,8 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
 
         t0 = time.perf_counter()
         done = 0
-        with atomic_output(dst, force, (src,)) as f, QueuedWriter(f.fileno()) as out:
+        with atomic_output(dst, force, (src,)) as f, QueuedWriter(
+                f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(llama2c.header_bytes(cout), 0)
             tensors = TensorWriter(out, cout, step, threads, report.kinds, src,
                                    chunk_bytes=chunk_bytes)
