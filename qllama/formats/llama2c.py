@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..io.inputs import open_regular, pread_exact
+from ..spec import ModelSpec
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 HEADER_SIZE = 256  # v1 and v2 headers are zero-padded to this many bytes
@@ -90,6 +91,13 @@ class Config:
         """True when Q8_0 groups cross row boundaries (legal, but runq.c misreads it)."""
         return self.version == 2 and bool(
             self.dim % self.group_size or self.hidden_dim % self.group_size)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model this header describes, with llama2.c's constants."""
+        return ModelSpec(self.dim, self.hidden_dim, self.n_layers, self.n_heads,
+                         self.n_kv_heads, self.vocab_size, self.seq_len,
+                         self.shared_classifier)
 
     def as_version(self, version: int, group_size: int = 0) -> "Config":
         return replace(self, version=version, group_size=group_size if version == 2 else 0)
