@@ -53,8 +53,8 @@ cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
 
 
 cdef void prepare(qllama_acts* x, const Matrix* m, float* out, const float* inp,
-                  const float* weight, Py_ssize_t T, int8_t* xq, float* xs, void* packed,
-                  const qllama_kernels* k, int threads) noexcept nogil:
+                  const float* weight, double eps, Py_ssize_t T, int8_t* xq, float* xs,
+                  void* packed, const qllama_kernels* k, int threads) noexcept nogil:
     """The input of matmuls by m (and by matrices of its shape and kind): rows t < T of
     out = rmsnorm(inp) (or inp itself when weight is NULL and out is inp), prepared
     for m by the driver: their Q8_0 copy in xq/xs when m takes one, and for a block
@@ -64,12 +64,12 @@ cdef void prepare(qllama_acts* x, const Matrix* m, float* out, const float* inp,
     qllama_acts_init(x, m, out, T, xq, xs)
     if T == 1:
         if weight != NULL:
-            rmsnorm(out, inp, weight, n)
+            rmsnorm(out, inp, weight, n, eps)
         qllama_acts_quantize(k, x, 0, 1)
     else:
         for t in prange(T, schedule="static", num_threads=threads):
             if weight != NULL:
-                rmsnorm(out + t * n, inp + t * n, weight, n)
+                rmsnorm(out + t * n, inp + t * n, weight, n, eps)
             qllama_acts_quantize(k, x, t, t + 1)
     qllama_acts_pack(k, x, packed)
 

@@ -85,12 +85,12 @@ cdef class Kernels:
         return out
 
     @staticmethod
-    def rmsnorm(const float[::1] x, const float[::1] weight):
+    def rmsnorm(const float[::1] x, const float[::1] weight, double eps=1e-5):
         if x.shape[0] != weight.shape[0] or x.shape[0] == 0:
             raise ValueError("x and weight must have the same non-zero length")
         out = np.empty(x.shape[0], np.float32)
         cdef float[::1] o = out
-        rmsnorm(&o[0], &x[0], &weight[0], x.shape[0])
+        rmsnorm(&o[0], &x[0], &weight[0], x.shape[0], eps)
         return out
 
     @staticmethod
@@ -100,12 +100,12 @@ cdef class Kernels:
         softmax(&x[0], x.shape[0])
 
     @staticmethod
-    def rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos):
+    def rope(float[::1] vec, Py_ssize_t head_size, Py_ssize_t pos, float theta=10000.0):
         if head_size <= 0 or head_size % 2 or vec.shape[0] % head_size or pos < 0:
             raise ValueError("vector length must be a multiple of an even head size")
         fcos = np.empty(head_size // 2, np.float32)
         fsin = np.empty(head_size // 2, np.float32)
         cdef float[::1] c = fcos
         cdef float[::1] s = fsin
-        rope_table(&c[0], &s[0], head_size, pos)
+        rope_table(&c[0], &s[0], head_size, pos, theta)
         rope(&vec[0], vec.shape[0], head_size, &c[0], &s[0])

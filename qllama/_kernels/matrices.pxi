@@ -47,6 +47,8 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
 cdef struct Net:  # what the forward pass reads of the weights, without the GIL
     int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size
     int seq_len, head_size, kv_dim, group_size
+    float rope_theta
+    double norm_eps         # double: added as run.c adds its 1e-5 literal (ops.rmsnorm)
     const qllama_kernels* kernels
     Layer* layers
     Matrix tok_embeddings
@@ -66,12 +68,14 @@ cdef class Weights:
     def __init__(self, model, str variant):
         """`model` is a validated formats.llama2c.ModelFile (version 0, 1 or 2)."""
         c = model.config
+        spec = c.spec
         cdef Net* n = &self.net
         self.model = (model, model.buffer)
         n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
         n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
         n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
         n.group_size = c.group_size
+        n.rope_theta, n.norm_eps = spec.rope_theta, spec.norm_eps
         self.variant = variant
         n.kernels = variant_table(variant)
         cdef const qllama_kernels* k = n.kernels

@@ -18,26 +18,28 @@ cdef inline void softmax(float* x, Py_ssize_t n) noexcept nogil:
         x[i] = x[i] / total
 
 
-cdef inline void rmsnorm(float* o, const float* x, const float* weight,
-                         Py_ssize_t n) noexcept nogil:
+cdef inline void rmsnorm(float* o, const float* x, const float* weight, Py_ssize_t n,
+                         double eps) noexcept nogil:
+    """eps in double: run.c's `ss / n + 1e-5` adds a double literal."""
     cdef float ss = 0.0
     cdef Py_ssize_t j
     for j in range(n):
         ss += x[j] * x[j]
-    ss = ss / n + 1e-5
+    ss = ss / n + eps
     ss = 1.0 / sqrtf(ss)
     for j in range(n):
         o[j] = weight[j] * (ss * x[j])
 
 
-cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size,
-                            Py_ssize_t pos) noexcept nogil:
-    """cos and sin of pos * 10000^(-2i/head_size) for the head_size/2 pairs, computed
-    in float32 as run.c does; shared by every head and layer of the position."""
+cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size, Py_ssize_t pos,
+                            float theta) noexcept nogil:
+    """cos and sin of pos * theta^(-2i/head_size) for the head_size/2 pairs, computed
+    in float32 as run.c does (theta 10000); shared by every head and layer of the
+    position."""
     cdef Py_ssize_t i
     cdef float freq, val
     for i in range(head_size // 2):
-        freq = 1.0 / powf(10000.0, <float>(2 * i) / <float>head_size)
+        freq = 1.0 / powf(theta, <float>(2 * i) / <float>head_size)
         val = pos * freq
         fcos[i] = cosf(val)
         fsin[i] = sinf(val)

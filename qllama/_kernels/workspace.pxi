@@ -139,6 +139,7 @@ cdef class Workspace:
         cdef const qllama_kernels* k = w.kernels
         cdef Py_ssize_t dim = w.dim, kv_dim = w.kv_dim
         cdef Py_ssize_t hs = w.head_size, H = w.n_heads, rb = k.row_block
+        cdef double eps = w.norm_eps
         cdef Py_ssize_t kv_mul = w.n_heads // w.n_kv_heads, kvh
         cdef Py_ssize_t ps = cache.page_size, maxp = self.max_positions
         cdef Py_ssize_t page_entries = cache.page_entries, head_run = ps * hs
@@ -159,13 +160,14 @@ cdef class Workspace:
 
         for t in range(T):
             embed_row(self.x + t * dim, &w.tok_embeddings, tokens[t])
-            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, positions[t])
+            rope_table(self.fcos + t * (hs // 2), self.fsin + t * (hs // 2), hs, positions[t],
+                       w.rope_theta)
 
         for l in range(w.n_layers):
             L = &w.layers[l]
 
             # attention: q, k, v; k and v (k rotated) then go to the rows' pages
-            prepare(&xa, &L.wq, xb, self.x, L.attn_norm, T, self.xq, self.xs, self.packed, k,
+            prepare(&xa, &L.wq, xb, self.x, L.attn_norm, eps, T, self.xq, self.xs, self.packed, k,
                     nt)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
@@ -195,16 +197,16 @@ cdef class Workspace:
                                vc + (l * ps * kv_dim + (h // kv_mul) * head_run) * item,
                                tables + seq[t] * table_width, page_entries * item, ps,
                                att + th * maxp, positions[t] + 1, hs, f16, k)
-            prepare(&xa, &L.wo, xb, xb, NULL, T, self.xq, self.xs, self.packed, k, nt)
+            prepare(&xa, &L.wo, xb, xb, NULL, 0, T, self.xq, self.xs, self.packed, k, nt)
             matmul(self.xb2, dim, &xa, &L.wo, rb, nt)
             for i in range(T * dim):
                 self.x[i] += self.xb2[i]
 
             # feed-forward: w2(silu(w1 x) * w3 x)
-            prepare(&xa, &L.w1, xb, self.x, L.ffn_norm, T, self.xq, self.xs, self.packed, k,
+            prepare(&xa, &L.w1, xb, self.x, L.ffn_norm, eps, T, self.xq, self.xs, self.packed, k,
                     nt)
             swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, rb, nt)
-            prepare(&xa, &L.w2, self.hb, self.hb, NULL, T, self.xq, self.xs, self.packed, k,
+            prepare(&xa, &L.w2, self.hb, self.hb, NULL, 0, T, self.xq, self.xs, self.packed, k,
                     nt)
             matmul(xb, dim, &xa, &L.w2, rb, nt)
             for i in range(T * dim):
@@ -213,7 +215,7 @@ cdef class Workspace:
         # classifier over the rows that want logits, gathered
         for i in range(n_logits):
             memcpy(self.xb2 + i * dim, self.x + logit_rows[i] * dim, dim * sizeof(float))
-        prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, n_logits, self.xq, self.xs,
+        prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, eps, n_logits, self.xq, self.xs,
                 self.packed, k, nt)
         matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
 
