@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import UsageError
-from .formats.llama2c import QUANTIZED, Config, QTensor
+from .formats.llama2c import QUANTIZED, QTensor
 from .io.inputs import read_bounded
 from .model import BOS, EOS
 from .sampling import check_sampling
+from .spec import ModelSpec
 
 TOP_K = 5
 DEFAULT_SAMPLE = 512
@@ -221,7 +222,7 @@ def weight_errors(ref_file, cand_file) -> dict[str, WeightError]:
 ARCH_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
-def check_same_architecture(ref: Config, cand: Config, ref_name: str, cand_name: str) -> None:
+def check_same_architecture(ref: ModelSpec, cand: ModelSpec, ref_name: str, cand_name: str) -> None:
     """Raise UsageError naming every hyperparameter on which the two files differ."""
     diffs = [f"{f} {getattr(ref, f)} vs {getattr(cand, f)}" for f in ARCH_FIELDS
              if getattr(ref, f) != getattr(cand, f)]
@@ -261,7 +262,7 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
     if n_tokens < 1:
         raise UsageError(f"--sample must be at least 1 token, got {n_tokens}")
     check_sampling(temperature, 1.0, n_tokens, seed)
-    seq_len = model.config.seq_len
+    seq_len = model.spec.seq_len
     sampler = model.sampler(temperature, 1.0, seed)
     windows, left = [], n_tokens
     while left > 0:
@@ -325,7 +326,7 @@ def evaluate(reference, candidate, windows: list[Window], source: str = "",
 
     `progress(tokens_done)` is called after each window.
     """
-    check_same_architecture(reference.config, candidate.config, reference.path, candidate.path)
+    check_same_architecture(reference.spec, candidate.spec, reference.path, candidate.path)
     windows = [w for w in windows if len(w.targets)]
     if not windows:
         raise UsageError("no tokens to evaluate")
@@ -368,4 +369,4 @@ def windows_from_text(model, text: str, name: str = "text") -> list[Window]:
     ids = model.encode(text, bos=False)
     if not ids:
         raise UsageError(f"{name} gives no tokens: nothing to evaluate")
-    return text_windows(ids, model.config.seq_len)
+    return text_windows(ids, model.spec.seq_len)

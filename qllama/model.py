@@ -72,7 +72,7 @@ class Session:
         self.model = model
         self.engine = State(model.weights, capacity, PREFILL_BLOCK, model.threads, model.kv)
         self.pos = 0
-        self.vocab = model.config.vocab_size
+        self.vocab = model.spec.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
 
     @property
@@ -114,6 +114,7 @@ class Model:
         self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
         self.file = ModelFile(self.path)
         self.config = self.file.config
+        self.spec = self.config.spec  # what the engine computes with
         self.weights = Weights(self.file, self.variant)
         if self.config.straddles:
             warnings.warn(f"{self.path}: group size {self.config.group_size} does not divide "
@@ -128,10 +129,10 @@ class Model:
         if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
             from .tokenizer import find_tokenizer, load_tokenizer
             path = self._tokenizer or find_tokenizer(self.path)
-            self._tokenizer = load_tokenizer(path, vocab_size=self.config.vocab_size)
-        elif self._tokenizer.vocab_size != self.config.vocab_size:
+            self._tokenizer = load_tokenizer(path, vocab_size=self.spec.vocab_size)
+        elif self._tokenizer.vocab_size != self.spec.vocab_size:
             raise TokenizerError(f"tokenizer has {self._tokenizer.vocab_size} tokens, model "
-                                 f"{self.path} has {self.config.vocab_size}")
+                                 f"{self.path} has {self.spec.vocab_size}")
         return self._tokenizer
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
@@ -142,14 +143,14 @@ class Model:
 
     # -- engine ----------------------------------------------------------------
     def session(self, capacity: int | None = None) -> Session:
-        seq_len = self.config.seq_len
+        seq_len = self.spec.seq_len
         return Session(self, min(seq_len, capacity or seq_len))
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (positions, vocab): row t predicts the token after token_ids[..t]."""
-        ids = token_array(token_ids, self.config.vocab_size)
-        if len(ids) > self.config.seq_len:
-            raise UsageError(f"{len(ids)} tokens exceed seq_len {self.config.seq_len}")
+        ids = token_array(token_ids, self.spec.vocab_size)
+        if len(ids) > self.spec.seq_len:
+            raise UsageError(f"{len(ids)} tokens exceed seq_len {self.spec.seq_len}")
         return self.session(len(ids)).feed(ids, all_logits=True)
 
     def generate_ids(self, prompt_ids: list[int], steps: int = 256, temperature: float = 1.0,
@@ -162,8 +163,8 @@ class Model:
         between turns) and `sampler`. Arguments are checked now, not at the first
         token."""
         check_sampling(temperature, top_p, steps, seed)
-        seq_len = self.config.seq_len
-        prompt = token_array(prompt_ids, self.config.vocab_size)
+        seq_len = self.spec.seq_len
+        prompt = token_array(prompt_ids, self.spec.vocab_size)
         if session is None:
             if len(prompt) > seq_len:
                 raise UsageError(f"prompt is {len(prompt)} tokens, longer than the "
@@ -208,7 +209,7 @@ class Model:
         stats.generate_seconds += time.perf_counter() - t1
 
     def sampler(self, temperature: float, top_p: float, seed: int) -> Sampler:
-        return Sampler(self.config.vocab_size, temperature, top_p, seed)
+        return Sampler(self.spec.vocab_size, temperature, top_p, seed)
 
     def generate(self, prompt: str = "", steps: int = 256, temperature: float = 1.0,
                  top_p: float = 0.9, seed: int | None = None,

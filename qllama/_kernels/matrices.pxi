@@ -67,19 +67,18 @@ cdef class Weights:
 
     def __init__(self, model, str variant):
         """`model` is a validated formats.llama2c.ModelFile (version 0, 1 or 2)."""
-        c = model.config
-        spec = c.spec
+        c = model.spec
         cdef Net* n = &self.net
         self.model = (model, model.buffer)
         n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
         n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
         n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
-        n.group_size = c.group_size
-        n.rope_theta, n.norm_eps = spec.rope_theta, spec.norm_eps
+        n.group_size = model.config.group_size
+        n.rope_theta, n.norm_eps = c.rope_theta, c.norm_eps
         self.variant = variant
         n.kernels = variant_table(variant)
         cdef const qllama_kernels* k = n.kernels
-        gs = c.group_size
+        gs = model.config.group_size
         n.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
         if n.layers == NULL:
             raise MemoryError()

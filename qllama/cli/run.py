@@ -76,7 +76,7 @@ def generate(model: Model, args, seed: int, stats: Stats) -> None:
 def chat(model: Model, args, seed: int, stats: Stats) -> None:
     """Multi-turn chat; user turns come from stdin (a terminal or a pipe)."""
     interactive = sys.stdin.isatty()
-    session = model.session(args.steps or model.config.seq_len)
+    session = model.session(args.steps or model.spec.seq_len)
     sampler = model.sampler(args.temperature, args.top_p, seed)
     first = True
     while True:

@@ -60,7 +60,7 @@ class BatchEngine:
 
     def __init__(self, model, max_rows: int, kv_memory: int | None = None,
                  max_sessions: int = 8):
-        c = model.config
+        c = model.spec
         self.model = model
         self.vocab = c.vocab_size
         if kv_memory is None:  # every session may reach seq_len

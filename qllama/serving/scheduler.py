@@ -97,7 +97,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
                                   kv_memory=kv_memory, max_sessions=max_sessions)
-        self.seq_len = model.config.seq_len
+        self.seq_len = model.spec.seq_len
         # the most positions one request can hold: its context, or the whole KV pool
         self.max_positions = min(self.seq_len, self.engine.pool.pages * PAGE)
         self.metrics = Metrics(kv_pages_total=self.engine.pool.pages)
@@ -116,7 +116,7 @@ class Scheduler:
                top_p: float = 0.9, seed: int | None = None, stop=()) -> Request:
         """Queue a request; its events go to on_event (called from the engine thread).
         Raises UsageError for what cannot run, Busy when every place is taken."""
-        ids = token_array(prompt_ids, self.model.config.vocab_size).tolist()
+        ids = token_array(prompt_ids, self.model.spec.vocab_size).tolist()
         if len(ids) >= self.seq_len:
             raise UsageError(f"the prompt is {len(ids)} tokens; this model's context is "
                              f"{self.seq_len}, and the answer needs at least one more")
