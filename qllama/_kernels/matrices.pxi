@@ -66,43 +66,59 @@ cdef class Weights:
         self.net.layers = NULL
 
     def __init__(self, model, str variant):
-        """`model` is a validated formats.llama2c.ModelFile (version 0, 1 or 2)."""
+        """`model` is a validated model file: a formats.llama2c.ModelFile (version 0, 1
+        or 2) or a GGUF file; its `spec` and `tensor(name, layer)` by llama2.c's names.
+        Every shape is checked against the spec again here, whoever validated it."""
         c = model.spec
         cdef Net* n = &self.net
         self.model = (model, model.buffer)
         n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
         n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
         n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
-        n.group_size = model.config.group_size
         n.rope_theta, n.norm_eps = c.rope_theta, c.norm_eps
         self.variant = variant
         n.kernels = variant_table(variant)
-        cdef const qllama_kernels* k = n.kernels
-        gs = model.config.group_size
         n.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
         if n.layers == NULL:
             raise MemoryError()
-        cdef const float[::1] norm
         cdef int l
         for l in range(c.n_layers):
-            norm = model.tensor("attention_norm", l)
-            n.layers[l].attn_norm = &norm[0]
-            norm = model.tensor("ffn_norm", l)
-            n.layers[l].ffn_norm = &norm[0]
-            n.layers[l].wq = make_matrix(model.tensor("wq", l), gs, k)
-            n.layers[l].wk = make_matrix(model.tensor("wk", l), gs, k)
-            n.layers[l].wv = make_matrix(model.tensor("wv", l), gs, k)
-            n.layers[l].wo = make_matrix(model.tensor("wo", l), gs, k)
-            n.layers[l].w1 = make_matrix(model.tensor("w1", l), gs, k)
-            n.layers[l].w2 = make_matrix(model.tensor("w2", l), gs, k)
-            n.layers[l].w3 = make_matrix(model.tensor("w3", l), gs, k)
-        norm = model.tensor("norm")
-        n.final_norm = &norm[0]
-        n.tok_embeddings = make_matrix(model.tensor("tok_embeddings"), gs, k)
+            n.layers[l].attn_norm = self._norm(model, "attention_norm", l)
+            n.layers[l].ffn_norm = self._norm(model, "ffn_norm", l)
+            n.layers[l].wq = self._matrix(model, "wq", l, n.n_heads * n.head_size, n.dim)
+            n.layers[l].wk = self._matrix(model, "wk", l, n.kv_dim, n.dim)
+            n.layers[l].wv = self._matrix(model, "wv", l, n.kv_dim, n.dim)
+            n.layers[l].wo = self._matrix(model, "wo", l, n.dim, n.n_heads * n.head_size)
+            n.layers[l].w1 = self._matrix(model, "w1", l, n.hidden_dim, n.dim)
+            n.layers[l].w2 = self._matrix(model, "w2", l, n.dim, n.hidden_dim)
+            n.layers[l].w3 = self._matrix(model, "w3", l, n.hidden_dim, n.dim)
+        n.final_norm = self._norm(model, "norm", None)
+        n.tok_embeddings = self._matrix(model, "tok_embeddings", None, n.vocab_size, n.dim)
         if c.shared_classifier:
             n.classifier = n.tok_embeddings
         else:
-            n.classifier = make_matrix(model.tensor("output"), gs, k)
+            n.classifier = self._matrix(model, "output", None, n.vocab_size, n.dim)
+
+    cdef const float* _norm(self, model, str name, layer) except NULL:
+        cdef const float[::1] norm = model.tensor(name, layer)
+        if norm.shape[0] != self.net.dim:
+            raise ValueError(f"{name} has {norm.shape[0]} values, dim is {self.net.dim}")
+        return &norm[0]
+
+    cdef Matrix _matrix(self, model, str name, layer, Py_ssize_t rows,
+                        Py_ssize_t cols) except *:
+        """Matrix `name` of `layer`, (rows, cols); the activations' group size of every
+        matrix that takes quantized rows is one (the workspace's scratch has one)."""
+        tensor = model.tensor(name, layer)
+        if tuple(tensor.shape) != (rows, cols):
+            raise ValueError(f"{name} is {tuple(tensor.shape)}, the spec needs {(rows, cols)}")
+        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.net.kernels)
+        if m.q8_input:
+            if self.net.group_size and self.net.group_size != m.m.gs:
+                raise ValueError(f"{name}: activation groups of {m.m.gs}, other matrices "
+                                 f"take {self.net.group_size}")
+            self.net.group_size = m.m.gs
+        return m
 
     @property
     def seq_len(self):
