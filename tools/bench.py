@@ -6,6 +6,7 @@
     python tools/bench.py --shapes llama2-7b --threads 2 --prompt 64 --decode 16 --llama-bench ...
     python tools/bench.py --contended      # a busy process beside every measurement
     python tools/bench.py --variants avx2,avx512vnni --shapes stories110M   # kernels A/B
+    python tools/bench.py --gguf q4_k_m --llama-quantize .../llama-quantize --llama-bench ...
 
 (../shared/tools/refs.sh builds llama-bench and runq from public snapshots.)
 
@@ -20,6 +21,10 @@ qllama / llama.cpp and qllama / runq.c, both measured here, never quoted. Per en
   prefill  tok/s of a --prompt-token prompt (runq.c has no batched prefill: its
            prompt runs at its decode speed, so it has no prefill column)
   RSS      the process's peak resident set (weights as mapped, KV cache, runtime)
+--gguf TYPES (llama-quantize's names: q4_k_m, q6_k, ...) adds, per type, one GGUF file
+both engines run: llama-quantize's output from an F32 GGUF of the same weights (or
+`qllama quantize --type` with --gguf-by qllama). qllama on it is compared with llama.cpp
+on it and with qllama on its own Q8_0 (SHAPE.q80.bin).
 --contended starts a busy loop (one process, one core) before each measurement and
 stops it after: how each engine's default behaves on a machine that is not idle.
 """
@@ -106,12 +111,34 @@ def runq_once(q80, threads, args) -> dict:
     return {"decode": rate, "rss": rss}
 
 
-def models(shape: str, directory: Path, gguf: bool) -> dict:
+def gguf_model(shape: str, kind: str, f: dict, args) -> Path:
+    """SHAPE.KIND.gguf, quantized from the fp32 weights by llama-quantize or by qllama."""
+    out = args.dir / f"{shape}.{kind}.{args.gguf_by}.gguf"
+    if out.exists():
+        return out
+    ql = [sys.executable, "-m", "qllama"]
+    if args.gguf_by == "qllama":
+        subprocess.run([*ql, "quantize", str(f["v1"]), str(out), "--type", kind, "-q", "-z",
+                        str(REPO.parent / "shared" / "data" / "tokenizer.model")], check=True)
+        return out
+    f32 = args.dir / f"{shape}.f32.gguf"
+    if not f32.exists():
+        subprocess.run([*ql, "export", str(f["v1"]), str(f32), "--to", "gguf", "--type", "f32",
+                        "-z", str(REPO.parent / "shared" / "data" / "tokenizer.model")],
+                       check=True)
+    subprocess.run([args.llama_quantize, str(f32), str(out), kind.upper()], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+def models(shape: str, directory: Path, gguf: bool, gguf_kinds=()) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     f = {"v1": directory / f"{shape}.v1.bin", "q80": directory / f"{shape}.q80.bin",
          "gguf": directory / f"{shape}.q8_0.gguf"}
     ql = [sys.executable, "-m", "qllama"]
-    missing = not f["q80"].exists() or (gguf and not f["gguf"].exists())
+    missing = (not f["q80"].exists() or (gguf and not f["gguf"].exists())
+               or any(not (directory / f"{shape}.{k}.{a}.gguf").exists()
+                      for a, k in gguf_kinds))
     if missing and not f["v1"].exists():  # the fp32 file only to make the others (7B: 27 GB)
         subprocess.run([sys.executable, str(REPO / "tools" / "make_model.py"), shape, str(f["v1"])],
                        check=True)
@@ -140,15 +167,26 @@ class Busy:
 
 
 def measure(shape, threads, args, variants) -> dict:
-    """{engine label: [one dict per round]}."""
-    f = models(shape, args.dir, bool(args.llama_bench))
+    """{engine label: [one dict per round]}, and {qllama label: its llama.cpp label}."""
+    kinds = [k for k in args.gguf.split(",") if k]
+    f = models(shape, args.dir, bool(args.llama_bench), [(args.gguf_by, k) for k in kinds])
     engines = [(f"qllama {v or kernels.select()}", lambda v=v: qllama_once(f["q80"], threads, args, v))
                for v in variants]
+    refs = {label: "llama.cpp Q8_0" for label, _ in engines}
     if args.llama_bench:
         engines.append(("llama.cpp Q8_0", lambda: llama_once(f["gguf"], threads, args)))
+    for kind in kinds:
+        g = gguf_model(shape, kind, f, args)
+        for v in variants:
+            label = f"qllama {v or kernels.select()} {kind}"
+            engines.append((label, lambda v=v, g=g: qllama_once(g, threads, args, v)))
+            refs[label] = f"llama.cpp {kind}"
+        if args.llama_bench:
+            engines.append((f"llama.cpp {kind}", lambda g=g: llama_once(g, threads, args)))
     if args.runq:
         engines.append(("llama2.c runq.c", lambda: runq_once(f["q80"], threads, args)))
     results = {label: [] for label, _ in engines}
+    results["refs"] = refs
     for _ in range(args.rounds):
         for label, once in engines:
             if args.contended:
@@ -167,9 +205,11 @@ def median(rounds: list, key: str):
 def report(shape, threads, results, args) -> list[str]:
     lines = [f"{shape}, {threads} thread(s){', contended' if args.contended else ''}, "
              f"{args.rounds} rounds (medians):"]
-    ref = results.get("llama.cpp Q8_0")
+    refs = results.pop("refs")
     runq = results.get("llama2.c runq.c")
+    own = next(iter(results))  # qllama on its own Q8_0 file, the first engine
     for label, rounds in results.items():
+        ref = results.get(refs.get(label))
         dec, pre, rss = median(rounds, "decode"), median(rounds, "prefill"), median(rounds, "rss")
         cols = [f"  {label:24s} decode {dec:9.1f} tok/s"]
         cols.append(f"prefill {pre:9.1f} tok/s" if pre else f"prefill {'-':>9s}      ")
@@ -179,6 +219,9 @@ def report(shape, threads, results, args) -> list[str]:
                 cols.append(f"vs llama.cpp: decode {dec / median(ref, 'decode'):.2f}x "
                             f"prefill {pre / median(ref, 'prefill'):.2f}x "
                             f"RSS {rss / median(ref, 'rss'):.2f}x")
+            if label != own and own.startswith("qllama") and label.startswith(own):
+                cols.append(f"vs own Q8_0: decode {dec / median(results[own], 'decode'):.2f}x "
+                            f"prefill {pre / median(results[own], 'prefill'):.2f}x")
             if runq:
                 cols.append(f"vs runq.c: decode {dec / median(runq, 'decode'):.2f}x")
             ends = sorted({r["threads_at_end"] for r in rounds})
@@ -207,6 +250,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="", help="qllama kernel variants (default: the best)")
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary")
     ap.add_argument("--runq", help="llama2.c's runq binary")
+    ap.add_argument("--gguf", default="", help="GGUF types both engines run, e.g. q4_k_m,q6_k")
+    ap.add_argument("--gguf-by", choices=("llama.cpp", "qllama"), default="llama.cpp",
+                    help="who quantizes the --gguf files")
+    ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize (for --gguf)")
     ap.add_argument("--tokenizer", type=Path, default=LLAMA_TOKENIZER,
                     help="the Llama 2 tokenizer.bin runq.c needs")
     ap.add_argument("--contended", action="store_true", help="a busy process beside each run")
@@ -219,6 +266,8 @@ def main(argv=None) -> int:
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"unknown shape {s}; known: {', '.join(SHAPES)}")
+    if args.gguf and args.gguf_by == "llama.cpp" and not args.llama_quantize:
+        ap.error("--gguf needs --llama-quantize (or --gguf-by qllama)")
     variants = [v for v in args.variants.split(",") if v] or [None]
     for v in variants:
         if v:
