@@ -1,7 +1,8 @@
 """Tokenizers: text ↔ token ids for Llama 2 models, from either of two files.
 
 Modules: base (what both share), sentencepiece, llama2c (tokenizer.bin: reading,
-encoding, export), train (SentencePiece training with Llama 2's settings).
+encoding, export), gguf (a GGUF file's vocabulary, encoded as a tokenizer.bin's),
+train (SentencePiece training with Llama 2's settings).
 
 - `tokenizer.model`, a SentencePiece ModelProto: encoded and decoded by the
   sentencepiece library (`SentencePieceTokenizer`).
@@ -39,11 +40,12 @@ import struct
 from ..errors import TokenizerError
 from ..io.inputs import TOKENIZER_LIMIT, read_bounded
 from .base import StreamDecoder, Tokenizer
+from .gguf import GGUFTokenizer, from_gguf
 from .llama2c import BinTokenizer, export_bin
 from .sentencepiece import SentencePieceTokenizer
 
-__all__ = ["load_tokenizer", "find_tokenizer", "export_bin", "Tokenizer", "StreamDecoder",
-           "BinTokenizer", "SentencePieceTokenizer"]
+__all__ = ["load_tokenizer", "find_tokenizer", "from_gguf", "export_bin", "Tokenizer",
+           "StreamDecoder", "BinTokenizer", "GGUFTokenizer", "SentencePieceTokenizer"]
 
 
 def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
