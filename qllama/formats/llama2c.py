@@ -308,6 +308,10 @@ class ModelFile:
             raise FormatError(f"{self.path}: file changed size while opening")
         self.buffer = np.frombuffer(self._map, dtype=np.uint8)
 
+    @property
+    def spec(self) -> ModelSpec:  # as GGUFModel's: what open_model's callers read
+        return self.config.spec
+
     def has(self, name: str) -> bool:
         return any(key[0] == name for key in self.entries)
 
