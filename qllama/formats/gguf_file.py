@@ -13,7 +13,7 @@ next multiple of `general.alignment` (default 32).
 
 A count or length is checked against the bytes left before anything is allocated for
 it, so a count of 2**63 is one FormatError. The metadata and tensor table are read
-through a bounded window (METADATA_LIMIT, MAX_ITEMS): real ones are kilobytes to ~10 MB.
+through a bounded window (METADATA_LIMIT, MAX_STRINGS, MAX_ARRAYS): real ones are kilobytes to ~10 MB.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from ..quant.types import BY_GGUF
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 had 32-bit counts; llama.cpp no longer reads it either
 METADATA_LIMIT = 32 << 20
-MAX_ITEMS = 2 << 20  # strings and arrays, each a Python object: 128k-token vocabularies
-                     # with their merges hold ~0.4M
+MAX_STRINGS = 2 << 20  # each a Python object: 128k-token vocabularies with their merges
+                       # hold ~0.4M
+MAX_ARRAYS = 1 << 16   # real files hold a few, none nested
 MAX_DIMS = 4
 MAX_NAME = 64       # ggml's GGML_MAX_NAME, name and terminator
 MAX_KEY = 65535     # the spec's bound on a key's length
@@ -86,7 +87,8 @@ class _Cursor:
     def __init__(self, fd: int, size: int, path: str):
         self.fd, self.size, self.path = fd, size, path
         self.end = min(size, METADATA_LIMIT)
-        self.pos = self.items = 0
+        self.pos = 0
+        self.counts = {"strings": 0, "arrays": 0}
         self._buf, self._base = b"", 0
 
     def left(self) -> int:
@@ -114,14 +116,13 @@ class _Cursor:
         s = struct.Struct(fmt)
         return s.unpack(self.take(s.size, what))[0]
 
-    def count_item(self, what: str) -> None:
-        self.items += 1
-        if self.items > MAX_ITEMS:
-            raise FormatError(f"{self.path}: {what}: more than {MAX_ITEMS:,} strings and arrays "
-                              "in the metadata")
+    def count(self, kind: str, limit: int, what: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] > limit:
+            raise FormatError(f"{self.path}: {what}: more than {limit:,} {kind} in the metadata")
 
     def string(self, what: str, limit: int | None = None) -> str:
-        self.count_item(what)
+        self.count("strings", MAX_STRINGS, what)
         at = self.pos
         n = self.unpack("<Q", what)
         if limit is not None and n > limit:
@@ -132,6 +133,35 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{self.path}: {what} at byte {at} is not UTF-8") from None
+
+
+def _strings(cur: _Cursor, count: int, what: str) -> list:
+    """An array's strings, in one pass over the rest of the window (a vocabulary holds
+    100,000s: a call per string would be most of the time spent opening a file)."""
+    cur.counts["strings"] += count
+    if cur.counts["strings"] > MAX_STRINGS:
+        raise FormatError(f"{cur.path}: {what}: more than {MAX_STRINGS:,} strings in the metadata")
+    if cur.pos < cur._base or cur._base + len(cur._buf) < cur.end:
+        cur._buf, cur._base = pread_exact(cur.fd, cur.end - cur.pos, cur.pos, cur.path), cur.pos
+    buf, base, i, end = cur._buf, cur._base, cur.pos - cur._base, len(cur._buf)
+    length = struct.Struct("<Q").unpack_from
+    out = []
+    for _ in range(count):  # the window reaches cur.end, so need() raises for what is past it
+        if i + 8 > end:
+            cur.pos = base + i
+            cur.need(8, what)
+        n = length(buf, i)[0]
+        if n > end - i - 8:
+            cur.pos = base + i + 8
+            cur.need(n, what)
+        try:
+            out.append(buf[i + 8:i + 8 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise FormatError(f"{cur.path}: {what}: the string at byte {base + i} is not "
+                              "UTF-8") from None
+        i += 8 + n
+    cur.pos = base + i
+    return out
 
 
 def _value(cur: _Cursor, vtype: int, what: str, depth: int = 0):
@@ -159,7 +189,7 @@ def _bool(cur: _Cursor, v, what: str) -> bool:
 def _array(cur: _Cursor, what: str, depth: int):
     if depth >= MAX_NESTING:
         raise FormatError(f"{cur.path}: {what}: arrays nested deeper than {MAX_NESTING} levels")
-    cur.count_item(what)
+    cur.count("arrays", MAX_ARRAYS, what)
     etype = cur.unpack("<I", what)
     at = cur.pos
     count = cur.unpack("<Q", what)
@@ -177,6 +207,8 @@ def _array(cur: _Cursor, what: str, depth: int):
     if etype in SCALARS:
         values = np.frombuffer(cur.take(count * size, what), dtype).copy()
         return _bool(cur, values, what) if etype == BOOL else values
+    if etype == STRING:
+        return _strings(cur, count, what)
     return [_value(cur, etype, what, depth + 1) for _ in range(count)]
 
 
