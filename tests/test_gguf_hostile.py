@@ -108,6 +108,7 @@ def gguf_file(kvs=(ARCH,), tensors=(), data=b"", version=3, n_kv=None, n_tensors
 CRAFTED = {
     "empty": (b"", "not a GGUF file"),
     "magic only": (b"GGUF", "truncated: version at byte 4"),
+    "big-endian": (b"GGUF" + struct.pack(">I", 3) + bytes(16), "a big-endian GGUF file"),
     "version 1": (gguf_file(version=1), "GGUF version 1; qllama reads versions 2 and 3"),
     "2**63 tensors": (gguf_file(n_tensors=2**63), "9,223,372,036,854,775,808 tensors"),
     "2**63 key/values": (gguf_file(n_kv=2**63), "9,223,372,036,854,775,808 key/values"),
@@ -160,6 +161,9 @@ CRAFTED = {
     "misaligned tensor": (gguf_file(tensors=[tensor("t", [8], 0, 4)], data=bytes(64)),
                           "tensor t starts at data offset 4, not a multiple of the alignment"),
     "no architecture": (gguf_file(kvs=[]), "general.architecture is missing"),
+    "architecture an array": (gguf_file(kvs=[kv("general.architecture", 9, u32(4) + u64(10**5)
+                                                + bytes(4 * 10**5))]),
+                              "general.architecture is an array of 100,000, must be a string"),
 }
 
 

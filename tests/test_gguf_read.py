@@ -131,9 +131,9 @@ def test_info_describes_a_gguf_file(tmp_path, capsys):
 
 REFUSALS = [
     (dict(meta=dict(general__architecture="mistral")),
-     "general.architecture is mistral; qllama reads llama"),
+     "general.architecture is 'mistral'; qllama reads 'llama'"),
     (dict(meta=dict(llama__rope__scaling__type="linear")),
-     "llama.rope.scaling.type is linear; qllama has no rope scaling"),
+     "llama.rope.scaling.type is 'linear'; qllama has no rope scaling"),
     (dict(meta=dict(llama__rope__dimension_count=16)),
      "llama.rope.dimension_count is 16, not the head size 32"),
     (dict(meta=dict(llama__attention__key_length=64)),

@@ -77,6 +77,14 @@ def type_name(t: int) -> str:
         return f"unknown type {t}"
 
 
+def show(value) -> str:
+    """A metadata value for a one-line message: short, whatever it holds."""
+    if isinstance(value, (list, np.ndarray)):
+        return f"an array of {len(value):,}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def readable_types() -> str:
     return ", ".join(["F32"] + [q.gguf.name for q in BY_GGUF.values()])
 
@@ -227,6 +235,8 @@ def parse(fd: int, size: int, path: str) -> Container:
     if size < 4 or cur.take(4, "magic") != MAGIC:
         raise FormatError(f"{path}: not a GGUF file (no GGUF magic)")
     version = cur.unpack("<I", "version")
+    if version not in VERSIONS and int.from_bytes(version.to_bytes(4, "little"), "big") in VERSIONS:
+        raise FormatError(f"{path}: a big-endian GGUF file; qllama reads little-endian ones")
     if version not in VERSIONS:
         raise FormatError(f"{path}: GGUF version {version}; qllama reads versions 2 and 3")
     n_tensors = cur.unpack("<Q", "tensor count")
@@ -250,7 +260,7 @@ def parse(fd: int, size: int, path: str) -> Container:
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if (type(alignment) is not int or alignment < 8 or alignment & (alignment - 1)
             or alignment > 1 << 30):
-        raise FormatError(f"{path}: general.alignment is {alignment!r}; GGUF's is a power of "
+        raise FormatError(f"{path}: general.alignment is {show(alignment)}; GGUF's is a power of "
                           "two and a multiple of 8")
     data_start = cur.pos + -cur.pos % alignment
     _check_data(path, size, tensors, alignment, data_start)

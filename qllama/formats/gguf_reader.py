@@ -28,7 +28,7 @@ from ..io.inputs import open_regular
 from ..quant.types import BY_GGUF, BlockTensor
 from ..spec import ModelSpec
 from . import gguf as names
-from .gguf_file import parse
+from .gguf_file import parse, show
 from .llama2c import INT32_MAX, SHAPES
 
 ARCH = names.ARCH
@@ -118,19 +118,19 @@ class _Meta:
         if v is None:
             self.fail(key, "is missing")
         if type(v) is not int or not low <= v <= INT32_MAX:
-            self.fail(key, f"is {v!r}, must be an integer from {low} to {INT32_MAX}")
+            self.fail(key, f"is {show(v)}, must be an integer from {low} to {INT32_MAX}")
         return v
 
     def float(self, key: str, default: float) -> float:
         v = self.m.get(key, default)
         if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:
-            self.fail(key, f"is {v!r}, must be a positive number")
+            self.fail(key, f"is {show(v)}, must be a positive number")
         return float(v)
 
     def str(self, key: str, default=None):
         v = self.m.get(key, default)
         if v is not None and type(v) is not str:
-            self.fail(key, f"is {v!r}, must be a string")
+            self.fail(key, f"is {show(v)}, must be a string")
         return v
 
 
@@ -140,7 +140,7 @@ def _spec(path: str, metadata: dict, infos: dict) -> ModelSpec:
     if arch is None:
         m.fail("general.architecture", "is missing")
     if arch != ARCH:
-        m.fail("general.architecture", f"is {arch}; qllama reads {ARCH}")
+        m.fail("general.architecture", f"is {show(arch)}; qllama reads {ARCH!r}")
     k = _key
     dim = m.int(k("{arch}.embedding_length"))
     n_heads = m.int(k("{arch}.attention.head_count"))
@@ -159,7 +159,7 @@ def _spec(path: str, metadata: dict, infos: dict) -> ModelSpec:
                    "rotates and attends over whole heads")
     scaling = m.str(k("{arch}.rope.scaling.type"), "none")
     if scaling != "none":
-        m.fail(k("{arch}.rope.scaling.type"), f"is {scaling}; qllama has no rope scaling")
+        m.fail(k("{arch}.rope.scaling.type"), f"is {show(scaling)}; qllama has no rope scaling")
     if m.int(k("{arch}.expert_count"), 0, low=0):
         m.fail(k("{arch}.expert_count"), f"is {metadata[k('{arch}.expert_count')]}; qllama "
                "runs dense models, not mixtures of experts")

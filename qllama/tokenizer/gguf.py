@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TokenizerError
+from ..formats.gguf_file import show
 from .base import _BYTE_PIECES, BYTE, CONTROL, SPACE_BYTES, UNK_SURFACE, UNKNOWN
 from .llama2c import ScoredTokenizer
 
@@ -28,7 +29,7 @@ def from_gguf(model, merge_table=None) -> GGUFTokenizer:
     kind = m.get("tokenizer.ggml.model")
     if kind != MODEL:
         fail("tokenizer.ggml.model", "is missing" if kind is None else
-             f"is {kind!r}; qllama reads SentencePiece vocabularies ({MODEL!r})")
+             f"is {show(kind)}; qllama reads SentencePiece vocabularies ({MODEL!r})")
     tokens = m.get("tokenizer.ggml.tokens")
     n = model.spec.vocab_size
     if not isinstance(tokens, list) or not all(type(t) is str for t in tokens):
@@ -51,7 +52,7 @@ def from_gguf(model, merge_table=None) -> GGUFTokenizer:
         piece = text.encode("utf-8")
         if k == BYTE:
             if piece not in _BYTE_PIECES:
-                fail("tokenizer.ggml.tokens", f"names byte token {i} {text!r}, not <0xNN>")
+                fail("tokenizer.ggml.tokens", f"names byte token {i} {show(text)}, not <0xNN>")
             surface = bytes([_BYTE_PIECES[piece]])
         elif k == CONTROL:
             surface = b""
@@ -64,7 +65,7 @@ def from_gguf(model, merge_table=None) -> GGUFTokenizer:
     unk = m.get("tokenizer.ggml.unknown_token_id",
                 kinds.index(UNKNOWN) if UNKNOWN in kinds else 0)
     if type(unk) is not int or not 0 <= unk < n:
-        fail("tokenizer.ggml.unknown_token_id", f"is {unk!r}, outside the vocabulary of {n}")
+        fail("tokenizer.ggml.unknown_token_id", f"is {show(unk)}, outside the vocabulary of {n}")
     return GGUFTokenizer(path, pieces, surfaces, kinds, scores,
                          (unk, model.spec.bos_id, model.spec.eos_id), merge_table)
 
