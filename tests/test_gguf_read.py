@@ -19,7 +19,7 @@ from qllama.interop.gguf_export import export_gguf
 from qllama.quant.types import BlockTensor
 from qllama.tokenizer import GGUFTokenizer, from_gguf, load_tokenizer
 
-from conftest import data
+from conftest import data, shared_file
 from makers import gguf_metadata, write_gguf
 
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "  two  spaces\nand a line ",
@@ -185,3 +185,19 @@ def test_tokenizer_refusals(tmp_path):
         with GGUFModel(path) as g, pytest.raises(TokenizerError) as e:
             from_gguf(g)
         assert message in str(e.value) and str(e.value).startswith(str(path))
+
+
+def test_llama2_vocabulary_from_gguf_gives_sentencepieces_ids(tmp_path):
+    """Llama 2's 32,000 pieces (exported from tokenizer.model with a 32k-vocabulary model):
+    the GGUF's tokenizer encodes as tokenizer.bin and as SentencePiece itself."""
+    src = shared_file("golden", "unshared32k.v1.bin")
+    out = tmp_path / "u.gguf"
+    export_gguf(str(src), str(out), "f16", tokenizer=str(data("tokenizer.model")))
+    with GGUFModel(out) as g:
+        assert g.spec == ModelFile(src).spec and g.tensor_types() == {"F16": 16, "F32": 5}
+        tok = from_gguf(g)
+    sp, bin_tok = load_tokenizer(data("tokenizer.model")), load_tokenizer(data("tokenizer.bin"))
+    for text in TEXTS + ["  leading and  double spaces ", "\n\ttabs\n", "I'm 42; café."]:
+        ids = tok.encode(text)
+        assert ids == bin_tok.encode(text) == sp.encode(text), text
+        assert tok.decode(ids) == sp.decode(ids)
