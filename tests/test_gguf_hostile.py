@@ -130,7 +130,7 @@ CRAFTED = {
     "array string not UTF-8": (gguf_file(kvs=[ARCH, kv("a.b", 9, u32(8) + u64(2) + s("x")
                                                      + s(b"\xc3"))]), "the string at byte 105 is not UTF-8"),
     "array string past EOF": (gguf_file(kvs=[ARCH, kv("a.b", 9, u32(8) + u64(2) + s("x")
-                                                    + u64(40))]), "needs 40 bytes"),
+                                                    + u64(40))]), "at byte 105 needs 48 bytes"),
     "bool 2": (gguf_file(kvs=[ARCH, kv("a.b", 7, b"\x02")]), "neither 0 nor 1"),
     "key not UTF-8": (gguf_file(kvs=[ARCH, kv(b"a\xff", 4, u32(1))]), "is not UTF-8"),
     "duplicate key": (gguf_file(kvs=[ARCH, ARCH]), "metadata key general.architecture appears "

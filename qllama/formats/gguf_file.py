@@ -43,7 +43,7 @@ INT64_MAX = 2**63 - 1
 _WINDOW = 1 << 20
 
 STRING, ARRAY = 8, 9
-# value type -> (name, numpy dtype) for the fixed-size types
+# value type -> (name, numpy dtype) of the fixed-size types
 SCALARS = {0: ("UINT8", "<u1"), 1: ("INT8", "<i1"), 2: ("UINT16", "<u2"), 3: ("INT16", "<i2"),
            4: ("UINT32", "<u4"), 5: ("INT32", "<i4"), 6: ("FLOAT32", "<f4"), 7: ("BOOL", "<u1"),
            10: ("UINT64", "<u8"), 11: ("INT64", "<i8"), 12: ("FLOAT64", "<f8")}
@@ -110,15 +110,19 @@ class _Cursor:
             raise FormatError(f"{self.path}: truncated: {what} at byte {self.pos} needs {n:,} "
                               f"bytes, the file has {self.left():,} left")
 
-    def take(self, n: int, what: str) -> bytes:
+    def window(self, n: int, what: str) -> tuple[bytes, int]:
+        """The buffer and the file offset it starts at, holding [pos, pos + n)."""
         self.need(n, what)
-        start = self.pos - self._base
-        if start + n > len(self._buf):
+        if self.pos < self._base or self.pos + n > self._base + len(self._buf):
             want = min(max(n, _WINDOW), self.end - self.pos)
             self._buf, self._base = pread_exact(self.fd, want, self.pos, self.path), self.pos
-            start = 0
+        return self._buf, self._base
+
+    def take(self, n: int, what: str) -> bytes:
+        buf, base = self.window(n, what)
+        start = self.pos - base
         self.pos += n
-        return self._buf[start:start + n]
+        return buf[start:start + n]
 
     def unpack(self, fmt: str, what: str):
         s = struct.Struct(fmt)
@@ -144,24 +148,25 @@ class _Cursor:
 
 
 def _strings(cur: _Cursor, count: int, what: str) -> list:
-    """An array's strings, in one pass over the rest of the window (a vocabulary holds
-    100,000s: a call per string would be most of the time spent opening a file)."""
+    """An array's strings, read from the buffer in one loop (a vocabulary holds 100,000s:
+    a call per string would be most of the time spent opening a file)."""
     cur.counts["strings"] += count
     if cur.counts["strings"] > MAX_STRINGS:
         raise FormatError(f"{cur.path}: {what}: more than {MAX_STRINGS:,} strings in the metadata")
-    if cur.pos < cur._base or cur._base + len(cur._buf) < cur.end:
-        cur._buf, cur._base = pread_exact(cur.fd, cur.end - cur.pos, cur.pos, cur.path), cur.pos
-    buf, base, i, end = cur._buf, cur._base, cur.pos - cur._base, len(cur._buf)
+    buf, base = cur.window(0, what)
+    i = cur.pos - base
     length = struct.Struct("<Q").unpack_from
     out = []
-    for _ in range(count):  # the window reaches cur.end, so need() raises for what is past it
-        if i + 8 > end:
+    for _ in range(count):
+        if i + 8 > len(buf):
             cur.pos = base + i
-            cur.need(8, what)
+            buf, base = cur.window(8, what)
+            i = 0
         n = length(buf, i)[0]
-        if n > end - i - 8:
-            cur.pos = base + i + 8
-            cur.need(n, what)
+        if i + 8 + n > len(buf):
+            cur.pos = base + i
+            buf, base = cur.window(8 + n, what)
+            i = 0
         try:
             out.append(buf[i + 8:i + 8 + n].decode("utf-8"))
         except UnicodeDecodeError:
@@ -174,7 +179,7 @@ def _strings(cur: _Cursor, count: int, what: str) -> list:
 
 def _value(cur: _Cursor, vtype: int, what: str, depth: int = 0):
     if vtype in SCALARS:
-        name, dtype = SCALARS[vtype]
+        dtype = SCALARS[vtype][1]
         v = np.frombuffer(cur.take(np.dtype(dtype).itemsize, what), dtype)[0]
         if vtype == BOOL:
             return _bool(cur, v, what)
@@ -202,7 +207,7 @@ def _array(cur: _Cursor, what: str, depth: int):
     at = cur.pos
     count = cur.unpack("<Q", what)
     if etype in SCALARS:
-        name, dtype = SCALARS[etype]
+        dtype = SCALARS[etype][1]
         size = np.dtype(dtype).itemsize
     elif etype in _MIN_SIZE:
         size = _MIN_SIZE[etype]
