@@ -1,8 +1,11 @@
 """Reading GGUF files: qllama's own exports of stories260K read back (spec, every tensor,
 the tokenizer), files gguf.GGUFWriter wrote (the spec's every field, each block type),
-and the llama files qllama refuses, one line each."""
+llama.cpp's llama-quantize outputs (when a build is at hand: the bytes gguf-py reads), and
+the llama files qllama refuses, one line each."""
 import dataclasses
 import json
+import os
+import subprocess
 
 import gguf
 import numpy as np
@@ -17,6 +20,7 @@ from qllama.formats.gguf_reader import GGUFModel
 from qllama.formats.llama2c import Config, ModelFile
 from qllama.interop.gguf_export import export_gguf
 from qllama.quant.types import BlockTensor
+from qllama.synth import write_random_model
 from qllama.tokenizer import GGUFTokenizer, from_gguf, load_tokenizer
 
 from conftest import data, shared_file
@@ -201,3 +205,61 @@ def test_llama2_vocabulary_from_gguf_gives_sentencepieces_ids(tmp_path):
         ids = tok.encode(text)
         assert ids == bin_tok.encode(text) == sp.encode(text), text
         assert tok.decode(ids) == sp.decode(ids)
+
+
+# ---------------------------------------------------------------------------
+# llama.cpp's own quantizer's files
+
+def llama_quantize() -> str:
+    folder = os.environ.get("QLLAMA_LLAMA_CPP", "")
+    path = os.path.join(folder, "llama-quantize")
+    if not folder or not os.access(path, os.X_OK):
+        pytest.skip("set QLLAMA_LLAMA_CPP to a llama.cpp build's bin folder (with "
+                    "llama-quantize) to read the files llama.cpp quantizes")
+    return path
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tmp_path_factory):
+    """(llama2.c file, its F32 GGUF export): every matrix's rows whole blocks of 256."""
+    folder = tmp_path_factory.mktemp("llama-cpp")
+    c = Config(1, dim=256, hidden_dim=768, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
+               seq_len=128, shared_classifier=False)
+    write_random_model(folder / "r.bin", c, seed=3)
+    export_gguf(str(folder / "r.bin"), str(folder / "r.gguf"), "f32",
+                tokenizer=str(data("tok512.model")))
+    return folder / "r.bin", folder / "r.gguf"
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1", "Q8_0", "BF16"])
+def test_llama_quantize_outputs_read_as_gguf_py_reads_them(ftype, f32_gguf, tmp_path):
+    tool = llama_quantize()
+    src, f32 = f32_gguf
+    out = tmp_path / f"r.{ftype}.gguf"
+    r = subprocess.run([tool, str(f32), str(out), ftype, "1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    ref = ModelFile(src)
+    with GGUFModel(out) as g:
+        assert g.spec == ref.spec
+        for e in ref.entries.values():
+            t = theirs[names.tensor_name(e.name, e.layer)]
+            got = g.tensor(e.name, e.layer)
+            if t.tensor_type == T.F32:
+                assert np.array_equal(got, np.asarray(t.data).reshape(e.shape))
+            else:
+                assert got.qtype.gguf == t.tensor_type and got.shape == e.shape
+                assert got.data.tobytes() == np.asarray(t.data).tobytes()
+        tok = from_gguf(g)
+    bin_tok = load_tokenizer(data("tok512.bin"))
+    assert all(tok.encode(text) == bin_tok.encode(text) for text in TEXTS)
+
+
+def test_llama_quantize_types_qllama_lacks_are_named(f32_gguf, tmp_path):
+    tool = llama_quantize()
+    out = tmp_path / "r.Q2_K.gguf"
+    subprocess.run([tool, str(f32_gguf[1]), str(out), "Q2_K", "1"], capture_output=True,
+                   check=True, timeout=120)
+    with pytest.raises(FormatError, match="tensor token_embd.weight has type Q2_K; qllama reads"):
+        GGUFModel(out)
