@@ -263,3 +263,24 @@ def test_llama_quantize_types_qllama_lacks_are_named(f32_gguf, tmp_path):
                    check=True, timeout=120)
     with pytest.raises(FormatError, match="tensor token_embd.weight has type Q2_K; qllama reads"):
         GGUFModel(out)
+
+
+def test_llama_cpps_llama2c_converter_output_reads(tmp_path):
+    """llama.cpp's own llama2.c converter writes context 128 (its default) and an output
+    matrix copied from the token table; all else is stories260K's, and its vocabulary
+    (from tok512.bin) encodes as tok512.bin does."""
+    tool = os.path.join(os.path.dirname(llama_quantize()), "llama-convert-llama2c-to-ggml")
+    src, out = data("stories260K.bin"), tmp_path / "conv.gguf"
+    subprocess.run([tool, "--copy-vocab-from-model", str(data("tok512.bin")), "--llama2c-model",
+                    str(src), "--llama2c-output-model", str(out)], capture_output=True,
+                   check=True, timeout=120)
+    ref = ModelFile(src)
+    with GGUFModel(out) as g:
+        assert g.spec == dataclasses.replace(ref.spec, seq_len=128, shared_classifier=False)
+        for name, layer in ref.entries:
+            if not name.startswith("freqs"):
+                assert np.array_equal(g.tensor(name, layer), ref.tensor(name, layer))
+        assert np.array_equal(g.tensor("output"), ref.tensor("tok_embeddings"))
+        tok = from_gguf(g)
+    bin_tok = load_tokenizer(data("tok512.bin"))
+    assert all(tok.encode(text) == bin_tok.encode(text) for text in TEXTS)
