@@ -212,3 +212,13 @@ def test_many_values_are_bounded(n, element, message, tmp_path):
     assert r.code == 1 and message in r.err, r.err
     assert r.seconds < MAX_SECONDS and r.max_rss < MAX_RSS
     os.unlink(tmp_path / "many.gguf")
+
+
+def test_fifo_and_directory_are_refused_unopened(tmp_path):
+    os.mkfifo(tmp_path / "fifo.gguf")
+    (tmp_path / "dir.gguf").mkdir()
+    for name, kind in (("fifo.gguf", "a FIFO"), ("dir.gguf", "a directory")):
+        r = run_cli(["info", name], tmp_path)
+        assert r.code == 1 and r.err == f"qllama: error: {name}: is {kind}, not a regular file\n"
+        with pytest.raises(FormatError, match=f"is {kind}"):
+            GGUFModel(tmp_path / name)
