@@ -16,7 +16,6 @@ matrices F32 or one of quant.types' block types.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 from collections import Counter
 
@@ -24,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
-from ..io.inputs import open_regular
+from ..io.inputs import map_readonly, open_regular
 from ..quant.types import BY_GGUF, BlockTensor
 from ..spec import ModelSpec
 from . import gguf as names
@@ -49,14 +48,9 @@ class GGUFModel:
             self.infos, self.data_start = c.tensors, c.data_start
             self.spec = _spec(self.path, self.metadata, self.infos)
             self._entries = _entries(self.path, self.spec, self.infos)
-            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            self._map = map_readonly(fd)
         finally:
             os.close(fd)
-        if hasattr(mmap, "MADV_HUGEPAGE"):  # as llama2c.ModelFile: decode streams every weight
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass  # a hint: kernels built without THP refuse it
         if len(self._map) != size:
             self._map.close()
             raise FormatError(f"{self.path}: file changed size while opening")
