@@ -284,3 +284,23 @@ def test_llama_cpps_llama2c_converter_output_reads(tmp_path):
         tok = from_gguf(g)
     bin_tok = load_tokenizer(data("tok512.bin"))
     assert all(tok.encode(text) == bin_tok.encode(text) for text in TEXTS)
+
+
+def test_load_tokenizer_reads_a_gguf_files_vocabulary(tmp_path, capsys):
+    """load_tokenizer (so -z and `qllama tokenizer`) takes a GGUF model; exporting with
+    that vocabulary writes the same pieces, scores and types as with tok512.model."""
+    src = data("stories260K.bin")
+    export_gguf(str(src), str(tmp_path / "a.gguf"), "f32", tokenizer=str(data("tok512.model")))
+    tok = load_tokenizer(tmp_path / "a.gguf", vocab_size=512)
+    assert isinstance(tok, GGUFTokenizer)
+    assert tok.encode(TEXTS[0]) == load_tokenizer(data("tok512.bin")).encode(TEXTS[0])
+    export_gguf(str(src), str(tmp_path / "b.gguf"), "f32", tokenizer=str(tmp_path / "a.gguf"))
+    a, b = (gguf.GGUFReader(tmp_path / n) for n in ("a.gguf", "b.gguf"))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.unknown_token_id"):
+        assert a.fields[key].contents() == b.fields[key].contents(), key
+    assert main(["tokenizer", "encode", str(tmp_path / "a.gguf"), "Once upon a time"]) == 0
+    assert capsys.readouterr().out.startswith("1 403 407 261 378\n")
+    with pytest.raises(TokenizerError, match="has 512 tokens, model has 32000"):
+        load_tokenizer(tmp_path / "a.gguf", vocab_size=32000)

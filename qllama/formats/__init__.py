@@ -7,14 +7,16 @@ from __future__ import annotations
 import os
 
 
-def is_gguf(path: str | os.PathLike) -> bool:
+def is_gguf(path: str | os.PathLike, error=None) -> bool:
     """Whether a regular file starts with GGUF's magic (llama2.c files never do: their
-    first int32 is a dimension or "ak42")."""
+    first int32 is a dimension or "ak42"); `error` is the exception for a path that is
+    not a regular file (default FormatError)."""
+    from ..errors import FormatError
     from ..io.inputs import open_regular, pread_exact
     from .gguf_file import MAGIC
 
     path = os.fspath(path)
-    fd, size = open_regular(path)
+    fd, size = open_regular(path, error or FormatError)
     try:
         return size >= len(MAGIC) and pread_exact(fd, len(MAGIC), 0, path) == MAGIC
     finally:

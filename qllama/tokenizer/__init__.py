@@ -49,11 +49,19 @@ __all__ = ["load_tokenizer", "find_tokenizer", "from_gguf", "export_bin", "Token
 
 
 def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
-    """A tokenizer from a SentencePiece `tokenizer.model` or a llama2.c
-    `tokenizer.bin`. With `vocab_size`, the file must have exactly that many
-    pieces (the model's vocabulary)."""
+    """A tokenizer from a SentencePiece `tokenizer.model`, a llama2.c `tokenizer.bin`
+    or the vocabulary in a GGUF model file. With `vocab_size`, the file must have
+    exactly that many pieces (the model's vocabulary)."""
+    from ..formats import is_gguf
+
     path = os.fspath(path)
-    tok = _from_bytes(path, read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError))
+    if is_gguf(path, TokenizerError):
+        from ..formats.gguf_reader import GGUFModel
+        with GGUFModel(path) as model:
+            tok = from_gguf(model)
+    else:
+        tok = _from_bytes(path, read_bounded(path, TOKENIZER_LIMIT, "a tokenizer",
+                                             TokenizerError))
     if vocab_size is not None and tok.vocab_size != vocab_size:
         raise TokenizerError(f"tokenizer {path} has {tok.vocab_size} tokens, model has {vocab_size}")
     return tok
