@@ -133,7 +133,9 @@ def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | 
     for key, value in meta.items():
         if key == "general.architecture":
             continue
-        if isinstance(value, list):
+        if key == "general.alignment":  # the writer pads to it
+            w.add_custom_alignment(value)
+        elif isinstance(value, list):
             sub = (V.STRING if isinstance(value[0], str) else V.FLOAT32
                    if isinstance(value[0], float) else V.INT32)
             w.add_key_value(key, value, V.ARRAY, sub)

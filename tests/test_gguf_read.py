@@ -114,6 +114,16 @@ def test_block_types_are_served_in_place(qtype, tmp_path):
         assert g.tensor("norm").shape == (256,)
 
 
+def test_custom_alignment(tmp_path):
+    path = tmp_path / "m.gguf"
+    written = write_gguf(path, SMALL, "Q4_0", meta=gguf_metadata(SMALL, general__alignment=256))
+    with GGUFModel(path) as g:
+        assert g.alignment == 256 and g.data_start % 256 == 0
+        assert all(t.offset % 256 == 0 for t in g.infos.values())
+        assert np.array_equal(g.tensor("norm"), written["output_norm.weight"][1])
+        assert g.tensor("w2", 1).data.tobytes() == written["blk.1.ffn_down.weight"][1].tobytes()
+
+
 def test_open_model_reads_llama2c_files_too():
     with open_model(data("stories260K.bin")) as m:
         assert isinstance(m, ModelFile) and m.spec.dim == 64
