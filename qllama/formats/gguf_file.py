@@ -262,6 +262,8 @@ def parse(fd: int, size: int, path: str) -> Container:
         if info.name in tensors:
             raise FormatError(f"{path}: tensor {info.name} appears twice")
         tensors[info.name] = info
+    # GGUF's spec (docs/gguf.md): a multiple of 8; llama.cpp's reader: a power of two.
+    # Both, so that F32 tensors are aligned views; 1 GiB bounds the padding it adds.
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if (type(alignment) is not int or alignment < 8 or alignment & (alignment - 1)
             or alignment > 1 << 30):
