@@ -300,7 +300,7 @@ class ModelFile:
         self.buffer = np.frombuffer(self._map, dtype=np.uint8)
 
     @property
-    def spec(self) -> ModelSpec:  # as GGUFModel's: what open_model's callers read
+    def spec(self) -> ModelSpec:
         return self.config.spec
 
     def has(self, name: str) -> bool:
