@@ -90,3 +90,83 @@ def write_tokenizer_bin(path, vocab_size: int) -> None:
     for i, p in enumerate(pieces):
         out.append(struct.pack("<fi", -float(i), len(p)) + p)
     path.write_bytes(b"".join(out))
+
+
+def gguf_metadata(c: Config, tokens: list | None = None, **changes) -> dict:
+    """{key: value} a llama GGUF file of shape `c` holds, as llama.cpp's converters write
+    them; `changes` override keys ("." spelled "__"; None deletes one)."""
+    d = {"general.architecture": "llama", "llama.context_length": c.seq_len,
+         "llama.embedding_length": c.dim, "llama.block_count": c.n_layers,
+         "llama.feed_forward_length": c.hidden_dim, "llama.attention.head_count": c.n_heads,
+         "llama.attention.head_count_kv": c.n_kv_heads,
+         "llama.rope.dimension_count": c.head_size, "llama.rope.freq_base": 10000.0,
+         "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": c.vocab_size,
+         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+    if tokens is not None:
+        d["tokenizer.ggml.model"] = "llama"
+        d["tokenizer.ggml.tokens"] = tokens
+        d["tokenizer.ggml.scores"] = [-float(i) for i in range(len(tokens))]
+        d["tokenizer.ggml.token_type"] = [1] * len(tokens)
+    for k, v in changes.items():
+        k = k.replace("__", ".")
+        if v is None:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    return d
+
+
+def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | None = None,
+               types: dict | None = None, drop=(), extra: dict | None = None) -> dict:
+    """A llama GGUF file written by gguf.GGUFWriter: random weights (1-D tensors F32,
+    matrices of `qtype` or `types[llama2.c name]`: quantized by gguf.quants where it can,
+    else random blocks), metadata `meta` (default gguf_metadata(c)); tensors in `drop`
+    left out, `extra` ({name: array}) added. Returns {GGUF name: (type, array written)}."""
+    import gguf
+
+    from qllama.formats import gguf as names
+
+    rng = np.random.default_rng(seed)
+    meta = gguf_metadata(c) if meta is None else meta
+    w = gguf.GGUFWriter(str(path), meta["general.architecture"])
+    V = gguf.GGUFValueType
+    for key, value in meta.items():
+        if key == "general.architecture":
+            continue
+        if key == "general.alignment":  # the writer pads to it
+            w.add_custom_alignment(value)
+        elif isinstance(value, list):
+            sub = (V.STRING if isinstance(value[0], str) else V.FLOAT32
+                   if isinstance(value[0], float) else V.INT32)
+            w.add_key_value(key, value, V.ARRAY, sub)
+        else:
+            vtype = (V.BOOL if isinstance(value, bool) else
+                     (V.UINT32 if value >= 0 else V.INT32) if isinstance(value, int) else
+                     V.FLOAT32 if isinstance(value, float) else V.STRING)
+            w.add_key_value(key, value, vtype)
+    written = {}
+    for e in layout(c.as_version(1)):
+        name = names.tensor_name(e.name, e.layer)
+        if name in drop:
+            continue
+        t = gguf.GGMLQuantizationType[(types or {}).get(e.name, qtype if len(e.shape) == 2
+                                                        else "F32")]
+        x = rng.normal(0, 0.1, e.shape).astype(np.float32)
+        if t == t.F32:
+            w.add_tensor(name, x)
+        else:
+            try:
+                x = gguf.quants.quantize(x, t)
+            except NotImplementedError:
+                block, size = gguf.GGML_QUANT_SIZES[t]
+                x = rng.integers(0, 256, (e.shape[0], e.shape[1] // block * size), np.uint8)
+            w.add_tensor(name, x, raw_dtype=t)
+        written[name] = (t, x)
+    for name, x in (extra or {}).items():
+        w.add_tensor(name, x)
+        written[name] = (gguf.GGMLQuantizationType.F32, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return written

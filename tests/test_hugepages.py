@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 
 from qllama.convert import convert_file
 from qllama.diagnostics import huge_page_bytes, mappings
-from qllama.formats.llama2c import Q80, Config, ModelFile, layout
+from qllama.formats import open_model
+from qllama.formats.llama2c import Q80, Config, layout
 from qllama.io import blockwriter
 from qllama.io.blockwriter import BLOCK, BlockWriter, QueuedWriter
 from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
+
+from makers import write_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 writes = st.lists(st.tuples(st.integers(0, 700), st.binary(max_size=300)), max_size=30)
@@ -299,12 +302,14 @@ def test_quantized_file_is_mapped_with_huge_pages(tmp_path, huge_folios):
 
 @linux_only
 @with_thp
-def test_model_mapping_asks_for_huge_pages(tmp_path):
-    """Pages read from disk later then come in 2 MiB folios."""
+@pytest.mark.parametrize("kind", ["llama2c", "gguf"])
+def test_model_mapping_asks_for_huge_pages(kind, tmp_path):
+    """Pages read from disk later then come in 2 MiB folios (llama2.c and GGUF files)."""
     config = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=4, n_kv_heads=4,
                     vocab_size=64, seq_len=16, shared_classifier=True)
-    write_random_model(tmp_path / "m.bin", config)
-    with ModelFile(tmp_path / "m.bin") as mf:
+    path = tmp_path / ("m.gguf" if kind == "gguf" else "m.bin")
+    (write_gguf if kind == "gguf" else write_random_model)(path, config)
+    with open_model(path) as mf:
         assert "hg" in vm_flags(mf.buffer)
 
 

@@ -1,4 +1,6 @@
-"""`qllama info`: what a checkpoint file is, from its validated header and size."""
+"""`qllama info`: what a checkpoint file is, from its validated header and size (a
+llama2.c file) or its validated metadata and tensor table (a GGUF file, told by its
+magic)."""
 from __future__ import annotations
 
 import json
@@ -6,14 +8,19 @@ import os
 import platform
 
 from ..errors import UsageError
-from ..formats import llama2c
+from ..formats import is_gguf, llama2c
 
 VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
+
+
+SPEC_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
 def describe(path: str) -> dict:
     """Every fact `info` reports about a file; raises FormatError if it fails validation."""
     path = os.fspath(path)
+    if is_gguf(path):
+        return describe_gguf(path)
     c = llama2c.read_config(path)  # header + exact size check
     size = os.path.getsize(path)
     expected = llama2c.expected_size(c)
@@ -44,6 +51,24 @@ def describe(path: str) -> dict:
         d["bytes_per_param"] = (expected - llama2c.DATA_START[2]) / n_params
         d["groups_straddle_rows"] = c.straddles
     return d
+
+
+def describe_gguf(path: str) -> dict:
+    from dataclasses import asdict
+
+    from ..formats.gguf_reader import GGUFModel
+    with GGUFModel(path) as m:
+        s = m.spec
+        n_params = m.n_params()
+        return {
+            "path": path, "format": f"GGUF version {m.version} ({m.metadata['general.architecture']})",
+            "gguf_version": m.version, **asdict(s), "head_size": s.head_size,
+            "kv_dim": s.kv_dim, "n_params": n_params, "file_size": m.file_size,
+            "tensor_types": m.tensor_types(), "alignment": m.alignment,
+            "tokenizer_model": m.metadata.get("tokenizer.ggml.model"),
+            "name": m.metadata.get("general.name"),
+            "bits_per_weight": 8 * m.data_bytes() / n_params,
+        }
 
 
 def cpu() -> dict:
@@ -98,8 +123,9 @@ def run(args) -> int:
     t.add_column("field", style="bold")
     t.add_column("value")
     t.add_row("format", d["format"])
-    for key in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
-                "seq_len"):
+    if d.get("name"):
+        t.add_row("name", str(d["name"]))
+    for key in SPEC_KEYS:
         t.add_row(key, str(d[key]))
     t.add_row("shared classifier", "yes" if d["shared_classifier"] else
               "no (separate output matrix)")
@@ -107,7 +133,9 @@ def run(args) -> int:
     t.add_row("kv_dim", f"{d['kv_dim']}" + (" (grouped-query attention)"
                                            if d["n_kv_heads"] < d["n_heads"] else ""))
     t.add_row("parameters", f"{d['n_params']:,}")
-    if d["version"] == 2:
+    if "gguf_version" in d:
+        _gguf_rows(t, d)
+    elif d["version"] == 2:
         t.add_row("group size", str(d["group_size"]))
         t.add_row("bytes per parameter", f"{d['bytes_per_param']:.4f}")
         if d["groups_straddle_rows"]:
@@ -117,17 +145,31 @@ def run(args) -> int:
                       "correctly, on a slower path)")
         else:
             t.add_row("groups straddle rows", "no")
-    if d["version"] == 0:
+    if d.get("version") == 0:
         t.add_row("rope tables", f"{d['rope_tables_bytes']:,} bytes (freqs_cos, freqs_sin)")
-    t.add_row("file size", f"{d['file_size']:,} bytes (expected {d['expected_size']:,}: ok)")
+    if "expected_size" in d:
+        t.add_row("file size", f"{d['file_size']:,} bytes (expected {d['expected_size']:,}: ok)")
     console().print(t)
     return 0
+
+
+def _gguf_rows(t, d: dict) -> None:
+    t.add_row("rope theta", f"{d['rope_theta']:g}")
+    t.add_row("norm eps", f"{d['norm_eps']:g}")
+    t.add_row("bos / eos", f"{d['bos_id']} / {d['eos_id']}")
+    t.add_row("chat template", "yes" if d["chat_template"] else "none")
+    t.add_row("tokenizer", str(d["tokenizer_model"] or "none"))
+    t.add_row("tensor types", ", ".join(f"{k} × {n}" for k, n in d["tensor_types"].items()))
+    t.add_row("bits per weight", f"{d['bits_per_weight']:.2f}")
+    t.add_row("file size", f"{d['file_size']:,} bytes (tensor data aligned to "
+                           f"{d['alignment']}: ok)")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "info", help="describe a checkpoint file (version, shapes, sizes), or the CPU",
-        description="Validate a llama2.c checkpoint (version 0, 1 or 2) and describe it; "
+        description="Validate a llama2.c checkpoint (version 0, 1 or 2) or a llama GGUF "
+                    "file and describe it; "
                     "with --cpu, show the CPU features and kernel variant qllama uses.")
     p.add_argument("file", metavar="FILE", nargs="?")
     p.add_argument("--cpu", action="store_true",

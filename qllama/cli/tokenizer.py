@@ -14,8 +14,8 @@ from ..tokenizer.base import utf8_decode
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "tokenizer", help="export, inspect and train tokenizers",
-        description="Tokenizers in SentencePiece (.model) or llama2.c (.bin) format; "
-                    "the format is detected from the file.")
+        description="Tokenizers in SentencePiece (.model) or llama2.c (.bin) format, or "
+                    "the vocabulary of a GGUF model; the format is detected from the file.")
     sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
 
     e = sub.add_parser("export", help="tokenizer.model → llama2.c tokenizer.bin",
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("encode", help="text → ids and pieces",
                        description="Encode TEXT (or standard input, as is) to token ids.")
-    e.add_argument("tokenizer", help="tokenizer.model or tokenizer.bin")
+    e.add_argument("tokenizer", help="tokenizer.model, tokenizer.bin or a GGUF model")
     e.add_argument("text", nargs="?", help="text to encode (default: read standard input)")
     e.add_argument("--no-bos", dest="bos", action="store_false", help="do not prepend BOS")
     e.add_argument("--eos", action="store_true", help="append EOS")
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("decode", help="ids → text and pieces",
                        description="Decode token ids to text as SentencePiece does.")
-    e.add_argument("tokenizer", help="tokenizer.model or tokenizer.bin")
+    e.add_argument("tokenizer", help="tokenizer.model, tokenizer.bin or a GGUF model")
     e.add_argument("ids", nargs="+", help="token ids (separated by spaces or commas)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_decode)

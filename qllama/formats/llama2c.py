@@ -9,7 +9,6 @@ All values are little-endian; every matrix is (out, in), row-major.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FormatError
-from ..io.inputs import open_regular, pread_exact
+from ..io.inputs import map_readonly, open_regular, pread_exact
 from ..spec import ModelSpec
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -291,17 +290,9 @@ class ModelFile:
         fd, self.config = open_checkpoint(self.path)
         self.entries = {(e.name, e.layer): e for e in layout(self.config)}
         try:
-            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            self._map = map_readonly(fd)
         finally:
             os.close(fd)
-        # Pages read from disk from now on come in 2 MiB folios, mapped with huge
-        # pages: decode streams every weight per token, and 4 KiB pages cost it
-        # TLB misses (docs/performance.md). Pages already cached keep their size.
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass  # a hint: kernels built without THP refuse it
         # Mapped bytes are checked again in case the file changed since validation.
         if len(self._map) != expected_size(self.config):
             self._map.close()

@@ -1,7 +1,8 @@
 """Tokenizers: text ↔ token ids for Llama 2 models, from either of two files.
 
 Modules: base (what both share), sentencepiece, llama2c (tokenizer.bin: reading,
-encoding, export), train (SentencePiece training with Llama 2's settings).
+encoding, export), gguf (a GGUF file's vocabulary, encoded as a tokenizer.bin's),
+train (SentencePiece training with Llama 2's settings).
 
 - `tokenizer.model`, a SentencePiece ModelProto: encoded and decoded by the
   sentencepiece library (`SentencePieceTokenizer`).
@@ -39,19 +40,28 @@ import struct
 from ..errors import TokenizerError
 from ..io.inputs import TOKENIZER_LIMIT, read_bounded
 from .base import StreamDecoder, Tokenizer
+from .gguf import GGUFTokenizer, from_gguf
 from .llama2c import BinTokenizer, export_bin
 from .sentencepiece import SentencePieceTokenizer
 
-__all__ = ["load_tokenizer", "find_tokenizer", "export_bin", "Tokenizer", "StreamDecoder",
-           "BinTokenizer", "SentencePieceTokenizer"]
+__all__ = ["load_tokenizer", "find_tokenizer", "from_gguf", "export_bin", "Tokenizer",
+           "StreamDecoder", "BinTokenizer", "GGUFTokenizer", "SentencePieceTokenizer"]
 
 
 def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
-    """A tokenizer from a SentencePiece `tokenizer.model` or a llama2.c
-    `tokenizer.bin`. With `vocab_size`, the file must have exactly that many
-    pieces (the model's vocabulary)."""
+    """A tokenizer from a SentencePiece `tokenizer.model`, a llama2.c `tokenizer.bin`
+    or the vocabulary in a GGUF model file. With `vocab_size`, the file must have
+    exactly that many pieces (the model's vocabulary)."""
+    from ..formats import is_gguf
+
     path = os.fspath(path)
-    tok = _from_bytes(path, read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError))
+    if is_gguf(path, TokenizerError):
+        from ..formats.gguf_reader import GGUFModel
+        with GGUFModel(path) as model:
+            tok = from_gguf(model)
+    else:
+        tok = _from_bytes(path, read_bounded(path, TOKENIZER_LIMIT, "a tokenizer",
+                                             TokenizerError))
     if vocab_size is not None and tok.vocab_size != vocab_size:
         raise TokenizerError(f"tokenizer {path} has {tok.vocab_size} tokens, model has {vocab_size}")
     return tok

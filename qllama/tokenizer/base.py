@@ -101,7 +101,7 @@ class Tokenizer:
     the special ids and `encode`."""
 
     path: str
-    format: str                  # "sentencepiece" or "llama2.c"
+    format: str                  # "sentencepiece", "llama2.c" or "gguf"
     vocab_size: int
     bos_id: int
     eos_id: int

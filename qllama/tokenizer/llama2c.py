@@ -78,46 +78,30 @@ def read_bin(path: str, data: bytes) -> tuple[int, list, np.ndarray]:
     return max_len, pieces, np.asarray(scores, dtype=np.float32)
 
 
-class BinTokenizer(Tokenizer):
-    format = "llama2.c"
+class ScoredTokenizer(Tokenizer):
+    """SentencePiece BPE over a vocabulary with scores, encoded by our own merges: the
+    pieces as SentencePiece names them (bytes, "▁" for a space), what each adds to text
+    (`surfaces`), their kinds and the special ids. Every piece that is not control,
+    unknown or byte is mergeable, as in a tokenizer.bin (which cannot tell user-defined
+    or unused pieces from normal ones)."""
 
-    def __init__(self, path: str, data: bytes, merge_table=None):
-        """`merge_table`: the BPE encoder's class (default the Cython MergeTable; the
-        tests pass a pure-Python twin with the same constructor and `encode`)."""
+    def __init__(self, path: str, pieces: list, surfaces: list, kinds: list, scores,
+                 special: tuple, merge_table=None):
+        """`special`: (unk, bos, eos) ids. `merge_table`: the BPE encoder's class (default
+        the Cython MergeTable; the tests pass a pure-Python twin with the same
+        constructor and `encode`)."""
         self.path = path
-        self.max_token_length, stored, self.scores = read_bin(path, data)
-        n = self.vocab_size = len(stored)
-        self.kinds, self.surfaces, self._pieces = [], [], []
+        self._pieces, self.surfaces, self.kinds = pieces, surfaces, kinds
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.vocab_size = len(pieces)
+        self.unk_id, self.bos_id, self.eos_id = special
         byte_ids = [-1] * 256
-        self.unk_id = self.bos_id = self.eos_id = -1
-        for i, raw in enumerate(stored):
-            if raw == BIN_BOS or raw == BIN_EOS or raw == b"<pad>":
-                kind, surface = CONTROL, b""
-                name = raw.strip(b"\n")
-                if raw == BIN_BOS and self.bos_id < 0:
-                    self.bos_id = i
-                if raw == BIN_EOS and self.eos_id < 0:
-                    self.eos_id = i
-            elif raw == b"<unk>" and self.unk_id < 0:
-                kind, surface, name = UNKNOWN, UNK_SURFACE.encode(), raw
-            elif raw in _BYTE_PIECES and byte_ids[_BYTE_PIECES[raw]] < 0:
-                kind, surface, name = BYTE, bytes([_BYTE_PIECES[raw]]), raw
-                byte_ids[_BYTE_PIECES[raw]] = i
-            else:
-                kind, surface, name = NORMAL, raw, raw.replace(b" ", SPACE_BYTES)
-            self.kinds.append(kind)
-            self.surfaces.append(surface)
-            self._pieces.append(name)
-        # llama2.c hard-codes BOS 1 and EOS 2; SentencePiece's defaults are unk 0, bos 1, eos 2.
-        if self.bos_id < 0:
-            self.bos_id = 1 if n > 1 else 0
-        if self.eos_id < 0:
-            self.eos_id = 2 if n > 2 else 0
-        if self.unk_id < 0:
-            self.unk_id = 0
+        for i, kind in enumerate(kinds):
+            if kind == BYTE and byte_ids[surfaces[i][0]] < 0:
+                byte_ids[surfaces[i][0]] = i
         self.byte_fallback = min(byte_ids) >= 0
         self.byte_ids = byte_ids
-        mergeable = [k == NORMAL for k in self.kinds]
+        mergeable = [k not in (CONTROL, UNKNOWN, BYTE) for k in kinds]
         if merge_table is None:
             from .._kernels.bpe import MergeTable as merge_table
         self._merges = merge_table(self._pieces, self.scores, mergeable, byte_ids,
@@ -138,6 +122,43 @@ class BinTokenizer(Tokenizer):
     def score(self, token_id: int) -> float:
         return float(self.scores[self._check_id(token_id)])
 
+
+class BinTokenizer(ScoredTokenizer):
+    format = "llama2.c"
+
+    def __init__(self, path: str, data: bytes, merge_table=None):
+        self.max_token_length, stored, scores = read_bin(path, data)
+        n = len(stored)
+        kinds, surfaces, pieces = [], [], []
+        seen_bytes = set()
+        unk_id = bos_id = eos_id = -1
+        for i, raw in enumerate(stored):
+            if raw == BIN_BOS or raw == BIN_EOS or raw == b"<pad>":
+                kind, surface = CONTROL, b""
+                name = raw.strip(b"\n")
+                if raw == BIN_BOS and bos_id < 0:
+                    bos_id = i
+                if raw == BIN_EOS and eos_id < 0:
+                    eos_id = i
+            elif raw == b"<unk>" and unk_id < 0:
+                kind, surface, name = UNKNOWN, UNK_SURFACE.encode(), raw
+            elif raw in _BYTE_PIECES and raw not in seen_bytes:
+                kind, surface, name = BYTE, bytes([_BYTE_PIECES[raw]]), raw
+                seen_bytes.add(raw)
+            else:
+                kind, surface, name = NORMAL, raw, raw.replace(b" ", SPACE_BYTES)
+            kinds.append(kind)
+            surfaces.append(surface)
+            pieces.append(name)
+        # llama2.c hard-codes BOS 1 and EOS 2; SentencePiece's defaults are unk 0, bos 1, eos 2.
+        if bos_id < 0:
+            bos_id = 1 if n > 1 else 0
+        if eos_id < 0:
+            eos_id = 2 if n > 2 else 0
+        if unk_id < 0:
+            unk_id = 0
+        super().__init__(path, pieces, surfaces, kinds, scores, (unk_id, bos_id, eos_id),
+                         merge_table)
 
 
 def bin_bytes(model: SentencePieceTokenizer) -> bytes:
