@@ -19,12 +19,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+import gguf.quants
 import numpy as np
 
 from .errors import UsageError
-from .formats.llama2c import QUANTIZED, QTensor
+from .formats.llama2c import QUANTIZED, SHAPES, QTensor
 from .io.inputs import read_bounded
 from .model import BOS, EOS
+from .quant.types import BlockTensor
 from .sampling import check_sampling
 from .spec import ModelSpec
 
@@ -173,6 +175,9 @@ def _rows(tensor, start: int, stop: int) -> np.ndarray:
         q = tensor.q[g0 * gs:g1 * gs].reshape(-1, gs).astype(np.float32)
         w = (q * tensor.s[g0:g1, None]).reshape(-1)
         return w[a - g0 * gs:b - g0 * gs].reshape(stop - start, cols)
+    if isinstance(tensor, BlockTensor):  # GGUF's blocks, by gguf-py's dequantizer
+        rows = tensor.data.reshape(tensor.shape[0], -1)[start:stop]
+        return gguf.quants.dequantize(rows, tensor.qtype.gguf).astype(np.float32)
     return np.asarray(tensor[start:stop], dtype=np.float32).reshape(stop - start, -1)
 
 
@@ -187,13 +192,12 @@ def weight_errors(ref_file, cand_file) -> dict[str, WeightError]:
     is the token embedding table, so "output" compares whichever matrix each file uses;
     it is left out when both files share it (it is then tok_embeddings itself).
     """
-    config = ref_file.config
     out = {}
     for kind in QUANTIZED:
         if kind == "output" and not (ref_file.has("output") or cand_file.has("output")):
             continue
         err = WeightError(kind)
-        layers = range(config.n_layers) if (kind, 0) in ref_file.entries else (None,)
+        layers = range(ref_file.spec.n_layers) if SHAPES[kind][0] else (None,)
         for layer in layers:
             if kind == "output":
                 a, b = _classifier(ref_file), _classifier(cand_file)
@@ -289,8 +293,8 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
 class Report:
     reference: str
     candidate: str
-    reference_version: int
-    candidate_version: int
+    reference_version: int | str  # a llama2.c version, or "gguf"
+    candidate_version: int | str
     source: str  # "text FILE" or "N tokens sampled from REFERENCE (seed S)"
     tokens: int
     windows: int
@@ -341,7 +345,7 @@ def evaluate(reference, candidate, windows: list[Window], source: str = "",
     n = totals.tokens
     report = Report(
         reference=reference.path, candidate=candidate.path,
-        reference_version=reference.config.version, candidate_version=candidate.config.version,
+        reference_version=_version(reference), candidate_version=_version(candidate),
         source=source, tokens=n, windows=totals.windows,
         kl_mean=totals.kl_sum / n, kl_max=totals.kl_max,
         top1_agreement=totals.top1_sum / n, top5_overlap=totals.top5_sum / n,
@@ -354,6 +358,10 @@ def evaluate(reference, candidate, windows: list[Window], source: str = "",
                                     "rel_rmse": e.rel_rmse, "values": e.count}
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _version(model) -> int | str:
+    return getattr(model.config, "version", "gguf")
 
 
 def read_text(path: str) -> str:

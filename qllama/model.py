@@ -20,7 +20,7 @@ from ._kernels.engine import State, Weights
 from ._kernels.sampler import Sampler
 from .diagnostics import peak_rss_mb
 from .errors import QllamaWarning, TokenizerError, UsageError
-from .formats.llama2c import ModelFile
+from .formats import open_model
 from .generation import BOS, EOS, Generation
 from .sampling import check_sampling, default_seed
 from .threads import ThreadGovernor, resolve_threads
@@ -101,7 +101,8 @@ class Session:
 
 
 class Model:
-    """A checkpoint (v0/v1 fp32 or v2 Q8_0), memory-mapped, with its tokenizer."""
+    """A checkpoint (llama2.c v0/v1 fp32 or v2 Q8_0, or a llama GGUF file),
+    memory-mapped, with its tokenizer (a GGUF file carries its own)."""
 
     def __init__(self, path, tokenizer=None, threads: int | None = None,
                  variant: str | None = None, kv: str = "f16"):
@@ -112,11 +113,12 @@ class Model:
             raise UsageError(f"KV cache type {kv!r}: one of {', '.join(KV_TYPES)}")
         self.kv = kv
         self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
-        self.file = ModelFile(self.path)
-        self.config = self.file.config
-        self.spec = self.config.spec  # what the engine computes with
+        self.file = open_model(self.path)
+        self.spec = self.file.spec  # what the engine computes with
+        # the llama2.c header, or for a GGUF file its spec (the same hyperparameters)
+        self.config = getattr(self.file, "config", self.spec)
         self.weights = Weights(self.file, self.variant)
-        if self.config.straddles:
+        if getattr(self.config, "straddles", False):
             warnings.warn(f"{self.path}: group size {self.config.group_size} does not divide "
                           f"the rows (dim {self.config.dim}, hidden_dim {self.config.hidden_dim}); "
                           "reading it by the format's definition on a slower path (llama2.c's "
@@ -127,9 +129,13 @@ class Model:
     @property
     def tokenizer(self):
         if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
-            from .tokenizer import find_tokenizer, load_tokenizer
-            path = self._tokenizer or find_tokenizer(self.path)
-            self._tokenizer = load_tokenizer(path, vocab_size=self.spec.vocab_size)
+            from .formats.gguf_reader import GGUFModel
+            from .tokenizer import find_tokenizer, from_gguf, load_tokenizer
+            if self._tokenizer is None and isinstance(self.file, GGUFModel):
+                self._tokenizer = from_gguf(self.file)  # the file's own vocabulary
+            else:
+                path = self._tokenizer or find_tokenizer(self.path)
+                self._tokenizer = load_tokenizer(path, vocab_size=self.spec.vocab_size)
         elif self._tokenizer.vocab_size != self.spec.vocab_size:
             raise TokenizerError(f"tokenizer has {self._tokenizer.vocab_size} tokens, model "
                                  f"{self.path} has {self.spec.vocab_size}")
@@ -245,7 +251,8 @@ class Model:
 
 def load(path, tokenizer=None, threads: int | None = None, variant: str | None = None,
          kv: str = "f16") -> Model:
-    """Open a llama2.c checkpoint (version 0, 1 or 2) for generation and evaluation.
+    """Open a llama2.c checkpoint (version 0, 1 or 2) or a llama GGUF file for generation
+    and evaluation.
     `variant` names the kernel variant (default: $QLLAMA_ISA, else the CPU's best);
     `kv` the KV cache's type: "f16" (half the memory) or "f32" (run.c's)."""
     return Model(path, tokenizer=tokenizer, threads=threads, variant=variant, kv=kv)

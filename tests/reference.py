@@ -2,11 +2,13 @@
 and a writer of small random checkpoints of any version and group size."""
 from __future__ import annotations
 
+import gguf.quants
 import numpy as np
 
 from qllama._kernels.quantize_weights import quantize_weights as quantize
 from qllama.formats import llama2c as formats
-from qllama.formats.llama2c import Config, ModelFile, QTensor
+from qllama.formats.llama2c import Config, QTensor
+from qllama.quant.types import BlockTensor
 
 
 def write_model(path, config: Config, seed: int = 0) -> None:
@@ -33,12 +35,27 @@ def write_model(path, config: Config, seed: int = 0) -> None:
                 f.write(q.tobytes() + s.tobytes())
 
 
-def weights64(model: ModelFile, name: str, layer=None) -> np.ndarray:
+def weights64(model, name: str, layer=None) -> np.ndarray:
     t = model.tensor(name, layer)
     if isinstance(t, QTensor):  # groups over the flattened tensor
         w = t.q.astype(np.float64).reshape(-1, t.group_size) * t.s.astype(np.float64)[:, None]
         return w.reshape(t.shape)
+    if isinstance(t, BlockTensor):  # GGUF blocks, by gguf-py's dequantizer
+        return gguf.quants.dequantize(t.data.reshape(t.shape[0], -1), t.qtype.gguf).astype(
+            np.float64)
     return np.asarray(t, dtype=np.float64)
+
+
+def act_group(model, name: str, layer=None) -> int:
+    """The group size activations entering a matrix are quantized in: a llama2.c Q8_0
+    matrix's own (when its groups lie in rows), 32 for GGUF's integer block types,
+    0 (fp32) otherwise."""
+    t = model.tensor(name, layer)
+    if isinstance(t, QTensor):
+        return t.group_size if t.shape[1] % t.group_size == 0 else 0
+    if isinstance(t, BlockTensor):
+        return 0 if t.qtype.name in ("f16", "bf16") else 32
+    return 0
 
 
 def quantize_acts(x: np.ndarray, gs: int) -> np.ndarray:
@@ -53,14 +70,14 @@ def quantize_acts(x: np.ndarray, gs: int) -> np.ndarray:
     return (q * scale.astype(np.float64)).reshape(x.shape)
 
 
-def rmsnorm(x, w):
-    return w * (x / np.sqrt(np.mean(x * x) + 1e-5))
+def rmsnorm(x, w, eps=1e-5):
+    return w * (x / np.sqrt(np.mean(x * x) + eps))
 
 
-def rope(v: np.ndarray, head_size: int, pos: int) -> np.ndarray:
+def rope(v: np.ndarray, head_size: int, pos: int, theta=10000.0) -> np.ndarray:
     v = v.copy()
     i = np.arange(0, len(v), 2)
-    freq = 10000.0 ** (-(i % head_size) / head_size)
+    freq = theta ** (-(i % head_size) / head_size)
     c, s = np.cos(pos * freq), np.sin(pos * freq)
     v0, v1 = v[i].copy(), v[i + 1].copy()
     v[i] = v0 * c - v1 * s
@@ -73,20 +90,26 @@ def softmax(x):
     return e / e.sum()
 
 
-def forward(model: ModelFile, tokens) -> np.ndarray:
-    """Logits (T, vocab) in float64. For Q8_0 files, activations entering a matrix
-    whose groups align with its rows are quantized as runq.c does."""
-    c = model.config
+def forward(model, tokens) -> np.ndarray:
+    """Logits (T, vocab) in float64 of a llama2.c ModelFile or a GGUFModel, with the
+    RoPE theta and norm epsilon of its spec. Activations entering a quantized matrix
+    are quantized as the kernels take them (act_group), as runq.c does."""
+    c = model.spec
     hs, kv_mul = c.head_size, c.n_heads // c.n_kv_heads
-    W = {}
-    for e in formats.layout(c):
-        W[(e.name, e.layer)] = weights64(model, e.name, e.layer)
-    cls = W[("tok_embeddings", None)] if c.shared_classifier else W[("output", None)]
+    eps, theta = c.norm_eps, c.rope_theta
+    W, G = {}, {}
+    for name, (per_layer, _) in formats.SHAPES.items():
+        if name in ("freqs_cos", "freqs_sin") or not model.has(name):
+            continue
+        for layer in (range(c.n_layers) if per_layer else (None,)):
+            W[name, layer] = weights64(model, name, layer)
+            G[name, layer] = act_group(model, name, layer) if W[name, layer].ndim == 2 else 0
+    cls_key = ("tok_embeddings", None) if c.shared_classifier else ("output", None)
 
-    def mm(w, x):
-        if c.version == 2 and w.shape[1] % c.group_size == 0:
-            x = quantize_acts(x, c.group_size)
-        return w @ x
+    def mm(key, x):
+        if G[key]:
+            x = quantize_acts(x, G[key])
+        return W[key] @ x
 
     keys = [[] for _ in range(c.n_layers)]
     values = [[] for _ in range(c.n_layers)]
@@ -94,19 +117,19 @@ def forward(model: ModelFile, tokens) -> np.ndarray:
     for pos, tok in enumerate(tokens):
         x = W[("tok_embeddings", None)][tok].copy()
         for l in range(c.n_layers):  # noqa: E741 (run.c's name)
-            xb = rmsnorm(x, W[("attention_norm", l)])
-            q = rope(mm(W[("wq", l)], xb), hs, pos)
-            keys[l].append(rope(mm(W[("wk", l)], xb), hs, pos))
-            values[l].append(mm(W[("wv", l)], xb))
+            xb = rmsnorm(x, W[("attention_norm", l)], eps)
+            q = rope(mm(("wq", l), xb), hs, pos, theta)
+            keys[l].append(rope(mm(("wk", l), xb), hs, pos, theta))
+            values[l].append(mm(("wv", l), xb))
             K, V = np.array(keys[l]), np.array(values[l])
             att_out = np.empty(c.dim)
             for h in range(c.n_heads):
                 kh = (h // kv_mul) * hs
                 a = softmax(K[:, kh:kh + hs] @ q[h * hs:(h + 1) * hs] / np.sqrt(hs))
                 att_out[h * hs:(h + 1) * hs] = a @ V[:, kh:kh + hs]
-            x = x + mm(W[("wo", l)], att_out)
-            xb = rmsnorm(x, W[("ffn_norm", l)])
-            h1, h3 = mm(W[("w1", l)], xb), mm(W[("w3", l)], xb)
-            x = x + mm(W[("w2", l)], h1 / (1 + np.exp(-h1)) * h3)
-        out.append(mm(cls, rmsnorm(x, W[("norm", None)])))
+            x = x + mm(("wo", l), att_out)
+            xb = rmsnorm(x, W[("ffn_norm", l)], eps)
+            h1, h3 = mm(("w1", l), xb), mm(("w3", l), xb)
+            x = x + mm(("w2", l), h1 / (1 + np.exp(-h1)) * h3)
+        out.append(mm(cls_key, rmsnorm(x, W[("norm", None)], eps)))
     return np.array(out)

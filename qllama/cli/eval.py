@@ -19,8 +19,8 @@ from .console import console
 from .run import add_kv_argument
 
 
-def _version(v: int) -> str:
-    return f"v{v} " + ("int8 Q8_0" if v == 2 else "fp32")
+def _version(v: int | str) -> str:
+    return "GGUF" if v == "gguf" else f"v{v} " + ("int8 Q8_0" if v == 2 else "fp32")
 
 
 def print_report(report: Report, console) -> None:

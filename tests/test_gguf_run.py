@@ -1,0 +1,86 @@
+"""GGUF files through the engine: qllama's F32 export of stories260K runs bit for bit as
+the llama2.c file does (and so does `qllama run` on it, with the file's own vocabulary);
+random GGUF models of every block type, with grouped-query heads, RoPE theta 500000 and
+norm eps 1e-6, match the float64 reference forward pass of the same file; every kernel
+variant this CPU runs gives the same logits bit for bit."""
+import dataclasses
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+import qllama
+from qllama.formats.llama2c import Config
+from qllama.interop.gguf_export import export_gguf
+
+from conftest import data
+from makers import gguf_metadata, write_gguf
+from reference import forward as reference_forward
+
+# columns of 256: every block type fits; 8 query heads of 32, 2 key/value heads
+SMALL = Config(1, dim=256, hidden_dim=512, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=40,
+               seq_len=64, shared_classifier=False)
+BLOCK_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]
+# where each block's fp16 scales lie, and a magnitude that keeps weights near 0.1
+# (random bytes are valid k-quant blocks, but random fp16 scales may be inf or 1e4)
+SCALES = {"Q4_K": ((0, 2), 2e-4), "Q5_K": ((0, 2), 1e-4), "Q6_K": ((208,), 3e-5)}
+
+
+def rel_error(a, ref):
+    return float((np.abs(a - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
+
+
+def tame(path, written: dict, rng) -> None:
+    """Rewrite the fp16 scales of a file's k-quant blocks with small random values."""
+    with open(path, "r+b") as f:
+        raw = bytearray(f.read())
+        for t, x in written.values():
+            if t.name not in SCALES:
+                continue
+            offsets, mag = SCALES[t.name]
+            block = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[t.name]
+            start = raw.find(x.tobytes())  # the tensor's bytes are unique random data
+            assert start >= 0
+            for b in range(x.size // block):
+                for o in offsets:
+                    v = np.float16(rng.uniform(0.5, 1.0) * mag).tobytes()
+                    raw[start + b * block + o:start + b * block + o + 2] = v
+        f.seek(0)
+        f.write(raw)
+
+
+def small_gguf(path, qtype: str, **meta_overrides):
+    c = SMALL
+    meta = gguf_metadata(c, llama__rope__freq_base=500000.0,
+                         llama__attention__layer_norm_rms_epsilon=1e-6, **meta_overrides)
+    written = write_gguf(path, c, qtype, meta=meta, seed=1)
+    tame(path, written, np.random.default_rng(2))
+    return path
+
+
+def test_stories260K_f32_gguf_runs_as_the_llama2c_file(tmp_path):
+    out = tmp_path / "s.gguf"
+    export_gguf(str(data("stories260K.bin")), str(out), "f32", tokenizer=str(data("tok512.model")))
+    a = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"))
+    b = qllama.load(out)  # the vocabulary from the file
+    ids = a.encode("Once upon a time, there was a little girl named Lily.")
+    assert b.encode("Once upon a time, there was a little girl named Lily.") == ids
+    assert np.array_equal(a.logits(ids), b.logits(ids))
+    run = [sys.executable, "-m", "qllama", "run", "-i", "Once upon a time", "-n", "40", "-t", "0"]
+    got = subprocess.run(run + [str(out)], capture_output=True, text=True, check=True).stdout
+    want = subprocess.run(run + [str(data("stories260K.bin")), "-z", str(data("tok512.bin"))],
+                          capture_output=True, text=True, check=True).stdout
+    assert got == want and len(got) > 40
+
+
+def test_the_specs_constants_reach_the_engine(tmp_path):
+    """Theta 500000 and eps 1e-6 are computed with: the reference with them agrees, the
+    same weights with llama2.c's constants do not."""
+    m = qllama.load(small_gguf(tmp_path / "m.gguf", "F32"), kv="f32")
+    ids = [1, 5, 9, 33, 2, 17, 39, 4]
+    got = m.logits(ids)
+    assert rel_error(got, reference_forward(m.file, ids)) <= 1e-5
+    plain = SimpleNamespace(spec=dataclasses.replace(m.spec, rope_theta=1e4, norm_eps=1e-5),
+                            has=m.file.has, tensor=m.file.tensor)
+    assert rel_error(got, reference_forward(plain, ids)) > 1e-3
