@@ -25,7 +25,7 @@ import numpy as np
 from .errors import UsageError
 from .formats.llama2c import QUANTIZED, SHAPES, QTensor
 from .io.inputs import read_bounded
-from .model import BOS, EOS
+from .model import BOS
 from .quant.types import BlockTensor
 from .sampling import check_sampling
 from .spec import ModelSpec
@@ -243,18 +243,18 @@ class Window:
     targets: np.ndarray  # (n,) int32
 
 
-def window_of(tokens) -> Window:
+def window_of(tokens, bos: int = BOS) -> Window:
     """Window predicting `tokens` (each one) from BOS and the tokens before it."""
     tokens = np.asarray(tokens, dtype=np.int32)
-    return Window(np.concatenate([[BOS], tokens[:-1]]).astype(np.int32), tokens)
+    return Window(np.concatenate([[bos], tokens[:-1]]).astype(np.int32), tokens)
 
 
-def text_windows(ids, seq_len: int) -> list[Window]:
+def text_windows(ids, seq_len: int, bos: int = BOS) -> list[Window]:
     """A text's token ids (no BOS) cut into windows of at most seq_len positions."""
     ids = [int(i) for i in ids]
-    if ids and ids[0] == BOS:
+    if ids and ids[0] == bos:
         ids = ids[1:]
-    return [window_of(ids[i:i + seq_len]) for i in range(0, len(ids), seq_len)]
+    return [window_of(ids[i:i + seq_len], bos) for i in range(0, len(ids), seq_len)]
 
 
 def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0) -> list[Window]:
@@ -266,21 +266,21 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
     if n_tokens < 1:
         raise UsageError(f"--sample must be at least 1 token, got {n_tokens}")
     check_sampling(temperature, 1.0, n_tokens, seed)
-    seq_len = model.spec.seq_len
+    seq_len, bos = model.spec.seq_len, model.spec.bos_id
     sampler = model.sampler(temperature, 1.0, seed)
     windows, left = [], n_tokens
     while left > 0:
         n = min(left, seq_len)
         session = model.session(n)
         tokens = []
-        logits = session.feed([BOS])
+        logits = session.feed([bos])
         while True:
             token = sampler.sample(logits)
             tokens.append(token)
-            if len(tokens) == n or token in (BOS, EOS):
+            if len(tokens) == n or token in model.stop_ids:
                 break
             logits = session.feed([token])
-        windows.append(window_of(tokens))
+        windows.append(window_of(tokens, bos))
         left -= len(tokens)
     return windows
 
@@ -377,4 +377,4 @@ def windows_from_text(model, text: str, name: str = "text") -> list[Window]:
     ids = model.encode(text, bos=False)
     if not ids:
         raise UsageError(f"{name} gives no tokens: nothing to evaluate")
-    return text_windows(ids, model.spec.seq_len)
+    return text_windows(ids, model.spec.seq_len, model.spec.bos_id)

@@ -63,11 +63,11 @@ class Generation:
     run.c's (model.sampler); text=False skips decoding (ids only)."""
 
     def __init__(self, model, prompt_ids, max_tokens: int, sampler, stop=(),
-                 stop_ids=(BOS, EOS), text: bool = True):
+                 stop_ids=None, text: bool = True):
         self.model = model
         self.max_tokens = max_tokens
         self.sampler = sampler
-        self.stop_ids = stop_ids
+        self.stop_ids = model.stop_ids if stop_ids is None else stop_ids
         self.decoder = model.text_stream(list(prompt_ids)) if text else None
         self.stop = StopText(stop)
         self.usage = Usage(len(prompt_ids))

@@ -21,7 +21,7 @@ from ._kernels.sampler import Sampler
 from .diagnostics import peak_rss_mb
 from .errors import QllamaWarning, TokenizerError, UsageError
 from .formats import open_model
-from .generation import BOS, EOS, Generation
+from .generation import BOS, EOS, Generation  # noqa: F401 (Llama 2's ids, for callers)
 from .sampling import check_sampling, default_seed
 from .threads import ThreadGovernor, resolve_threads
 
@@ -115,6 +115,7 @@ class Model:
         self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
         self.file = open_model(self.path)
         self.spec = self.file.spec  # what the engine computes with
+        self.stop_ids = (self.spec.bos_id, self.spec.eos_id)  # run.c stops at either
         # the llama2.c header, or for a GGUF file its spec (the same hyperparameters)
         self.config = getattr(self.file, "config", self.spec)
         self.weights = Weights(self.file, self.variant)
@@ -162,7 +163,7 @@ class Model:
     def generate_ids(self, prompt_ids: list[int], steps: int = 256, temperature: float = 1.0,
                      top_p: float = 0.9, seed: int | None = None,
                      stats: Stats | None = None, session: Session | None = None,
-                     sampler: Sampler | None = None, stop=(BOS, EOS)) -> Iterator[int]:
+                     sampler: Sampler | None = None, stop=None) -> Iterator[int]:
         """Sampled token ids after prompt_ids, as llama2.c's run.c: `steps` counts
         positions including the prompt (0 = seq_len; fewer than the prompt: nothing
         is generated); stop at BOS or EOS. A chat passes its `session` (KV cache kept
@@ -182,6 +183,7 @@ class Model:
             raise UsageError(f"prompt of {len(prompt)} tokens does not fit in the "
                              f"{session.capacity - session.pos} positions left")
         stats = stats if stats is not None else Stats()
+        stop = self.stop_ids if stop is None else stop
         if sampler is None:
             stats.seed = default_seed() if seed is None else seed
             sampler = self.sampler(temperature, top_p, stats.seed)

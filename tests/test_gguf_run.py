@@ -84,3 +84,19 @@ def test_the_specs_constants_reach_the_engine(tmp_path):
     plain = SimpleNamespace(spec=dataclasses.replace(m.spec, rope_theta=1e4, norm_eps=1e-5),
                             has=m.file.has, tensor=m.file.tensor)
     assert rel_error(got, reference_forward(plain, ids)) > 1e-3
+
+
+def test_special_ids_come_from_the_file(tmp_path):
+    """A file whose BOS is 5 and EOS 7: windows start with 5, generation stops at 5 or 7."""
+    from qllama.evaluate import sample_windows
+    from qllama.generation import Generation
+
+    path = small_gguf(tmp_path / "m.gguf", "F32", tokenizer__ggml__bos_token_id=5,
+                      tokenizer__ggml__eos_token_id=7)
+    with qllama.load(path) as m:
+        assert m.stop_ids == (5, 7)
+        windows = sample_windows(m, 20, seed=3)
+        assert all(w.inputs[0] == 5 for w in windows)
+        assert all(t not in (5, 7) for w in windows for t in w.targets[:-1])
+        gen = Generation(m, [5], 8, m.sampler(1.0, 0.9, 1), text=False)
+        assert gen.stop_ids == (5, 7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..chat import turn_ids
-from ..model import BOS, EOS, KV_TYPES, Model, Stats
+from ..model import KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
 
@@ -96,7 +96,7 @@ def chat(model: Model, args, seed: int, stats: Stats) -> None:
         print("Assistant: ", end="", flush=True)
         stream = model.text_stream(ids)
         for token in model.generate_ids(ids, stats=stats, session=session, sampler=sampler,
-                                        stop=(BOS, EOS), temperature=args.temperature,
+                                        stop=model.stop_ids, temperature=args.temperature,
                                         top_p=args.top_p):
             sys.stdout.write(stream.feed(token))
             sys.stdout.flush()
