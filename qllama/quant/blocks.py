@@ -42,11 +42,12 @@ def _from_fp16(bits: np.ndarray) -> np.ndarray:
     return bits.view(np.float16).astype(F32)
 
 
-def _seq_sum(terms) -> np.ndarray:
-    """sum += term, term by term, in float32 (C's loop order)."""
+def _seq_sum(terms, from_zero: bool = True) -> np.ndarray:
+    """sum += term, term by term, in float32 (C's loop order), from 0 (so +0, never
+    -0, when every term is zero) or, as some C sums do, from the first term."""
     acc = None
     for t in terms:
-        acc = t.copy() if acc is None else acc + t
+        acc = (t + F32(0) if from_zero else t.copy()) if acc is None else acc + t
     return acc
 
 
@@ -71,8 +72,9 @@ def _q8_0(x: np.ndarray) -> np.ndarray:
 
 
 def _q4_0(x: np.ndarray) -> np.ndarray:
-    i = np.abs(x).argmax(axis=1)          # the first value of largest magnitude, signed
-    mx = x[np.arange(len(x)), i]
+    i = np.abs(x).argmax(axis=1)          # the first value of largest magnitude, signed;
+    mx = x[np.arange(len(x)), i]          # +0 when all are zeros (-0.0 ones too), as the C
+    mx = np.where(mx != 0, mx, F32(0)).astype(F32)
     d = mx / F32(-8)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
@@ -99,8 +101,8 @@ def _qkx2(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta: float,
     nstep + 1 trial scales."""
     n = xt.shape[0]
     lo, hi = xt.min(axis=0), xt.max(axis=0)
-    sum_w = _seq_sum(wt)
-    sum_x = _seq_sum(wt[i] * xt[i] for i in range(n))
+    sum_w = _seq_sum(wt, from_zero=False)
+    sum_x = _seq_sum((wt[i] * xt[i] for i in range(n)), from_zero=False)
     lo = np.where(lo > 0, F32(0), lo).astype(F32)
     flat = hi == lo
     mn = lo
@@ -127,7 +129,7 @@ def _qkx2(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta: float,
             this_min = np.where(pos, F32(0), this_min).astype(F32)
             mad = _seq_sum(wt[i] * np.square(this_scale * lf[i] + this_min - xt[i])
                            for i in range(n))
-            better = (det > 0) & (mad < best)
+            better = (det > 0) & (mad < best) & ~flat
             L = np.where(better, la, L)
             best = np.where(better, mad, best)
             scale = np.where(better, this_scale, scale)
@@ -279,7 +281,8 @@ def quantize(name: str, rows: np.ndarray) -> np.ndarray:
     n, cols = rows.shape
     if cols % t.block:
         raise ValueError(f"{name}: rows of {cols} values are not whole blocks of {t.block}")
-    out = _QUANTIZE[name](rows.reshape(-1, t.block))
+    with np.errstate(all="ignore"):  # masked lanes (d == 0, flat groups) divide by zero
+        out = _QUANTIZE[name](rows.reshape(-1, t.block))
     return out.view(np.uint8).reshape(n, t.row_bytes(cols))
 
 

@@ -1,0 +1,409 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""GGUF block quantizers, fast: the bytes of quant/blocks.py (llama.cpp's reference
+quantizers) for q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, f16 and bf16, nogil, a prange
+over rows.
+
+The k-quants' search for a group's scale (21 trial scales, each a few float32 sums
+over the group) is a chain of dependent adds: one group at a time, it waits on
+latency. Here the groups of a super-block go side by side, value i of every group
+in one row (`xt[i][k]`), so each sum is a vector of independent lanes that the
+compiler vectorizes; every lane does the C's operations in the C's order (no FMA:
+-ffp-contract=off), so the bytes are the reference's.
+"""
+from cython.parallel cimport prange
+
+cdef extern from * nogil:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
+    #define QB_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
+    #define QB_CLONES
+    #endif
+    #define QB_INLINE static inline __attribute__((always_inline))
+
+    /* ggml's nearest_int: round half to even by adding 1.5 * 2^23. */
+    QB_INLINE int32_t qb_nearest(float f) {
+        float v = f + 12582912.0f;
+        int32_t i;
+        memcpy(&i, &v, 4);
+        return (i & 0x007fffff) - 0x00400000;
+    }
+
+    QB_INLINE int32_t qb_clamp(int32_t v, int32_t lo, int32_t hi) {
+        return v < lo ? lo : (v > hi ? hi : v);
+    }
+
+    /* float32 -> IEEE half, round to nearest even (finite input). */
+    QB_INLINE uint16_t qb_fp16(float f) {
+        uint32_t x;
+        memcpy(&x, &f, 4);
+        uint16_t sign = (x >> 16) & 0x8000;
+        x &= 0x7fffffff;
+        if (x >= 0x477ff000u)            /* >= 65520: rounds to infinity */
+            return sign | 0x7c00;
+        if (x < 0x38800000u) {           /* below 2^-14: a half subnormal, m * 2^-24 */
+            float a;
+            memcpy(&a, &x, 4);
+            float m = (a * 16777216.0f + 12582912.0f) - 12582912.0f;  /* exact scaling */
+            return sign | (uint16_t)m;
+        }
+        x -= 0x38000000u;                /* rebias the exponent, 127 -> 15 */
+        x += 0xfff + ((x >> 13) & 1);    /* round the 13 dropped bits to even */
+        return sign | (uint16_t)(x >> 13);
+    }
+
+    QB_INLINE float qb_from_fp16(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 0x3ff, x;
+        float f;
+        if (e == 0) {
+            f = (float)m * 5.9604644775390625e-8f;  /* m * 2^-24, exact */
+            return sign ? -f : f;
+        }
+        x = e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13);
+        x |= sign;
+        memcpy(&f, &x, 4);
+        return f;
+    }
+
+    QB_INLINE void qb_put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+    /* ---- 32-value blocks ---- */
+
+    QB_INLINE void qb_q8_0(const float *x, uint8_t *y) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        qb_put16(y, qb_fp16(d));
+        for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+    }
+
+    QB_INLINE void qb_q4_0(const float *x, uint8_t *y) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
+        float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        qb_put16(y, qb_fp16(d));
+        for (int j = 0; j < 16; j++) {
+            int8_t a = (int8_t)(x[j] * id + 8.5f), b = (int8_t)(x[16 + j] * id + 8.5f);
+            uint8_t qa = a < 15 ? (uint8_t)a : 15, qb = b < 15 ? (uint8_t)b : 15;
+            y[2 + j] = qa | (uint8_t)(qb << 4);
+        }
+    }
+
+    QB_INLINE void qb_q4_1(const float *x, uint8_t *y) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < 32; j++) { lo = x[j] < lo ? x[j] : lo; hi = x[j] > hi ? x[j] : hi; }
+        float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        qb_put16(y, qb_fp16(d));
+        qb_put16(y + 2, qb_fp16(lo));
+        for (int j = 0; j < 16; j++) {
+            int8_t a = (int8_t)((x[j] - lo) * id + 0.5f), b = (int8_t)((x[16 + j] - lo) * id + 0.5f);
+            uint8_t qa = a < 15 ? (uint8_t)a : 15, qb = b < 15 ? (uint8_t)b : 15;
+            y[4 + j] = qa | (uint8_t)(qb << 4);
+        }
+    }
+
+    /* ---- k-quants: super-blocks of 256 ---- */
+
+    /* make_qkx2_quants over 8 groups of 32 side by side: xt[i][k] is value i of group
+     * k. Levels L[i][k] in 0..nmax, scale[k] and min[k] with x ~ scale * L - min. */
+    QB_INLINE void qb_qkx2(float xt[32][8], float wt[32][8], int nmax, float rmin,
+                           float rdelta, int nstep, uint8_t L[32][8], float scale[8],
+                           float min_out[8]) {
+        float mn[8], mx[8], sw[8], sx[8], best[8], is[8], sl[8], sl2[8], sxl[8], ts[8], tm[8];
+        float mad[8], det[8];
+        int flat[8], take[8];
+        uint8_t La[32][8];
+        for (int k = 0; k < 8; k++) {
+            mn[k] = mx[k] = xt[0][k];
+            sw[k] = wt[0][k];
+            sx[k] = sw[k] * xt[0][k];
+        }
+        for (int i = 1; i < 32; i++)
+            for (int k = 0; k < 8; k++) {
+                float v = xt[i][k], w = wt[i][k];
+                mn[k] = v < mn[k] ? v : mn[k];
+                mx[k] = v > mx[k] ? v : mx[k];
+                sw[k] += w;
+                sx[k] += w * v;
+            }
+        for (int k = 0; k < 8; k++) {
+            mn[k] = mn[k] > 0.0f ? 0.0f : mn[k];
+            flat[k] = mx[k] == mn[k];
+            is[k] = (float)nmax / (mx[k] - mn[k]);
+            scale[k] = 1.0f / is[k];
+            best[k] = 0.0f;
+        }
+        for (int i = 0; i < 32; i++)
+            for (int k = 0; k < 8; k++) {
+                int32_t l = qb_clamp(qb_nearest(is[k] * (xt[i][k] - mn[k])), 0, nmax);
+                L[i][k] = (uint8_t)l;
+                float diff = scale[k] * (float)l + mn[k] - xt[i][k];
+                best[k] += wt[i][k] * (diff * diff);
+            }
+        for (int step = 0; step <= nstep; step++) {
+            for (int k = 0; k < 8; k++) {
+                /* min is the best trial's so far (the C updates it in the loop) */
+                is[k] = (rmin + rdelta * (float)step + (float)nmax) / (mx[k] - mn[k]);
+                sl[k] = sl2[k] = sxl[k] = mad[k] = 0.0f;
+            }
+            for (int i = 0; i < 32; i++)
+                for (int k = 0; k < 8; k++) {
+                    int32_t l = qb_clamp(qb_nearest(is[k] * (xt[i][k] - mn[k])), 0, nmax);
+                    La[i][k] = (uint8_t)l;
+                    float wl = wt[i][k] * (float)l;
+                    sl[k] += wl;
+                    sl2[k] += wl * (float)l;
+                    sxl[k] += wl * xt[i][k];
+                }
+            for (int k = 0; k < 8; k++) {
+                det[k] = sw[k] * sl2[k] - sl[k] * sl[k];
+                ts[k] = (sw[k] * sxl[k] - sx[k] * sl[k]) / det[k];
+                tm[k] = (sl2[k] * sx[k] - sl[k] * sxl[k]) / det[k];
+                if (tm[k] > 0.0f) { tm[k] = 0.0f; ts[k] = sxl[k] / sl2[k]; }
+            }
+            for (int i = 0; i < 32; i++)
+                for (int k = 0; k < 8; k++) {
+                    float diff = ts[k] * (float)La[i][k] + tm[k] - xt[i][k];
+                    mad[k] += wt[i][k] * (diff * diff);
+                }
+            int any = 0;
+            for (int k = 0; k < 8; k++) {
+                take[k] = !flat[k] && det[k] > 0.0f && mad[k] < best[k];
+                if (take[k]) { best[k] = mad[k]; scale[k] = ts[k]; mn[k] = tm[k]; }
+                any |= take[k];
+            }
+            if (any)
+                for (int i = 0; i < 32; i++)
+                    for (int k = 0; k < 8; k++) L[i][k] = take[k] ? La[i][k] : L[i][k];
+        }
+        for (int k = 0; k < 8; k++) {
+            if (flat[k]) {
+                scale[k] = 0.0f;
+                for (int i = 0; i < 32; i++) L[i][k] = 0;
+            }
+            min_out[k] = -mn[k];
+        }
+    }
+
+    /* q4_K (nmax 15) and q5_K (nmax 31): levels of one super-block in value order,
+     * and its header (d, dmin, 12 bytes of 6-bit scales and mins) written to y. */
+    QB_INLINE void qb_qk_levels(const float *x, int nmax, float rmin, int nstep,
+                                uint8_t Lout[256], uint8_t *y) {
+        float xt[32][8], wt[32][8], s2[8], av[8], scales[8], mins[8];
+        uint8_t L[32][8], ls[8], lm[8];
+        for (int i = 0; i < 32; i++)
+            for (int k = 0; k < 8; k++) xt[i][k] = x[32 * k + i];
+        for (int k = 0; k < 8; k++) s2[k] = 0.0f;
+        for (int i = 0; i < 32; i++)
+            for (int k = 0; k < 8; k++) s2[k] += xt[i][k] * xt[i][k];
+        for (int k = 0; k < 8; k++) av[k] = sqrtf(s2[k] / 32.0f);
+        for (int i = 0; i < 32; i++)
+            for (int k = 0; k < 8; k++) wt[i][k] = av[k] + fabsf(xt[i][k]);
+        qb_qkx2(xt, wt, nmax, rmin, 0.1f, nstep, L, scales, mins);
+
+        float max_scale = 0.0f, max_min = 0.0f;
+        for (int k = 0; k < 8; k++) {
+            if (scales[k] > max_scale) max_scale = scales[k];
+            if (mins[k] > max_min) max_min = mins[k];
+        }
+        float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+        float inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
+        uint8_t *sc = y + 4;
+        for (int k = 0; k < 8; k++) {
+            uint8_t a = (uint8_t)qb_nearest(inv_s * scales[k]), b = (uint8_t)qb_nearest(inv_m * mins[k]);
+            ls[k] = a < 63 ? a : 63;
+            lm[k] = b < 63 ? b : 63;
+        }
+        for (int k = 0; k < 4; k++) {
+            sc[k] = ls[k] | (uint8_t)((ls[k + 4] >> 4) << 6);
+            sc[k + 4] = lm[k] | (uint8_t)((lm[k + 4] >> 4) << 6);
+            sc[k + 8] = (ls[k + 4] & 0xf) | (uint8_t)((lm[k + 4] & 0xf) << 4);
+        }
+        uint16_t d16 = qb_fp16(max_scale / 63.0f), dm16 = qb_fp16(max_min / 63.0f);
+        qb_put16(y, d16);
+        qb_put16(y + 2, dm16);
+        float d0 = qb_from_fp16(d16), dm0 = qb_from_fp16(dm16);
+        for (int k = 0; k < 8; k++) {
+            float d = d0 * (float)ls[k], dm = dm0 * (float)lm[k];
+            for (int i = 0; i < 32; i++)
+                Lout[32 * k + i] = d != 0.0f
+                    ? (uint8_t)qb_clamp(qb_nearest((xt[i][k] + dm) / d), 0, nmax) : L[i][k];
+        }
+    }
+
+    QB_INLINE void qb_q4_k(const float *x, uint8_t *y) {
+        uint8_t L[256];
+        qb_qk_levels(x, 15, -1.0f, 20, L, y);
+        uint8_t *q = y + 16;
+        for (int j = 0; j < 256; j += 64, q += 32)
+            for (int l = 0; l < 32; l++) q[l] = L[j + l] | (uint8_t)(L[j + l + 32] << 4);
+    }
+
+    QB_INLINE void qb_q5_k(const float *x, uint8_t *y) {
+        uint8_t L[256];
+        qb_qk_levels(x, 31, -0.5f, 15, L, y);
+        uint8_t *qh = y + 16, *ql = y + 48;
+        memset(qh, 0, 32);
+        for (int b = 0; b < 4; b++, ql += 32)
+            for (int j = 0; j < 32; j++) {
+                uint8_t l1 = L[64 * b + j], l2 = L[64 * b + j + 32];
+                qh[j] |= (uint8_t)(((l1 >> 4) << (2 * b)) | ((l2 >> 4) << (2 * b + 1)));
+                ql[j] = (l1 & 0xf) | (uint8_t)((l2 & 0xf) << 4);
+            }
+    }
+
+    /* make_qx_quants(rmse_type 1, no weights) over 16 groups of 16 side by side:
+     * levels L[i][k] in 0..2 nmax - 1 and scale[k], x ~ scale * (L - nmax). */
+    QB_INLINE void qb_qx(float xt[16][16], int nmax, int8_t L[16][16], float scale[16]) {
+        float amax[16], mx[16], is[16], slx[16], sl2[16], best[16];
+        int take[16];
+        for (int k = 0; k < 16; k++) amax[k] = mx[k] = 0.0f;
+        for (int i = 0; i < 16; i++)
+            for (int k = 0; k < 16; k++) {
+                float a = fabsf(xt[i][k]);
+                if (a > amax[k]) { amax[k] = a; mx[k] = xt[i][k]; }
+            }
+        for (int k = 0; k < 16; k++) {
+            is[k] = (float)-nmax / mx[k];
+            slx[k] = sl2[k] = 0.0f;
+        }
+        for (int i = 0; i < 16; i++)
+            for (int k = 0; k < 16; k++) {
+                int32_t l = qb_clamp(qb_nearest(is[k] * xt[i][k]), -nmax, nmax - 1);
+                float w = xt[i][k] * xt[i][k];
+                L[i][k] = (int8_t)(l + nmax);
+                slx[k] += w * xt[i][k] * (float)l;
+                sl2[k] += w * (float)l * (float)l;
+            }
+        for (int k = 0; k < 16; k++) {
+            scale[k] = sl2[k] != 0.0f ? slx[k] / sl2[k] : 0.0f;
+            best[k] = scale[k] * slx[k];
+        }
+        for (int step = -9; step <= 9; step++) {
+            if (step == 0) continue;
+            for (int k = 0; k < 16; k++) {
+                is[k] = -((float)nmax + 0.1f * (float)step) / mx[k];
+                slx[k] = sl2[k] = 0.0f;
+            }
+            for (int i = 0; i < 16; i++)
+                for (int k = 0; k < 16; k++) {
+                    int32_t l = qb_clamp(qb_nearest(is[k] * xt[i][k]), -nmax, nmax - 1);
+                    float w = xt[i][k] * xt[i][k];
+                    slx[k] += w * xt[i][k] * (float)l;
+                    sl2[k] += w * (float)l * (float)l;
+                }
+            int any = 0;
+            for (int k = 0; k < 16; k++) {
+                take[k] = sl2[k] > 0.0f && slx[k] * slx[k] > best[k] * sl2[k];
+                if (take[k]) { scale[k] = slx[k] / sl2[k]; best[k] = scale[k] * slx[k]; }
+                any |= take[k];
+            }
+            if (any)
+                for (int i = 0; i < 16; i++)
+                    for (int k = 0; k < 16; k++)
+                        if (take[k])
+                            L[i][k] = (int8_t)(qb_clamp(qb_nearest(is[k] * xt[i][k]),
+                                                        -nmax, nmax - 1) + nmax);
+        }
+        for (int k = 0; k < 16; k++)
+            if (amax[k] < 1e-15f) {  /* an all-zero group */
+                scale[k] = 0.0f;
+                for (int i = 0; i < 16; i++) L[i][k] = 0;
+            }
+    }
+
+    QB_INLINE void qb_q6_k(const float *x, uint8_t *y) {
+        float xt[16][16], scales[16];
+        int8_t Lt[16][16];
+        uint8_t L[256];
+        for (int i = 0; i < 16; i++)
+            for (int k = 0; k < 16; k++) xt[i][k] = x[16 * k + i];
+        qb_qx(xt, 32, Lt, scales);
+        float max_scale = 0.0f, max_abs = 0.0f;
+        for (int k = 0; k < 16; k++)
+            if (fabsf(scales[k]) > max_abs) { max_abs = fabsf(scales[k]); max_scale = scales[k]; }
+        if (max_abs < 1e-15f) {
+            memset(y, 0, 210);
+            return;
+        }
+        int8_t *sc = (int8_t *)(y + 192);
+        float iscale = -128.0f / max_scale;
+        uint16_t d16 = qb_fp16(1.0f / iscale);
+        qb_put16(y + 208, d16);
+        float d0 = qb_from_fp16(d16);
+        for (int k = 0; k < 16; k++) {
+            int32_t s = qb_nearest(iscale * scales[k]);
+            sc[k] = (int8_t)(s < 127 ? s : 127);
+            float d = d0 * (float)sc[k];
+            for (int i = 0; i < 16; i++)
+                L[16 * k + i] = d != 0.0f
+                    ? (uint8_t)(qb_clamp(qb_nearest(xt[i][k] / d), -32, 31) + 32)
+                    : (uint8_t)Lt[i][k];
+        }
+        uint8_t *ql = y, *qh = y + 128;
+        for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
+            for (int l = 0; l < 32; l++) {
+                uint8_t a = L[j + l], b = L[j + l + 32], c = L[j + l + 64], e = L[j + l + 96];
+                ql[l] = (a & 0xf) | (uint8_t)((c & 0xf) << 4);
+                ql[l + 32] = (b & 0xf) | (uint8_t)((e & 0xf) << 4);
+                qh[l] = (a >> 4) | (uint8_t)((b >> 4) << 2) | (uint8_t)((c >> 4) << 4)
+                        | (uint8_t)((e >> 4) << 6);
+            }
+    }
+
+    /* ---- one row of any type ---- */
+
+    enum { QB_F16, QB_BF16, QB_Q8_0, QB_Q4_0, QB_Q4_1, QB_Q4_K, QB_Q5_K, QB_Q6_K };
+
+    QB_CLONES
+    static void qb_row(int kind, const float *x, uint8_t *y, Py_ssize_t n) {
+        Py_ssize_t b;
+        switch (kind) {
+        case QB_F16:
+            for (b = 0; b < n; b++) qb_put16(y + 2 * b, qb_fp16(x[b]));
+            break;
+        case QB_BF16:
+            for (b = 0; b < n; b++) {
+                uint32_t u;
+                memcpy(&u, x + b, 4);
+                qb_put16(y + 2 * b, (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16));
+            }
+            break;
+        case QB_Q8_0: for (b = 0; b < n / 32; b++) qb_q8_0(x + 32 * b, y + 34 * b); break;
+        case QB_Q4_0: for (b = 0; b < n / 32; b++) qb_q4_0(x + 32 * b, y + 18 * b); break;
+        case QB_Q4_1: for (b = 0; b < n / 32; b++) qb_q4_1(x + 32 * b, y + 20 * b); break;
+        case QB_Q4_K: for (b = 0; b < n / 256; b++) qb_q4_k(x + 256 * b, y + 144 * b); break;
+        case QB_Q5_K: for (b = 0; b < n / 256; b++) qb_q5_k(x + 256 * b, y + 176 * b); break;
+        case QB_Q6_K: for (b = 0; b < n / 256; b++) qb_q6_k(x + 256 * b, y + 210 * b); break;
+        }
+    }
+    """
+    void quantize_row "qb_row"(int kind, const float* x, unsigned char* y, Py_ssize_t n)
+
+# type name -> the C's kind, in qb_row's enum order
+KINDS = {name: i for i, name in enumerate(
+    ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"))}
+MIN_VALUES_PER_THREAD = 1 << 16
+
+
+def quantize_rows(str name, const float[:, ::1] x, unsigned char[:, ::1] out, int threads=1):
+    """Quantize rows `x` (n, cols), finite, cols whole blocks of `name`'s type, into
+    `out` (n, row bytes): the bytes of quant.blocks.quantize(name, x)."""
+    from ..quant.types import TYPES
+    cdef int kind = KINDS[name]
+    cdef Py_ssize_t n = x.shape[0], cols = x.shape[1], r
+    t = TYPES[name]
+    if cols <= 0 or cols % t.block:
+        raise ValueError(f"{name}: rows of {cols} values are not whole blocks of {t.block}")
+    if out.shape[0] != n or out.shape[1] != t.row_bytes(cols):
+        raise ValueError(f"{name}: output of shape {tuple(out.shape)[:2]}, expected "
+                         f"{(n, t.row_bytes(cols))}")
+    threads = max(1, min(threads, n * cols // MIN_VALUES_PER_THREAD, n))
+    with nogil:
+        for r in prange(n, schedule="static", num_threads=threads):
+            quantize_row(kind, &x[r, 0], &out[r, 0], cols)
