@@ -1,14 +1,18 @@
 """`qllama quantize IN OUT`: the streaming quantizer (quant.pipeline) with a
-progress bar on a terminal and a summary table."""
+progress bar on a terminal and a summary table; with OUT.gguf, a GGUF file of
+`--type` (interop.gguf_export, llama.cpp's quantization types and mixtures)."""
 from __future__ import annotations
 
 import sys
 
+from ..errors import UsageError
 from ..formats import llama2c
 from ..formats.llama2c import Q80
 from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
+
+GGUF_TYPES = ("q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 
 
 def kinds_table(title: str, kinds: dict):
@@ -38,7 +42,31 @@ def print_report(report: Report, console) -> None:
         f"{report.mb_per_s:,.0f} MB/s, {report.threads} thread(s)", highlight=False)
 
 
+def run_gguf(args) -> int:
+    from ..interop.gguf_export import export_gguf
+    from .export import print_gguf_report
+    if args.group_size is not None:
+        raise UsageError("--group-size is for llama2.c version 2 output; a GGUF file's "
+                         "blocks are its --type's")
+    config = llama2c.read_config(args.input)
+    if config.version == 2:
+        raise UsageError(f"{args.input}: already quantized (version 2); quantize reads fp32 "
+                         "files (versions 0 and 1); `qllama export --to gguf` converts "
+                         "a version 2 file to GGUF's Q8_0")
+    with progress_bar("quantizing", args.quiet) as update:
+        report = export_gguf(args.input, args.output, args.type or "q8_0", args.tokenizer,
+                             args.force, update, threads=args.threads)
+    if not args.quiet:
+        print_gguf_report(report)
+    return 0
+
+
 def run(args) -> int:
+    if args.output.endswith(".gguf"):
+        return run_gguf(args)
+    if args.type is not None or args.tokenizer is not None:
+        raise UsageError(f"--type and -z are for a GGUF output: {args.output} does not end in "
+                         ".gguf (without them quantize writes llama2.c version 2, Q8_0)")
     with progress_bar("quantizing", args.quiet) as update:
         progress_cb = None
         if update is not None:
@@ -55,11 +83,19 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2)",
+        "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2) or GGUF",
         description="Quantize a llama2.c fp32 checkpoint (version 0 or 1, detected from the "
-                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py.")
+                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py; or, "
+                    "when OUT ends in .gguf, into a GGUF file of --type with llama.cpp's "
+                    "bytes and tensor types (llama-quantize without an importance matrix).")
     p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1)")
-    p.add_argument("output", metavar="OUT", help="version 2 file to write")
+    p.add_argument("output", metavar="OUT", help="version 2 file, or .gguf file, to write")
+    p.add_argument("--type", choices=GGUF_TYPES, default=None,
+                   help="GGUF output only: the file type (default q8_0); q4_k_m and q5_k_m "
+                        "mix in Q6_K as llama-quantize does")
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="GGUF output only: tokenizer.model or tokenizer.bin to embed; "
+                        "default: beside IN")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")

@@ -115,18 +115,22 @@ def _encode(w: np.ndarray, name: str, threads: int) -> np.ndarray:
     return out
 
 
-def _note(gname: str, planned, qtype, cols: int) -> str:
+def _note(gnames: list, planned, qtype, cols: int) -> str:
+    """Why tensors `gnames` are `qtype`, not `planned`."""
     import gguf
     block = gguf.GGML_QUANT_SIZES[planned][0]
-    why = f"its rows of {cols} values are not whole {planned.name} blocks of {block}"
+    one = len(gnames) == 1
+    why = (f"{'its' if one else 'their'} rows of {cols} values are not whole {planned.name} "
+           f"blocks of {block}")
+    what = ", ".join(gnames)
     if qtype.name == "F16" and planned.name == "Q8_0":
-        return f"{gname} stays F16: {why} (as llama.cpp's converters fall back)"
+        return f"{what} {'stays' if one else 'stay'} F16: {why} (as llama.cpp's converters fall back)"
     if planned.name in ("Q4_K", "Q5_K") and qtype.name == "Q8_0":
         how = ("llama-quantize would use Q5_0 or Q5_1 there, types qllama does not write; "
                "Q8_0 has the same blocks of 32 and more bits")
     else:
         how = "as llama-quantize falls back"
-    return f"{gname} is {qtype.name}, not {planned.name}: {why} ({how})"
+    return f"{what} {'is' if one else 'are'} {qtype.name}, not {planned.name}: {why} ({how})"
 
 
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
@@ -170,8 +174,10 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
             total.weights += e.numel
             total.nbytes += nbytes
             if len(e.shape) > 1 and qtype != planned:
-                notes[(e.name, planned)] = _note(k.gguf_name, planned, qtype, e.shape[-1])
-        report.notes.extend(notes.values())
+                names = notes.setdefault((planned, qtype, e.shape[-1]), [])
+                if k.gguf_name not in names:
+                    names.append(k.gguf_name)
+        report.notes.extend(_note(names, *key) for key, names in notes.items())
         name = os.path.splitext(os.path.basename(src))[0]
         meta, align = _metadata(config, kind, tok, name, tensors)
         offsets, at = [], len(meta) + _pad(len(meta), align)
