@@ -3,17 +3,18 @@
 quantizers) for q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, f16 and bf16, nogil, a prange
 over rows.
 
-The k-quants' search for a group's scale (21 trial scales, each a few float32 sums
-over the group) is a chain of dependent adds: one group at a time, it waits on
-latency. Here the groups of a super-block go side by side, value i of every group
-in one row (`xt[i][k]`), so each sum is a vector of independent lanes that the
-compiler vectorizes; every lane does the C's operations in the C's order (no FMA:
--ffp-contract=off), so the bytes are the reference's.
+The k-quants' search for a group's scale (up to 21 trial scales, each a few float32
+sums over the group) is a chain of dependent adds: one group at a time, it waits on
+latency (llama.cpp's reference: 56-140 MB/s here). Here 8 groups go side by side,
+value i of each in one vector (`x[i]`, GCC vector types), so each sum is 8
+independent lanes (370-460 MB/s); every lane does the C's operations in the C's
+order (no FMA: -ffp-contract=off), so the bytes are the reference's.
 """
 from cython.parallel cimport prange
 
 cdef extern from * nogil:
     """
+    #pragma GCC diagnostic ignored "-Wpsabi"  /* vector returns: always inlined, no ABI */
     #include <math.h>
     #include <stdint.h>
     #include <string.h>
@@ -109,113 +110,108 @@ cdef extern from * nogil:
 
     /* ---- k-quants: super-blocks of 256 ---- */
 
-    /* make_qkx2_quants over 8 groups of 32 side by side: xt[i][k] is value i of group
-     * k. Levels L[i][k] in 0..nmax, scale[k] and min[k] with x ~ scale * L - min. */
-    QB_INLINE void qb_qkx2(float xt[32][8], float wt[32][8], int nmax, float rmin,
-                           float rdelta, int nstep, uint8_t L[32][8], float scale[8],
-                           float min_out[8]) {
-        float mn[8], mx[8], sw[8], sx[8], best[8], is[8], sl[8], sl2[8], sxl[8], ts[8], tm[8];
-        float mad[8], det[8];
-        int flat[8], take[8];
-        uint8_t La[32][8];
-        for (int k = 0; k < 8; k++) {
-            mn[k] = mx[k] = xt[0][k];
-            sw[k] = wt[0][k];
-            sx[k] = sw[k] * xt[0][k];
+    /* Lanes: GCC vector types, one AVX2 register of 8 floats in the x86-64-v3 clone,
+     * two SSE2 ones in the baseline. Element-wise IEEE operations, so each lane rounds
+     * as the scalar C. Selects are bit masks (C has no ?: on vectors). */
+    typedef float qb_v8f __attribute__((vector_size(32)));
+    typedef int32_t qb_v8i __attribute__((vector_size(32)));
+
+    QB_INLINE qb_v8f qb_sel8(qb_v8i m, qb_v8f a, qb_v8f b) {
+        return (qb_v8f)(((qb_v8i)a & m) | ((qb_v8i)b & ~m));
+    }
+    QB_INLINE qb_v8i qb_seli8(qb_v8i m, qb_v8i a, qb_v8i b) { return (a & m) | (b & ~m); }
+    QB_INLINE qb_v8f qb_abs8(qb_v8f v) { return (qb_v8f)((qb_v8i)v & 0x7fffffff); }
+    QB_INLINE qb_v8i qb_nearest8(qb_v8f f) {
+        qb_v8i i = (qb_v8i)(f + 12582912.0f);
+        return (i & 0x007fffff) - 0x00400000;
+    }
+    QB_INLINE qb_v8i qb_clamp8(qb_v8i v, int32_t lo, int32_t hi) {
+        qb_v8i vlo = (qb_v8i){0} + lo, vhi = (qb_v8i){0} + hi;
+        v = qb_seli8(v < vlo, vlo, v);
+        return qb_seli8(v > vhi, vhi, v);
+    }
+
+    /* make_qkx2_quants over the 8 groups of 32 of a super-block side by side: x[i] is
+     * value i of every group, w[i] its weights. Levels L[i] in 0..nmax, scale and min
+     * per lane, x ~ scale * L - min. */
+    QB_INLINE void qb_qkx2(const qb_v8f x[32], const qb_v8f w[32], int nmax, float rmin,
+                           float rdelta, int nstep, qb_v8i L[32], qb_v8f *scale_out,
+                           qb_v8f *min_out) {
+        const qb_v8f zero = {0};
+        qb_v8f mn = x[0], mx = x[0], sw = w[0], sx = w[0] * x[0];
+        for (int i = 1; i < 32; i++) {
+            mn = qb_sel8(x[i] < mn, x[i], mn);
+            mx = qb_sel8(x[i] > mx, x[i], mx);
+            sw += w[i];
+            sx += w[i] * x[i];
         }
-        for (int i = 1; i < 32; i++)
-            for (int k = 0; k < 8; k++) {
-                float v = xt[i][k], w = wt[i][k];
-                mn[k] = v < mn[k] ? v : mn[k];
-                mx[k] = v > mx[k] ? v : mx[k];
-                sw[k] += w;
-                sx[k] += w * v;
-            }
-        for (int k = 0; k < 8; k++) {
-            mn[k] = mn[k] > 0.0f ? 0.0f : mn[k];
-            flat[k] = mx[k] == mn[k];
-            is[k] = (float)nmax / (mx[k] - mn[k]);
-            scale[k] = 1.0f / is[k];
-            best[k] = 0.0f;
+        mn = qb_sel8(mn > zero, zero, mn);
+        qb_v8i flat = mx == mn;
+        qb_v8f is = (float)nmax / (mx - mn), scale = 1.0f / is, best = zero;
+        for (int i = 0; i < 32; i++) {
+            L[i] = qb_clamp8(qb_nearest8(is * (x[i] - mn)), 0, nmax);
+            qb_v8f diff = scale * __builtin_convertvector(L[i], qb_v8f) + mn - x[i];
+            best += w[i] * (diff * diff);
         }
-        for (int i = 0; i < 32; i++)
-            for (int k = 0; k < 8; k++) {
-                int32_t l = qb_clamp(qb_nearest(is[k] * (xt[i][k] - mn[k])), 0, nmax);
-                L[i][k] = (uint8_t)l;
-                float diff = scale[k] * (float)l + mn[k] - xt[i][k];
-                best[k] += wt[i][k] * (diff * diff);
-            }
         for (int step = 0; step <= nstep; step++) {
-            for (int k = 0; k < 8; k++) {
-                /* min is the best trial's so far (the C updates it in the loop) */
-                is[k] = (rmin + rdelta * (float)step + (float)nmax) / (mx[k] - mn[k]);
-                sl[k] = sl2[k] = sxl[k] = mad[k] = 0.0f;
+            qb_v8i La[32];
+            qb_v8f sl = zero, sl2 = zero, sxl = zero, mad = zero;
+            /* min is the best trial's so far: the C updates it inside this loop */
+            is = (rmin + rdelta * (float)step + (float)nmax) / (mx - mn);
+            for (int i = 0; i < 32; i++) {
+                La[i] = qb_clamp8(qb_nearest8(is * (x[i] - mn)), 0, nmax);
+                qb_v8f lf = __builtin_convertvector(La[i], qb_v8f), wl = w[i] * lf;
+                sl += wl;
+                sl2 += wl * lf;
+                sxl += wl * x[i];
             }
-            for (int i = 0; i < 32; i++)
-                for (int k = 0; k < 8; k++) {
-                    int32_t l = qb_clamp(qb_nearest(is[k] * (xt[i][k] - mn[k])), 0, nmax);
-                    La[i][k] = (uint8_t)l;
-                    float wl = wt[i][k] * (float)l;
-                    sl[k] += wl;
-                    sl2[k] += wl * (float)l;
-                    sxl[k] += wl * xt[i][k];
-                }
-            for (int k = 0; k < 8; k++) {
-                det[k] = sw[k] * sl2[k] - sl[k] * sl[k];
-                ts[k] = (sw[k] * sxl[k] - sx[k] * sl[k]) / det[k];
-                tm[k] = (sl2[k] * sx[k] - sl[k] * sxl[k]) / det[k];
-                if (tm[k] > 0.0f) { tm[k] = 0.0f; ts[k] = sxl[k] / sl2[k]; }
+            qb_v8f det = sw * sl2 - sl * sl;
+            qb_v8f ts = (sw * sxl - sx * sl) / det, tm = (sl2 * sx - sl * sxl) / det;
+            qb_v8i pos = tm > zero;
+            ts = qb_sel8(pos, sxl / sl2, ts);
+            tm = qb_sel8(pos, zero, tm);
+            for (int i = 0; i < 32; i++) {
+                qb_v8f diff = ts * __builtin_convertvector(La[i], qb_v8f) + tm - x[i];
+                mad += w[i] * (diff * diff);
             }
-            for (int i = 0; i < 32; i++)
-                for (int k = 0; k < 8; k++) {
-                    float diff = ts[k] * (float)La[i][k] + tm[k] - xt[i][k];
-                    mad[k] += wt[i][k] * (diff * diff);
-                }
-            int any = 0;
-            for (int k = 0; k < 8; k++) {
-                take[k] = !flat[k] && det[k] > 0.0f && mad[k] < best[k];
-                if (take[k]) { best[k] = mad[k]; scale[k] = ts[k]; mn[k] = tm[k]; }
-                any |= take[k];
-            }
-            if (any)
-                for (int i = 0; i < 32; i++)
-                    for (int k = 0; k < 8; k++) L[i][k] = take[k] ? La[i][k] : L[i][k];
+            qb_v8i take = ~flat & (det > zero) & (mad < best);
+            best = qb_sel8(take, mad, best);
+            scale = qb_sel8(take, ts, scale);
+            mn = qb_sel8(take, tm, mn);
+            for (int i = 0; i < 32; i++) L[i] = qb_seli8(take, La[i], L[i]);
         }
-        for (int k = 0; k < 8; k++) {
-            if (flat[k]) {
-                scale[k] = 0.0f;
-                for (int i = 0; i < 32; i++) L[i][k] = 0;
-            }
-            min_out[k] = -mn[k];
-        }
+        for (int i = 0; i < 32; i++) L[i] = qb_seli8(flat, (qb_v8i){0}, L[i]);
+        *scale_out = qb_sel8(flat, zero, scale);
+        *min_out = -mn;
     }
 
     /* q4_K (nmax 15) and q5_K (nmax 31): levels of one super-block in value order,
      * and its header (d, dmin, 12 bytes of 6-bit scales and mins) written to y. */
     QB_INLINE void qb_qk_levels(const float *x, int nmax, float rmin, int nstep,
                                 uint8_t Lout[256], uint8_t *y) {
-        float xt[32][8], wt[32][8], s2[8], av[8], scales[8], mins[8];
-        uint8_t L[32][8], ls[8], lm[8];
+        union { qb_v8f v[32]; float f[32][8]; } xt;
+        union { qb_v8i v[32]; int32_t i[32][8]; } L;
+        union { qb_v8f v; float f[8]; } scales, mins, av;
+        qb_v8f wt[32], s2 = {0};
+        uint8_t ls[8], lm[8];
         for (int i = 0; i < 32; i++)
-            for (int k = 0; k < 8; k++) xt[i][k] = x[32 * k + i];
-        for (int k = 0; k < 8; k++) s2[k] = 0.0f;
-        for (int i = 0; i < 32; i++)
-            for (int k = 0; k < 8; k++) s2[k] += xt[i][k] * xt[i][k];
-        for (int k = 0; k < 8; k++) av[k] = sqrtf(s2[k] / 32.0f);
-        for (int i = 0; i < 32; i++)
-            for (int k = 0; k < 8; k++) wt[i][k] = av[k] + fabsf(xt[i][k]);
-        qb_qkx2(xt, wt, nmax, rmin, 0.1f, nstep, L, scales, mins);
+            for (int k = 0; k < 8; k++) xt.f[i][k] = x[32 * k + i];
+        for (int i = 0; i < 32; i++) s2 += xt.v[i] * xt.v[i];
+        for (int k = 0; k < 8; k++) av.f[k] = sqrtf(s2[k] / 32.0f);
+        for (int i = 0; i < 32; i++) wt[i] = av.v + qb_abs8(xt.v[i]);
+        qb_qkx2(xt.v, wt, nmax, rmin, 0.1f, nstep, L.v, &scales.v, &mins.v);
 
         float max_scale = 0.0f, max_min = 0.0f;
         for (int k = 0; k < 8; k++) {
-            if (scales[k] > max_scale) max_scale = scales[k];
-            if (mins[k] > max_min) max_min = mins[k];
+            if (scales.f[k] > max_scale) max_scale = scales.f[k];
+            if (mins.f[k] > max_min) max_min = mins.f[k];
         }
         float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f;
         float inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
         uint8_t *sc = y + 4;
         for (int k = 0; k < 8; k++) {
-            uint8_t a = (uint8_t)qb_nearest(inv_s * scales[k]), b = (uint8_t)qb_nearest(inv_m * mins[k]);
+            uint8_t a = (uint8_t)qb_nearest(inv_s * scales.f[k]);
+            uint8_t b = (uint8_t)qb_nearest(inv_m * mins.f[k]);
             ls[k] = a < 63 ? a : 63;
             lm[k] = b < 63 ? b : 63;
         }
@@ -232,7 +228,8 @@ cdef extern from * nogil:
             float d = d0 * (float)ls[k], dm = dm0 * (float)lm[k];
             for (int i = 0; i < 32; i++)
                 Lout[32 * k + i] = d != 0.0f
-                    ? (uint8_t)qb_clamp(qb_nearest((xt[i][k] + dm) / d), 0, nmax) : L[i][k];
+                    ? (uint8_t)qb_clamp(qb_nearest((xt.f[i][k] + dm) / d), 0, nmax)
+                    : (uint8_t)L.i[i][k];
         }
     }
 
@@ -257,76 +254,60 @@ cdef extern from * nogil:
             }
     }
 
-    /* make_qx_quants(rmse_type 1, no weights) over 16 groups of 16 side by side:
-     * levels L[i][k] in 0..2 nmax - 1 and scale[k], x ~ scale * (L - nmax). */
-    QB_INLINE void qb_qx(float xt[16][16], int nmax, int8_t L[16][16], float scale[16]) {
-        float amax[16], mx[16], is[16], slx[16], sl2[16], best[16];
-        int take[16];
-        for (int k = 0; k < 16; k++) amax[k] = mx[k] = 0.0f;
-        for (int i = 0; i < 16; i++)
-            for (int k = 0; k < 16; k++) {
-                float a = fabsf(xt[i][k]);
-                if (a > amax[k]) { amax[k] = a; mx[k] = xt[i][k]; }
-            }
-        for (int k = 0; k < 16; k++) {
-            is[k] = (float)-nmax / mx[k];
-            slx[k] = sl2[k] = 0.0f;
+    /* make_qx_quants(rmse_type 1, no weights) over 8 groups of 16 side by side (half a
+     * super-block): levels L[i] in 0..2 nmax - 1 and scale, x ~ scale * (L - nmax). */
+    QB_INLINE void qb_qx(const qb_v8f x[16], int nmax, qb_v8i L[16], qb_v8f *scale_out) {
+        const qb_v8f zero = {0};
+        qb_v8f amax = zero, mx = zero, slx = zero, sl2 = zero, w[16];
+        for (int i = 0; i < 16; i++) {
+            qb_v8f a = qb_abs8(x[i]);
+            qb_v8i bigger = a > amax;
+            amax = qb_sel8(bigger, a, amax);
+            mx = qb_sel8(bigger, x[i], mx);
+            w[i] = x[i] * x[i];
         }
-        for (int i = 0; i < 16; i++)
-            for (int k = 0; k < 16; k++) {
-                int32_t l = qb_clamp(qb_nearest(is[k] * xt[i][k]), -nmax, nmax - 1);
-                float w = xt[i][k] * xt[i][k];
-                L[i][k] = (int8_t)(l + nmax);
-                slx[k] += w * xt[i][k] * (float)l;
-                sl2[k] += w * (float)l * (float)l;
-            }
-        for (int k = 0; k < 16; k++) {
-            scale[k] = sl2[k] != 0.0f ? slx[k] / sl2[k] : 0.0f;
-            best[k] = scale[k] * slx[k];
+        qb_v8f is = (float)-nmax / mx;
+        for (int i = 0; i < 16; i++) {
+            qb_v8i l = qb_clamp8(qb_nearest8(is * x[i]), -nmax, nmax - 1);
+            qb_v8f lf = __builtin_convertvector(l, qb_v8f);
+            L[i] = l + nmax;
+            slx += w[i] * x[i] * lf;
+            sl2 += w[i] * lf * lf;
         }
+        qb_v8f scale = qb_sel8(sl2 != zero, slx / sl2, zero), best = scale * slx;
         for (int step = -9; step <= 9; step++) {
             if (step == 0) continue;
-            for (int k = 0; k < 16; k++) {
-                is[k] = -((float)nmax + 0.1f * (float)step) / mx[k];
-                slx[k] = sl2[k] = 0.0f;
+            qb_v8i La[16];
+            is = -((float)nmax + 0.1f * (float)step) / mx;
+            slx = sl2 = zero;
+            for (int i = 0; i < 16; i++) {
+                La[i] = qb_clamp8(qb_nearest8(is * x[i]), -nmax, nmax - 1);
+                qb_v8f lf = __builtin_convertvector(La[i], qb_v8f);
+                slx += w[i] * x[i] * lf;
+                sl2 += w[i] * lf * lf;
             }
-            for (int i = 0; i < 16; i++)
-                for (int k = 0; k < 16; k++) {
-                    int32_t l = qb_clamp(qb_nearest(is[k] * xt[i][k]), -nmax, nmax - 1);
-                    float w = xt[i][k] * xt[i][k];
-                    slx[k] += w * xt[i][k] * (float)l;
-                    sl2[k] += w * (float)l * (float)l;
-                }
-            int any = 0;
-            for (int k = 0; k < 16; k++) {
-                take[k] = sl2[k] > 0.0f && slx[k] * slx[k] > best[k] * sl2[k];
-                if (take[k]) { scale[k] = slx[k] / sl2[k]; best[k] = scale[k] * slx[k]; }
-                any |= take[k];
-            }
-            if (any)
-                for (int i = 0; i < 16; i++)
-                    for (int k = 0; k < 16; k++)
-                        if (take[k])
-                            L[i][k] = (int8_t)(qb_clamp(qb_nearest(is[k] * xt[i][k]),
-                                                        -nmax, nmax - 1) + nmax);
+            qb_v8i take = (sl2 > zero) & (slx * slx > best * sl2);
+            scale = qb_sel8(take, slx / sl2, scale);
+            best = qb_sel8(take, scale * slx, best);
+            for (int i = 0; i < 16; i++) L[i] = qb_seli8(take, La[i] + nmax, L[i]);
         }
-        for (int k = 0; k < 16; k++)
-            if (amax[k] < 1e-15f) {  /* an all-zero group */
-                scale[k] = 0.0f;
-                for (int i = 0; i < 16; i++) L[i][k] = 0;
-            }
+        qb_v8i zeros = amax < 1e-15f;  /* all-zero groups */
+        for (int i = 0; i < 16; i++) L[i] = qb_seli8(zeros, (qb_v8i){0}, L[i]);
+        *scale_out = qb_sel8(zeros, zero, scale);
     }
 
     QB_INLINE void qb_q6_k(const float *x, uint8_t *y) {
-        float xt[16][16], scales[16];
-        int8_t Lt[16][16];
+        union { qb_v8f v[2][16]; float f[2][16][8]; } xt;  /* [half][i][group] */
+        union { qb_v8i v[2][16]; int32_t i[2][16][8]; } Lt;
+        union { qb_v8f v[2]; float f[16]; } scales;
         uint8_t L[256];
         for (int i = 0; i < 16; i++)
-            for (int k = 0; k < 16; k++) xt[i][k] = x[16 * k + i];
-        qb_qx(xt, 32, Lt, scales);
+            for (int k = 0; k < 16; k++) xt.f[k / 8][i][k % 8] = x[16 * k + i];
+        qb_qx(xt.v[0], 32, Lt.v[0], &scales.v[0]);
+        qb_qx(xt.v[1], 32, Lt.v[1], &scales.v[1]);
         float max_scale = 0.0f, max_abs = 0.0f;
         for (int k = 0; k < 16; k++)
-            if (fabsf(scales[k]) > max_abs) { max_abs = fabsf(scales[k]); max_scale = scales[k]; }
+            if (fabsf(scales.f[k]) > max_abs) { max_abs = fabsf(scales.f[k]); max_scale = scales.f[k]; }
         if (max_abs < 1e-15f) {
             memset(y, 0, 210);
             return;
@@ -337,13 +318,13 @@ cdef extern from * nogil:
         qb_put16(y + 208, d16);
         float d0 = qb_from_fp16(d16);
         for (int k = 0; k < 16; k++) {
-            int32_t s = qb_nearest(iscale * scales[k]);
+            int32_t s = qb_nearest(iscale * scales.f[k]);
             sc[k] = (int8_t)(s < 127 ? s : 127);
             float d = d0 * (float)sc[k];
             for (int i = 0; i < 16; i++)
                 L[16 * k + i] = d != 0.0f
-                    ? (uint8_t)(qb_clamp(qb_nearest(xt[i][k] / d), -32, 31) + 32)
-                    : (uint8_t)Lt[i][k];
+                    ? (uint8_t)(qb_clamp(qb_nearest(xt.f[k / 8][i][k % 8] / d), -32, 31) + 32)
+                    : (uint8_t)Lt.i[k / 8][i][k % 8];
         }
         uint8_t *ql = y, *qh = y + 128;
         for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
