@@ -22,7 +22,7 @@ from qllama.quant.pipeline import quantize_file
 from qllama.quant.types import TYPES
 from qllama.synth import write_random_model
 
-from conftest import data
+from conftest import data, hf
 
 ALL = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "f16", "bf16")
 IN_GGUF_PY = ("q8_0", "q4_0", "q4_1", "bf16")  # types gguf.quants can quantize
@@ -208,6 +208,24 @@ def test_stories260k_falls_back_where_rows_are_not_whole_blocks(tmp_path, capsys
     assert got["blk.0.ffn_down.weight"] == T.F16
     assert got["blk.2.attn_q.weight"] == T.Q8_0
     assert got["blk.0.attn_norm.weight"] == T.F32
+
+
+@pytest.mark.parametrize("name", ["hfa", "hfb"])
+def test_hugging_face_folder_is_its_import(name, tmp_path):
+    """A folder in, through import's reading and checks: the tensors of the GGUF written
+    from its imported version 1 file (GQA, tied embeddings, shards); the tokenizer is
+    the folder's."""
+    folder = hf(name)
+    assert main(["import", str(folder), str(tmp_path / "m.bin"), "-q"]) == 0
+    assert main(["quantize", str(folder), str(tmp_path / "a.gguf"), "--type", "q4_0", "-q"]) == 0
+    assert main(["quantize", str(tmp_path / "m.bin"), str(tmp_path / "b.gguf"), "--type", "q4_0",
+                 "-q"]) == 0  # tokenizer.model beside m.bin, written by import
+    a, b = (gguf.GGUFReader(tmp_path / f) for f in ("a.gguf", "b.gguf"))
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for ta, tb in zip(a.tensors, b.tensors):
+        assert ta.tensor_type == tb.tensor_type
+        assert np.asarray(ta.data).tobytes() == np.asarray(tb.data).tobytes(), ta.name
+    assert a.fields["tokenizer.ggml.tokens"].contents() == b.fields["tokenizer.ggml.tokens"].contents()
 
 
 def _left(folder) -> set:

@@ -3,6 +3,7 @@ progress bar on a terminal and a summary table; with OUT.gguf, a GGUF file of
 `--type` (interop.gguf_export, llama.cpp's quantization types and mixtures)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import UsageError
@@ -48,8 +49,7 @@ def run_gguf(args) -> int:
     if args.group_size is not None:
         raise UsageError("--group-size is for llama2.c version 2 output; a GGUF file's "
                          "blocks are its --type's")
-    config = llama2c.read_config(args.input)
-    if config.version == 2:
+    if not os.path.isdir(args.input) and llama2c.read_config(args.input).version == 2:
         raise UsageError(f"{args.input}: already quantized (version 2); quantize reads fp32 "
                          "files (versions 0 and 1); `qllama export --to gguf` converts "
                          "a version 2 file to GGUF's Q8_0")
@@ -88,7 +88,8 @@ def register(subparsers) -> None:
                     "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py; or, "
                     "when OUT ends in .gguf, into a GGUF file of --type with llama.cpp's "
                     "bytes and tensor types (llama-quantize without an importance matrix).")
-    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1)")
+    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1); for a GGUF "
+                                               "output also a Hugging Face folder")
     p.add_argument("output", metavar="OUT", help="version 2 file, or .gguf file, to write")
     p.add_argument("--type", choices=GGUF_TYPES, default=None,
                    help="GGUF output only: the file type (default q8_0); q4_k_m and q5_k_m "

@@ -32,6 +32,7 @@ from ..quant import blocks
 from ..quant import types as qtypes
 from ..quant.pipeline import _non_finite, check_written, tensor_label
 from ..threads import resolve_threads
+from .hf_import import HFReader
 from .rows import Llama2cReader, resolve_tokenizer
 
 
@@ -136,13 +137,14 @@ def _note(gnames: list, planned, qtype, cols: int) -> str:
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
                 threads: int | None = None) -> GGUFReport:
-    """Write llama2.c checkpoint `src` as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
+    """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
+    reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
     "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
     input, else f32). `progress(done, total)` gets the weights converted so far and in
     all, in bytes of float32. NaN and Inf weights are refused, naming the tensor."""
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
-    with Llama2cReader(src) as reader:
+    with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
         config = reader.config
         kind = kind or ("q8_0" if config.version == 2 else "f32")
         if kind not in gguf_format.TYPES:
@@ -151,7 +153,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         if not tok_path:
             raise UsageError(f"{src}: no tokenizer.model or tokenizer.bin beside it; a GGUF file "
                              "carries its vocabulary: pass one with -z/--tokenizer")
-        check_output_path(dst, force, (src, tok_path))
+        check_output_path(dst, force, (*reader.inputs, tok_path))
         from ..tokenizer import load_tokenizer
         tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
 
@@ -195,7 +197,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         total = sum(e.numel for e in entries)
         done = 0
         t0 = time.perf_counter()
-        with atomic_output(dst, force, (src, tok_path)) as f, QueuedWriter(
+        with atomic_output(dst, force, (*reader.inputs, tok_path)) as f, QueuedWriter(
                 f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
             with reader.chunks(plan) as chunks:
