@@ -28,9 +28,8 @@ from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from ..quant import blocks
-from ..quant import types as qtypes
 from ..quant.pipeline import _non_finite, check_written, tensor_label
+from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
 from .hf_import import HFReader
 from .rows import Llama2cReader, resolve_tokenizer
@@ -106,14 +105,6 @@ def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, 
 
 def _pad(n: int, align: int) -> int:
     return -n % align
-
-
-def _encode(w: np.ndarray, name: str, threads: int) -> np.ndarray:
-    """float32 rows (n, cols) → blocks of type `name` (quant.types), (n, row bytes)."""
-    from .._kernels.quantize_blocks import quantize_rows
-    out = np.empty((w.shape[0], qtypes.TYPES[name].row_bytes(w.shape[1])), np.uint8)
-    quantize_rows(name, w, out, threads)
-    return out
 
 
 def _note(gnames: list, planned, qtype, cols: int) -> str:
@@ -209,9 +200,9 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                     if qtype.name == "F32":
                         data = w
                     else:  # and measure what quantizing cost
-                        name = qtypes.BY_GGUF[qtype].name
-                        data = _encode(w, name, threads)
-                        diff = blocks.dequantize(name, data, w.shape) - w
+                        t = BY_GGUF[qtype]
+                        data = t.quantize(w, threads)
+                        diff = t.dequantize(data, w.shape) - w
                         k.max_err = max(k.max_err, float(np.abs(diff).max()))
                         k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
                     k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
