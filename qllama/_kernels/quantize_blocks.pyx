@@ -79,7 +79,14 @@ cdef extern from * nogil:
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         qb_put16(y, qb_fp16(d));
-        for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < 32; j++) {
+            /* roundf (half away from zero) without a call: |v| <= 127, so truncation
+             * to int is exact and the fraction after it too */
+            float v = x[j] * id, a = fabsf(v);
+            int32_t i = (int32_t)a;
+            i += a - (float)i >= 0.5f;
+            y[2 + j] = (uint8_t)(int8_t)(v < 0.0f ? -i : i);
+        }
     }
 
     QB_INLINE void qb_q4_0(const float *x, uint8_t *y) {
@@ -348,13 +355,15 @@ cdef extern from * nogil:
         case QB_F16:
             for (b = 0; b < n; b++) qb_put16(y + 2 * b, qb_fp16(x[b]));
             break;
-        case QB_BF16:
+        case QB_BF16: {
+            uint16_t *h = (uint16_t *)y;  /* rows of 2-byte values: 2-byte aligned */
             for (b = 0; b < n; b++) {
                 uint32_t u;
                 memcpy(&u, x + b, 4);
-                qb_put16(y + 2 * b, (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16));
+                h[b] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
             }
             break;
+        }
         case QB_Q8_0: for (b = 0; b < n / 32; b++) qb_q8_0(x + 32 * b, y + 34 * b); break;
         case QB_Q4_0: for (b = 0; b < n / 32; b++) qb_q4_0(x + 32 * b, y + 18 * b); break;
         case QB_Q4_1: for (b = 0; b < n / 32; b++) qb_q4_1(x + 32 * b, y + 20 * b); break;
