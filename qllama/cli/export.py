@@ -2,6 +2,7 @@
 (interop.hf_export) or a GGUF file for llama.cpp (interop.gguf_export)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import UsageError
@@ -61,7 +62,9 @@ def print_gguf_report(report) -> None:
         types.add_row(name, str(t.tensors), f"{t.weights:,}", fmt_bytes(t.nbytes),
                       f"{8 * t.nbytes / t.weights:.2f}")
     out.print(types)
-    out.print(f"{report.src} (version {report.src_version}) → {report.dst} "
+    what = ("Hugging Face folder" if os.path.isdir(report.src)
+            else f"version {report.src_version}")
+    out.print(f"{report.src} ({what}) → {report.dst} "
               f"({fmt_bytes(report.out_bytes)}, vocabulary from {report.tokenizer}) in "
               f"{report.seconds:.2f} s, {report.threads} thread(s)", highlight=False)
 

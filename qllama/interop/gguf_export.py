@@ -72,7 +72,7 @@ class TypeTotal:
 class GGUFReport:
     src: str
     dst: str
-    src_version: int
+    src_version: int  # a Hugging Face folder's: 1 (fp32 rows, as import writes)
     kind: str  # --type
     tokenizer: str
     out_bytes: int
