@@ -156,22 +156,91 @@ def _k_scales(scales: np.ndarray, mins: np.ndarray):
         inv_m = np.where(mm > 0, F32(63) / mm, F32(0)).astype(F32)
     ls = np.minimum(63, nearest_int(inv_s[:, None] * scales) & 0xFF).astype(np.uint8)
     lm = np.minimum(63, nearest_int(inv_m[:, None] * mins) & 0xFF).astype(np.uint8)
-    packed = np.zeros((len(scales), 12), np.uint8)
+    return ls, lm, _fp16(ms / F32(63)), _fp16(mm / F32(63))
+
+
+def _pack_k_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 12 bytes of 8 6-bit scales and mins (n, 8) each (ggml's get_scale_min_k4)."""
+    packed = np.zeros((len(ls), 12), np.uint8)
     packed[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
     packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
     packed[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
-    return ls, lm, _fp16(ms / F32(63)), _fp16(mm / F32(63)), packed
+    return packed
 
 
-def _qk_levels(x, nmax, rmin, nstep):
-    """Levels (n, 256) int of q4_K / q5_K super-blocks, and their header fields."""
+def _qp(v: np.ndarray, w: np.ndarray, nmax: int):
+    """ggml's make_qp_quants for many sets of 8 at once, v and w (n, 8): levels
+    (n, 8) uint8 in 0..nmax and the scale (n,), v ≈ scale * level, the scale searched
+    over 9 trials, then levels moved one at a time while the weighted fit improves."""
+    n, k = v.shape
+    mx = np.zeros(n, F32)
+    for i in range(k):
+        mx = np.where(mx > v[:, i], mx, v[:, i]).astype(F32)
+    zero = mx == 0
+    with np.errstate(all="ignore"):
+        iscale = F32(nmax) / mx
+        scale = F32(1) / iscale
+        L = nearest_int(iscale[:, None] * v)
+        best = _seq_sum(w[:, i] * (v[:, i] - scale * L[:, i].astype(F32))
+                        * (v[:, i] - scale * L[:, i].astype(F32)) for i in range(k))
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            iscale_s = (_f32(0.1) * _f32(step) + _f32(nmax)) / mx
+            scale_s = F32(1) / iscale_s
+            ls = np.minimum(nmax, nearest_int(iscale_s[:, None] * v)).astype(F32)
+            mse = _seq_sum(w[:, i] * (v[:, i] - scale_s * ls[:, i]) * (v[:, i] - scale_s * ls[:, i])
+                           for i in range(k))
+            better = mse < best
+            best = np.where(better, mse, best)
+            iscale = np.where(better, iscale_s, iscale).astype(F32)
+        L = np.minimum(nmax, nearest_int(iscale[:, None] * v)) & 0xFF
+        lf = L.astype(F32)
+        sumlx = _seq_sum(w[:, i] * v[:, i] * lf[:, i] for i in range(k))
+        suml2 = _seq_sum(w[:, i] * lf[:, i] * lf[:, i] for i in range(k))
+        for _ in range(5):  # a set with no change in a pass has none in the next either
+            for i in range(k):
+                wi, vi, li = w[:, i], v[:, i], L[:, i].astype(F32)
+                slx = sumlx - wi * vi * li
+                sl2 = suml2 - wi * li * li
+                new = np.minimum(nmax, nearest_int(vi * sl2 / slx))
+                nf = new.astype(F32)
+                slx2 = slx + wi * vi * nf
+                sl22 = sl2 + wi * nf * nf
+                take = ((slx > 0) & (sl2 > 0) & (new != L[:, i])
+                        & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22))
+                L[:, i] = np.where(take, new & 0xFF, L[:, i])
+                sumlx = np.where(take, slx2, sumlx).astype(F32)
+                suml2 = np.where(take, sl22, suml2).astype(F32)
+        scale = sumlx / suml2
+    return np.where(zero[:, None], 0, L).astype(np.uint8), np.where(zero, F32(0), scale)
+
+
+def _qk_levels(x, nmax, rmin, nstep, qw=None):
+    """Levels (n, 256) int of q4_K / q5_K super-blocks, and their header fields.
+    With importance `qw` (n, 256), llama.cpp's quantize_row_q4_K_impl / q5_K_impl:
+    weights qw * sqrt(sigma2 + x^2), a longer search (make_qkx3_quants, the same
+    algorithm), and the 6-bit scales and mins fitted by make_qp_quants."""
     nb = len(x)
     groups = x.reshape(nb * 8, 32)
     gt = np.ascontiguousarray(groups.T)                       # (32, nb * 8)
-    av = np.sqrt(_seq_sum(gt[i] * gt[i] for i in range(32)) / F32(32))
-    wt = av + np.abs(gt)
-    L, scales, mins = _qkx2(gt, wt, nmax, rmin, 0.1, nstep)
-    ls, lm, d16, dm16, packed = _k_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
+    if qw is None:
+        av = np.sqrt(_seq_sum(gt[i] * gt[i] for i in range(32)) / F32(32))
+        wt = av + np.abs(gt)
+        L, scales, mins = _qkx2(gt, wt, nmax, rmin, 0.1, nstep)
+        ls, lm, d16, dm16 = _k_scales(scales.reshape(nb, 8), mins.reshape(nb, 8))
+    else:
+        sigma2 = F32(2) * _seq_sum(x[:, i] * x[:, i] for i in range(QK_K)) / F32(QK_K)
+        w = (qw * np.sqrt(sigma2[:, None] + x * x)).astype(F32)
+        wt = np.ascontiguousarray(w.reshape(nb * 8, 32).T)
+        sw = _seq_sum(wt).reshape(nb, 8)
+        L, scales, mins = _qkx2(gt, wt, nmax, -0.9, 0.05, 36)
+        ls, d_block = _qp(scales.reshape(nb, 8), sw, 63)
+        lm, m_block = _qp(mins.reshape(nb, 8), sw, 63)
+        if nmax == 31:  # only q5_K's clamps them (a no-op unless a level wrapped)
+            ls, lm = np.minimum(63, ls), np.minimum(63, lm)
+        d16, dm16 = _fp16(d_block), _fp16(m_block)
+    packed = _pack_k_scales(ls, lm)
     d = (_from_fp16(d16)[:, None] * ls.astype(F32)).reshape(-1)       # (nb * 8,)
     dm = (_from_fp16(dm16)[:, None] * lm.astype(F32)).reshape(-1)
     with np.errstate(all="ignore"):
@@ -180,15 +249,15 @@ def _qk_levels(x, nmax, rmin, nstep):
     return L.astype(np.uint8), d16, dm16, packed
 
 
-def _q4_k(x: np.ndarray) -> np.ndarray:
-    L, d16, dm16, packed = _qk_levels(x, 15, -1.0, 20)
+def _q4_k(x: np.ndarray, qw=None) -> np.ndarray:
+    L, d16, dm16, packed = _qk_levels(x, 15, -1.0, 20, qw)
     L = L.reshape(-1, 4, 2, 32)
     qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
     return _bytes(d16[:, None], dm16[:, None], packed, qs)
 
 
-def _q5_k(x: np.ndarray) -> np.ndarray:
-    L, d16, dm16, packed = _qk_levels(x, 31, -0.5, 15)
+def _q5_k(x: np.ndarray, qw=None) -> np.ndarray:
+    L, d16, dm16, packed = _qk_levels(x, 31, -0.5, 15, qw)
     L = L.reshape(-1, 4, 2, 32)
     lo, hi = L & 0xF, L >> 4
     qs = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(-1, 128)
@@ -197,14 +266,15 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
     return _bytes(d16[:, None], dm16[:, None], packed, qh, qs)
 
 
-def _qx(xt: np.ndarray, nmax: int):
-    """ggml's make_qx_quants(rmse_type 1, no weights) for many groups: xt (n, groups).
-    Levels 0..2 nmax - 1 (n, groups) and the scale: x ≈ scale * (level - nmax)."""
+def _qx(xt: np.ndarray, nmax: int, w=None):
+    """ggml's make_qx_quants(rmse_type 1) for many groups: xt (n, groups), weights w
+    like it or x^2. Levels 0..2 nmax - 1 (n, groups) and the scale: x ≈ scale *
+    (level - nmax)."""
     n, g = xt.shape
     i = np.abs(xt).argmax(axis=0)
     mx = xt[i, np.arange(g)]
     zero = np.abs(mx) < F32(1e-15)
-    w = xt * xt
+    w = xt * xt if w is None else w
 
     def trial(iscale):
         lv = np.clip(nearest_int(iscale * xt), -nmax, nmax - 1)
@@ -228,10 +298,12 @@ def _qx(xt: np.ndarray, nmax: int):
     return np.where(zero, 0, L), np.where(zero, F32(0), scale).astype(F32)
 
 
-def _q6_k(x: np.ndarray) -> np.ndarray:
+def _q6_k(x: np.ndarray, qw=None) -> np.ndarray:
+    """With importance `qw` (n, 256): quantize_row_q6_K_impl, qw the fit's weights."""
     nb = len(x)
     gt = np.ascontiguousarray(x.reshape(nb * 16, 16).T)             # (16, nb * 16)
-    L, scales = _qx(gt, 32)
+    wt = None if qw is None else np.ascontiguousarray(qw.reshape(nb * 16, 16).T)
+    L, scales = _qx(gt, 32, wt)
     scales = scales.reshape(nb, 16)
     # the scale of largest magnitude, the first of equals, signed
     amax, smax = np.zeros(nb, F32), np.zeros(nb, F32)
@@ -273,16 +345,29 @@ _QUANTIZE = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1, "q4_k": _q4_k, "q5_k":
              "q6_k": _q6_k, "f16": _f16, "bf16": _bf16}
 
 
-def quantize(name: str, rows: np.ndarray) -> np.ndarray:
-    """float32 rows (n, cols), cols a whole number of blocks → (n, row bytes) uint8."""
+WEIGHTED = ("q4_k", "q5_k", "q6_k")  # types an importance matrix changes (here)
+
+
+def quantize(name: str, rows: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows (n, cols), cols a whole number of blocks → (n, row bytes) uint8.
+    `importance` (cols,), positive: llama.cpp's importance matrix row for this
+    tensor (the mean square of each input column's activations), used by the
+    WEIGHTED types as llama-quantize --imatrix does and ignored by q8_0, f16 and bf16
+    as it ignores it; q4_0 and q4_1 are refused with one."""
     from .types import TYPES
     t = TYPES[name]
     rows = np.ascontiguousarray(rows, F32)
     n, cols = rows.shape
     if cols % t.block:
         raise ValueError(f"{name}: rows of {cols} values are not whole blocks of {t.block}")
+    args = ()
+    if importance is not None and name in WEIGHTED:
+        qw = np.ascontiguousarray(importance, F32).reshape(-1, QK_K)
+        args = (np.tile(qw, (n, 1)),)
+    elif importance is not None and name in ("q4_0", "q4_1"):
+        raise ValueError(f"{name} with an importance matrix is not implemented")
     with np.errstate(all="ignore"):  # masked lanes (d == 0, flat groups) divide by zero
-        out = _QUANTIZE[name](rows.reshape(-1, t.block))
+        out = _QUANTIZE[name](rows.reshape(-1, t.block), *args)
     return out.view(np.uint8).reshape(n, t.row_bytes(cols))
 
 
