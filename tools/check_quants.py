@@ -4,11 +4,14 @@ no llama.cpp).
 
     python tools/check_quants.py MODEL.bin [-z tokenizer.model] [--types q4_k_m q6_k]
         [--llama-cpp /work/refs/llama.cpp/build/bin] [--random N] [--speed]
+        [--calibrate TEXT]
 
 For each --type: `qllama export --to gguf --type f32` writes the fp32 model as GGUF,
 llama-quantize quantizes that to the type, `qllama quantize --type` quantizes the
 llama2.c file directly; then every tensor of the two files is compared: same type,
-and the fraction of equal blocks. With --random N, also N random rows per block
+and the fraction of equal blocks. With --calibrate TEXT, both quantize with qllama's
+importance matrix of the model over TEXT (handed to llama-quantize --imatrix in
+its file format). With --random N, also N random rows per block
 type (normal, tiny, all-zero, mixed-zero, positive, integer-valued blocks)
 quantized by libggml-base's ggml_quantize_chunk in process and by
 qllama._kernels.quantize_blocks, block by block. With --speed, MB/s of float32 in
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,16 +64,43 @@ def compare_files(ours: str, theirs: str) -> tuple[int, int, int, dict]:
     return same_type, equal, blocks, mismatched
 
 
-def check_model(model: str, tokenizer: str | None, kinds: list, bin_dir: str) -> None:
+def write_imatrix(path: str, importance: dict) -> None:
+    """llama.cpp's imatrix file (the format llama-quantize --imatrix loads): entries of
+    name, calls (0: values are means already), values; then the last call and the
+    dataset's name."""
+    from qllama.formats import gguf as gguf_format
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(importance)))
+        for (name, layer), values in importance.items():
+            key = gguf_format.tensor_name(name, layer).encode()
+            f.write(struct.pack("<i", len(key)) + key + struct.pack("<ii", 0, len(values)))
+            f.write(np.asarray(values, np.float32).tobytes())
+        f.write(struct.pack("<ii", 0, 0))
+
+
+def check_model(model: str, tokenizer: str | None, kinds: list, bin_dir: str,
+                calibrate: str | None) -> None:
     z = ["-z", tokenizer] if tokenizer else []
     with tempfile.TemporaryDirectory(prefix="check-quants-") as tmp:
         f32 = os.path.join(tmp, "f32.gguf")
         qllama("export", model, f32, "--to", "gguf", "--type", "f32", *z)
+        imatrix, cal = [], []
+        if calibrate:
+            from qllama.interop.rows import resolve_tokenizer
+            from qllama.quant.imatrix import importance
+            from qllama.tokenizer import load_tokenizer
+            tok = load_tokenizer(resolve_tokenizer(model, tokenizer))
+            with open(calibrate, encoding="utf-8", errors="replace") as f:
+                imp, n = importance(model, f.read(), tok)
+            print(f"importance matrix from {n:,} tokens of {calibrate}")
+            write_imatrix(os.path.join(tmp, "imatrix.dat"), imp)
+            imatrix = ["--imatrix", os.path.join(tmp, "imatrix.dat")]
+            cal = ["--calibrate", calibrate]
         for kind in kinds:
             theirs, ours = os.path.join(tmp, f"lc.{kind}.gguf"), os.path.join(tmp, f"q.{kind}.gguf")
-            subprocess.run([os.path.join(bin_dir, "llama-quantize"), f32, theirs, FTYPES[kind]],
-                           check=True, capture_output=True)
-            qllama("quantize", model, ours, "--type", kind, *z)
+            subprocess.run([os.path.join(bin_dir, "llama-quantize"), *imatrix, f32, theirs,
+                            FTYPES[kind]], check=True, capture_output=True)
+            qllama("quantize", model, ours, "--type", kind, *z, *cal)
             same, equal, blocks, mismatched = compare_files(ours, theirs)
             print(f"{kind}: {same} tensors of the same type, {equal:,} of {blocks:,} blocks "
                   f"equal ({equal / max(blocks, 1):.4%}); files {os.path.getsize(ours):,} and "
@@ -144,11 +175,14 @@ def main() -> None:
                    help="llama.cpp's build/bin (llama-quantize, libggml-base.so)")
     p.add_argument("--random", type=int, default=0, metavar="N",
                    help="also compare N random rows of 512 per block type, in process")
+    p.add_argument("--calibrate", metavar="TEXT", default=None,
+                   help="quantize both with qllama's importance matrix over TEXT "
+                        "(--types q4_k_m, q5_k_m, q6_k)")
     p.add_argument("--speed", action="store_true",
                    help="MB/s of each block quantizer, ours and llama.cpp's, on one thread")
     args = p.parse_args()
     if args.model:
-        check_model(args.model, args.tokenizer, args.types, args.llama_cpp)
+        check_model(args.model, args.tokenizer, args.types, args.llama_cpp, args.calibrate)
     if args.random:
         check_random(args.random, args.llama_cpp)
     if args.speed:

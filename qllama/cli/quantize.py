@@ -14,6 +14,8 @@ from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
 
 GGUF_TYPES = ("q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
+CALIBRATED = ("q4_k_m", "q5_k_m", "q6_k")  # the types whose fit an importance matrix weights
+CALIBRATION_LIMIT = 16 << 20  # bytes of text; the forward pass reads its first 4096 tokens
 
 
 def kinds_table(title: str, kinds: dict):
@@ -49,23 +51,50 @@ def run_gguf(args) -> int:
     if args.group_size is not None:
         raise UsageError("--group-size is for llama2.c version 2 output; a GGUF file's "
                          "blocks are its --type's")
-    if not os.path.isdir(args.input) and llama2c.read_config(args.input).version == 2:
+    folder = os.path.isdir(args.input)
+    if not folder and llama2c.read_config(args.input).version == 2:
         raise UsageError(f"{args.input}: already quantized (version 2); quantize reads fp32 "
                          "files (versions 0 and 1); `qllama export --to gguf` converts "
                          "a version 2 file to GGUF's Q8_0")
+    importance = None
+    if args.calibrate is not None:
+        importance = calibrate(args, folder)
     with progress_bar("quantizing", args.quiet) as update:
         report = export_gguf(args.input, args.output, args.type or "q8_0", args.tokenizer,
-                             args.force, update, threads=args.threads)
+                             args.force, update, threads=args.threads, importance=importance)
     if not args.quiet:
         print_gguf_report(report)
     return 0
 
 
+def calibrate(args, folder: bool) -> dict:
+    """The importance matrix of IN over the --calibrate text (quant.imatrix)."""
+    from ..interop.rows import resolve_tokenizer
+    from ..io.inputs import read_bounded
+    from ..quant.imatrix import importance
+    from ..tokenizer import load_tokenizer
+    if args.type not in CALIBRATED:
+        raise UsageError(f"--calibrate weights the k-quants' fit: --type {', '.join(CALIBRATED)}")
+    if folder:
+        raise UsageError("--calibrate reads a llama2.c fp32 file, not a Hugging Face folder "
+                         "(`qllama import` one first)")
+    tok_path = resolve_tokenizer(args.input, args.tokenizer)
+    if not tok_path:
+        raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
+    tok = load_tokenizer(tok_path, vocab_size=llama2c.read_config(args.input).vocab_size)
+    text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
+    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok)
+    if not args.quiet:
+        print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
+              f"{args.calibrate}", file=sys.stderr)
+    return imp
+
+
 def run(args) -> int:
     if args.output.endswith(".gguf"):
         return run_gguf(args)
-    if args.type is not None or args.tokenizer is not None:
-        raise UsageError(f"--type and -z are for a GGUF output: {args.output} does not end in "
+    if args.type is not None or args.tokenizer is not None or args.calibrate is not None:
+        raise UsageError(f"--type, -z and --calibrate are for a GGUF output: {args.output} does not end in "
                          ".gguf (without them quantize writes llama2.c version 2, Q8_0)")
     with progress_bar("quantizing", args.quiet) as update:
         progress_cb = None
@@ -97,6 +126,10 @@ def register(subparsers) -> None:
     p.add_argument("-z", "--tokenizer", default=None,
                    help="GGUF output only: tokenizer.model or tokenizer.bin to embed; "
                         "default: beside IN")
+    p.add_argument("--calibrate", metavar="TEXT", default=None,
+                   help="GGUF q4_k_m, q5_k_m, q6_k from a llama2.c file: weight the k-quants' "
+                        "fit by the model's activations on this text (its first 4096 tokens), "
+                        "as llama-quantize --imatrix; slower (numpy)")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")

@@ -28,6 +28,8 @@ from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
+from ..quant import blocks
+from ..quant.blocks import WEIGHTED
 from ..quant.pipeline import _non_finite, check_written, tensor_label
 from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
@@ -127,12 +129,14 @@ def _note(gnames: list, planned, qtype, cols: int) -> str:
 
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
-                threads: int | None = None) -> GGUFReport:
+                threads: int | None = None, importance: dict | None = None) -> GGUFReport:
     """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
     reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
     "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
     input, else f32). `progress(done, total)` gets the weights converted so far and in
-    all, in bytes of float32. NaN and Inf weights are refused, naming the tensor."""
+    all, in bytes of float32. NaN and Inf weights are refused, naming the tensor.
+    `importance` (quant.imatrix: {(name, layer): (cols,)}) weights the k-quants' fit
+    as llama-quantize --imatrix (numpy: quant.blocks, slower than the C)."""
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
     with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
@@ -201,7 +205,9 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                         data = w
                     else:  # and measure what quantizing cost
                         t = BY_GGUF[qtype]
-                        data = t.quantize(w, threads)
+                        imp = (importance or {}).get((e.name, e.layer))
+                        data = (t.quantize(w, threads) if imp is None or t.name not in WEIGHTED
+                                else blocks.quantize(t.name, w, imp))
                         diff = t.dequantize(data, w.shape) - w
                         k.max_err = max(k.max_err, float(np.abs(diff).max()))
                         k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
