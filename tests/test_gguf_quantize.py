@@ -269,3 +269,84 @@ def test_failures_leave_nothing_behind(case, tmp_path, capsys):
             "nan": "wk of layer 0 holds nan at element 70", "bad type": "invalid choice"}[case] in err
     assert _left(tmp_path) == before
     assert src.read_bytes() == snapshot
+
+
+# ---------------------------------------------------------------------------
+# --calibrate: an importance matrix (equality with llama-quantize --imatrix given the
+# same matrix: tools/check_quants.py --calibrate)
+
+def test_importance_forward_is_the_reference_model(tmp_path):
+    """quant.imatrix's batched forward pass: the logits of tests/reference.py's
+    token-by-token one (grouped-query attention, RoPE), and mean squares that are
+    the activations'."""
+    from qllama.quant.imatrix import _rmsnorm, window
+
+    from reference import forward
+    c = Config(1, dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=512,
+               seq_len=32, shared_classifier=True)
+    write_random_model(tmp_path / "m.bin", c, seed=5)
+    m = ModelFile(tmp_path / "m.bin")
+    tokens = [1, 40, 300, 7, 99, 12]
+    acc = {}
+    x = window(m, tokens, acc)
+    cls = np.asarray(m.tensor("tok_embeddings"), np.float64)
+    got = _rmsnorm(x, np.asarray(m.tensor("norm"), np.float64)) @ cls.T
+    assert np.allclose(got, forward(m, tokens), rtol=1e-9, atol=1e-9)
+    emb = cls[tokens]
+    h = _rmsnorm(emb, np.asarray(m.tensor("attention_norm", 0), np.float64))
+    assert np.allclose(acc[("wq", 0)], (h * h).sum(axis=0))
+    assert set(acc) == {(n, layer) for layer in range(2)
+                        for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
+    m.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(blocks.WEIGHTED), st.integers(0, 2**32 - 1), STYLES)
+def test_weighted_quantizers_fit_where_the_importance_is(name, seed, style):
+    """Any rows and importance give blocks, finite where the rows are not tiny (below
+    ~1e-20 llama.cpp's weighted sums underflow to 0 / 0 and its scales are NaN: the
+    same bytes here, tools/check_quants.py); on weights of a real scale, the
+    importance-weighted error is lower with the importance than without."""
+    x = rows_of(seed, 8, 512, style)
+    imp = np.random.default_rng(seed).random(512).astype(np.float32) ** 4 + 1e-3
+    back = blocks.dequantize(name, blocks.quantize(name, x, imp), x.shape)
+    assert np.isfinite(back[np.abs(x).max(axis=1) > 1e-12]).all()
+    x = (np.random.default_rng(seed).standard_normal((8, 512)) * 0.02).astype(np.float32)
+    back = blocks.dequantize(name, blocks.quantize(name, x, imp), x.shape)
+    plain = blocks.dequantize(name, blocks.quantize(name, x), x.shape)
+    assert (imp * (back - x) ** 2).sum() < (imp * (plain - x) ** 2).sum()
+
+
+def test_cli_calibrate_changes_the_k_quants_only(mix_model, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("Once upon a time, there was a little girl named Lily. " * 20)
+    out, plain = tmp_path / "c.gguf", tmp_path / "p.gguf"
+    assert main(["quantize", str(mix_model), str(out), "--type", "q4_k_m", "--calibrate",
+                 str(text)]) == 0
+    assert "importance of each matrix's inputs from" in capsys.readouterr().err
+    assert main(["quantize", str(mix_model), str(plain), "--type", "q4_k_m", "-q"]) == 0
+    a = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(plain).tensors}
+    for name, t in a.items():
+        same = np.asarray(t.data).tobytes() == np.asarray(b[name].data).tobytes()
+        # the classifier and the norms get no importance (llama-imatrix's default)
+        assert same == (t.tensor_type == T.F32 or name in ("output.weight", "token_embd.weight")), name
+
+
+@pytest.mark.parametrize("case", ["q8_0", "bin output", "folder"])
+def test_calibrate_refusals_leave_nothing(case, mix_model, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("Once upon a time")
+    src, out, kind = str(mix_model), str(tmp_path / "m.gguf"), "q4_k_m"
+    if case == "q8_0":
+        kind = "q8_0"
+    elif case == "bin output":
+        out = str(tmp_path / "m.bin")
+    else:
+        src = str(hf("hfa"))
+    before = _left(tmp_path)
+    assert main(["quantize", src, out, "--type", kind, "--calibrate", str(text)]) == 1
+    err = capsys.readouterr().err
+    assert {"q8_0": "--calibrate weights the k-quants' fit", "bin output": "does not end in .gguf",
+            "folder": "not a Hugging Face folder"}[case] in err
+    assert _left(tmp_path) == before
