@@ -56,11 +56,16 @@ def c_quantize(name: str, x: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(ALL), st.integers(0, 2**32 - 1), st.integers(1, 5), st.integers(1, 3),
-       STYLES)
-def test_c_quantizers_are_the_numpy_reference(name, seed, n, n_blocks, style):
+       STYLES, st.booleans())
+def test_c_quantizers_are_the_numpy_reference(name, seed, n, n_blocks, style, weighted):
+    """With and without an importance row (the k-quants use it, q8_0/f16/bf16 ignore it)."""
     cols = n_blocks * max(TYPES[name].block, 256 if "k" in name else 32)
     x = rows_of(seed, n, cols, style)
-    assert c_quantize(name, x).tobytes() == blocks.quantize(name, x).tobytes()
+    imp = None
+    if weighted and name not in ("q4_0", "q4_1"):
+        imp = np.random.default_rng(seed).random(cols).astype(np.float32) ** 4 + 1e-3
+    want = blocks.quantize(name, x, imp).tobytes()
+    assert TYPES[name].quantize(x, threads=2, importance=imp).tobytes() == want
 
 
 @settings(max_examples=200, deadline=None)
@@ -111,6 +116,11 @@ def test_quantize_rows_refuses_partial_blocks_and_wrong_outputs():
         quantize_rows("q4_k", x, np.empty((2, 144), np.uint8))
     with pytest.raises(ValueError, match="expected"):
         quantize_rows("q8_0", np.zeros((2, 64), np.float32), np.empty((2, 34), np.uint8))
+    x = np.zeros((2, 256), np.float32)
+    with pytest.raises(ValueError, match="importance of 64 columns"):
+        quantize_rows("q6_k", x, np.empty((2, 210), np.uint8), 1, np.ones(64, np.float32))
+    with pytest.raises(ValueError, match="not implemented"):
+        quantize_rows("q4_0", x, np.empty((2, 144), np.uint8), 1, np.ones(256, np.float32))
 
 
 # ---------------------------------------------------------------------------

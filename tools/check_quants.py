@@ -32,6 +32,7 @@ import time
 import gguf
 import numpy as np
 
+from qllama.quant.blocks import WEIGHTED
 from qllama.quant.types import TYPES
 
 FTYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M",
@@ -148,6 +149,14 @@ def check_random(n: int, bin_dir: str) -> None:
         lib.ggml_quantize_chunk(int(t.gguf), x.ctypes.data, theirs.ctypes.data, 0, n, cols, None)
         eq = (ours.reshape(-1, t.nbytes) == theirs.reshape(-1, t.nbytes)).all(axis=1)
         print(f"{name}: {int(eq.sum()):,} of {eq.size:,} random blocks equal ({eq.mean():.4%})")
+        if name in WEIGHTED:  # and with a random importance row
+            imp = (rng.random(cols) ** 4 + 1e-3).astype(np.float32)
+            quantize_rows(name, x, ours, os.cpu_count() or 1, imp)
+            lib.ggml_quantize_chunk(int(t.gguf), x.ctypes.data, theirs.ctypes.data, 0, n, cols,
+                                    imp.ctypes.data)
+            eq = (ours.reshape(-1, t.nbytes) == theirs.reshape(-1, t.nbytes)).all(axis=1)
+            print(f"{name} with an importance row: {int(eq.sum()):,} of {eq.size:,} equal "
+                  f"({eq.mean():.4%})")
 
 
 def speed(bin_dir: str) -> None:

@@ -38,12 +38,15 @@ cdef extern from * nogil:
         return v < lo ? lo : (v > hi ? hi : v);
     }
 
-    /* float32 -> IEEE half, round to nearest even (finite input). */
+    /* float32 -> IEEE half, round to nearest even; NaN -> quiet NaN (a weighted fit of
+     * values below ~1e-20 divides 0 by 0 in llama.cpp too: the same bytes). */
     QB_INLINE uint16_t qb_fp16(float f) {
         uint32_t x;
         memcpy(&x, &f, 4);
         uint16_t sign = (x >> 16) & 0x8000;
         x &= 0x7fffffff;
+        if (x > 0x7f800000u)
+            return sign | 0x7e00;
         if (x >= 0x477ff000u)            /* >= 65520: rounds to infinity */
             return sign | 0x7c00;
         if (x < 0x38800000u) {           /* below 2^-14: a half subnormal, m * 2^-24 */
@@ -192,42 +195,122 @@ cdef extern from * nogil:
         *min_out = -mn;
     }
 
+    /* make_qp_quants of 8 values v with weights w: levels L in 0..nmax and the scale,
+     * v ~ scale * L (the 6-bit scales and mins of an importance-weighted super-block). */
+    QB_INLINE float qb_qp(const float v[8], const float w[8], int nmax, uint8_t L[8]) {
+        float max = 0.0f;
+        for (int i = 0; i < 8; i++) max = max > v[i] ? max : v[i];
+        if (max == 0.0f) {
+            memset(L, 0, 8);
+            return 0.0f;
+        }
+        float iscale = (float)nmax / max, scale = 1.0f / iscale, best = 0.0f;
+        for (int i = 0; i < 8; i++) {
+            L[i] = (uint8_t)qb_nearest(iscale * v[i]);
+            float diff = v[i] - scale * (float)L[i];
+            best += w[i] * diff * diff;
+        }
+        for (int step = -4; step <= 4; step++) {
+            if (step == 0) continue;
+            float is = (0.1f * (float)step + (float)nmax) / max, s = 1.0f / is, mse = 0.0f;
+            for (int i = 0; i < 8; i++) {
+                int32_t l = qb_nearest(is * v[i]);
+                l = l < nmax ? l : nmax;
+                float diff = v[i] - s * (float)l;
+                mse += w[i] * diff * diff;
+            }
+            if (mse < best) { best = mse; iscale = is; }
+        }
+        float sumlx = 0.0f, suml2 = 0.0f;
+        for (int i = 0; i < 8; i++) {
+            int32_t l = qb_nearest(iscale * v[i]);
+            l = l < nmax ? l : nmax;
+            L[i] = (uint8_t)l;
+            sumlx += w[i] * v[i] * (float)l;
+            suml2 += w[i] * (float)l * (float)l;
+        }
+        for (int pass = 0; pass < 5; pass++) {
+            int changed = 0;
+            for (int i = 0; i < 8; i++) {
+                float slx = sumlx - w[i] * v[i] * (float)L[i];
+                float sl2 = suml2 - w[i] * (float)L[i] * (float)L[i];
+                if (slx > 0.0f && sl2 > 0.0f) {
+                    int32_t l = qb_nearest(v[i] * sl2 / slx);
+                    l = l < nmax ? l : nmax;
+                    if (l != L[i]) {
+                        slx += w[i] * v[i] * (float)l;
+                        sl2 += w[i] * (float)l * (float)l;
+                        if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                            L[i] = (uint8_t)l; sumlx = slx; suml2 = sl2; changed++;
+                        }
+                    }
+                }
+            }
+            if (!changed) break;
+        }
+        return sumlx / suml2;
+    }
+
     /* q4_K (nmax 15) and q5_K (nmax 31): levels of one super-block in value order,
-     * and its header (d, dmin, 12 bytes of 6-bit scales and mins) written to y. */
-    QB_INLINE void qb_qk_levels(const float *x, int nmax, float rmin, int nstep,
+     * and its header (d, dmin, 12 bytes of 6-bit scales and mins) written to y. With
+     * importance qw (256 values, else NULL), llama.cpp's quantize_row_q*_K_impl:
+     * weights qw * sqrt(sigma2 + x^2), a longer search (its make_qkx3_quants is this
+     * algorithm), the scales and mins fitted by make_qp_quants. */
+    QB_INLINE void qb_qk_levels(const float *x, const float *qw, int nmax, float rmin, int nstep,
                                 uint8_t Lout[256], uint8_t *y) {
-        union { qb_v8f v[32]; float f[32][8]; } xt;
+        union { qb_v8f v[32]; float f[32][8]; } xt, wt;
         union { qb_v8i v[32]; int32_t i[32][8]; } L;
-        union { qb_v8f v; float f[8]; } scales, mins, av;
-        qb_v8f wt[32], s2 = {0};
+        union { qb_v8f v; float f[8]; } scales, mins, av, sw;
+        qb_v8f s2 = {0};
         uint8_t ls[8], lm[8];
+        uint16_t d16, dm16;
         for (int i = 0; i < 32; i++)
             for (int k = 0; k < 8; k++) xt.f[i][k] = x[32 * k + i];
-        for (int i = 0; i < 32; i++) s2 += xt.v[i] * xt.v[i];
-        for (int k = 0; k < 8; k++) av.f[k] = sqrtf(s2[k] / 32.0f);
-        for (int i = 0; i < 32; i++) wt[i] = av.v + qb_abs8(xt.v[i]);
-        qb_qkx2(xt.v, wt, nmax, rmin, 0.1f, nstep, L.v, &scales.v, &mins.v);
-
-        float max_scale = 0.0f, max_min = 0.0f;
-        for (int k = 0; k < 8; k++) {
-            if (scales.f[k] > max_scale) max_scale = scales.f[k];
-            if (mins.f[k] > max_min) max_min = mins.f[k];
+        if (qw) {
+            float sum_x2 = 0.0f;
+            for (int l = 0; l < 256; l++) sum_x2 += x[l] * x[l];
+            float sigma2 = 2.0f * sum_x2 / 256.0f;
+            for (int i = 0; i < 32; i++)
+                for (int k = 0; k < 8; k++)
+                    wt.f[i][k] = qw[32 * k + i] * sqrtf(sigma2 + xt.f[i][k] * xt.f[i][k]);
+            sw.v = (qb_v8f){0};
+            for (int i = 0; i < 32; i++) sw.v += wt.v[i];
+            qb_qkx2(xt.v, wt.v, nmax, -0.9f, 0.05f, 36, L.v, &scales.v, &mins.v);
+            float d_block = qb_qp(scales.f, sw.f, 63, ls), m_block = qb_qp(mins.f, sw.f, 63, lm);
+            if (nmax == 31)  /* only q5_K's clamps them (a no-op unless a level wrapped) */
+                for (int k = 0; k < 8; k++) {
+                    ls[k] = ls[k] < 63 ? ls[k] : 63;
+                    lm[k] = lm[k] < 63 ? lm[k] : 63;
+                }
+            d16 = qb_fp16(d_block);
+            dm16 = qb_fp16(m_block);
+        } else {
+            for (int i = 0; i < 32; i++) s2 += xt.v[i] * xt.v[i];
+            for (int k = 0; k < 8; k++) av.f[k] = sqrtf(s2[k] / 32.0f);
+            for (int i = 0; i < 32; i++) wt.v[i] = av.v + qb_abs8(xt.v[i]);
+            qb_qkx2(xt.v, wt.v, nmax, rmin, 0.1f, nstep, L.v, &scales.v, &mins.v);
+            float max_scale = 0.0f, max_min = 0.0f;
+            for (int k = 0; k < 8; k++) {
+                if (scales.f[k] > max_scale) max_scale = scales.f[k];
+                if (mins.f[k] > max_min) max_min = mins.f[k];
+            }
+            float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+            float inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
+            for (int k = 0; k < 8; k++) {
+                uint8_t a = (uint8_t)qb_nearest(inv_s * scales.f[k]);
+                uint8_t b = (uint8_t)qb_nearest(inv_m * mins.f[k]);
+                ls[k] = a < 63 ? a : 63;
+                lm[k] = b < 63 ? b : 63;
+            }
+            d16 = qb_fp16(max_scale / 63.0f);
+            dm16 = qb_fp16(max_min / 63.0f);
         }
-        float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-        float inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
         uint8_t *sc = y + 4;
-        for (int k = 0; k < 8; k++) {
-            uint8_t a = (uint8_t)qb_nearest(inv_s * scales.f[k]);
-            uint8_t b = (uint8_t)qb_nearest(inv_m * mins.f[k]);
-            ls[k] = a < 63 ? a : 63;
-            lm[k] = b < 63 ? b : 63;
-        }
         for (int k = 0; k < 4; k++) {
             sc[k] = ls[k] | (uint8_t)((ls[k + 4] >> 4) << 6);
             sc[k + 4] = lm[k] | (uint8_t)((lm[k + 4] >> 4) << 6);
             sc[k + 8] = (ls[k + 4] & 0xf) | (uint8_t)((lm[k + 4] & 0xf) << 4);
         }
-        uint16_t d16 = qb_fp16(max_scale / 63.0f), dm16 = qb_fp16(max_min / 63.0f);
         qb_put16(y, d16);
         qb_put16(y + 2, dm16);
         float d0 = qb_from_fp16(d16), dm0 = qb_from_fp16(dm16);
@@ -240,17 +323,17 @@ cdef extern from * nogil:
         }
     }
 
-    QB_INLINE void qb_q4_k(const float *x, uint8_t *y) {
+    QB_INLINE void qb_q4_k(const float *x, const float *qw, uint8_t *y) {
         uint8_t L[256];
-        qb_qk_levels(x, 15, -1.0f, 20, L, y);
+        qb_qk_levels(x, qw, 15, -1.0f, 20, L, y);
         uint8_t *q = y + 16;
         for (int j = 0; j < 256; j += 64, q += 32)
             for (int l = 0; l < 32; l++) q[l] = L[j + l] | (uint8_t)(L[j + l + 32] << 4);
     }
 
-    QB_INLINE void qb_q5_k(const float *x, uint8_t *y) {
+    QB_INLINE void qb_q5_k(const float *x, const float *qw, uint8_t *y) {
         uint8_t L[256];
-        qb_qk_levels(x, 31, -0.5f, 15, L, y);
+        qb_qk_levels(x, qw, 31, -0.5f, 15, L, y);
         uint8_t *qh = y + 16, *ql = y + 48;
         memset(qh, 0, 32);
         for (int b = 0; b < 4; b++, ql += 32)
@@ -261,17 +344,18 @@ cdef extern from * nogil:
             }
     }
 
-    /* make_qx_quants(rmse_type 1, no weights) over 8 groups of 16 side by side (half a
-     * super-block): levels L[i] in 0..2 nmax - 1 and scale, x ~ scale * (L - nmax). */
-    QB_INLINE void qb_qx(const qb_v8f x[16], int nmax, qb_v8i L[16], qb_v8f *scale_out) {
+    /* make_qx_quants(rmse_type 1) over 8 groups of 16 side by side (half a super-block),
+     * weights w (x^2 without importance): levels L[i] in 0..2 nmax - 1 and scale,
+     * x ~ scale * (L - nmax). */
+    QB_INLINE void qb_qx(const qb_v8f x[16], const qb_v8f w[16], int nmax, qb_v8i L[16],
+                         qb_v8f *scale_out) {
         const qb_v8f zero = {0};
-        qb_v8f amax = zero, mx = zero, slx = zero, sl2 = zero, w[16];
+        qb_v8f amax = zero, mx = zero, slx = zero, sl2 = zero;
         for (int i = 0; i < 16; i++) {
             qb_v8f a = qb_abs8(x[i]);
             qb_v8i bigger = a > amax;
             amax = qb_sel8(bigger, a, amax);
             mx = qb_sel8(bigger, x[i], mx);
-            w[i] = x[i] * x[i];
         }
         qb_v8f is = (float)-nmax / mx;
         for (int i = 0; i < 16; i++) {
@@ -303,15 +387,19 @@ cdef extern from * nogil:
         *scale_out = qb_sel8(zeros, zero, scale);
     }
 
-    QB_INLINE void qb_q6_k(const float *x, uint8_t *y) {
-        union { qb_v8f v[2][16]; float f[2][16][8]; } xt;  /* [half][i][group] */
+    QB_INLINE void qb_q6_k(const float *x, const float *qw, uint8_t *y) {
+        union { qb_v8f v[2][16]; float f[2][16][8]; } xt, wt;  /* [half][i][group] */
         union { qb_v8i v[2][16]; int32_t i[2][16][8]; } Lt;
         union { qb_v8f v[2]; float f[16]; } scales;
         uint8_t L[256];
         for (int i = 0; i < 16; i++)
-            for (int k = 0; k < 16; k++) xt.f[k / 8][i][k % 8] = x[16 * k + i];
-        qb_qx(xt.v[0], 32, Lt.v[0], &scales.v[0]);
-        qb_qx(xt.v[1], 32, Lt.v[1], &scales.v[1]);
+            for (int k = 0; k < 16; k++) {
+                float v = x[16 * k + i];
+                xt.f[k / 8][i][k % 8] = v;
+                wt.f[k / 8][i][k % 8] = qw ? qw[16 * k + i] : v * v;  /* qw: as q6_K_impl */
+            }
+        qb_qx(xt.v[0], wt.v[0], 32, Lt.v[0], &scales.v[0]);
+        qb_qx(xt.v[1], wt.v[1], 32, Lt.v[1], &scales.v[1]);
         float max_scale = 0.0f, max_abs = 0.0f;
         for (int k = 0; k < 16; k++)
             if (fabsf(scales.f[k]) > max_abs) { max_abs = fabsf(scales.f[k]); max_scale = scales.f[k]; }
@@ -349,7 +437,8 @@ cdef extern from * nogil:
     enum { QB_F16, QB_BF16, QB_Q8_0, QB_Q4_0, QB_Q4_1, QB_Q4_K, QB_Q5_K, QB_Q6_K };
 
     QB_CLONES
-    static void qb_row(int kind, const float *x, uint8_t *y, Py_ssize_t n) {
+    static void qb_row(int kind, const float *x, const float *qw, uint8_t *y, Py_ssize_t n) {
+        #define QB_QW(b) (qw ? qw + 256 * (b) : NULL)
         Py_ssize_t b;
         switch (kind) {
         case QB_F16:
@@ -367,13 +456,14 @@ cdef extern from * nogil:
         case QB_Q8_0: for (b = 0; b < n / 32; b++) qb_q8_0(x + 32 * b, y + 34 * b); break;
         case QB_Q4_0: for (b = 0; b < n / 32; b++) qb_q4_0(x + 32 * b, y + 18 * b); break;
         case QB_Q4_1: for (b = 0; b < n / 32; b++) qb_q4_1(x + 32 * b, y + 20 * b); break;
-        case QB_Q4_K: for (b = 0; b < n / 256; b++) qb_q4_k(x + 256 * b, y + 144 * b); break;
-        case QB_Q5_K: for (b = 0; b < n / 256; b++) qb_q5_k(x + 256 * b, y + 176 * b); break;
-        case QB_Q6_K: for (b = 0; b < n / 256; b++) qb_q6_k(x + 256 * b, y + 210 * b); break;
+        case QB_Q4_K: for (b = 0; b < n / 256; b++) qb_q4_k(x + 256 * b, QB_QW(b), y + 144 * b); break;
+        case QB_Q5_K: for (b = 0; b < n / 256; b++) qb_q5_k(x + 256 * b, QB_QW(b), y + 176 * b); break;
+        case QB_Q6_K: for (b = 0; b < n / 256; b++) qb_q6_k(x + 256 * b, QB_QW(b), y + 210 * b); break;
         }
     }
     """
-    void quantize_row "qb_row"(int kind, const float* x, unsigned char* y, Py_ssize_t n)
+    void quantize_row "qb_row"(int kind, const float* x, const float* qw, unsigned char* y,
+                               Py_ssize_t n)
 
 # type name -> the C's kind, in qb_row's enum order
 KINDS = {name: i for i, name in enumerate(
@@ -381,19 +471,30 @@ KINDS = {name: i for i, name in enumerate(
 MIN_VALUES_PER_THREAD = 1 << 16
 
 
-def quantize_rows(str name, const float[:, ::1] x, unsigned char[:, ::1] out, int threads=1):
+def quantize_rows(str name, const float[:, ::1] x, unsigned char[:, ::1] out, int threads=1,
+                  const float[::1] importance=None):
     """Quantize rows `x` (n, cols), finite, cols whole blocks of `name`'s type, into
-    `out` (n, row bytes): the bytes of quant.blocks.quantize(name, x)."""
+    `out` (n, row bytes): the bytes of quant.blocks.quantize(name, x, importance)
+    (`importance`: (cols,), used by quant.blocks.WEIGHTED types, ignored by q8_0,
+    f16 and bf16, refused for q4_0 and q4_1)."""
+    from ..quant.blocks import WEIGHTED
     from ..quant.types import TYPES
     cdef int kind = KINDS[name]
     cdef Py_ssize_t n = x.shape[0], cols = x.shape[1], r
+    cdef const float* qw = NULL
     t = TYPES[name]
     if cols <= 0 or cols % t.block:
         raise ValueError(f"{name}: rows of {cols} values are not whole blocks of {t.block}")
     if out.shape[0] != n or out.shape[1] != t.row_bytes(cols):
         raise ValueError(f"{name}: output of shape {tuple(out.shape)[:2]}, expected "
                          f"{(n, t.row_bytes(cols))}")
+    if importance is not None and name in WEIGHTED:
+        if importance.shape[0] != cols:
+            raise ValueError(f"importance of {importance.shape[0]} columns for rows of {cols}")
+        qw = &importance[0]
+    elif importance is not None and name in ("q4_0", "q4_1"):
+        raise ValueError(f"{name} with an importance matrix is not implemented")
     threads = max(1, min(threads, n * cols // MIN_VALUES_PER_THREAD, n))
     with nogil:
         for r in prange(n, schedule="static", num_threads=threads):
-            quantize_row(kind, &x[r, 0], &out[r, 0], cols)
+            quantize_row(kind, &x[r, 0], qw, &out[r, 0], cols)

@@ -129,7 +129,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibrate", metavar="TEXT", default=None,
                    help="GGUF q4_k_m, q5_k_m, q6_k from a llama2.c file: weight the k-quants' "
                         "fit by the model's activations on this text (its first 4096 tokens), "
-                        "as llama-quantize --imatrix; slower (numpy)")
+                        "as llama-quantize --imatrix")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")

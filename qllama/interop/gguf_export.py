@@ -28,7 +28,6 @@ from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from ..quant import blocks
 from ..quant.blocks import WEIGHTED
 from ..quant.pipeline import _non_finite, check_written, tensor_label
 from ..quant.types import BY_GGUF
@@ -136,7 +135,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
     input, else f32). `progress(done, total)` gets the weights converted so far and in
     all, in bytes of float32. NaN and Inf weights are refused, naming the tensor.
     `importance` (quant.imatrix: {(name, layer): (cols,)}) weights the k-quants' fit
-    as llama-quantize --imatrix (numpy: quant.blocks, slower than the C)."""
+    as llama-quantize --imatrix."""
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
     with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
@@ -206,8 +205,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                     else:  # and measure what quantizing cost
                         t = BY_GGUF[qtype]
                         imp = (importance or {}).get((e.name, e.layer))
-                        data = (t.quantize(w, threads) if imp is None or t.name not in WEIGHTED
-                                else blocks.quantize(t.name, w, imp))
+                        data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
                         diff = t.dequantize(data, w.shape) - w
                         k.max_err = max(k.max_err, float(np.abs(diff).max()))
                         k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))

@@ -180,7 +180,7 @@ def _qp(v: np.ndarray, w: np.ndarray, nmax: int):
     with np.errstate(all="ignore"):
         iscale = F32(nmax) / mx
         scale = F32(1) / iscale
-        L = nearest_int(iscale[:, None] * v)
+        L = nearest_int(iscale[:, None] * v) & 0xFF    # the C's uint8 levels
         best = _seq_sum(w[:, i] * (v[:, i] - scale * L[:, i].astype(F32))
                         * (v[:, i] - scale * L[:, i].astype(F32)) for i in range(k))
         for step in range(-4, 5):
@@ -194,8 +194,8 @@ def _qp(v: np.ndarray, w: np.ndarray, nmax: int):
             better = mse < best
             best = np.where(better, mse, best)
             iscale = np.where(better, iscale_s, iscale).astype(F32)
-        L = np.minimum(nmax, nearest_int(iscale[:, None] * v)) & 0xFF
-        lf = L.astype(F32)
+        lv = np.minimum(nmax, nearest_int(iscale[:, None] * v))
+        lf, L = lv.astype(F32), lv & 0xFF   # the sums take the int, the levels its byte
         sumlx = _seq_sum(w[:, i] * v[:, i] * lf[:, i] for i in range(k))
         suml2 = _seq_sum(w[:, i] * lf[:, i] * lf[:, i] for i in range(k))
         for _ in range(5):  # a set with no change in a pass has none in the next either

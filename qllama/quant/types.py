@@ -32,14 +32,18 @@ class QType:
         """Bytes of a row of `cols` values (cols a multiple of the block)."""
         return cols // self.block * self.nbytes
 
-    def quantize(self, rows: np.ndarray, threads: int = 1) -> np.ndarray:
+    def quantize(self, rows: np.ndarray, threads: int = 1,
+                 importance: np.ndarray | None = None) -> np.ndarray:
         """Finite float32 rows (n, cols) → (n, row_bytes(cols)) uint8 blocks: llama.cpp's
-        reference bytes, by the C quantizers (_kernels.quantize_blocks; their numpy
-        specification is quant.blocks)."""
+        reference bytes (with `importance`, (cols,): llama-quantize --imatrix's), by
+        the C quantizers (_kernels.quantize_blocks; their numpy specification is
+        quant.blocks)."""
         from .._kernels.quantize_blocks import quantize_rows
         rows = np.ascontiguousarray(rows, np.float32)
         out = np.empty((rows.shape[0], self.row_bytes(rows.shape[1])), np.uint8)
-        quantize_rows(self.name, rows, out, threads)
+        if importance is not None:
+            importance = np.ascontiguousarray(importance, np.float32)
+        quantize_rows(self.name, rows, out, threads, importance)
         return out
 
     def dequantize(self, data: np.ndarray, shape: tuple) -> np.ndarray:
