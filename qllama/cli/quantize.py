@@ -9,6 +9,7 @@ import sys
 from ..errors import UsageError
 from ..formats import llama2c
 from ..formats.llama2c import Q80
+from ..io.atomic import check_output_path
 from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
@@ -58,6 +59,7 @@ def run_gguf(args) -> int:
                          "a version 2 file to GGUF's Q8_0")
     importance = None
     if args.calibrate is not None:
+        check_output_path(args.output, args.force, (args.input,))  # before the long pass
         importance = calibrate(args, folder)
     with progress_bar("quantizing", args.quiet) as update:
         report = export_gguf(args.input, args.output, args.type or "q8_0", args.tokenizer,
@@ -94,8 +96,9 @@ def run(args) -> int:
     if args.output.endswith(".gguf"):
         return run_gguf(args)
     if args.type is not None or args.tokenizer is not None or args.calibrate is not None:
-        raise UsageError(f"--type, -z and --calibrate are for a GGUF output: {args.output} does not end in "
-                         ".gguf (without them quantize writes llama2.c version 2, Q8_0)")
+        raise UsageError(f"--type, -z and --calibrate are for a GGUF output: {args.output} "
+                         "does not end in .gguf (without them quantize writes llama2.c "
+                         "version 2, Q8_0)")
     with progress_bar("quantizing", args.quiet) as update:
         progress_cb = None
         if update is not None:
