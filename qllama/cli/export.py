@@ -2,6 +2,7 @@
 (interop.hf_export) or a GGUF file for llama.cpp (interop.gguf_export)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import UsageError
@@ -25,28 +26,47 @@ def run(args) -> int:
                                  args.force, update)
     if args.quiet:
         return 0
+    if args.to == "gguf":
+        print_gguf_report(report)
+        return 0
+    console().print(f"{report.src} (version {report.src_version}) → {report.dst} "
+                    f"({fmt_bytes(report.out_bytes)}, {', '.join(report.files)}) in "
+                    f"{report.seconds:.2f} s", highlight=False)
+    return 0
+
+
+def print_gguf_report(report) -> None:
+    """Notes on stderr; per tensor kind its types and what they cost, per GGUF type its
+    tensors and size, on stdout (interop.gguf_export.GGUFReport)."""
+    from rich.table import Table
     for note in report.notes:
         print(f"qllama: note: {note}", file=sys.stderr)
     out = console()
-    if args.to == "gguf":
-        from rich.table import Table
-        table = Table(title=f"{report.dst}: GGUF, {report.kind}", title_justify="left")
-        for column in ("tensor", "GGUF name", "count", "type"):
-            table.add_column(column, justify="right" if column == "count" else "left")
-        what = "max |written − input|"
-        table.add_column(what + (" (requantized)" if report.src_version == 2 else ""),
-                         justify="right")
-        for name, k in report.kinds.items():
-            table.add_row(name, k.gguf_name, str(k.count), k.qtype,
-                          f"{k.max_err:.3g}" if k.max_err else "0 (exact)")
-        out.print(table)
-        extra = f", vocabulary from {report.tokenizer}"
-    else:
-        extra = f", {', '.join(report.files)}"
-    out.print(f"{report.src} (version {report.src_version}) → {report.dst} "
-              f"({fmt_bytes(report.out_bytes)}{extra}) in {report.seconds:.2f} s",
-              highlight=False)
-    return 0
+    table = Table(title=f"{report.dst}: GGUF, {report.kind}", title_justify="left")
+    for column in ("tensor", "GGUF name", "count", "type"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    what = "max |written − input|"
+    table.add_column(what + (" (requantized)" if report.src_version == 2 else ""),
+                     justify="right")
+    table.add_column("RMS error / RMS weight", justify="right")
+    for name, k in report.kinds.items():
+        exact = not k.max_err
+        table.add_row(name, k.gguf_name, str(k.count), k.qtype,
+                      "0 (exact)" if exact else f"{k.max_err:.3g}",
+                      "0" if exact else f"{k.rms_rel:.2%}")
+    out.print(table)
+    types = Table(title="per GGUF type", title_justify="left")
+    for column in ("type", "tensors", "weights", "size", "bits / weight"):
+        types.add_column(column, justify="left" if column == "type" else "right")
+    for name, t in report.types.items():
+        types.add_row(name, str(t.tensors), f"{t.weights:,}", fmt_bytes(t.nbytes),
+                      f"{8 * t.nbytes / t.weights:.2f}")
+    out.print(types)
+    what = ("Hugging Face folder" if os.path.isdir(report.src)
+            else f"version {report.src_version}")
+    out.print(f"{report.src} ({what}) → {report.dst} "
+              f"({fmt_bytes(report.out_bytes)}, vocabulary from {report.tokenizer}) in "
+              f"{report.seconds:.2f} s, {report.threads} thread(s)", highlight=False)
 
 
 def register(subparsers) -> None:

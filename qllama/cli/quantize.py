@@ -1,14 +1,22 @@
 """`qllama quantize IN OUT`: the streaming quantizer (quant.pipeline) with a
-progress bar on a terminal and a summary table."""
+progress bar on a terminal and a summary table; with OUT.gguf, a GGUF file of
+`--type` (interop.gguf_export, llama.cpp's quantization types and mixtures)."""
 from __future__ import annotations
 
+import os
 import sys
 
+from ..errors import UsageError
 from ..formats import llama2c
 from ..formats.llama2c import Q80
+from ..io.atomic import check_output_path
 from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
+
+GGUF_TYPES = ("q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
+CALIBRATED = ("q4_k_m", "q5_k_m", "q6_k")  # the types whose fit an importance matrix weights
+CALIBRATION_LIMIT = 16 << 20  # bytes of text; the forward pass reads its first 4096 tokens
 
 
 def kinds_table(title: str, kinds: dict):
@@ -38,7 +46,59 @@ def print_report(report: Report, console) -> None:
         f"{report.mb_per_s:,.0f} MB/s, {report.threads} thread(s)", highlight=False)
 
 
+def run_gguf(args) -> int:
+    from ..interop.gguf_export import export_gguf
+    from .export import print_gguf_report
+    if args.group_size is not None:
+        raise UsageError("--group-size is for llama2.c version 2 output; a GGUF file's "
+                         "blocks are its --type's")
+    folder = os.path.isdir(args.input)
+    if not folder and llama2c.read_config(args.input).version == 2:
+        raise UsageError(f"{args.input}: already quantized (version 2); quantize reads fp32 "
+                         "files (versions 0 and 1); `qllama export --to gguf` converts "
+                         "a version 2 file to GGUF's Q8_0")
+    importance = None
+    if args.calibrate is not None:
+        check_output_path(args.output, args.force, (args.input,))  # before the long pass
+        importance = calibrate(args, folder)
+    with progress_bar("quantizing", args.quiet) as update:
+        report = export_gguf(args.input, args.output, args.type or "q8_0", args.tokenizer,
+                             args.force, update, threads=args.threads, importance=importance)
+    if not args.quiet:
+        print_gguf_report(report)
+    return 0
+
+
+def calibrate(args, folder: bool) -> dict:
+    """The importance matrix of IN over the --calibrate text (quant.imatrix)."""
+    from ..interop.rows import resolve_tokenizer
+    from ..io.inputs import read_bounded
+    from ..quant.imatrix import importance
+    from ..tokenizer import load_tokenizer
+    if args.type not in CALIBRATED:
+        raise UsageError(f"--calibrate weights the k-quants' fit: --type {', '.join(CALIBRATED)}")
+    if folder:
+        raise UsageError("--calibrate reads a llama2.c fp32 file, not a Hugging Face folder "
+                         "(`qllama import` one first)")
+    tok_path = resolve_tokenizer(args.input, args.tokenizer)
+    if not tok_path:
+        raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
+    tok = load_tokenizer(tok_path, vocab_size=llama2c.read_config(args.input).vocab_size)
+    text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
+    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok)
+    if not args.quiet:
+        print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
+              f"{args.calibrate}", file=sys.stderr)
+    return imp
+
+
 def run(args) -> int:
+    if args.output.endswith(".gguf"):
+        return run_gguf(args)
+    if args.type is not None or args.tokenizer is not None or args.calibrate is not None:
+        raise UsageError(f"--type, -z and --calibrate are for a GGUF output: {args.output} "
+                         "does not end in .gguf (without them quantize writes llama2.c "
+                         "version 2, Q8_0)")
     with progress_bar("quantizing", args.quiet) as update:
         progress_cb = None
         if update is not None:
@@ -55,11 +115,24 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2)",
+        "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2) or GGUF",
         description="Quantize a llama2.c fp32 checkpoint (version 0 or 1, detected from the "
-                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py.")
-    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1)")
-    p.add_argument("output", metavar="OUT", help="version 2 file to write")
+                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py; or, "
+                    "when OUT ends in .gguf, into a GGUF file of --type with llama.cpp's "
+                    "bytes and tensor types (llama-quantize without an importance matrix).")
+    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1); for a GGUF "
+                                               "output also a Hugging Face folder")
+    p.add_argument("output", metavar="OUT", help="version 2 file, or .gguf file, to write")
+    p.add_argument("--type", choices=GGUF_TYPES, default=None,
+                   help="GGUF output only: the file type (default q8_0); q4_k_m and q5_k_m "
+                        "mix in Q6_K as llama-quantize does")
+    p.add_argument("-z", "--tokenizer", default=None,
+                   help="GGUF output only: tokenizer.model or tokenizer.bin to embed; "
+                        "default: beside IN")
+    p.add_argument("--calibrate", metavar="TEXT", default=None,
+                   help="GGUF q4_k_m, q5_k_m, q6_k from a llama2.c file: weight the k-quants' "
+                        "fit by the model's activations on this text (its first 4096 tokens), "
+                        "as llama-quantize --imatrix")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")

@@ -6,10 +6,13 @@ llama.cpp), not from copies here. q/k rows keep Meta's interleaved order, as in
 llama.cpp's llama2.c converter (examples/convert-llama2c-to-ggml): llama.cpp's
 "llama" RoPE rotates adjacent pairs, as llama2.c does.
 
-Types (llama.cpp's convert_hf_to_gguf): 1-D tensors (the norms) stay F32; matrices
-are F32, F16 or Q8_0 (blocks of 32 int8 values with an fp16 scale, quantized by
-`gguf.quants`). A matrix whose rows are not a whole number of blocks (stories260K's
-w2: rows of hidden_dim 172) falls back to F16, as those converters do.
+Types: 1-D tensors (the norms) stay F32. f32, f16 and q8_0 files (llama.cpp's
+convert_hf_to_gguf) make every matrix that type; q4_0, q4_k_m, q5_k_m and q6_k
+(llama-quantize) mix types as llama.cpp's llama_tensor_get_type does for "llama"
+(`planned_type`). A matrix whose rows are not whole blocks of its type falls back:
+to F16 where the converters do (stories260K's w2: rows of hidden_dim 172); a k-quant
+to Q8_0 where llama-quantize's Q5_0/Q5_1 (types qllama does not write) would be
+used, F16 when rows are not whole blocks of 32 either.
 """
 from __future__ import annotations
 
@@ -37,13 +40,20 @@ NAMES = {
     "output": gguf.TENSOR_NAMES[_N.OUTPUT] + ".weight",  # absent when shared: llama.cpp
 }                                                        # then uses token_embd
 
-# --type value -> (type of matrices, general.file_type)
+# --type value -> (the matrices' default type, general.file_type)
+_F = gguf.LlamaFileType
 TYPES = {
-    "f32": (T.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (T.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "f32": (T.F32, _F.ALL_F32),
+    "f16": (T.F16, _F.MOSTLY_F16),
+    "q8_0": (T.Q8_0, _F.MOSTLY_Q8_0),
+    "q4_0": (T.Q4_0, _F.MOSTLY_Q4_0),
+    "q4_k_m": (T.Q4_K, _F.MOSTLY_Q4_K_M),
+    "q5_k_m": (T.Q5_K, _F.MOSTLY_Q5_K_M),
+    "q6_k": (T.Q6_K, _F.MOSTLY_Q6_K),
 }
-FALLBACK = T.F16  # for rows that are not whole Q8_0 blocks
+# what a k-quant falls back to when rows are not whole blocks of 256 (llama.cpp: Q5_0,
+# Q5_1, Q8_0; qllama writes Q8_0 for the first two: more bits, the same block of 32)
+_K_FALLBACK = {T.Q4_K: T.Q8_0, T.Q5_K: T.Q8_0, T.Q6_K: T.Q8_0}
 
 ROPE_THETA = 10000.0
 RMS_NORM_EPS = 1e-5
@@ -53,13 +63,47 @@ def tensor_name(name: str, layer: int | None) -> str:
     return NAMES[name].format(bid=layer) if layer is not None else NAMES[name]
 
 
-def tensor_type(shape: tuple, kind: str) -> T:
-    """The GGUF type of a tensor of `shape` in a file of --type `kind`."""
+def _whole(cols: int, qtype: T) -> bool:
+    return cols % gguf.GGML_QUANT_SIZES[qtype][0] == 0
+
+
+def use_more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's layers that get more bits in *_M files: the first and last eighth,
+    and every third between."""
+    return (layer < n_layers // 8 or layer >= 7 * n_layers // 8
+            or (layer - n_layers // 8) % 3 == 2)
+
+
+def planned_type(name: str, layer: int | None, cols: int, kind: str, n_layers: int,
+                 has_output: bool) -> T:
+    """The type llama.cpp gives llama2.c tensor `name` (of `layer`; rows of `cols`) in a
+    file of --type `kind`, before any fall-back for rows that are not whole blocks.
+    The output matrix (token_embd when the classifier is shared) gets Q6_K in every
+    quantized file but Q8_0 (Q8_0 also where its rows are not whole blocks); in
+    q4_k_m / q5_k_m, attn_v and ffn_down get Q6_K on use_more_bits layers."""
+    qtype = TYPES[kind][0]
+    if qtype in (T.F32, T.F16):
+        return qtype
+    if name == "output" or (name == "tok_embeddings" and not has_output):
+        if not _whole(cols, qtype):
+            return T.Q8_0
+        return qtype if qtype == T.Q8_0 else T.Q6_K
+    if (name in ("wv", "w2") and kind in ("q4_k_m", "q5_k_m")
+            and use_more_bits(layer, n_layers)):
+        return T.Q6_K
+    return qtype
+
+
+def tensor_type(planned: T, shape: tuple) -> T:
+    """The type a tensor of `shape` is written in: F32 for 1-D ones, else `planned` if
+    its rows are whole blocks of it, else the fall-back (module doc)."""
     if len(shape) == 1:
         return T.F32
-    qtype = TYPES[kind][0]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    return qtype if shape[-1] % block == 0 else FALLBACK
+    cols = shape[-1]
+    if _whole(cols, planned):
+        return planned
+    fallback = _K_FALLBACK.get(planned, T.F16)
+    return fallback if _whole(cols, fallback) else T.F16
 
 
 def nbytes(shape: tuple, qtype: T) -> int:

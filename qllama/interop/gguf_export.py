@@ -1,15 +1,18 @@
 """A llama2.c file (version 0, 1 or 2) → a GGUF file llama.cpp loads, streamed.
 
 Data flow: validated llama2.c header → the tokenizer (tokenizer.model or .bin) →
-metadata and tensor table (formats.gguf, written by gguf.GGUFWriter) → for each
-tensor in the input's file order, chunks of whole rows read a thread ahead as
-float32 (interop.rows: Q8_0 dequantized) → F32 / F16 / Q8_0 bytes (gguf.quants) →
-written at their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter),
-atomically. Memory: a few chunks, whatever the model.
+metadata and tensor table (formats.gguf: each tensor's type, llama.cpp's mixture
+for the k-quant files; written by gguf.GGUFWriter) → for each tensor in the input's
+file order, chunks of whole rows read a thread ahead as float32 (interop.rows: Q8_0
+dequantized) → F32 bytes, or blocks of the tensor's type (the C quantizers of
+_kernels.quantize_blocks, llama.cpp's reference bytes, on every thread) → written at
+their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter), atomically.
+Memory: a few chunks, whatever the model.
 
 A version 2 input is dequantized, then requantized to GGUF's Q8_0 (blocks of 32
 with fp16 scales, where llama2.c's groups have fp32 scales); the report gives, per
-tensor kind, the largest change that made to a weight.
+tensor kind, the largest change that made to a weight (and for an fp32 input, what
+quantizing cost: the largest and the RMS error relative to the weights').
 """
 from __future__ import annotations
 
@@ -25,31 +28,60 @@ from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from ..quant.pipeline import check_written
+from ..quant.blocks import WEIGHTED
+from ..quant.pipeline import _non_finite, check_written, tensor_label
+from ..quant.types import BY_GGUF
+from ..threads import resolve_threads
+from .hf_import import HFReader
 from .rows import Llama2cReader, resolve_tokenizer
 
 
 @dataclass
 class KindError:
-    """One tensor kind (all layers): its GGUF type and the largest |written - input|."""
+    """One tensor kind (all layers): its GGUF types (name -> tensors), the largest
+    |written - input| and the sums of squares that give the RMS error."""
 
     gguf_name: str
-    qtype: str
+    types: dict = field(default_factory=dict)
     count: int = 0
     max_err: float = 0.0
+    sq_err: float = 0.0
+    sq: float = 0.0
+
+    @property
+    def qtype(self) -> str:
+        if len(self.types) == 1:
+            return next(iter(self.types))
+        return ", ".join(f"{t} ×{n}" for t, n in self.types.items())
+
+    @property
+    def rms_rel(self) -> float:
+        """RMS of (written - input) over RMS of the input."""
+        return (self.sq_err / self.sq) ** 0.5 if self.sq else 0.0
+
+
+@dataclass
+class TypeTotal:
+    """One GGUF type in the file: its tensors, weights and bytes."""
+
+    tensors: int = 0
+    weights: int = 0
+    nbytes: int = 0
 
 
 @dataclass
 class GGUFReport:
     src: str
     dst: str
-    src_version: int
+    src_version: int  # a Hugging Face folder's: 1 (fp32 rows, as import writes)
     kind: str  # --type
     tokenizer: str
     out_bytes: int
     notes: list = field(default_factory=list)
     kinds: dict = field(default_factory=dict)  # llama2.c name -> KindError, in file order
+    types: dict = field(default_factory=dict)  # GGUF type name -> TypeTotal
     seconds: float = 0.0
+    threads: int = 1
 
 
 def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, int]:
@@ -76,15 +108,37 @@ def _pad(n: int, align: int) -> int:
     return -n % align
 
 
-def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
-                force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES) -> GGUFReport:
-    """Write llama2.c checkpoint `src` as GGUF `dst` with matrices of `kind` ("f32", "f16",
-    "q8_0"; default q8_0 for a version 2 input, else f32). `progress(done, total)` gets
-    the weights converted so far and in all, in bytes of float32."""
+def _note(gnames: list, planned, qtype, cols: int) -> str:
+    """Why tensors `gnames` are `qtype`, not `planned`."""
     import gguf
+    block = gguf.GGML_QUANT_SIZES[planned][0]
+    one = len(gnames) == 1
+    why = (f"{'its' if one else 'their'} rows of {cols} values are not whole {planned.name} "
+           f"blocks of {block}")
+    what = ", ".join(gnames)
+    if qtype.name == "F16" and planned.name == "Q8_0":
+        return f"{what} {'stays' if one else 'stay'} F16: {why} (as llama.cpp's converters fall back)"
+    if planned.name in ("Q4_K", "Q5_K") and qtype.name == "Q8_0":
+        how = ("llama-quantize would use Q5_0 or Q5_1 there, types qllama does not write; "
+               "Q8_0 has the same blocks of 32 and more bits")
+    else:
+        how = "as llama-quantize falls back"
+    return f"{what} {'is' if one else 'are'} {qtype.name}, not {planned.name}: {why} ({how})"
 
+
+def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
+                force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
+                threads: int | None = None, importance: dict | None = None) -> GGUFReport:
+    """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
+    reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
+    "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
+    input, else f32). `progress(done, total)` gets the weights converted so far and in
+    all, in bytes of float32. NaN and Inf weights are refused, naming the tensor.
+    `importance` (quant.imatrix: {(name, layer): (cols,)}) weights the k-quants' fit
+    as llama-quantize --imatrix."""
     src, dst = os.fspath(src), os.fspath(dst)
-    with Llama2cReader(src) as reader:
+    threads = resolve_threads(threads)
+    with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
         config = reader.config
         kind = kind or ("q8_0" if config.version == 2 else "f32")
         if kind not in gguf_format.TYPES:
@@ -93,27 +147,33 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         if not tok_path:
             raise UsageError(f"{src}: no tokenizer.model or tokenizer.bin beside it; a GGUF file "
                              "carries its vocabulary: pass one with -z/--tokenizer")
-        check_output_path(dst, force, (src, tok_path))
+        check_output_path(dst, force, (*reader.inputs, tok_path))
         from ..tokenizer import load_tokenizer
         tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
 
         entries = reader.weights()
-        report = GGUFReport(src, dst, config.version, kind, tok_path, 0)
-        tensors, fallback = [], {}
+        report = GGUFReport(src, dst, config.version, kind, tok_path, 0, threads=threads)
+        has_output = any(e.name == "output" for e in entries)
+        tensors, notes = [], {}
         for e in entries:
-            qtype = gguf_format.tensor_type(e.shape, kind)
+            planned = gguf_format.planned_type(e.name, e.layer, e.shape[-1], kind,
+                                               config.n_layers, has_output)
+            qtype = gguf_format.tensor_type(planned, e.shape)
             gname = gguf_format.tensor_name(e.name, e.layer)
-            tensors.append((gname, e.shape, qtype, gguf_format.nbytes(e.shape, qtype)))
-            k = report.kinds.setdefault(e.name, KindError(gguf_format.tensor_name(e.name, "N"),
-                                                          qtype.name))
+            nbytes = gguf_format.nbytes(e.shape, qtype)
+            tensors.append((gname, e.shape, qtype, nbytes))
+            k = report.kinds.setdefault(e.name, KindError(gguf_format.tensor_name(e.name, "N")))
             k.count += 1
-            if qtype == gguf_format.FALLBACK and kind == "q8_0":
-                fallback[e.name] = e.shape[-1]
-        for name, cols in fallback.items():
-            report.notes.append(
-                f"{report.kinds[name].gguf_name} stays F16: its rows of {cols} values are not "
-                f"whole Q8_0 blocks of {gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]}"
-                " (as llama.cpp's converters fall back)")
+            k.types[qtype.name] = k.types.get(qtype.name, 0) + 1
+            total = report.types.setdefault(qtype.name, TypeTotal())
+            total.tensors += 1
+            total.weights += e.numel
+            total.nbytes += nbytes
+            if len(e.shape) > 1 and qtype != planned:
+                names = notes.setdefault((planned, qtype, e.shape[-1]), [])
+                if k.gguf_name not in names:
+                    names.append(k.gguf_name)
+        report.notes.extend(_note(names, *key) for key, names in notes.items())
         name = os.path.splitext(os.path.basename(src))[0]
         meta, align = _metadata(config, kind, tok, name, tensors)
         offsets, at = [], len(meta) + _pad(len(meta), align)
@@ -131,15 +191,25 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         total = sum(e.numel for e in entries)
         done = 0
         t0 = time.perf_counter()
-        with atomic_output(dst, force, (src, tok_path)) as f, QueuedWriter(
+        with atomic_output(dst, force, (*reader.inputs, tok_path)) as f, QueuedWriter(
                 f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
             with reader.chunks(plan) as chunks:
                 for (e, r0, r1, qtype, offset, nbytes), w in chunks:
-                    data = gguf.quants.quantize(w, qtype)
-                    back = gguf.quants.dequantize(data, qtype).reshape(w.shape)
+                    if not np.isfinite(w).all():
+                        raise _non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
+                                          tensor_label)
                     k = report.kinds[e.name]
-                    k.max_err = max(k.max_err, float(np.abs(back - w).max()))
+                    if qtype.name == "F32":
+                        data = w
+                    else:  # and measure what quantizing cost
+                        t = BY_GGUF[qtype]
+                        imp = (importance or {}).get((e.name, e.layer))
+                        data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
+                        diff = t.dequantize(data, w.shape) - w
+                        k.max_err = max(k.max_err, float(np.abs(diff).max()))
+                        k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+                    k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
                     out.pwrite(data, offset + nbytes * r0 // e.shape[0])
                     if r1 == e.shape[0]:
                         out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)

@@ -202,6 +202,53 @@ def _reads(plan: list, step: int):
             os.close(fd)
 
 
+class HFReader:
+    """A Hugging Face folder read as interop.rows.Llama2cReader reads a llama2.c file,
+    for the GGUF writer: the llama2.c layout's tensors (q/k rows back in Meta's
+    order) in chunks of whole rows (whole heads for q/k) as float32, read a thread
+    ahead with pread. Checked as import checks (config.json and every tensor header)
+    when made; `inputs` are every file it reads."""
+
+    def __init__(self, folder: str):
+        self.path = os.fspath(folder)
+        self.config = hf.read_config(self.path)
+        self.inputs, wmap = input_files(self.path)
+        self.sources = scan(self.path, self.config, wmap)
+
+    def close(self) -> None:
+        pass  # the shards are opened chunk by chunk (_reads)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def weights(self) -> list[Entry]:
+        return llama2c.layout(self.config)
+
+    def row_step(self, e: Entry, chunk_bytes: int = CHUNK_BYTES) -> int:
+        cols = e.numel // e.shape[0]
+        unit = self.config.head_size if e.name in hf.PERMUTED else 1
+        return max(unit, chunk_bytes // (4 * cols) // unit * unit)
+
+    def chunks(self, plan):
+        """(job, rows (r1 - r0, cols) float32) for each job (entry, r0, r1, ...); a
+        context manager (leaving it stops the reading thread)."""
+        return contextlib.closing(self._chunks(plan))
+
+    def _chunks(self, plan):
+        reads = [(e, r0 * (e.numel // e.shape[0]), self.sources[(e.name, e.layer)], r0, r1)
+                 for e, r0, r1, *_ in plan]
+        step = max((r1 - r0) * (e.numel // e.shape[0]) for e, _, _, r0, r1 in reads)
+        buf = np.empty(step, np.float32)  # converted into as the caller asks: done with it
+        with contextlib.closing(prefetch(_reads(reads, step), depth=2)) as chunks:
+            for job, (chunk, raw) in zip(plan, chunks):
+                e, r0, r1 = job[:3]
+                w = _read(chunk, self.config, raw, buf)
+                yield job, w.reshape((r1 - r0, -1) if len(e.shape) > 1 else (r1 - r0,))
+
+
 def _same_bytes(path: str, data: bytes) -> bool:
     try:
         st = os.stat(path)

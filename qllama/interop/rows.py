@@ -21,6 +21,7 @@ from ..io.inputs import read_exact
 class Llama2cReader:
     def __init__(self, path: str):
         self.path = os.fspath(path)
+        self.inputs = [self.path]  # every file read
         self.fd, self.config = open_input(self.path)
         self.entries = layout(self.config)
 
@@ -69,10 +70,11 @@ class Llama2cReader:
 
 
 def resolve_tokenizer(src: str, tokenizer: str | None) -> str:
-    """The given tokenizer, else tokenizer.model or tokenizer.bin beside the model."""
+    """The given tokenizer, else tokenizer.model or tokenizer.bin beside the model (in
+    it, for a Hugging Face folder)."""
     if tokenizer is not None:
         return os.fspath(tokenizer)
-    folder = os.path.dirname(os.path.abspath(src))
+    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     for name in ("tokenizer.model", "tokenizer.bin"):
         path = os.path.join(folder, name)
         if os.path.isfile(path):

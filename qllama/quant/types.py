@@ -5,7 +5,8 @@ A type is described once: its GGUF id (`gguf.GGMLQuantizationType`), the values 
 block and the bytes per block (GGUF's block layouts, `gguf.constants.GGML_QUANT_SIZES`),
 and its number in the kernel table (`kernel_id`, kernels.h's `qllama_type`). A
 matrix of a block type is rows of whole blocks, row-major, read in place from a map
-(`BlockTensor`).
+(`BlockTensor`). A type quantizes float32 rows to its blocks with llama.cpp's bytes
+and dequantizes them (`QType.quantize`, `QType.dequantize`).
 
 llama2.c's version-2 Q8_0 (int8 values of the whole tensor, then fp32 scales per
 group of any size) is not a block type: it keeps its own reader (formats.llama2c).
@@ -30,6 +31,25 @@ class QType:
     def row_bytes(self, cols: int) -> int:
         """Bytes of a row of `cols` values (cols a multiple of the block)."""
         return cols // self.block * self.nbytes
+
+    def quantize(self, rows: np.ndarray, threads: int = 1,
+                 importance: np.ndarray | None = None) -> np.ndarray:
+        """Finite float32 rows (n, cols) → (n, row_bytes(cols)) uint8 blocks: llama.cpp's
+        reference bytes (with `importance`, (cols,): llama-quantize --imatrix's), by
+        the C quantizers (_kernels.quantize_blocks; their numpy specification is
+        quant.blocks)."""
+        from .._kernels.quantize_blocks import quantize_rows
+        rows = np.ascontiguousarray(rows, np.float32)
+        out = np.empty((rows.shape[0], self.row_bytes(rows.shape[1])), np.uint8)
+        if importance is not None:
+            importance = np.ascontiguousarray(importance, np.float32)
+        quantize_rows(self.name, rows, out, threads, importance)
+        return out
+
+    def dequantize(self, data: np.ndarray, shape: tuple) -> np.ndarray:
+        """Blocks → float32 of `shape` (quant.blocks: gguf.quants' values)."""
+        from .blocks import dequantize
+        return dequantize(self.name, data, shape)
 
 
 def _t(name: str, kernel_id: int) -> QType:
