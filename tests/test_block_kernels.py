@@ -213,6 +213,10 @@ def edge_cases():
             t = make_blocks(name, rows, block * nblocks, rng, extreme=rows == 7)
             for T in (1, 5):
                 cases.append(harness.BlockCase(t, acts(T, t.shape[1], rng)))
+        if TYPES[name].block == 1:  # fp32's 16-lane order: tails of 1..15 values
+            for rows, cols in ((5, 37), (9, 1), (4, 15), (6, 16)):
+                cases.append(harness.BlockCase(make_blocks(name, rows, cols, rng),
+                                               acts(3, cols, rng)))
     return cases
 
 
@@ -225,7 +229,8 @@ def block_cases(draw, max_rows=40):
     block = max(TYPES[name].block, 32)
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     rows = draw(st.integers(1, max_rows))
-    cols = block * draw(st.integers(1, 4 if block == 256 else 20))
+    cols = (draw(st.integers(1, 200)) if TYPES[name].block == 1
+            else block * draw(st.integers(1, 4 if block == 256 else 20)))
     T = draw(st.integers(1, 6))
     return harness.BlockCase(make_blocks(name, rows, cols, rng, draw(st.booleans())),
                              acts(T, cols, rng))

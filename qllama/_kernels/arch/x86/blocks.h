@@ -1,0 +1,342 @@
+/* GGUF block types, part of x86.c (every variant): one token through four weight rows
+ * per pass, in kernels.h's order, straight from the mapped file. A pass takes 256
+ * values (eight groups of 32: float lane j of the accumulator is group j) and shares
+ * what depends on the token alone among its four rows: the activation sums a type's
+ * offset or minimum needs, and the group scales xs. Per group of a row:
+ * - weights as unsigned bytes against signed activations, into int32 lanes:
+ *   vpmaddubsw + vpmaddwd (avx2), vpdpbusd (VNNI). Nibbles and 6-bit values are
+ *   unsigned already: a vpmaddubsw pair is at most 2 * 63 * 127, no saturation.
+ *   q8_0 has signed weights: |w| against sign(w) x as decode.h does (avx2; a pair is
+ *   at most 2 * 128 * 127 < 2^15), or (w + 128) . x less 128 * sum(x) (VNNI).
+ * - offsets inside int16 pairs where they fit: q6_k's (q - 32) x as q x - 32 x
+ *   (at most 16002 + 8128 per pair), q4_0's (q - 8) x likewise.
+ * - the eight groups' int32 lanes summed exactly by one transposed reduction (sum8),
+ *   then the integer scale products and the float ones, eight groups a vector.
+ * Each pass prefetches the next four rows' bytes for its 256 values, as decode.h
+ * does (the four rows are one contiguous stream here too).
+ * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
+ * whose rows end inside a pass take the pass with the missing groups' lanes kept.
+ */
+
+#define BI static inline __attribute__((always_inline))
+
+/* lane j = the exact sum of v[j]'s eight int32 lanes */
+BI __m256i sum8(const __m256i v[8]) {
+    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* unsigned bytes u . signed bytes s, four products an int32 lane */
+BI __m256i dot_us(__m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+BI __m256i load32(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* 32 values from 16 bytes of nibbles: low nibbles first (q4_0, q4_1) */
+BI __m256i nibbles16(const uint8_t *p) {
+    __m128i q = _mm_loadu_si128((const __m128i *)p), low = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
+}
+
+/* the next pass's bytes of these rows, [at, at + len) of the four-row stream at next */
+BI void prefetch_stream(const uint8_t *next, ptrdiff_t at, ptrdiff_t len) {
+    for (ptrdiff_t o = at; o < at + len; o += 64) _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+}
+
+/* the fp16 at p widened (exactly) and broadcast */
+BI __m256 f16_set1(const uint8_t *p) {
+    return _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(qllama_le16(p))));
+}
+
+/* ---- k-quants: 256 values a block ---------------------------------------------- */
+
+/* q4_k / q5_k 6-bit scales and mins (block_types.h's layout) as int32 lanes j */
+BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
+    uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
+    *sc = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu)));
+    *mn = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu)));
+}
+
+/* out[r] for the 4 q4_k (q5 0) or q5_k (q5 1) rows at w, rb bytes apart */
+BI void qk_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                float *out, const int q5) {
+    const ptrdiff_t bb = q5 ? 176 : 144, qs = q5 ? QLLAMA_Q5K_QS : QLLAMA_Q4K_QS;
+    const __m256i low = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16), ones = _mm256_set1_epi8(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (ptrdiff_t b = 0; b < n / 256; b++) {
+        prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+        const int8_t *x = xq + 256 * b;
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(ones, load32(x + 32 * j));
+        const __m256i xsum = sum8(v);  /* sum(xq) of each group */
+        const __m256 xs8 = _mm256_loadu_ps(xs + 8 * b);
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *blk = w + r * rb + b * bb;
+            __m256i qh = q5 ? load32(blk + QLLAMA_Q5K_QH) : _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i q = load32(blk + qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+                if (q5) {  /* bit j of qh to bit 4 of sub-block j's values, j = 2c, 2c + 1 */
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(
+                        2 * c <= 4 ? _mm256_slli_epi16(qh, 4 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 4), bit4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(
+                        2 * c + 1 <= 4 ? _mm256_slli_epi16(qh, 3 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 3), bit4));
+                }
+                v[2 * c] = dot_us(lo, load32(x + 64 * c));
+                v[2 * c + 1] = dot_us(hi, load32(x + 64 * c + 32));
+            }
+            __m256i sc, mn;
+            k_scales8(blk + QLLAMA_Q4K_SCALES, &sc, &mn);
+            __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
+            __m256 d = _mm256_mul_ps(_mm256_moveldup_ps(dm), xs8);
+            __m256 dmin = _mm256_mul_ps(_mm256_movehdup_ps(dm), xs8);
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(sum8(v), sc)), d));
+            acc[r] = _mm256_sub_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(xsum, mn)), dmin));
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    qk_dot4(w, rb, n, xq, xs, out, 0);
+}
+
+static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    qk_dot4(w, rb, n, xq, xs, out, 1);
+}
+
+/* q6_k: the (q - 32) x of a group's 16-value halves go to int32 lanes 0-3 and 4-7;
+ * one reduction of four groups leaves [first halves | second halves], which take
+ * their scales in int32 and are added. */
+static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    const __m256i low = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i k32 = _mm256_set1_epi8(32), one16 = _mm256_set1_epi16(1);
+    /* scales 0, 2, 4, 6, 1, 3, 5, 7 (then + 8) as the reduction leaves the halves */
+    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (ptrdiff_t b = 0; b < n / 256; b++) {
+        prefetch_stream(w + 4 * rb, 4 * 210 * b, 4 * 210);
+        const int8_t *x = xq + 256 * b;
+        __m256i x32[8];  /* 32 x in int16 pairs: the offset's part */
+        for (int j = 0; j < 8; j++) x32[j] = _mm256_maddubs_epi16(k32, load32(x + 32 * j));
+        const __m256 xs8 = _mm256_loadu_ps(xs + 8 * b);
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *blk = w + r * rb + b * 210;
+            __m256i v[8];
+            for (int h = 0; h < 2; h++) {
+                __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32);
+                __m256i qh = load32(blk + QLLAMA_Q6K_QH + 32 * h), q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), top));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), top));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(qh, top));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), top));
+                for (int k = 0; k < 4; k++) {
+                    int j = 4 * h + k;
+                    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], load32(x + 32 * j)), x32[j]);
+                    v[j] = _mm256_madd_epi16(p, one16);
+                }
+            }
+            __m128i s = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + QLLAMA_Q6K_SCALES)), order);
+            __m256i t[2];
+            for (int g = 0; g < 2; g++) {
+                __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4 * g], v[4 * g + 1]),
+                                              _mm256_hadd_epi32(v[4 * g + 2], v[4 * g + 3]));
+                t[g] = _mm256_mullo_epi32(u, _mm256_cvtepi8_epi32(g ? _mm_srli_si128(s, 8) : s));
+            }
+            __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
+                                            _mm256_permute2x128_si256(t[0], t[1], 0x31));
+            __m256 d = _mm256_mul_ps(f16_set1(blk + QLLAMA_Q6K_D), xs8);
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+/* ---- 32-value blocks: eight a pass ------------------------------------------------- */
+
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type), ng groups a row; a last
+ * pass of k < 8 groups reads only its k blocks and keeps lanes k..7 as they are. */
+BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                 float *out, const int type) {
+    const ptrdiff_t bb = type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20, ng = n / 32;
+    const __m256i ones = _mm256_set1_epi8(1), k8 = _mm256_set1_epi8(8);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (ptrdiff_t g0 = 0; g0 < ng; g0 += 8) {
+        const int k = ng - g0 < 8 ? (int)(ng - g0) : 8;
+        prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+        const int8_t *x = xq + 32 * g0;
+        __m256i xv[8], v[8];
+        float xsk[8] = {0};
+        for (int j = 0; j < 8; j++) xv[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
+        for (int j = 0; j < k; j++) xsk[j] = xs[g0 + j];
+        const __m256 xs8 = _mm256_loadu_ps(xsk);
+        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        __m256i xsum = _mm256_setzero_si256();
+        if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
+            for (int j = 0; j < 8; j++) v[j] = dot_us(ones, xv[j]);
+            xsum = sum8(v);
+        }
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *blk = w + r * rb + g0 * bb;
+            uint16_t dh[8] = {0}, mh[8] = {0};
+            for (int j = 0; j < 8; j++) {
+                if (j >= k) {
+                    v[j] = _mm256_setzero_si256();
+                    continue;
+                }
+                const uint8_t *p = blk + j * bb;
+                dh[j] = qllama_le16(p);
+                if (type == QLLAMA_GQ8_0) {
+                    __m256i q = load32(p + 2);
+#if VNNI
+                    v[j] = dot_us(_mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)), xv[j]);
+#else
+                    v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv[j], q)),
+                                             _mm256_set1_epi16(1));
+#endif
+                } else if (type == QLLAMA_Q4_0) {
+                    __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles16(p + 2), xv[j]),
+                                                   _mm256_maddubs_epi16(k8, xv[j]));
+                    v[j] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                } else {
+                    mh[j] = qllama_le16(p + 2);
+                    v[j] = dot_us(nibbles16(p + 4), xv[j]);
+                }
+            }
+            __m256i isum = sum8(v);
+            if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum, 7));
+            __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh)), xs8);
+            __m256 a = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+            if (type == QLLAMA_Q4_1) {
+                __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh)), xs8);
+                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum), m));
+            }
+            acc[r] = _mm256_blendv_ps(acc[r], a, keep);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                      const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_GQ8_0);
+}
+
+static void q40_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_0);
+}
+
+static void q41_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_1);
+}
+
+/* ---- f16, bf16: widened exactly, then f32_dot4's order ------------------------------ */
+
+BI __m256 widen8(const uint8_t *p, const int bf) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+              : _mm256_cvtph_ps(h);
+}
+
+/* out[r] = w_r . x for the 4 rows of n halves at w (bf: bf16, else f16) */
+BI void half_dot4(const uint8_t *w, ptrdiff_t n, const float *x, float *out, const int bf) {
+    const ptrdiff_t rb = 2 * n;
+    __m256 a[4], b[4];
+    for (int r = 0; r < 4; r++) a[r] = b[r] = _mm256_setzero_ps();
+    ptrdiff_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        prefetch_stream(w + 4 * rb, 8 * j, 128);
+        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+        for (int r = 0; r < 4; r++) {
+            a[r] = _mm256_fmadd_ps(widen8(w + r * rb + 2 * j, bf), x0, a[r]);
+            b[r] = _mm256_fmadd_ps(widen8(w + r * rb + 2 * j + 16, bf), x1, b[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(_mm256_add_ps(a[r], b[r]));
+    for (; j < n; j++)
+        for (int r = 0; r < 4; r++)
+            out[r] = fmaf(bf ? qllama_bf16_at(w + r * rb + 2 * j) : qllama_f16_at(w + r * rb + 2 * j),
+                          x[j], out[r]);
+}
+
+BI void half_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                  float *out, ptrdiff_t out_stride, const int bf) {
+    ptrdiff_t n = m->cols, r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t = 0; t < x->T; t++) {
+            float o[4];
+            half_dot4(m->blocks + r * 2 * n, n, x->x + t * x->x_stride, o, bf);
+            memcpy(out + t * out_stride + r, o, sizeof o);
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+static void f16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 0);
+}
+
+static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                        float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 1);
+}
+
+/* ---- row drivers: four rows a pass, each token in turn; the last rows generic's ---- */
+
+typedef void (*dot4_fn)(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                        const float *xs, float *out);
+
+BI void block_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                   float *out, ptrdiff_t out_stride, dot4_fn dot4) {
+    ptrdiff_t n = m->cols, rb = n / qllama_block_values[m->type] * qllama_block_bytes[m->type], r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t = 0; t < x->T; t++) {
+            float o[4];
+            dot4(m->blocks + r * rb, rb, n, x->q + t * n, x->s + t * (n / 32), o);
+            memcpy(out + t * out_stride + r, o, sizeof o);
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+#define BLOCK_MATMUL(name, dot4)                                                              \
+    static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
+                     float *out, ptrdiff_t out_stride) {                                      \
+        block_rows(m, r0, r1, x, out, out_stride, dot4);                                      \
+    }
+BLOCK_MATMUL(gq80_matmul, gq80_dot4)
+BLOCK_MATMUL(q40_matmul, q40_dot4)
+BLOCK_MATMUL(q41_matmul, q41_dot4)
+BLOCK_MATMUL(q4k_matmul, q4k_dot4)
+BLOCK_MATMUL(q5k_matmul, q5k_dot4)
+BLOCK_MATMUL(q6k_matmul, q6k_dot4)
+#undef BLOCK_MATMUL
+
+#define BLOCK_MATMULS                                                                   \
+    [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
+    [QLLAMA_GQ8_0] = gq80_matmul, [QLLAMA_Q4_0] = q40_matmul, [QLLAMA_Q4_1] = q41_matmul, \
+    [QLLAMA_Q4_K] = q4k_matmul, [QLLAMA_Q5_K] = q5k_matmul, [QLLAMA_Q6_K] = q6k_matmul
