@@ -174,69 +174,85 @@ static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *
 
 /* ---- 32-value blocks: eight a pass ------------------------------------------------- */
 
-/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type), ng groups a row; a last
- * pass of k < 8 groups reads only its k blocks and keeps lanes k..7 as they are. */
+/* the fp16 at p + 0, bb, ..., (k - 1) bb widened, lanes k..7 zero */
+BI __m256 f16_gather8(const uint8_t *p, ptrdiff_t bb, const int k) {
+    __m128i h = _mm_setzero_si128();
+#define LANE(j) if (j < k) h = _mm_insert_epi16(h, qllama_le16(p + (j) * bb), j);
+    LANE(0) LANE(1) LANE(2) LANE(3) LANE(4) LANE(5) LANE(6) LANE(7)
+#undef LANE
+    return _mm256_cvtph_ps(h);
+}
+
+/* One pass of k <= 8 groups (g0 on) of the 4 q8_0, q4_0 or q4_1 rows at w into acc;
+ * a pass of k < 8 (a row's end) reads only its k blocks and keeps lanes k..7. */
+BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
+                 __m256 acc[4], const int type, const int k) {
+    const ptrdiff_t bb = type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20;
+    const __m256i ones = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    const int8_t *x = xq + 32 * g0;
+    __m256i xv[8], v[8], x8[8];
+    for (int j = 0; j < 8; j++) xv[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
+    __m256 xs8;
+    if (k == 8) {
+        xs8 = _mm256_loadu_ps(xs + g0);
+    } else {
+        float xsk[8] = {0};
+        for (int j = 0; j < k; j++) xsk[j] = xs[g0 + j];
+        xs8 = _mm256_loadu_ps(xsk);
+    }
+    __m256i xsum = _mm256_setzero_si256();
+    if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
+        for (int j = 0; j < 8; j++) v[j] = dot_us(ones, xv[j]);
+        xsum = sum8(v);
+    }
+    if (type == QLLAMA_Q4_0)  /* 8 x in int16 pairs: the offset's part */
+        for (int j = 0; j < 8; j++) x8[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[j]);
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *blk = w + r * rb + g0 * bb;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *p = blk + j * bb;
+            if (j >= k) {
+                v[j] = _mm256_setzero_si256();
+            } else if (type == QLLAMA_GQ8_0) {
+                __m256i q = load32(p + 2);
+#if VNNI
+                v[j] = dot_us(_mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)), xv[j]);
+#else
+                v[j] = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv[j], q)), one16);
+#endif
+            } else if (type == QLLAMA_Q4_0) {
+                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles16(p + 2), xv[j]), x8[j]);
+                v[j] = _mm256_madd_epi16(p16, one16);
+            } else {
+                v[j] = dot_us(nibbles16(p + 4), xv[j]);
+            }
+        }
+        __m256i isum = sum8(v);
+        if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+            isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum, 7));
+        __m256 d = _mm256_mul_ps(f16_gather8(blk, bb, k), xs8);
+        __m256 a = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+        if (type == QLLAMA_Q4_1)
+            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum),
+                                               _mm256_mul_ps(f16_gather8(blk + 2, bb, k), xs8)));
+        if (k < 8)
+            a = _mm256_blendv_ps(acc[r], a, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+        acc[r] = a;
+    }
+}
+
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type) */
 BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
                  float *out, const int type) {
-    const ptrdiff_t bb = type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20, ng = n / 32;
-    const __m256i ones = _mm256_set1_epi8(1), k8 = _mm256_set1_epi8(8);
+    const ptrdiff_t ng = n / 32;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
-    for (ptrdiff_t g0 = 0; g0 < ng; g0 += 8) {
-        const int k = ng - g0 < 8 ? (int)(ng - g0) : 8;
-        prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
-        const int8_t *x = xq + 32 * g0;
-        __m256i xv[8], v[8];
-        float xsk[8] = {0};
-        for (int j = 0; j < 8; j++) xv[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
-        for (int j = 0; j < k; j++) xsk[j] = xs[g0 + j];
-        const __m256 xs8 = _mm256_loadu_ps(xsk);
-        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-            _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-        __m256i xsum = _mm256_setzero_si256();
-        if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
-            for (int j = 0; j < 8; j++) v[j] = dot_us(ones, xv[j]);
-            xsum = sum8(v);
-        }
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *blk = w + r * rb + g0 * bb;
-            uint16_t dh[8] = {0}, mh[8] = {0};
-            for (int j = 0; j < 8; j++) {
-                if (j >= k) {
-                    v[j] = _mm256_setzero_si256();
-                    continue;
-                }
-                const uint8_t *p = blk + j * bb;
-                dh[j] = qllama_le16(p);
-                if (type == QLLAMA_GQ8_0) {
-                    __m256i q = load32(p + 2);
-#if VNNI
-                    v[j] = dot_us(_mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)), xv[j]);
-#else
-                    v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv[j], q)),
-                                             _mm256_set1_epi16(1));
-#endif
-                } else if (type == QLLAMA_Q4_0) {
-                    __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles16(p + 2), xv[j]),
-                                                   _mm256_maddubs_epi16(k8, xv[j]));
-                    v[j] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-                } else {
-                    mh[j] = qllama_le16(p + 2);
-                    v[j] = dot_us(nibbles16(p + 4), xv[j]);
-                }
-            }
-            __m256i isum = sum8(v);
-            if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
-                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum, 7));
-            __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh)), xs8);
-            __m256 a = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
-            if (type == QLLAMA_Q4_1) {
-                __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh)), xs8);
-                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum), m));
-            }
-            acc[r] = _mm256_blendv_ps(acc[r], a, keep);
-        }
-    }
+    ptrdiff_t g0 = 0;
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
