@@ -8,10 +8,12 @@
  *                           with VNNI dot products as "avxvnni" (256-bit, client
  *                           chips) and, with an AVX-512 VNNI GEMM, as "avx512vnni";
  *                           it assembles the tables from headers by job beside it
- *                           (quantize.h, decode.h, gemm256.h, gemm512.h, attention.h)
+ *                           (quantize.h, decode.h, blocks.h, gemm256.h, gemm512.h,
+ *                           attention.h)
  *   arch/x86/amx.h          "amx" (x86.c with AMX flags): AMX-INT8 tiles for prefill,
  *                           avx512vnni otherwise
  *   arch/rows.h             row drivers x86.c and neon.c share
+ *   block_types.h           GGUF's block layouts unpacked in plain C
  *   arch/arm/neon.c         NEON; with sdot (dotprod) as "dotprod"
  *
  * Each variant is its own translation unit compiled with its own target flags
