@@ -322,35 +322,12 @@ static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, cons
     half_rows(m, r0, r1, x, out, out_stride, 1);
 }
 
-/* ---- row drivers: four rows a pass, each token in turn; the last rows generic's ---- */
-
-typedef void (*dot4_fn)(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                        const float *xs, float *out);
-
-BI void block_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                   float *out, ptrdiff_t out_stride, dot4_fn dot4) {
-    ptrdiff_t n = m->cols, rb = n / qllama_block_values[m->type] * qllama_block_bytes[m->type], r = r0;
-    for (; r + 4 <= r1; r += 4)
-        for (ptrdiff_t t = 0; t < x->T; t++) {
-            float o[4];
-            dot4(m->blocks + r * rb, rb, n, x->q + t * n, x->s + t * (n / 32), o);
-            memcpy(out + t * out_stride + r, o, sizeof o);
-        }
-    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
-}
-
-#define BLOCK_MATMUL(name, dot4)                                                              \
-    static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
-                     float *out, ptrdiff_t out_stride) {                                      \
-        block_rows(m, r0, r1, x, out, out_stride, dot4);                                      \
-    }
 BLOCK_MATMUL(gq80_matmul, gq80_dot4)
 BLOCK_MATMUL(q40_matmul, q40_dot4)
 BLOCK_MATMUL(q41_matmul, q41_dot4)
 BLOCK_MATMUL(q4k_matmul, q4k_dot4)
 BLOCK_MATMUL(q5k_matmul, q5k_dot4)
 BLOCK_MATMUL(q6k_matmul, q6k_dot4)
-#undef BLOCK_MATMUL
 
 #define BLOCK_MATMULS                                                                   \
     [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
