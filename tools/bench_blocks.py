@@ -81,17 +81,19 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="4096x11008,11008x4096", help="rows x cols, ...")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=1, help="a block of tokens (prefill)")
     ap.add_argument("--gs", type=int, default=64, help="the llama2.c Q8_0 group size")
     ap.add_argument("--cache-mb", type=int, default=96, help="copies to exceed this")
     args = ap.parse_args(argv)
     k = Kernels(args.variant)
     rng = np.random.default_rng(0)
     print(f"variant {args.variant} on {platform.processor() or platform.machine()}; "
-          f"one token, median of {args.reps}")
-    print(f"{'shape':>11} {'type':>6} {'thr':>3} {'ms':>8} {'GB/s':>6} {'vs Q8_0':>8} {'spread':>6}")
+          f"{args.tokens} token(s) a matmul, median of {args.reps}")
+    print(f"{'shape':>11} {'type':>6} {'thr':>3} {'ms':>8} {'GB/s':>6} {'vs Q8_0':>8} {'spread':>6}"
+          "  (GB/s: weight bytes / time)")
     for shape in args.shapes.split(","):
         rows, cols = map(int, shape.split("x"))
-        x = rng.normal(size=(1, cols)).astype(np.float32)
+        x = rng.normal(size=(args.tokens, cols)).astype(np.float32)
         base = {}
         for name in ["llama2c-q8_0", *args.types.split(",")]:
             first = make_tensor(name, rows, cols, args.gs, rng)

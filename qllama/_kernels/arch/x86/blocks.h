@@ -71,42 +71,120 @@ BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn) {
     *mn = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu)));
 }
 
-/* out[r] for the 4 q4_k (q5 0) or q5_k (q5 1) rows at w, rb bytes apart */
-BI void qk_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                float *out, const int q5) {
-    const ptrdiff_t bb = q5 ? 176 : 144, qs = q5 ? QLLAMA_Q5K_QS : QLLAMA_Q4K_QS;
-    const __m256i low = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16), ones = _mm256_set1_epi8(1);
+/* A k-quant row's super-block unpacked (once for every token of a block): values as
+ * unsigned bytes, group j in q[j]; q4_k / q5_k scales and mins of group j as int32
+ * lanes (s[0], s[1]); q6_k's scales of the first halves of groups 0-3 then their
+ * second halves (s[0]), the same for groups 4-7 (s[1]), as q6k_step reduces them. */
+typedef struct {
+    __m256i q[8], s[2];
+    __m256 d, dmin;  /* broadcast */
+} kq_block;
+
+/* One token's 256 activations and what every row shares of them: the group sums
+ * (q4_k, q5_k: the mins' part) or 32 x in int16 pairs (q6_k: the offset's part). */
+typedef struct {
+    __m256i x[8], x32[8], xsum;
+    __m256 xs;
+} kq_acts;
+
+BI void kq_unpack(const uint8_t *blk, kq_block *u, const int type) {
+    const __m256i low = _mm256_set1_epi8(15);
+    if (type == QLLAMA_Q6_K) {
+        const __m256i top = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32);
+            __m256i qh = load32(blk + QLLAMA_Q6K_QH + 32 * h);
+            u->q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, low),
+                                          _mm256_and_si256(_mm256_slli_epi16(qh, 4), top));
+            u->q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, low),
+                                              _mm256_and_si256(_mm256_slli_epi16(qh, 2), top));
+            u->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                                              _mm256_and_si256(qh, top));
+            u->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                              _mm256_and_si256(_mm256_srli_epi16(qh, 2), top));
+        }
+        /* scales 0, 2, 4, 6, 1, 3, 5, 7 (then + 8): the halves as the reduction leaves them */
+        const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+        __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + QLLAMA_Q6K_SCALES)), order);
+        u->s[0] = _mm256_cvtepi8_epi32(sc);
+        u->s[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8));
+        u->d = f16_set1(blk + QLLAMA_Q6K_D);
+        return;
+    }
+    const int q5 = type == QLLAMA_Q5_K;
+    const ptrdiff_t qs = q5 ? QLLAMA_Q5K_QS : QLLAMA_Q4K_QS;
+    const __m256i bit4 = _mm256_set1_epi8(16);
+    __m256i qh = q5 ? load32(blk + QLLAMA_Q5K_QH) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i q = load32(blk + qs + 32 * c);
+        __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+        if (q5) {  /* bit j of qh to bit 4 of sub-block j's values, j = 2c, 2c + 1 */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(
+                2 * c <= 4 ? _mm256_slli_epi16(qh, 4 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 4), bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(
+                2 * c + 1 <= 4 ? _mm256_slli_epi16(qh, 3 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 3), bit4));
+        }
+        u->q[2 * c] = lo;
+        u->q[2 * c + 1] = hi;
+    }
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1]);
+    __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
+    u->d = _mm256_moveldup_ps(dm);
+    u->dmin = _mm256_movehdup_ps(dm);
+}
+
+BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int type) {
+    for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
+    a->xs = _mm256_loadu_ps(xs);
+    if (type == QLLAMA_Q6_K) {
+        for (int j = 0; j < 8; j++) a->x32[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), a->x[j]);
+    } else {
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+        a->xsum = sum8(v);
+    }
+}
+
+/* acc (lane j: group j) after one row's super-block against one token's */
+BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int type) {
+    __m256i v[8];
+    if (type == QLLAMA_Q6_K) {  /* (q - 32) x in int16 pairs; halves to lanes 0-3, 4-7 */
+        for (int j = 0; j < 8; j++)
+            v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x32[j]),
+                                     _mm256_set1_epi16(1));
+        __m256i t[2];
+        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+            t[g] = _mm256_mullo_epi32(_mm256_hadd_epi32(_mm256_hadd_epi32(v[4 * g], v[4 * g + 1]),
+                                                        _mm256_hadd_epi32(v[4 * g + 2], v[4 * g + 3])),
+                                      u->s[g]);
+        __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
+                                        _mm256_permute2x128_si256(t[0], t[1], 0x31));
+        return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    }
+    for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
+    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->xsum, u->s[1]);
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(u->dmin, a->xs)));
+}
+
+BI ptrdiff_t kq_bytes(const int type) {
+    return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
+}
+
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token */
+BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                float *out, const int type) {
+    const ptrdiff_t bb = kq_bytes(type);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     for (ptrdiff_t b = 0; b < n / 256; b++) {
         prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
-        const int8_t *x = xq + 256 * b;
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = dot_us(ones, load32(x + 32 * j));
-        const __m256i xsum = sum8(v);  /* sum(xq) of each group */
-        const __m256 xs8 = _mm256_loadu_ps(xs + 8 * b);
+        kq_acts a;
+        kq_acts_load(xq + 256 * b, xs + 8 * b, &a, type);
         for (int r = 0; r < 4; r++) {
-            const uint8_t *blk = w + r * rb + b * bb;
-            __m256i qh = q5 ? load32(blk + QLLAMA_Q5K_QH) : _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                __m256i q = load32(blk + qs + 32 * c);
-                __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-                if (q5) {  /* bit j of qh to bit 4 of sub-block j's values, j = 2c, 2c + 1 */
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(
-                        2 * c <= 4 ? _mm256_slli_epi16(qh, 4 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 4), bit4));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(
-                        2 * c + 1 <= 4 ? _mm256_slli_epi16(qh, 3 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 3), bit4));
-                }
-                v[2 * c] = dot_us(lo, load32(x + 64 * c));
-                v[2 * c + 1] = dot_us(hi, load32(x + 64 * c + 32));
-            }
-            __m256i sc, mn;
-            k_scales8(blk + QLLAMA_Q4K_SCALES, &sc, &mn);
-            __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
-            __m256 d = _mm256_mul_ps(_mm256_moveldup_ps(dm), xs8);
-            __m256 dmin = _mm256_mul_ps(_mm256_movehdup_ps(dm), xs8);
-            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(sum8(v), sc)), d));
-            acc[r] = _mm256_sub_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(xsum, mn)), dmin));
+            kq_block u;
+            kq_unpack(w + r * rb + b * bb, &u, type);
+            acc[r] = kq_step(acc[r], &u, &a, type);
         }
     }
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
@@ -114,62 +192,71 @@ BI void qk_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
 
 static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
                      const float *xs, float *out) {
-    qk_dot4(w, rb, n, xq, xs, out, 0);
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_K);
 }
 
 static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
                      const float *xs, float *out) {
-    qk_dot4(w, rb, n, xq, xs, out, 1);
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q5_K);
 }
 
-/* q6_k: the (q - 32) x of a group's 16-value halves go to int32 lanes 0-3 and 4-7;
- * one reduction of four groups leaves [first halves | second halves], which take
- * their scales in int32 and are added. */
 static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
                      const float *xs, float *out) {
-    const __m256i low = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
-    const __m256i k32 = _mm256_set1_epi8(32), one16 = _mm256_set1_epi16(1);
-    /* scales 0, 2, 4, 6, 1, 3, 5, 7 (then + 8) as the reduction leaves the halves */
-    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (ptrdiff_t b = 0; b < n / 256; b++) {
-        prefetch_stream(w + 4 * rb, 4 * 210 * b, 4 * 210);
-        const int8_t *x = xq + 256 * b;
-        __m256i x32[8];  /* 32 x in int16 pairs: the offset's part */
-        for (int j = 0; j < 8; j++) x32[j] = _mm256_maddubs_epi16(k32, load32(x + 32 * j));
-        const __m256 xs8 = _mm256_loadu_ps(xs + 8 * b);
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *blk = w + r * rb + b * 210;
-            __m256i v[8];
-            for (int h = 0; h < 2; h++) {
-                __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32);
-                __m256i qh = load32(blk + QLLAMA_Q6K_QH + 32 * h), q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), top));
-                q[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), top));
-                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(qh, top));
-                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), top));
-                for (int k = 0; k < 4; k++) {
-                    int j = 4 * h + k;
-                    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], load32(x + 32 * j)), x32[j]);
-                    v[j] = _mm256_madd_epi16(p, one16);
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q6_K);
+}
+
+/* A block of tokens (prefill): four rows' super-blocks unpacked once for up to KQ_T
+ * tokens, their accumulators in L1 meanwhile; the same steps as kq_dot4's. */
+#define KQ_T 16
+
+BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    if (x->T == 1) {
+        block_rows(m, r0, r1, x, out, out_stride, dot4);
+        return;
+    }
+    const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
+    ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
+            const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
+            const uint8_t *w = m->blocks + r * rb;
+            __m256 acc[KQ_T][4];
+            for (ptrdiff_t t = 0; t < tn; t++)
+                for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
+            for (ptrdiff_t b = 0; b < n / 256; b++) {
+                if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+                kq_block u[4];
+                for (int i = 0; i < 4; i++) kq_unpack(w + i * rb + b * bb, &u[i], type);
+                for (ptrdiff_t t = 0; t < tn; t++) {
+                    kq_acts a;
+                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, &a,
+                                 type);
+                    for (int i = 0; i < 4; i++) acc[t][i] = kq_step(acc[t][i], &u[i], &a, type);
                 }
             }
-            __m128i s = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + QLLAMA_Q6K_SCALES)), order);
-            __m256i t[2];
-            for (int g = 0; g < 2; g++) {
-                __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4 * g], v[4 * g + 1]),
-                                              _mm256_hadd_epi32(v[4 * g + 2], v[4 * g + 3]));
-                t[g] = _mm256_mullo_epi32(u, _mm256_cvtepi8_epi32(g ? _mm_srli_si128(s, 8) : s));
+            for (ptrdiff_t t = 0; t < tn; t++) {
+                float o[4];
+                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
+                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
             }
-            __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
-                                            _mm256_permute2x128_si256(t[0], t[1], 0x31));
-            __m256 d = _mm256_mul_ps(f16_set1(blk + QLLAMA_Q6K_D), xs8);
-            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
         }
-    }
-    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+static void q4k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_K, q4k_dot4);
+}
+
+static void q5k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q5_K, q5k_dot4);
+}
+
+static void q6k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q6_K, q6k_dot4);
 }
 
 /* ---- 32-value blocks: eight a pass ------------------------------------------------- */
@@ -325,9 +412,6 @@ static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, cons
 BLOCK_MATMUL(gq80_matmul, gq80_dot4)
 BLOCK_MATMUL(q40_matmul, q40_dot4)
 BLOCK_MATMUL(q41_matmul, q41_dot4)
-BLOCK_MATMUL(q4k_matmul, q4k_dot4)
-BLOCK_MATMUL(q5k_matmul, q5k_dot4)
-BLOCK_MATMUL(q6k_matmul, q6k_dot4)
 
 #define BLOCK_MATMULS                                                                   \
     [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
