@@ -34,9 +34,10 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
         if not QLLAMA_Q80 < kid < QLLAMA_N_TYPES:
             raise ValueError(f"{tensor.qtype.name} has no kernel")
         b = tensor.data
+        rows, cols = tensor.shape  # Python ints: no product wraps
         # the kernels' own block sizes (kernels.h), not only the registry's, bound the reads
-        if (m.rows <= 0 or m.cols <= 0 or m.cols % qllama_block_values[kid]
-                or b.shape[0] != m.rows * (m.cols // qllama_block_values[kid])
+        if (rows <= 0 or cols <= 0 or cols % qllama_block_values[kid]
+                or b.shape[0] != rows * (cols // qllama_block_values[kid])
                 * qllama_block_bytes[kid]):
             raise ValueError(f"{tensor.qtype.name} matrix does not match its shape")
         m.type = kid
