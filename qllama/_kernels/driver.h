@@ -42,8 +42,8 @@ void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_ker
 
 /* Bytes of k's packed layout for blocks of up to T rows of n values (groups of gs),
  * 0 when nothing is packed: one token, fp32 input, or a variant without a GEMM.
- * Block types take no packed layout (a block of tokens goes token by token), so
- * their activations are never packed into it. */
+ * Block types take no packed layout (their kernels read the activations row by
+ * row), so their activations are never packed into it. */
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
 
 /* The activations p takes: T rows of p->m.cols values at x (row stride cols) and, when

@@ -36,8 +36,6 @@
  * - fp16 KV entries: fp32 rounded to nearest even (IEEE binary16).
  * - activations to Q8_0 as runq.c: scale = max|x| / 127, q = x / scale rounded
  *   half away from zero, clamped to +-127.
- * Everything else (rmsnorm, RoPE, softmax, SwiGLU) is shared code (ops.pxd).
- *
  * - GGUF block types (enum qllama_type; layouts: gguf-py's quants.py): f16 and bf16
  *   weights are converted exactly to fp32, then the fp32 dot contract above. The
  *   others take activations quantized as above with gs = 32 (xq, xs_g for group g)
@@ -57,6 +55,7 @@
  *                          + sc_2j+1 * sum_last16 (q - 32) * xq) * (d * xs_g)
  *   Bounds: |xq| <= 127 and 32 values a group, so |sum| <= 32 * 128 * 127 (q8_0),
  *   63 * 32 * 15 * 127 (q4_k; q5_k 31), 2 * 128 * 16 * 32 * 127 (q6_k): below 2^24.
+ * Everything else (rmsnorm, RoPE, softmax, SwiGLU) is shared code (ops.pxd).
  *
  * Shapes: a matrix is (rows, cols) row-major; Q8_0 values are those of the
  * flattened tensor, with scale s[f / gs] for value f; a block type's row r is
