@@ -16,9 +16,9 @@
  * does (the four rows are one contiguous stream here too).
  * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
  * whose rows end inside a pass take the pass with the missing groups' lanes kept.
- * A block of tokens goes token by token through the same steps; the k-quants unpack
- * four rows' super-blocks once for 16 tokens (kq_rows: 1.5x on 64 tokens, still
- * far from the Q8_0 GEMMs: the per-group float steps of kernels.h remain per token).
+ * A block of tokens goes through the same steps with four rows' passes unpacked once
+ * for 16 tokens (kq_rows, q32_rows: 1.5-1.9x on 64 tokens from L3, still far from
+ * the Q8_0 GEMMs: the per-group float steps of kernels.h remain per token).
  * f16 and bf16 rows are widened (F16C; bf16 a shift) into f32_dot4's order.
  */
 
@@ -279,64 +279,96 @@ BI __m256 f16_gather8(const uint8_t *p, ptrdiff_t bb, const int k) {
     return _mm256_cvtph_ps(h);
 }
 
-/* One pass of k <= 8 groups (g0 on) of the 4 q8_0, q4_0 or q4_1 rows at w into acc;
- * a pass of k < 8 (a row's end) reads only its k blocks and keeps lanes k..7. */
-BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
-                 __m256 acc[4], const int type, const int k) {
-    const ptrdiff_t bb = type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20;
-    const __m256i ones = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
-    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
-    const int8_t *x = xq + 32 * g0;
-    __m256i xv[8], v[8], x8[8];
-    for (int j = 0; j < 8; j++) xv[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
-    __m256 xs8;
+/* Eight blocks (a pass) of a q8_0, q4_0 or q4_1 row unpacked: values (q8_0: VNNI's
+ * w + 128, else |w| and w for the sign) and fp16 scales widened, lanes k..7 zero. */
+typedef struct {
+    __m256i q[8], w[8];
+    __m256 d, m;
+} q32_block;
+
+/* One token's activations of a pass and what rows share of them: group sums (q4_1;
+ * q8_0 with VNNI: the + 128's part), 8 x in int16 pairs (q4_0: the offset's part). */
+typedef struct {
+    __m256i x[8], x8[8], xsum;
+    __m256 xs;
+} q32_acts;
+
+BI ptrdiff_t q32_bytes(const int type) {
+    return type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20;
+}
+
+BI void q32_unpack(const uint8_t *blk, q32_block *u, const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type);
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *p = blk + j * bb;
+        if (j >= k) {
+            u->q[j] = u->w[j] = _mm256_setzero_si256();
+        } else if (type == QLLAMA_GQ8_0) {
+            u->w[j] = load32(p + 2);
+            u->q[j] = VNNI ? _mm256_xor_si256(u->w[j], _mm256_set1_epi8((char)0x80))
+                           : _mm256_abs_epi8(u->w[j]);
+        } else {
+            u->q[j] = nibbles16(p + (type == QLLAMA_Q4_0 ? 2 : 4));
+        }
+    }
+    u->d = f16_gather8(blk, bb, k);
+    if (type == QLLAMA_Q4_1) u->m = f16_gather8(blk + 2, bb, k);
+}
+
+BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int type, const int k) {
+    for (int j = 0; j < 8; j++) a->x[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
     if (k == 8) {
-        xs8 = _mm256_loadu_ps(xs + g0);
+        a->xs = _mm256_loadu_ps(xs);
     } else {
         float xsk[8] = {0};
-        for (int j = 0; j < k; j++) xsk[j] = xs[g0 + j];
-        xs8 = _mm256_loadu_ps(xsk);
+        for (int j = 0; j < k; j++) xsk[j] = xs[j];
+        a->xs = _mm256_loadu_ps(xsk);
     }
-    __m256i xsum = _mm256_setzero_si256();
     if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
-        for (int j = 0; j < 8; j++) v[j] = dot_us(ones, xv[j]);
-        xsum = sum8(v);
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+        a->xsum = sum8(v);
     }
-    if (type == QLLAMA_Q4_0)  /* 8 x in int16 pairs: the offset's part */
-        for (int j = 0; j < 8; j++) x8[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[j]);
+    if (type == QLLAMA_Q4_0)
+        for (int j = 0; j < 8; j++) a->x8[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a->x[j]);
+}
+
+/* acc after one row's pass against one token's; lanes k..7 kept */
+BI __m256 q32_step(__m256 acc, const q32_block *u, const q32_acts *a, const int type, const int k) {
+    const __m256i one16 = _mm256_set1_epi16(1);
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) {
+        if (type == QLLAMA_GQ8_0 && !VNNI)  /* |w| . sign(w) x */
+            v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(u->q[j], _mm256_sign_epi8(a->x[j], u->w[j])), one16);
+        else if (type == QLLAMA_Q4_0)
+            v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x8[j]), one16);
+        else
+            v[j] = dot_us(u->q[j], a->x[j]);
+    }
+    __m256i isum = sum8(v);
+    if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(a->xsum, 7));
+    __m256 r = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    if (type == QLLAMA_Q4_1)
+        r = _mm256_add_ps(r, _mm256_mul_ps(_mm256_cvtepi32_ps(a->xsum), _mm256_mul_ps(u->m, a->xs)));
+    if (k < 8)
+        r = _mm256_blendv_ps(acc, r, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+    return r;
+}
+
+/* One pass of k <= 8 groups (g0 on) of the 4 rows at w into acc, one token; a pass
+ * of k < 8 (a row's end) reads only its k blocks. */
+BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
+                 __m256 acc[4], const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type);
+    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    q32_acts a;
+    q32_acts_load(xq + 32 * g0, xs + g0, &a, type, k);
     for (int r = 0; r < 4; r++) {
-        const uint8_t *blk = w + r * rb + g0 * bb;
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *p = blk + j * bb;
-            if (j >= k) {
-                v[j] = _mm256_setzero_si256();
-            } else if (type == QLLAMA_GQ8_0) {
-                __m256i q = load32(p + 2);
-#if VNNI
-                v[j] = dot_us(_mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)), xv[j]);
-#else
-                v[j] = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv[j], q)), one16);
-#endif
-            } else if (type == QLLAMA_Q4_0) {
-                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles16(p + 2), xv[j]), x8[j]);
-                v[j] = _mm256_madd_epi16(p16, one16);
-            } else {
-                v[j] = dot_us(nibbles16(p + 4), xv[j]);
-            }
-        }
-        __m256i isum = sum8(v);
-        if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
-            isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum, 7));
-        __m256 d = _mm256_mul_ps(f16_gather8(blk, bb, k), xs8);
-        __m256 a = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
-        if (type == QLLAMA_Q4_1)
-            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum),
-                                               _mm256_mul_ps(f16_gather8(blk + 2, bb, k), xs8)));
-        if (k < 8)
-            a = _mm256_blendv_ps(acc[r], a, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
-        acc[r] = a;
+        q32_block u;
+        q32_unpack(w + r * rb + g0 * bb, &u, type, k);
+        acc[r] = q32_step(acc[r], &u, &a, type, k);
     }
 }
 
@@ -350,6 +382,47 @@ BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, 
     for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
     if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+/* A block of tokens: as kq_rows, four rows' passes unpacked once for KQ_T tokens. */
+BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qllama_acts *x,
+                        ptrdiff_t t0, ptrdiff_t tn, __m256 acc[][4], const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type), n = x->n;
+    if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    q32_block u[4];
+    for (int i = 0; i < 4; i++) q32_unpack(w + i * rb + g0 * bb, &u[i], type, k);
+    for (ptrdiff_t t = 0; t < tn; t++) {
+        q32_acts a;
+        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, &a, type, k);
+        for (int i = 0; i < 4; i++) acc[t][i] = q32_step(acc[t][i], &u[i], &a, type, k);
+    }
+}
+
+BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                 float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    if (x->T == 1) {
+        block_rows(m, r0, r1, x, out, out_stride, dot4);
+        return;
+    }
+    const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
+    ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
+            const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
+            const uint8_t *w = m->blocks + r * rb;
+            __m256 acc[KQ_T][4];
+            for (ptrdiff_t t = 0; t < tn; t++)
+                for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
+            ptrdiff_t g0 = 0;
+            for (; g0 + 8 <= ng; g0 += 8) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, 8);
+            if (g0 < ng) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, (int)(ng - g0));
+            for (ptrdiff_t t = 0; t < tn; t++) {
+                float o[4];
+                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
+                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
+            }
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
 }
 
 static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
@@ -418,9 +491,20 @@ static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, cons
     half_rows(m, r0, r1, x, out, out_stride, 1);
 }
 
-BLOCK_MATMUL(gq80_matmul, gq80_dot4)
-BLOCK_MATMUL(q40_matmul, q40_dot4)
-BLOCK_MATMUL(q41_matmul, q41_dot4)
+static void gq80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                        float *out, ptrdiff_t out_stride) {
+    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_GQ8_0, gq80_dot4);
+}
+
+static void q40_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_0, q40_dot4);
+}
+
+static void q41_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_1, q41_dot4);
+}
 
 #define BLOCK_MATMULS                                                                   \
     [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
