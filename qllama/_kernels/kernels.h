@@ -113,8 +113,8 @@ typedef struct {
     ptrdiff_t row_block;  /* rows a matmul kernel call should get (a multiple of 4) */
     qllama_matmul_fn f32_matmul;   /* fp32 weights, fp32 activations */
     qllama_matmul_fn q80_matmul;   /* Q8_0 with gs dividing cols, quantized activations */
-    /* GGUF block types (index: enum qllama_type, F16 and up), one token at a time
-     * over a block of tokens; NULL where the variant keeps the generic kernel */
+    /* GGUF block types (index: enum qllama_type, F16 and up), no packed layout: a
+     * block of tokens reads them row by row; NULL where the variant keeps generic's */
     qllama_matmul_fn block_matmul[QLLAMA_N_TYPES];
     /* Bytes of the packed layout of T quantized rows of n values, and the packing
      * itself (q, s of x into buf; x->packed is set by the caller); both NULL in a
