@@ -16,9 +16,10 @@
  * does (the four rows are one contiguous stream here too).
  * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
  * whose rows end inside a pass take the pass with the missing groups' lanes kept.
- * A block of tokens goes through the same steps with four rows' passes unpacked once
- * for 16 tokens (kq_rows, q32_rows: 1.5-1.9x on 64 tokens from L3, still far from
- * the Q8_0 GEMMs: the per-group float steps of kernels.h remain per token).
+ * A block of 2-7 tokens goes through the same steps with four rows' passes unpacked
+ * once for all of them (kq_rows, q32_rows); 8 tokens and more put the tokens in the
+ * vector lanes (blk_gemm: no reductions; 2.0-2.3x token by token on 64 tokens from
+ * L3, about half the Q8_0 GEMMs' speed: kernels.h's per-group float steps remain).
  * f16 and bf16 rows are widened (F16C; bf16 a shift) into f32_dot4's order.
  */
 
@@ -253,21 +254,6 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
     if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
 }
 
-static void q4k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                       float *out, ptrdiff_t out_stride) {
-    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_K, q4k_dot4);
-}
-
-static void q5k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                       float *out, ptrdiff_t out_stride) {
-    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q5_K, q5k_dot4);
-}
-
-static void q6k_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                       float *out, ptrdiff_t out_stride) {
-    kq_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q6_K, q6k_dot4);
-}
-
 /* ---- 32-value blocks: eight a pass ------------------------------------------------- */
 
 /* the fp16 at p + 0, bb, ..., (k - 1) bb widened, lanes k..7 zero */
@@ -491,20 +477,184 @@ static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, cons
     half_rows(m, r0, r1, x, out, out_stride, 1);
 }
 
-static void gq80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                        float *out, ptrdiff_t out_stride) {
-    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_GQ8_0, gq80_dot4);
+/* ---- a block of 8 tokens or more: tokens in the lanes ----------------------------- */
+
+/* 8 x 8 int32: out[c] lane t = in[t] lane c */
+BI void transpose8(const __m256i in[8], __m256i out[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 2; i++) {
+            u[4 * h + 2 * i] = _mm256_unpacklo_epi64(t[4 * h + i], t[4 * h + i + 2]);
+            u[4 * h + 2 * i + 1] = _mm256_unpackhi_epi64(t[4 * h + i], t[4 * h + i + 2]);
+        }
+    for (int c = 0; c < 4; c++) {
+        out[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
+        out[c + 4] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
+    }
 }
 
-static void q40_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                       float *out, ptrdiff_t out_stride) {
-    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_0, q40_dot4);
+/* acc + unsigned bytes u . signed bytes s per int32 lane */
+BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
 }
 
-static void q41_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                       float *out, ptrdiff_t out_stride) {
-    q32_rows(m, r0, r1, x, out, out_stride, QLLAMA_Q4_1, q41_dot4);
+/* Every quantized type for a block of 8 tokens or more: tokens in the lanes (8 a
+ * vector, KG_V vectors a pass), so a group's sum needs no reduction. Per 256 values
+ * (a k-quant super-block, eight 32-value blocks) the tokens' activations are
+ * transposed once for up to KG_ROWS rows ([group][4-byte piece] x 8 tokens, with
+ * their group sums and scales); a row's pieces of 4 values are broadcast against
+ * them (vpdpbusd, or vpmaddubsw + vpmaddwd). Accumulators: (row, lane j) x tokens,
+ * folded in kernels.h's order at the end: the numbers of the decode kernels. */
+#define KG_ROWS 16
+#define KG_V 2  /* token vectors a pass: each broadcast weight piece meets 16 tokens */
+
+BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                 float *out, ptrdiff_t out_stride, const int type) {
+    const int kq = type >= QLLAMA_Q4_K, q6 = type == QLLAMA_Q6_K;
+    const ptrdiff_t n = m->cols, ng = n / 32, bb = kq ? kq_bytes(type) : q32_bytes(type);
+    const ptrdiff_t rb = n / qllama_block_values[type] * bb, pass_bytes = kq ? bb : 8 * bb;
+    const __m256i zero = _mm256_setzero_si256(), ones = _mm256_set1_epi8(1);
+    for (ptrdiff_t rg = r0; rg < r1; rg += KG_ROWS) {
+        const int nr = (int)(r1 - rg < KG_ROWS ? r1 - rg : KG_ROWS);
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += 8 * KG_V) {
+            const int tn = (int)(x->T - t0 < 8 * KG_V ? x->T - t0 : 8 * KG_V);
+            __m256 acc[KG_ROWS][8][KG_V];
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < 8; j++)
+                    for (int k = 0; k < KG_V; k++) acc[i][j][k] = _mm256_setzero_ps();
+            for (ptrdiff_t g0 = 0; g0 < ng; g0 += 8) {
+                const int kg = kq || ng - g0 >= 8 ? 8 : (int)(ng - g0);  /* groups this pass */
+                /* X[k][j][c] lane t: bytes 4c..4c+3 of group g0 + j of token 8k + t; xsum
+                 * the group sums (q6_k: of the first 16 values, xsum2 the last 16) */
+                __m256i X[KG_V][8][8], xsum[KG_V][8], xsum2[KG_V][8], xsi[KG_V][8], v[8];
+                for (int k = 0; k < KG_V; k++) {
+                    for (int j = 0; j < kg; j++) {  /* missing tokens: x 0 and scale 0 */
+                        for (int t = 0; t < 8; t++)
+                            v[t] = 8 * k + t < tn ? load32(x->q + (t0 + 8 * k + t) * n + 32 * (g0 + j)) : zero;
+                        transpose8(v, X[k][j]);
+                        xsum[k][j] = xsum2[k][j] = zero;
+                        for (int c = 0; c < 8; c++) {
+                            __m256i *sum = q6 && c >= 4 ? &xsum2[k][j] : &xsum[k][j];
+                            *sum = dot_us_acc(*sum, ones, X[k][j][c]);
+                        }
+                    }
+                    for (int t = 0; t < 8; t++) {
+                        float f[8] = {0};
+                        if (8 * k + t < tn) memcpy(f, x->s + (t0 + 8 * k + t) * ng + g0, 4 * (size_t)kg);
+                        v[t] = _mm256_castps_si256(_mm256_loadu_ps(f));
+                    }
+                    transpose8(v, xsi[k]);  /* xsi[k][j] lane t: that token's scale of group j */
+                }
+                for (int i = 0; i < nr; i++) {
+                    const uint8_t *blk = m->blocks + (rg + i) * rb + g0 / 8 * pass_bytes;
+                    /* q[j][c]: group j's values 4c..4c+3 as bytes the dot product takes
+                     * unsigned (q8_0: + 128 with VNNI, else |w|; w: the signs) */
+                    int32_t q[8][8], w[8][8], s0[8], s1[8];
+                    float d[8], mn[8];
+                    __m256 dk = _mm256_setzero_ps(), dmin = dk;
+                    if (kq) {
+                        kq_block u;
+                        kq_unpack(blk, &u, type);
+                        for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)q[j], u.q[j]);
+                        _mm256_storeu_si256((__m256i *)s0, u.s[0]);
+                        _mm256_storeu_si256((__m256i *)s1, u.s[1]);
+                        dk = u.d;
+                        dmin = u.dmin;
+                    } else {
+                        q32_block u;
+                        q32_unpack(blk, &u, type, kg);
+                        for (int j = 0; j < 8; j++) {
+                            _mm256_storeu_si256((__m256i *)q[j], u.q[j]);
+                            if (type == QLLAMA_GQ8_0 && !VNNI) _mm256_storeu_si256((__m256i *)w[j], u.w[j]);
+                        }
+                        _mm256_storeu_ps(d, u.d);
+                        if (type == QLLAMA_Q4_1) _mm256_storeu_ps(mn, u.m);
+                    }
+                    for (int j = 0; j < kg; j++) {
+                        __m256i p[KG_V][2];  /* short chains; q6_k: the halves apart */
+                        for (int k = 0; k < KG_V; k++) p[k][0] = p[k][1] = zero;
+                        for (int c = 0; c < 8; c++) {
+                            const __m256i wc = _mm256_set1_epi32(q[j][c]);
+                            const int h = q6 ? c / 4 : c % 2;
+                            for (int k = 0; k < KG_V; k++) {
+                                __m256i xv = X[k][j][c];
+                                if (type == QLLAMA_GQ8_0 && !VNNI)  /* |w| . sign(w) x */
+                                    xv = _mm256_sign_epi8(xv, _mm256_set1_epi32(w[j][c]));
+                                p[k][h] = dot_us_acc(p[k][h], wc, xv);
+                            }
+                        }
+                        for (int k = 0; k < KG_V; k++) {
+                            const __m256 xs = _mm256_castsi256_ps(xsi[k][j]);
+                            __m256 a = acc[i][j][k];
+                            __m256i isum = _mm256_add_epi32(p[k][0], p[k][1]);
+                            if (q6) {  /* sc_2j, sc_2j+1 as kq_unpack orders them */
+                                __m256i h0 = _mm256_sub_epi32(p[k][0], _mm256_slli_epi32(xsum[k][j], 5));
+                                __m256i h1 = _mm256_sub_epi32(p[k][1], _mm256_slli_epi32(xsum2[k][j], 5));
+                                isum = _mm256_add_epi32(
+                                    _mm256_mullo_epi32(h0, _mm256_set1_epi32(j < 4 ? s0[j] : s1[j - 4])),
+                                    _mm256_mullo_epi32(h1, _mm256_set1_epi32(j < 4 ? s0[4 + j] : s1[j])));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dk, xs)));
+                            } else if (kq) {
+                                isum = _mm256_mullo_epi32(isum, _mm256_set1_epi32(s0[j]));
+                                __m256i msum = _mm256_mullo_epi32(xsum[k][j], _mm256_set1_epi32(s1[j]));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dk, xs)));
+                                a = _mm256_sub_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, xs)));
+                            } else {
+                                if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+                                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum[k][j], 7));
+                                if (type == QLLAMA_Q4_0)  /* (q - 8) . x */
+                                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum[k][j], 3));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum),
+                                                                   _mm256_mul_ps(_mm256_set1_ps(d[j]), xs)));
+                                if (type == QLLAMA_Q4_1)
+                                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum[k][j]),
+                                                                       _mm256_mul_ps(_mm256_set1_ps(mn[j]), xs)));
+                            }
+                            acc[i][j][k] = a;
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++)
+                for (int k = 0; k < KG_V; k++) {
+                    float o[8];
+                    __m256 a[8];
+                    for (int j = 0; j < 8; j++) a[j] = acc[i][j][k];
+                    _mm256_storeu_ps(o, _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                        _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]))));
+                    for (int t = 0; t < 8 && 8 * k + t < tn; t++)
+                        out[(t0 + 8 * k + t) * out_stride + rg + i] = o[t];
+                }
+        }
+    }
 }
+
+/* one token: four rows a pass (block_rows); 2-7 tokens: passes unpacked once (kq_rows,
+ * q32_rows); 8 and more: tokens in the lanes (blk_gemm) */
+#define QUANT_MATMUL(name, rows, type, dot4)                                                  \
+    static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
+                     float *out, ptrdiff_t out_stride) {                                      \
+        if (x->T >= 8)                                                                        \
+            blk_gemm(m, r0, r1, x, out, out_stride, type);                                    \
+        else                                                                                  \
+            rows(m, r0, r1, x, out, out_stride, type, dot4);                                  \
+    }
+QUANT_MATMUL(q4k_matmul, kq_rows, QLLAMA_Q4_K, q4k_dot4)
+QUANT_MATMUL(q5k_matmul, kq_rows, QLLAMA_Q5_K, q5k_dot4)
+QUANT_MATMUL(q6k_matmul, kq_rows, QLLAMA_Q6_K, q6k_dot4)
+QUANT_MATMUL(gq80_matmul, q32_rows, QLLAMA_GQ8_0, gq80_dot4)
+QUANT_MATMUL(q40_matmul, q32_rows, QLLAMA_Q4_0, q40_dot4)
+QUANT_MATMUL(q41_matmul, q32_rows, QLLAMA_Q4_1, q41_dot4)
+#undef QUANT_MATMUL
 
 #define BLOCK_MATMULS                                                                   \
     [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
