@@ -113,8 +113,9 @@ typedef struct {
     ptrdiff_t row_block;  /* rows a matmul kernel call should get (a multiple of 4) */
     qllama_matmul_fn f32_matmul;   /* fp32 weights, fp32 activations */
     qllama_matmul_fn q80_matmul;   /* Q8_0 with gs dividing cols, quantized activations */
-    /* GGUF block types (index: enum qllama_type, F16 and up), no packed layout: a
-     * block of tokens reads them row by row; NULL where the variant keeps generic's */
+    /* GGUF block types (index: enum qllama_type, F16 and up); they take no packed
+     * layout (a block's activations as quantize_row leaves them); NULL where the
+     * variant keeps generic's kernel */
     qllama_matmul_fn block_matmul[QLLAMA_N_TYPES];
     /* Bytes of the packed layout of T quantized rows of n values, and the packing
      * itself (q, s of x into buf; x->packed is set by the caller); both NULL in a

@@ -215,9 +215,10 @@ static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *
     kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q6_K);
 }
 
-/* A block of tokens (prefill): four rows' super-blocks unpacked once for up to KQ_T
- * tokens, their accumulators in L1 meanwhile; the same steps as kq_dot4's. */
-#define KQ_T 16
+/* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
+ * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
+ * steps as kq_dot4's. */
+#define KQ_T 8
 
 BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                 float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
@@ -370,7 +371,7 @@ BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, 
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
-/* A block of tokens: as kq_rows, four rows' passes unpacked once for KQ_T tokens. */
+/* A few tokens: as kq_rows, four rows' passes unpacked once for up to KQ_T tokens. */
 BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qllama_acts *x,
                         ptrdiff_t t0, ptrdiff_t tn, __m256 acc[][4], const int type, const int k) {
     const ptrdiff_t bb = q32_bytes(type), n = x->n;
