@@ -2,8 +2,10 @@
 the generic matmul equals a numpy model of kernels.h's contract bit for bit and is
 close to float64 arithmetic on the dequantized values; every variant, the ones this
 CPU runs (in the engine) and the emulated ones (tests/harness.py), equals generic
-bit for bit, on random shapes (hypothesis) and at the edges: rows no row block or 4
-divides, one block per row, 1 and 5 tokens, weights at their extremes.
+bit for bit, on random shapes (hypothesis, 1 to 20 tokens) and at the edges: rows no
+row block or 4 divides, one block per row, weights at their extremes, 1 token
+(decode), 5 (a few tokens) and 17 and 33 (x86's tokens-in-lanes path from 8, in
+vectors of 8 and passes of 16, with partial ones).
 """
 import os
 
