@@ -508,35 +508,35 @@ BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
 }
 
 /* Every quantized type for a block of 8 tokens or more: tokens in the lanes (8 a
- * vector, KG_V vectors a pass), so a group's sum needs no reduction. Per 256 values
+ * vector, nv <= KG_V vectors a pass), so a group's sum needs no reduction. Per 256 values
  * (a k-quant super-block, eight 32-value blocks) the tokens' activations are
  * transposed once for up to KG_ROWS rows ([group][4-byte piece] x 8 tokens, with
  * their group sums and scales); a row's pieces of 4 values are broadcast against
  * them (vpdpbusd, or vpmaddubsw + vpmaddwd). Accumulators: (row, lane j) x tokens,
  * folded in kernels.h's order at the end: the numbers of the decode kernels. */
 #define KG_ROWS 16
-#define KG_V 2  /* token vectors a pass: each broadcast weight piece meets 16 tokens */
+#define KG_V 2  /* at most, token vectors a pass: a broadcast weight piece meets 16 tokens */
 
 BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                 float *out, ptrdiff_t out_stride, const int type) {
+                 float *out, ptrdiff_t out_stride, const int type, const int nv) {
     const int kq = type >= QLLAMA_Q4_K, q6 = type == QLLAMA_Q6_K;
     const ptrdiff_t n = m->cols, ng = n / 32, bb = kq ? kq_bytes(type) : q32_bytes(type);
     const ptrdiff_t rb = n / qllama_block_values[type] * bb, pass_bytes = kq ? bb : 8 * bb;
     const __m256i zero = _mm256_setzero_si256(), ones = _mm256_set1_epi8(1);
     for (ptrdiff_t rg = r0; rg < r1; rg += KG_ROWS) {
         const int nr = (int)(r1 - rg < KG_ROWS ? r1 - rg : KG_ROWS);
-        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += 8 * KG_V) {
-            const int tn = (int)(x->T - t0 < 8 * KG_V ? x->T - t0 : 8 * KG_V);
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += 8 * nv) {
+            const int tn = (int)(x->T - t0 < 8 * nv ? x->T - t0 : 8 * nv);
             __m256 acc[KG_ROWS][8][KG_V];
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < 8; j++)
-                    for (int k = 0; k < KG_V; k++) acc[i][j][k] = _mm256_setzero_ps();
+                    for (int k = 0; k < nv; k++) acc[i][j][k] = _mm256_setzero_ps();
             for (ptrdiff_t g0 = 0; g0 < ng; g0 += 8) {
                 const int kg = kq || ng - g0 >= 8 ? 8 : (int)(ng - g0);  /* groups this pass */
                 /* X[k][j][c] lane t: bytes 4c..4c+3 of group g0 + j of token 8k + t; xsum
                  * the group sums (q6_k: of the first 16 values, xsum2 the last 16) */
                 __m256i X[KG_V][8][8], xsum[KG_V][8], xsum2[KG_V][8], xsi[KG_V][8], v[8];
-                for (int k = 0; k < KG_V; k++) {
+                for (int k = 0; k < nv; k++) {
                     for (int j = 0; j < kg; j++) {  /* missing tokens: x 0 and scale 0 */
                         for (int t = 0; t < 8; t++)
                             v[t] = 8 * k + t < tn ? load32(x->q + (t0 + 8 * k + t) * n + 32 * (g0 + j)) : zero;
@@ -581,18 +581,18 @@ BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
                     }
                     for (int j = 0; j < kg; j++) {
                         __m256i p[KG_V][2];  /* short chains; q6_k: the halves apart */
-                        for (int k = 0; k < KG_V; k++) p[k][0] = p[k][1] = zero;
+                        for (int k = 0; k < nv; k++) p[k][0] = p[k][1] = zero;
                         for (int c = 0; c < 8; c++) {
                             const __m256i wc = _mm256_set1_epi32(q[j][c]);
                             const int h = q6 ? c / 4 : c % 2;
-                            for (int k = 0; k < KG_V; k++) {
+                            for (int k = 0; k < nv; k++) {
                                 __m256i xv = X[k][j][c];
                                 if (type == QLLAMA_GQ8_0 && !VNNI)  /* |w| . sign(w) x */
                                     xv = _mm256_sign_epi8(xv, _mm256_set1_epi32(w[j][c]));
                                 p[k][h] = dot_us_acc(p[k][h], wc, xv);
                             }
                         }
-                        for (int k = 0; k < KG_V; k++) {
+                        for (int k = 0; k < nv; k++) {
                             const __m256 xs = _mm256_castsi256_ps(xsi[k][j]);
                             __m256 a = acc[i][j][k];
                             __m256i isum = _mm256_add_epi32(p[k][0], p[k][1]);
@@ -625,7 +625,7 @@ BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
                 }
             }
             for (int i = 0; i < nr; i++)
-                for (int k = 0; k < KG_V; k++) {
+                for (int k = 0; k < nv; k++) {
                     float o[8];
                     __m256 a[8];
                     for (int j = 0; j < 8; j++) a[j] = acc[i][j][k];
@@ -639,22 +639,53 @@ BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
     }
 }
 
-/* one token: four rows a pass (block_rows); 2-7 tokens: passes unpacked once (kq_rows,
- * q32_rows); 8 and more: tokens in the lanes (blk_gemm) */
-#define QUANT_MATMUL(name, rows, type, dot4)                                                  \
+/* Tokens t0..t0+T-1 of x. */
+BI qllama_acts some_tokens(const qllama_acts *x, ptrdiff_t t0, ptrdiff_t T) {
+    qllama_acts a = *x;
+    a.x += t0 * x->x_stride;
+    a.q += t0 * x->n;
+    a.s += t0 * (x->n / 32);
+    a.T = T;
+    return a;
+}
+
+/* One token: four rows a pass (block_rows); a few: passes unpacked once (kq_rows,
+ * q32_rows); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
+ * are left (fewer would be mostly padding), then 8, then the few. */
+BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                   float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    const int kq = type >= QLLAMA_Q4_K;
+    ptrdiff_t t = x->T / 16 * 16 + (x->T % 16 >= 12 ? x->T % 16 : 0);
+    qllama_acts a;
+    if (t) {
+        a = some_tokens(x, 0, t);
+        blk_gemm(m, r0, r1, &a, out, out_stride, type, 2);
+    }
+    if (x->T - t >= 8) {
+        a = some_tokens(x, t, 8);
+        blk_gemm(m, r0, r1, &a, out + t * out_stride, out_stride, type, 1);
+        t += 8;
+    }
+    if (t < x->T) {
+        a = some_tokens(x, t, x->T - t);
+        if (kq)
+            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+        else
+            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+    }
+}
+
+#define QUANT_MATMUL(name, type, dot4)                                                        \
     static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
                      float *out, ptrdiff_t out_stride) {                                      \
-        if (x->T >= 8)                                                                        \
-            blk_gemm(m, r0, r1, x, out, out_stride, type);                                    \
-        else                                                                                  \
-            rows(m, r0, r1, x, out, out_stride, type, dot4);                                  \
+        quant_rows(m, r0, r1, x, out, out_stride, type, dot4);                                \
     }
-QUANT_MATMUL(q4k_matmul, kq_rows, QLLAMA_Q4_K, q4k_dot4)
-QUANT_MATMUL(q5k_matmul, kq_rows, QLLAMA_Q5_K, q5k_dot4)
-QUANT_MATMUL(q6k_matmul, kq_rows, QLLAMA_Q6_K, q6k_dot4)
-QUANT_MATMUL(gq80_matmul, q32_rows, QLLAMA_GQ8_0, gq80_dot4)
-QUANT_MATMUL(q40_matmul, q32_rows, QLLAMA_Q4_0, q40_dot4)
-QUANT_MATMUL(q41_matmul, q32_rows, QLLAMA_Q4_1, q41_dot4)
+QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, q4k_dot4)
+QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, q5k_dot4)
+QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, q6k_dot4)
+QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0, gq80_dot4)
+QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0, q40_dot4)
+QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1, q41_dot4)
 #undef QUANT_MATMUL
 
 #define BLOCK_MATMULS                                                                   \
