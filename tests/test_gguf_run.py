@@ -9,8 +9,11 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
 
 import qllama
+from qllama import kernels
 from qllama.formats.llama2c import Config
 from qllama.interop.gguf_export import export_gguf
 
@@ -86,6 +89,38 @@ def test_the_specs_constants_reach_the_engine(tmp_path):
     assert rel_error(got, reference_forward(plain, ids)) > 1e-3
 
 
+@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+def test_block_type_models_match_the_reference(qtype, tmp_path):
+    path = small_gguf(tmp_path / "m.gguf", qtype)
+    ids = [1, 5, 9, 33, 2, 17, 39, 4, 8, 12]
+    logits = {}
+    for variant in kernels.runnable():
+        with qllama.load(path, variant=variant, kv="f32") as m:
+            logits[variant] = m.logits(ids)
+            if variant == "scalar":
+                # activations are quantized per 32 as in the reference, whose float64
+                # values may land on the other side of a rounding boundary now and then
+                # (test_engine.Q80_VS_REFERENCE); fp16/bf16 weights take fp32 rows
+                tol = 1e-4 if qtype in ("F16", "BF16") else 1e-2
+                assert rel_error(logits[variant], reference_forward(m.file, ids)) <= tol
+    for variant, got in logits.items():
+        assert np.array_equal(got, logits["scalar"]), variant
+
+
+def test_a_token_table_and_classifier_of_block_types(tmp_path):
+    """The token table's rows dequantized per token; a shared q6_k table as classifier."""
+    path = tmp_path / "m.gguf"
+    meta = gguf_metadata(SMALL)
+    written = write_gguf(path, SMALL, "Q4_K", meta=meta, seed=3, types={"tok_embeddings": "Q6_K"},
+                         drop=("output.weight",))
+    tame(path, written, np.random.default_rng(4))
+    with qllama.load(path, kv="f32") as m:
+        assert m.spec.shared_classifier
+        assert m.file.tensor("tok_embeddings").qtype.gguf == T.Q6_K
+        ids = [1, 3, 7, 11]
+        assert rel_error(m.logits(ids), reference_forward(m.file, ids)) <= 1e-2
+
+
 def test_special_ids_come_from_the_file(tmp_path):
     """A file whose BOS is 5 and EOS 7: windows start with 5, generation stops at 5 or 7."""
     from qllama.evaluate import sample_windows
@@ -100,3 +135,15 @@ def test_special_ids_come_from_the_file(tmp_path):
         assert all(t not in (5, 7) for w in windows for t in w.targets[:-1])
         gen = Generation(m, [5], 8, m.sampler(1.0, 0.9, 1), text=False)
         assert gen.stop_ids == (5, 7)
+
+
+def test_matrices_sharing_an_input_may_differ_in_kind(tmp_path):
+    """wq fp16 beside q4_k wk/wv, w1 q8_0 beside an fp16 w3: the shared input is prepared
+    for both kinds (fp32 rows and their Q8 copy)."""
+    path = tmp_path / "m.gguf"
+    written = write_gguf(path, SMALL, "Q4_K", meta=gguf_metadata(SMALL), seed=5,
+                         types={"wq": "F16", "w1": "Q8_0", "w3": "F16", "wo": "BF16"})
+    tame(path, written, np.random.default_rng(6))
+    ids = [1, 4, 9, 16, 25, 36]
+    with qllama.load(path, kv="f32") as m:
+        assert rel_error(m.logits(ids), reference_forward(m.file, ids)) <= 1e-2

@@ -14,6 +14,10 @@ cdef struct Layer:
     Matrix w1               # (hidden_dim, dim)
     Matrix w2               # (dim, hidden_dim)
     Matrix w3               # (hidden_dim, dim)
+    # the matrix whose plan prepares the input wq/wk/wv share, and w1/w3's: one that
+    # takes a Q8 copy if any does (the others read the fp32 rows beside it)
+    const Matrix* attn_in
+    const Matrix* ffn_in
 
 
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
@@ -100,6 +104,7 @@ cdef class Weights:
         if n.layers == NULL:
             raise MemoryError()
         cdef int l
+        cdef Layer* L
         for l in range(c.n_layers):
             n.layers[l].attn_norm = self._norm(model, "attention_norm", l)
             n.layers[l].ffn_norm = self._norm(model, "ffn_norm", l)
@@ -110,6 +115,9 @@ cdef class Weights:
             n.layers[l].w1 = self._matrix(model, "w1", l, n.hidden_dim, n.dim)
             n.layers[l].w2 = self._matrix(model, "w2", l, n.dim, n.hidden_dim)
             n.layers[l].w3 = self._matrix(model, "w3", l, n.hidden_dim, n.dim)
+            L = &n.layers[l]
+            L.attn_in = &L.wk if L.wk.q8_input else &L.wv if L.wv.q8_input else &L.wq
+            L.ffn_in = &L.w3 if L.w3.q8_input and not L.w1.q8_input else &L.w1
         n.final_norm = self._norm(model, "norm", None)
         n.tok_embeddings = self._matrix(model, "tok_embeddings", None, n.vocab_size, n.dim)
         if c.shared_classifier:

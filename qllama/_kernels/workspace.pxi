@@ -167,8 +167,8 @@ cdef class Workspace:
             L = &w.layers[l]
 
             # attention: q, k, v; k and v (k rotated) then go to the rows' pages
-            prepare(&xa, &L.wq, xb, self.x, L.attn_norm, eps, T, self.xq, self.xs, self.packed, k,
-                    nt)
+            prepare(&xa, L.attn_in, xb, self.x, L.attn_norm, eps, T, self.xq, self.xs,
+                    self.packed, k, nt)
             jobs[0].m, jobs[0].out, jobs[0].out_stride = &L.wq, self.q, dim
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
@@ -203,7 +203,7 @@ cdef class Workspace:
                 self.x[i] += self.xb2[i]
 
             # feed-forward: w2(silu(w1 x) * w3 x)
-            prepare(&xa, &L.w1, xb, self.x, L.ffn_norm, eps, T, self.xq, self.xs, self.packed, k,
+            prepare(&xa, L.ffn_in, xb, self.x, L.ffn_norm, eps, T, self.xq, self.xs, self.packed, k,
                     nt)
             swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, rb, nt)
             prepare(&xa, &L.w2, self.hb, self.hb, NULL, 0, T, self.xq, self.xs, self.packed, k,
