@@ -42,7 +42,8 @@ class Server:
     def __init__(self, model, tokenizer, *args, key=None, tmp=None):
         self.key = key
         self.log = open(tmp / f"serve-{time.monotonic_ns()}.err", "w+")
-        cmd = [sys.executable, "-m", "qllama", "serve", str(model), "-z", str(tokenizer),
+        tok = ["-z", str(tokenizer)] if tokenizer else []  # a GGUF file carries its own
+        cmd = [sys.executable, "-m", "qllama", "serve", str(model), *tok,
                "--port", "0", "--threads", "1", *map(str, args)]
         env = dict(ENV, QLLAMA_API_KEY=key or "")  # the key from the environment
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
@@ -185,6 +186,25 @@ def test_greedy_completion_equals_qllama_run(stories):
     assert chunks[-1].usage.total_tokens == steps + 1 and len(chunks) > 10
     # the default max_tokens is OpenAI's 16
     assert complete(client, prompt, temperature=0).usage.completion_tokens == 16
+
+
+def test_a_gguf_file_is_served_as_qllama_run_runs_it(tmp_path):
+    """stories260K quantized to a GGUF q4_0 file (its vocabulary inside): the server's
+    greedy completion is `qllama run`'s."""
+    path = tmp_path / "s.gguf"
+    subprocess.run([sys.executable, "-m", "qllama", "quantize", str(data("stories260K.bin")),
+                    str(path), "--type", "q4_0", "-z", str(data("tok512.model")), "-q"],
+                   check=True, env=ENV, timeout=60)
+    prompt, steps = "Once upon a time", 40
+    expected = run_cli(path, "-t", "0", "-n", steps, "-i", prompt, "--threads", "1")
+    server = Server(path, None, tmp=tmp_path)
+    try:
+        n_prompt = len(qllama.load(path).encode(prompt))
+        r = server.client().completions.create(model="s", prompt=prompt, temperature=0,
+                                               max_tokens=steps - n_prompt + 1)
+        assert prompt + r.choices[0].text + "\n" == expected
+    finally:
+        server.kill()
 
 
 def test_seeded_sampling_is_reproducible_and_equals_qllama_run(stories):
