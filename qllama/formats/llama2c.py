@@ -262,6 +262,14 @@ def open_checkpoint(path: str) -> tuple[int, Config]:
         raise
 
 
+def open_input(path: str) -> tuple[int, Config]:
+    """open_checkpoint for a converter's one pass front to back: the kernel reads ahead."""
+    fd, config = open_checkpoint(path)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return fd, config
+
+
 def read_config(path: str | os.PathLike) -> Config:
     """Validate a file's header against its size without mapping it."""
     fd, config = open_checkpoint(os.fspath(path))

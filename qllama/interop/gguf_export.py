@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conversion.report import non_finite, tensor_label
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
-from ..io.atomic import atomic_output, check_output_path
+from ..io.atomic import atomic_output, check_output_path, check_written
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.blocks import WEIGHTED
-from ..quant.pipeline import _non_finite, check_written, tensor_label
 from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
 from .hf_import import HFReader
@@ -197,8 +197,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
             with reader.chunks(plan) as chunks:
                 for (e, r0, r1, qtype, offset, nbytes), w in chunks:
                     if not np.isfinite(w).all():
-                        raise _non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
-                                          tensor_label)
+                        raise non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
+                                         tensor_label)
                     k = report.kinds[e.name]
                     if qtype.name == "F32":
                         data = w

@@ -29,10 +29,9 @@ import numpy as np
 
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
-from ..io.atomic import atomic_directory, check_output_directory
+from ..io.atomic import atomic_directory, check_output_directory, check_written
 from ..io.blockwriter import QUEUE_BYTES, QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
 
 SHARD_BYTES = 5 * 10**9  # tensor bytes per shard: files of a few GB, as on the hub

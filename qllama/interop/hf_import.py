@@ -4,7 +4,7 @@ Data flow: config.json → Config (formats.hf.parse_config: refusals) → every 
 safetensors header, parsed once (formats.safetensors), checked against the llama2.c
 layout (name, dtype, shape) → for each output tensor in file order, row chunks read
 a thread ahead with pread, q_proj / k_proj rows put back in Meta's order per head →
-quant.pipeline.TensorWriter (fp32 copy, converted exactly; or the Q8_0 weight
+conversion.llama2c_sink.TensorWriter (fp32 copy, converted exactly; or the Q8_0 weight
 quantizer on every core, which widens bf16 in its own pass) → 2 MiB-aligned writes
 by a writer thread (io.blockwriter.QueuedWriter) into an atomic output. So
 a v2 file is byte-identical to `qllama quantize` of the v1 file. Shards are read,
@@ -27,15 +27,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conversion.llama2c_sink import N_VALUE_BUFFERS, TensorWriter
+from ..conversion.report import kind_stats
 from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Q80, Config, Entry
-from ..io.atomic import atomic_outputs, check_output_name, check_output_path
+from ..io.atomic import atomic_outputs, check_output_name, check_output_path, check_written
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch
 from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded, read_exact
 from ..quant.groups import choose_group_size
-from ..quant.pipeline import N_VALUE_BUFFERS, TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads
 
 
@@ -64,7 +65,7 @@ class ImportReport:
     tokenizer_files: list = field(default_factory=list)  # written beside dst
     seconds: float = 0.0
     threads: int = 1
-    kinds: dict = field(default_factory=dict)  # name -> quant.pipeline.KindStats
+    kinds: dict = field(default_factory=dict)  # name -> conversion.report.KindStats
 
     @property
     def mb_per_s(self) -> float:

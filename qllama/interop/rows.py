@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from ..formats.llama2c import F32, Entry, layout
-from ..io.chunks import CHUNK_BYTES, open_input, prefetch
+from ..formats.llama2c import F32, Entry, layout, open_input
+from ..io.chunks import CHUNK_BYTES, prefetch
 from ..io.inputs import read_exact
 
 
