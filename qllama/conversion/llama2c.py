@@ -98,8 +98,9 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
         out_entries = llama2c.layout(cout)
         step = max(gs, (chunk_bytes // 4) // gs * gs)  # values per chunk: whole groups
         in_bytes = sum(4 * e.numel for e in out_entries)
-        report = Report(src, dst, cin.version, cout, note, os.fstat(fd).st_size, out_size,
-                        threads=threads, kinds=kind_stats(out_entries))
+        report = Report(src, dst, cin.version, cout, notes=[note] if note else [],
+                        in_bytes=os.fstat(fd).st_size, out_bytes=out_size, threads=threads,
+                        kinds=kind_stats(out_entries))
 
         def writer(out):
             return TensorWriter(out, cout, step, threads, report.kinds, src,

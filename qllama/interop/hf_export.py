@@ -23,10 +23,10 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conversion.report import Report
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
 from ..io.atomic import atomic_directory, check_output_directory, check_written
@@ -47,18 +47,6 @@ WRITTEN = ("config.json", "generation_config.json", "tokenizer.model", "tokenize
 
 def export_writes(name: str) -> bool:
     return name in WRITTEN or (name.startswith("model-") and name.endswith(".safetensors"))
-
-
-@dataclass
-class HFReport:
-    src: str
-    dst: str
-    src_version: int
-    dtype: str  # --type
-    files: list = field(default_factory=list)  # written into dst
-    out_bytes: int = 0
-    seconds: float = 0.0
-    notes: list = field(default_factory=list)
 
 
 def cast_values(w: np.ndarray, kind: str) -> np.ndarray:
@@ -150,7 +138,7 @@ class SafetensorsWriter:
 
 def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = None,
               force: bool = False, progress=None, shard_bytes: int = SHARD_BYTES,
-              chunk_bytes: int = CHUNK_BYTES) -> HFReport:
+              chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Write llama2.c checkpoint `src` as the Hugging Face folder `dst` with weights of
     `kind` ("f32", "f16", "bf16"). `progress(done, total)` gets the weights converted so
     far and in all, in bytes of float32."""
@@ -160,7 +148,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
     st_dtype, dtype_name, size = DTYPES[kind]
     with Llama2cReader(src) as reader:
         config = reader.config
-        report = HFReport(src, dst, config.version, kind)
+        report = Report(src, dst, config.version, kind=kind)
         tok_path = resolve_tokenizer(src, tokenizer)
         inputs = (src, tok_path) if tok_path else (src,)
         check_output_directory(dst, force, export_writes, inputs)

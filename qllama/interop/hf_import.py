@@ -23,12 +23,12 @@ import queue
 import stat
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..conversion.llama2c_sink import N_VALUE_BUFFERS, TensorWriter
-from ..conversion.report import kind_stats
+from ..conversion.report import Report, kind_stats
 from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Q80, Config, Entry
@@ -51,25 +51,6 @@ class Source:
     shape: tuple
     offset: int
     nbytes: int
-
-
-@dataclass
-class ImportReport:
-    src: str
-    dst: str
-    config: Config  # the output's
-    note: str | None  # the group size's back-off, if any
-    dtypes: list  # safetensors dtypes read
-    in_bytes: int  # tensor bytes read from the shards
-    out_bytes: int
-    tokenizer_files: list = field(default_factory=list)  # written beside dst
-    seconds: float = 0.0
-    threads: int = 1
-    kinds: dict = field(default_factory=dict)  # name -> conversion.report.KindStats
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.in_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
 # How each dtype's bytes are viewed: bf16 as its bits, widened by a shift (_read).
@@ -288,7 +269,7 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
 
 def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = None,
               force: bool = False, threads: int | None = None, progress=None,
-              chunk_bytes: int = CHUNK_BYTES) -> ImportReport:
+              chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Write the Hugging Face folder `src` as llama2.c `version` 1 or 2 to `dst`.
 
     `progress(done, total)` gets the tensor bytes read so far and in all.
@@ -322,10 +303,11 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     step = max(gs, (chunk_bytes // 4) // gs * gs)
     plan = list(_chunks(entries, sources, config, step))
     step = max((r1 - r0) * (e.numel // e.shape[0]) for e, _, _, r0, r1 in plan)
-    report = ImportReport(src, dst, cout, note, sorted({s.dtype for s in sources.values()}),
-                          sum(sources[(e.name, e.layer)].nbytes for e in entries), out_size,
-                          [p for p, _ in tokenizer_files], threads=threads,
-                          kinds=kind_stats(entries))
+    report = Report(src, dst, config=cout, notes=[note] if note else [],
+                    dtypes=sorted({s.dtype for s in sources.values()}),
+                    in_bytes=sum(sources[(e.name, e.layer)].nbytes for e in entries),
+                    out_bytes=out_size, files=[p for p, _ in tokenizer_files], threads=threads,
+                    kinds=kind_stats(entries))
 
     def label(e: Entry) -> str:  # for q/k the element index counts llama2.c's rows
         extra = " (rows in llama2.c's order)" if e.name in hf.PERMUTED else ""
