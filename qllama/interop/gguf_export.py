@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from ..conversion.driver import pump
 from ..conversion.report import KindStats, Report, TypeTotal, non_finite, tensor_label
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
@@ -140,34 +141,32 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
             step = reader.row_step(e, chunk_bytes=chunk_bytes)
             for r0 in range(0, e.shape[0], step):
                 plan.append((e, r0, min(e.shape[0], r0 + step), qtype, offset, nbytes))
-        total = sum(e.numel for e in entries)
-        done = 0
         t0 = time.perf_counter()
         with atomic_output(dst, force, (*reader.inputs, tok_path)) as f, QueuedWriter(
                 f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
-            with reader.chunks(plan) as chunks:
-                for (e, r0, r1, qtype, offset, nbytes), w in chunks:
-                    if not np.isfinite(w).all():
-                        raise non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
-                                         tensor_label)
-                    k = report.kinds[e.name]
-                    if qtype.name == "F32":
-                        data = w
-                    else:  # and measure what quantizing cost
-                        t = BY_GGUF[qtype]
-                        imp = (importance or {}).get((e.name, e.layer))
-                        data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
-                        diff = t.dequantize(data, w.shape) - w
-                        k.max_err = max(k.max_err, float(np.abs(diff).max()))
-                        k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
-                    k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
-                    out.pwrite(data, offset + nbytes * r0 // e.shape[0])
-                    if r1 == e.shape[0]:
-                        out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)
-                    done += w.size
-                    if progress is not None:
-                        progress(4 * done, 4 * total)
+
+            def write(job, w):
+                e, r0, r1, qtype, offset, nbytes = job
+                if not np.isfinite(w).all():
+                    raise non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
+                                     tensor_label)
+                k = report.kinds[e.name]
+                if qtype.name == "F32":
+                    data = w
+                else:  # and measure what quantizing cost
+                    t = BY_GGUF[qtype]
+                    imp = (importance or {}).get((e.name, e.layer))
+                    data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
+                    diff = t.dequantize(data, w.shape) - w
+                    k.max_err = max(k.max_err, float(np.abs(diff).max()))
+                    k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+                k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
+                out.pwrite(data, offset + nbytes * r0 // e.shape[0])
+                if r1 == e.shape[0]:
+                    out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)
+
+            pump(reader, plan, write, progress)
             out.flush()
             check_written(f.fileno(), dst, at)
         report.seconds = time.perf_counter() - t0

@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 
+from ..conversion.driver import pump
 from ..conversion.report import Report
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
@@ -172,23 +173,22 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
             step = reader.row_step(e, unit, chunk_bytes)
             for r0 in range(0, e.shape[0], step):
                 plan.append((e, r0, min(e.shape[0], r0 + step)))
-        total, done = sum(e.numel for e in entries), 0
-        report.out_bytes = total * size
+        report.out_bytes = sum(e.numel for e in entries) * size
         check_free_space(dst, report.out_bytes)
         t0 = time.perf_counter()
         with atomic_directory(dst, force, export_writes, inputs) as tmp:
             # in the input's order: the input is read front to back, each shard written so
             table = [(hf.hf_name(e.name, e.layer), st_dtype, e.shape, size) for e in entries]
-            with SafetensorsWriter(tmp, table, shard_bytes, QUEUED_CHUNKS * chunk_bytes) as out, \
-                    reader.chunks(plan) as chunks:
-                for (e, r0, r1), w in chunks:
+            with SafetensorsWriter(tmp, table, shard_bytes, QUEUED_CHUNKS * chunk_bytes) as out:
+
+                def write(job, w):
+                    e, r0, r1 = job
                     if e.name in hf.PERMUTED:
                         w = hf.to_hf(w, (r1 - r0) // config.head_size)
                     out.write(hf.hf_name(e.name, e.layer), r0 * (e.numel // e.shape[0]) * size,
                               cast_values(w, kind))
-                    done += w.size
-                    if progress is not None:
-                        progress(4 * done, 4 * total)
+
+                pump(reader, plan, write, progress)
             bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
             write_json(os.path.join(tmp, "config.json"), hf.config_json(config, dtype_name, bos, eos))
             write_json(os.path.join(tmp, "generation_config.json"),
