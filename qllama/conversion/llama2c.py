@@ -32,44 +32,54 @@ from .llama2c_sink import TensorWriter
 from .report import Report, kind_stats
 
 
+def fill(out, cout: Config, chunks, write, tables=(), progress=None,
+         chunk_bytes: int = CHUNK_BYTES) -> int:
+    """The llama2.c sink's loop: the header of `cout`, then every chunk (entry, first
+    value, values, release, input bytes) through write(entry, first, values, release),
+    in file order, into the QueuedWriter `out`; returns the input bytes. `tables`
+    (v0's rotary tables, entries the input lacks) are computed in their place, so the
+    file is still written front to back. `progress(done)` after each chunk."""
+    out.pwrite(llama2c.header_bytes(cout), 0)
+
+    def write_tables(tables):
+        row_bytes = 4 * (cout.head_size // 2)
+        for i, t in enumerate(tables):  # freqs_cos, then freqs_sin
+            for start, *cos_sin in rope_chunks(cout.head_size, cout.seq_len, chunk_bytes):
+                out.pwrite(cos_sin[i], t.offset + start * row_bytes)
+
+    done = 0
+    for e, start, w, release, nbytes in chunks:
+        if tables and e.offset > tables[0].offset:
+            write_tables(tables)
+            tables = ()
+        write(e, start, w, release)
+        done += nbytes
+        if progress is not None:
+            progress(done)
+    if tables:
+        write_tables(tables)
+    out.flush()
+    return done
+
+
 def rewrite(fd: int, src: str, dst: str, cin: Config, cout: Config, force: bool,
             step: int, chunk_bytes: int, writer, progress=None) -> int:
-    """Write the input `fd` (header `cin`) as `cout` to `dst`, atomically; returns the
-    fp32 bytes read. `writer(out)` gives write(entry, first value, values) for the
-    output's QueuedWriter; the output's tensors the input lacks (v0's rotary tables)
-    are computed in their place, so the file is still written front to back."""
+    """Write the input `fd` (header `cin`) as `cout` to `dst`, atomically, through
+    fill(); returns the fp32 bytes read. `writer(out)` gives write(entry, first value,
+    values, release) for the output's QueuedWriter."""
     out_entries = llama2c.layout(cout)
     in_entries = llama2c.layout(cin)
     present = {(e.name, e.layer) for e in in_entries}
     tables = [e for e in out_entries if (e.name, e.layer) not in present]  # v0's freqs
     jobs = read_jobs(out_entries, in_entries, step)
-    done = 0
     with atomic_output(dst, force, (src,)) as f, QueuedWriter(
             f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
-        out.pwrite(llama2c.header_bytes(cout), 0)
-        write = writer(out)
-
-        def write_tables(tables):
-            row_bytes = 4 * (cout.head_size // 2)
-            for i, t in enumerate(tables):  # freqs_cos, then freqs_sin
-                for start, *cos_sin in rope_chunks(cout.head_size, cout.seq_len, chunk_bytes):
-                    out.pwrite(cos_sin[i], t.offset + start * row_bytes)
-
         reader = ChunkReader(fd, src, jobs, step)
         try:
-            for (_, n, e, start), w in reader:
-                if tables and e.offset > tables[0].offset:
-                    write_tables(tables)
-                    tables = []
-                write(e, start, w)
-                done += 4 * n
-                if progress is not None:
-                    progress(done)
+            chunks = ((e, start, w, None, 4 * n) for (_, n, e, start), w in reader)
+            done = fill(out, cout, chunks, writer(out), tables, progress, chunk_bytes)
         finally:
             reader.close()
-        if tables:
-            write_tables(tables)
-        out.flush()
         check_written(f.fileno(), dst, llama2c.expected_size(cout))
     return done
 
@@ -135,7 +145,7 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False,
         recomputed = any((e.name, e.layer) not in present for e in llama2c.layout(cout))
 
         def writer(out):  # fp32 values as they are (a copy checks nothing)
-            return lambda e, start, w: out.pwrite(w, e.offset + 4 * start)
+            return lambda e, start, w, release: out.pwrite(w, e.offset + 4 * start)
 
         t0 = time.perf_counter()
         rewrite(fd, src, dst, cin, cout, force, chunk_bytes // 4, chunk_bytes, writer)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..conversion.llama2c import fill
 from ..conversion.llama2c_sink import N_VALUE_BUFFERS, TensorWriter
 from ..conversion.report import Report, kind_stats
 from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
@@ -313,35 +314,38 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         extra = " (rows in llama2.c's order)" if e.name in hf.PERMUTED else ""
         return hf.hf_name(e.name, e.layer) + extra
 
+    # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
+    # in the writer's queue (pages are touched only where used: v1 output, norms).
+    pool: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(N_VALUE_BUFFERS):
+        pool.put(np.empty(step, np.float32))
+    bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
+
+    def chunks(raw_chunks):
+        """fill()'s chunks: bf16 for the quantizer as bits (it widens them itself), else
+        float32 in a pooled buffer, handed back once written."""
+        for chunk, raw in raw_chunks:
+            e, start, s, r0, r1 = chunk
+            nbytes = s.nbytes * (r1 - r0) // s.shape[0]
+            if s.dtype == "BF16" and e.encoding == Q80:
+                yield e, start, _read(chunk, config, raw, bits), None, nbytes
+            else:
+                buf = pool.get()
+                yield (e, start, _read(chunk, config, raw, buf),
+                       lambda buf=buf: pool.put(buf), nbytes)
+
     t0 = time.perf_counter()
-    done = 0
     paths = [dst] + [p for p, _ in tokenizer_files]
     with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs), \
             QueuedWriter(f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
         for tok_out, (_, data) in zip(tokenizer_outs, tokenizer_files):
             tok_out.write(data)
-        out.pwrite(llama2c.header_bytes(cout), 0)
         tensors = TensorWriter(out, cout, step, threads, report.kinds, src, label,
                                chunk_bytes=chunk_bytes)
-        # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
-        # in the writer's queue (pages are touched only where used: v1 output, norms).
-        pool: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(N_VALUE_BUFFERS):
-            pool.put(np.empty(step, np.float32))
-        bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
-        with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as chunks:
-            for chunk, raw in chunks:
-                e, start, s, r0, r1 = chunk
-                if s.dtype == "BF16" and e.encoding == Q80:
-                    tensors.write(e, start, _read(chunk, config, raw, bits))
-                else:
-                    buf = pool.get()
-                    tensors.write(e, start, _read(chunk, config, raw, buf),
-                                  release=lambda buf=buf: pool.put(buf))
-                done += s.nbytes * (r1 - r0) // s.shape[0]
-                if progress is not None:
-                    progress(done, report.in_bytes)
-        out.flush()
+        with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as raw_chunks:
+            fill(out, cout, chunks(raw_chunks), tensors.write,
+                 progress=None if progress is None else lambda d: progress(d, report.in_bytes),
+                 chunk_bytes=chunk_bytes)
         check_written(f.fileno(), dst, out_size)
     report.seconds = time.perf_counter() - t0
     return report
