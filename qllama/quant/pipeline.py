@@ -1,5 +1,3 @@
-"""The streaming quantizer's old address: quantize_file and its Report live in
-qllama.conversion (the llama2.c → llama2.c driver); kept for the callers that import
-them from here."""
+"""The streaming quantizer's old address: quantize_file lives in qllama.conversion.llama2c
+(the llama2.c → llama2.c driver); kept for the callers that import it from here."""
 from ..conversion.llama2c import quantize_file  # noqa: F401
-from ..conversion.report import KindStats, Report  # noqa: F401
