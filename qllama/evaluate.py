@@ -19,7 +19,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import gguf.quants
 import numpy as np
 
 from .errors import UsageError
@@ -162,22 +161,9 @@ class WeightError:
 
 
 def _rows(tensor, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of a tensor as float32 (dequantized if Q8_0)."""
-    if isinstance(tensor, QTensor):
-        cols = int(np.prod(tensor.shape[1:]))
-        gs = tensor.group_size
-        a, b = start * cols, stop * cols
-        if a % gs == 0 and b % gs == 0:
-            q = tensor.q[a:b].reshape(-1, gs).astype(np.float32)
-            return (q * tensor.s[a // gs:b // gs, None]).reshape(stop - start, cols)
-        # groups straddle rows: dequantize the groups covering the rows, then cut
-        g0, g1 = a // gs, -(-b // gs)
-        q = tensor.q[g0 * gs:g1 * gs].reshape(-1, gs).astype(np.float32)
-        w = (q * tensor.s[g0:g1, None]).reshape(-1)
-        return w[a - g0 * gs:b - g0 * gs].reshape(stop - start, cols)
-    if isinstance(tensor, BlockTensor):  # GGUF's blocks, by gguf-py's dequantizer
-        rows = tensor.data.reshape(tensor.shape[0], -1)[start:stop]
-        return gguf.quants.dequantize(rows, tensor.qtype.gguf).astype(np.float32)
+    """Rows start:stop of a tensor as float32 (dequantized if Q8_0 or GGUF blocks)."""
+    if isinstance(tensor, (QTensor, BlockTensor)):
+        return tensor.rows(start, stop)
     return np.asarray(tensor[start:stop], dtype=np.float32).reshape(stop - start, -1)
 
 

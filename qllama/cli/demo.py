@@ -158,7 +158,7 @@ class Demo:
         return paths
 
     def write_int8(self, src: Path, dst: Path, label: str) -> Path:
-        from ..quant.pipeline import quantize_file
+        from ..conversion.llama2c import quantize_file
 
         self.step(f"quantizing {label}: {src.name} → {dst.name} (int8 Q8_0, version 2)")
         bar, update = self.progress("quantizing", os.path.getsize(src))

@@ -37,7 +37,7 @@ def run(args) -> int:
 
 def print_gguf_report(report) -> None:
     """Notes on stderr; per tensor kind its types and what they cost, per GGUF type its
-    tensors and size, on stdout (interop.gguf_export.GGUFReport)."""
+    tensors and size, on stdout (conversion.report.Report)."""
     from rich.table import Table
     for note in report.notes:
         print(f"qllama: note: {note}", file=sys.stderr)

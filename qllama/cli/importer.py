@@ -27,7 +27,7 @@ def run(args) -> int:
               f"{fmt_bytes(report.in_bytes)}) → {report.dst} (version {c.version}, "
               f"{fmt_bytes(report.out_bytes)}) in {report.seconds:.2f} s, "
               f"{report.mb_per_s:,.0f} MB/s", highlight=False)
-    for path in report.tokenizer_files:
+    for path in report.files:
         out.print(f"wrote {path}", highlight=False)
     return 0
 

@@ -1,4 +1,4 @@
-"""`qllama quantize IN OUT`: the streaming quantizer (quant.pipeline) with a
+"""`qllama quantize IN OUT`: the streaming quantizer (conversion.llama2c) with a
 progress bar on a terminal and a summary table; with OUT.gguf, a GGUF file of
 `--type` (interop.gguf_export, llama.cpp's quantization types and mixtures)."""
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import sys
 
+from ..conversion.llama2c import quantize_file
+from ..conversion.report import Report
 from ..errors import UsageError
 from ..formats import llama2c
 from ..formats.llama2c import Q80
 from ..io.atomic import check_output_path
-from ..quant.pipeline import Report, quantize_file
 from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
 
@@ -20,7 +21,7 @@ CALIBRATION_LIMIT = 16 << 20  # bytes of text; the forward pass reads its first 
 
 
 def kinds_table(title: str, kinds: dict):
-    """A table of tensor kinds (quant.pipeline.KindStats): shape, count, encoding, error."""
+    """A table of tensor kinds (conversion.report.KindStats): shape, count, encoding, error."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")

@@ -262,6 +262,14 @@ def open_checkpoint(path: str) -> tuple[int, Config]:
         raise
 
 
+def open_input(path: str) -> tuple[int, Config]:
+    """open_checkpoint for a converter's one pass front to back: the kernel reads ahead."""
+    fd, config = open_checkpoint(path)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return fd, config
+
+
 def read_config(path: str | os.PathLike) -> Config:
     """Validate a file's header against its size without mapping it."""
     fd, config = open_checkpoint(os.fspath(path))
@@ -278,8 +286,26 @@ class QTensor(NamedTuple):
     group_size: int
 
     def dequantize(self) -> np.ndarray:
-        w = self.q.reshape(-1, self.group_size).astype(np.float32) * self.s[:, None]
-        return w.reshape(self.shape)
+        return dequantize_q80(self.q, self.s, self.group_size).reshape(self.shape)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop as float32 (stop - start, cols)."""
+        cols = self.q.size // self.shape[0]
+        return dequantize_q80(self.q, self.s, self.group_size,
+                              start * cols, stop * cols).reshape(stop - start, cols)
+
+
+def dequantize_q80(q: np.ndarray, s: np.ndarray, group_size: int, start: int = 0,
+                   stop: int | None = None) -> np.ndarray:
+    """Values start:stop (flat, float32) of Q8_0 values `q` (int8) with one scale in `s`
+    per `group_size` of them: q · s. Groups run over the flattened tensor, so a range
+    of rows may begin or end inside one: the groups covering it are dequantized, then
+    cut."""
+    stop = q.size if stop is None else stop
+    g0, g1 = start // group_size, -(-stop // group_size)
+    w = q[g0 * group_size:g1 * group_size].reshape(-1, group_size).astype(np.float32)
+    w = (w * s[g0:g1, None]).reshape(-1)
+    return w[start - g0 * group_size:stop - g0 * group_size]
 
 
 class ModelFile:

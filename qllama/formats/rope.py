@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.chunks import CHUNK_BYTES
-
 
 def rope_tables(head_size: int, seq_len: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """freqs_cos, freqs_sin rows start..seq_len-1 ((seq_len - start, head_size // 2)
@@ -34,7 +32,7 @@ def rope_chunk_rows(head_size: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // (8 * max(1, head_size // 2)))
 
 
-def rope_chunks(head_size: int, seq_len: int, chunk_bytes: int = CHUNK_BYTES):
+def rope_chunks(head_size: int, seq_len: int, chunk_bytes: int):
     """(first position, freqs_cos rows, freqs_sin rows) over all positions in chunks
     of rope_chunk_rows(head_size, chunk_bytes): memory stays bounded whatever
     seq_len a header claims."""

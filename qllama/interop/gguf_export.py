@@ -19,69 +19,21 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conversion.driver import pump
+from ..conversion.report import KindStats, Report, TypeTotal, non_finite, tensor_label
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
-from ..io.atomic import atomic_output, check_output_path
+from ..io.atomic import atomic_output, check_output_path, check_written
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.blocks import WEIGHTED
-from ..quant.pipeline import _non_finite, check_written, tensor_label
 from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
 from .hf_import import HFReader
 from .rows import Llama2cReader, resolve_tokenizer
-
-
-@dataclass
-class KindError:
-    """One tensor kind (all layers): its GGUF types (name -> tensors), the largest
-    |written - input| and the sums of squares that give the RMS error."""
-
-    gguf_name: str
-    types: dict = field(default_factory=dict)
-    count: int = 0
-    max_err: float = 0.0
-    sq_err: float = 0.0
-    sq: float = 0.0
-
-    @property
-    def qtype(self) -> str:
-        if len(self.types) == 1:
-            return next(iter(self.types))
-        return ", ".join(f"{t} ×{n}" for t, n in self.types.items())
-
-    @property
-    def rms_rel(self) -> float:
-        """RMS of (written - input) over RMS of the input."""
-        return (self.sq_err / self.sq) ** 0.5 if self.sq else 0.0
-
-
-@dataclass
-class TypeTotal:
-    """One GGUF type in the file: its tensors, weights and bytes."""
-
-    tensors: int = 0
-    weights: int = 0
-    nbytes: int = 0
-
-
-@dataclass
-class GGUFReport:
-    src: str
-    dst: str
-    src_version: int  # a Hugging Face folder's: 1 (fp32 rows, as import writes)
-    kind: str  # --type
-    tokenizer: str
-    out_bytes: int
-    notes: list = field(default_factory=list)
-    kinds: dict = field(default_factory=dict)  # llama2.c name -> KindError, in file order
-    types: dict = field(default_factory=dict)  # GGUF type name -> TypeTotal
-    seconds: float = 0.0
-    threads: int = 1
 
 
 def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, int]:
@@ -128,7 +80,7 @@ def _note(gnames: list, planned, qtype, cols: int) -> str:
 
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
-                threads: int | None = None, importance: dict | None = None) -> GGUFReport:
+                threads: int | None = None, importance: dict | None = None) -> Report:
     """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
     reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
     "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
@@ -152,7 +104,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
 
         entries = reader.weights()
-        report = GGUFReport(src, dst, config.version, kind, tok_path, 0, threads=threads)
+        report = Report(src, dst, config.version, kind=kind, tokenizer=tok_path, threads=threads)
         has_output = any(e.name == "output" for e in entries)
         tensors, notes = [], {}
         for e in entries:
@@ -162,7 +114,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
             gname = gguf_format.tensor_name(e.name, e.layer)
             nbytes = gguf_format.nbytes(e.shape, qtype)
             tensors.append((gname, e.shape, qtype, nbytes))
-            k = report.kinds.setdefault(e.name, KindError(gguf_format.tensor_name(e.name, "N")))
+            k = report.kinds.setdefault(
+                e.name, KindStats(gguf_name=gguf_format.tensor_name(e.name, "N")))
             k.count += 1
             k.types[qtype.name] = k.types.get(qtype.name, 0) + 1
             total = report.types.setdefault(qtype.name, TypeTotal())
@@ -188,34 +141,32 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
             step = reader.row_step(e, chunk_bytes=chunk_bytes)
             for r0 in range(0, e.shape[0], step):
                 plan.append((e, r0, min(e.shape[0], r0 + step), qtype, offset, nbytes))
-        total = sum(e.numel for e in entries)
-        done = 0
         t0 = time.perf_counter()
         with atomic_output(dst, force, (*reader.inputs, tok_path)) as f, QueuedWriter(
                 f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
             out.pwrite(meta + bytes(_pad(len(meta), align)), 0)
-            with reader.chunks(plan) as chunks:
-                for (e, r0, r1, qtype, offset, nbytes), w in chunks:
-                    if not np.isfinite(w).all():
-                        raise _non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
-                                          tensor_label)
-                    k = report.kinds[e.name]
-                    if qtype.name == "F32":
-                        data = w
-                    else:  # and measure what quantizing cost
-                        t = BY_GGUF[qtype]
-                        imp = (importance or {}).get((e.name, e.layer))
-                        data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
-                        diff = t.dequantize(data, w.shape) - w
-                        k.max_err = max(k.max_err, float(np.abs(diff).max()))
-                        k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
-                    k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
-                    out.pwrite(data, offset + nbytes * r0 // e.shape[0])
-                    if r1 == e.shape[0]:
-                        out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)
-                    done += w.size
-                    if progress is not None:
-                        progress(4 * done, 4 * total)
+
+            def write(job, w):
+                e, r0, r1, qtype, offset, nbytes = job
+                if not np.isfinite(w).all():
+                    raise non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
+                                     tensor_label)
+                k = report.kinds[e.name]
+                if qtype.name == "F32":
+                    data = w
+                else:  # and measure what quantizing cost
+                    t = BY_GGUF[qtype]
+                    imp = (importance or {}).get((e.name, e.layer))
+                    data = t.quantize(w, threads, imp if t.name in WEIGHTED else None)
+                    diff = t.dequantize(data, w.shape) - w
+                    k.max_err = max(k.max_err, float(np.abs(diff).max()))
+                    k.sq_err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+                k.sq += float(np.dot(w.reshape(-1), w.reshape(-1)))
+                out.pwrite(data, offset + nbytes * r0 // e.shape[0])
+                if r1 == e.shape[0]:
+                    out.pwrite(bytes(_pad(nbytes, align)), offset + nbytes)
+
+            pump(reader, plan, write, progress)
             out.flush()
             check_written(f.fileno(), dst, at)
         report.seconds = time.perf_counter() - t0

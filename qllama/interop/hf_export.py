@@ -23,16 +23,16 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conversion.driver import pump
+from ..conversion.report import Report
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, safetensors
-from ..io.atomic import atomic_directory, check_output_directory
+from ..io.atomic import atomic_directory, check_output_directory, check_written
 from ..io.blockwriter import QUEUE_BYTES, QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from ..quant.pipeline import check_written
 from .rows import Llama2cReader, resolve_tokenizer
 
 SHARD_BYTES = 5 * 10**9  # tensor bytes per shard: files of a few GB, as on the hub
@@ -48,18 +48,6 @@ WRITTEN = ("config.json", "generation_config.json", "tokenizer.model", "tokenize
 
 def export_writes(name: str) -> bool:
     return name in WRITTEN or (name.startswith("model-") and name.endswith(".safetensors"))
-
-
-@dataclass
-class HFReport:
-    src: str
-    dst: str
-    src_version: int
-    dtype: str  # --type
-    files: list = field(default_factory=list)  # written into dst
-    out_bytes: int = 0
-    seconds: float = 0.0
-    notes: list = field(default_factory=list)
 
 
 def cast_values(w: np.ndarray, kind: str) -> np.ndarray:
@@ -151,7 +139,7 @@ class SafetensorsWriter:
 
 def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = None,
               force: bool = False, progress=None, shard_bytes: int = SHARD_BYTES,
-              chunk_bytes: int = CHUNK_BYTES) -> HFReport:
+              chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Write llama2.c checkpoint `src` as the Hugging Face folder `dst` with weights of
     `kind` ("f32", "f16", "bf16"). `progress(done, total)` gets the weights converted so
     far and in all, in bytes of float32."""
@@ -161,7 +149,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
     st_dtype, dtype_name, size = DTYPES[kind]
     with Llama2cReader(src) as reader:
         config = reader.config
-        report = HFReport(src, dst, config.version, kind)
+        report = Report(src, dst, config.version, kind=kind)
         tok_path = resolve_tokenizer(src, tokenizer)
         inputs = (src, tok_path) if tok_path else (src,)
         check_output_directory(dst, force, export_writes, inputs)
@@ -185,23 +173,22 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
             step = reader.row_step(e, unit, chunk_bytes)
             for r0 in range(0, e.shape[0], step):
                 plan.append((e, r0, min(e.shape[0], r0 + step)))
-        total, done = sum(e.numel for e in entries), 0
-        report.out_bytes = total * size
+        report.out_bytes = sum(e.numel for e in entries) * size
         check_free_space(dst, report.out_bytes)
         t0 = time.perf_counter()
         with atomic_directory(dst, force, export_writes, inputs) as tmp:
             # in the input's order: the input is read front to back, each shard written so
             table = [(hf.hf_name(e.name, e.layer), st_dtype, e.shape, size) for e in entries]
-            with SafetensorsWriter(tmp, table, shard_bytes, QUEUED_CHUNKS * chunk_bytes) as out, \
-                    reader.chunks(plan) as chunks:
-                for (e, r0, r1), w in chunks:
+            with SafetensorsWriter(tmp, table, shard_bytes, QUEUED_CHUNKS * chunk_bytes) as out:
+
+                def write(job, w):
+                    e, r0, r1 = job
                     if e.name in hf.PERMUTED:
                         w = hf.to_hf(w, (r1 - r0) // config.head_size)
                     out.write(hf.hf_name(e.name, e.layer), r0 * (e.numel // e.shape[0]) * size,
                               cast_values(w, kind))
-                    done += w.size
-                    if progress is not None:
-                        progress(4 * done, 4 * total)
+
+                pump(reader, plan, write, progress)
             bos, eos = (tok.bos_id, tok.eos_id) if tok is not None else (1, 2)
             write_json(os.path.join(tmp, "config.json"), hf.config_json(config, dtype_name, bos, eos))
             write_json(os.path.join(tmp, "generation_config.json"),

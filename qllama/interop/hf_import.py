@@ -4,7 +4,7 @@ Data flow: config.json → Config (formats.hf.parse_config: refusals) → every 
 safetensors header, parsed once (formats.safetensors), checked against the llama2.c
 layout (name, dtype, shape) → for each output tensor in file order, row chunks read
 a thread ahead with pread, q_proj / k_proj rows put back in Meta's order per head →
-quant.pipeline.TensorWriter (fp32 copy, converted exactly; or the Q8_0 weight
+conversion.llama2c_sink.TensorWriter (fp32 copy, converted exactly; or the Q8_0 weight
 quantizer on every core, which widens bf16 in its own pass) → 2 MiB-aligned writes
 by a writer thread (io.blockwriter.QueuedWriter) into an atomic output. So
 a v2 file is byte-identical to `qllama quantize` of the v1 file. Shards are read,
@@ -23,19 +23,21 @@ import queue
 import stat
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..conversion.llama2c import fill
+from ..conversion.llama2c_sink import N_VALUE_BUFFERS, TensorWriter
+from ..conversion.report import Report, kind_stats
 from ..errors import FormatError, QllamaWarning, TokenizerError, UsageError
 from ..formats import hf, llama2c, safetensors
 from ..formats.llama2c import Q80, Config, Entry
-from ..io.atomic import atomic_outputs, check_output_name, check_output_path
+from ..io.atomic import atomic_outputs, check_output_name, check_output_path, check_written
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space, prefetch
 from ..io.inputs import TOKENIZER_LIMIT, open_regular, read_bounded, read_exact
 from ..quant.groups import choose_group_size
-from ..quant.pipeline import N_VALUE_BUFFERS, TensorWriter, check_written, kind_stats
 from ..threads import resolve_threads
 
 
@@ -50,25 +52,6 @@ class Source:
     shape: tuple
     offset: int
     nbytes: int
-
-
-@dataclass
-class ImportReport:
-    src: str
-    dst: str
-    config: Config  # the output's
-    note: str | None  # the group size's back-off, if any
-    dtypes: list  # safetensors dtypes read
-    in_bytes: int  # tensor bytes read from the shards
-    out_bytes: int
-    tokenizer_files: list = field(default_factory=list)  # written beside dst
-    seconds: float = 0.0
-    threads: int = 1
-    kinds: dict = field(default_factory=dict)  # name -> quant.pipeline.KindStats
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.in_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
 # How each dtype's bytes are viewed: bf16 as its bits, widened by a shift (_read).
@@ -287,7 +270,7 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
 
 def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = None,
               force: bool = False, threads: int | None = None, progress=None,
-              chunk_bytes: int = CHUNK_BYTES) -> ImportReport:
+              chunk_bytes: int = CHUNK_BYTES) -> Report:
     """Write the Hugging Face folder `src` as llama2.c `version` 1 or 2 to `dst`.
 
     `progress(done, total)` gets the tensor bytes read so far and in all.
@@ -321,44 +304,48 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
     step = max(gs, (chunk_bytes // 4) // gs * gs)
     plan = list(_chunks(entries, sources, config, step))
     step = max((r1 - r0) * (e.numel // e.shape[0]) for e, _, _, r0, r1 in plan)
-    report = ImportReport(src, dst, cout, note, sorted({s.dtype for s in sources.values()}),
-                          sum(sources[(e.name, e.layer)].nbytes for e in entries), out_size,
-                          [p for p, _ in tokenizer_files], threads=threads,
-                          kinds=kind_stats(entries))
+    report = Report(src, dst, config=cout, notes=[note] if note else [],
+                    dtypes=sorted({s.dtype for s in sources.values()}),
+                    in_bytes=sum(sources[(e.name, e.layer)].nbytes for e in entries),
+                    out_bytes=out_size, files=[p for p, _ in tokenizer_files], threads=threads,
+                    kinds=kind_stats(entries))
 
     def label(e: Entry) -> str:  # for q/k the element index counts llama2.c's rows
         extra = " (rows in llama2.c's order)" if e.name in hf.PERMUTED else ""
         return hf.hf_name(e.name, e.layer) + extra
 
+    # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
+    # in the writer's queue (pages are touched only where used: v1 output, norms).
+    pool: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(N_VALUE_BUFFERS):
+        pool.put(np.empty(step, np.float32))
+    bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
+
+    def chunks(raw_chunks):
+        """fill()'s chunks: bf16 for the quantizer as bits (it widens them itself), else
+        float32 in a pooled buffer, handed back once written."""
+        for chunk, raw in raw_chunks:
+            e, start, s, r0, r1 = chunk
+            nbytes = s.nbytes * (r1 - r0) // s.shape[0]
+            if s.dtype == "BF16" and e.encoding == Q80:
+                yield e, start, _read(chunk, config, raw, bits), None, nbytes
+            else:
+                buf = pool.get()
+                yield (e, start, _read(chunk, config, raw, buf),
+                       lambda buf=buf: pool.put(buf), nbytes)
+
     t0 = time.perf_counter()
-    done = 0
     paths = [dst] + [p for p, _ in tokenizer_files]
     with atomic_outputs(paths, force, inputs) as (f, *tokenizer_outs), \
             QueuedWriter(f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
         for tok_out, (_, data) in zip(tokenizer_outs, tokenizer_files):
             tok_out.write(data)
-        out.pwrite(llama2c.header_bytes(cout), 0)
         tensors = TensorWriter(out, cout, step, threads, report.kinds, src, label,
                                chunk_bytes=chunk_bytes)
-        # (step,) float32 chunks: fp32 output is written from them, no copy, so a few wait
-        # in the writer's queue (pages are touched only where used: v1 output, norms).
-        pool: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(N_VALUE_BUFFERS):
-            pool.put(np.empty(step, np.float32))
-        bits = np.empty(step, np.uint16)  # (step,) one bf16 chunk reordered, for the quantizer
-        with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as chunks:
-            for chunk, raw in chunks:
-                e, start, s, r0, r1 = chunk
-                if s.dtype == "BF16" and e.encoding == Q80:
-                    tensors.write(e, start, _read(chunk, config, raw, bits))
-                else:
-                    buf = pool.get()
-                    tensors.write(e, start, _read(chunk, config, raw, buf),
-                                  release=lambda buf=buf: pool.put(buf))
-                done += s.nbytes * (r1 - r0) // s.shape[0]
-                if progress is not None:
-                    progress(done, report.in_bytes)
-        out.flush()
+        with contextlib.closing(prefetch(_reads(plan, step), depth=2)) as raw_chunks:
+            fill(out, cout, chunks(raw_chunks), tensors.write,
+                 progress=None if progress is None else lambda d: progress(d, report.in_bytes),
+                 chunk_bytes=chunk_bytes)
         check_written(f.fileno(), dst, out_size)
     report.seconds = time.perf_counter() - t0
     return report

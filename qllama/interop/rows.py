@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from ..formats.llama2c import F32, Entry, layout
-from ..io.chunks import CHUNK_BYTES, open_input, prefetch
+from ..formats.llama2c import F32, Entry, dequantize_q80, layout, open_input
+from ..io.chunks import CHUNK_BYTES, prefetch
 from ..io.inputs import read_exact
 
 
@@ -60,7 +60,7 @@ class Llama2cReader:
             read_exact(self.fd, memoryview(q).cast("B"), e.offset + r0 * cols, self.path)
             read_exact(self.fd, memoryview(s).cast("B"), e.scales_offset + 4 * (r0 * cols // gs),
                        self.path)
-            w = (q.reshape(-1, gs).astype(np.float32) * s[:, None]).reshape(-1)
+            w = dequantize_q80(q, s, gs)
         return w.reshape((r1 - r0, cols) if len(e.shape) > 1 else (r1 - r0,))
 
     def chunks(self, plan):

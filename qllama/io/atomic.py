@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 
-from ..errors import UsageError
+from ..errors import QllamaError, UsageError
 
 
 def _identity(path: str) -> tuple | None:
@@ -281,3 +281,10 @@ def atomic_directory(path: str, force: bool = False, replaceable=lambda name: Fa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_written(fd: int, dst: str, size: int) -> None:
+    """The output's size is the layout's (cannot differ unless the layout is wrong)."""
+    written = os.fstat(fd).st_size
+    if written != size:
+        raise QllamaError(f"{dst}: wrote {written} bytes, expected {size}")

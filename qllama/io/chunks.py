@@ -15,17 +15,16 @@ import threading
 import numpy as np
 
 from ..errors import UsageError
-from ..formats import llama2c
-from ..formats.llama2c import Config, Entry
 from .inputs import read_exact
 
 CHUNK_BYTES = 32 << 20  # fp32 bytes read per chunk: large enough that per-chunk Python is noise
 N_BUFFERS = 3  # one being read, one being worked on, one spare
 
 
-def read_jobs(out_entries: list[Entry], in_entries: list[Entry], step: int) -> list[tuple]:
+def read_jobs(out_entries: list, in_entries: list, step: int) -> list[tuple]:
     """(input offset, n_floats, output entry, first value index) for every chunk of at
-    most `step` values of each output tensor the input holds, in output order."""
+    most `step` values of each output tensor the input holds, in output order. Entries
+    are any layout's with .name, .layer, .offset (of fp32 values) and .numel."""
     where = {(e.name, e.layer): e for e in in_entries}
     jobs = []
     for e in out_entries:
@@ -101,14 +100,6 @@ class ChunkReader:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()  # at most one chunk's read: then the fd may be closed
-
-
-def open_input(path: str) -> tuple[int, Config]:
-    """Validate and open an input checkpoint; returns (fd, config)."""
-    fd, config = llama2c.open_checkpoint(path)
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    return fd, config
 
 
 def check_free_space(path: str, nbytes: int) -> None:

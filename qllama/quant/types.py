@@ -83,3 +83,9 @@ class BlockTensor:
                 self.data.size != rows * self.qtype.row_bytes(cols)):
             raise ValueError(f"{self.qtype.name} matrix of shape {self.shape}: "
                              f"{self.data.size} bytes, expected {rows * self.qtype.row_bytes(cols)}")
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop as float32 (stop - start, cols), by the type's dequantizer."""
+        cols = self.shape[1]
+        row = self.qtype.row_bytes(cols)
+        return self.qtype.dequantize(self.data[start * row:stop * row], (stop - start, cols))

@@ -1,0 +1,157 @@
+"""llama2.c file → llama2.c file: fp32 (version 0 or 1) into version 0, 1 or 2.
+
+One driver for `quantize` (→ v2, Q8_0) and `convert` (v0 ↔ v1): validated input
+header → output layout (formats.llama2c.layout) → for each output tensor, chunks of
+the input read ahead by a thread (io.chunks.ChunkReader) → the tensor writer (a v2
+entry through the weight quantizer: Cython, nogil, prange over groups) → written at
+their offsets, front to back in 2 MiB-aligned pieces by a writer thread
+(io.blockwriter.QueuedWriter): reading, quantizing and writing overlap. Memory stays
+bounded by a few chunks and the writer's queue whatever the model size.
+
+The v2 output is byte-identical to llama2.c's `export.py --version 2` for the same
+weights, except that qllama picks a group size that divides every row (llama2.c
+only checks dim) and writes zeros for an all-zero group (llama2.c divides 0 by 0).
+v0 → v1 and same-version copies are byte-identical to llama2.c's exporters; v1 → v0
+recomputes the rotary tables (formats.rope).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import UsageError
+from ..formats import llama2c
+from ..formats.llama2c import Config
+from ..formats.rope import rope_chunks
+from ..io.atomic import atomic_output, check_output_path, check_written
+from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
+from ..io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, read_jobs
+from ..quant.groups import choose_group_size
+from ..threads import resolve_threads
+from .llama2c_sink import TensorWriter
+from .report import Report, kind_stats
+
+
+def fill(out, cout: Config, chunks, write, tables=(), progress=None,
+         chunk_bytes: int = CHUNK_BYTES) -> int:
+    """The llama2.c sink's loop: the header of `cout`, then every chunk (entry, first
+    value, values, release, input bytes) through write(entry, first, values, release),
+    in file order, into the QueuedWriter `out`; returns the input bytes. `tables`
+    (v0's rotary tables, entries the input lacks) are computed in their place, so the
+    file is still written front to back. `progress(done)` after each chunk."""
+    out.pwrite(llama2c.header_bytes(cout), 0)
+
+    def write_tables(tables):
+        row_bytes = 4 * (cout.head_size // 2)
+        for i, t in enumerate(tables):  # freqs_cos, then freqs_sin
+            for start, *cos_sin in rope_chunks(cout.head_size, cout.seq_len, chunk_bytes):
+                out.pwrite(cos_sin[i], t.offset + start * row_bytes)
+
+    done = 0
+    for e, start, w, release, nbytes in chunks:
+        if tables and e.offset > tables[0].offset:
+            write_tables(tables)
+            tables = ()
+        write(e, start, w, release)
+        done += nbytes
+        if progress is not None:
+            progress(done)
+    if tables:
+        write_tables(tables)
+    out.flush()
+    return done
+
+
+def rewrite(fd: int, src: str, dst: str, cin: Config, cout: Config, force: bool,
+            step: int, chunk_bytes: int, writer, progress=None) -> int:
+    """Write the input `fd` (header `cin`) as `cout` to `dst`, atomically, through
+    fill(); returns the fp32 bytes read. `writer(out)` gives write(entry, first value,
+    values, release) for the output's QueuedWriter."""
+    out_entries = llama2c.layout(cout)
+    in_entries = llama2c.layout(cin)
+    present = {(e.name, e.layer) for e in in_entries}
+    tables = [e for e in out_entries if (e.name, e.layer) not in present]  # v0's freqs
+    jobs = read_jobs(out_entries, in_entries, step)
+    with atomic_output(dst, force, (src,)) as f, QueuedWriter(
+            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
+        reader = ChunkReader(fd, src, jobs, step)
+        try:
+            chunks = ((e, start, w, None, 4 * n) for (_, n, e, start), w in reader)
+            done = fill(out, cout, chunks, writer(out), tables, progress, chunk_bytes)
+        finally:
+            reader.close()
+        check_written(f.fileno(), dst, llama2c.expected_size(cout))
+    return done
+
+
+def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool = False,
+                  threads: int | None = None, progress=None,
+                  chunk_bytes: int = CHUNK_BYTES) -> Report:
+    """Quantize checkpoint `src` (v0/v1) into `dst` (v2). Raises QllamaError on bad input.
+
+    `progress(done)` is called after each chunk with the weight bytes read so far (of
+    4 * config.n_params() in all: headers and v0's rope tables are not read).
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    threads = resolve_threads(threads)
+    fd, cin = llama2c.open_input(src)
+    try:
+        if cin.version == 2:
+            raise UsageError(f"{src}: already quantized (version 2, group size "
+                             f"{cin.group_size}); quantize reads fp32 files (versions 0 and 1)")
+        gs, note = choose_group_size(cin, group_size)
+        cout = cin.as_version(2, gs)
+        llama2c.validate(cout, dst)
+        out_size = llama2c.expected_size(cout)
+        check_output_path(dst, force, (src,))
+        check_free_space(dst, out_size)
+        out_entries = llama2c.layout(cout)
+        step = max(gs, (chunk_bytes // 4) // gs * gs)  # values per chunk: whole groups
+        in_bytes = sum(4 * e.numel for e in out_entries)
+        report = Report(src, dst, cin.version, cout, notes=[note] if note else [],
+                        in_bytes=os.fstat(fd).st_size, out_bytes=out_size, threads=threads,
+                        kinds=kind_stats(out_entries))
+
+        def writer(out):
+            return TensorWriter(out, cout, step, threads, report.kinds, src,
+                                chunk_bytes=chunk_bytes).write
+
+        t0 = time.perf_counter()
+        done = rewrite(fd, src, dst, cin, cout, force, step, chunk_bytes, writer, progress)
+        report.seconds = time.perf_counter() - t0
+        assert done == in_bytes
+        return report
+    finally:
+        os.close(fd)
+
+
+def convert_file(src: str, dst: str, to_version: int, force: bool = False,
+                 chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """Write checkpoint `src` (v0/v1) as fp32 version `to_version` (0 or 1) to `dst`."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if to_version not in (0, 1):
+        raise UsageError(f"convert writes versions 0 and 1, not {to_version} "
+                         "(use `qllama quantize` for version 2)")
+    fd, cin = llama2c.open_input(src)
+    try:
+        if cin.version == 2:
+            raise UsageError(f"{src}: is version 2 (Q8_0); convert handles fp32 files "
+                             "(versions 0 and 1)")
+        cout = cin.as_version(to_version)
+        out_size = llama2c.expected_size(cout)
+        check_output_path(dst, force, (src,))
+        check_free_space(dst, out_size)
+        present = {(e.name, e.layer) for e in llama2c.layout(cin)}
+        recomputed = any((e.name, e.layer) not in present for e in llama2c.layout(cout))
+
+        def writer(out):  # fp32 values as they are (a copy checks nothing)
+            return lambda e, start, w, release: out.pwrite(w, e.offset + 4 * start)
+
+        t0 = time.perf_counter()
+        rewrite(fd, src, dst, cin, cout, force, chunk_bytes // 4, chunk_bytes, writer)
+        seconds = time.perf_counter() - t0
+        return {"src_version": cin.version, "version": to_version,
+                "in_bytes": os.fstat(fd).st_size, "out_bytes": out_size, "seconds": seconds,
+                "recomputed_freqs": recomputed}
+    finally:
+        os.close(fd)
