@@ -85,7 +85,8 @@ def calibrate(args, folder: bool) -> dict:
         raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
     tok = load_tokenizer(tok_path, vocab_size=llama2c.read_config(args.input).vocab_size)
     text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
-    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok)
+    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok,
+                        threads=args.threads)
     if not args.quiet:
         print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
               f"{args.calibrate}", file=sys.stderr)
