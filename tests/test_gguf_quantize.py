@@ -415,20 +415,37 @@ def test_cli_calibrate_changes_the_k_quants_only(mix_model, tmp_path, capsys):
         assert same == (t.tensor_type == T.F32 or name in ("output.weight", "token_embd.weight")), name
 
 
-@pytest.mark.parametrize("case", ["q8_0", "bin output", "folder"])
+@pytest.mark.parametrize("case", ["q8_0", "bin output"])
 def test_calibrate_refusals_leave_nothing(case, mix_model, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text("Once upon a time")
     src, out, kind = str(mix_model), str(tmp_path / "m.gguf"), "q4_k_m"
     if case == "q8_0":
         kind = "q8_0"
-    elif case == "bin output":
-        out = str(tmp_path / "m.bin")
     else:
-        src = str(hf("hfa"))
+        out = str(tmp_path / "m.bin")
     before = _left(tmp_path)
     assert main(["quantize", src, out, "--type", kind, "--calibrate", str(text)]) == 1
     err = capsys.readouterr().err
-    assert {"q8_0": "--calibrate weights the k-quants' fit", "bin output": "does not end in .gguf",
-            "folder": "not a Hugging Face folder"}[case] in err
+    assert {"q8_0": "--calibrate weights the k-quants' fit",
+            "bin output": "does not end in .gguf"}[case] in err
     assert _left(tmp_path) == before
+
+
+def test_calibrate_a_hugging_face_folder(tmp_path, capsys):
+    """A folder's importance is its fp32 import's, made in a temporary folder that
+    goes after; the CLI calibrates from one."""
+    from qllama.quant.imatrix import importance
+    from qllama.tokenizer import load_tokenizer
+    tok = load_tokenizer(hf("hfa") / "tokenizer.model")
+    text = "Once upon a time, there was a little girl named Lily. " * 8
+    got, n = importance(str(hf("hfa")), text, tok, threads=2, scratch=str(tmp_path))
+    want, m = importance(str(hf("hfa.v1.bin")), text, tok, threads=2)
+    assert n == m and set(got) == set(want)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "t.txt").write_text(text)
+    assert main(["quantize", str(hf("hfa")), str(tmp_path / "m.gguf"), "--type", "q6_k",
+                 "--calibrate", str(tmp_path / "t.txt")]) == 0
+    assert "importance of each matrix's inputs from" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "t.txt"]

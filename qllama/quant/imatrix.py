@@ -6,8 +6,13 @@ fit each block where the model's inputs are large.
 
 As llama-imatrix without --process-output, the classifier gets none unless asked
 for. The text is cut into windows of at most seq_len tokens, each starting with BOS.
+The engine runs llama2.c and GGUF files: a Hugging Face folder is imported first, to
+a temporary fp32 llama2.c file (the model's size on disk, an import's time).
 """
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 
@@ -60,9 +65,17 @@ def collect(model: str, ids, threads: int | None = None,
 
 
 def importance(model: str, text: str, tok, max_tokens: int = 4096,
-               threads: int | None = None) -> tuple[dict, int]:
-    """collect() over `text` (at most `max_tokens` of it, tokenized by `tok`)."""
+               threads: int | None = None, scratch: str | None = None) -> tuple[dict, int]:
+    """collect() over `text` (at most `max_tokens` of it, tokenized by `tok`); a
+    Hugging Face folder `model` through its fp32 import in a temporary folder in
+    `scratch` (default: the system's), removed after."""
     ids = tok.encode(text, bos=False)[:max_tokens]
     if not ids:
         raise ValueError("the calibration text has no tokens")
-    return collect(model, ids, threads)
+    if not os.path.isdir(model):
+        return collect(model, ids, threads)
+    from ..interop.hf_import import import_hf
+    with tempfile.TemporaryDirectory(prefix=".qllama-calibrate-", dir=scratch) as tmp:
+        path = os.path.join(tmp, "model.bin")
+        import_hf(model, path, threads=threads)
+        return collect(path, ids, threads)
