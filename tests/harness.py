@@ -199,3 +199,18 @@ class AttentionCase:
     def out_bytes(self) -> int:
         n_pos, hs = self.k.shape
         return 2 * 2 * n_pos * hs + 2 * 4 * (n_pos + hs)
+
+
+@dataclass
+class BlockCase:
+    t: object       # a qllama.quant.types.BlockTensor
+    x: np.ndarray   # (T, cols) float32
+
+    def encode(self) -> bytes:
+        rows, cols = self.t.shape
+        return (struct.pack("<5q", 4, self.t.qtype.kernel_id, rows, cols, len(self.x))
+                + self.t.data.tobytes() + self.x.astype("<f4").tobytes())
+
+    def out_bytes(self) -> int:
+        rows, cols = self.t.shape
+        return 4 * len(self.x) * rows + 4 * cols

@@ -2,13 +2,22 @@
  * preparing its activations, for the engine, Kernels.matmul and the tests' harness. */
 #include "driver.h"
 
+#include <string.h>
+
+#include "block_types.h"
+
 int qllama_q8_input(ptrdiff_t n, ptrdiff_t gs) {
     return gs > 0 && gs <= QLLAMA_Q80_MAX_GROUP && n % gs == 0;
 }
 
 void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_kernels *k) {
     p->m = *m;
-    if (m->w) {
+    if (m->type > QLLAMA_Q80) {  /* GGUF blocks: the variant's kernel, else generic's */
+        p->fn = k->block_matmul[m->type] ? k->block_matmul[m->type]
+                                          : qllama_generic.block_matmul[m->type];
+        p->q8_input = m->type > QLLAMA_BF16;
+        p->m.gs = p->q8_input ? 32 : 0;
+    } else if (m->w) {
         p->fn = k->f32_matmul;
         p->q8_input = 0;
     } else if (qllama_q8_input(m->cols, m->gs)) {  /* int8 dot products */
@@ -34,6 +43,7 @@ void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrd
     a->q = p->q8_input ? q : NULL;
     a->s = p->q8_input ? s : NULL;
     a->packed = NULL;
+    a->type = p->m.type;
 }
 
 void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff_t t0,
@@ -47,7 +57,7 @@ void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff
 }
 
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf) {
-    if (!a->q || !buf || !qllama_packed_bytes(k, a->T, a->n, a->gs)) return;
+    if (!a->q || !buf || a->type > QLLAMA_Q80 || !qllama_packed_bytes(k, a->T, a->n, a->gs)) return;
     k->q80_pack(a, buf);
     a->packed = buf;
 }
@@ -63,4 +73,62 @@ void qllama_run(const qllama_kernels *k, const qllama_plan *p, const qllama_acts
                 ptrdiff_t out_stride) {
     for (ptrdiff_t r0 = 0; r0 < p->m.rows; r0 += k->row_block)
         qllama_run_rows(p, r0, k->row_block, a, out, out_stride);
+}
+
+void qllama_dequantize_row(const qllama_matrix *m, ptrdiff_t r, float *out) {
+    ptrdiff_t n = m->cols;
+    if (m->type <= QLLAMA_Q80) {
+        if (m->w) {
+            memcpy(out, m->w + r * n, (size_t)n * sizeof(float));
+        } else {
+            for (ptrdiff_t j = 0; j < n; j++) out[j] = m->q[r * n + j] * m->s[(r * n + j) / m->gs];
+        }
+        return;
+    }
+    const ptrdiff_t bv = qllama_block_values[m->type], bb = qllama_block_bytes[m->type];
+    const uint8_t *row = m->blocks + r * (n / bv * bb);
+    uint8_t q[256];
+    for (ptrdiff_t b = 0; b < n / bv; b++, out += bv) {
+        const uint8_t *blk = row + b * bb;
+        qllama_unpack_block(m->type, blk, q);
+        float d = qllama_f16_at(blk);
+        switch (m->type) {  /* gguf-py's formulas, rounding for rounding */
+        case QLLAMA_F16:
+            out[0] = d;
+            break;
+        case QLLAMA_BF16:
+            out[0] = qllama_bf16_at(blk);
+            break;
+        case QLLAMA_GQ8_0:
+            for (int l = 0; l < 32; l++) out[l] = (float)(int8_t)blk[2 + l] * d;
+            break;
+        case QLLAMA_Q4_0:
+            for (int l = 0; l < 32; l++) out[l] = d * (float)(q[l] - 8);
+            break;
+        case QLLAMA_Q4_1: {
+            float mn = qllama_f16_at(blk + 2);
+            for (int l = 0; l < 32; l++) out[l] = d * (float)q[l] + mn;
+            break;
+        }
+        case QLLAMA_Q4_K:
+        case QLLAMA_Q5_K: {
+            uint8_t sc[8], mn[8];
+            qllama_k_scales(blk + QLLAMA_Q4K_SCALES, sc, mn);
+            float dmin = qllama_f16_at(blk + 2);
+            for (int j = 0; j < 8; j++) {
+                float dj = d * (float)sc[j], mj = dmin * (float)mn[j];
+                for (int l = 0; l < 32; l++) out[32 * j + l] = dj * (float)q[32 * j + l] - mj;
+            }
+            break;
+        }
+        case QLLAMA_Q6_K: {
+            const int8_t *sc = (const int8_t *)(blk + QLLAMA_Q6K_SCALES);
+            d = qllama_f16_at(blk + QLLAMA_Q6K_D);
+            for (int i = 0; i < 16; i++)
+                for (int l = 0; l < 16; l++)
+                    out[16 * i + l] = (d * (float)sc[i]) * (float)(q[16 * i + l] - 32);
+            break;
+        }
+        }
+    }
 }

@@ -35,11 +35,15 @@ typedef struct {
  * through qllama_q80_flat_matmul, the format's definition. */
 int qllama_q8_input(ptrdiff_t n, ptrdiff_t gs);
 
-/* The plan of m (fp32 when m->w, else Q8_0) on variant k. */
+/* The plan of m on variant k: a GGUF block type (m->type above QLLAMA_Q80) by the
+ * variant's kernel, or generic's where it has none, with activations quantized in
+ * groups of 32 (f16, bf16: fp32 ones); else fp32 when m->w, else Q8_0. */
 void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_kernels *k);
 
 /* Bytes of k's packed layout for blocks of up to T rows of n values (groups of gs),
- * 0 when nothing is packed: one token, fp32 input, or a variant without a GEMM. */
+ * 0 when nothing is packed: one token, fp32 input, or a variant without a GEMM.
+ * Block types take no packed layout (their kernels read the activations row by
+ * row), so their activations are never packed into it. */
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
 
 /* The activations p takes: T rows of p->m.cols values at x (row stride cols) and, when
@@ -51,7 +55,8 @@ void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrd
 void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff_t t0,
                           ptrdiff_t t1);
 /* k's packed layout of a's quantized rows into buf (qllama_packed_bytes of them), for a
- * block of tokens; nothing when that is 0 or buf is NULL. After the rows are quantized. */
+ * block of tokens; nothing when that is 0, buf is NULL or a is for a block type. After
+ * the rows are quantized. */
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf);
 /* All three, in order. */
 void qllama_prepare(const qllama_kernels *k, const qllama_plan *p, qllama_acts *a,

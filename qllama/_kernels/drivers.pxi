@@ -90,10 +90,4 @@ cdef void observe(double* sums, Py_ssize_t at, const float* rows, Py_ssize_t T,
 
 
 cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
-    cdef Py_ssize_t j, n = table.m.cols, f
-    if table.m.w != NULL:
-        memcpy(out, table.m.w + token * n, n * sizeof(float))
-    else:
-        for j in range(n):
-            f = token * n + j
-            out[j] = table.m.q[f] * table.m.s[f // table.m.gs]
+    qllama_dequantize_row(&table.m, token, out)

@@ -27,7 +27,7 @@ attention over pages), workspace.pxi (Workspace, State), kernel_checks.pxi (Kern
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrtf
-from libc.stdint cimport int8_t, int32_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
@@ -38,11 +38,14 @@ from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matrix
                                       qllama_f16_to_f32, qllama_plan, qllama_plan_matrix,
                                       qllama_packed_bytes, qllama_acts_init,
                                       qllama_acts_quantize, qllama_acts_pack, qllama_prepare,
-                                      qllama_run_rows)
+                                      qllama_run_rows, qllama_dequantize_row,
+                                      qllama_block_values, qllama_block_bytes, QLLAMA_Q80,
+                                      QLLAMA_BF16, QLLAMA_N_TYPES)
 from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 
 import numpy as np
 
+from qllama.quant.types import BlockTensor
 from qllama.threads import MAX_THREADS
 
 cdef extern from "hugepages.h" nogil:

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bits.h"
+#include "block_types.h"
 #include "kernels.h"
 #include "generic.h"
 
@@ -189,6 +190,108 @@ void qllama_q80_flat_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                                                    x->x + t * x->x_stride, m->cols, m->gs);
 }
 
+/* ---- GGUF block types, in kernels.h's order ------------------------------------------ */
+
+const ptrdiff_t qllama_block_values[QLLAMA_N_TYPES] = {1, 0, 1, 1, 32, 32, 32, 256, 256, 256};
+const ptrdiff_t qllama_block_bytes[QLLAMA_N_TYPES] = {4, 0, 2, 2, 34, 18, 20, 144, 176, 210};
+
+/* f16 / bf16 row . fp32 x: the weights widened exactly, then dot16's order. */
+static float half_dot(int type, const uint8_t *w, const float *x, ptrdiff_t n) {
+    float acc[16] = {0};
+    ptrdiff_t j = 0;
+#define W(j) (type == QLLAMA_F16 ? qllama_f16_at(w + 2 * (j)) : qllama_bf16_at(w + 2 * (j)))
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++) acc[l] = fmaf(W(j + l), x[j + l], acc[l]);
+    float s[8];
+    for (int l = 0; l < 8; l++) s[l] = acc[l] + acc[l + 8];
+    float r = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    for (; j < n; j++) r = fmaf(W(j), x[j], r);
+#undef W
+    return r;
+}
+
+static int32_t isum32(const uint8_t *q, int bias, const int8_t *x, int n) {
+    int32_t s = 0;
+    for (int l = 0; l < n; l++) s += ((int32_t)q[l] - bias) * x[l];
+    return s;
+}
+
+static int32_t xsum32(const int8_t *x) {
+    int32_t s = 0;
+    for (int l = 0; l < 32; l++) s += x[l];
+    return s;
+}
+
+/* One quantized row . one activation row (xq, xs in groups of 32): 8 lanes. */
+static float block_dot(int type, const uint8_t *row, ptrdiff_t n, const int8_t *xq,
+                       const float *xs) {
+    float acc[8] = {0};
+    uint8_t q[256];
+    const ptrdiff_t bv = qllama_block_values[type], bb = qllama_block_bytes[type];
+    for (ptrdiff_t b = 0; b < n / bv; b++) {
+        const uint8_t *blk = row + b * bb;
+        const int8_t *x = xq + b * bv;
+        const float *s = xs + b * bv / 32;
+        float *a = acc + (b * bv / 32) % 8;  /* a 256-value block starts at lane 0 */
+        qllama_unpack_block(type, blk, q);
+        switch (type) {
+        case QLLAMA_GQ8_0: {
+            /* int8 through an int8 pointer: gcc 12 with -mavx512vnni vectorizes
+             * (int8_t)u8 * s8 as an unsigned x signed dot product (wrong) */
+            const int8_t *w = (const int8_t *)(blk + 2);
+            int32_t isum = 0;
+            for (int l = 0; l < 32; l++) isum += (int32_t)w[l] * (int32_t)x[l];
+            a[0] = a[0] + (float)isum * (qllama_f16_at(blk) * s[0]);
+            break;
+        }
+        case QLLAMA_Q4_0:
+            a[0] = a[0] + (float)isum32(q, 8, x, 32) * (qllama_f16_at(blk) * s[0]);
+            break;
+        case QLLAMA_Q4_1:
+            a[0] = a[0] + (float)isum32(q, 0, x, 32) * (qllama_f16_at(blk) * s[0]);
+            a[0] = a[0] + (float)xsum32(x) * (qllama_f16_at(blk + 2) * s[0]);
+            break;
+        case QLLAMA_Q4_K:
+        case QLLAMA_Q5_K: {
+            uint8_t sc[8], m[8];
+            qllama_k_scales(blk + QLLAMA_Q4K_SCALES, sc, m);
+            float d = qllama_f16_at(blk), dmin = qllama_f16_at(blk + 2);
+            for (int j = 0; j < 8; j++) {
+                int32_t isum = sc[j] * isum32(q + 32 * j, 0, x + 32 * j, 32);
+                int32_t xsum = m[j] * xsum32(x + 32 * j);
+                a[j] = a[j] + (float)isum * (d * s[j]);
+                a[j] = a[j] - (float)xsum * (dmin * s[j]);
+            }
+            break;
+        }
+        case QLLAMA_Q6_K: {
+            const int8_t *sc = (const int8_t *)(blk + QLLAMA_Q6K_SCALES);
+            float d = qllama_f16_at(blk + QLLAMA_Q6K_D);
+            for (int j = 0; j < 8; j++) {
+                int32_t isum = sc[2 * j] * isum32(q + 32 * j, 32, x + 32 * j, 16)
+                               + sc[2 * j + 1] * isum32(q + 32 * j + 16, 32, x + 32 * j + 16, 16);
+                a[j] = a[j] + (float)isum * (d * s[j]);
+            }
+            break;
+        }
+        }
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+void qllama_block_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                             const qllama_acts *x, float *out, ptrdiff_t out_stride) {
+    ptrdiff_t n = m->cols, row_bytes = n / qllama_block_values[m->type] * qllama_block_bytes[m->type];
+    for (ptrdiff_t t = 0; t < x->T; t++)
+        for (ptrdiff_t r = r0; r < r1; r++) {
+            const uint8_t *w = m->blocks + r * row_bytes;
+            out[t * out_stride + r] =
+                m->type <= QLLAMA_BF16
+                    ? half_dot(m->type, w, x->x + t * x->x_stride, n)
+                    : block_dot(m->type, w, n, x->q + t * n, x->s + t * (n / 32));
+        }
+}
+
 /* ---- attention over one head's cached positions ------------------------------------ */
 
 static void attn_scores_f16(const float *q, const uint16_t *k, ptrdiff_t n_pos, ptrdiff_t hs,
@@ -221,6 +324,7 @@ const qllama_kernels qllama_generic = {
     .q80_matmul = qllama_q80_matmul_ref,
     .q80_packed_bytes = NULL,
     .q80_pack = NULL,
+    .block_matmul = {[QLLAMA_F16 ... QLLAMA_Q6_K] = qllama_block_matmul_ref},
     .quantize_row = quantize_row,
     .f32_dot = qllama_f32_dot_ref,
     .f16_store = f16_store,

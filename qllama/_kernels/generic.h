@@ -15,6 +15,9 @@ void qllama_quantize_row_with(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t 
 float qllama_f32_dot_ref(const float *a, const float *b, ptrdiff_t n);
 void qllama_q80_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                            const qllama_acts *x, float *out, ptrdiff_t out_stride);
+/* The reference kernel of every GGUF block type (m->type), for a variant's last rows. */
+void qllama_block_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
+                             const qllama_acts *x, float *out, ptrdiff_t out_stride);
 
 /* A block of T quantized activation rows for a GEMM whose vector lanes are tokens
  * (avx512vnni, amx, dotprod): bytes [k/4][t][4] (k/4 runs over the groups in order),

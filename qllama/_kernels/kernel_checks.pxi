@@ -22,9 +22,10 @@ cdef class Kernels:
         return q, s
 
     def matmul(self, tensor, const float[:, ::1] x, int threads=1):
-        """x (T, cols) @ tensor^T for an fp32 ndarray or a formats.llama2c.QTensor (any
-        group size), through the driver as the engine runs it: the kernel it plans,
-        the activations quantized and packed as in a forward pass."""
+        """x (T, cols) @ tensor^T for an fp32 ndarray, a formats.llama2c.QTensor (any
+        group size) or a quant.types.BlockTensor, through the driver as the engine runs
+        it: the kernel it plans, the activations quantized and packed as in a forward
+        pass."""
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads {threads} outside 1..{MAX_THREADS}")
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
@@ -42,6 +43,16 @@ cdef class Kernels:
                        &packed[0] if nbytes else NULL)
         with nogil:
             matmul(&o[0, 0], m.m.rows, &xa, &m, self.k.row_block, threads)
+        return out
+
+    def dequantize_row(self, tensor, Py_ssize_t r):
+        """Row r of a matrix (as matmul takes) in fp32, as the token table reads it."""
+        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
+        if not 0 <= r < m.m.rows:
+            raise IndexError(f"row {r} outside 0..{m.m.rows - 1}")
+        out = np.empty(m.m.cols, np.float32)
+        cdef float[::1] o = out
+        qllama_dequantize_row(&m.m, r, &o[0])
         return out
 
     def dot(self, const float[::1] a, const float[::1] b):

@@ -1,14 +1,23 @@
 # Cython's view of kernels.h, driver.h and cpu.h: the kernel table, the driver that
 # runs a matrix through it, and the CPU's features.
-from libc.stdint cimport int8_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, uint8_t, uint16_t, uint64_t
 
 
 cdef extern from "kernels.h" nogil:
+    enum:  # enum qllama_type
+        QLLAMA_F32
+        QLLAMA_Q80
+        QLLAMA_F16
+        QLLAMA_BF16
+        QLLAMA_N_TYPES
+
     ctypedef struct qllama_matrix:
         const float* w
         const int8_t* q
         const float* s
         Py_ssize_t rows, cols, gs
+        int type
+        const uint8_t* blocks
 
     ctypedef struct qllama_acts:
         const float* x
@@ -17,6 +26,7 @@ cdef extern from "kernels.h" nogil:
         const float* s
         const void* packed
         Py_ssize_t T, n, gs
+        int type
 
     ctypedef void (*qllama_matmul_fn)(const qllama_matrix* m, Py_ssize_t r0, Py_ssize_t r1,
                                       const qllama_acts* x, float* out,
@@ -27,6 +37,7 @@ cdef extern from "kernels.h" nogil:
         Py_ssize_t row_block
         qllama_matmul_fn f32_matmul
         qllama_matmul_fn q80_matmul
+        # block_matmul: reached only through the driver's plan
         size_t (*q80_packed_bytes)(Py_ssize_t T, Py_ssize_t n, Py_ssize_t gs) noexcept nogil
         void (*q80_pack)(const qllama_acts* x, void* buf) noexcept nogil
         void (*quantize_row)(const float* x, Py_ssize_t n, Py_ssize_t gs, int8_t* q,
@@ -42,6 +53,9 @@ cdef extern from "kernels.h" nogil:
         void (*attn_values_f32)(const float* att, const float* v, Py_ssize_t n_pos,
                                 Py_ssize_t hs, float* out) noexcept nogil
 
+    const Py_ssize_t qllama_block_values[]
+    const Py_ssize_t qllama_block_bytes[]
+    void qllama_dequantize_row(const qllama_matrix* m, Py_ssize_t r, float* out)
     uint16_t qllama_f32_to_f16(float f)
     float qllama_f16_to_f32(uint16_t h)
 

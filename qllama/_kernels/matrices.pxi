@@ -17,16 +17,33 @@ cdef struct Layer:
 
 
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
-    """A Matrix over a mapped tensor (an fp32 ndarray or a formats.llama2c.QTensor),
-    checked against its buffers, with the kernel the driver plans for it."""
+    """A Matrix over a mapped tensor (an fp32 ndarray, a formats.llama2c.QTensor or a
+    quant.types.BlockTensor), checked against its buffers, with the kernel the driver
+    plans for it."""
     cdef Matrix mat
     cdef qllama_matrix m
     cdef const float[::1] w
     cdef const int8_t[::1] q
     cdef const float[::1] s
+    cdef const uint8_t[::1] b
+    cdef int kid
     memset(&m, 0, sizeof(qllama_matrix))
     m.rows, m.cols = tensor.shape
-    if isinstance(tensor, np.ndarray):
+    if isinstance(tensor, BlockTensor):
+        kid = tensor.qtype.kernel_id
+        if not QLLAMA_Q80 < kid < QLLAMA_N_TYPES:
+            raise ValueError(f"{tensor.qtype.name} has no kernel")
+        b = tensor.data
+        rows, cols = tensor.shape  # Python ints: no product wraps
+        # the kernels' own block sizes (kernels.h), not only the registry's, bound the reads
+        if (rows <= 0 or cols <= 0 or cols % qllama_block_values[kid]
+                or b.shape[0] != rows * (cols // qllama_block_values[kid])
+                * qllama_block_bytes[kid]):
+            raise ValueError(f"{tensor.qtype.name} matrix does not match its shape")
+        m.type = kid
+        m.blocks = &b[0]
+        m.gs = 32 if kid > QLLAMA_BF16 else 0  # quantized activations, groups of 32
+    elif isinstance(tensor, np.ndarray):
         w = tensor.reshape(-1)
         if m.rows <= 0 or m.cols <= 0 or w.shape[0] != m.rows * m.cols:
             raise ValueError("fp32 matrix does not match its shape")
@@ -37,6 +54,7 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
         if (m.rows <= 0 or m.cols <= 0 or gs <= 0 or q.shape[0] != m.rows * m.cols
                 or (m.rows * m.cols) % gs or s.shape[0] != m.rows * m.cols // gs):
             raise ValueError("Q8_0 matrix does not match its shape and group size")
+        m.type = QLLAMA_Q80
         m.q = &q[0]
         m.s = &s[0]
         m.gs = gs

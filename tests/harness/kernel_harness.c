@@ -16,6 +16,9 @@
  *           that straddle rows or are too long for int32 sums)
  *   kind 2, fp32 matmul: int64 rows, cols, T; float w[rows * cols]; float x[T * cols]
  *           ->  float out[T * rows]
+ *   kind 4, GGUF block matmul: int64 type (kernels.h's qllama_type), rows, cols, T;
+ *           uint8 blocks[rows * row bytes]; float x[T * cols]  ->  float out[T * rows];
+ *           float row[cols] (the last row dequantized)
  *   kind 3, attention: int64 n_pos, hs; float q[hs], k[n_pos * hs], v[n_pos * hs]
  *           ->  uint16 kh[n_pos * hs], vh[...]; float att16[n_pos], out16[hs],
  *               att32[n_pos], out32[hs]
@@ -92,6 +95,22 @@ static void case_f32(void) {
     give(o, 4 * (size_t)(T * rows));
 }
 
+static void case_blocks(void) {
+    int64_t type = take64(), rows = take64(), cols = take64(), T = take64();
+    if (type <= QLLAMA_Q80 || type >= QLLAMA_N_TYPES) exit(2);
+    qllama_matrix m = {0};
+    m.type = (int)type, m.rows = rows, m.cols = cols;
+    m.blocks = take((size_t)(rows * (cols / qllama_block_values[type] * qllama_block_bytes[type])));
+    float *x = take(4 * (size_t)(T * cols));
+    int8_t *xq = calloc((size_t)(T * cols), 1);
+    float *xs = calloc((size_t)(T * cols / 32) + 1, 4);
+    float *o = malloc(4 * (size_t)(T * rows)), *row = malloc(4 * (size_t)cols);
+    run_matmul(&m, x, T, xq, xs, o);
+    give(o, 4 * (size_t)(T * rows));
+    qllama_dequantize_row(&m, rows - 1, row);
+    give(row, 4 * (size_t)cols);
+}
+
 static void case_attention(void) {
     int64_t n_pos = take64(), hs = take64();
     float *q = take(4 * (size_t)hs), *k = take(4 * (size_t)(n_pos * hs)), *v = take(4 * (size_t)(n_pos * hs));
@@ -128,6 +147,7 @@ int main(int argc, char **argv) {
         if (kind == 1) case_q80();
         else if (kind == 2) case_f32();
         else if (kind == 3) case_attention();
+        else if (kind == 4) case_blocks();
         else return 2;
     }
     return fclose(out) != 0;

@@ -1,6 +1,6 @@
 /* Row drivers shared by the SIMD variants (x86.c, neon.c), included after the file's
  * own kernels: q80_dot4 (four Q8_0 rows x one token, groups a multiple of
- * Q80_DOT4_GS), f32_dot4 and f32_dot. They deal a matmul's rows out four at a time,
+ * Q80_DOT4_GS), f32_dot4 and f32_dot; block_rows takes a GGUF block type's dot4. They deal a matmul's rows out four at a time,
  * the matrix's last rows going to the reference (generic.c), and for a block of
  * tokens 16 rows x 32 tokens at a time, each token's 16 results as one 64-byte
  * store: 4 results per token went to lines a power-of-two stride apart, all in one
@@ -69,3 +69,30 @@ static void f32_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
         }
     }
 }
+
+/* A GGUF block type's four rows at w (rb bytes apart) . one token's quantized
+ * activations (groups of 32): out[0..3]. */
+typedef void (*dot4_fn)(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                        const float *xs, float *out);
+
+/* Rows r0..r1 four at a time, each token in turn (the rows stay in L1); the matrix's
+ * last rows to the reference. */
+static inline __attribute__((always_inline)) void block_rows(
+        const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, float *out,
+        ptrdiff_t out_stride, dot4_fn dot4) {
+    ptrdiff_t n = m->cols, rb = n / qllama_block_values[m->type] * qllama_block_bytes[m->type];
+    ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t = 0; t < x->T; t++) {
+            float o[4];
+            dot4(m->blocks + r * rb, rb, n, x->q + t * n, x->s + t * (n / 32), o);
+            memcpy(out + t * out_stride + r, o, sizeof o);
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+#define BLOCK_MATMUL(name, dot4)                                                              \
+    static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
+                     float *out, ptrdiff_t out_stride) {                                      \
+        block_rows(m, r0, r1, x, out, out_stride, dot4);                                      \
+    }

@@ -35,6 +35,9 @@
  * the linear stream faster at every length on Zen 5. Neither was measured on an ARM
  * core.
  *
+ * GGUF block types (decode and, token by token, prefill) take four rows a pass over
+ * 256 values, as x86.c's blocks.h: see their section below.
+ *
  * tests/harness.py cross-compiles both variants and runs them under qemu-user against
  * generic.c built the same way, bit for bit.
  */
@@ -43,6 +46,7 @@
 #include <string.h>
 
 #include "../../bits.h"
+#include "../../block_types.h"
 #include "../../generic.h"
 #include "../../kernels.h"
 
@@ -211,6 +215,277 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
 
 #define Q80_DOT4_GS 16  /* q80_dot4's groups: whole 16-byte vectors */
 #include "../rows.h"  /* store16, q80_rows4, q80_rows, f32_matmul */
+
+/* ---- GGUF block types: one token, four rows a pass ------------------------------- */
+
+/* As x86.c's blocks.h, in kernels.h's order: a pass takes 256 values (eight groups
+ * of 32, float lanes 0-3 and 4-7 in two vectors) and shares the activation sums and
+ * scales among its four rows. Weights go in as signed bytes, offsets taken off
+ * before the dot product (q6_k's q - 32, q4_0's q - 8 fit int8), so each group is
+ * the Q8_0 kernel's dot16_s8 twice; sum4 reduces four groups' lanes exactly. */
+
+INLINE int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t *x) {
+    return dot16_s8(dot16_s8(vdupq_n_s32(0), w0, vld1q_s8(x)), w1, vld1q_s8(x + 16));
+}
+
+/* sum(x) of 32 activations, exact */
+INLINE int32_t xsum32(const int8_t *x) {
+    return vaddlvq_s8(vld1q_s8(x)) + vaddlvq_s8(vld1q_s8(x + 16));
+}
+
+INLINE float32x4_t f16x4(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+    uint16x4_t h = vset_lane_u16(d, vset_lane_u16(c, vset_lane_u16(b, vdup_n_u16(a), 1), 2), 3);
+    return vcvt_f32_f16(vreinterpret_f16_u16(h));
+}
+
+INLINE float f16_1(const uint8_t *p) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(qllama_le16(p)))), 0);
+}
+
+INLINE void prefetch_stream(const uint8_t *next, ptrdiff_t at, ptrdiff_t len) {
+    for (ptrdiff_t o = at; o < at + len; o += 64) __builtin_prefetch(next + o);
+}
+
+/* ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) of lanes lo = 0-3, hi = 4-7 */
+INLINE float fold8(float32x4_t lo, float32x4_t hi) {
+    float32x4_t s = vaddq_f32(lo, hi);
+    return vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s)));
+}
+
+INLINE int32x4_t widen_u8(uint8x8_t v, const int high) {
+    uint16x8_t w = vmovl_u8(v);
+    return vreinterpretq_s32_u32(high ? vmovl_high_u16(w) : vmovl_u16(vget_low_u16(w)));
+}
+
+INLINE int32x4_t widen_s8(int8x8_t v, const int high) {
+    int16x8_t w = vmovl_s8(v);
+    return high ? vmovl_high_s16(w) : vmovl_s16(vget_low_s16(w));
+}
+
+/* q4_k (q5 0) and q5_k (q5 1) */
+INLINE void qk_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                    float *out, const int q5) {
+    const ptrdiff_t bb = q5 ? 176 : 144, qs = q5 ? QLLAMA_Q5K_QS : QLLAMA_Q4K_QS;
+    const uint8x16_t low = vdupq_n_u8(15), bit4 = vdupq_n_u8(16);
+    float32x4_t acc[4][2];
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    for (ptrdiff_t b = 0; b < n / 256; b++) {
+        prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+        const int8_t *x = xq + 256 * b;
+        int32_t xs_i[8];
+        for (int j = 0; j < 8; j++) xs_i[j] = xsum32(x + 32 * j);
+        const int32x4_t xsum[2] = {vld1q_s32(xs_i), vld1q_s32(xs_i + 4)};
+        const float32x4_t xsv[2] = {vld1q_f32(xs + 8 * b), vld1q_f32(xs + 8 * b + 4)};
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *blk = w + r * rb + b * bb;
+            int32x4_t v[8];
+            uint8x16_t qh[2] = {vdupq_n_u8(0), vdupq_n_u8(0)};
+            if (q5) qh[0] = vld1q_u8(blk + QLLAMA_Q5K_QH), qh[1] = vld1q_u8(blk + QLLAMA_Q5K_QH + 16);
+            for (int c = 0; c < 4; c++) {
+                uint8x16_t lo[2], hi[2];
+                for (int h = 0; h < 2; h++) {
+                    uint8x16_t q = vld1q_u8(blk + qs + 32 * c + 16 * h);
+                    lo[h] = vandq_u8(q, low);
+                    hi[h] = vshrq_n_u8(q, 4);
+                    if (q5) {  /* bit j of qh to bit 4 of sub-block j, j = 2c, 2c + 1 */
+                        lo[h] = vorrq_u8(lo[h], vandq_u8(vshlq_u8(qh[h], vdupq_n_s8((int8_t)(4 - 2 * c))), bit4));
+                        hi[h] = vorrq_u8(hi[h], vandq_u8(vshlq_u8(qh[h], vdupq_n_s8((int8_t)(3 - 2 * c))), bit4));
+                    }
+                }
+                v[2 * c] = dot32(vreinterpretq_s8_u8(lo[0]), vreinterpretq_s8_u8(lo[1]), x + 64 * c);
+                v[2 * c + 1] = dot32(vreinterpretq_s8_u8(hi[0]), vreinterpretq_s8_u8(hi[1]), x + 64 * c + 32);
+            }
+            uint8_t sc[8], mn[8];
+            qllama_k_scales(blk + QLLAMA_Q4K_SCALES, sc, mn);
+            float32x4_t dm = f16x4(qllama_le16(blk), qllama_le16(blk + 2), 0, 0);
+            for (int h = 0; h < 2; h++) {
+                int32x4_t isum = sum4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
+                int32x4_t s = vmulq_s32(isum, widen_u8(vld1_u8(sc), h));
+                int32x4_t m = vmulq_s32(xsum[h], widen_u8(vld1_u8(mn), h));
+                float32x4_t d = vmulq_n_f32(xsv[h], vgetq_lane_f32(dm, 0));
+                float32x4_t dmin = vmulq_n_f32(xsv[h], vgetq_lane_f32(dm, 1));
+                acc[r][h] = vaddq_f32(acc[r][h], vmulq_f32(vcvtq_f32_s32(s), d));
+                acc[r][h] = vsubq_f32(acc[r][h], vmulq_f32(vcvtq_f32_s32(m), dmin));
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = fold8(acc[r][0], acc[r][1]);
+}
+
+static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    qk_dot4(w, rb, n, xq, xs, out, 0);
+}
+
+static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    qk_dot4(w, rb, n, xq, xs, out, 1);
+}
+
+/* q6_k: each group's 16-value halves apart, then their scales in int32 */
+static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    const uint8x16_t low = vdupq_n_u8(15), k32 = vdupq_n_u8(32);
+    float32x4_t acc[4][2];
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    for (ptrdiff_t b = 0; b < n / 256; b++) {
+        prefetch_stream(w + 4 * rb, 4 * 210 * b, 4 * 210);
+        const int8_t *x = xq + 256 * b;
+        const float32x4_t xsv[2] = {vld1q_f32(xs + 8 * b), vld1q_f32(xs + 8 * b + 4)};
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *blk = w + r * rb + b * 210;
+            int32x4_t first[8], last[8];  /* per group j: its 16-value halves */
+            for (int h = 0; h < 2; h++)
+                for (int k = 0; k < 4; k++) {
+                    int j = 4 * h + k;
+                    int8x16_t q[2];
+                    for (int i = 0; i < 2; i++) {
+                        uint8x16_t l = vld1q_u8(blk + 64 * h + 32 * (k % 2) + 16 * i);
+                        uint8x16_t hb = vld1q_u8(blk + QLLAMA_Q6K_QH + 32 * h + 16 * i);
+                        l = k < 2 ? vandq_u8(l, low) : vshrq_n_u8(l, 4);
+                        hb = vandq_u8(vshlq_u8(hb, vdupq_n_s8((int8_t)(4 - 2 * k))), vdupq_n_u8(0x30));
+                        q[i] = vreinterpretq_s8_u8(vsubq_u8(vorrq_u8(l, hb), k32));  /* q - 32 */
+                    }
+                    first[j] = dot16_s8(vdupq_n_s32(0), q[0], vld1q_s8(x + 32 * j));
+                    last[j] = dot16_s8(vdupq_n_s32(0), q[1], vld1q_s8(x + 32 * j + 16));
+                }
+            int8x8x2_t sc = vld2_s8((const int8_t *)(blk + QLLAMA_Q6K_SCALES));  /* even, odd */
+            float d = f16_1(blk + QLLAMA_Q6K_D);
+            for (int h = 0; h < 2; h++) {
+                int32x4_t a = sum4(first[4 * h], first[4 * h + 1], first[4 * h + 2], first[4 * h + 3]);
+                int32x4_t e = sum4(last[4 * h], last[4 * h + 1], last[4 * h + 2], last[4 * h + 3]);
+                int32x4_t isum = vmlaq_s32(vmulq_s32(a, widen_s8(sc.val[0], h)), e, widen_s8(sc.val[1], h));
+                acc[r][h] = vaddq_f32(acc[r][h], vmulq_f32(vcvtq_f32_s32(isum), vmulq_n_f32(xsv[h], d)));
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = fold8(acc[r][0], acc[r][1]);
+}
+
+/* q8_0, q4_0, q4_1: passes of eight blocks; a row's last pass of k < 8 reads its k
+ * blocks only and keeps lanes k..7 */
+INLINE void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq,
+                     const float *xs, float32x4_t acc[4][2], const int type, const int k) {
+    const ptrdiff_t bb = type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20;
+    const ptrdiff_t off = type == QLLAMA_Q4_1 ? 4 : 2;
+    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    const int8_t *x = xq + 32 * g0;
+    float xsk[8] = {0};
+    int32_t xs_i[8] = {0};
+    for (int j = 0; j < k; j++) {
+        xsk[j] = xs[g0 + j];
+        if (type == QLLAMA_Q4_1) xs_i[j] = xsum32(x + 32 * j);
+    }
+    const float32x4_t xsv[2] = {vld1q_f32(xsk), vld1q_f32(xsk + 4)};
+    const int32x4_t lanes = {0, 1, 2, 3};
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *blk = w + r * rb + g0 * bb;
+        int32x4_t v[8];
+        uint16_t dh[8] = {0}, mh[8] = {0};
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *p = blk + j * bb;
+            if (j >= k) {
+                v[j] = vdupq_n_s32(0);
+                continue;
+            }
+            dh[j] = qllama_le16(p);
+            if (type == QLLAMA_GQ8_0) {
+                v[j] = dot32(vld1q_s8((const int8_t *)p + 2), vld1q_s8((const int8_t *)p + 18), x + 32 * j);
+            } else {
+                uint8x16_t q = vld1q_u8(p + off);
+                int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15)));
+                int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+                if (type == QLLAMA_Q4_0) {
+                    lo = vsubq_s8(lo, vdupq_n_s8(8));
+                    hi = vsubq_s8(hi, vdupq_n_s8(8));
+                } else {
+                    mh[j] = qllama_le16(p + 2);
+                }
+                v[j] = dot32(lo, hi, x + 32 * j);
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            int32x4_t isum = sum4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
+            float32x4_t d = vmulq_f32(f16x4(dh[4 * h], dh[4 * h + 1], dh[4 * h + 2], dh[4 * h + 3]), xsv[h]);
+            float32x4_t a = vaddq_f32(acc[r][h], vmulq_f32(vcvtq_f32_s32(isum), d));
+            if (type == QLLAMA_Q4_1) {
+                float32x4_t m = vmulq_f32(f16x4(mh[4 * h], mh[4 * h + 1], mh[4 * h + 2], mh[4 * h + 3]), xsv[h]);
+                a = vaddq_f32(a, vmulq_f32(vcvtq_f32_s32(vld1q_s32(xs_i + 4 * h)), m));
+            }
+            if (k < 8)
+                a = vbslq_f32(vcltq_s32(vaddq_s32(lanes, vdupq_n_s32(4 * h)), vdupq_n_s32(k)), a, acc[r][h]);
+            acc[r][h] = a;
+        }
+    }
+}
+
+INLINE void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out, const int type) {
+    const ptrdiff_t ng = n / 32;
+    float32x4_t acc[4][2];
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    ptrdiff_t g0 = 0;
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
+    for (int r = 0; r < 4; r++) out[r] = fold8(acc[r][0], acc[r][1]);
+}
+
+static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                      const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_GQ8_0);
+}
+
+static void q40_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_0);
+}
+
+static void q41_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_1);
+}
+
+BLOCK_MATMUL(gq80_matmul, gq80_dot4)
+BLOCK_MATMUL(q40_matmul, q40_dot4)
+BLOCK_MATMUL(q41_matmul, q41_dot4)
+BLOCK_MATMUL(q4k_matmul, q4k_dot4)
+BLOCK_MATMUL(q5k_matmul, q5k_dot4)
+BLOCK_MATMUL(q6k_matmul, q6k_dot4)
+
+/* f16 and bf16 rows widened exactly, then dot16's order (fp32 activations) */
+INLINE float32x4_t widen4(const uint8_t *p, const int bf) {
+    uint16x4_t h = vreinterpret_u16_u8(vld1_u8(p));
+    return bf ? vreinterpretq_f32_u32(vshll_n_u16(h, 16)) : vcvt_f32_f16(vreinterpret_f16_u16(h));
+}
+
+INLINE float half_dot(const uint8_t *w, const float *x, ptrdiff_t n, const int bf) {
+    ptrdiff_t j = 0;
+    float32x4_t a[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 4; l++)
+            a[l] = vfmaq_f32(a[l], vld1q_f32(x + j + 4 * l), widen4(w + 2 * (j + 4 * l), bf));
+    float s = fold16(a[0], a[1], a[2], a[3]);
+    for (; j < n; j++) s = fmaf(x[j], bf ? qllama_bf16_at(w + 2 * j) : qllama_f16_at(w + 2 * j), s);
+    return s;
+}
+
+INLINE void half_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                      float *out, ptrdiff_t out_stride, const int bf) {
+    for (ptrdiff_t t = 0; t < x->T; t++)
+        for (ptrdiff_t r = r0; r < r1; r++)
+            out[t * out_stride + r] = half_dot(m->blocks + 2 * r * m->cols, x->x + t * x->x_stride,
+                                               m->cols, bf);
+}
+
+static void f16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 0);
+}
+
+static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                        float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 1);
+}
 
 /* ---- Q8_0 prefill: GEMM with sdot by lane (dotprod) ------------------------------- */
 
@@ -399,6 +674,10 @@ const qllama_kernels TABLE = {
     .q80_matmul = Q80_MATMUL,
     .q80_packed_bytes = Q80_PACKED_BYTES,
     .q80_pack = Q80_PACK,
+    .block_matmul = {[QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,
+                     [QLLAMA_GQ8_0] = gq80_matmul, [QLLAMA_Q4_0] = q40_matmul,
+                     [QLLAMA_Q4_1] = q41_matmul, [QLLAMA_Q4_K] = q4k_matmul,
+                     [QLLAMA_Q5_K] = q5k_matmul, [QLLAMA_Q6_K] = q6k_matmul},
     .quantize_row = quantize_row,
     .f32_dot = f32_dot,
     .f16_store = f16_store,

@@ -21,6 +21,7 @@
  *   quantize.h    activations to Q8_0                                   every variant
  *   decode.h      one token: Q8_0 four rows at a time, fp32 dots;       every variant
  *                 with ../rows.h, the row drivers shared with neon.c
+ *   blocks.h      GGUF block types, one token at a time, four rows      every variant
  *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni,
  *                 (blocks of 6-15 tokens: batched decode)               avx512vnni
  *   gemm512.h     the 16-token layout; the zmm GEMM (prefill)           avx512vnni (+ amx)
@@ -40,6 +41,7 @@
 #endif
 
 #include "../../bits.h"
+#include "../../block_types.h"
 #include "../../generic.h"
 #include "../../kernels.h"
 
@@ -92,6 +94,7 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 
 #include "quantize.h"
 #include "decode.h"
+#include "blocks.h"
 
 /* ---- Q8_0 prefill: GEMM in ymm (avx2, avxvnni), zmm (avx512vnni), AMX tiles (amx) -- */
 
@@ -128,6 +131,7 @@ const qllama_kernels TABLE = {
     .q80_matmul = Q80_MATMUL,
     .q80_packed_bytes = Q80_PACKED_BYTES,
     .q80_pack = Q80_PACK,
+    .block_matmul = {BLOCK_MATMULS},
     .quantize_row = quantize_row,
     .f32_dot = f32_dot,
     .f16_store = f16_store,

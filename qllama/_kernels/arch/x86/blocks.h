@@ -1,0 +1,694 @@
+/* GGUF block types, part of x86.c (every variant): one token through four weight rows
+ * per pass, in kernels.h's order, straight from the mapped file. A pass takes 256
+ * values (eight groups of 32: float lane j of the accumulator is group j) and shares
+ * what depends on the token alone among its four rows: the activation sums a type's
+ * offset or minimum needs, and the group scales xs. Per group of a row:
+ * - weights as unsigned bytes against signed activations, into int32 lanes:
+ *   vpmaddubsw + vpmaddwd (avx2), vpdpbusd (VNNI). Nibbles and 6-bit values are
+ *   unsigned already: a vpmaddubsw pair is at most 2 * 63 * 127, no saturation.
+ *   q8_0 has signed weights: |w| against sign(w) x as decode.h does (avx2; a pair is
+ *   at most 2 * 128 * 127 < 2^15), or (w + 128) . x less 128 * sum(x) (VNNI).
+ * - offsets inside int16 pairs where they fit: q6_k's (q - 32) x as q x - 32 x
+ *   (at most 16002 + 8128 per pair), q4_0's (q - 8) x likewise.
+ * - the eight groups' int32 lanes summed exactly by one transposed reduction (sum8),
+ *   then the integer scale products and the float ones, eight groups a vector.
+ * Each pass prefetches the next four rows' bytes for its 256 values, as decode.h
+ * does (the four rows are one contiguous stream here too).
+ * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
+ * whose rows end inside a pass take the pass with the missing groups' lanes kept.
+ * A block of 2-7 tokens goes through the same steps with four rows' passes unpacked
+ * once for all of them (kq_rows, q32_rows); 8 tokens and more put the tokens in the
+ * vector lanes (blk_gemm: no reductions; 2.0-2.3x token by token on 64 tokens from
+ * L3, about half the Q8_0 GEMMs' speed: kernels.h's per-group float steps remain).
+ * f16 and bf16 rows are widened (F16C; bf16 a shift) into f32_dot4's order.
+ */
+
+#define BI static inline __attribute__((always_inline))
+
+/* [sum of v[0]'s lanes 0-3, v[1]'s, v[2]'s, v[3]'s | the same of lanes 4-7], exact
+ * (unpacks and adds: 10% faster than vphaddd on Zen 4) */
+BI __m256i sum4x2(const __m256i v[4]) {
+    __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
+
+/* lane j = the exact sum of v[j]'s eight int32 lanes */
+BI __m256i sum8(const __m256i v[8]) {
+    __m256i u0 = sum4x2(v), u1 = sum4x2(v + 4);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* unsigned bytes u . signed bytes s, four products an int32 lane */
+BI __m256i dot_us(__m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+BI __m256i load32(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* 32 values from 16 bytes of nibbles: low nibbles first (q4_0, q4_1) */
+BI __m256i nibbles16(const uint8_t *p) {
+    __m128i q = _mm_loadu_si128((const __m128i *)p), low = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
+}
+
+/* the next pass's bytes of these rows, [at, at + len) of the four-row stream at next */
+BI void prefetch_stream(const uint8_t *next, ptrdiff_t at, ptrdiff_t len) {
+    for (ptrdiff_t o = at; o < at + len; o += 64) _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+}
+
+/* the fp16 at p widened (exactly) and broadcast */
+BI __m256 f16_set1(const uint8_t *p) {
+    return _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(qllama_le16(p))));
+}
+
+/* ---- k-quants: 256 values a block ---------------------------------------------- */
+
+/* q4_k / q5_k 6-bit scales and mins (block_types.h's layout) as int32 lanes j */
+BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
+    uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
+    *sc = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu)));
+    *mn = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu)));
+}
+
+/* A k-quant row's super-block unpacked (once for every token of a block): values as
+ * unsigned bytes, group j in q[j]; q4_k / q5_k scales and mins of group j as int32
+ * lanes (s[0], s[1]); q6_k's scales of the first halves of groups 0-3 then their
+ * second halves (s[0]), the same for groups 4-7 (s[1]), as q6k_step reduces them. */
+typedef struct {
+    __m256i q[8], s[2];
+    __m256 d, dmin;  /* broadcast */
+} kq_block;
+
+/* One token's 256 activations and what every row shares of them: the group sums
+ * (q4_k, q5_k: the mins' part) or 32 x in int16 pairs (q6_k: the offset's part). */
+typedef struct {
+    __m256i x[8], x32[8], xsum;
+    __m256 xs;
+} kq_acts;
+
+BI void kq_unpack(const uint8_t *blk, kq_block *u, const int type) {
+    const __m256i low = _mm256_set1_epi8(15);
+    if (type == QLLAMA_Q6_K) {
+        const __m256i top = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32);
+            __m256i qh = load32(blk + QLLAMA_Q6K_QH + 32 * h);
+            u->q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, low),
+                                          _mm256_and_si256(_mm256_slli_epi16(qh, 4), top));
+            u->q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, low),
+                                              _mm256_and_si256(_mm256_slli_epi16(qh, 2), top));
+            u->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                                              _mm256_and_si256(qh, top));
+            u->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                              _mm256_and_si256(_mm256_srli_epi16(qh, 2), top));
+        }
+        /* scales 0, 2, 4, 6, 1, 3, 5, 7 (then + 8): the halves as the reduction leaves them */
+        const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+        __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + QLLAMA_Q6K_SCALES)), order);
+        u->s[0] = _mm256_cvtepi8_epi32(sc);
+        u->s[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8));
+        u->d = f16_set1(blk + QLLAMA_Q6K_D);
+        return;
+    }
+    const int q5 = type == QLLAMA_Q5_K;
+    const ptrdiff_t qs = q5 ? QLLAMA_Q5K_QS : QLLAMA_Q4K_QS;
+    const __m256i bit4 = _mm256_set1_epi8(16);
+    __m256i qh = q5 ? load32(blk + QLLAMA_Q5K_QH) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i q = load32(blk + qs + 32 * c);
+        __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+        if (q5) {  /* bit j of qh to bit 4 of sub-block j's values, j = 2c, 2c + 1 */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(
+                2 * c <= 4 ? _mm256_slli_epi16(qh, 4 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 4), bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(
+                2 * c + 1 <= 4 ? _mm256_slli_epi16(qh, 3 - 2 * c) : _mm256_srli_epi16(qh, 2 * c - 3), bit4));
+        }
+        u->q[2 * c] = lo;
+        u->q[2 * c + 1] = hi;
+    }
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1]);
+    __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
+    u->d = _mm256_moveldup_ps(dm);
+    u->dmin = _mm256_movehdup_ps(dm);
+}
+
+BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int type) {
+    for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
+    a->xs = _mm256_loadu_ps(xs);
+    if (type == QLLAMA_Q6_K) {
+        for (int j = 0; j < 8; j++) a->x32[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), a->x[j]);
+    } else {
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+        a->xsum = sum8(v);
+    }
+}
+
+/* acc (lane j: group j) after one row's super-block against one token's */
+BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int type) {
+    __m256i v[8];
+    if (type == QLLAMA_Q6_K) {  /* (q - 32) x in int16 pairs; halves to lanes 0-3, 4-7 */
+        for (int j = 0; j < 8; j++)
+            v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x32[j]),
+                                     _mm256_set1_epi16(1));
+        __m256i t[2];
+        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+            t[g] = _mm256_mullo_epi32(sum4x2(v + 4 * g), u->s[g]);
+        __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
+                                        _mm256_permute2x128_si256(t[0], t[1], 0x31));
+        return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    }
+    for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
+    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->xsum, u->s[1]);
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(u->dmin, a->xs)));
+}
+
+BI ptrdiff_t kq_bytes(const int type) {
+    return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
+}
+
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token */
+BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                float *out, const int type) {
+    const ptrdiff_t bb = kq_bytes(type);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (ptrdiff_t b = 0; b < n / 256; b++) {
+        prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+        kq_acts a;
+        kq_acts_load(xq + 256 * b, xs + 8 * b, &a, type);
+        for (int r = 0; r < 4; r++) {
+            kq_block u;
+            kq_unpack(w + r * rb + b * bb, &u, type);
+            acc[r] = kq_step(acc[r], &u, &a, type);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_K);
+}
+
+static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q5_K);
+}
+
+static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q6_K);
+}
+
+/* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
+ * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
+ * steps as kq_dot4's. */
+#define KQ_T 8
+
+BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    if (x->T == 1) {
+        block_rows(m, r0, r1, x, out, out_stride, dot4);
+        return;
+    }
+    const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
+    ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
+            const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
+            const uint8_t *w = m->blocks + r * rb;
+            __m256 acc[KQ_T][4];
+            for (ptrdiff_t t = 0; t < tn; t++)
+                for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
+            for (ptrdiff_t b = 0; b < n / 256; b++) {
+                if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+                kq_block u[4];
+                for (int i = 0; i < 4; i++) kq_unpack(w + i * rb + b * bb, &u[i], type);
+                for (ptrdiff_t t = 0; t < tn; t++) {
+                    kq_acts a;
+                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, &a,
+                                 type);
+                    for (int i = 0; i < 4; i++) acc[t][i] = kq_step(acc[t][i], &u[i], &a, type);
+                }
+            }
+            for (ptrdiff_t t = 0; t < tn; t++) {
+                float o[4];
+                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
+                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
+            }
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+/* ---- 32-value blocks: eight a pass ------------------------------------------------- */
+
+/* the fp16 at p + 0, bb, ..., (k - 1) bb widened, lanes k..7 zero */
+BI __m256 f16_gather8(const uint8_t *p, ptrdiff_t bb, const int k) {
+    __m128i h = _mm_setzero_si128();
+#define LANE(j) if (j < k) h = _mm_insert_epi16(h, qllama_le16(p + (j) * bb), j);
+    LANE(0) LANE(1) LANE(2) LANE(3) LANE(4) LANE(5) LANE(6) LANE(7)
+#undef LANE
+    return _mm256_cvtph_ps(h);
+}
+
+/* Eight blocks (a pass) of a q8_0, q4_0 or q4_1 row unpacked: values (q8_0: VNNI's
+ * w + 128, else |w| and w for the sign) and fp16 scales widened, lanes k..7 zero. */
+typedef struct {
+    __m256i q[8], w[8];
+    __m256 d, m;
+} q32_block;
+
+/* One token's activations of a pass and what rows share of them: group sums (q4_1;
+ * q8_0 with VNNI: the + 128's part), 8 x in int16 pairs (q4_0: the offset's part). */
+typedef struct {
+    __m256i x[8], x8[8], xsum;
+    __m256 xs;
+} q32_acts;
+
+BI ptrdiff_t q32_bytes(const int type) {
+    return type == QLLAMA_GQ8_0 ? 34 : type == QLLAMA_Q4_0 ? 18 : 20;
+}
+
+BI void q32_unpack(const uint8_t *blk, q32_block *u, const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type);
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *p = blk + j * bb;
+        if (j >= k) {
+            u->q[j] = u->w[j] = _mm256_setzero_si256();
+        } else if (type == QLLAMA_GQ8_0) {
+            u->w[j] = load32(p + 2);
+            u->q[j] = VNNI ? _mm256_xor_si256(u->w[j], _mm256_set1_epi8((char)0x80))
+                           : _mm256_abs_epi8(u->w[j]);
+        } else {
+            u->q[j] = nibbles16(p + (type == QLLAMA_Q4_0 ? 2 : 4));
+        }
+    }
+    u->d = f16_gather8(blk, bb, k);
+    if (type == QLLAMA_Q4_1) u->m = f16_gather8(blk + 2, bb, k);
+}
+
+BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int type, const int k) {
+    for (int j = 0; j < 8; j++) a->x[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
+    if (k == 8) {
+        a->xs = _mm256_loadu_ps(xs);
+    } else {
+        float xsk[8] = {0};
+        for (int j = 0; j < k; j++) xsk[j] = xs[j];
+        a->xs = _mm256_loadu_ps(xsk);
+    }
+    if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+        a->xsum = sum8(v);
+    }
+    if (type == QLLAMA_Q4_0)
+        for (int j = 0; j < 8; j++) a->x8[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a->x[j]);
+}
+
+/* acc after one row's pass against one token's; lanes k..7 kept */
+BI __m256 q32_step(__m256 acc, const q32_block *u, const q32_acts *a, const int type, const int k) {
+    const __m256i one16 = _mm256_set1_epi16(1);
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) {
+        if (type == QLLAMA_GQ8_0 && !VNNI)  /* |w| . sign(w) x */
+            v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(u->q[j], _mm256_sign_epi8(a->x[j], u->w[j])), one16);
+        else if (type == QLLAMA_Q4_0)
+            v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x8[j]), one16);
+        else
+            v[j] = dot_us(u->q[j], a->x[j]);
+    }
+    __m256i isum = sum8(v);
+    if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(a->xsum, 7));
+    __m256 r = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
+    if (type == QLLAMA_Q4_1)
+        r = _mm256_add_ps(r, _mm256_mul_ps(_mm256_cvtepi32_ps(a->xsum), _mm256_mul_ps(u->m, a->xs)));
+    if (k < 8)
+        r = _mm256_blendv_ps(acc, r, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+    return r;
+}
+
+/* One pass of k <= 8 groups (g0 on) of the 4 rows at w into acc, one token; a pass
+ * of k < 8 (a row's end) reads only its k blocks. */
+BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
+                 __m256 acc[4], const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type);
+    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    q32_acts a;
+    q32_acts_load(xq + 32 * g0, xs + g0, &a, type, k);
+    for (int r = 0; r < 4; r++) {
+        q32_block u;
+        q32_unpack(w + r * rb + g0 * bb, &u, type, k);
+        acc[r] = q32_step(acc[r], &u, &a, type, k);
+    }
+}
+
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type) */
+BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                 float *out, const int type) {
+    const ptrdiff_t ng = n / 32;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    ptrdiff_t g0 = 0;
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+
+/* A few tokens: as kq_rows, four rows' passes unpacked once for up to KQ_T tokens. */
+BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qllama_acts *x,
+                        ptrdiff_t t0, ptrdiff_t tn, __m256 acc[][4], const int type, const int k) {
+    const ptrdiff_t bb = q32_bytes(type), n = x->n;
+    if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    q32_block u[4];
+    for (int i = 0; i < 4; i++) q32_unpack(w + i * rb + g0 * bb, &u[i], type, k);
+    for (ptrdiff_t t = 0; t < tn; t++) {
+        q32_acts a;
+        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, &a, type, k);
+        for (int i = 0; i < 4; i++) acc[t][i] = q32_step(acc[t][i], &u[i], &a, type, k);
+    }
+}
+
+BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                 float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    if (x->T == 1) {
+        block_rows(m, r0, r1, x, out, out_stride, dot4);
+        return;
+    }
+    const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
+    ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
+            const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
+            const uint8_t *w = m->blocks + r * rb;
+            __m256 acc[KQ_T][4];
+            for (ptrdiff_t t = 0; t < tn; t++)
+                for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
+            ptrdiff_t g0 = 0;
+            for (; g0 + 8 <= ng; g0 += 8) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, 8);
+            if (g0 < ng) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, (int)(ng - g0));
+            for (ptrdiff_t t = 0; t < tn; t++) {
+                float o[4];
+                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
+                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
+            }
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                      const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_GQ8_0);
+}
+
+static void q40_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_0);
+}
+
+static void q41_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
+                     const float *xs, float *out) {
+    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_1);
+}
+
+/* ---- f16, bf16: widened exactly, then f32_dot4's order ------------------------------ */
+
+BI __m256 widen8(const uint8_t *p, const int bf) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+              : _mm256_cvtph_ps(h);
+}
+
+/* out[r] = w_r . x for the 4 rows of n halves at w (bf: bf16, else f16) */
+BI void half_dot4(const uint8_t *w, ptrdiff_t n, const float *x, float *out, const int bf) {
+    const ptrdiff_t rb = 2 * n;
+    __m256 a[4], b[4];
+    for (int r = 0; r < 4; r++) a[r] = b[r] = _mm256_setzero_ps();
+    ptrdiff_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        prefetch_stream(w + 4 * rb, 8 * j, 128);
+        __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+        for (int r = 0; r < 4; r++) {
+            a[r] = _mm256_fmadd_ps(widen8(w + r * rb + 2 * j, bf), x0, a[r]);
+            b[r] = _mm256_fmadd_ps(widen8(w + r * rb + 2 * j + 16, bf), x1, b[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(_mm256_add_ps(a[r], b[r]));
+    for (; j < n; j++)
+        for (int r = 0; r < 4; r++)
+            out[r] = fmaf(bf ? qllama_bf16_at(w + r * rb + 2 * j) : qllama_f16_at(w + r * rb + 2 * j),
+                          x[j], out[r]);
+}
+
+BI void half_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                  float *out, ptrdiff_t out_stride, const int bf) {
+    ptrdiff_t n = m->cols, r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (ptrdiff_t t = 0; t < x->T; t++) {
+            float o[4];
+            half_dot4(m->blocks + r * 2 * n, n, x->x + t * x->x_stride, o, bf);
+            memcpy(out + t * out_stride + r, o, sizeof o);
+        }
+    if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+}
+
+static void f16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                       float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 0);
+}
+
+static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                        float *out, ptrdiff_t out_stride) {
+    half_rows(m, r0, r1, x, out, out_stride, 1);
+}
+
+/* ---- a block of 8 tokens or more: tokens in the lanes ----------------------------- */
+
+/* 8 x 8 int32: out[c] lane t = in[t] lane c */
+BI void transpose8(const __m256i in[8], __m256i out[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 2; i++) {
+            u[4 * h + 2 * i] = _mm256_unpacklo_epi64(t[4 * h + i], t[4 * h + i + 2]);
+            u[4 * h + 2 * i + 1] = _mm256_unpackhi_epi64(t[4 * h + i], t[4 * h + i + 2]);
+        }
+    for (int c = 0; c < 4; c++) {
+        out[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
+        out[c + 4] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
+    }
+}
+
+/* acc + unsigned bytes u . signed bytes s per int32 lane */
+BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* Every quantized type for a block of 8 tokens or more: tokens in the lanes (8 a
+ * vector, nv <= KG_V vectors a pass), so a group's sum needs no reduction. Per 256 values
+ * (a k-quant super-block, eight 32-value blocks) the tokens' activations are
+ * transposed once for up to KG_ROWS rows ([group][4-byte piece] x 8 tokens, with
+ * their group sums and scales); a row's pieces of 4 values are broadcast against
+ * them (vpdpbusd, or vpmaddubsw + vpmaddwd). Accumulators: (row, lane j) x tokens,
+ * folded in kernels.h's order at the end: the numbers of the decode kernels. */
+#define KG_ROWS 16
+#define KG_V 2  /* at most, token vectors a pass: a broadcast weight piece meets 16 tokens */
+
+BI void blk_gemm(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                 float *out, ptrdiff_t out_stride, const int type, const int nv) {
+    const int kq = type >= QLLAMA_Q4_K, q6 = type == QLLAMA_Q6_K;
+    const ptrdiff_t n = m->cols, ng = n / 32, bb = kq ? kq_bytes(type) : q32_bytes(type);
+    const ptrdiff_t rb = n / qllama_block_values[type] * bb, pass_bytes = kq ? bb : 8 * bb;
+    const __m256i zero = _mm256_setzero_si256(), ones = _mm256_set1_epi8(1);
+    for (ptrdiff_t rg = r0; rg < r1; rg += KG_ROWS) {
+        const int nr = (int)(r1 - rg < KG_ROWS ? r1 - rg : KG_ROWS);
+        for (ptrdiff_t t0 = 0; t0 < x->T; t0 += 8 * nv) {
+            const int tn = (int)(x->T - t0 < 8 * nv ? x->T - t0 : 8 * nv);
+            __m256 acc[KG_ROWS][8][KG_V];
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < 8; j++)
+                    for (int k = 0; k < nv; k++) acc[i][j][k] = _mm256_setzero_ps();
+            for (ptrdiff_t g0 = 0; g0 < ng; g0 += 8) {
+                const int kg = kq || ng - g0 >= 8 ? 8 : (int)(ng - g0);  /* groups this pass */
+                /* X[k][j][c] lane t: bytes 4c..4c+3 of group g0 + j of token 8k + t; xsum
+                 * the group sums (q6_k: of the first 16 values, xsum2 the last 16) */
+                __m256i X[KG_V][8][8], xsum[KG_V][8], xsum2[KG_V][8], xsi[KG_V][8], v[8];
+                for (int k = 0; k < nv; k++) {
+                    for (int j = 0; j < kg; j++) {  /* missing tokens: x 0 and scale 0 */
+                        for (int t = 0; t < 8; t++)
+                            v[t] = 8 * k + t < tn ? load32(x->q + (t0 + 8 * k + t) * n + 32 * (g0 + j)) : zero;
+                        transpose8(v, X[k][j]);
+                        xsum[k][j] = xsum2[k][j] = zero;
+                        for (int c = 0; c < 8; c++) {
+                            __m256i *sum = q6 && c >= 4 ? &xsum2[k][j] : &xsum[k][j];
+                            *sum = dot_us_acc(*sum, ones, X[k][j][c]);
+                        }
+                    }
+                    for (int t = 0; t < 8; t++) {
+                        float f[8] = {0};
+                        if (8 * k + t < tn) memcpy(f, x->s + (t0 + 8 * k + t) * ng + g0, 4 * (size_t)kg);
+                        v[t] = _mm256_castps_si256(_mm256_loadu_ps(f));
+                    }
+                    transpose8(v, xsi[k]);  /* xsi[k][j] lane t: that token's scale of group j */
+                }
+                for (int i = 0; i < nr; i++) {
+                    const uint8_t *blk = m->blocks + (rg + i) * rb + g0 / 8 * pass_bytes;
+                    /* q[j][c]: group j's values 4c..4c+3 as bytes the dot product takes
+                     * unsigned (q8_0: + 128 with VNNI, else |w|; w: the signs) */
+                    int32_t q[8][8], w[8][8], s0[8], s1[8];
+                    float d[8], mn[8];
+                    __m256 dk = _mm256_setzero_ps(), dmin = dk;
+                    if (kq) {
+                        kq_block u;
+                        kq_unpack(blk, &u, type);
+                        for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)q[j], u.q[j]);
+                        _mm256_storeu_si256((__m256i *)s0, u.s[0]);
+                        _mm256_storeu_si256((__m256i *)s1, u.s[1]);
+                        dk = u.d;
+                        dmin = u.dmin;
+                    } else {
+                        q32_block u;
+                        q32_unpack(blk, &u, type, kg);
+                        for (int j = 0; j < 8; j++) {
+                            _mm256_storeu_si256((__m256i *)q[j], u.q[j]);
+                            if (type == QLLAMA_GQ8_0 && !VNNI) _mm256_storeu_si256((__m256i *)w[j], u.w[j]);
+                        }
+                        _mm256_storeu_ps(d, u.d);
+                        if (type == QLLAMA_Q4_1) _mm256_storeu_ps(mn, u.m);
+                    }
+                    for (int j = 0; j < kg; j++) {
+                        __m256i p[KG_V][2];  /* short chains; q6_k: the halves apart */
+                        for (int k = 0; k < nv; k++) p[k][0] = p[k][1] = zero;
+                        for (int c = 0; c < 8; c++) {
+                            const __m256i wc = _mm256_set1_epi32(q[j][c]);
+                            const int h = q6 ? c / 4 : c % 2;
+                            for (int k = 0; k < nv; k++) {
+                                __m256i xv = X[k][j][c];
+                                if (type == QLLAMA_GQ8_0 && !VNNI)  /* |w| . sign(w) x */
+                                    xv = _mm256_sign_epi8(xv, _mm256_set1_epi32(w[j][c]));
+                                p[k][h] = dot_us_acc(p[k][h], wc, xv);
+                            }
+                        }
+                        for (int k = 0; k < nv; k++) {
+                            const __m256 xs = _mm256_castsi256_ps(xsi[k][j]);
+                            __m256 a = acc[i][j][k];
+                            __m256i isum = _mm256_add_epi32(p[k][0], p[k][1]);
+                            if (q6) {  /* sc_2j, sc_2j+1 as kq_unpack orders them */
+                                __m256i h0 = _mm256_sub_epi32(p[k][0], _mm256_slli_epi32(xsum[k][j], 5));
+                                __m256i h1 = _mm256_sub_epi32(p[k][1], _mm256_slli_epi32(xsum2[k][j], 5));
+                                isum = _mm256_add_epi32(
+                                    _mm256_mullo_epi32(h0, _mm256_set1_epi32(j < 4 ? s0[j] : s1[j - 4])),
+                                    _mm256_mullo_epi32(h1, _mm256_set1_epi32(j < 4 ? s0[4 + j] : s1[j])));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dk, xs)));
+                            } else if (kq) {
+                                isum = _mm256_mullo_epi32(isum, _mm256_set1_epi32(s0[j]));
+                                __m256i msum = _mm256_mullo_epi32(xsum[k][j], _mm256_set1_epi32(s1[j]));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dk, xs)));
+                                a = _mm256_sub_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, xs)));
+                            } else {
+                                if (type == QLLAMA_GQ8_0 && VNNI)  /* (w + 128) . x - 128 sum(x) */
+                                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum[k][j], 7));
+                                if (type == QLLAMA_Q4_0)  /* (q - 8) . x */
+                                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(xsum[k][j], 3));
+                                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum),
+                                                                   _mm256_mul_ps(_mm256_set1_ps(d[j]), xs)));
+                                if (type == QLLAMA_Q4_1)
+                                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtepi32_ps(xsum[k][j]),
+                                                                       _mm256_mul_ps(_mm256_set1_ps(mn[j]), xs)));
+                            }
+                            acc[i][j][k] = a;
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++)
+                for (int k = 0; k < nv; k++) {
+                    float o[8];
+                    __m256 a[8];
+                    for (int j = 0; j < 8; j++) a[j] = acc[i][j][k];
+                    _mm256_storeu_ps(o, _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                        _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]))));
+                    for (int t = 0; t < 8 && 8 * k + t < tn; t++)
+                        out[(t0 + 8 * k + t) * out_stride + rg + i] = o[t];
+                }
+        }
+    }
+}
+
+/* Tokens t0..t0+T-1 of x. */
+BI qllama_acts some_tokens(const qllama_acts *x, ptrdiff_t t0, ptrdiff_t T) {
+    qllama_acts a = *x;
+    a.x += t0 * x->x_stride;
+    a.q += t0 * x->n;
+    a.s += t0 * (x->n / 32);
+    a.T = T;
+    return a;
+}
+
+/* One token: four rows a pass (block_rows); a few: passes unpacked once (kq_rows,
+ * q32_rows); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
+ * are left (fewer would be mostly padding), then 8, then the few. */
+BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                   float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+    const int kq = type >= QLLAMA_Q4_K;
+    ptrdiff_t t = x->T / 16 * 16 + (x->T % 16 >= 12 ? x->T % 16 : 0);
+    qllama_acts a;
+    if (t) {
+        a = some_tokens(x, 0, t);
+        blk_gemm(m, r0, r1, &a, out, out_stride, type, 2);
+    }
+    if (x->T - t >= 8) {
+        a = some_tokens(x, t, 8);
+        blk_gemm(m, r0, r1, &a, out + t * out_stride, out_stride, type, 1);
+        t += 8;
+    }
+    if (t < x->T) {
+        a = some_tokens(x, t, x->T - t);
+        if (kq)
+            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+        else
+            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+    }
+}
+
+#define QUANT_MATMUL(name, type, dot4)                                                        \
+    static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
+                     float *out, ptrdiff_t out_stride) {                                      \
+        quant_rows(m, r0, r1, x, out, out_stride, type, dot4);                                \
+    }
+QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, q4k_dot4)
+QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, q5k_dot4)
+QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, q6k_dot4)
+QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0, gq80_dot4)
+QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0, q40_dot4)
+QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1, q41_dot4)
+#undef QUANT_MATMUL
+
+#define BLOCK_MATMULS                                                                   \
+    [QLLAMA_F16] = f16_matmul, [QLLAMA_BF16] = bf16_matmul,                               \
+    [QLLAMA_GQ8_0] = gq80_matmul, [QLLAMA_Q4_0] = q40_matmul, [QLLAMA_Q4_1] = q41_matmul, \
+    [QLLAMA_Q4_K] = q4k_matmul, [QLLAMA_Q5_K] = q5k_matmul, [QLLAMA_Q6_K] = q6k_matmul
