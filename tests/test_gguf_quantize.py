@@ -449,3 +449,9 @@ def test_calibrate_a_hugging_face_folder(tmp_path, capsys):
                  "--calibrate", str(tmp_path / "t.txt")]) == 0
     assert "importance of each matrix's inputs from" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "t.txt"]
+
+
+def test_collect_refuses_no_tokens():
+    from qllama.quant.imatrix import collect
+    with pytest.raises(ValueError, match="no tokens"):
+        collect(str(data("stories260K.bin")), [])

@@ -31,6 +31,8 @@ def collect(model: str, ids, threads: int | None = None,
     seq_len - 1 of them gets one), and the rows that made it (the BOS tokens too).
     `output`: the classifier's too, under ("output", None), from every row's logits
     (llama-imatrix --process-output)."""
+    if not len(ids):
+        raise ValueError("the calibration text has no tokens")
     f = open_model(model)
     try:
         c = f.spec
@@ -70,7 +72,7 @@ def importance(model: str, text: str, tok, max_tokens: int = 4096,
     Hugging Face folder `model` through its fp32 import in a temporary folder in
     `scratch` (default: the system's), removed after."""
     ids = tok.encode(text, bos=False)[:max_tokens]
-    if not ids:
+    if not ids:  # before a folder's import
         raise ValueError("the calibration text has no tokens")
     if not os.path.isdir(model):
         return collect(model, ids, threads)
