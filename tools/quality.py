@@ -83,6 +83,7 @@ def main() -> None:
                 os.remove(path)
     if not a.keep:
         os.remove(f32)
+        os.remove(imatrix)
     print(f"{a.model}, {a.type}; importance matrix from {n_cal:,} tokens of {a.calibrate} "
           f"in {cal_seconds:.1f} s; evaluated on {rows[0][2].tokens:,} tokens of {a.eval}\n")
     print("| candidate | MB | KL mean (nats) | KL max | top-1 | top-5 | perplexity (ref → cand) |")

@@ -36,7 +36,8 @@ def collect(model: str, ids, threads: int | None = None,
     f = open_model(model)
     try:
         c = f.spec
-        state = State(Weights(f, kernels.select(None)), c.seq_len, BLOCK,
+        # the f32 cache of the longest window (7B's 4096 positions: 4.3 GB)
+        state = State(Weights(f, kernels.select(None)), min(c.seq_len, len(ids) + 1), BLOCK,
                       resolve_threads(threads), "f32")
         sums = np.zeros(state.workspace.stats_size)
         state.workspace.stats = sums
