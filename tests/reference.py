@@ -90,10 +90,12 @@ def softmax(x):
     return e / e.sum()
 
 
-def forward(model, tokens) -> np.ndarray:
+def forward(model, tokens, seen: dict | None = None) -> np.ndarray:
     """Logits (T, vocab) in float64 of a llama2.c ModelFile or a GGUFModel, with the
     RoPE theta and norm epsilon of its spec. Activations entering a quantized matrix
-    are quantized as the kernels take them (act_group), as runq.c does."""
+    are quantized as the kernels take them (act_group), as runq.c does. `seen` gets
+    the sum of squares of each matrix's input columns, {(name, layer): (cols,)}: an
+    importance matrix's statistics."""
     c = model.spec
     hs, kv_mul = c.head_size, c.n_heads // c.n_kv_heads
     eps, theta = c.norm_eps, c.rope_theta
@@ -107,6 +109,8 @@ def forward(model, tokens) -> np.ndarray:
     cls_key = ("tok_embeddings", None) if c.shared_classifier else ("output", None)
 
     def mm(key, x):
+        if seen is not None:
+            seen[key] = seen.get(key, 0) + x * x
         if G[key]:
             x = quantize_acts(x, G[key])
         return W[key] @ x

@@ -74,5 +74,20 @@ cdef void prepare(qllama_acts* x, const Matrix* m, float* out, const float* inp,
     qllama_acts_pack(k, x, packed)
 
 
+cdef void observe(double* sums, Py_ssize_t at, const float* rows, Py_ssize_t T,
+                  Py_ssize_t n) noexcept nogil:
+    """sums[at + j] += rows[t, j]^2 over rows t < T (n columns), in float64; nothing
+    when sums is NULL (Workspace.stats is off). The matmuls dwarf it: T * n adds
+    against T * n * rows multiply-adds."""
+    cdef Py_ssize_t t, j
+    cdef double v
+    if sums == NULL:
+        return
+    for t in range(T):
+        for j in range(n):
+            v = rows[t * n + j]
+            sums[at + j] += v * v
+
+
 cdef void embed_row(float* out, const Matrix* table, Py_ssize_t token) noexcept nogil:
     qllama_dequantize_row(&table.m, token, out)

@@ -24,6 +24,8 @@ cdef class Workspace:
     cdef void* packed        # the variant's GEMM layout of xq / xs (NULL: none)
     cdef float* kb           # (rows, kv_dim) the rows' keys, before they go to the cache
     cdef float* vb           # (rows, kv_dim) their values
+    cdef double* sums        # the `stats` buffer's memory, NULL when off
+    cdef object sums_array   # the `stats` buffer, kept alive while set
 
     def __init__(self, Weights weights, Py_ssize_t max_rows, Py_ssize_t max_positions,
                  int threads=1):
@@ -88,6 +90,31 @@ cdef class Workspace:
             raise ValueError(f"threads {n} outside 1..{MAX_THREADS}")
         self.n_threads = n
 
+    @property
+    def stats_size(self):
+        """n_layers * (3 dim + hidden_dim) + dim + 2: the `stats` buffer's length."""
+        return self.net.n_layers * (3 * self.net.dim + self.net.hidden_dim) + self.net.dim + 2
+
+    @property
+    def stats(self):
+        """A float64 buffer of stats_size entries (or None: off) that every forward
+        adds to, for an importance matrix (llama.cpp's imatrix): for each layer, the
+        sums of squares of the input columns of wq/wk/wv (dim), wo (dim), w1/w3 (dim)
+        and w2 (hidden_dim); then the classifier's (dim); then the count of rows the
+        layers saw and the count the classifier saw (the logits rows)."""
+        return self.sums_array
+
+    @stats.setter
+    def stats(self, buffer):
+        cdef double[::1] view
+        if buffer is None:
+            self.sums, self.sums_array = NULL, None
+            return
+        view = buffer
+        if view.shape[0] != self.stats_size:
+            raise ValueError(f"stats buffer of {view.shape[0]} entries; needs {self.stats_size}")
+        self.sums, self.sums_array = &view[0], buffer
+
     def forward(self, KVCache cache, const int32_t[::1] tokens, const int32_t[::1] positions,
                 const int32_t[::1] seq, const int32_t[:, ::1] tables,
                 const int32_t[::1] logit_rows, float[:, ::1] logits):
@@ -144,6 +171,7 @@ cdef class Workspace:
         cdef Py_ssize_t ps = cache.page_size, maxp = self.max_positions
         cdef Py_ssize_t page_entries = cache.page_entries, head_run = ps * hs
         cdef Py_ssize_t t, l, i, th, h, at, pos
+        cdef Py_ssize_t per = 3 * dim + w.hidden_dim  # a layer's entries in `stats`
         cdef int nt = self.n_threads
         cdef bint f16 = cache.kv16
         cdef size_t item = cache.item
@@ -173,6 +201,7 @@ cdef class Workspace:
             jobs[1].m, jobs[1].out, jobs[1].out_stride = &L.wk, self.kb, kv_dim
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
             matmuls(jobs, 3, &xa, rb, nt)
+            observe(self.sums, l * per, xb, T, dim)
             for t in range(T):
                 fc = self.fcos + t * (hs // 2)
                 fs = self.fsin + t * (hs // 2)
@@ -199,6 +228,7 @@ cdef class Workspace:
                                att + th * maxp, positions[t] + 1, hs, f16, k)
             prepare(&xa, &L.wo, xb, xb, NULL, 0, T, self.xq, self.xs, self.packed, k, nt)
             matmul(self.xb2, dim, &xa, &L.wo, rb, nt)
+            observe(self.sums, l * per + dim, xb, T, dim)
             for i in range(T * dim):
                 self.x[i] += self.xb2[i]
 
@@ -206,8 +236,10 @@ cdef class Workspace:
             prepare(&xa, L.ffn_in, xb, self.x, L.ffn_norm, eps, T, self.xq, self.xs, self.packed, k,
                     nt)
             swiglu(self.hb, self.hb2, &L.w1, &L.w3, &xa, rb, nt)
+            observe(self.sums, l * per + 2 * dim, xb, T, dim)
             prepare(&xa, &L.w2, self.hb, self.hb, NULL, 0, T, self.xq, self.xs, self.packed, k,
                     nt)
+            observe(self.sums, l * per + 3 * dim, self.hb, T, w.hidden_dim)
             matmul(xb, dim, &xa, &L.w2, rb, nt)
             for i in range(T * dim):
                 self.x[i] += xb[i]
@@ -218,6 +250,10 @@ cdef class Workspace:
         prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, eps, n_logits, self.xq, self.xs,
                 self.packed, k, nt)
         matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
+        observe(self.sums, w.n_layers * per, xb, n_logits, dim)
+        if self.sums != NULL:
+            self.sums[w.n_layers * per + dim] += T
+            self.sums[w.n_layers * per + dim + 1] += n_logits
 
 
 cdef class State:

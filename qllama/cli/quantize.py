@@ -9,7 +9,7 @@ import sys
 from ..conversion.llama2c import quantize_file
 from ..conversion.report import Report
 from ..errors import UsageError
-from ..formats import llama2c
+from ..formats import hf, llama2c
 from ..formats.llama2c import Q80
 from ..io.atomic import check_output_path
 from ..threads import add_threads_argument
@@ -78,15 +78,16 @@ def calibrate(args, folder: bool) -> dict:
     from ..tokenizer import load_tokenizer
     if args.type not in CALIBRATED:
         raise UsageError(f"--calibrate weights the k-quants' fit: --type {', '.join(CALIBRATED)}")
-    if folder:
-        raise UsageError("--calibrate reads a llama2.c fp32 file, not a Hugging Face folder "
-                         "(`qllama import` one first)")
     tok_path = resolve_tokenizer(args.input, args.tokenizer)
     if not tok_path:
         raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
-    tok = load_tokenizer(tok_path, vocab_size=llama2c.read_config(args.input).vocab_size)
+    config = hf.read_config(args.input) if folder else llama2c.read_config(args.input)
+    tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
     text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
-    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok)
+    # a folder's fp32 import goes beside OUT (import_hf checks the space for it)
+    imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok,
+                        threads=args.threads,
+                        scratch=os.path.dirname(os.path.abspath(args.output)))
     if not args.quiet:
         print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
               f"{args.calibrate}", file=sys.stderr)
@@ -131,9 +132,10 @@ def register(subparsers) -> None:
                    help="GGUF output only: tokenizer.model or tokenizer.bin to embed; "
                         "default: beside IN")
     p.add_argument("--calibrate", metavar="TEXT", default=None,
-                   help="GGUF q4_k_m, q5_k_m, q6_k from a llama2.c file: weight the k-quants' "
+                   help="GGUF q4_k_m, q5_k_m, q6_k: weight the k-quants' "
                         "fit by the model's activations on this text (its first 4096 tokens), "
-                        "as llama-quantize --imatrix")
+                        "as llama-quantize --imatrix (a Hugging Face folder is imported to "
+                        "a temporary fp32 file beside OUT first)")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale; default: the largest power of two <= 64 that "
                         "divides dim and hidden_dim (an explicit N must divide both)")

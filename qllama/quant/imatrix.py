@@ -1,89 +1,84 @@
 """An importance matrix (llama.cpp's imatrix) from a calibration text: for each
 matrix, the mean square of each input column's activations over the text's tokens,
-from a numpy forward pass of the fp32 model (llama2.c's arithmetic: RMSNorm, RoPE on
-adjacent pairs, grouped-query attention, SwiGLU). The weighted quantizers
-(quant.blocks) then fit each block where the model's inputs are large.
+from the engine's forward pass of the fp32 model with its statistics on
+(Workspace.stats) and an f32 KV cache. The weighted quantizers (quant.blocks) then
+fit each block where the model's inputs are large.
 
-As llama-imatrix without --process-output, the classifier gets none. The text is
-cut into windows of at most seq_len tokens, each starting with BOS.
+As llama-imatrix without --process-output, the classifier gets none unless asked
+for. The text is cut into windows of at most seq_len tokens, each starting with BOS.
+The engine runs llama2.c and GGUF files: a Hugging Face folder is imported first, to
+a temporary fp32 llama2.c file (the model's size on disk, an import's time).
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 
-from ..formats.llama2c import ModelFile
+from .. import kernels
+from .._kernels.engine import State, Weights
+from ..formats import open_model
+from ..threads import resolve_threads
 
-# the matrices each activation is the input of
-_READS = {"attn_in": ("wq", "wk", "wv"), "attn_out": ("wo",), "ffn_in": ("w1", "w3"),
-          "ffn_hidden": ("w2",)}
-
-
-def _rmsnorm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-5) * w
+BLOCK = 64  # tokens per engine call: each weight row is read once per block
 
 
-def _rope(v: np.ndarray, head_size: int) -> np.ndarray:
-    """(T, heads * head_size) rotated per position: pairs (2i, 2i + 1) of each head
-    by pos * 10000^(-2i / head_size), as llama2.c's run.c."""
-    t = np.arange(len(v))[:, None]
-    freq = 10000.0 ** (-np.arange(0, head_size, 2) / head_size)
-    angle = np.tile(t * freq, v.shape[1] // head_size)          # (T, pairs)
-    cos, sin = np.cos(angle), np.sin(angle)
-    a, b = v[:, 0::2], v[:, 1::2]
-    out = np.empty_like(v)
-    out[:, 0::2], out[:, 1::2] = a * cos - b * sin, a * sin + b * cos
-    return out
-
-
-def window(m: ModelFile, tokens: list, acc: dict) -> np.ndarray:
-    """Add one window's squared activations to `acc`; its last hidden state (T, dim)."""
-    c = m.config
-    hs, rep = c.head_size, c.n_heads // c.n_kv_heads
-    w = lambda name, layer=None: np.asarray(m.tensor(name, layer), np.float64)  # noqa: E731
-
-    def seen(kind: str, layer: int, a: np.ndarray) -> None:
-        sq = (a * a).sum(axis=0)
-        for name in _READS[kind]:
-            acc.setdefault((name, layer), np.zeros(a.shape[1]))[:] += sq
-
-    x = w("tok_embeddings")[tokens]                               # (T, dim)
-    n = len(tokens)
-    mask = np.triu(np.full((n, n), -np.inf), 1)
-    for layer in range(c.n_layers):
-        h = _rmsnorm(x, w("attention_norm", layer))
-        seen("attn_in", layer, h)
-        q = _rope(h @ w("wq", layer).T, hs).reshape(n, c.n_heads, hs)
-        k = _rope(h @ w("wk", layer).T, hs).reshape(n, c.n_kv_heads, hs)
-        v = (h @ w("wv", layer).T).reshape(n, c.n_kv_heads, hs)
-        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        s = np.einsum("thd,uhd->htu", q, k) / np.sqrt(hs) + mask
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        o = np.einsum("htu,uhd->thd", s / s.sum(axis=-1, keepdims=True), v).reshape(n, -1)
-        seen("attn_out", layer, o)
-        x = x + o @ w("wo", layer).T
-        h = _rmsnorm(x, w("ffn_norm", layer))
-        seen("ffn_in", layer, h)
-        g = h @ w("w1", layer).T
-        a = g / (1 + np.exp(-g)) * (h @ w("w3", layer).T)
-        seen("ffn_hidden", layer, a)
-        x = x + a @ w("w2", layer).T
-    return x
-
-
-def importance(model: str, text: str, tok, max_tokens: int = 4096) -> tuple[dict, int]:
-    """{(llama2.c name, layer): (cols,) float32 mean square activation} of the fp32
-    llama2.c file `model` over `text` (at most `max_tokens` of it, tokenized by
-    `tok`), and the tokens used."""
-    m = ModelFile(model)
+def collect(model: str, ids, threads: int | None = None,
+            output: bool = False) -> tuple[dict, int]:
+    """{(llama2.c name, layer): (cols,) float32 mean square input} of the fp32 model
+    file `model` (llama2.c or GGUF) over the token ids `ids` (no BOS: each window of
+    seq_len - 1 of them gets one), and the rows that made it (the BOS tokens too).
+    `output`: the classifier's too, under ("output", None), from every row's logits
+    (llama-imatrix --process-output)."""
+    if not len(ids):
+        raise ValueError("the calibration text has no tokens")
+    f = open_model(model)
     try:
-        ids = tok.encode(text, bos=False)[:max_tokens]
-        if not ids:
-            raise ValueError("the calibration text has no tokens")
-        step = m.config.seq_len - 1
-        acc: dict = {}
+        c = f.spec
+        # the f32 cache of the longest window (7B's 4096 positions: 4.3 GB)
+        state = State(Weights(f, kernels.select(None)), min(c.seq_len, len(ids) + 1), BLOCK,
+                      resolve_threads(threads), "f32")
+        sums = np.zeros(state.workspace.stats_size)
+        state.workspace.stats = sums
+        last = np.empty((1, c.vocab_size), np.float32)
+        every = np.empty((BLOCK, c.vocab_size), np.float32)
+        step = c.seq_len - 1
         for start in range(0, len(ids), step):
-            window(m, [tok.bos_id] + ids[start:start + step], acc)
-        count = len(ids) + -(-len(ids) // step)  # the windows' BOS tokens too
-        return {key: (s / count).astype(np.float32) for key, s in acc.items()}, count
+            tokens = np.asarray([c.bos_id, *ids[start:start + step]], np.int32)
+            for pos in range(0, len(tokens), BLOCK):
+                block = tokens[pos:pos + BLOCK]
+                state.forward(block, pos, every[:len(block)] if output else last)
+        del state  # its references to the map go before the file closes
     finally:
-        m.close()
+        f.close()
+    rows, per = sums[-2], 3 * c.dim + c.hidden_dim
+    out = {}
+    for layer in range(c.n_layers):
+        at = layer * per
+        for names, a, n in ((("wq", "wk", "wv"), at, c.dim), (("wo",), at + c.dim, c.dim),
+                            (("w1", "w3"), at + 2 * c.dim, c.dim),
+                            (("w2",), at + 3 * c.dim, c.hidden_dim)):
+            mean = (sums[a:a + n] / rows).astype(np.float32)
+            out.update({(name, layer): mean for name in names})
+    if output:
+        at = c.n_layers * per
+        out[("output", None)] = (sums[at:at + c.dim] / sums[-1]).astype(np.float32)
+    return out, int(rows)
+
+
+def importance(model: str, text: str, tok, max_tokens: int = 4096,
+               threads: int | None = None, scratch: str | None = None) -> tuple[dict, int]:
+    """collect() over `text` (at most `max_tokens` of it, tokenized by `tok`); a
+    Hugging Face folder `model` through its fp32 import in a temporary folder in
+    `scratch` (default: the system's), removed after."""
+    ids = tok.encode(text, bos=False)[:max_tokens]
+    if not ids:  # before a folder's import
+        raise ValueError("the calibration text has no tokens")
+    if not os.path.isdir(model):
+        return collect(model, ids, threads)
+    from ..interop.hf_import import import_hf
+    with tempfile.TemporaryDirectory(prefix=".qllama-calibrate-", dir=scratch) as tmp:
+        path = os.path.join(tmp, "model.bin")
+        import_hf(model, path, threads=threads)
+        return collect(path, ids, threads)
