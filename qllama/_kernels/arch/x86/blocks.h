@@ -97,7 +97,8 @@ typedef struct {
 } kq_block;
 
 /* One token's 256 activations and what every row shares of them: the group sums
- * (q4_k, q5_k: the mins' part) or 32 x in int16 pairs (q6_k: the offset's part). */
+ * (q4_k, q5_k: the mins' part) or q6_k's offset part: 32 x in int16 pairs (avx2),
+ * 32 times the sums of the halves as kq_step reduces them (VNNI, x32[0..1]). */
 typedef struct {
     __m256i x[8], x32[8], xsum;
     __m256 xs;
@@ -153,7 +154,13 @@ BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int typ
     for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
     a->xs = _mm256_loadu_ps(xs);
     if (type == QLLAMA_Q6_K) {
+#if VNNI
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+        for (int g = 0; g < 2; g++) a->x32[g] = _mm256_slli_epi32(sum4x2(v + 4 * g), 5);
+#else
         for (int j = 0; j < 8; j++) a->x32[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), a->x[j]);
+#endif
     } else {
         __m256i v[8];
         for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
@@ -164,13 +171,19 @@ BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int typ
 /* acc (lane j: group j) after one row's super-block against one token's */
 BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int type) {
     __m256i v[8];
-    if (type == QLLAMA_Q6_K) {  /* (q - 32) x in int16 pairs; halves to lanes 0-3, 4-7 */
+    if (type == QLLAMA_Q6_K) {  /* (q - 32) x; halves to lanes 0-3, 4-7 */
+        __m256i t[2];
+#if VNNI  /* q x by vpdpbusd, 32 x taken off the halves' sums: 1 instruction a group, not 3 */
+        for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
+        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+            t[g] = _mm256_mullo_epi32(_mm256_sub_epi32(sum4x2(v + 4 * g), a->x32[g]), u->s[g]);
+#else  /* in int16 pairs */
         for (int j = 0; j < 8; j++)
             v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x32[j]),
                                      _mm256_set1_epi16(1));
-        __m256i t[2];
-        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+        for (int g = 0; g < 2; g++)
             t[g] = _mm256_mullo_epi32(sum4x2(v + 4 * g), u->s[g]);
+#endif
         __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
                                         _mm256_permute2x128_si256(t[0], t[1], 0x31));
         return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
