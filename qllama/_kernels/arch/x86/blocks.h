@@ -2,14 +2,16 @@
  * per pass, in kernels.h's order, straight from the mapped file. A pass takes 256
  * values (eight groups of 32: float lane j of the accumulator is group j) and shares
  * what depends on the token alone among its four rows: the activation sums a type's
- * offset or minimum needs, and the group scales xs. Per group of a row:
+ * offset or minimum needs (k-quants: once for all rows), and the group scales xs.
+ * Per group of a row:
  * - weights as unsigned bytes against signed activations, into int32 lanes:
  *   vpmaddubsw + vpmaddwd (avx2), vpdpbusd (VNNI). Nibbles and 6-bit values are
  *   unsigned already: a vpmaddubsw pair is at most 2 * 63 * 127, no saturation.
  *   q8_0 has signed weights: |w| against sign(w) x as decode.h does (avx2; a pair is
  *   at most 2 * 128 * 127 < 2^15), or (w + 128) . x less 128 * sum(x) (VNNI).
  * - offsets inside int16 pairs where they fit: q6_k's (q - 32) x as q x - 32 x
- *   (at most 16002 + 8128 per pair), q4_0's (q - 8) x likewise.
+ *   (at most 16002 + 8128 per pair; VNNI: 32 x off the halves' int32 sums), q4_0's
+ *   (q - 8) x likewise.
  * - the eight groups' int32 lanes summed exactly by one transposed reduction (sum8),
  *   then the integer scale products and the float ones, eight groups a vector.
  * Each pass prefetches the next four rows' bytes for its 256 values, as decode.h
@@ -96,11 +98,12 @@ typedef struct {
     __m256 d, dmin;  /* broadcast */
 } kq_block;
 
-/* One token's 256 activations and what every row shares of them: the group sums
- * (q4_k, q5_k: the mins' part) or q6_k's offset part: 32 x in int16 pairs (avx2),
- * 32 times the sums of the halves as kq_step reduces them (VNNI, x32[0..1]). */
+/* One token's 256 activations and what every row shares of them (sh): the group
+ * sums (q4_k, q5_k: the mins' part) or q6_k's offset part, 32 times the sums of the
+ * halves as kq_step reduces them (VNNI; groups 0-3, 4-7), or 32 x in int16 pairs
+ * (avx2's q6_k, x32). */
 typedef struct {
-    __m256i x[8], x32[8], xsum;
+    __m256i x[8], x32[8], sh[2];
     __m256 xs;
 } kq_acts;
 
@@ -150,22 +153,27 @@ BI void kq_unpack(const uint8_t *blk, kq_block *u, const int type) {
     u->dmin = _mm256_movehdup_ps(dm);
 }
 
-BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int type) {
+/* kq_acts's sh of the token's 256 activations at x */
+BI void kq_shared(const int8_t *x, __m256i sh[2], const int type) {
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), load32(x + 32 * j));
+    if (type == QLLAMA_Q6_K)
+        for (int g = 0; g < 2; g++) sh[g] = _mm256_slli_epi32(sum4x2(v + 4 * g), 5);
+    else
+        sh[0] = sum8(v);
+}
+
+/* sh from pre (computed once for all rows, kq_rows) if not NULL */
+BI void kq_acts_load(const int8_t *x, const float *xs, const __m256i *pre, kq_acts *a,
+                     const int type) {
     for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
     a->xs = _mm256_loadu_ps(xs);
-    if (type == QLLAMA_Q6_K) {
-#if VNNI
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
-        for (int g = 0; g < 2; g++) a->x32[g] = _mm256_slli_epi32(sum4x2(v + 4 * g), 5);
-#else
+    if (type == QLLAMA_Q6_K && !VNNI)
         for (int j = 0; j < 8; j++) a->x32[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), a->x[j]);
-#endif
-    } else {
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
-        a->xsum = sum8(v);
-    }
+    else if (pre)
+        a->sh[0] = pre[0], a->sh[1] = pre[1];
+    else
+        kq_shared(x, a->sh, type);
 }
 
 /* acc (lane j: group j) after one row's super-block against one token's */
@@ -176,7 +184,7 @@ BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int typ
 #if VNNI  /* q x by vpdpbusd, 32 x taken off the halves' sums: 1 instruction a group, not 3 */
         for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
         for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
-            t[g] = _mm256_mullo_epi32(_mm256_sub_epi32(sum4x2(v + 4 * g), a->x32[g]), u->s[g]);
+            t[g] = _mm256_mullo_epi32(_mm256_sub_epi32(sum4x2(v + 4 * g), a->sh[g]), u->s[g]);
 #else  /* in int16 pairs */
         for (int j = 0; j < 8; j++)
             v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x32[j]),
@@ -189,7 +197,7 @@ BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int typ
         return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
     }
     for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
-    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->xsum, u->s[1]);
+    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->sh[0], u->s[1]);
     acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
     return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(u->dmin, a->xs)));
 }
@@ -198,15 +206,16 @@ BI ptrdiff_t kq_bytes(const int type) {
     return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
 }
 
-/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token */
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared
+ * per super-block) */
 BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                float *out, const int type) {
+                const __m256i *pre, float *out, const int type) {
     const ptrdiff_t bb = kq_bytes(type);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     for (ptrdiff_t b = 0; b < n / 256; b++) {
         kq_acts a;
-        kq_acts_load(xq + 256 * b, xs + 8 * b, &a, type);
+        kq_acts_load(xq + 256 * b, xs + 8 * b, pre + 2 * b, &a, type);
         #pragma GCC unroll 4  /* acc[r] in registers */
         for (int r = 0; r < 4; r++) {
             prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
@@ -218,34 +227,27 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
-static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_K);
-}
-
-static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q5_K);
-}
-
-static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q6_K);
-}
-
 /* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
  * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
  * steps as kq_dot4's. */
 #define KQ_T 8
 
 BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
-    if (x->T == 1) {
-        block_rows(m, r0, r1, x, out, out_stride, dot4);
-        return;
-    }
+                float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
     ptrdiff_t r = r0;
+    if (x->T == 1) {  /* what rows share of the token once, not once per four rows (~10%) */
+        __m256i pre[2 * (n / 256)];
+        for (ptrdiff_t b = 0; b < n / 256 && (type != QLLAMA_Q6_K || VNNI); b++)
+            kq_shared(x->q + 256 * b, pre + 2 * b, type);
+        for (; r + 4 <= r1; r += 4) {
+            float o[4];
+            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, pre, o, type);
+            memcpy(out + r, o, sizeof o);
+        }
+        if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+        return;
+    }
     for (; r + 4 <= r1; r += 4)
         for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
             const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
@@ -259,8 +261,8 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
                 for (int i = 0; i < 4; i++) kq_unpack(w + i * rb + b * bb, &u[i], type);
                 for (ptrdiff_t t = 0; t < tn; t++) {
                     kq_acts a;
-                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, &a,
-                                 type);
+                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, NULL,
+                                 &a, type);
                     for (int i = 0; i < 4; i++) acc[t][i] = kq_step(acc[t][i], &u[i], &a, type);
                 }
             }
@@ -688,7 +690,7 @@ BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qll
     if (t < x->T) {
         a = some_tokens(x, t, x->T - t);
         if (kq)
-            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type);
         else
             q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
     }
@@ -699,9 +701,9 @@ BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qll
                      float *out, ptrdiff_t out_stride) {                                      \
         quant_rows(m, r0, r1, x, out, out_stride, type, dot4);                                \
     }
-QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, q4k_dot4)
-QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, q5k_dot4)
-QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, q6k_dot4)
+QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, NULL)  /* k-quants: kq_rows has its own decode */
+QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, NULL)
+QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, NULL)
 QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0, gq80_dot4)
 QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0, q40_dot4)
 QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1, q41_dot4)
