@@ -322,7 +322,9 @@ BI void q32_unpack(const uint8_t *blk, q32_block *u, const int type, const int k
     if (type == QLLAMA_Q4_1) u->m = f16_gather8(blk + 2, bb, k);
 }
 
-BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int type, const int k) {
+/* xsum from pre (computed once for all rows, q32_rows) if not NULL */
+BI void q32_acts_load(const int8_t *x, const float *xs, const __m256i *pre, q32_acts *a,
+                      const int type, const int k) {
     for (int j = 0; j < 8; j++) a->x[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
     if (k == 8) {
         a->xs = _mm256_loadu_ps(xs);
@@ -331,7 +333,9 @@ BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int t
         for (int j = 0; j < k; j++) xsk[j] = xs[j];
         a->xs = _mm256_loadu_ps(xsk);
     }
-    if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
+    if (pre) {
+        a->xsum = *pre;
+    } else if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
         __m256i v[8];
         for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
         a->xsum = sum8(v);
@@ -367,10 +371,10 @@ BI __m256 q32_step(__m256 acc, const q32_block *u, const q32_acts *a, const int 
 /* One pass of k <= 8 groups (g0 on) of the 4 rows at w into acc, one token; a pass
  * of k < 8 (a row's end) reads only its k blocks. */
 BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
-                 __m256 acc[4], const int type, const int k) {
+                 const __m256i *pre, __m256 acc[4], const int type, const int k) {
     const ptrdiff_t bb = q32_bytes(type);
     q32_acts a;
-    q32_acts_load(xq + 32 * g0, xs + g0, &a, type, k);
+    q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + g0 / 8 : NULL, &a, type, k);
     #pragma GCC unroll 4  /* acc[r] in registers */
     for (int r = 0; r < 4; r++) {
         prefetch_stream(w + 4 * rb, 4 * bb * g0 + r * bb * k, bb * k);
@@ -380,15 +384,15 @@ BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq,
     }
 }
 
-/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type) */
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type); pre: the passes' xsum or NULL */
 BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                 float *out, const int type) {
+                 const __m256i *pre, float *out, const int type) {
     const ptrdiff_t ng = n / 32;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     ptrdiff_t g0 = 0;
-    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
-    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, pre, acc, type, 8);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, pre, acc, type, (int)(ng - g0));
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
@@ -401,19 +405,32 @@ BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qlla
     for (int i = 0; i < 4; i++) q32_unpack(w + i * rb + g0 * bb, &u[i], type, k);
     for (ptrdiff_t t = 0; t < tn; t++) {
         q32_acts a;
-        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, &a, type, k);
+        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, NULL, &a, type,
+                      k);
         for (int i = 0; i < 4; i++) acc[t][i] = q32_step(acc[t][i], &u[i], &a, type, k);
     }
 }
 
 BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                 float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
-    if (x->T == 1) {
-        block_rows(m, r0, r1, x, out, out_stride, dot4);
-        return;
-    }
+                 float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
+    if (x->T == 1) {  /* the group sums rows share, once for all of them (as kq_rows) */
+        const int shared = type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI);
+        __m256i pre[(ng + 7) / 8];
+        for (ptrdiff_t g0 = 0; shared && g0 < ng; g0 += 8) {
+            q32_acts a;
+            q32_acts_load(x->q + 32 * g0, x->s + g0, NULL, &a, type, ng - g0 < 8 ? (int)(ng - g0) : 8);
+            pre[g0 / 8] = a.xsum;
+        }
+        for (; r + 4 <= r1; r += 4) {
+            float o[4];
+            q32_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
+            memcpy(out + r, o, sizeof o);
+        }
+        if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+        return;
+    }
     for (; r + 4 <= r1; r += 4)
         for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
             const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
@@ -431,21 +448,6 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
             }
         }
     if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
-}
-
-static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                      const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_GQ8_0);
-}
-
-static void q40_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_0);
-}
-
-static void q41_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_1);
 }
 
 /* ---- f16, bf16: widened exactly, then f32_dot4's order ------------------------------ */
@@ -670,11 +672,11 @@ BI qllama_acts some_tokens(const qllama_acts *x, ptrdiff_t t0, ptrdiff_t T) {
     return a;
 }
 
-/* One token: four rows a pass (block_rows); a few: passes unpacked once (kq_rows,
- * q32_rows); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
+/* One token: four rows a pass (kq_rows, q32_rows); a few: passes unpacked once (the
+ * same); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
  * are left (fewer would be mostly padding), then 8, then the few. */
 BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                   float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+                   float *out, ptrdiff_t out_stride, const int type) {
     const int kq = type >= QLLAMA_Q4_K;
     ptrdiff_t t = x->T / 16 * 16 + (x->T % 16 >= 12 ? x->T % 16 : 0);
     qllama_acts a;
@@ -692,21 +694,21 @@ BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qll
         if (kq)
             kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type);
         else
-            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type);
     }
 }
 
-#define QUANT_MATMUL(name, type, dot4)                                                        \
+#define QUANT_MATMUL(name, type)                                                              \
     static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
                      float *out, ptrdiff_t out_stride) {                                      \
-        quant_rows(m, r0, r1, x, out, out_stride, type, dot4);                                \
+        quant_rows(m, r0, r1, x, out, out_stride, type);                                      \
     }
-QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, NULL)  /* k-quants: kq_rows has its own decode */
-QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, NULL)
-QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, NULL)
-QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0, gq80_dot4)
-QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0, q40_dot4)
-QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1, q41_dot4)
+QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K)
+QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K)
+QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K)
+QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0)
+QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0)
+QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1)
 #undef QUANT_MATMUL
 
 #define BLOCK_MATMULS                                                                   \
