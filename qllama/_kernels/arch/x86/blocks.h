@@ -53,6 +53,15 @@ BI __m256i dot_us(__m256i u, __m256i s) {
 #endif
 }
 
+/* acc + unsigned bytes u . signed bytes s per int32 lane */
+BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
 BI __m256i load32(const void *p) {
     return _mm256_loadu_si256((const __m256i *)p);
 }
@@ -78,15 +87,22 @@ BI __m256 f16_set1(const uint8_t *p) {
 /* ---- k-quants: 256 values a block ---------------------------------------------- */
 
 /* q4_k / q5_k 6-bit scales and mins (block_types.h's layout) as int32 lanes j */
-BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn) {
+BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn, const int paired) {
     uint32_t u0, u1, u2;
     memcpy(&u0, s, 4);
     memcpy(&u1, s + 4, 4);
     memcpy(&u2, s + 8, 4);
     uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
     uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
-    *sc = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu)));
-    *mn = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu)));
+    __m128i s8 = _mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu));
+    __m128i m8 = _mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu));
+    if (paired) {  /* lanes 0, 2, 4, 6, 1, 3, 5, 7 as q4k_step1 leaves its sums */
+        const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        s8 = _mm_shuffle_epi8(s8, order);
+        m8 = _mm_shuffle_epi8(m8, order);
+    }
+    *sc = _mm256_cvtepu8_epi32(s8);
+    *mn = _mm256_cvtepu8_epi32(m8);
 }
 
 /* A k-quant row's super-block unpacked (once for every token of a block): values as
@@ -147,7 +163,7 @@ BI void kq_unpack(const uint8_t *blk, kq_block *u, const int type) {
         u->q[2 * c] = lo;
         u->q[2 * c + 1] = hi;
     }
-    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1]);
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1], 0);
     __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
     u->d = _mm256_moveldup_ps(dm);
     u->dmin = _mm256_movehdup_ps(dm);
@@ -161,6 +177,47 @@ BI void kq_shared(const int8_t *x, __m256i sh[2], const int type) {
         for (int g = 0; g < 2; g++) sh[g] = _mm256_slli_epi32(sum4x2(v + 4 * g), 5);
     else
         sh[0] = sum8(v);
+}
+
+/* q4_k's decode pairs groups 2c and 2c + 1 in one vector (q4k_step1): of one token's
+ * super-block at x, [first 16 of x_2c | first 16 of x_2c+1] in pre[c], the last 16 in
+ * pre[4 + c], then the group sums and the scales xs in the order that leaves them:
+ * groups 0, 2, 4, 6, 1, 3, 5, 7 (pre[8], pre[9]) */
+#define Q4K_PRE 10
+BI void q4k_shared(const int8_t *x, const float *xs, __m256i *pre) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256i v[8];
+    for (int c = 0; c < 4; c++) {
+        __m256i lo = load32(x + 64 * c), hi = load32(x + 64 * c + 32);
+        pre[c] = _mm256_permute2x128_si256(lo, hi, 0x20);
+        pre[4 + c] = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
+    for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), load32(x + 32 * j));
+    pre[8] = _mm256_permutevar8x32_epi32(sum8(v), order);
+    pre[9] = _mm256_castps_si256(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xs), order));
+}
+
+/* acc (lanes: groups 0, 2, 4, 6, 1, 3, 5, 7) after one q4_k row's super-block at blk
+ * against one token's (pre: q4k_shared). The nibbles of 16 bytes become both groups'
+ * halves at once (a broadcast load, a shift of the upper 128 bits, a mask), so eight
+ * groups leave four vectors to reduce, not eight: fewer shuffles than kq_step. */
+BI __m256 q4k_step1(__m256 acc, const uint8_t *blk, const __m256i *pre) {
+    const __m256i low = _mm256_set1_epi8(15), shift = _mm256_setr_epi64x(0, 0, 4, 4);
+    __m256i v[4], sc, mn;
+    for (int c = 0; c < 4; c++) {
+        const uint8_t *q = blk + QLLAMA_Q4K_QS + 32 * c;
+        __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+        __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16)));
+        a = _mm256_and_si256(_mm256_srlv_epi64(a, shift), low);
+        b = _mm256_and_si256(_mm256_srlv_epi64(b, shift), low);
+        v[c] = dot_us_acc(dot_us(a, pre[c]), b, pre[4 + c]);
+    }
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &sc, &mn, 1);
+    __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
+    __m256 xs = _mm256_castsi256_ps(pre[9]);
+    __m256i isum = _mm256_mullo_epi32(sum4x2(v), sc), msum = _mm256_mullo_epi32(pre[8], mn);
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_moveldup_ps(dm), xs)));
+    return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(_mm256_movehdup_ps(dm), xs)));
 }
 
 /* sh from pre (computed once for all rows, kq_rows) if not NULL */
@@ -206,13 +263,25 @@ BI ptrdiff_t kq_bytes(const int type) {
     return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
 }
 
-/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared
- * per super-block) */
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared,
+ * q4_k its q4k_shared, per super-block) */
 BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
                 const __m256i *pre, float *out, const int type) {
     const ptrdiff_t bb = kq_bytes(type);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
+    if (type == QLLAMA_Q4_K) {
+        for (ptrdiff_t b = 0; b < n / 256; b++) {
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
+                acc[r] = q4k_step1(acc[r], w + r * rb + b * bb, pre + Q4K_PRE * b);
+            }
+        }
+        const __m256i group = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* lane j: group j */
+        for (int r = 0; r < 4; r++) out[r] = hsum(_mm256_permutevar8x32_ps(acc[r], group));
+        return;
+    }
     for (ptrdiff_t b = 0; b < n / 256; b++) {
         kq_acts a;
         kq_acts_load(xq + 256 * b, xs + 8 * b, pre + 2 * b, &a, type);
@@ -237,9 +306,13 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
     ptrdiff_t r = r0;
     if (x->T == 1) {  /* what rows share of the token once, not once per four rows (~10%) */
-        __m256i pre[2 * (n / 256)];
-        for (ptrdiff_t b = 0; b < n / 256 && (type != QLLAMA_Q6_K || VNNI); b++)
-            kq_shared(x->q + 256 * b, pre + 2 * b, type);
+        __m256i pre[(type == QLLAMA_Q4_K ? Q4K_PRE : 2) * (n / 256)];
+        for (ptrdiff_t b = 0; b < n / 256 && (type != QLLAMA_Q6_K || VNNI); b++) {
+            if (type == QLLAMA_Q4_K)
+                q4k_shared(x->q + 256 * b, x->s + 8 * b, pre + Q4K_PRE * b);
+            else
+                kq_shared(x->q + 256 * b, pre + 2 * b, type);
+        }
         for (; r + 4 <= r1; r += 4) {
             float o[4];
             kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, pre, o, type);
@@ -519,15 +592,6 @@ BI void transpose8(const __m256i in[8], __m256i out[8]) {
         out[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
         out[c + 4] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
     }
-}
-
-/* acc + unsigned bytes u . signed bytes s per int32 lane */
-BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
-#if VNNI
-    return DPBUSD(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
 }
 
 /* Every quantized type for a block of 8 tokens or more: tokens in the lanes (8 a
