@@ -264,13 +264,13 @@ BI ptrdiff_t kq_bytes(const int type) {
 }
 
 /* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared,
- * q4_k its q4k_shared, per super-block) */
+ * q4_k its q4k_shared, per super-block; or NULL) */
 BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
                 const __m256i *pre, float *out, const int type) {
     const ptrdiff_t bb = kq_bytes(type);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
-    if (type == QLLAMA_Q4_K) {
+    if (type == QLLAMA_Q4_K && pre) {
         for (ptrdiff_t b = 0; b < n / 256; b++) {
             #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
@@ -284,7 +284,7 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
     }
     for (ptrdiff_t b = 0; b < n / 256; b++) {
         kq_acts a;
-        kq_acts_load(xq + 256 * b, xs + 8 * b, pre + 2 * b, &a, type);
+        kq_acts_load(xq + 256 * b, xs + 8 * b, pre ? pre + 2 * b : NULL, &a, type);
         #pragma GCC unroll 4  /* acc[r] in registers */
         for (int r = 0; r < 4; r++) {
             prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
@@ -298,16 +298,19 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
 
 /* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
  * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
- * steps as kq_dot4's. */
+ * steps as kq_dot4's. One token: kq_dot4, what rows share computed once for rows of up
+ * to KQ_PRE_MAX super-blocks. */
 #define KQ_T 8
+#define KQ_PRE_MAX 64
 
 BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                 float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
     ptrdiff_t r = r0;
     if (x->T == 1) {  /* what rows share of the token once, not once per four rows (~10%) */
-        __m256i pre[(type == QLLAMA_Q4_K ? Q4K_PRE : 2) * (n / 256)];
-        for (ptrdiff_t b = 0; b < n / 256 && (type != QLLAMA_Q6_K || VNNI); b++) {
+        __m256i pre[Q4K_PRE * KQ_PRE_MAX];  /* a VLA here: avx2's q6_k 0.75x from DRAM */
+        const int shared = n / 256 <= KQ_PRE_MAX && (type != QLLAMA_Q6_K || VNNI);
+        for (ptrdiff_t b = 0; shared && b < n / 256; b++) {
             if (type == QLLAMA_Q4_K)
                 q4k_shared(x->q + 256 * b, x->s + 8 * b, pre + Q4K_PRE * b);
             else
@@ -315,7 +318,7 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
         }
         for (; r + 4 <= r1; r += 4) {
             float o[4];
-            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, pre, o, type);
+            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
             memcpy(out + r, o, sizeof o);
         }
         if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
@@ -489,8 +492,9 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
     if (x->T == 1) {  /* the group sums rows share, once for all of them (as kq_rows) */
-        const int shared = type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI);
-        __m256i pre[(ng + 7) / 8];
+        const int shared = (ng + 7) / 8 <= 4 * KQ_PRE_MAX &&
+                           (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI));
+        __m256i pre[4 * KQ_PRE_MAX];  /* not a VLA, as kq_rows */
         for (ptrdiff_t g0 = 0; shared && g0 < ng; g0 += 8) {
             q32_acts a;
             q32_acts_load(x->q + 32 * g0, x->s + g0, NULL, &a, type, ng - g0 < 8 ? (int)(ng - g0) : 8);
