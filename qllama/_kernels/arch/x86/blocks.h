@@ -2,18 +2,22 @@
  * per pass, in kernels.h's order, straight from the mapped file. A pass takes 256
  * values (eight groups of 32: float lane j of the accumulator is group j) and shares
  * what depends on the token alone among its four rows: the activation sums a type's
- * offset or minimum needs, and the group scales xs. Per group of a row:
+ * offset or minimum needs (k-quants: once for all rows), and the group scales xs.
+ * Per group of a row:
  * - weights as unsigned bytes against signed activations, into int32 lanes:
  *   vpmaddubsw + vpmaddwd (avx2), vpdpbusd (VNNI). Nibbles and 6-bit values are
  *   unsigned already: a vpmaddubsw pair is at most 2 * 63 * 127, no saturation.
  *   q8_0 has signed weights: |w| against sign(w) x as decode.h does (avx2; a pair is
  *   at most 2 * 128 * 127 < 2^15), or (w + 128) . x less 128 * sum(x) (VNNI).
  * - offsets inside int16 pairs where they fit: q6_k's (q - 32) x as q x - 32 x
- *   (at most 16002 + 8128 per pair), q4_0's (q - 8) x likewise.
+ *   (at most 16002 + 8128 per pair; VNNI: 32 x off the halves' int32 sums), q4_0's
+ *   (q - 8) x likewise.
  * - the eight groups' int32 lanes summed exactly by one transposed reduction (sum8),
  *   then the integer scale products and the float ones, eight groups a vector.
  * Each pass prefetches the next four rows' bytes for its 256 values, as decode.h
- * does (the four rows are one contiguous stream here too).
+ * does (the four rows are one contiguous stream here too), a quarter before each
+ * row's step: all at the pass's start (where the compiler hoists them unless kept
+ * apart), q8_0 from DRAM streamed 1.4x slower (4096 x 4096, Zen 4).
  * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
  * whose rows end inside a pass take the pass with the missing groups' lanes kept.
  * A block of 2-7 tokens goes through the same steps with four rows' passes unpacked
@@ -49,6 +53,15 @@ BI __m256i dot_us(__m256i u, __m256i s) {
 #endif
 }
 
+/* acc + unsigned bytes u . signed bytes s per int32 lane */
+BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
 BI __m256i load32(const void *p) {
     return _mm256_loadu_si256((const __m256i *)p);
 }
@@ -61,7 +74,9 @@ BI __m256i nibbles16(const uint8_t *p) {
 
 /* the next pass's bytes of these rows, [at, at + len) of the four-row stream at next */
 BI void prefetch_stream(const uint8_t *next, ptrdiff_t at, ptrdiff_t len) {
-    for (ptrdiff_t o = at; o < at + len; o += 64) _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+    const char *p = (const char *)next + at;
+    for (ptrdiff_t o = 0; o < len; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    __asm__ volatile("" ::: "memory");  /* not hoisted above the previous row's loads */
 }
 
 /* the fp16 at p widened (exactly) and broadcast */
@@ -72,15 +87,22 @@ BI __m256 f16_set1(const uint8_t *p) {
 /* ---- k-quants: 256 values a block ---------------------------------------------- */
 
 /* q4_k / q5_k 6-bit scales and mins (block_types.h's layout) as int32 lanes j */
-BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn) {
+BI void k_scales8(const uint8_t *s, __m256i *sc, __m256i *mn, const int paired) {
     uint32_t u0, u1, u2;
     memcpy(&u0, s, 4);
     memcpy(&u1, s + 4, 4);
     memcpy(&u2, s + 8, 4);
     uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
     uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
-    *sc = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu)));
-    *mn = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu)));
+    __m128i s8 = _mm_set_epi32(0, 0, (int)sc_hi, (int)(u0 & 0x3f3f3f3fu));
+    __m128i m8 = _mm_set_epi32(0, 0, (int)mn_hi, (int)(u1 & 0x3f3f3f3fu));
+    if (paired) {  /* lanes 0, 2, 4, 6, 1, 3, 5, 7 as q4k_step1 leaves its sums */
+        const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        s8 = _mm_shuffle_epi8(s8, order);
+        m8 = _mm_shuffle_epi8(m8, order);
+    }
+    *sc = _mm256_cvtepu8_epi32(s8);
+    *mn = _mm256_cvtepu8_epi32(m8);
 }
 
 /* A k-quant row's super-block unpacked (once for every token of a block): values as
@@ -92,10 +114,12 @@ typedef struct {
     __m256 d, dmin;  /* broadcast */
 } kq_block;
 
-/* One token's 256 activations and what every row shares of them: the group sums
- * (q4_k, q5_k: the mins' part) or 32 x in int16 pairs (q6_k: the offset's part). */
+/* One token's 256 activations and what every row shares of them (sh): the group
+ * sums (q4_k, q5_k: the mins' part) or q6_k's offset part, 32 times the sums of the
+ * halves as kq_step reduces them (VNNI; groups 0-3, 4-7), or 32 x in int16 pairs
+ * (avx2's q6_k, x32). */
 typedef struct {
-    __m256i x[8], x32[8], xsum;
+    __m256i x[8], x32[8], sh[2];
     __m256 xs;
 } kq_acts;
 
@@ -139,40 +163,98 @@ BI void kq_unpack(const uint8_t *blk, kq_block *u, const int type) {
         u->q[2 * c] = lo;
         u->q[2 * c + 1] = hi;
     }
-    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1]);
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &u->s[0], &u->s[1], 0);
     __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
     u->d = _mm256_moveldup_ps(dm);
     u->dmin = _mm256_movehdup_ps(dm);
 }
 
-BI void kq_acts_load(const int8_t *x, const float *xs, kq_acts *a, const int type) {
+/* kq_acts's sh of the token's 256 activations at x */
+BI void kq_shared(const int8_t *x, __m256i sh[2], const int type) {
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), load32(x + 32 * j));
+    if (type == QLLAMA_Q6_K)
+        for (int g = 0; g < 2; g++) sh[g] = _mm256_slli_epi32(sum4x2(v + 4 * g), 5);
+    else
+        sh[0] = sum8(v);
+}
+
+/* q4_k's decode pairs groups 2c and 2c + 1 in one vector (q4k_step1): of one token's
+ * super-block at x, [first 16 of x_2c | first 16 of x_2c+1] in pre[c], the last 16 in
+ * pre[4 + c], then the group sums and the scales xs in the order that leaves them:
+ * groups 0, 2, 4, 6, 1, 3, 5, 7 (pre[8], pre[9]) */
+#define Q4K_PRE 10
+BI void q4k_shared(const int8_t *x, const float *xs, __m256i *pre) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256i v[8];
+    for (int c = 0; c < 4; c++) {
+        __m256i lo = load32(x + 64 * c), hi = load32(x + 64 * c + 32);
+        pre[c] = _mm256_permute2x128_si256(lo, hi, 0x20);
+        pre[4 + c] = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
+    for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), load32(x + 32 * j));
+    pre[8] = _mm256_permutevar8x32_epi32(sum8(v), order);
+    pre[9] = _mm256_castps_si256(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xs), order));
+}
+
+/* acc (lanes: groups 0, 2, 4, 6, 1, 3, 5, 7) after one q4_k row's super-block at blk
+ * against one token's (pre: q4k_shared). The nibbles of 16 bytes become both groups'
+ * halves at once (a broadcast load, a shift of the upper 128 bits, a mask), so eight
+ * groups leave four vectors to reduce, not eight: fewer shuffles than kq_step. */
+BI __m256 q4k_step1(__m256 acc, const uint8_t *blk, const __m256i *pre) {
+    const __m256i low = _mm256_set1_epi8(15), shift = _mm256_setr_epi64x(0, 0, 4, 4);
+    __m256i v[4], sc, mn;
+    for (int c = 0; c < 4; c++) {
+        const uint8_t *q = blk + QLLAMA_Q4K_QS + 32 * c;
+        __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+        __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16)));
+        a = _mm256_and_si256(_mm256_srlv_epi64(a, shift), low);
+        b = _mm256_and_si256(_mm256_srlv_epi64(b, shift), low);
+        v[c] = dot_us_acc(dot_us(a, pre[c]), b, pre[4 + c]);
+    }
+    k_scales8(blk + QLLAMA_Q4K_SCALES, &sc, &mn, 1);
+    __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)(qllama_le16(blk) | qllama_le16(blk + 2) << 16)));
+    __m256 xs = _mm256_castsi256_ps(pre[9]);
+    __m256i isum = _mm256_mullo_epi32(sum4x2(v), sc), msum = _mm256_mullo_epi32(pre[8], mn);
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_moveldup_ps(dm), xs)));
+    return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(_mm256_movehdup_ps(dm), xs)));
+}
+
+/* sh from pre (computed once for all rows, kq_rows) if not NULL */
+BI void kq_acts_load(const int8_t *x, const float *xs, const __m256i *pre, kq_acts *a,
+                     const int type) {
     for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
     a->xs = _mm256_loadu_ps(xs);
-    if (type == QLLAMA_Q6_K) {
+    if (type == QLLAMA_Q6_K && !VNNI)
         for (int j = 0; j < 8; j++) a->x32[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(32), a->x[j]);
-    } else {
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
-        a->xsum = sum8(v);
-    }
+    else if (pre)
+        a->sh[0] = pre[0], a->sh[1] = pre[1];
+    else
+        kq_shared(x, a->sh, type);
 }
 
 /* acc (lane j: group j) after one row's super-block against one token's */
 BI __m256 kq_step(__m256 acc, const kq_block *u, const kq_acts *a, const int type) {
     __m256i v[8];
-    if (type == QLLAMA_Q6_K) {  /* (q - 32) x in int16 pairs; halves to lanes 0-3, 4-7 */
+    if (type == QLLAMA_Q6_K) {  /* (q - 32) x; halves to lanes 0-3, 4-7 */
+        __m256i t[2];
+#if VNNI  /* q x by vpdpbusd, 32 x taken off the halves' sums: 1 instruction a group, not 3 */
+        for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
+        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+            t[g] = _mm256_mullo_epi32(_mm256_sub_epi32(sum4x2(v + 4 * g), a->sh[g]), u->s[g]);
+#else  /* in int16 pairs */
         for (int j = 0; j < 8; j++)
             v[j] = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u->q[j], a->x[j]), a->x32[j]),
                                      _mm256_set1_epi16(1));
-        __m256i t[2];
-        for (int g = 0; g < 2; g++)  /* [first halves | second halves] of groups 4g..4g+3 */
+        for (int g = 0; g < 2; g++)
             t[g] = _mm256_mullo_epi32(sum4x2(v + 4 * g), u->s[g]);
+#endif
         __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20),
                                         _mm256_permute2x128_si256(t[0], t[1], 0x31));
         return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
     }
     for (int j = 0; j < 8; j++) v[j] = dot_us(u->q[j], a->x[j]);
-    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->xsum, u->s[1]);
+    __m256i isum = _mm256_mullo_epi32(sum8(v), u->s[0]), msum = _mm256_mullo_epi32(a->sh[0], u->s[1]);
     acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(u->d, a->xs)));
     return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(u->dmin, a->xs)));
 }
@@ -181,17 +263,31 @@ BI ptrdiff_t kq_bytes(const int type) {
     return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
 }
 
-/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token */
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared,
+ * q4_k its q4k_shared, per super-block; or NULL) */
 BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                float *out, const int type) {
+                const __m256i *pre, float *out, const int type) {
     const ptrdiff_t bb = kq_bytes(type);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
+    if (type == QLLAMA_Q4_K && pre) {
+        for (ptrdiff_t b = 0; b < n / 256; b++) {
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
+                acc[r] = q4k_step1(acc[r], w + r * rb + b * bb, pre + Q4K_PRE * b);
+            }
+        }
+        const __m256i group = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* lane j: group j */
+        for (int r = 0; r < 4; r++) out[r] = hsum(_mm256_permutevar8x32_ps(acc[r], group));
+        return;
+    }
     for (ptrdiff_t b = 0; b < n / 256; b++) {
-        prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
         kq_acts a;
-        kq_acts_load(xq + 256 * b, xs + 8 * b, &a, type);
+        kq_acts_load(xq + 256 * b, xs + 8 * b, pre ? pre + 2 * b : NULL, &a, type);
+        #pragma GCC unroll 4  /* acc[r] in registers */
         for (int r = 0; r < 4; r++) {
+            prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
             kq_block u;
             kq_unpack(w + r * rb + b * bb, &u, type);
             acc[r] = kq_step(acc[r], &u, &a, type);
@@ -200,34 +296,34 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
-static void q4k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_K);
-}
-
-static void q5k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q5_K);
-}
-
-static void q6k_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    kq_dot4(w, rb, n, xq, xs, out, QLLAMA_Q6_K);
-}
-
 /* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
  * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
- * steps as kq_dot4's. */
+ * steps as kq_dot4's. One token: kq_dot4, what rows share computed once for rows of up
+ * to KQ_PRE_MAX super-blocks. */
 #define KQ_T 8
+#define KQ_PRE_MAX 64
 
 BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
-    if (x->T == 1) {
-        block_rows(m, r0, r1, x, out, out_stride, dot4);
-        return;
-    }
+                float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
     ptrdiff_t r = r0;
+    if (x->T == 1) {  /* what rows share of the token once, not once per four rows (~10%) */
+        __m256i pre[Q4K_PRE * KQ_PRE_MAX];  /* a VLA here: avx2's q6_k 0.75x from DRAM */
+        const int shared = n / 256 <= KQ_PRE_MAX && (type != QLLAMA_Q6_K || VNNI);
+        for (ptrdiff_t b = 0; shared && b < n / 256; b++) {
+            if (type == QLLAMA_Q4_K)
+                q4k_shared(x->q + 256 * b, x->s + 8 * b, pre + Q4K_PRE * b);
+            else
+                kq_shared(x->q + 256 * b, pre + 2 * b, type);
+        }
+        for (; r + 4 <= r1; r += 4) {
+            float o[4];
+            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
+            memcpy(out + r, o, sizeof o);
+        }
+        if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+        return;
+    }
     for (; r + 4 <= r1; r += 4)
         for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
             const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
@@ -241,8 +337,8 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
                 for (int i = 0; i < 4; i++) kq_unpack(w + i * rb + b * bb, &u[i], type);
                 for (ptrdiff_t t = 0; t < tn; t++) {
                     kq_acts a;
-                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, &a,
-                                 type);
+                    kq_acts_load(x->q + (t0 + t) * n + 256 * b, x->s + (t0 + t) * (n / 32) + 8 * b, NULL,
+                                 &a, type);
                     for (int i = 0; i < 4; i++) acc[t][i] = kq_step(acc[t][i], &u[i], &a, type);
                 }
             }
@@ -302,7 +398,9 @@ BI void q32_unpack(const uint8_t *blk, q32_block *u, const int type, const int k
     if (type == QLLAMA_Q4_1) u->m = f16_gather8(blk + 2, bb, k);
 }
 
-BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int type, const int k) {
+/* xsum from pre (computed once for all rows, q32_rows) if not NULL */
+BI void q32_acts_load(const int8_t *x, const float *xs, const __m256i *pre, q32_acts *a,
+                      const int type, const int k) {
     for (int j = 0; j < 8; j++) a->x[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
     if (k == 8) {
         a->xs = _mm256_loadu_ps(xs);
@@ -311,7 +409,9 @@ BI void q32_acts_load(const int8_t *x, const float *xs, q32_acts *a, const int t
         for (int j = 0; j < k; j++) xsk[j] = xs[j];
         a->xs = _mm256_loadu_ps(xsk);
     }
-    if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
+    if (pre) {
+        a->xsum = *pre;
+    } else if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
         __m256i v[8];
         for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
         a->xsum = sum8(v);
@@ -347,27 +447,28 @@ BI __m256 q32_step(__m256 acc, const q32_block *u, const q32_acts *a, const int 
 /* One pass of k <= 8 groups (g0 on) of the 4 rows at w into acc, one token; a pass
  * of k < 8 (a row's end) reads only its k blocks. */
 BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
-                 __m256 acc[4], const int type, const int k) {
+                 const __m256i *pre, __m256 acc[4], const int type, const int k) {
     const ptrdiff_t bb = q32_bytes(type);
-    prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
     q32_acts a;
-    q32_acts_load(xq + 32 * g0, xs + g0, &a, type, k);
+    q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + g0 / 8 : NULL, &a, type, k);
+    #pragma GCC unroll 4  /* acc[r] in registers */
     for (int r = 0; r < 4; r++) {
+        prefetch_stream(w + 4 * rb, 4 * bb * g0 + r * bb * k, bb * k);
         q32_block u;
         q32_unpack(w + r * rb + g0 * bb, &u, type, k);
         acc[r] = q32_step(acc[r], &u, &a, type, k);
     }
 }
 
-/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type) */
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type); pre: the passes' xsum or NULL */
 BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                 float *out, const int type) {
+                 const __m256i *pre, float *out, const int type) {
     const ptrdiff_t ng = n / 32;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     ptrdiff_t g0 = 0;
-    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, acc, type, 8);
-    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, acc, type, (int)(ng - g0));
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, pre, acc, type, 8);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, pre, acc, type, (int)(ng - g0));
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 
@@ -380,19 +481,33 @@ BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qlla
     for (int i = 0; i < 4; i++) q32_unpack(w + i * rb + g0 * bb, &u[i], type, k);
     for (ptrdiff_t t = 0; t < tn; t++) {
         q32_acts a;
-        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, &a, type, k);
+        q32_acts_load(x->q + (t0 + t) * n + 32 * g0, x->s + (t0 + t) * (n / 32) + g0, NULL, &a, type,
+                      k);
         for (int i = 0; i < 4; i++) acc[t][i] = q32_step(acc[t][i], &u[i], &a, type, k);
     }
 }
 
 BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                 float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
-    if (x->T == 1) {
-        block_rows(m, r0, r1, x, out, out_stride, dot4);
-        return;
-    }
+                 float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
+    if (x->T == 1) {  /* the group sums rows share, once for all of them (as kq_rows) */
+        const int shared = (ng + 7) / 8 <= 4 * KQ_PRE_MAX &&
+                           (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI));
+        __m256i pre[4 * KQ_PRE_MAX];  /* not a VLA, as kq_rows */
+        for (ptrdiff_t g0 = 0; shared && g0 < ng; g0 += 8) {
+            q32_acts a;
+            q32_acts_load(x->q + 32 * g0, x->s + g0, NULL, &a, type, ng - g0 < 8 ? (int)(ng - g0) : 8);
+            pre[g0 / 8] = a.xsum;
+        }
+        for (; r + 4 <= r1; r += 4) {
+            float o[4];
+            q32_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
+            memcpy(out + r, o, sizeof o);
+        }
+        if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
+        return;
+    }
     for (; r + 4 <= r1; r += 4)
         for (ptrdiff_t t0 = 0; t0 < x->T; t0 += KQ_T) {
             const ptrdiff_t tn = x->T - t0 < KQ_T ? x->T - t0 : KQ_T;
@@ -410,21 +525,6 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
             }
         }
     if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
-}
-
-static void gq80_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                      const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_GQ8_0);
-}
-
-static void q40_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_0);
-}
-
-static void q41_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq,
-                     const float *xs, float *out) {
-    q32_dot4(w, rb, n, xq, xs, out, QLLAMA_Q4_1);
 }
 
 /* ---- f16, bf16: widened exactly, then f32_dot4's order ------------------------------ */
@@ -496,15 +596,6 @@ BI void transpose8(const __m256i in[8], __m256i out[8]) {
         out[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
         out[c + 4] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
     }
-}
-
-/* acc + unsigned bytes u . signed bytes s per int32 lane */
-BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
-#if VNNI
-    return DPBUSD(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
 }
 
 /* Every quantized type for a block of 8 tokens or more: tokens in the lanes (8 a
@@ -649,11 +740,11 @@ BI qllama_acts some_tokens(const qllama_acts *x, ptrdiff_t t0, ptrdiff_t T) {
     return a;
 }
 
-/* One token: four rows a pass (block_rows); a few: passes unpacked once (kq_rows,
- * q32_rows); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
+/* One token: four rows a pass (kq_rows, q32_rows); a few: passes unpacked once (the
+ * same); 8 and more: tokens in the lanes (blk_gemm), 16 a pass while 12 or more
  * are left (fewer would be mostly padding), then 8, then the few. */
 BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
-                   float *out, ptrdiff_t out_stride, const int type, dot4_fn dot4) {
+                   float *out, ptrdiff_t out_stride, const int type) {
     const int kq = type >= QLLAMA_Q4_K;
     ptrdiff_t t = x->T / 16 * 16 + (x->T % 16 >= 12 ? x->T % 16 : 0);
     qllama_acts a;
@@ -669,23 +760,23 @@ BI void quant_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qll
     if (t < x->T) {
         a = some_tokens(x, t, x->T - t);
         if (kq)
-            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+            kq_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type);
         else
-            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type, dot4);
+            q32_rows(m, r0, r1, &a, out + t * out_stride, out_stride, type);
     }
 }
 
-#define QUANT_MATMUL(name, type, dot4)                                                        \
+#define QUANT_MATMUL(name, type)                                                              \
     static void name(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x, \
                      float *out, ptrdiff_t out_stride) {                                      \
-        quant_rows(m, r0, r1, x, out, out_stride, type, dot4);                                \
+        quant_rows(m, r0, r1, x, out, out_stride, type);                                      \
     }
-QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K, q4k_dot4)
-QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K, q5k_dot4)
-QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K, q6k_dot4)
-QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0, gq80_dot4)
-QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0, q40_dot4)
-QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1, q41_dot4)
+QUANT_MATMUL(q4k_matmul, QLLAMA_Q4_K)
+QUANT_MATMUL(q5k_matmul, QLLAMA_Q5_K)
+QUANT_MATMUL(q6k_matmul, QLLAMA_Q6_K)
+QUANT_MATMUL(gq80_matmul, QLLAMA_GQ8_0)
+QUANT_MATMUL(q40_matmul, QLLAMA_Q4_0)
+QUANT_MATMUL(q41_matmul, QLLAMA_Q4_1)
 #undef QUANT_MATMUL
 
 #define BLOCK_MATMULS                                                                   \
