@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
-from ..io.inputs import map_readonly, open_regular
+from ..io.inputs import Mapped, map_readonly, open_regular
 from ..quant.types import BY_GGUF, BlockTensor
 from ..spec import ModelSpec
 from . import gguf as names
@@ -35,7 +35,7 @@ _PER_LAYER = {name for name, (per_layer, _) in SHAPES.items() if per_layer}
 _NORMS = ("attention_norm", "ffn_norm", "norm")
 
 
-class GGUFModel:
+class GGUFModel(Mapped):
     """A validated llama GGUF file, memory-mapped read-only; tensors are views of the map
     (`buffer`), F32 ones as float32 ndarrays, the others as BlockTensors."""
 
@@ -79,19 +79,6 @@ class GGUFModel:
 
     def data_bytes(self) -> int:
         return sum(t.nbytes for t in self.infos.values())
-
-    def close(self) -> None:
-        self.buffer = None
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # views still alive elsewhere; the map closes when they go
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _key(arch_key: str) -> str:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FormatError
-from ..io.inputs import map_readonly, open_regular, pread_exact
+from ..io.inputs import Mapped, map_readonly, open_regular, pread_exact
 from ..spec import ModelSpec
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -308,7 +308,7 @@ def dequantize_q80(q: np.ndarray, s: np.ndarray, group_size: int, start: int = 0
     return w[start - g0 * group_size:stop - g0 * group_size]
 
 
-class ModelFile:
+class ModelFile(Mapped):
     """A validated checkpoint, memory-mapped read-only; tensors are views of the map."""
 
     def __init__(self, path: str | os.PathLike):
@@ -341,16 +341,3 @@ class ModelFile:
         q = self.buffer[e.offset:e.offset + e.numel].view(np.int8)
         s = self.buffer[e.scales_offset:e.offset + e.nbytes].view(np.float32)
         return QTensor(q, s, e.shape, gs)
-
-    def close(self) -> None:
-        self.buffer = None
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # views still alive elsewhere; the map closes when they go
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

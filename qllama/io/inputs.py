@@ -77,6 +77,24 @@ def map_readonly(fd: int) -> mmap.mmap:
     return m
 
 
+class Mapped:
+    """A validated model file's map (`_map`) and its bytes as a uint8 array (`buffer`),
+    which tensor views keep alive."""
+
+    def close(self) -> None:
+        self.buffer = None
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # views still alive elsewhere; the map closes when they go
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
     """Fill `buf` from `offset` of `fd` (preadv until full; EOF is an error)."""
     done, n = 0, len(buf)
