@@ -120,11 +120,13 @@ def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | 
                types: dict | None = None, drop=(), extra: dict | None = None) -> dict:
     """A llama GGUF file written by gguf.GGUFWriter: random weights (1-D tensors F32,
     matrices of `qtype` or `types[llama2.c name]`: quantized by gguf.quants where it can,
-    else random blocks), metadata `meta` (default gguf_metadata(c)); tensors in `drop`
-    left out, `extra` ({name: array}) added. Returns {GGUF name: (type, array written)}."""
+    else by qllama's quantizers (llama.cpp's bytes), else random blocks), metadata `meta`
+    (default gguf_metadata(c)); tensors in `drop` left out, `extra` ({name: array})
+    added. Returns {GGUF name: (type, array written)}."""
     import gguf
 
     from qllama.formats import gguf as names
+    from qllama.quant.types import BY_GGUF
 
     rng = np.random.default_rng(seed)
     meta = gguf_metadata(c) if meta is None else meta
@@ -157,9 +159,12 @@ def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | 
         else:
             try:
                 x = gguf.quants.quantize(x, t)
-            except NotImplementedError:
-                block, size = gguf.GGML_QUANT_SIZES[t]
-                x = rng.integers(0, 256, (e.shape[0], e.shape[1] // block * size), np.uint8)
+            except NotImplementedError:  # qllama's quantizers, else random blocks
+                if t in BY_GGUF:
+                    x = BY_GGUF[t].quantize(x)
+                else:
+                    block, size = gguf.GGML_QUANT_SIZES[t]
+                    x = rng.integers(0, 256, (e.shape[0], e.shape[1] // block * size), np.uint8)
             w.add_tensor(name, x, raw_dtype=t)
         written[name] = (t, x)
     for name, x in (extra or {}).items():
