@@ -103,6 +103,24 @@ class Build:
         return outs
 
 
+def check_against_reference(builds: dict, name: str, workdir, cases, describe) -> None:
+    """Build `name`'s results on `cases` equal its reference build's, bit for bit
+    (`describe(case)` names a case that differs). A build this machine cannot make is
+    skipped, or fails when QLLAMA_REQUIRE_EMULATION is set (CI installed the tools: it
+    must run)."""
+    import pytest
+
+    build = builds[name]
+    if build.missing:
+        if os.environ.get("QLLAMA_REQUIRE_EMULATION"):
+            pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
+        pytest.skip(f"{name}: {build.missing}")
+    got = build.run(workdir, cases)
+    want = builds[build.reference].run(workdir, cases)
+    for case, g, w in zip(cases, got, want):
+        assert g == w, describe(case)
+
+
 def host_builds() -> dict[str, Build]:
     """Every harness build, with `missing` set where this machine cannot make it."""
     x86 = platform.machine() in ("x86_64", "AMD64")

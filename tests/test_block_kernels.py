@@ -7,7 +7,6 @@ row block or 4 divides, one block per row, weights at their extremes, 1 token
 (decode), 5 (a few tokens) and 17 and 33 (x86's tokens-in-lanes path from 8, in
 vectors of 8 and passes of 16, with partial ones).
 """
-import os
 
 import numpy as np
 import pytest
@@ -267,15 +266,9 @@ def workdir(tmp_path_factory):
 
 
 def check_harness(name, workdir, cases):
-    build = BUILDS[name]
-    if build.missing:
-        if os.environ.get("QLLAMA_REQUIRE_EMULATION"):
-            pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
-        pytest.skip(f"{name}: {build.missing}")
-    got = build.run(workdir, cases)
-    want = BUILDS[build.reference].run(workdir, cases)
-    for case, g, w in zip(cases, got, want):
-        assert g == w, (name, case.t.qtype.name, case.t.shape, len(case.x))
+    harness.check_against_reference(
+        BUILDS, name, workdir, cases,
+        lambda case: (name, case.t.qtype.name, case.t.shape, len(case.x)))
 
 
 @pytest.mark.parametrize("name", HARNESS_VARIANTS)

@@ -264,15 +264,10 @@ def workdir(tmp_path_factory):
 
 
 def check_harness(name, workdir, cases):
-    build = BUILDS[name]
-    if build.missing:
-        if os.environ.get("QLLAMA_REQUIRE_EMULATION"):  # CI installed the tools: must run
-            pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
-        pytest.skip(f"{name}: {build.missing}")
-    got = build.run(workdir, cases)
-    want = BUILDS[build.reference].run(workdir, cases)
-    for case, g, w in zip(cases, got, want):
-        assert g == w, f"{name} differs from {build.reference} on {type(case).__name__} {case}"
+    reference = BUILDS[name].reference
+    harness.check_against_reference(
+        BUILDS, name, workdir, cases,
+        lambda case: f"{name} differs from {reference} on {type(case).__name__} {case}")
 
 
 HARNESS_VARIANTS = [n for n, b in BUILDS.items() if b.reference]
