@@ -303,6 +303,16 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
 #define KQ_T 8
 #define KQ_PRE_MAX 64
 
+/* Four rows' results for tn tokens: out[t * out_stride + i] = the lanes of acc[t][i]
+ * summed (kernels.h's tree), for the token-block paths of kq_rows and q32_rows. */
+BI void store_tokens4(__m256 acc[][4], ptrdiff_t tn, float *out, ptrdiff_t out_stride) {
+    for (ptrdiff_t t = 0; t < tn; t++) {
+        float o[4];
+        for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
+        memcpy(out + t * out_stride, o, sizeof o);
+    }
+}
+
 BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                 float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
@@ -342,11 +352,7 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
                     for (int i = 0; i < 4; i++) acc[t][i] = kq_step(acc[t][i], &u[i], &a, type);
                 }
             }
-            for (ptrdiff_t t = 0; t < tn; t++) {
-                float o[4];
-                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
-                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
-            }
+            store_tokens4(acc, tn, out + t0 * out_stride + r, out_stride);
         }
     if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
 }
@@ -518,11 +524,7 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
             ptrdiff_t g0 = 0;
             for (; g0 + 8 <= ng; g0 += 8) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, 8);
             if (g0 < ng) q32_tokens_pass(w, rb, g0, x, t0, tn, acc, type, (int)(ng - g0));
-            for (ptrdiff_t t = 0; t < tn; t++) {
-                float o[4];
-                for (int i = 0; i < 4; i++) o[i] = hsum(acc[t][i]);
-                memcpy(out + (t0 + t) * out_stride + r, o, sizeof o);
-            }
+            store_tokens4(acc, tn, out + t0 * out_stride + r, out_stride);
         }
     if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
 }
