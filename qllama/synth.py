@@ -60,10 +60,13 @@ def random_tensor(config: Config, name: str, layer: int | None = None, seed: int
 
 
 def write_random_model(path, config: Config | str, seed: int = 0, version: int = 1,
-                       force: bool = False, threads: int | None = None, progress=None) -> Config:
+                       force: bool = False, threads: int | None = None, progress=None,
+                       f16_exact: bool = False) -> Config:
     """Write a random fp32 model (version 0 or 1) of `config`'s shape (or a PRESETS name).
 
     `progress(n_bytes)` is called with the bytes written so far. Returns the config written.
+    `f16_exact`: weights rounded to fp16 values, so an F16 GGUF of the file holds the
+    same weights as the file (llama-quantize's input at half the disk of an F32 one).
     """
     if isinstance(config, str):
         if config not in PRESETS:
@@ -90,7 +93,8 @@ def write_random_model(path, config: Config | str, seed: int = 0, version: int =
             start = i * rope_rows
             cos, sin = rope_tables(config.head_size, start + n, start)
             return cos if name == "freqs_cos" else sin
-        return _chunk(seed, name, layer, i, n)
+        w = _chunk(seed, name, layer, i, n)
+        return w.astype(np.float16).astype(np.float32) if f16_exact else w
 
     workers = resolve_threads(threads)
     done = 0

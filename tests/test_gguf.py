@@ -72,6 +72,23 @@ def test_f32_reads_back_exactly(tiny, tmp_path):
     assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
 
 
+def test_f16_exact_model_runs_as_its_f16_gguf(tmp_path):
+    """tools/quality.py's 7B path: weights of fp16 values (make_model --f16-exact) go
+    into an F16 GGUF exactly, and the engine's logits on it are the fp32 file's, bit
+    for bit (f16 widens exactly, then the same fp32 dot contract)."""
+    src, out = tmp_path / "h.bin", tmp_path / "h.gguf"
+    write_random_model(src, TINY, seed=6, f16_exact=True)
+    report = export_gguf(str(src), str(out), "f16", data("tok512.model"))
+    assert all(k.max_err == 0 for k in report.kinds.values())
+    f = ModelFile(src)
+    w = f.tensor("wq", 0)
+    assert np.array_equal(w, w.astype(np.float16).astype(np.float32))
+    ids = [1, 7, 300, 42, 511, 9]
+    with qllama.load(src, threads=2) as a, qllama.load(out, threads=2) as b:
+        assert np.array_equal(a.logits(ids), b.logits(ids))
+    assert tensors(gguf.GGUFReader(out))["blk.0.attn_q.weight"].tensor_type == T.F16
+
+
 def test_vocabulary_from_model_and_bin_agree(tiny, tmp_path):
     """Pieces, scores and types of tok512.model; its tokenizer.bin (types inferred) gives
     the same vocabulary."""

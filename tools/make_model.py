@@ -5,6 +5,7 @@ Hugging Face folder (--hf: config.json and safetensors shards, bf16 by default).
     python tools/make_model.py stories15M /tmp/s15.bin [--version 0|1] [--seed 0] [--force]
     python tools/make_model.py custom /tmp/m.bin --dim 64 --hidden-dim 172 --n-layers 2 ...
     python tools/make_model.py llama2-7b runs/llama2-7b-hf --hf      # 13.5 GB, 3 shards
+    python tools/make_model.py llama2-7b /tmp/7b.bin --f16-exact      # fp16 values in fp32
 
 Weights: normal, std 0.02; norm weights near 1 (qllama.synth for llama2.c files).
 Streamed (a few chunks in memory) and atomic.
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--hf-dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--shard-bytes", type=int, default=SHARD_BYTES,
                    help="--hf: tensor bytes per safetensors shard")
+    p.add_argument("--f16-exact", action="store_true",
+                   help="llama2.c file: fp32 weights of fp16 values (an F16 GGUF then holds them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     p.add_argument("--threads", type=int, default=None)
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
             else:
                 write_random_model(args.output, config, seed=args.seed, version=args.version,
                                    force=args.force, threads=args.threads,
-                                   progress=lambda n: bar.update(task, completed=n))
+                                   progress=lambda n: bar.update(task, completed=n),
+                                   f16_exact=args.f16_exact)
                 what = f"version {args.version}"
         except QllamaError as e:
             print(f"make_model: error: {e}", file=sys.stderr)
