@@ -72,7 +72,7 @@ def run_gguf(args) -> int:
 
 def calibrate(args, folder: bool) -> dict:
     """The importance matrix of IN over the --calibrate text (quant.imatrix)."""
-    from ..interop.rows import resolve_tokenizer
+    from ..conversion.sources import resolve_tokenizer
     from ..io.inputs import read_bounded
     from ..quant.imatrix import importance
     from ..tokenizer import load_tokenizer

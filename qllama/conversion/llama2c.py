@@ -2,7 +2,7 @@
 
 One driver for `quantize` (→ v2, Q8_0) and `convert` (v0 ↔ v1): validated input
 header → output layout (formats.llama2c.layout) → for each output tensor, chunks of
-the input read ahead by a thread (io.chunks.ChunkReader) → the tensor writer (a v2
+the input read ahead by a thread (sources.Llama2cSource.values) → the tensor writer (a v2
 entry through the weight quantizer: Cython, nogil, prange over groups) → written at
 their offsets, front to back in 2 MiB-aligned pieces by a writer thread
 (io.blockwriter.QueuedWriter): reading, quantizing and writing overlap. Memory stays
@@ -25,11 +25,12 @@ from ..formats.llama2c import Config
 from ..formats.rope import rope_chunks
 from ..io.atomic import atomic_output, check_output_path, check_written
 from ..io.blockwriter import QUEUED_CHUNKS, QueuedWriter
-from ..io.chunks import CHUNK_BYTES, ChunkReader, check_free_space, read_jobs
+from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.groups import choose_group_size
 from ..threads import resolve_threads
 from .llama2c_sink import TensorWriter
 from .report import Report, kind_stats
+from .sources import Llama2cSource
 
 
 def fill(out, cout: Config, chunks, write, tables=(), progress=None,
@@ -62,24 +63,19 @@ def fill(out, cout: Config, chunks, write, tables=(), progress=None,
     return done
 
 
-def rewrite(fd: int, src: str, dst: str, cin: Config, cout: Config, force: bool,
+def rewrite(source: Llama2cSource, dst: str, cout: Config, force: bool,
             step: int, chunk_bytes: int, writer, progress=None) -> int:
-    """Write the input `fd` (header `cin`) as `cout` to `dst`, atomically, through
-    fill(); returns the fp32 bytes read. `writer(out)` gives write(entry, first value,
-    values, release) for the output's QueuedWriter."""
+    """Write the fp32 `source` as `cout` to `dst`, atomically, through fill(); returns
+    the fp32 bytes read. `writer(out)` gives write(entry, first value, values,
+    release) for the output's QueuedWriter."""
     out_entries = llama2c.layout(cout)
-    in_entries = llama2c.layout(cin)
-    present = {(e.name, e.layer) for e in in_entries}
-    tables = [e for e in out_entries if (e.name, e.layer) not in present]  # v0's freqs
-    jobs = read_jobs(out_entries, in_entries, step)
-    with atomic_output(dst, force, (src,)) as f, QueuedWriter(
-            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out:
-        reader = ChunkReader(fd, src, jobs, step)
-        try:
-            chunks = ((e, start, w, None, 4 * n) for (_, n, e, start), w in reader)
-            done = fill(out, cout, chunks, writer(out), tables, progress, chunk_bytes)
-        finally:
-            reader.close()
+    in_entries = {(e.name, e.layer): e for e in source.entries}
+    tables = [e for e in out_entries if (e.name, e.layer) not in in_entries]  # v0's freqs
+    with atomic_output(dst, force, (source.path,)) as f, QueuedWriter(
+            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out, \
+            source.values(in_entries, out_entries, step) as values:
+        chunks = ((e, start, w, None, 4 * len(w)) for e, start, w in values)
+        done = fill(out, cout, chunks, writer(out), tables, progress, chunk_bytes)
         check_written(f.fileno(), dst, llama2c.expected_size(cout))
     return done
 
@@ -94,8 +90,8 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
     """
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
-    fd, cin = llama2c.open_input(src)
-    try:
+    with Llama2cSource(src) as source:
+        fd, cin = source.fd, source.config
         if cin.version == 2:
             raise UsageError(f"{src}: already quantized (version 2, group size "
                              f"{cin.group_size}); quantize reads fp32 files (versions 0 and 1)")
@@ -117,12 +113,10 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
                                 chunk_bytes=chunk_bytes).write
 
         t0 = time.perf_counter()
-        done = rewrite(fd, src, dst, cin, cout, force, step, chunk_bytes, writer, progress)
+        done = rewrite(source, dst, cout, force, step, chunk_bytes, writer, progress)
         report.seconds = time.perf_counter() - t0
         assert done == in_bytes
         return report
-    finally:
-        os.close(fd)
 
 
 def convert_file(src: str, dst: str, to_version: int, force: bool = False,
@@ -132,8 +126,8 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False,
     if to_version not in (0, 1):
         raise UsageError(f"convert writes versions 0 and 1, not {to_version} "
                          "(use `qllama quantize` for version 2)")
-    fd, cin = llama2c.open_input(src)
-    try:
+    with Llama2cSource(src) as source:
+        fd, cin = source.fd, source.config
         if cin.version == 2:
             raise UsageError(f"{src}: is version 2 (Q8_0); convert handles fp32 files "
                              "(versions 0 and 1)")
@@ -148,10 +142,8 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False,
             return lambda e, start, w, release: out.pwrite(w, e.offset + 4 * start)
 
         t0 = time.perf_counter()
-        rewrite(fd, src, dst, cin, cout, force, chunk_bytes // 4, chunk_bytes, writer)
+        rewrite(source, dst, cout, force, chunk_bytes // 4, chunk_bytes, writer)
         seconds = time.perf_counter() - t0
         return {"src_version": cin.version, "version": to_version,
                 "in_bytes": os.fstat(fd).st_size, "out_bytes": out_size, "seconds": seconds,
                 "recomputed_freqs": recomputed}
-    finally:
-        os.close(fd)

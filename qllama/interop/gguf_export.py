@@ -3,7 +3,7 @@
 Data flow: validated llama2.c header → the tokenizer (tokenizer.model or .bin) →
 metadata and tensor table (formats.gguf: each tensor's type, llama.cpp's mixture
 for the k-quant files; written by gguf.GGUFWriter) → for each tensor in the input's
-file order, chunks of whole rows read a thread ahead as float32 (interop.rows: Q8_0
+file order, chunks of whole rows read a thread ahead as float32 (conversion.sources: Q8_0
 dequantized) → F32 bytes, or blocks of the tensor's type (the C quantizers of
 _kernels.quantize_blocks, llama.cpp's reference bytes, on every thread) → written at
 their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter), atomically.
@@ -24,6 +24,7 @@ import numpy as np
 
 from ..conversion.driver import pump
 from ..conversion.report import KindStats, Report, TypeTotal, non_finite, tensor_label
+from ..conversion.sources import HFSource, Llama2cSource, resolve_tokenizer
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path, check_written
@@ -32,8 +33,6 @@ from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.blocks import WEIGHTED
 from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
-from .hf_import import HFReader
-from .rows import Llama2cReader, resolve_tokenizer
 
 
 def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, int]:
@@ -81,7 +80,7 @@ def _note(gnames: list, planned, qtype, cols: int) -> str:
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
                 threads: int | None = None, importance: dict | None = None) -> Report:
-    """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
+    """Write llama2.c checkpoint `src` (or a Hugging Face folder: conversion.sources'
     reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
     "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
     input, else f32). `progress(done, total)` gets the weights converted so far and in
@@ -90,7 +89,7 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
     as llama-quantize --imatrix."""
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
-    with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
+    with (HFSource(src) if os.path.isdir(src) else Llama2cSource(src)) as reader:
         config = reader.config
         kind = kind or ("q8_0" if config.version == 2 else "f32")
         if kind not in gguf_format.TYPES:
