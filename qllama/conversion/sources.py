@@ -16,11 +16,14 @@ import os
 
 import numpy as np
 
-from ..formats import hf, llama2c
-from ..formats.llama2c import F32, Entry, dequantize_q80, layout, open_input
+from ..errors import FormatError, UsageError
+from ..formats import hf, is_gguf, llama2c
+from ..formats.llama2c import F32, Config, Entry, dequantize_q80, layout, open_input
 from ..io.chunks import CHUNK_BYTES, read_ahead
 from ..io.inputs import open_regular
 from . import hf_tensors
+
+FLOAT_TYPES = ("F32", "F16", "BF16")  # GGUF types whose values are the weights, unrounded
 
 
 class _Source:
@@ -162,6 +165,88 @@ class HFSource(_Source):
 
     def _rows(self, job, raw) -> np.ndarray:
         return hf_tensors.to_rows(self._chunk(job), self.config, raw, self._buf)
+
+
+class GGUFSource(_Source):
+    """A llama GGUF file (formats.gguf_reader: validated; its spec and vocabulary), its
+    tensors read in llama2.c's v1 layout order and dequantized by their type
+    (quant.types). q/k rows are used as stored: llama GGUF files keep Meta's
+    interleaved order (gguf_reader's doc), which is llama2.c's."""
+
+    def __init__(self, path: str):
+        from ..formats.gguf_reader import GGUFModel
+        self.path = os.fspath(path)
+        self.inputs = [self.path]
+        self.model = GGUFModel(self.path)  # parses and checks; its map is not read here
+        try:
+            self.fd, size = open_regular(self.path)
+        except BaseException:
+            self.model.close()
+            raise
+        if size != self.model.file_size:
+            self.close()
+            raise FormatError(f"{self.path}: file changed size while opening")
+        s = self.spec = self.model.spec
+        self.config = Config(1, s.dim, s.hidden_dim, s.n_layers, s.n_heads, s.n_kv_heads,
+                             s.vocab_size, s.seq_len, s.shared_classifier)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.model.close()
+
+    @property
+    def name(self) -> str:
+        """general.name, else the file's name without .gguf."""
+        name = self.model.metadata.get("general.name")
+        return name if type(name) is str else os.path.splitext(os.path.basename(self.path))[0]
+
+    def quantized_types(self) -> list:
+        """The input's types that are not floats (rounded already: requantizing them loses
+        more than quantizing the originals)."""
+        return [t for t in self.model.tensor_types() if t not in FLOAT_TYPES]
+
+    def weights(self) -> list[Entry]:
+        return layout(self.config)
+
+    def row_step(self, e: Entry, unit: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
+        cols = e.numel // e.shape[0]  # a block type's rows are whole blocks: any count
+        return max(unit, chunk_bytes // (4 * cols) // unit * unit)
+
+    def _spans(self, job) -> list:
+        e, r0, r1 = job[:3]
+        t = self.model.info(e.name, e.layer)
+        row = t.nbytes // e.shape[0]
+        return [(self.fd, self.model.data_start + t.offset + r0 * row, (r1 - r0) * row,
+                 self.path)]
+
+    def _rows(self, job, raw) -> np.ndarray:
+        e, r0, r1 = job[:3]
+        t = self.model.info(e.name, e.layer)
+        if t.type_name == "F32":
+            return np.frombuffer(raw, np.float32)
+        from ..quant.types import BY_GGUF
+        return BY_GGUF[t.type].dequantize(np.frombuffer(raw, np.uint8),
+                                          (r1 - r0, e.numel // e.shape[0]))
+
+
+def refuse_quantized(source) -> None:
+    """Quantizing reads unrounded weights: a GGUF input of another type is refused (as
+    llama-quantize does without --allow-requantize)."""
+    types = source.quantized_types() if isinstance(source, GGUFSource) else []
+    if types:
+        raise UsageError(f"{source.path}: already quantized ({', '.join(types)}); quantize "
+                         f"reads {', '.join(FLOAT_TYPES)} GGUF files")
+
+
+def open_source(path: str):
+    """The row source of a Hugging Face folder, a GGUF file or a llama2.c file."""
+    if os.path.isdir(path):
+        return HFSource(path)
+    if is_gguf(path):
+        return GGUFSource(path)
+    return Llama2cSource(path)
 
 
 def resolve_tokenizer(src: str, tokenizer: str | None) -> str:

@@ -60,10 +60,14 @@ class GGUFModel(Mapped):
     def has(self, name: str) -> bool:
         return any(key[0] == name for key in self._entries)
 
+    def info(self, name: str, layer: int | None = None):
+        """The gguf_file.TensorInfo of a tensor by its llama2.c name."""
+        return self.infos[self._entries[(name, layer)]]
+
     def tensor(self, name: str, layer: int | None = None):
         """One tensor by its llama2.c name: (rows, cols) or (n,) float32 for F32, else a
         BlockTensor of shape (rows, cols)."""
-        t = self.infos[self._entries[(name, layer)]]
+        t = self.info(name, layer)
         start = self.data_start + t.offset
         raw = self.buffer[start:start + t.nbytes]
         if t.type == G.F32:

@@ -30,7 +30,7 @@ from ..conversion.driver import pump
 from ..conversion.report import Report
 from ..conversion.sources import Llama2cSource, resolve_tokenizer
 from ..errors import QllamaWarning, UsageError
-from ..formats import hf, safetensors
+from ..formats import hf, is_gguf, safetensors
 from ..io.atomic import atomic_directory, check_output_directory, check_written
 from ..io.blockwriter import QUEUE_BYTES, QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
@@ -147,6 +147,8 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
     if kind not in DTYPES:
         raise UsageError(f"Hugging Face weights are written as {', '.join(DTYPES)}, not {kind}")
     st_dtype, dtype_name, size = DTYPES[kind]
+    if is_gguf(src):  # its RoPE base, epsilon and vocabulary have no place in this writer
+        raise UsageError(f"{src}: a GGUF file; --to hf reads llama2.c checkpoints")
     with Llama2cSource(src) as reader:
         config = reader.config
         report = Report(src, dst, config.version, kind=kind)
