@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as T
 from qllama.cli import main
 from qllama.formats.gguf_reader import GGUFModel
 from qllama.formats.llama2c import Config, layout
+from qllama.quant.types import dequantize_rows
 from qllama.synth import write_random_model
 from qllama.tokenizer import from_gguf
 
@@ -104,8 +105,8 @@ def test_gqa_and_rope_base_are_carried_over(gqa, tmp_path):
         for name, layer, gname in (("wq", 1, "blk.1.attn_q.weight"),
                                    ("wk", 0, "blk.0.attn_k.weight"),
                                    ("tok_embeddings", None, "token_embd.weight")):
-            x = a.tensor(name, layer).rows(0, 16)
-            y = b.tensor(name, layer).rows(0, 16)
+            x = dequantize_rows(a.tensor(name, layer), 0, 16)
+            y = dequantize_rows(b.tensor(name, layer), 0, 16)
             assert np.sqrt(np.mean((y - x) ** 2) / np.mean(x ** 2)) < 0.1, gname
         assert np.array_equal(b.tensor("norm"), written["output_norm.weight"][1])
 
