@@ -225,3 +225,22 @@ def test_random_byte_flips_quantize_or_fail_in_one_line(model, tmp_path, capsys)
         else:
             assert code == 1 and err.count("\n") == 1 and err.startswith("qllama: error: "), err
         assert _left(tmp_path) == {"f.gguf"}
+
+
+def test_bf16_gguf_quantizes_its_values(tmp_path):
+    """BF16 matrices are widened exactly: each output tensor is the quantizer's blocks
+    of the input's values."""
+    from qllama.quant.types import TYPES
+    src, out = tmp_path / "b.gguf", tmp_path / "b.q8_0.gguf"
+    write_gguf(src, GQA, "BF16", seed=2,
+               meta=gguf_metadata(GQA, TOKENS, tokenizer__ggml__token_type=KINDS))
+    quantize(src, out, "--type", "q8_0")
+    with GGUFModel(src) as a, GGUFModel(out) as b:
+        for e in layout(GQA):
+            x, y = a.tensor(e.name, e.layer), b.tensor(e.name, e.layer)
+            if len(e.shape) == 1:
+                assert np.array_equal(x, y), e
+                continue
+            assert x.qtype.name == "bf16"
+            want = TYPES["q8_0"].quantize(dequantize_rows(x, 0, e.shape[0]))
+            assert np.array_equal(y.data, want.reshape(-1)), e
