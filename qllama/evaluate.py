@@ -25,7 +25,7 @@ from .errors import UsageError
 from .formats.llama2c import QUANTIZED, SHAPES, QTensor
 from .io.inputs import read_bounded
 from .model import BOS
-from .quant.types import BlockTensor
+from .quant.types import BlockTensor, dequantize_rows
 from .sampling import check_sampling
 from .spec import ModelSpec
 
@@ -162,7 +162,9 @@ class WeightError:
 
 def _rows(tensor, start: int, stop: int) -> np.ndarray:
     """Rows start:stop of a tensor as float32 (dequantized if Q8_0 or GGUF blocks)."""
-    if isinstance(tensor, (QTensor, BlockTensor)):
+    if isinstance(tensor, BlockTensor):
+        return dequantize_rows(tensor, start, stop)
+    if isinstance(tensor, QTensor):
         return tensor.rows(start, stop)
     return np.asarray(tensor[start:stop], dtype=np.float32).reshape(stop - start, -1)
 

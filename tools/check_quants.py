@@ -87,7 +87,7 @@ def check_model(model: str, tokenizer: str | None, kinds: list, bin_dir: str,
         qllama("export", model, f32, "--to", "gguf", "--type", "f32", *z)
         imatrix, cal = [], []
         if calibrate:
-            from qllama.interop.rows import resolve_tokenizer
+            from qllama.conversion.sources import resolve_tokenizer
             from qllama.quant.imatrix import importance
             from qllama.tokenizer import load_tokenizer
             tok = load_tokenizer(resolve_tokenizer(model, tokenizer))

@@ -45,7 +45,7 @@ from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
 
 import numpy as np
 
-from qllama.quant.types import BlockTensor
+from qllama.quant.types import TYPES, BlockTensor
 from qllama.threads import MAX_THREADS
 
 cdef extern from "hugepages.h" nogil:

@@ -22,7 +22,7 @@ cdef struct Layer:
 
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
     """A Matrix over a mapped tensor (an fp32 ndarray, a formats.llama2c.QTensor or a
-    quant.types.BlockTensor), checked against its buffers, with the kernel the driver
+    formats.gguf_types.BlockTensor), checked against its buffers, with the kernel the driver
     plans for it."""
     cdef Matrix mat
     cdef qllama_matrix m
@@ -34,7 +34,8 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
     memset(&m, 0, sizeof(qllama_matrix))
     m.rows, m.cols = tensor.shape
     if isinstance(tensor, BlockTensor):
-        kid = tensor.qtype.kernel_id
+        qtype = TYPES.get(tensor.qtype.name)  # the file's layout → the kernel's type
+        kid = qtype.kernel_id if qtype is not None else -1
         if not QLLAMA_Q80 < kid < QLLAMA_N_TYPES:
             raise ValueError(f"{tensor.qtype.name} has no kernel")
         b = tensor.data

@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..errors import UsageError
+from ..formats import is_gguf
 from ..interop.gguf_export import export_gguf
 from ..interop.hf_export import export_hf
 from .console import console, fmt_bytes, progress_bar
@@ -63,7 +64,7 @@ def print_gguf_report(report) -> None:
                       f"{8 * t.nbytes / t.weights:.2f}")
     out.print(types)
     what = ("Hugging Face folder" if os.path.isdir(report.src)
-            else f"version {report.src_version}")
+            else "GGUF" if is_gguf(report.src) else f"version {report.src_version}")
     out.print(f"{report.src} ({what}) → {report.dst} "
               f"({fmt_bytes(report.out_bytes)}, vocabulary from {report.tokenizer}) in "
               f"{report.seconds:.2f} s, {report.threads} thread(s)", highlight=False)
@@ -74,7 +75,8 @@ def register(subparsers) -> None:
         "export", help="llama2.c file → Hugging Face folder or GGUF (llama.cpp, ollama)",
         description="Export a llama2.c checkpoint (version 0, 1 or 2) as a Hugging Face folder "
                     "that transformers loads, or a GGUF file that llama.cpp loads; streamed.")
-    p.add_argument("input", metavar="IN", help="llama2.c checkpoint")
+    p.add_argument("input", metavar="IN", help="llama2.c checkpoint (--to gguf: also a GGUF "
+                                               "file, its vocabulary and spec kept)")
     p.add_argument("output", metavar="OUT", help="folder (--to hf) or .gguf file (--to gguf)")
     p.add_argument("--to", required=True, choices=("hf", "gguf"), help="output format")
     p.add_argument("--type", choices=("f32", "f16", "bf16", "q8_0"), default=None,

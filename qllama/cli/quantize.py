@@ -1,6 +1,7 @@
 """`qllama quantize IN OUT`: the streaming quantizer (conversion.llama2c) with a
 progress bar on a terminal and a summary table; with OUT.gguf, a GGUF file of
-`--type` (interop.gguf_export, llama.cpp's quantization types and mixtures)."""
+`--type` (interop.gguf_export, llama.cpp's quantization types and mixtures). IN is a
+llama2.c fp32 file, a Hugging Face folder (GGUF output) or an F32/F16/BF16 GGUF file."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,9 @@ import sys
 
 from ..conversion.llama2c import quantize_file
 from ..conversion.report import Report
+from ..conversion.sources import GGUFSource, refuse_quantized
 from ..errors import UsageError
-from ..formats import hf, llama2c
+from ..formats import hf, is_gguf, llama2c
 from ..formats.llama2c import Q80
 from ..io.atomic import check_output_path
 from ..threads import add_threads_argument
@@ -54,7 +56,13 @@ def run_gguf(args) -> int:
         raise UsageError("--group-size is for llama2.c version 2 output; a GGUF file's "
                          "blocks are its --type's")
     folder = os.path.isdir(args.input)
-    if not folder and llama2c.read_config(args.input).version == 2:
+    if not folder and is_gguf(args.input):
+        if args.tokenizer is not None:
+            raise UsageError(f"-z/--tokenizer: {args.input} is a GGUF file, which carries its "
+                             "vocabulary")
+        with GGUFSource(args.input) as source:
+            refuse_quantized(source)
+    elif not folder and llama2c.read_config(args.input).version == 2:
         raise UsageError(f"{args.input}: already quantized (version 2); quantize reads fp32 "
                          "files (versions 0 and 1); `qllama export --to gguf` converts "
                          "a version 2 file to GGUF's Q8_0")
@@ -72,17 +80,21 @@ def run_gguf(args) -> int:
 
 def calibrate(args, folder: bool) -> dict:
     """The importance matrix of IN over the --calibrate text (quant.imatrix)."""
-    from ..interop.rows import resolve_tokenizer
+    from ..conversion.sources import resolve_tokenizer
     from ..io.inputs import read_bounded
     from ..quant.imatrix import importance
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import from_gguf, load_tokenizer
     if args.type not in CALIBRATED:
         raise UsageError(f"--calibrate weights the k-quants' fit: --type {', '.join(CALIBRATED)}")
-    tok_path = resolve_tokenizer(args.input, args.tokenizer)
-    if not tok_path:
-        raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
-    config = hf.read_config(args.input) if folder else llama2c.read_config(args.input)
-    tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
+    if not folder and is_gguf(args.input):
+        with GGUFSource(args.input) as source:  # its own vocabulary (export_gguf refuses -z)
+            tok = from_gguf(source.model)
+    else:
+        tok_path = resolve_tokenizer(args.input, args.tokenizer)
+        if not tok_path:
+            raise UsageError(f"{args.input}: --calibrate needs a tokenizer: pass one with -z")
+        config = hf.read_config(args.input) if folder else llama2c.read_config(args.input)
+        tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
     text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
     # a folder's fp32 import goes beside OUT (import_hf checks the space for it)
     imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok,
@@ -104,7 +116,12 @@ def run(args) -> int:
     with progress_bar("quantizing", args.quiet) as update:
         progress_cb = None
         if update is not None:
-            total = 4 * llama2c.read_config(args.input).n_params()  # weight bytes to read
+            if is_gguf(args.input):
+                with GGUFSource(args.input) as source:
+                    config = source.config
+            else:
+                config = llama2c.read_config(args.input)
+            total = 4 * config.n_params()  # weight bytes to read
             progress_cb = lambda n: update(n, total)  # noqa: E731
         report = quantize_file(args.input, args.output, args.group_size, args.force,
                                args.threads, progress_cb)
@@ -119,18 +136,20 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "quantize", help="fp32 checkpoint (version 0/1) → int8 Q8_0 (version 2) or GGUF",
         description="Quantize a llama2.c fp32 checkpoint (version 0 or 1, detected from the "
-                    "file) into Q8_0 (version 2), byte-identical to llama2.c's export.py; or, "
-                    "when OUT ends in .gguf, into a GGUF file of --type with llama.cpp's "
-                    "bytes and tensor types (llama-quantize without an importance matrix).")
-    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1); for a GGUF "
-                                               "output also a Hugging Face folder")
+                    "file) or an F32/F16/BF16 GGUF file into Q8_0 (version 2), byte-identical "
+                    "to llama2.c's export.py; or, when OUT ends in .gguf, into a GGUF file of "
+                    "--type with llama.cpp's bytes and tensor types (llama-quantize; a GGUF "
+                    "input keeps its vocabulary and hyperparameters).")
+    p.add_argument("input", metavar="IN", help="fp32 checkpoint (version 0 or 1) or F32/F16/"
+                                               "BF16 GGUF file; for a GGUF output also a "
+                                               "Hugging Face folder")
     p.add_argument("output", metavar="OUT", help="version 2 file, or .gguf file, to write")
     p.add_argument("--type", choices=GGUF_TYPES, default=None,
                    help="GGUF output only: the file type (default q8_0); q4_k_m and q5_k_m "
                         "mix in Q6_K as llama-quantize does")
     p.add_argument("-z", "--tokenizer", default=None,
                    help="GGUF output only: tokenizer.model or tokenizer.bin to embed; "
-                        "default: beside IN")
+                        "default: beside IN (a GGUF IN carries its own)")
     p.add_argument("--calibrate", metavar="TEXT", default=None,
                    help="GGUF q4_k_m, q5_k_m, q6_k: weight the k-quants' "
                         "fit by the model's activations on this text (its first 4096 tokens), "

@@ -1,10 +1,8 @@
 """The loop between a row source and a sink, with its one read-ahead.
 
-A row source (interop.rows.Llama2cReader: a llama2.c file; interop.hf_import.HFReader:
-a Hugging Face folder) has .config, .inputs (every file it reads), .weights() (its
-tensors as llama2.c entries, in the order it reads them), .row_step(entry, ...) and
-.chunks(plan): for each job (entry, r0, r1, ...) the rows r0..r1 as float32, read a
-thread ahead. A sink is what `write(job, rows)` puts them into.
+A row source (conversion.sources) gives, for each job (entry, r0, r1, ...) of a plan,
+the rows r0..r1 as float32, read a thread ahead. A sink is what `write(job, rows)`
+puts them into.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """File layouts, one module per origin: llama2c (versions 0, 1, 2: the files qllama
 reads, writes and runs), rope (version 0's rotary tables), gguf (the names and keys
-qllama writes and reads), gguf_file (GGUF's container, parsed with bounds) and
-gguf_reader (a llama GGUF file as a model), hf and safetensors (imports)."""
+qllama writes and reads), gguf_file (GGUF's container, parsed with bounds), gguf_types
+(its block types' layouts: quant.types builds on them; formats imports nothing of
+quant), gguf_reader (a llama GGUF file as a model), hf and safetensors (imports)."""
 from __future__ import annotations
 
 import os

@@ -114,9 +114,12 @@ def nbytes(shape: tuple, qtype: T) -> int:
     return rows * (shape[-1] // block) * size
 
 
-def add_metadata(writer: gguf.GGUFWriter, config: Config, kind: str, name: str) -> None:
-    """The hyperparameters llama.cpp's "llama" architecture reads."""
+def add_metadata(writer: gguf.GGUFWriter, config: Config, kind: str, name: str,
+                 spec=None) -> None:
+    """The hyperparameters llama.cpp's "llama" architecture reads: RoPE base and norm
+    epsilon from `spec` (a GGUF input's ModelSpec), else llama2.c's."""
     c = config
+    spec = spec or config.spec
     writer.add_name(name)
     writer.add_file_type(TYPES[kind][1])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -126,15 +129,16 @@ def add_metadata(writer: gguf.GGUFWriter, config: Config, kind: str, name: str) 
     writer.add_feed_forward_length(c.hidden_dim)
     writer.add_head_count(c.n_heads)
     writer.add_head_count_kv(c.n_kv_heads)
-    writer.add_layer_norm_rms_eps(RMS_NORM_EPS)
-    writer.add_rope_freq_base(ROPE_THETA)
+    writer.add_layer_norm_rms_eps(spec.norm_eps)
+    writer.add_rope_freq_base(spec.rope_theta)
     writer.add_rope_dimension_count(c.head_size)
     writer.add_vocab_size(c.vocab_size)
 
 
-def add_vocabulary(writer: gguf.GGUFWriter, tok) -> None:
-    """A SentencePiece vocabulary (qllama.tokenizer: from tokenizer.model or
-    tokenizer.bin): pieces, scores and types as llama.cpp's converters write them."""
+def add_vocabulary(writer: gguf.GGUFWriter, tok, add_bos: bool = True, add_eos: bool = False,
+                   chat_template: str | None = None) -> None:
+    """A SentencePiece vocabulary (qllama.tokenizer: from tokenizer.model, tokenizer.bin
+    or a GGUF file): pieces, scores and types as llama.cpp's converters write them."""
     n = tok.vocab_size
     writer.add_tokenizer_model("llama")
     writer.add_token_list([tok.piece(i) for i in range(n)])
@@ -145,5 +149,7 @@ def add_vocabulary(writer: gguf.GGUFWriter, tok) -> None:
     writer.add_bos_token_id(tok.bos_id)
     writer.add_eos_token_id(tok.eos_id)
     writer.add_unk_token_id(tok.unk_id)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(add_eos)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)

@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
 from ..io.inputs import pread_exact
-from ..quant.types import BY_GGUF
+from .gguf_types import BY_GGUF
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 had 32-bit counts; llama.cpp no longer reads it either
@@ -56,7 +56,7 @@ F32_BYTES = 4
 class TensorInfo(NamedTuple):
     name: str
     dims: tuple       # as GGUF lists them: ne0 (columns) first
-    type: int         # GGUF type id (F32, or a quant.types type)
+    type: int         # GGUF type id (F32, or a gguf_types block type)
     offset: int       # from the start of the data region
     nbytes: int
 

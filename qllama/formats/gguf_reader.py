@@ -11,7 +11,7 @@ architecture, rope scaling, a rope dimension or key/value length other than the 
 size, experts, and any tensor besides the llama ones for block_count layers (llama.cpp
 refuses unused tensors too; rope_freqs.weight, Llama 3.1's scaled RoPE, included).
 Norms are F32 (llama.cpp's converters and llama-quantize keep 1-D tensors F32);
-matrices F32 or one of quant.types' block types.
+matrices F32 or one of gguf_types' block types.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
 from ..io.inputs import Mapped, map_readonly, open_regular
-from ..quant.types import BY_GGUF, BlockTensor
 from ..spec import ModelSpec
 from . import gguf as names
 from .gguf_file import parse, show
+from .gguf_types import BY_GGUF, BlockTensor
 from .llama2c import INT32_MAX, SHAPES
 
 ARCH = names.ARCH
@@ -60,10 +60,14 @@ class GGUFModel(Mapped):
     def has(self, name: str) -> bool:
         return any(key[0] == name for key in self._entries)
 
+    def info(self, name: str, layer: int | None = None):
+        """The gguf_file.TensorInfo of a tensor by its llama2.c name."""
+        return self.infos[self._entries[(name, layer)]]
+
     def tensor(self, name: str, layer: int | None = None):
         """One tensor by its llama2.c name: (rows, cols) or (n,) float32 for F32, else a
         BlockTensor of shape (rows, cols)."""
-        t = self.infos[self._entries[(name, layer)]]
+        t = self.info(name, layer)
         start = self.data_start + t.offset
         raw = self.buffer[start:start + t.nbytes]
         if t.type == G.F32:

@@ -1,12 +1,14 @@
-"""A llama2.c file (version 0, 1 or 2) → a GGUF file llama.cpp loads, streamed.
+"""A llama2.c file (version 0, 1 or 2), Hugging Face folder or GGUF file → a GGUF file
+llama.cpp loads, streamed.
 
-Data flow: validated llama2.c header → the tokenizer (tokenizer.model or .bin) →
-metadata and tensor table (formats.gguf: each tensor's type, llama.cpp's mixture
-for the k-quant files; written by gguf.GGUFWriter) → for each tensor in the input's
-file order, chunks of whole rows read a thread ahead as float32 (interop.rows: Q8_0
-dequantized) → F32 bytes, or blocks of the tensor's type (the C quantizers of
-_kernels.quantize_blocks, llama.cpp's reference bytes, on every thread) → written at
-their offsets, front to back in 2 MiB-aligned pieces (io.blockwriter), atomically.
+Data flow: the input's row source, validated (conversion.sources) → the tokenizer
+(tokenizer.model or .bin; a GGUF input's own, with its spec) → metadata and tensor
+table (formats.gguf: each tensor's type, llama.cpp's mixture for the k-quant files;
+written by gguf.GGUFWriter) → for each tensor in llama2.c's order, chunks of whole
+rows read a thread ahead as float32 (Q8_0 and GGUF types dequantized) → F32 bytes,
+or blocks of the tensor's type (the C quantizers of _kernels.quantize_blocks,
+llama.cpp's reference bytes, on every thread) → written at their offsets, front to
+back in 2 MiB-aligned pieces (io.blockwriter), atomically.
 Memory: a few chunks, whatever the model.
 
 A version 2 input is dequantized, then requantized to GGUF's Q8_0 (blocks of 32
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..conversion.driver import pump
 from ..conversion.report import KindStats, Report, TypeTotal, non_finite, tensor_label
+from ..conversion.sources import GGUFSource, open_source, resolve_tokenizer
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path, check_written
@@ -32,11 +35,10 @@ from ..io.chunks import CHUNK_BYTES, check_free_space
 from ..quant.blocks import WEIGHTED
 from ..quant.types import BY_GGUF
 from ..threads import resolve_threads
-from .hf_import import HFReader
-from .rows import Llama2cReader, resolve_tokenizer
 
 
-def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, int]:
+def _metadata(config, kind: str, tok, name: str, tensors: list,
+              carried: dict) -> tuple[bytes, int]:
     """Header, key-values and tensor table as gguf.GGUFWriter writes them; and the
     alignment of the data after them. (The writer wants a path; it writes these
     bytes to a scratch file, the tensor data is streamed here.)"""
@@ -44,8 +46,9 @@ def _metadata(config, kind: str, tok, name: str, tensors: list) -> tuple[bytes, 
     with tempfile.TemporaryDirectory(prefix="qllama-gguf-") as tmp:
         path = os.path.join(tmp, "meta.gguf")
         writer = gguf.GGUFWriter(path, gguf_format.ARCH)
-        gguf_format.add_metadata(writer, config, kind, name)
-        gguf_format.add_vocabulary(writer, tok)
+        gguf_format.add_metadata(writer, config, kind, name, carried.get("spec"))
+        gguf_format.add_vocabulary(writer, tok, carried.get("add_bos", True),
+                                   carried.get("add_eos", False), carried.get("chat_template"))
         for gname, shape, qtype, nbytes in tensors:
             writer.add_tensor_info(gname, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         writer.write_header_to_file()
@@ -78,30 +81,52 @@ def _note(gnames: list, planned, qtype, cols: int) -> str:
     return f"{what} {'is' if one else 'are'} {qtype.name}, not {planned.name}: {why} ({how})"
 
 
+def _carried(reader: GGUFSource, tokenizer: str | None) -> tuple:
+    """(the tokenizer, {what the output keeps}) of a GGUF input: its vocabulary, spec
+    (RoPE base, norm epsilon, context length, bos/eos) and BOS/EOS flags."""
+    from ..tokenizer import from_gguf
+    if tokenizer is not None:
+        raise UsageError(f"-z/--tokenizer: {reader.path} is a GGUF file, which carries its "
+                         "vocabulary")
+    m = reader.model.metadata
+    carried = {"spec": reader.spec, "chat_template": reader.spec.chat_template}
+    for key in ("add_bos", "add_eos"):
+        value = m.get(f"tokenizer.ggml.{key}_token")
+        if type(value) is bool:
+            carried[key] = value
+    return from_gguf(reader.model), carried
+
+
 def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | None = None,
                 force: bool = False, progress=None, chunk_bytes: int = CHUNK_BYTES,
                 threads: int | None = None, importance: dict | None = None) -> Report:
-    """Write llama2.c checkpoint `src` (or a Hugging Face folder: interop.hf_import's
-    reading and checks) as GGUF `dst` of --type `kind` (formats.gguf.TYPES:
-    "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; default q8_0 for a version 2
-    input, else f32). `progress(done, total)` gets the weights converted so far and in
+    """Write llama2.c checkpoint `src` (or a Hugging Face folder or a GGUF file: the row
+    sources of conversion.sources, with their checks) as GGUF `dst` of --type `kind`
+    (formats.gguf.TYPES: "f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k";
+    default q8_0 for a quantized input, else f32). A GGUF input's vocabulary and spec
+    are carried over (-z is refused for it). `progress(done, total)` gets the weights converted so far and in
     all, in bytes of float32. NaN and Inf weights are refused, naming the tensor.
     `importance` (quant.imatrix: {(name, layer): (cols,)}) weights the k-quants' fit
     as llama-quantize --imatrix."""
     src, dst = os.fspath(src), os.fspath(dst)
     threads = resolve_threads(threads)
-    with (HFReader(src) if os.path.isdir(src) else Llama2cReader(src)) as reader:
+    with open_source(src) as reader:
         config = reader.config
-        kind = kind or ("q8_0" if config.version == 2 else "f32")
+        is_gguf = isinstance(reader, GGUFSource)
+        rounded = config.version == 2 or (is_gguf and reader.quantized_types())
+        kind = kind or ("q8_0" if rounded else "f32")
         if kind not in gguf_format.TYPES:
             raise UsageError(f"GGUF tensors are {', '.join(gguf_format.TYPES)}, not {kind}")
-        tok_path = resolve_tokenizer(src, tokenizer)
-        if not tok_path:
-            raise UsageError(f"{src}: no tokenizer.model or tokenizer.bin beside it; a GGUF file "
-                             "carries its vocabulary: pass one with -z/--tokenizer")
+        if is_gguf:
+            tok_path, tok, carried = src, *_carried(reader, tokenizer)
+        else:
+            tok_path = resolve_tokenizer(src, tokenizer)
+            if not tok_path:
+                raise UsageError(f"{src}: no tokenizer.model or tokenizer.bin beside it; a GGUF "
+                                 "file carries its vocabulary: pass one with -z/--tokenizer")
+            from ..tokenizer import load_tokenizer
+            tok, carried = load_tokenizer(tok_path, vocab_size=config.vocab_size), {}
         check_output_path(dst, force, (*reader.inputs, tok_path))
-        from ..tokenizer import load_tokenizer
-        tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
 
         entries = reader.weights()
         report = Report(src, dst, config.version, kind=kind, tokenizer=tok_path, threads=threads)
@@ -127,8 +152,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                 if k.gguf_name not in names:
                     names.append(k.gguf_name)
         report.notes.extend(_note(names, *key) for key, names in notes.items())
-        name = os.path.splitext(os.path.basename(src))[0]
-        meta, align = _metadata(config, kind, tok, name, tensors)
+        name = reader.name if is_gguf else os.path.splitext(os.path.basename(src))[0]
+        meta, align = _metadata(config, kind, tok, name, tensors, carried)
         offsets, at = [], len(meta) + _pad(len(meta), align)
         for *_, nbytes in tensors:
             offsets.append(at)

@@ -4,7 +4,7 @@
 Data flow: validated llama2.c header → config.json (formats.hf's inverse of
 parse_config) and the tensor table: Hugging Face names, shapes, dtype, shard and
 offset of each tensor → for each tensor in the input's file order, chunks of whole
-rows (whole heads for q/k) read a thread ahead as float32 (interop.rows) → q_proj /
+rows (whole heads for q/k) read a thread ahead as float32 (conversion.sources) → q_proj /
 k_proj rows permuted into transformers' rotate-half order (formats.hf.to_hf) →
 fp32, fp16 or bf16 → written at their offsets in the safetensors shards, front to
 back, in 2 MiB-aligned pieces. Memory: a few chunks.
@@ -28,12 +28,12 @@ import numpy as np
 
 from ..conversion.driver import pump
 from ..conversion.report import Report
+from ..conversion.sources import Llama2cSource, resolve_tokenizer
 from ..errors import QllamaWarning, UsageError
-from ..formats import hf, safetensors
+from ..formats import hf, is_gguf, safetensors
 from ..io.atomic import atomic_directory, check_output_directory, check_written
 from ..io.blockwriter import QUEUE_BYTES, QUEUED_CHUNKS, QueuedWriter
 from ..io.chunks import CHUNK_BYTES, check_free_space
-from .rows import Llama2cReader, resolve_tokenizer
 
 SHARD_BYTES = 5 * 10**9  # tensor bytes per shard: files of a few GB, as on the hub
 
@@ -147,7 +147,9 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
     if kind not in DTYPES:
         raise UsageError(f"Hugging Face weights are written as {', '.join(DTYPES)}, not {kind}")
     st_dtype, dtype_name, size = DTYPES[kind]
-    with Llama2cReader(src) as reader:
+    if is_gguf(src):  # its RoPE base, epsilon and vocabulary have no place in this writer
+        raise UsageError(f"{src}: a GGUF file; --to hf reads llama2.c checkpoints")
+    with Llama2cSource(src) as reader:
         config = reader.config
         report = Report(src, dst, config.version, kind=kind)
         tok_path = resolve_tokenizer(src, tokenizer)

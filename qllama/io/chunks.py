@@ -1,10 +1,9 @@
 """Reading an input checkpoint in large chunks, a thread ahead of the caller.
 
-A converter (quantize, convert) walks the output's tensors in file order and needs
-each one's values from the input, which may store them in another order. `read_jobs`
-plans one job per chunk; `ChunkReader` merges jobs whose input bytes follow each
-other into one `preadv` into a reused buffer, while the caller works on the last.
-Input pages are read, never mapped, so they do not count in the process's RSS.
+Every row source (conversion.sources) and the Hugging Face import read the same
+way: `read_ahead` reads each job's byte spans with pread into a ring of reused
+buffers, a thread ahead of the caller (`prefetch`). Input pages are read, never
+mapped, so they do not count in the process's RSS.
 """
 from __future__ import annotations
 
@@ -12,94 +11,61 @@ import os
 import queue
 import threading
 
-import numpy as np
-
 from ..errors import UsageError
 from .inputs import read_exact
 
 CHUNK_BYTES = 32 << 20  # fp32 bytes read per chunk: large enough that per-chunk Python is noise
-N_BUFFERS = 3  # one being read, one being worked on, one spare
+PREFETCH_DEPTH = 2
+# the caller's job, the queued ones and the one being read never share a buffer
+RING = PREFETCH_DEPTH + 2
 
 
-def read_jobs(out_entries: list, in_entries: list, step: int) -> list[tuple]:
-    """(input offset, n_floats, output entry, first value index) for every chunk of at
-    most `step` values of each output tensor the input holds, in output order. Entries
-    are any layout's with .name, .layer, .offset (of fp32 values) and .numel."""
-    where = {(e.name, e.layer): e for e in in_entries}
-    jobs = []
-    for e in out_entries:
-        ein = where.get((e.name, e.layer))
-        if ein is None:
-            continue  # not in the input (v0's rope tables, written by the caller)
-        for start in range(0, e.numel, step):
-            jobs.append((ein.offset + 4 * start, min(step, e.numel - start), e, start))
-    return jobs
+def _fills(jobs: list, spans, size: int) -> list:
+    """Jobs grouped into buffer fills of at most `size` bytes: (merged reads
+    [(fd, offset, n, path, at)], [(job, at, n)]). A job's bytes are its spans', one
+    after the other; spans that continue the previous one in the same file are read
+    with it (a model's many small tensors then cost a few large reads, not many
+    small cold ones)."""
+    fills, used = [], size
+    for job in jobs:
+        parts = spans(job)
+        n = sum(p[2] for p in parts)
+        if n > size:
+            raise ValueError(f"a job of {n} bytes does not fit buffers of {size}")
+        if used + n > size:
+            fills.append(([], []))
+            used = 0
+        reads, done = fills[-1]
+        done.append((job, used, n))
+        for fd, offset, k, path in parts:
+            if reads and reads[-1][0] == fd and reads[-1][1] + reads[-1][2] == offset:
+                r = reads[-1]
+                reads[-1] = (fd, r[1], r[2] + k, path, r[4])
+            else:
+                reads.append((fd, offset, k, path, used))
+            used += k
+    return fills
 
 
-class ChunkReader:
-    """Reads (offset, n_floats, ...) jobs into a few reused float32 buffers.
+def read_ahead(jobs: list, spans, size: int):
+    """(job, its bytes: a memoryview) for each of `jobs`, in order, read a thread ahead.
+    `spans(job)` lists the job's (fd, offset, n, path) byte ranges, at most `size`
+    bytes in all. Bytes land in RING buffers of `size` bytes, reused: fresh buffers
+    cost a page fault per 4 KiB, and pread runs at the disk's sequential speed where
+    a map's faults of a cold file hold the GIL. Only reads: converting is the
+    caller's, so this thread keeps the disk busy. A job's bytes are valid until the
+    caller takes the next job's. Close the generator (contextlib.closing) to stop."""
+    return prefetch(_read_fills(_fills(jobs, spans, size), size), PREFETCH_DEPTH)
 
-    Jobs whose input bytes follow each other are merged into one read of up to
-    `buf_floats` values (a model's many small tensors then cost a few large reads,
-    not many small cold ones). A thread reads ahead (preadv releases the GIL)
-    while the caller computes on the previous buffer. Iterate to get
-    (job, float32 view of its values); a view is valid until the next step.
-    """
 
-    def __init__(self, fd: int, path: str, jobs: list, buf_floats: int,
-                 n_buffers: int = N_BUFFERS):
-        self.fd, self.path = fd, path
-        self.reads = []  # (offset, n_floats, [(job, first float in buffer)])
-        for job in jobs:
-            offset, n = job[0], job[1]
-            if self.reads:
-                r_off, r_n, parts = self.reads[-1]
-                if r_off + 4 * r_n == offset and r_n + n <= buf_floats:
-                    parts.append((job, r_n))
-                    self.reads[-1] = (r_off, r_n + n, parts)
-                    continue
-            self.reads.append((offset, n, [(job, 0)]))
-        self.free: queue.Queue = queue.Queue()
-        self.full: queue.Queue = queue.Queue()
-        for _ in range(min(n_buffers, len(self.reads)) or 1):
-            self.free.put(np.empty(buf_floats, dtype=np.float32))  # (buf_floats,)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="qllama-reader", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            for offset, n, _ in self.reads:
-                while True:
-                    try:
-                        buf = self.free.get(timeout=0.1)
-                        break
-                    except queue.Empty:
-                        if self.stop.is_set():
-                            return
-                if self.stop.is_set():
-                    return
-                read_exact(self.fd, memoryview(buf[:n]).cast("B"), offset, self.path)
-                self.full.put((True, buf))
-        except BaseException as e:  # handed to the consumer, raised there
-            self.full.put((False, e))
-
-    def __iter__(self):
-        self.thread.start()
-        try:
-            for _, _, parts in self.reads:
-                ok, buf = self.full.get()
-                if not ok:
-                    raise buf
-                for job, first in parts:
-                    yield job, buf[first:first + job[1]]
-                self.free.put(buf)
-        finally:
-            self.stop.set()
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()  # at most one chunk's read: then the fd may be closed
+def _read_fills(fills: list, size: int):
+    ring = [memoryview(bytearray(size)) for _ in range(min(RING, len(fills)))]
+    for i, (reads, done) in enumerate(fills):
+        buf = ring[i % len(ring)]
+        for fd, offset, n, path, at in reads:
+            read_exact(fd, buf[at:at + n], offset, path)
+        for job, at, n in done:
+            yield job, buf[at:at + n]
 
 
 def check_free_space(path: str, nbytes: int) -> None:

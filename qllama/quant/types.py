@@ -1,12 +1,11 @@
 """The quantization types a matrix may have, one registry for every reader, writer
 and kernel choice.
 
-A type is described once: its GGUF id (`gguf.GGMLQuantizationType`), the values per
-block and the bytes per block (GGUF's block layouts, `gguf.constants.GGML_QUANT_SIZES`),
-and its number in the kernel table (`kernel_id`, kernels.h's `qllama_type`). A
-matrix of a block type is rows of whole blocks, row-major, read in place from a map
-(`BlockTensor`). A type quantizes float32 rows to its blocks with llama.cpp's bytes
-and dequantizes them (`QType.quantize`, `QType.dequantize`).
+A type's layout is formats.gguf_types' (its GGUF id, values and bytes per block, and
+BlockTensor: a matrix of rows of whole blocks, read in place from a map); here it gets
+its number in the kernel table (`kernel_id`, kernels.h's `qllama_type`) and its
+arithmetic: quantizing float32 rows to its blocks with llama.cpp's bytes and
+dequantizing them (`QType.quantize`, `QType.dequantize`, `dequantize_rows`).
 
 llama2.c's version-2 Q8_0 (int8 values of the whole tensor, then fp32 scales per
 group of any size) is not a block type: it keeps its own reader (formats.llama2c).
@@ -16,21 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType as _G
-from gguf.constants import GGML_QUANT_SIZES as _SIZES
+
+from ..formats.gguf_types import BY_GGUF as _LAYOUTS
+from ..formats.gguf_types import BlockTensor, BlockType
+
+__all__ = ["QType", "TYPES", "BY_GGUF", "BlockTensor", "dequantize_rows"]
 
 
 @dataclass(frozen=True)
-class QType:
-    name: str        # as users write it: "q4_k"
-    gguf: _G         # GGUF's type id
-    block: int       # values per block
-    nbytes: int      # bytes per block
+class QType(BlockType):
     kernel_id: int   # kernels.h qllama_type
-
-    def row_bytes(self, cols: int) -> int:
-        """Bytes of a row of `cols` values (cols a multiple of the block)."""
-        return cols // self.block * self.nbytes
 
     def quantize(self, rows: np.ndarray, threads: int = 1,
                  importance: np.ndarray | None = None) -> np.ndarray:
@@ -52,40 +46,18 @@ class QType:
         return dequantize(self.name, data, shape)
 
 
-def _t(name: str, kernel_id: int) -> QType:
-    g = _G[name.upper()]
-    block, nbytes = _SIZES[g]
-    return QType(name, g, block, nbytes, kernel_id)
-
-
 # kernel_id 0 and 1 are kernels.h's fp32 and llama2.c Q8_0 matrices
-TYPES = {t.name: t for t in (
-    _t("f16", 2), _t("bf16", 3), _t("q8_0", 4), _t("q4_0", 5), _t("q4_1", 6),
-    _t("q4_k", 7), _t("q5_k", 8), _t("q6_k", 9))}
+KERNEL_IDS = {"f16": 2, "bf16": 3, "q8_0": 4, "q4_0": 5, "q4_1": 6, "q4_k": 7, "q5_k": 8,
+              "q6_k": 9}
+TYPES = {t.name: QType(t.name, t.gguf, t.block, t.nbytes, KERNEL_IDS[t.name])
+         for t in _LAYOUTS.values()}
 BY_GGUF = {t.gguf: t for t in TYPES.values()}
 
 
-@dataclass(frozen=True)
-class BlockTensor:
-    """A (rows, cols) matrix of a block type, in place: `data` is its rows *
-    qtype.row_bytes(cols) bytes (uint8), checked against the shape when made."""
-
-    qtype: QType
-    shape: tuple
-    data: np.ndarray
-
-    def __post_init__(self):
-        rows, cols = self.shape
-        if rows <= 0 or cols <= 0 or cols % self.qtype.block:
-            raise ValueError(f"{self.qtype.name} matrix of shape {self.shape}: rows must be "
-                             f"whole blocks of {self.qtype.block}")
-        if self.data.dtype != np.uint8 or self.data.ndim != 1 or (
-                self.data.size != rows * self.qtype.row_bytes(cols)):
-            raise ValueError(f"{self.qtype.name} matrix of shape {self.shape}: "
-                             f"{self.data.size} bytes, expected {rows * self.qtype.row_bytes(cols)}")
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows start:stop as float32 (stop - start, cols), by the type's dequantizer."""
-        cols = self.shape[1]
-        row = self.qtype.row_bytes(cols)
-        return self.qtype.dequantize(self.data[start * row:stop * row], (stop - start, cols))
+def dequantize_rows(tensor: BlockTensor, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of a BlockTensor as float32 (stop - start, cols), by its type's
+    dequantizer."""
+    t = TYPES[tensor.qtype.name]
+    cols = tensor.shape[1]
+    row = t.row_bytes(cols)
+    return t.dequantize(tensor.data[start * row:stop * row], (stop - start, cols))
