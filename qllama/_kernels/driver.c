@@ -30,8 +30,10 @@ void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_ker
 }
 
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    if (T < 2 || !k->q80_packed_bytes || !qllama_q8_input(n, gs)) return 0;
-    return k->q80_packed_bytes(T, n, gs);
+    size_t shared = k->block_shared_bytes ? k->block_shared_bytes(n) : 0;
+    if (T < 2 || !k->q80_packed_bytes || !qllama_q8_input(n, gs)) return shared;
+    size_t packed = k->q80_packed_bytes(T, n, gs);
+    return packed > shared ? packed : shared;
 }
 
 void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrdiff_t T,
@@ -42,7 +44,7 @@ void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrd
     a->gs = p->m.gs;
     a->q = p->q8_input ? q : NULL;
     a->s = p->q8_input ? s : NULL;
-    a->packed = NULL;
+    a->packed = a->shared = NULL;
     a->type = p->m.type;
 }
 
@@ -57,7 +59,12 @@ void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff
 }
 
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf) {
-    if (!a->q || !buf || a->type > QLLAMA_Q80 || !qllama_packed_bytes(k, a->T, a->n, a->gs)) return;
+    if (!a->q || !buf) return;
+    if (a->type > QLLAMA_Q80) {
+        if (a->T == 1 && k->block_share) a->shared = k->block_share(a, buf);
+        return;
+    }
+    if (a->T < 2 || !k->q80_packed_bytes || !qllama_q8_input(a->n, a->gs)) return;
     k->q80_pack(a, buf);
     a->packed = buf;
 }

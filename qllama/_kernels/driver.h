@@ -40,10 +40,10 @@ int qllama_q8_input(ptrdiff_t n, ptrdiff_t gs);
  * groups of 32 (f16, bf16: fp32 ones); else fp32 when m->w, else Q8_0. */
 void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_kernels *k);
 
-/* Bytes of k's packed layout for blocks of up to T rows of n values (groups of gs),
- * 0 when nothing is packed: one token, fp32 input, or a variant without a GEMM.
- * Block types take no packed layout (their kernels read the activations row by
- * row), so their activations are never packed into it. */
+/* Bytes of the buffer prepare fills for blocks of up to T rows of n values (groups of
+ * gs): k's packed layout of a block of tokens for a Q8_0 GEMM, or what rows of a block
+ * type share of one token (k->block_share); 0 when neither: fp32 input, or a variant
+ * with neither. */
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
 
 /* The activations p takes: T rows of p->m.cols values at x (row stride cols) and, when
@@ -54,9 +54,9 @@ void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrd
 /* Rows t0 <= t < t1 of a's Q8_0 copy (nothing for fp32 input); rows are independent. */
 void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff_t t0,
                           ptrdiff_t t1);
-/* k's packed layout of a's quantized rows into buf (qllama_packed_bytes of them), for a
- * block of tokens; nothing when that is 0, buf is NULL or a is for a block type. After
- * the rows are quantized. */
+/* After the rows are quantized, into buf (qllama_packed_bytes of them; nothing when buf
+ * is NULL): k's packed layout of a block of tokens for a Q8_0 matrix (a->packed), or for
+ * a block type, what its rows share of one token (a->shared). */
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf);
 /* All three, in order. */
 void qllama_prepare(const qllama_kernels *k, const qllama_plan *p, qllama_acts *a,

@@ -2,7 +2,8 @@
  * per pass, in kernels.h's order, straight from the mapped file. A pass takes 256
  * values (eight groups of 32: float lane j of the accumulator is group j) and shares
  * what depends on the token alone among its four rows: the activation sums a type's
- * offset or minimum needs (k-quants: once for all rows), and the group scales xs.
+ * offset or minimum needs (computed once per matmul input: block_share), and the
+ * group scales xs.
  * Per group of a row:
  * - weights as unsigned bytes against signed activations, into int32 lanes:
  *   vpmaddubsw + vpmaddwd (avx2), vpdpbusd (VNNI). Nibbles and 6-bit values are
@@ -220,7 +221,35 @@ BI __m256 q4k_step1(__m256 acc, const uint8_t *blk, const __m256i *pre) {
     return _mm256_sub_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(_mm256_movehdup_ps(dm), xs)));
 }
 
-/* sh from pre (computed once for all rows, kq_rows) if not NULL */
+/* What every row of a block type shares of one token, computed once per matmul input
+ * (driver.h's prepare) instead of once per kernel call: per 256 activations c, at
+ * SHARE * c, q4k_shared's vectors (SH_Q4K), the group sums (SH_XSUM: q4_1, q5_k, VNNI's
+ * q8_0; a last c of k < 8 groups has lanes k..7 zero) and q6_k's (SH_Q6K: kq_shared).
+ * The k-quant parts only where c is a whole super-block. */
+enum { SH_Q4K = 0, SH_XSUM = Q4K_PRE, SH_Q6K = Q4K_PRE + 1, SHARE = Q4K_PRE + 3 };
+
+static size_t block_shared_bytes(ptrdiff_t n) {
+    return (size_t)((n + 255) / 256 * SHARE + 1) * sizeof(__m256i);  /* + 1: alignment */
+}
+
+static const void *block_share(const qllama_acts *x, void *buf) {
+    __m256i *sh = (__m256i *)(((uintptr_t)buf + 31) & ~(uintptr_t)31);
+    for (ptrdiff_t c = 0; 256 * c < x->n; c++) {
+        const int8_t *q = x->q + 256 * c;
+        const int k = x->n - 256 * c >= 256 ? 8 : (int)((x->n - 256 * c) / 32);
+        __m256i v[8];
+        for (int j = 0; j < 8; j++)
+            v[j] = j < k ? dot_us(_mm256_set1_epi8(1), load32(q + 32 * j)) : _mm256_setzero_si256();
+        sh[SHARE * c + SH_XSUM] = sum8(v);
+        if (k == 8) {
+            q4k_shared(q, x->s + 8 * c, sh + SHARE * c + SH_Q4K);
+            kq_shared(q, sh + SHARE * c + SH_Q6K, QLLAMA_Q6_K);
+        }
+    }
+    return sh;
+}
+
+/* sh from pre (block_share's, for one token) if not NULL */
 BI void kq_acts_load(const int8_t *x, const float *xs, const __m256i *pre, kq_acts *a,
                      const int type) {
     for (int j = 0; j < 8; j++) a->x[j] = load32(x + 32 * j);
@@ -263,8 +292,8 @@ BI ptrdiff_t kq_bytes(const int type) {
     return type == QLLAMA_Q4_K ? 144 : type == QLLAMA_Q5_K ? 176 : 210;
 }
 
-/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its kq_shared,
- * q4_k its q4k_shared, per super-block; or NULL) */
+/* out[r] for the 4 k-quant rows at w, rb bytes apart: one token (pre: its block_share
+ * layout, or NULL) */
 BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
                 const __m256i *pre, float *out, const int type) {
     const ptrdiff_t bb = kq_bytes(type);
@@ -275,7 +304,7 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
             #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
                 prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
-                acc[r] = q4k_step1(acc[r], w + r * rb + b * bb, pre + Q4K_PRE * b);
+                acc[r] = q4k_step1(acc[r], w + r * rb + b * bb, pre + SHARE * b + SH_Q4K);
             }
         }
         const __m256i group = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* lane j: group j */
@@ -284,7 +313,8 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
     }
     for (ptrdiff_t b = 0; b < n / 256; b++) {
         kq_acts a;
-        kq_acts_load(xq + 256 * b, xs + 8 * b, pre ? pre + 2 * b : NULL, &a, type);
+        kq_acts_load(xq + 256 * b, xs + 8 * b,
+                     pre ? pre + SHARE * b + (type == QLLAMA_Q6_K ? SH_Q6K : SH_XSUM) : NULL, &a, type);
         #pragma GCC unroll 4  /* acc[r] in registers */
         for (int r = 0; r < 4; r++) {
             prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
@@ -298,10 +328,8 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
 
 /* A few tokens (batched decode; blk_gemm takes 8 and more): four rows' super-blocks
  * unpacked once for up to KQ_T tokens, their accumulators in L1 meanwhile; the same
- * steps as kq_dot4's. One token: kq_dot4, what rows share computed once for rows of up
- * to KQ_PRE_MAX super-blocks. */
+ * steps as kq_dot4's. One token: kq_dot4 with what rows share from block_share. */
 #define KQ_T 8
-#define KQ_PRE_MAX 64
 
 /* Four rows' results for tn tokens: out[t * out_stride + i] = the lanes of acc[t][i]
  * summed (kernels.h's tree), for the token-block paths of kq_rows and q32_rows. */
@@ -317,18 +345,11 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
                 float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, bb = kq_bytes(type), rb = n / 256 * bb;
     ptrdiff_t r = r0;
-    if (x->T == 1) {  /* what rows share of the token once, not once per four rows (~10%) */
-        __m256i pre[Q4K_PRE * KQ_PRE_MAX];  /* a VLA here: avx2's q6_k 0.75x from DRAM */
-        const int shared = n / 256 <= KQ_PRE_MAX && (type != QLLAMA_Q6_K || VNNI);
-        for (ptrdiff_t b = 0; shared && b < n / 256; b++) {
-            if (type == QLLAMA_Q4_K)
-                q4k_shared(x->q + 256 * b, x->s + 8 * b, pre + Q4K_PRE * b);
-            else
-                kq_shared(x->q + 256 * b, pre + 2 * b, type);
-        }
+    if (x->T == 1) {  /* what rows share of the token: block_share's, once a matmul input */
+        const __m256i *sh = x->shared;
         for (; r + 4 <= r1; r += 4) {
             float o[4];
-            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
+            kq_dot4(m->blocks + r * rb, rb, n, x->q, x->s, sh, o, type);
             memcpy(out + r, o, sizeof o);
         }
         if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
@@ -404,7 +425,7 @@ BI void q32_unpack(const uint8_t *blk, q32_block *u, const int type, const int k
     if (type == QLLAMA_Q4_1) u->m = f16_gather8(blk + 2, bb, k);
 }
 
-/* xsum from pre (computed once for all rows, q32_rows) if not NULL */
+/* xsum from pre (block_share's, for one token) if not NULL */
 BI void q32_acts_load(const int8_t *x, const float *xs, const __m256i *pre, q32_acts *a,
                       const int type, const int k) {
     for (int j = 0; j < 8; j++) a->x[j] = j < k ? load32(x + 32 * j) : _mm256_setzero_si256();
@@ -415,12 +436,14 @@ BI void q32_acts_load(const int8_t *x, const float *xs, const __m256i *pre, q32_
         for (int j = 0; j < k; j++) xsk[j] = xs[j];
         a->xs = _mm256_loadu_ps(xsk);
     }
-    if (pre) {
-        a->xsum = *pre;
-    } else if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
-        a->xsum = sum8(v);
+    if (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI)) {  /* the types that take it */
+        if (pre) {
+            a->xsum = *pre;
+        } else {
+            __m256i v[8];
+            for (int j = 0; j < 8; j++) v[j] = dot_us(_mm256_set1_epi8(1), a->x[j]);
+            a->xsum = sum8(v);
+        }
     }
     if (type == QLLAMA_Q4_0)
         for (int j = 0; j < 8; j++) a->x8[j] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a->x[j]);
@@ -456,7 +479,7 @@ BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq,
                  const __m256i *pre, __m256 acc[4], const int type, const int k) {
     const ptrdiff_t bb = q32_bytes(type);
     q32_acts a;
-    q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + g0 / 8 : NULL, &a, type, k);
+    q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + SHARE * (g0 / 8) + SH_XSUM : NULL, &a, type, k);
     #pragma GCC unroll 4  /* acc[r] in registers */
     for (int r = 0; r < 4; r++) {
         prefetch_stream(w + 4 * rb, 4 * bb * g0 + r * bb * k, bb * k);
@@ -466,7 +489,7 @@ BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq,
     }
 }
 
-/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type); pre: the passes' xsum or NULL */
+/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type); pre: block_share's or NULL */
 BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
                  const __m256i *pre, float *out, const int type) {
     const ptrdiff_t ng = n / 32;
@@ -497,18 +520,10 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
                  float *out, ptrdiff_t out_stride, const int type) {
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
-    if (x->T == 1) {  /* the group sums rows share, once for all of them (as kq_rows) */
-        const int shared = (ng + 7) / 8 <= 4 * KQ_PRE_MAX &&
-                           (type == QLLAMA_Q4_1 || (type == QLLAMA_GQ8_0 && VNNI));
-        __m256i pre[4 * KQ_PRE_MAX];  /* not a VLA, as kq_rows */
-        for (ptrdiff_t g0 = 0; shared && g0 < ng; g0 += 8) {
-            q32_acts a;
-            q32_acts_load(x->q + 32 * g0, x->s + g0, NULL, &a, type, ng - g0 < 8 ? (int)(ng - g0) : 8);
-            pre[g0 / 8] = a.xsum;
-        }
+    if (x->T == 1) {  /* the group sums rows share: block_share's (as kq_rows) */
         for (; r + 4 <= r1; r += 4) {
             float o[4];
-            q32_dot4(m->blocks + r * rb, rb, n, x->q, x->s, shared ? pre : NULL, o, type);
+            q32_dot4(m->blocks + r * rb, rb, n, x->q, x->s, x->shared, o, type);
             memcpy(out + r, o, sizeof o);
         }
         if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
@@ -739,6 +754,7 @@ BI qllama_acts some_tokens(const qllama_acts *x, ptrdiff_t t0, ptrdiff_t T) {
     a.q += t0 * x->n;
     a.s += t0 * (x->n / 32);
     a.T = T;
+    a.shared = t0 == 0 ? x->shared : NULL;
     return a;
 }
 
