@@ -73,10 +73,14 @@ BI __m256i nibbles16(const uint8_t *p) {
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
 }
 
-/* the next pass's bytes of these rows, [at, at + len) of the four-row stream at next */
-BI void prefetch_stream(const uint8_t *next, ptrdiff_t at, ptrdiff_t len) {
-    const char *p = (const char *)next + at;
-    for (ptrdiff_t o = 0; o < len; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+/* Bytes [at, at + len) of the four-row stream of the next pass (rows w + 4 rb on) into
+ * L1, and of the pass PF_FAR ahead into L2 (decode.h) */
+BI void prefetch_stream(const uint8_t *w, ptrdiff_t rb, ptrdiff_t at, ptrdiff_t len) {
+    const char *p = (const char *)w + 4 * rb + at, *far = (const char *)w + 4 * rb * PF_FAR + at;
+    for (ptrdiff_t o = 0; o < len; o += 64) {
+        _mm_prefetch(p + o, _MM_HINT_T0);
+        _mm_prefetch(far + o, _MM_HINT_T2);
+    }
     __asm__ volatile("" ::: "memory");  /* not hoisted above the previous row's loads */
 }
 
@@ -303,7 +307,7 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
         for (ptrdiff_t b = 0; b < n / 256; b++) {
             #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
-                prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
+                prefetch_stream(w, rb, (4 * b + r) * bb, bb);
                 acc[r] = q4k_step1(acc[r], w + r * rb + b * bb, pre + SHARE * b + SH_Q4K);
             }
         }
@@ -317,7 +321,7 @@ BI void kq_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, c
                      pre ? pre + SHARE * b + (type == QLLAMA_Q6_K ? SH_Q6K : SH_XSUM) : NULL, &a, type);
         #pragma GCC unroll 4  /* acc[r] in registers */
         for (int r = 0; r < 4; r++) {
-            prefetch_stream(w + 4 * rb, (4 * b + r) * bb, bb);
+            prefetch_stream(w, rb, (4 * b + r) * bb, bb);
             kq_block u;
             kq_unpack(w + r * rb + b * bb, &u, type);
             acc[r] = kq_step(acc[r], &u, &a, type);
@@ -363,7 +367,7 @@ BI void kq_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama
             for (ptrdiff_t t = 0; t < tn; t++)
                 for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
             for (ptrdiff_t b = 0; b < n / 256; b++) {
-                if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * b, 4 * bb);
+                if (t0 == 0) prefetch_stream(w, rb, 4 * bb * b, 4 * bb);
                 kq_block u[4];
                 for (int i = 0; i < 4; i++) kq_unpack(w + i * rb + b * bb, &u[i], type);
                 for (ptrdiff_t t = 0; t < tn; t++) {
@@ -482,7 +486,7 @@ BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq,
     q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + SHARE * (g0 / 8) + SH_XSUM : NULL, &a, type, k);
     #pragma GCC unroll 4  /* acc[r] in registers */
     for (int r = 0; r < 4; r++) {
-        prefetch_stream(w + 4 * rb, 4 * bb * g0 + r * bb * k, bb * k);
+        prefetch_stream(w, rb, 4 * bb * g0 + r * bb * k, bb * k);
         q32_block u;
         q32_unpack(w + r * rb + g0 * bb, &u, type, k);
         acc[r] = q32_step(acc[r], &u, &a, type, k);
@@ -505,7 +509,7 @@ BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, 
 BI void q32_tokens_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const qllama_acts *x,
                         ptrdiff_t t0, ptrdiff_t tn, __m256 acc[][4], const int type, const int k) {
     const ptrdiff_t bb = q32_bytes(type), n = x->n;
-    if (t0 == 0) prefetch_stream(w + 4 * rb, 4 * bb * g0, 4 * bb * k);
+    if (t0 == 0) prefetch_stream(w, rb, 4 * bb * g0, 4 * bb * k);
     q32_block u[4];
     for (int i = 0; i < 4; i++) q32_unpack(w + i * rb + g0 * bb, &u[i], type, k);
     for (ptrdiff_t t = 0; t < tn; t++) {
@@ -559,7 +563,7 @@ BI void half_dot4(const uint8_t *w, ptrdiff_t n, const float *x, float *out, con
     for (int r = 0; r < 4; r++) a[r] = b[r] = _mm256_setzero_ps();
     ptrdiff_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        prefetch_stream(w + 4 * rb, 8 * j, 128);
+        prefetch_stream(w, rb, 8 * j, 128);
         __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
         for (int r = 0; r < 4; r++) {
             a[r] = _mm256_fmadd_ps(widen8(w + r * rb + 2 * j, bf), x0, a[r]);
