@@ -32,3 +32,14 @@ def models(name: str) -> Path:
 def hf(name: str) -> Path:
     """A Hugging Face reference folder or file under shared/hf/ (see its README)."""
     return shared_file("hf", name)
+
+
+def llama_cpp_tool(name: str, why: str) -> str:
+    """Path of a llama.cpp binary in $QLLAMA_LLAMA_CPP (a build's bin folder), or skip the
+    test saying what it would have checked (`why`)."""
+    folder = os.environ.get("QLLAMA_LLAMA_CPP", "")
+    path = os.path.join(folder, name)
+    if not folder or not os.access(path, os.X_OK):
+        pytest.skip(f"set QLLAMA_LLAMA_CPP to a llama.cpp build's bin folder (with {name}) "
+                    f"to {why}")
+    return path

@@ -20,7 +20,7 @@ from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 from qllama.tokenizer import load_tokenizer
 
-from conftest import data, golden
+from conftest import data, golden, llama_cpp_tool
 
 # hidden_dim 96 is 3 blocks of 32, dim 64 two: every matrix can be Q8_0.
 TINY = Config(1, dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
@@ -187,12 +187,7 @@ def test_summary_lines_are_whole_on_a_pipe(tmp_path):
 
 
 def llama_cli() -> str:
-    folder = os.environ.get("QLLAMA_LLAMA_CPP", "")
-    path = os.path.join(folder, "llama-cli")
-    if not folder or not os.access(path, os.X_OK):
-        pytest.skip("set QLLAMA_LLAMA_CPP to a llama.cpp build's bin folder (with llama-cli) "
-                    "to check that llama.cpp runs the exported GGUF")
-    return path
+    return llama_cpp_tool("llama-cli", "check that llama.cpp runs the exported GGUF")
 
 
 def llama_cpp_greedy(cli: str, model, prompt: str, n: int) -> list[int]:

@@ -23,7 +23,7 @@ from qllama.quant.types import BlockTensor
 from qllama.synth import write_random_model
 from qllama.tokenizer import GGUFTokenizer, from_gguf, load_tokenizer
 
-from conftest import data, shared_file
+from conftest import data, llama_cpp_tool, shared_file
 from makers import gguf_metadata, write_gguf
 
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "  two  spaces\nand a line ",
@@ -221,12 +221,7 @@ def test_llama2_vocabulary_from_gguf_gives_sentencepieces_ids(tmp_path):
 # llama.cpp's own quantizer's files
 
 def llama_quantize() -> str:
-    folder = os.environ.get("QLLAMA_LLAMA_CPP", "")
-    path = os.path.join(folder, "llama-quantize")
-    if not folder or not os.access(path, os.X_OK):
-        pytest.skip("set QLLAMA_LLAMA_CPP to a llama.cpp build's bin folder (with "
-                    "llama-quantize) to read the files llama.cpp quantizes")
-    return path
+    return llama_cpp_tool("llama-quantize", "read the files llama.cpp quantizes")
 
 
 @pytest.fixture(scope="module")
