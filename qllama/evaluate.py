@@ -27,7 +27,7 @@ from .io.inputs import read_bounded
 from .model import BOS
 from .quant.types import BlockTensor, dequantize_rows
 from .sampling import check_sampling
-from .spec import ModelSpec
+from .spec import SHAPE_FIELDS, ModelSpec
 
 TOP_K = 5
 DEFAULT_SAMPLE = 512
@@ -211,12 +211,9 @@ def weight_errors(ref_file, cand_file) -> dict[str, WeightError]:
 # Token streams
 
 
-ARCH_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
-
-
 def check_same_architecture(ref: ModelSpec, cand: ModelSpec, ref_name: str, cand_name: str) -> None:
     """Raise UsageError naming every hyperparameter on which the two files differ."""
-    diffs = [f"{f} {getattr(ref, f)} vs {getattr(cand, f)}" for f in ARCH_FIELDS
+    diffs = [f"{f} {getattr(ref, f)} vs {getattr(cand, f)}" for f in SHAPE_FIELDS
              if getattr(ref, f) != getattr(cand, f)]
     if diffs:
         raise UsageError(f"{ref_name} and {cand_name} are not the same architecture: "

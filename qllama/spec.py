@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the fields that give a model's shape (a llama2.c header's seven ints, in its order)
+SHAPE_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                "seq_len")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -32,10 +32,10 @@ from qllama.interop.hf_export import (
     write_json,
 )
 from qllama.io.atomic import atomic_directory
+from qllama.spec import SHAPE_FIELDS as FIELDS
 from qllama.synth import PRESETS, write_random_model
 from qllama.threads import resolve_threads
 
-FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 CHUNK = 4 << 20  # values generated per task
 
 

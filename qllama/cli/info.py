@@ -9,11 +9,11 @@ import platform
 
 from ..errors import UsageError
 from ..formats import is_gguf, llama2c
+from ..spec import SHAPE_FIELDS
 
 VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
 
 
-SPEC_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
 def describe(path: str) -> dict:
@@ -125,7 +125,7 @@ def run(args) -> int:
     t.add_row("format", d["format"])
     if d.get("name"):
         t.add_row("name", str(d["name"]))
-    for key in SPEC_KEYS:
+    for key in SHAPE_FIELDS:
         t.add_row(key, str(d[key]))
     t.add_row("shared classifier", "yes" if d["shared_classifier"] else
               "no (separate output matrix)")
