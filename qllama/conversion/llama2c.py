@@ -16,6 +16,7 @@ recomputes the rotary tables (formats.rope).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -64,34 +65,44 @@ def fill(out, cout: Config, chunks, write, tables=(), progress=None,
     return done
 
 
-def rewrite(source: Llama2cSource, dst: str, cout: Config, force: bool,
-            step: int, chunk_bytes: int, writer, progress=None) -> int:
-    """Write the fp32 `source` as `cout` to `dst`, atomically, through fill(); returns
-    the fp32 bytes read. `writer(out)` gives write(entry, first value, values,
-    release) for the output's QueuedWriter."""
-    out_entries = llama2c.layout(cout)
-    in_entries = {(e.name, e.layer): e for e in source.entries}
-    tables = [e for e in out_entries if (e.name, e.layer) not in in_entries]  # v0's freqs
-    with atomic_output(dst, force, (source.path,)) as f, QueuedWriter(
-            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out, \
-            source.values(in_entries, out_entries, step) as values:
-        chunks = ((e, start, w, None, 4 * len(w)) for e, start, w in values)
+def write_file(source, values, dst: str, cout: Config, force: bool, chunk_bytes: int,
+               writer, tables=(), progress=None) -> int:
+    """Write `cout` to `dst`, atomically, through fill(), from `values` (a context
+    manager of (output entry, first value, flat float32 values) in the output's file
+    order, read from `source`); returns the fp32 bytes read. `writer(out)` gives
+    write(entry, first value, values, release) for the output's QueuedWriter."""
+    with atomic_output(dst, force, tuple(source.inputs)) as f, QueuedWriter(
+            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out, values as vs:
+        chunks = ((e, start, w, None, 4 * w.size) for e, start, w in vs)
         done = fill(out, cout, chunks, writer(out), tables, progress, chunk_bytes)
         check_written(f.fileno(), dst, llama2c.expected_size(cout))
     return done
 
 
+def rewrite(source: Llama2cSource, dst: str, cout: Config, force: bool,
+            step: int, chunk_bytes: int, writer, progress=None) -> int:
+    """write_file() of the fp32 llama2.c `source` in chunks of `step` values; v0's rotary
+    tables, which a v1 input lacks, computed in their place."""
+    out_entries = llama2c.layout(cout)
+    in_entries = {(e.name, e.layer): e for e in source.entries}
+    tables = [e for e in out_entries if (e.name, e.layer) not in in_entries]  # v0's freqs
+    return write_file(source, source.values(in_entries, out_entries, step), dst, cout, force,
+                      chunk_bytes, writer, tables, progress)
+
+
+@contextlib.contextmanager
+def _row_values(source, plan: list):
+    """The rows of `plan`'s jobs (output entry, r0, r1) as write_file's values."""
+    with source.chunks(plan) as chunks:
+        yield ((e, r0 * (e.numel // e.shape[0]), w.reshape(-1)) for (e, r0, _), w in chunks)
+
+
 def copy_rows(source, plan: list, dst: str, cout: Config, force: bool, chunk_bytes: int,
               writer, progress=None) -> int:
-    """rewrite() from any row source (conversion.sources), through the jobs (output
-    entry, r0, r1) of `plan`, in the output's file order; returns the fp32 bytes read."""
-    with atomic_output(dst, force, tuple(source.inputs)) as f, QueuedWriter(
-            f.fileno(), QUEUED_CHUNKS * chunk_bytes) as out, source.chunks(plan) as chunks:
-        values = ((e, r0 * (e.numel // e.shape[0]), w.reshape(-1), None, 4 * w.size)
-                  for (e, r0, _), w in chunks)
-        done = fill(out, cout, values, writer(out), (), progress, chunk_bytes)
-        check_written(f.fileno(), dst, llama2c.expected_size(cout))
-    return done
+    """write_file() from any row source (conversion.sources), through the jobs (output
+    entry, r0, r1) of `plan`, in the output's file order."""
+    return write_file(source, _row_values(source, plan), dst, cout, force, chunk_bytes,
+                      writer, (), progress)
 
 
 def row_plan(source, cout: Config, chunk_bytes: int) -> list:
