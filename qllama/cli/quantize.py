@@ -9,7 +9,7 @@ import sys
 
 from ..conversion.llama2c import quantize_file
 from ..conversion.report import Report
-from ..conversion.sources import GGUFSource, refuse_quantized
+from ..conversion.sources import GGUFSource, refuse_quantized, refuse_tokenizer
 from ..errors import UsageError
 from ..formats import hf, is_gguf, llama2c
 from ..formats.llama2c import Q80
@@ -57,9 +57,7 @@ def run_gguf(args) -> int:
                          "blocks are its --type's")
     folder = os.path.isdir(args.input)
     if not folder and is_gguf(args.input):
-        if args.tokenizer is not None:
-            raise UsageError(f"-z/--tokenizer: {args.input} is a GGUF file, which carries its "
-                             "vocabulary")
+        refuse_tokenizer(args.input, args.tokenizer)  # before a --calibrate pass
         with GGUFSource(args.input) as source:
             refuse_quantized(source)
     elif not folder and llama2c.read_config(args.input).version == 2:

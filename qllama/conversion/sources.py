@@ -231,6 +231,12 @@ class GGUFSource(_Source):
                                           (r1 - r0, e.numel // e.shape[0]))
 
 
+def refuse_tokenizer(path: str, tokenizer) -> None:
+    """A GGUF input carries its vocabulary: a tokenizer given beside it is refused."""
+    if tokenizer is not None:
+        raise UsageError(f"-z/--tokenizer: {path} is a GGUF file, which carries its vocabulary")
+
+
 def refuse_quantized(source) -> None:
     """Quantizing reads unrounded weights: a GGUF input of another type is refused (as
     llama-quantize does without --allow-requantize)."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..conversion.driver import pump
 from ..conversion.report import KindStats, Report, TypeTotal, non_finite, tensor_label
-from ..conversion.sources import GGUFSource, open_source, resolve_tokenizer
+from ..conversion.sources import GGUFSource, open_source, refuse_tokenizer, resolve_tokenizer
 from ..errors import UsageError
 from ..formats import gguf as gguf_format
 from ..io.atomic import atomic_output, check_output_path, check_written
@@ -85,9 +85,7 @@ def _carried(reader: GGUFSource, tokenizer: str | None) -> tuple:
     """(the tokenizer, {what the output keeps}) of a GGUF input: its vocabulary, spec
     (RoPE base, norm epsilon, context length, bos/eos) and BOS/EOS flags."""
     from ..tokenizer import from_gguf
-    if tokenizer is not None:
-        raise UsageError(f"-z/--tokenizer: {reader.path} is a GGUF file, which carries its "
-                         "vocabulary")
+    refuse_tokenizer(reader.path, tokenizer)
     m = reader.model.metadata
     carried = {"spec": reader.spec, "chat_template": reader.spec.chat_template}
     for key in ("add_bos", "add_eos"):

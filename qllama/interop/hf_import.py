@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from ..conversion.hf_tensors import input_files, plan_chunks, to_rows
+from ..conversion.hf_tensors import plan_chunks, to_rows
 from ..conversion.llama2c import fill
 from ..conversion.llama2c_sink import N_VALUE_BUFFERS, TensorWriter
 from ..conversion.report import Report, kind_stats
@@ -92,7 +92,6 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
                          "and safetensors weights)")
     threads = resolve_threads(threads)
     config = hf.read_config(src)
-    inputs = input_files(src)[0]
     note = None
     if version == 2:
         gs, note = choose_group_size(config, group_size)
@@ -105,7 +104,7 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         raise UsageError(f"import writes llama2.c versions 1 and 2, not {version}")
     llama2c.validate(cout, dst)
     with HFSource(src) as source:  # checks every tensor header, opens the shards
-        sources = source.sources
+        sources, inputs = source.sources, source.inputs
         out_size = llama2c.expected_size(cout)
         check_output_path(dst, force, inputs)
         check_free_space(dst, out_size)
