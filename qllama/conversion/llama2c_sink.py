@@ -8,14 +8,10 @@ import numpy as np
 from ..formats import llama2c
 from ..formats.llama2c import F32, Q80, Config, Entry
 from ..io.chunks import CHUNK_BYTES
+from ..quant.blocks import widen_bf16
 from .report import non_finite, tensor_label
 
 N_VALUE_BUFFERS = 4  # int8 chunks quantized ahead of the writer: 4 * 8 MB
-
-
-def widen_bf16(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 values given as their bits (uint16) → float32, exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class TensorWriter:

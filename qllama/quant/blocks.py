@@ -373,6 +373,11 @@ def quantize(name: str, rows: np.ndarray, importance: np.ndarray | None = None) 
 
 # ---- dequantize ----------------------------------------------------------------------------
 
+def widen_bf16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values given as their bits (uint16) → float32, exactly."""
+    return (bits.astype(np.uint32) << 16).view(F32)
+
+
 def _k_unpack(s: np.ndarray):
     """6-bit scales and mins (n, 8) from the 12 packed bytes."""
     a, b, c = s[:, 0:4], s[:, 4:8], s[:, 8:12]
@@ -422,5 +427,5 @@ def dequantize(name: str, data: np.ndarray, shape: tuple) -> np.ndarray:
     if name == "f16":
         return data.view(np.float16).astype(F32).reshape(shape)
     if name == "bf16":
-        return (data.view(np.uint16).astype(np.uint32) << 16).view(F32).reshape(shape)
+        return widen_bf16(data.view(np.uint16)).reshape(shape)
     return _dq(data.reshape(-1, t.nbytes), name).reshape(shape)
