@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# run.c's literals, which a llama2.c file leaves implicit (also llama.cpp's defaults
+# for a llama GGUF file that does not say)
+ROPE_THETA = 10000.0
+RMS_NORM_EPS = 1e-5
+
 # the fields that give a model's shape (a llama2.c header's seven ints, in its order)
 SHAPE_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                 "seq_len")
@@ -21,8 +26,8 @@ class ModelSpec:
     vocab_size: int
     seq_len: int
     shared_classifier: bool  # the classifier is the token table
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    rope_theta: float = ROPE_THETA
+    norm_eps: float = RMS_NORM_EPS
     bos_id: int = 1
     eos_id: int = 2
     chat_template: str | None = None

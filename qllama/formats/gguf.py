@@ -55,9 +55,6 @@ TYPES = {
 # Q5_1, Q8_0; qllama writes Q8_0 for the first two: more bits, the same block of 32)
 _K_FALLBACK = {T.Q4_K: T.Q8_0, T.Q5_K: T.Q8_0, T.Q6_K: T.Q8_0}
 
-ROPE_THETA = 10000.0
-RMS_NORM_EPS = 1e-5
-
 
 def tensor_name(name: str, layer: int | None) -> str:
     return NAMES[name].format(bid=layer) if layer is not None else NAMES[name]

@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
 from ..io.inputs import Mapped, map_readonly, open_regular
-from ..spec import ModelSpec
+from ..spec import RMS_NORM_EPS, ROPE_THETA, ModelSpec
 from . import gguf as names
 from .gguf_file import parse, show
 from .gguf_types import BY_GGUF, BlockTensor
@@ -154,8 +154,8 @@ def _spec(path: str, metadata: dict, infos: dict) -> ModelSpec:
         n_layers=m.int(k("{arch}.block_count")), n_heads=n_heads, n_kv_heads=n_kv_heads,
         vocab_size=vocab, seq_len=m.int(k("{arch}.context_length")),
         shared_classifier=names.NAMES["output"] not in infos,
-        rope_theta=m.float(k("{arch}.rope.freq_base"), names.ROPE_THETA),
-        norm_eps=m.float(k("{arch}.attention.layer_norm_rms_epsilon"), names.RMS_NORM_EPS),
+        rope_theta=m.float(k("{arch}.rope.freq_base"), ROPE_THETA),
+        norm_eps=m.float(k("{arch}.attention.layer_norm_rms_epsilon"), RMS_NORM_EPS),
         bos_id=m.int("tokenizer.ggml.bos_token_id", 1, low=0),
         eos_id=m.int("tokenizer.ggml.eos_token_id", 2, low=0),
         chat_template=m.str("tokenizer.chat_template"))

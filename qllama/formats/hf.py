@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..io.inputs import load_json
+from ..spec import RMS_NORM_EPS, ROPE_THETA  # what run.c computes with
 from .llama2c import Config, validate
 
 # llama2.c name -> Hugging Face name ("{}" is the layer).
@@ -51,9 +52,6 @@ DTYPES = ("F32", "F16", "BF16")
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-
-ROPE_THETA = 10000.0  # what run.c computes with
-RMS_NORM_EPS = 1e-5   # what run.c computes with
 
 
 def hf_name(name: str, layer: int | None) -> str:
