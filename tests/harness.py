@@ -103,11 +103,9 @@ class Build:
         return outs
 
 
-def check_against_reference(builds: dict, name: str, workdir, cases, describe) -> None:
-    """Build `name`'s results on `cases` equal its reference build's, bit for bit
-    (`describe(case)` names a case that differs). A build this machine cannot make is
-    skipped, or fails when QLLAMA_REQUIRE_EMULATION is set (CI installed the tools: it
-    must run)."""
+def require_build(builds: dict, name: str):
+    """Build `name`; a test of one this machine cannot make is skipped, or fails when
+    QLLAMA_REQUIRE_EMULATION is set (CI installed the tools: it must run)."""
     import pytest
 
     build = builds[name]
@@ -115,6 +113,14 @@ def check_against_reference(builds: dict, name: str, workdir, cases, describe) -
         if os.environ.get("QLLAMA_REQUIRE_EMULATION"):
             pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
         pytest.skip(f"{name}: {build.missing}")
+    return build
+
+
+def check_against_reference(builds: dict, name: str, workdir, cases, describe) -> None:
+    """Build `name`'s results on `cases` equal its reference build's, bit for bit
+    (`describe(case)` names a case that differs); require_build's skip or failure for
+    one this machine cannot make."""
+    build = require_build(builds, name)
     got = build.run(workdir, cases)
     want = builds[build.reference].run(workdir, cases)
     for case, g, w in zip(cases, got, want):

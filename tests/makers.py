@@ -14,6 +14,16 @@ from qllama.formats.llama2c import Config, layout
 NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
 
+def _override(d: dict, changes: dict) -> dict:
+    """`d` with `changes` applied: a value replaces a key's, None deletes the key."""
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    return d
+
+
 def config_dict(c: Config, style: int = 5, dtype: str = "float32", **changes) -> dict:
     """config.json for `c` as transformers `style` (4 or 5) writes it; `changes`
     override keys (None deletes one)."""
@@ -31,12 +41,7 @@ def config_dict(c: Config, style: int = 5, dtype: str = "float32", **changes) ->
     else:
         d.update(rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, dtype=dtype,
                  transformers_version="5.24.0")
-    for k, v in changes.items():
-        if v is None:
-            d.pop(k, None)
-        else:
-            d[k] = v
-    return d
+    return _override(d, changes)
 
 
 def random_tensors(c: Config, seed: int = 0, dtype: str = "F32") -> dict:
@@ -107,13 +112,7 @@ def gguf_metadata(c: Config, tokens: list | None = None, **changes) -> dict:
         d["tokenizer.ggml.tokens"] = tokens
         d["tokenizer.ggml.scores"] = [-float(i) for i in range(len(tokens))]
         d["tokenizer.ggml.token_type"] = [1] * len(tokens)
-    for k, v in changes.items():
-        k = k.replace("__", ".")
-        if v is None:
-            d.pop(k, None)
-        else:
-            d[k] = v
-    return d
+    return _override(d, {k.replace("__", "."): v for k, v in changes.items()})
 
 
 def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | None = None,

@@ -306,11 +306,7 @@ def test_harness_runs_the_engines_kernel_choice(name, workdir):
     """Every harness build goes through the engine's driver: groups that straddle rows
     (or span several) take the fp32 path there too, with no quantized rows (zeros),
     and each build gives the engine's numbers, GEMM blocks included."""
-    build = BUILDS[name]
-    if build.missing:
-        if os.environ.get("QLLAMA_REQUIRE_EMULATION"):
-            pytest.fail(f"{name}: {build.missing} (QLLAMA_REQUIRE_EMULATION is set)")
-        pytest.skip(f"{name}: {build.missing}")
+    build = harness.require_build(BUILDS, name)
     rng = np.random.default_rng(5)
     cases = []
     for rows, cols, gs, T in ((4, 40, 32, 3), (6, 48, 96, 9), (37, 64, 64, 17)):
