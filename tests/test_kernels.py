@@ -12,7 +12,8 @@ from qllama.formats.llama2c import QTensor
 import reference
 
 _kernels = Kernels(kernels.select())  # the variant the engine runs here
-kernel_rmsnorm, kernel_softmax, kernel_rope = Kernels.rmsnorm, Kernels.softmax, Kernels.rope
+kernel_rmsnorm, kernel_softmax, kernel_rope, kernel_swiglu = (Kernels.rmsnorm, Kernels.softmax,
+                                                             Kernels.rope, Kernels.swiglu)
 kernel_attention, kernel_quantize, kernel_matmul = (_kernels.attention, _kernels.quantize,
                                                     _kernels.matmul)
 
@@ -44,6 +45,45 @@ def test_softmax(x):
     tol = 2e-6 + len(x) * 2 ** -23
     np.testing.assert_allclose(got, ref, rtol=tol, atol=1e-7)
     assert abs(got.astype(np.float64).sum() - 1) < tol
+
+
+def silu_times(h, g):
+    """float64 silu(h) * g, without overflow warnings (e^-h is inf below -709)."""
+    h = h.astype(np.float64)
+    with np.errstate(over="ignore"):
+        return h / (1 + np.exp(-h)) * g.astype(np.float64)
+
+
+# A few roundings past e^x's 1.5 ulp (1 + e, the division, two products): 8 ulp at most.
+SWIGLU_RTOL = 8 * 2 ** -24
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 200).flatmap(lambda n: st.tuples(
+    hnp.arrays(np.float32, n, elements=st.floats(-200, 200, width=32)), vectors(n))))
+def test_swiglu(hg):
+    h, g = hg
+    np.testing.assert_allclose(kernel_swiglu(h, g), silu_times(h, g), rtol=SWIGLU_RTOL,
+                               atol=1e-36)
+
+
+def test_swiglu_over_the_float_range():
+    """Every 401st float from -120 to 120 (5.6 million values: every binade, e^x's
+    clamps and its overflow)."""
+    top = int(np.float32(120).view(np.uint32))  # -120's bits are top | sign
+    bits = np.concatenate([np.arange(0, top, 401), np.arange(0, top, 401) | 0x80000000])
+    h = bits.astype(np.uint32).view(np.float32)
+    g = np.ones(len(h), np.float32)
+    np.testing.assert_allclose(kernel_swiglu(h, g), silu_times(h, g), rtol=SWIGLU_RTOL, atol=1e-36)
+
+
+def test_swiglu_special_values():
+    h = np.array([np.nan, np.inf, 0.0, -0.0, 89.0, -89.0, 1e30, -1e30], np.float32)
+    got = kernel_swiglu(h, np.full(len(h), 2, np.float32))
+    assert np.isnan(got[0]) and got[1] == np.inf
+    assert got[2] == 0 and got[3] == 0
+    np.testing.assert_allclose(got[4:], silu_times(h[4:], np.full(4, 2)), rtol=SWIGLU_RTOL,
+                               atol=1e-36)
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,7 +1,7 @@
 /* Bit patterns of floats. For non-negative floats (Inf and NaN included) they order
  * like the values, and integer max reductions vectorize where float max reductions
- * (NaN semantics) do not. Used by the weight quantizer, the activation quantizer
- * and the sampler's finite test. */
+ * (NaN semantics) do not. Used by the weight quantizer, the activation quantizer,
+ * the sampler's finite test and the feed-forward's exp (swiglu.h). */
 #ifndef QLLAMA_BITS_H
 #define QLLAMA_BITS_H
 
@@ -9,10 +9,22 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint32_t qllama_abs_bits(float f) {
+static inline uint32_t qllama_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    return u & 0x7fffffffu;
+    return u;
+}
+
+static inline uint32_t qllama_abs_bits(float f) {
+    return qllama_bits(f) & 0x7fffffffu;
+}
+
+/* All floats as int32 that order as the values do (NaNs beyond the Infs): compares
+ * of these are integer ones, which gcc vectorizes where it keeps float compares as
+ * branches (under -ftrapping-math they may raise a flag). */
+static inline int32_t qllama_order_bits(float f) {
+    int32_t i = (int32_t)qllama_bits(f);
+    return i ^ ((i >> 31) & 0x7fffffff);
 }
 
 /* The same with NaN (bits above Inf's) as 0, so that a max leaves NaN out, as runq.c's

@@ -41,15 +41,15 @@ cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const 
 cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
                  const qllama_acts* x, Py_ssize_t rb, int threads) noexcept nogil:
     """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes a block of rows
-    of both matrices and gates them itself: one parallel region, and the expf work
-    is shared out too."""
-    cdef Py_ssize_t b, t, r, hidden = w1.m.rows
+    of both matrices and gates them itself (swiglu.h): one parallel region, and the
+    gate's work is shared out too."""
+    cdef Py_ssize_t b, t, hidden = w1.m.rows
     for b in prange((hidden + rb - 1) // rb, schedule="guided", num_threads=threads):
         qllama_run_rows(w1, rb * b, rb, x, hb, hidden)
         qllama_run_rows(w3, rb * b, rb, x, hb2, hidden)
         for t in range(x.T):
-            for r in range(rb * b, min(rb * b + rb, hidden)):
-                hb[t * hidden + r] = silu(hb[t * hidden + r]) * hb2[t * hidden + r]
+            qllama_swiglu(hb + t * hidden + rb * b, hb2 + t * hidden + rb * b,
+                          min(rb, hidden - rb * b))
 
 
 cdef void prepare(qllama_acts* x, const Matrix* m, float* out, const float* inp,

@@ -41,12 +41,15 @@ from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matrix
                                       qllama_run_rows, qllama_dequantize_row,
                                       qllama_block_values, qllama_block_bytes, QLLAMA_Q80,
                                       QLLAMA_BF16, QLLAMA_N_TYPES)
-from qllama._kernels.ops cimport rmsnorm, rope, rope_table, silu, softmax
+from qllama._kernels.ops cimport rmsnorm, rope, rope_table, softmax
 
 import numpy as np
 
 from qllama.quant.types import TYPES, BlockTensor
 from qllama.threads import MAX_THREADS
+
+cdef extern from "swiglu.h" nogil:
+    void qllama_swiglu(float* h, const float* g, Py_ssize_t n)
 
 cdef extern from "hugepages.h" nogil:
     void qllama_advise_huge(void* p, size_t bytes)

@@ -120,3 +120,13 @@ cdef class Kernels:
         cdef float[::1] s = fsin
         rope_table(&c[0], &s[0], head_size, pos, theta)
         rope(&vec[0], vec.shape[0], head_size, &c[0], &s[0])
+
+    @staticmethod
+    def swiglu(const float[::1] h, const float[::1] g):
+        """silu(h) * g as the feed-forward computes it (swiglu.h), as a new array."""
+        if h.shape[0] != g.shape[0] or h.shape[0] == 0:
+            raise ValueError("h and g must be non-empty and of the same length")
+        out = np.array(h, np.float32)
+        cdef float[::1] o = out
+        qllama_swiglu(&o[0], &g[0], o.shape[0])
+        return out

@@ -56,7 +56,3 @@ cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size, const floa
         v1 = vec[i + 1]
         vec[i] = v0 * fcos[j] - v1 * fsin[j]
         vec[i + 1] = v0 * fsin[j] + v1 * fcos[j]
-
-
-cdef inline float silu(float v) noexcept nogil:
-    return v * (1.0 / (1.0 + expf(-v)))
