@@ -19,10 +19,11 @@
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
- * Rows go in blocks of 16 (the row_block) x YMM_T tokens: four 4-row tiles into a
- * (row, token) buffer, then each token's 16 results as one 64-byte store (store16,
- * for the L1-set reason rows.h gives). A matrix's last rows (fewer than 16) and
- * groups that are not whole 16-byte pieces take q80_rows, with the same results.
+ * Rows go in blocks of 16 (the row_block) x YMM_T tokens: four 4-row tiles, each
+ * transposed in registers into a (token, row) buffer, then each token's 16 results
+ * as one 64-byte store (for the L1-set reason rows.h gives). A matrix's last rows
+ * (fewer than 16) and groups that are not whole 16-byte pieces take q80_rows, with
+ * the same results.
  */
 #define LANES8 8      /* tokens per ymm */
 #define YMM_NT 2     /* token vectors per tile */
@@ -133,7 +134,28 @@ static void ymm_gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     ymm_gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
 }
 
-/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x YMM_T tokens. */
+/* A tile's 4 rows x 8 tokens at o (row stride `stride` floats) into bt (token-major,
+ * 16 floats a token): bt[l][0..3] = rows 0..3 of token l, in registers. */
+INLINE void transpose4x8(const float *o, ptrdiff_t stride, float *bt) {
+    __m256 r0 = _mm256_loadu_ps(o), r1 = _mm256_loadu_ps(o + stride);
+    __m256 r2 = _mm256_loadu_ps(o + 2 * stride), r3 = _mm256_loadu_ps(o + 3 * stride);
+    __m256 a = _mm256_unpacklo_ps(r0, r1), b = _mm256_unpackhi_ps(r0, r1);  /* tokens 0 1 | 4 5 */
+    __m256 c = _mm256_unpacklo_ps(r2, r3), d = _mm256_unpackhi_ps(r2, r3);  /* tokens 2 3 | 6 7 */
+    __m256 t0 = _mm256_shuffle_ps(a, c, 0x44), t1 = _mm256_shuffle_ps(a, c, 0xee);
+    __m256 t2 = _mm256_shuffle_ps(b, d, 0x44), t3 = _mm256_shuffle_ps(b, d, 0xee);
+    _mm_storeu_ps(bt + 0 * 16, _mm256_castps256_ps128(t0));
+    _mm_storeu_ps(bt + 1 * 16, _mm256_castps256_ps128(t1));
+    _mm_storeu_ps(bt + 2 * 16, _mm256_castps256_ps128(t2));
+    _mm_storeu_ps(bt + 3 * 16, _mm256_castps256_ps128(t3));
+    _mm_storeu_ps(bt + 4 * 16, _mm256_extractf128_ps(t0, 1));
+    _mm_storeu_ps(bt + 5 * 16, _mm256_extractf128_ps(t1, 1));
+    _mm_storeu_ps(bt + 6 * 16, _mm256_extractf128_ps(t2, 1));
+    _mm_storeu_ps(bt + 7 * 16, _mm256_extractf128_ps(t3, 1));
+}
+
+/* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x YMM_T tokens: each tile
+ * transposed into a token-major block, then each token's 16 results stored as one
+ * 64-byte piece (rows.h says why). */
 static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded8(T), n = m->cols, gs = m->gs, ng = n / gs;
@@ -144,7 +166,7 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
     float o[4 * YMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
-    float block[16][YMM_T];        /* 16 rows x YMM_T tokens (padding tokens included) */
+    float bt[YMM_T][16];           /* YMM_T tokens x 16 rows (padding tokens included) */
     for (ptrdiff_t r = r0; r < r1; r += 16) {
         if (r + 16 > r1) {  /* the matrix's last rows */
             q80_rows(m, r, r1, x, out, out_stride);
@@ -158,11 +180,11 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
                     (nt == 2 ? ymm_gemm4x2 : ymm_gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
                                                   px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);
-                    for (int k = 0; k < 4; k++)
-                        memcpy(block[i + k] + t1, o + k * nt * LANES8, sizeof(float) * LANES8 * nt);
+                    for (int j = 0; j < nt; j++)
+                        transpose4x8(o + j * LANES8, nt * LANES8, bt[t1 + j * LANES8] + i);
                 }
             for (ptrdiff_t t = 0; t < tn; t++)
-                store16(out + (t0 + t) * out_stride + r, block[0], YMM_T, t);
+                memcpy(out + (t0 + t) * out_stride + r, bt[t], sizeof bt[t]);
         }
     }
 }

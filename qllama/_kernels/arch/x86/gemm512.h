@@ -119,8 +119,8 @@ GEMM_KERNEL(1)
 GEMM_KERNEL(2)
 
 /* Rows r0..r1 (r0 a multiple of 16) in blocks of 16 rows x 32 tokens: four 4-row
- * tiles into a (row, token) buffer, then each token's 16 results as one 64-byte
- * store. (Storing each tile's 4 x 32 results straight into the token-major output
+ * tiles, transposed in registers (gemm256.h) into a (token, row) buffer, then each
+ * token's 16 results as one 64-byte store. (Storing each tile's 4 x 32 results straight into the token-major output
  * wrote 16 bytes into 32 lines a power-of-two stride apart: one L1 set, and half
  * the kernel's speed gone.) */
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
@@ -137,7 +137,7 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
     float o[4 * 2 * 16];         /* one 4-row tile: (row, token vector, lane) */
-    float block[16][2 * 16];     /* 16 rows x 32 tokens */
+    float bt[2 * 16][16];        /* 32 tokens x 16 rows (padding tokens included) */
     for (ptrdiff_t r = r0; r < r1; r += 16) {
         if (r + 16 > r1) {  /* the matrix's last rows */
             q80_rows(m, r, r1, x, out, out_stride);
@@ -152,13 +152,11 @@ static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const
                     gemm4x2(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
                 else
                     gemm4x1(w, ws, n, gs, px + t0 * 4, psx + t0, Tp, o);
-                for (int k = 0; k < 4; k++) memcpy(block[i + k], o + k * nt * 16, 4 * 16 * nt);
+                for (int h = 0; h < 2 * nt; h++)  /* 8 tokens at a time */
+                    transpose4x8(o + h * 8, nt * 16, bt[h * 8] + i);
             }
-            for (ptrdiff_t t = t0; t < T && t < t0 + 32; t++) {
-                float row[16];
-                for (int i = 0; i < 16; i++) row[i] = block[i][t - t0];
-                _mm512_storeu_ps(out + t * out_stride + r, _mm512_loadu_ps(row));
-            }
+            for (ptrdiff_t t = t0; t < T && t < t0 + 32; t++)
+                memcpy(out + t * out_stride + r, bt[t - t0], sizeof bt[0]);
         }
     }
 }
