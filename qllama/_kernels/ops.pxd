@@ -48,11 +48,13 @@ cdef inline void rope_table(float* fcos, float* fsin, Py_ssize_t head_size, Py_s
 cdef inline void rope(float* vec, Py_ssize_t n, Py_ssize_t head_size, const float* fcos,
                       const float* fsin) noexcept nogil:
     """Rotate pairs (2i, 2i+1) within each head by the position's angles."""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t h, j
     cdef float v0, v1
-    for i in range(0, n, 2):
-        j = (i % head_size) // 2
-        v0 = vec[i]
-        v1 = vec[i + 1]
-        vec[i] = v0 * fcos[j] - v1 * fsin[j]
-        vec[i + 1] = v0 * fsin[j] + v1 * fcos[j]
+    cdef float* v
+    for h in range(n // head_size):
+        v = vec + h * head_size
+        for j in range(head_size // 2):
+            v0 = v[2 * j]
+            v1 = v[2 * j + 1]
+            v[2 * j] = v0 * fcos[j] - v1 * fsin[j]
+            v[2 * j + 1] = v0 * fsin[j] + v1 * fcos[j]

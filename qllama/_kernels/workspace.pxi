@@ -202,7 +202,8 @@ cdef class Workspace:
             jobs[2].m, jobs[2].out, jobs[2].out_stride = &L.wv, self.vb, kv_dim
             matmuls(jobs, 3, &xa, rb, nt)
             observe(self.sums, l * per, xb, T, dim)
-            for t in range(T):
+            # a block's rows in parallel; one row stays on this thread (no team to wake)
+            for t in prange(T, schedule="static", num_threads=nt if T > 1 else 1):
                 fc = self.fcos + t * (hs // 2)
                 fs = self.fsin + t * (hs // 2)
                 rope(self.q + t * dim, dim, hs, fc, fs)
