@@ -21,6 +21,8 @@ qllama / llama.cpp and qllama / runq.c, both measured here, never quoted. Per en
   prefill  tok/s of a --prompt-token prompt (runq.c has no batched prefill: its
            prompt runs at its decode speed, so it has no prefill column)
   RSS      the process's peak resident set (weights as mapped, KV cache, runtime)
+--reps N has each qllama and llama.cpp process measure decode and prefill N times
+(a fresh session each time) and average the rates, as llama-bench -r N does.
 --gguf TYPES (llama-quantize's names: q4_k_m, q6_k, ...) adds, per type, one GGUF file
 both engines run: llama-quantize's output from an F32 GGUF of the same weights (or
 `qllama quantize --type` with --gguf-by qllama). qllama on it is compared with llama.cpp
@@ -53,22 +55,27 @@ QLLAMA_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import qllama
-path, threads, prompt, decode, variant = sys.argv[1:6]
-threads, prompt, decode = int(threads), int(prompt), int(decode)
+path, threads, prompt, decode, variant, reps = sys.argv[1:7]
+threads, prompt, decode, reps = int(threads), int(prompt), int(decode), int(reps)
 m = qllama.load(path, threads=threads, variant=variant or None)
 rng = np.random.default_rng(0)
 ids = lambda n: [1] + [int(i) for i in rng.integers(3, m.config.vocab_size, n - 1)]
 cap = min(m.config.seq_len, max(prompt, 16 + decode) + 1)
 m.session(cap).feed(ids(8))                   # warm-up: pages in, threads up
-s = m.session(cap)
-t = time.perf_counter(); s.feed(ids(prompt)); pp = prompt / (time.perf_counter() - t)
-s = m.session(cap)
-s.feed(ids(16))
-t = time.perf_counter()
-for x in ids(decode + 1)[1:]:
-    s.feed([x])
-tg = decode / (time.perf_counter() - t)
-print(json.dumps({"decode": tg, "prefill": pp, "variant": m.variant,
+pp, tg = [], []                               # rates of each repetition, as llama-bench -r
+for _ in range(reps):
+    s = m.session(cap)
+    x = ids(prompt)
+    t = time.perf_counter(); s.feed(x); pp.append(prompt / (time.perf_counter() - t))
+for _ in range(reps):
+    s = m.session(cap)
+    s.feed(ids(16))
+    xs = ids(decode + 1)[1:]
+    t = time.perf_counter()
+    for x in xs:
+        s.feed([x])
+    tg.append(decode / (time.perf_counter() - t))
+print(json.dumps({"decode": sum(tg) / reps, "prefill": sum(pp) / reps, "variant": m.variant,
                   "threads_at_end": m.governor.current}))
 """
 
@@ -88,7 +95,7 @@ def run(cmd: list, env: dict) -> tuple[str, float]:
 
 def qllama_once(path, threads, args, variant) -> dict:
     out, rss = run([sys.executable, "-c", QLLAMA_CHILD, str(path), str(threads),
-                    str(args.prompt), str(args.decode), variant or ""],
+                    str(args.prompt), str(args.decode), variant or "", str(args.reps)],
                    {**os.environ, "PYTHONPATH": str(REPO)})
     line = next(x for x in reversed(out.splitlines()) if x.startswith("{"))
     return {**json.loads(line), "rss": rss}
@@ -96,7 +103,7 @@ def qllama_once(path, threads, args, variant) -> dict:
 
 def llama_once(gguf, threads, args) -> dict:
     out, rss = run([args.llama_bench, "-m", str(gguf), "-t", str(threads), "-p", str(args.prompt),
-                    "-n", str(args.decode), "-r", "1", "-o", "json"], dict(os.environ))
+                    "-n", str(args.decode), "-r", str(args.reps), "-o", "json"], dict(os.environ))
     d = {"rss": rss}
     for e in json.loads(out[:out.rindex("]") + 1]):
         d["prefill" if e["n_prompt"] else "decode"] = e["avg_ts"]
@@ -258,6 +265,9 @@ def main(argv=None) -> int:
                     help="the Llama 2 tokenizer.bin runq.c needs")
     ap.add_argument("--contended", action="store_true", help="a busy process beside each run")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=1,
+                    help="repetitions per process, their rates averaged (llama-bench -r); "
+                         "more steady on small shapes, whose prefill takes milliseconds")
     ap.add_argument("--prompt", type=int, default=256, help="prefill tokens")
     ap.add_argument("--decode", type=int, default=128, help="decode tokens")
     ap.add_argument("--dir", type=Path, default=REPO / "runs" / "bench-models")
