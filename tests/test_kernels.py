@@ -12,8 +12,8 @@ from qllama.formats.llama2c import QTensor
 import reference
 
 _kernels = Kernels(kernels.select())  # the variant the engine runs here
-kernel_rmsnorm, kernel_softmax, kernel_rope, kernel_swiglu = (Kernels.rmsnorm, Kernels.softmax,
-                                                             Kernels.rope, Kernels.swiglu)
+kernel_rmsnorm, kernel_softmax, kernel_rope = Kernels.rmsnorm, Kernels.softmax, Kernels.rope
+kernel_swiglu, kernel_attention_softmax = Kernels.swiglu, Kernels.attention_softmax
 kernel_attention, kernel_quantize, kernel_matmul = (_kernels.attention, _kernels.quantize,
                                                     _kernels.matmul)
 
@@ -84,6 +84,19 @@ def test_swiglu_special_values():
     assert got[2] == 0 and got[3] == 0
     np.testing.assert_allclose(got[4:], silu_times(h[4:], np.full(4, 2)), rtol=SWIGLU_RTOL,
                                atol=1e-36)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 700).flatmap(lambda n: hnp.arrays(np.float32, n, elements=st.floats(
+    -100, 100, width=32))))
+def test_attention_softmax(x):
+    """Attention's softmax (activations.h): its exp and an 8-lane sum."""
+    ref = reference.softmax(x.astype(np.float64))
+    got = x.copy()
+    kernel_attention_softmax(got)
+    tol = 1e-6 + len(x) / 8 * 2 ** -23  # 8 lanes of n / 8 terms each, then 3 adds
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=1e-30)
+    assert abs(got.astype(np.float64).sum() - 1) < tol
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,7 +1,7 @@
 /* Bit patterns of floats. For non-negative floats (Inf and NaN included) they order
  * like the values, and integer max reductions vectorize where float max reductions
  * (NaN semantics) do not. Used by the weight quantizer, the activation quantizer,
- * the sampler's finite test and the feed-forward's exp (swiglu.h). */
+ * the sampler's finite test and the exp of activations.h. */
 #ifndef QLLAMA_BITS_H
 #define QLLAMA_BITS_H
 

@@ -41,7 +41,7 @@ cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const 
 cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
                  const qllama_acts* x, Py_ssize_t rb, int threads) noexcept nogil:
     """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes a block of rows
-    of both matrices and gates them itself (swiglu.h): one parallel region, and the
+    of both matrices and gates them itself (activations.h): one parallel region, and the
     gate's work is shared out too."""
     cdef Py_ssize_t b, t, hidden = w1.m.rows
     for b in prange((hidden + rb - 1) // rb, schedule="guided", num_threads=threads):

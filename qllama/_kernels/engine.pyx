@@ -48,8 +48,9 @@ import numpy as np
 from qllama.quant.types import TYPES, BlockTensor
 from qllama.threads import MAX_THREADS
 
-cdef extern from "swiglu.h" nogil:
+cdef extern from "activations.h" nogil:
     void qllama_swiglu(float* h, const float* g, Py_ssize_t n)
+    void qllama_softmax(float* x, Py_ssize_t n)
 
 cdef extern from "hugepages.h" nogil:
     void qllama_advise_huge(void* p, size_t bytes)

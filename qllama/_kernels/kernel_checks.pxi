@@ -123,10 +123,17 @@ cdef class Kernels:
 
     @staticmethod
     def swiglu(const float[::1] h, const float[::1] g):
-        """silu(h) * g as the feed-forward computes it (swiglu.h), as a new array."""
+        """silu(h) * g as the feed-forward computes it (activations.h), as a new array."""
         if h.shape[0] != g.shape[0] or h.shape[0] == 0:
             raise ValueError("h and g must be non-empty and of the same length")
         out = np.array(h, np.float32)
         cdef float[::1] o = out
         qllama_swiglu(&o[0], &g[0], o.shape[0])
         return out
+
+    @staticmethod
+    def attention_softmax(float[::1] x):
+        """In place, as attention computes it (activations.h)."""
+        if x.shape[0] == 0:
+            raise ValueError("empty vector")
+        qllama_softmax(&x[0], x.shape[0])

@@ -20,7 +20,7 @@ cdef void attention_head(float* out, const float* q, const char* keys, const cha
         else:
             k.attn_scores_f32(q, <const float*>(keys + at), n, head_size, scale,
                               att + j * page_size)
-    softmax(att, n_pos)
+    qllama_softmax(att, n_pos)
     memset(out, 0, head_size * sizeof(float))
     for j in range((n_pos + page_size - 1) // page_size):
         n = min(page_size, n_pos - j * page_size)

@@ -1,13 +1,15 @@
-/* The feed-forward's gate, h[i] = silu(h[i]) * g[i] with silu(v) = v / (1 + e^-v), in
- * float32 with an exp of its own. libm's expf is a call per value (about a tenth of
- * a small model's prefill); this one is a few float operations that gcc vectorizes, so
- * the x86-64-v3 clone runs 8 lanes of it. Every operation is one IEEE float32 one (no
- * FMA: -ffp-contract=off) and none depends on the lane count, so each clone, each
- * variant and decode and prefill give the same bits. Accuracy: within a few ulp of
- * e^x (tests/test_kernels.py), as llama2.c's expf is to within the golden tests'
- * tolerance. Included by engine.pyx. */
-#ifndef QLLAMA_SWIGLU_H
-#define QLLAMA_SWIGLU_H
+/* The feed-forward's gate, h[i] = silu(h[i]) * g[i] with silu(v) = v / (1 + e^-v), and
+ * attention's softmax, in float32 with an exp of their own. libm's expf is a call per
+ * value (a tenth of a small model's prefill in each); this one is a few float
+ * operations that gcc vectorizes, so the x86-64-v3 clones run 8 lanes of it. Every
+ * operation is one IEEE float32 one (no FMA: -ffp-contract=off) and none depends on
+ * the lane count (the softmax's sum runs in 8 fixed lanes whatever the clone), so each
+ * clone, each variant and decode and prefill give the same bits. Accuracy: within a few
+ * ulp of e^x (tests/test_kernels.py); the logits stay within the golden tests'
+ * tolerance of llama2.c's. The sampler keeps ops.pxd's softmax, libm's expf as run.c:
+ * its probabilities pick tokens. Included by engine.pyx. */
+#ifndef QLLAMA_ACTIVATIONS_H
+#define QLLAMA_ACTIVATIONS_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -15,9 +17,9 @@
 #include "bits.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-#define QLLAMA_SWIGLU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define QLLAMA_ACT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
-#define QLLAMA_SWIGLU_CLONES
+#define QLLAMA_ACT_CLONES
 #endif
 
 /* e^x as 2^n * e^r, n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor series to
@@ -56,7 +58,7 @@ static inline __attribute__((always_inline)) float qllama_exp(float x) {
     return qllama_from_bits((qllama_bits(e) & ~above) | (0x7f800000u & above));
 }
 
-QLLAMA_SWIGLU_CLONES
+QLLAMA_ACT_CLONES
 static void qllama_swiglu(float *h, const float *g, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
         float v = h[i];
@@ -64,4 +66,32 @@ static void qllama_swiglu(float *h, const float *g, ptrdiff_t n) {
     }
 }
 
-#endif /* QLLAMA_SWIGLU_H */
+/* In place: x[i] = e^(x[i] - max) / sum, as ops.pxd's softmax but with qllama_exp and
+ * the sum in 8 lanes (element i into lane i % 8, the lanes then added in a fixed
+ * order). The max is taken over order_bits, an integer max that vectorizes. */
+QLLAMA_ACT_CLONES
+static void qllama_softmax(float *x, ptrdiff_t n) {
+    int32_t top = qllama_order_bits(x[0]);
+    for (ptrdiff_t i = 1; i < n; i++) {
+        int32_t o = qllama_order_bits(x[i]);
+        top = o > top ? o : top;
+    }
+    /* back from order bits to the float */
+    float max = qllama_from_bits((uint32_t)(top ^ ((top >> 31) & 0x7fffffff)));
+    float lanes[8] = {0};
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            x[i + j] = qllama_exp(x[i + j] - max);
+            lanes[j] += x[i + j];
+        }
+    for (int j = 0; i < n; i++, j++) {
+        x[i] = qllama_exp(x[i] - max);
+        lanes[j] += x[i];
+    }
+    float total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                  + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (i = 0; i < n; i++) x[i] = x[i] / total;
+}
+
+#endif /* QLLAMA_ACTIVATIONS_H */
