@@ -74,6 +74,7 @@ class Session:
         self.pos = 0
         self.vocab = model.spec.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
+        self._none = np.empty((0, self.vocab), np.float32)
 
     @property
     def capacity(self) -> int:
@@ -90,7 +91,9 @@ class Session:
         governor = self.model.governor
         for start in range(0, n, PREFILL_BLOCK):
             block = tokens[start:start + PREFILL_BLOCK]
-            target = out[start:start + len(block)] if all_logits else out
+            # a block before the last only fills the cache: no classifier for it
+            target = (out[start:start + len(block)] if all_logits else
+                      out if start + PREFILL_BLOCK >= n else self._none)
             self.engine.threads = threads = governor.threads(len(block))
             t0, c0 = time.perf_counter(), time.thread_time()
             self.engine.forward(block, self.pos, target)

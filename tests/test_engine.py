@@ -253,6 +253,25 @@ def test_default_group_size_over_two_prefill_blocks(tmp_path, version, gs):
     assert rel_error(model.logits(ids), reference_forward(model.file, ids)) <= tol
 
 
+def test_long_prompt_runs_the_classifier_once(tmp_path):
+    """A prompt of three prefill blocks: the blocks before the last fill the cache
+    without the classifier, and the last prediction equals that of the run that takes
+    every row's logits, bit for bit; the cache they leave is the same too."""
+    path = tmp_path / "m.bin"
+    write_model(path, Config(2, 64, 96, 2, 4, 4, 50, 256, True, 32), seed=5)
+    ids = [int(i) for i in np.random.default_rng(4).integers(0, 50, 2 * PREFILL_BLOCK + 9)]
+    model = Model(path, threads=2)
+    every = model.logits(ids)
+    s = model.session(len(ids) + 1)
+    assert np.array_equal(s.feed(ids), every[-1])
+    t = model.session(len(ids) + 1)
+    t.feed(ids, all_logits=True)
+    assert np.array_equal(s.feed([7]), t.feed([7]))
+    with pytest.raises(ValueError, match=r"\(0, vocab\)"):
+        model.session(8).engine.forward(np.array([1, 2, 3], np.int32), 0,
+                                        np.empty((2, 50), np.float32))
+
+
 def test_thread_counts_openmp_cannot_make_are_refused(small_models):
     """libgomp aborts on -1 (2^32 - 1 threads) and crashes on 100000: a ValueError."""
     from qllama._kernels.engine import Kernels

@@ -121,7 +121,9 @@ cdef class Workspace:
         """Run rows t < T: token tokens[t] of sequence seq[t] at position positions[t],
         whose pages are tables[seq[t]] in `cache`; each row's key and value go to the
         cache, and it attends to its sequence's positions 0..positions[t] (earlier rows
-        of the block included). logits[i] gets the prediction of row logit_rows[i].
+        of the block included). logits[i] gets the prediction of row logit_rows[i]; with
+        no logit_rows (logits (0, vocab)), the classifier is not run: a prompt's blocks
+        before its last only fill the cache.
 
         Everything is checked here, before the nogil pass: rows, tokens, positions,
         every page a row touches, the logits rows. A sequence's rows give the same
@@ -135,8 +137,8 @@ cdef class Workspace:
             raise ValueError(f"block of {T} rows; must be 1..{self.max_rows}")
         if positions.shape[0] != T or seq.shape[0] != T:
             raise ValueError("tokens, positions and seq must have one entry per row")
-        if logits.shape[0] != L or logits.shape[1] != vocab or L == 0:
-            raise ValueError("logits must be (len(logit_rows) > 0, vocab)")
+        if logits.shape[0] != L or logits.shape[1] != vocab:
+            raise ValueError("logits must be (len(logit_rows), vocab)")
         for t in range(T):
             if not 0 <= tokens[t] < vocab:
                 raise ValueError(f"token id {tokens[t]} outside 0..{vocab - 1}")
@@ -156,7 +158,8 @@ cdef class Workspace:
                 raise ValueError(f"logits row {logit_rows[j]} outside 0..{T - 1}")
         with nogil:
             self._forward(cache, &tokens[0], &positions[0], &seq[0], &tables[0, 0],
-                          tables.shape[1], T, &logit_rows[0], L, &logits[0, 0])
+                          tables.shape[1], T, &logit_rows[0] if L else NULL, L,
+                          &logits[0, 0] if L else NULL)
 
     cdef void _forward(self, KVCache cache, const int32_t* tokens, const int32_t* positions,
                        const int32_t* seq, const int32_t* tables, Py_ssize_t table_width,
@@ -246,12 +249,13 @@ cdef class Workspace:
                 self.x[i] += xb[i]
 
         # classifier over the rows that want logits, gathered
-        for i in range(n_logits):
-            memcpy(self.xb2 + i * dim, self.x + logit_rows[i] * dim, dim * sizeof(float))
-        prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, eps, n_logits, self.xq, self.xs,
-                self.packed, k, nt)
-        matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
-        observe(self.sums, w.n_layers * per, xb, n_logits, dim)
+        if n_logits > 0:
+            for i in range(n_logits):
+                memcpy(self.xb2 + i * dim, self.x + logit_rows[i] * dim, dim * sizeof(float))
+            prepare(&xa, &w.classifier, xb, self.xb2, w.final_norm, eps, n_logits, self.xq,
+                    self.xs, self.packed, k, nt)
+            matmul(logits, w.vocab_size, &xa, &w.classifier, rb, nt)
+            observe(self.sums, w.n_layers * per, xb, n_logits, dim)
         if self.sums != NULL:
             self.sums[w.n_layers * per + dim] += T
             self.sums[w.n_layers * per + dim + 1] += n_logits
@@ -311,8 +315,8 @@ cdef class State:
     def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
         """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.
 
-        logits is (T, vocab) for every position's prediction, or (1, vocab) for
-        the last one only.
+        logits is (T, vocab) for every position's prediction, (1, vocab) for the
+        last one only, or (0, vocab) for none (the cache filled, no classifier).
         """
         cdef Py_ssize_t T = tokens.shape[0], t
         if not 0 < T <= self.max_block:
@@ -320,11 +324,12 @@ cdef class State:
         if pos < 0 or pos + T > self.capacity:
             raise ValueError(f"positions {pos}..{pos + T - 1} exceed the cache "
                              f"of {self.capacity}")
-        if logits.shape[0] not in (1, T):
-            raise ValueError("logits buffer must be (T, vocab) or (1, vocab)")
+        if logits.shape[0] not in (0, 1, T):
+            raise ValueError("logits buffer must be (T, vocab), (1, vocab) or (0, vocab)")
         for t in range(T):
             self.positions[t] = pos + t
         self.last[0] = T - 1
-        rows = self.every[:T] if logits.shape[0] == T and T > 1 else self.last
+        rows = (self.every[:0] if logits.shape[0] == 0 else
+                self.every[:T] if logits.shape[0] == T and T > 1 else self.last)
         self.workspace.forward(self.cache, tokens, self.positions[:T], self.seq[:T],
                                self.table, rows, logits)
