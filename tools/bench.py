@@ -226,6 +226,10 @@ def report(shape, threads, results, args) -> list[str]:
                 cols.append(f"vs llama.cpp: decode {dec / median(ref, 'decode'):.2f}x "
                             f"prefill {pre / median(ref, 'prefill'):.2f}x "
                             f"RSS {rss / median(ref, 'rss'):.2f}x")
+                cols.append("(round by round: " + ", ".join(
+                    f"{key} {min(r):.2f}-{max(r):.2f}x" for key in ("decode", "prefill")
+                    if (r := [a[key] / b[key] for a, b in zip(rounds, ref)
+                              if a.get(key) and b.get(key)])) + ")")
             if label != own and own.startswith("qllama") and label.startswith(own):
                 cols.append(f"vs own Q8_0: decode {dec / median(results[own], 'decode'):.2f}x "
                             f"prefill {pre / median(results[own], 'prefill'):.2f}x")
