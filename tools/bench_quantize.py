@@ -64,7 +64,10 @@ def read_speed(path: str, cold: bool) -> tuple[float, bool]:
 
 def io_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> float:
     """MB/s of input when only a converter's I/O is done: `paths` read whole (one
-    thread) while `out_bytes` are written and fsync'd (another): both share the disk."""
+    thread) while `out_bytes` are written and fsync'd (another): both share the disk.
+    The input is read as qllama's converters read it (io.chunks): O_DIRECT into an
+    aligned buffer where the file system takes it."""
+    import mmap
     import threading
     if cold:
         drop_caches()
@@ -80,14 +83,20 @@ def io_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> floa
             os.close(fd)
 
     writer = threading.Thread(target=write)
-    view = memoryview(bytearray(READ_BUF))
+    view = memoryview(mmap.mmap(-1, READ_BUF))  # page-aligned, as O_DIRECT needs
     n = 0
     t0 = time.perf_counter()
     writer.start()
     for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while k := f.readinto(view):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            while k := os.readv(fd, [view]):
                 n += k
+        finally:
+            os.close(fd)
     writer.join()
     os.unlink(scratch)
     return n / 1e6 / (time.perf_counter() - t0)

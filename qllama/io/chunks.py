@@ -2,16 +2,18 @@
 
 Every row source (conversion.sources) and the Hugging Face import read the same
 way: `read_ahead` reads each job's byte spans with pread into a ring of reused
-buffers, a thread ahead of the caller (`prefetch`). Input pages are read, never
-mapped, so they do not count in the process's RSS.
+buffers, a thread ahead of the caller (`prefetch`); a large contiguous span is read
+O_DIRECT, from the disk into the buffer with no page-cache copy. Input pages are
+read, never mapped, so they do not count in the process's RSS.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
 
-from ..errors import UsageError
+from ..errors import FormatError, UsageError
 from .inputs import read_exact
 
 CHUNK_BYTES = 32 << 20  # fp32 bytes read per chunk: large enough that per-chunk Python is noise
@@ -58,14 +60,63 @@ def read_ahead(jobs: list, spans, size: int):
     return prefetch(_read_fills(_fills(jobs, spans, size), size), PREFETCH_DEPTH)
 
 
+ALIGN = 4096  # O_DIRECT's alignment of buffer, offset and length (any block size up to it)
+DIRECT_FROM = 4 << 20  # a fill that is one read of at least this many bytes reads O_DIRECT
+
+
 def _read_fills(fills: list, size: int):
-    ring = [memoryview(bytearray(size)) for _ in range(min(RING, len(fills)))]
-    for i, (reads, done) in enumerate(fills):
-        buf = ring[i % len(ring)]
-        for fd, offset, n, path, at in reads:
-            read_exact(fd, buf[at:at + n], offset, path)
-        for job, at, n in done:
-            yield job, buf[at:at + n]
+    # page-aligned buffers (anonymous maps), ALIGN spare at each end for O_DIRECT's rounding
+    ring = [memoryview(mmap.mmap(-1, size + 2 * ALIGN)) for _ in range(min(RING, len(fills)))]
+    direct: dict = {}  # path -> an O_DIRECT descriptor, or None where the file system refuses
+    try:
+        for i, (reads, done) in enumerate(fills):
+            buf = ring[i % len(ring)]
+            if len(reads) == 1 and reads[0][2] >= DIRECT_FROM:
+                fd, offset, n, path, _ = reads[0]
+                if path not in direct:
+                    direct[path] = _open_direct(path)
+                if direct[path] is not None:
+                    base = _read_direct(direct[path], buf, offset, n, path)
+                    for job, at, k in done:
+                        yield job, buf[base + at:base + at + k]
+                    continue
+            for fd, offset, n, path, at in reads:
+                read_exact(fd, buf[at:at + n], offset, path)
+            for job, at, n in done:
+                yield job, buf[at:at + n]
+    finally:
+        for fd in direct.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def _open_direct(path: str):
+    """An O_DIRECT descriptor of path: its reads go from the disk to our buffer, not
+    through the page cache and a copy out of it (a third of an import's CPU on 2
+    cores, where the import is bound by CPU). None where there is no O_DIRECT."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | flag | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def _read_direct(fd: int, buf: memoryview, offset: int, n: int, path: str) -> int:
+    """Bytes offset..offset+n of the file into buf, read O_DIRECT from the aligned
+    blocks around them; returns where in buf they start. EOF first is an error."""
+    start = offset - offset % ALIGN
+    end = -(-(offset + n) // ALIGN) * ALIGN
+    need = offset + n - start
+    done = 0
+    while done < need:
+        got = os.preadv(fd, [buf[done:end - start]], start + done)
+        if got == 0:
+            raise FormatError(f"{path}: file ended at byte {start + done} while reading "
+                              "(did it change while qllama was reading it?)")
+        done += got
+    return offset - start
 
 
 def check_free_space(path: str, nbytes: int) -> None:

@@ -1,0 +1,58 @@
+"""io.chunks.read_ahead: the bytes of every job, whether a fill is read with pread or
+(one read of DIRECT_FROM bytes or more) O_DIRECT from the aligned blocks around it."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from qllama.errors import FormatError
+from qllama.io import chunks
+
+
+def read_all(path, spans_of, size):
+    fd = open(path, "rb")
+    try:
+        jobs = list(range(len(spans_of)))
+        spans = lambda j: [(fd.fileno(), off, n, str(path)) for off, n in spans_of[j]]
+        with contextlib.closing(chunks.read_ahead(jobs, spans, size)) as reads:
+            return [bytes(b) for _, b in reads]
+    finally:
+        fd.close()
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = chunks._read_direct
+
+    def spy(*args):
+        calls.append(args[2:4])
+        return real(*args)
+
+    monkeypatch.setattr(chunks, "_read_direct", spy)
+    return calls
+
+
+def test_large_unaligned_spans_read_direct(tmp_path, counted):
+    data = np.random.default_rng(0).integers(0, 256, 3 * chunks.DIRECT_FROM + 12345,
+                                             dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    big = chunks.DIRECT_FROM + 777
+    spans_of = [[(13, big)],                                   # O_DIRECT, unaligned start
+                [(5, 100), (105, 300)],                        # small: pread
+                [(len(data) - big, big)],                      # O_DIRECT up to EOF
+                [(4096 * 3, chunks.DIRECT_FROM)]]              # O_DIRECT, aligned
+    got = read_all(path, spans_of, big + 100)  # no two of the large jobs share a fill
+    assert got == [b"".join(data[o:o + n] for o, n in s) for s in spans_of]
+    if chunks._open_direct(str(path)) is not None:  # else every read was a pread
+        assert [c[0] for c in counted] == [13, len(data) - big, 4096 * 3]
+
+
+def test_a_span_past_the_end_is_a_format_error(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(chunks.DIRECT_FROM + 100))
+    with pytest.raises(FormatError, match="file ended"):
+        read_all(path, [[(200, chunks.DIRECT_FROM)]], 2 * chunks.DIRECT_FROM)
+    with pytest.raises(FormatError, match="file ended"):
+        read_all(path, [[(200, 1000)], [(chunks.DIRECT_FROM, 200)]], 4096)
