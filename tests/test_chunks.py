@@ -1,6 +1,7 @@
 """io.chunks.read_ahead: the bytes of every job, whether a fill is read with pread or
 (one read of DIRECT_FROM bytes or more) O_DIRECT from the aligned blocks around it."""
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -45,7 +46,10 @@ def test_large_unaligned_spans_read_direct(tmp_path, counted):
                 [(4096 * 3, chunks.DIRECT_FROM)]]              # O_DIRECT, aligned
     got = read_all(path, spans_of, big + 100)  # no two of the large jobs share a fill
     assert got == [b"".join(data[o:o + n] for o, n in s) for s in spans_of]
-    if chunks._open_direct(str(path)) is not None:  # else every read was a pread
+    with open(path, "rb") as f:
+        d = chunks._open_direct(f.fileno())
+    if d is not None:  # else every read was a pread
+        os.close(d)
         assert [c[0] for c in counted] == [13, len(data) - big, 4096 * 3]
 
 
