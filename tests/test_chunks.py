@@ -60,3 +60,21 @@ def test_a_span_past_the_end_is_a_format_error(tmp_path):
         read_all(path, [[(200, chunks.DIRECT_FROM)]], 2 * chunks.DIRECT_FROM)
     with pytest.raises(FormatError, match="file ended"):
         read_all(path, [[(200, 1000)], [(chunks.DIRECT_FROM, 200)]], 4096)
+
+
+def test_o_direct_refused_at_read_falls_back_to_pread(tmp_path, monkeypatch):
+    """A file system may open a file O_DIRECT and then refuse its reads (EINVAL)."""
+    import errno
+
+    def refuse(*args):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(chunks, "_read_direct", refuse)
+    data = np.random.default_rng(1).integers(0, 256, 2 * chunks.DIRECT_FROM,
+                                             dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    spans_of = [[(7, chunks.DIRECT_FROM)], [(chunks.DIRECT_FROM + 9, chunks.DIRECT_FROM - 9)]]
+    got = read_all(path, spans_of, chunks.DIRECT_FROM + 100)
+    assert got == [data[7:7 + chunks.DIRECT_FROM], data[chunks.DIRECT_FROM + 9:]]
+

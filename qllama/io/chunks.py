@@ -8,6 +8,7 @@ read, never mapped, so they do not count in the process's RSS.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import queue
@@ -76,10 +77,17 @@ def _read_fills(fills: list, size: int):
                 if fd not in direct:
                     direct[fd] = _open_direct(fd)
                 if direct[fd] is not None:
-                    base = _read_direct(direct[fd], buf, offset, n, path)
-                    for job, at, k in done:
-                        yield job, buf[base + at:base + at + k]
-                    continue
+                    try:
+                        base = _read_direct(direct[fd], buf, offset, n, path)
+                    except OSError as e:  # a file system that opens O_DIRECT but will
+                        if e.errno != errno.EINVAL:  # not read so: pread from now on
+                            raise
+                        os.close(direct[fd])
+                        direct[fd] = None
+                    else:
+                        for job, at, k in done:
+                            yield job, buf[base + at:base + at + k]
+                        continue
             for fd, offset, n, path, at in reads:
                 read_exact(fd, buf[at:at + n], offset, path)
             for job, at, n in done:
