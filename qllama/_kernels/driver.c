@@ -29,9 +29,14 @@ void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_ker
     }
 }
 
+/* Whether k packs a block of T rows of n values (groups of gs) for its Q8_0 GEMM. */
+static int gemm_packs(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return T >= 2 && k->q80_packed_bytes && qllama_q8_input(n, gs);
+}
+
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     size_t shared = k->block_shared_bytes ? k->block_shared_bytes(n) : 0;
-    if (T < 2 || !k->q80_packed_bytes || !qllama_q8_input(n, gs)) return shared;
+    if (!gemm_packs(k, T, n, gs)) return shared;
     size_t packed = k->q80_packed_bytes(T, n, gs);
     return packed > shared ? packed : shared;
 }
@@ -64,7 +69,7 @@ void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf) {
         if (a->T == 1 && k->block_share) a->shared = k->block_share(a, buf);
         return;
     }
-    if (a->T < 2 || !k->q80_packed_bytes || !qllama_q8_input(a->n, a->gs)) return;
+    if (!gemm_packs(k, a->T, a->n, a->gs)) return;
     k->q80_pack(a, buf);
     a->packed = buf;
 }
