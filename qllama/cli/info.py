@@ -14,8 +14,6 @@ from ..spec import SHAPE_FIELDS
 VERSION_NAMES = {0: "version 0 (legacy fp32)", 1: "version 1 (fp32)", 2: "version 2 (int8 Q8_0)"}
 
 
-
-
 def describe(path: str) -> dict:
     """Every fact `info` reports about a file; raises FormatError if it fails validation."""
     path = os.fspath(path)
