@@ -36,6 +36,8 @@ static int gemm_packs(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff
 
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     size_t shared = k->block_shared_bytes ? k->block_shared_bytes(n) : 0;
+    if (k->q80_share && qllama_q8_input(n, gs) && (size_t)(n / gs) * 4 > shared)
+        shared = (size_t)(n / gs) * 4;
     if (!gemm_packs(k, T, n, gs)) return shared;
     size_t packed = k->q80_packed_bytes(T, n, gs);
     return packed > shared ? packed : shared;
@@ -65,11 +67,13 @@ void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff
 
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf) {
     if (!a->q || !buf) return;
-    if (a->type > QLLAMA_Q80) {
-        if (a->T == 1 && k->block_share) a->shared = k->block_share(a, buf);
+    if (a->T == 1) {  /* what every row takes of one token alike, once per matmul input */
+        const void *(*share)(const qllama_acts *, void *) =
+            a->type > QLLAMA_Q80 ? k->block_share : k->q80_share;
+        if (share) a->shared = share(a, buf);
         return;
     }
-    if (!gemm_packs(k, a->T, a->n, a->gs)) return;
+    if (a->type > QLLAMA_Q80 || !gemm_packs(k, a->T, a->n, a->gs)) return;
     k->q80_pack(a, buf);
     a->packed = buf;
 }

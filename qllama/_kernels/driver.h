@@ -41,8 +41,8 @@ int qllama_q8_input(ptrdiff_t n, ptrdiff_t gs);
 void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_kernels *k);
 
 /* Bytes of the buffer prepare fills for blocks of up to T rows of n values (groups of
- * gs): k's packed layout of a block of tokens for a Q8_0 GEMM, or what rows of a block
- * type share of one token (k->block_share); 0 when neither: fp32 input, or a variant
+ * gs): k's packed layout of a block of tokens for a Q8_0 GEMM, or what rows share of
+ * one token (k->block_share, k->q80_share); 0 when neither: fp32 input, or a variant
  * with neither. */
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
 
@@ -55,8 +55,8 @@ void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrd
 void qllama_acts_quantize(const qllama_kernels *k, const qllama_acts *a, ptrdiff_t t0,
                           ptrdiff_t t1);
 /* After the rows are quantized, into buf (qllama_packed_bytes of them; nothing when buf
- * is NULL): k's packed layout of a block of tokens for a Q8_0 matrix (a->packed), or for
- * a block type, what its rows share of one token (a->shared). */
+ * is NULL): k's packed layout of a block of tokens for a Q8_0 matrix (a->packed), or
+ * what its rows share of one token (a->shared). */
 void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf);
 /* All three, in order. */
 void qllama_prepare(const qllama_kernels *k, const qllama_plan *p, qllama_acts *a,

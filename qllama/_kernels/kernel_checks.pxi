@@ -21,11 +21,12 @@ cdef class Kernels:
         self.k.quantize_row(&x[0], x.shape[0], gs, &qv[0], &sv[0])
         return q, s
 
-    def matmul(self, tensor, const float[:, ::1] x, int threads=1):
+    def matmul(self, tensor, const float[:, ::1] x, int threads=1, bint packed=True):
         """x (T, cols) @ tensor^T for an fp32 ndarray, a formats.llama2c.QTensor (any
         group size) or a quant.types.BlockTensor, through the driver as the engine runs
         it: the kernel it plans, the activations quantized and packed as in a forward
-        pass."""
+        pass. packed=False prepares them with no buffer, as a C caller of qllama_prepare
+        may: kernels then work out what rows share by themselves."""
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads {threads} outside 1..{MAX_THREADS}")
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
@@ -36,11 +37,11 @@ cdef class Kernels:
         cdef float[:, ::1] o = out
         cdef int8_t[::1] xq = np.zeros(T * n, np.int8)
         cdef float[::1] xs = np.zeros(T * (n // gs if gs else 0) + 1, np.float32)
-        cdef size_t nbytes = qllama_packed_bytes(self.k, T, n, gs)
-        cdef unsigned char[::1] packed = np.zeros(nbytes + 1, np.uint8)
+        cdef size_t nbytes = qllama_packed_bytes(self.k, T, n, gs) if packed else 0
+        cdef unsigned char[::1] buf = np.zeros(nbytes + 1, np.uint8)
         cdef qllama_acts xa
         qllama_prepare(self.k, &m, &xa, &x[0, 0], T, &xq[0], &xs[0],
-                       &packed[0] if nbytes else NULL)
+                       &buf[0] if nbytes else NULL)
         with nogil:
             matmul(&o[0, 0], m.m.rows, &xa, &m, self.k.row_block, threads)
         return out

@@ -99,8 +99,8 @@ typedef struct {
     const int8_t *q;     /* (T, n) quantized (for Q8_0 matrices whose groups lie in rows) */
     const float *s;      /* (T, n / gs) their scales */
     const void *packed;  /* the variant's layout of q and s for its GEMM, or NULL */
-    const void *shared;  /* one token's (T == 1) for block types: what every row shares
-                            of it, the variant's block_share, or NULL */
+    const void *shared;  /* one token's (T == 1): what every row shares of it, the
+                            variant's block_share or q80_share, or NULL */
     ptrdiff_t T, n, gs;
     int type;            /* of the matrix they are for: block types take no packing */
 } qllama_acts;
@@ -132,6 +132,9 @@ typedef struct {
      * a variant that does not. */
     size_t (*block_shared_bytes)(ptrdiff_t n);
     const void *(*block_share)(const qllama_acts *x, void *buf);
+    /* The same for a Q8_0 matrix's one token: an int32 per group (n / gs of them, at
+     * buf) that its one-token kernel takes; NULL in a variant that needs none. */
+    const void *(*q80_share)(const qllama_acts *x, void *buf);
     /* activations to Q8_0 as runq.c (one row of n values, groups of gs) */
     void (*quantize_row)(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s);
     float (*f32_dot)(const float *a, const float *b, ptrdiff_t n);

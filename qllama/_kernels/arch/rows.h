@@ -13,10 +13,14 @@ static inline void store16(float *out, const float *block, ptrdiff_t width, ptrd
     memcpy(out, row, sizeof row);
 }
 
-/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile). */
+/* Rows r0..r1, tokens 0..T-1, one token at a time (four rows stay in L1 meanwhile); one
+ * token alone through the variant's Q80_ROWS1 where it has one. */
 static void q80_rows4(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                       float *out, ptrdiff_t out_stride) {
     ptrdiff_t n = m->cols, gs = m->gs, ng = n / gs;
+#ifdef Q80_ROWS1
+    if (x->T == 1 && Q80_ROWS1(m, r0, r1, x, out)) return;
+#endif
     for (ptrdiff_t r = r0; r < r1; r += 4) {
         if (r + 4 > r1) {  /* the matrix's last rows */
             qllama_q80_matmul_ref(m, r, r1, x, out, out_stride);

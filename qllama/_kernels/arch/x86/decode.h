@@ -1,32 +1,44 @@
-/* Decode, part of x86.c (every variant): one token through four weight rows per pass,
- * so each activation block is loaded once for four rows, straight from the mapped
- * file; the fp32 dot products likewise (f32_dot, f32_dot4). Per 32 Q8_0 values of a row:
+/* Decode, part of x86.c (every variant): one token through a matmul, straight from the
+ * mapped file; the fp32 dot products (f32_dot, f32_dot4). Per 32 Q8_0 values of a row:
  * - avx2: |w| (u8) * sign(w)x (s8) -> vpmaddubsw pairs into int16 -> vpmaddwd into
  *   int32 lanes. The unsigned side is the weight's because a file may hold -128 (|w|
  *   128 as u8) while activations stay within +-127: a pair sums to at most
  *   2*128*127 < 2^15, so vpmaddubsw never saturates.
  * - VNNI: (w + 128) (u8, one xor) * x (s8) -> vpdpbusd into int32 lanes; the 128 * sum(x)
- *   this adds is the same for every row, computed once per group and taken off.
- * At each group's end the four rows' lanes are summed exactly (a transposed
- * reduction, sum4) and scaled in float, four rows at a time.
+ *   this adds is the same for every row: each group's is computed once per matmul
+ *   input (q80_share) and taken off.
  *
- * Each pass also prefetches the next four rows, as the one contiguous stream they
- * are (four lines per 64 values, so it reaches the next block's end as this block
- * ends): a block of rows is too short a stream for the hardware prefetcher to get
- * ahead of (768 bytes for dim 768). Streaming 1 GB from DRAM at 2 threads on a Zen 5
- * EPYC, that beat prefetching long rows line by line at the same place in each of
- * the next four rows by 5-14% (4096- and 11008-byte rows; on Zen 3 the per-row order
- * had been 0-20% faster for those). The same bytes of the pass PF_FAR ahead go to L2
- * (blocks.h too): DRAM's latency wants more bytes in flight than one pass holds.
- * 7B Q4_K_M decode on a Zen 4 guest, 2 threads, against llama.cpp on the same file
- * (medians of 4-6 alternated runs): the next pass alone 1.05x; also the pass 4, 6, 8
- * or 12 ahead to L2 1.15x, 1.20x, 1.20x, 1.10x; 6 ahead to L1 0.89x; no prefetch at
- * all about half the next pass's speed. Beyond a thread's rows or the matrix a
- * prefetch is wasted but harmless (prefetches do not fault).
+ * One token (q80_rows1): rows one after another, each front to back, so a thread reads
+ * its rows as one stream. Four groups at a time have their int32 lanes summed exactly
+ * in one transposed reduction (sum4) and scaled in float; the groups' products are
+ * then added to the row's sum in order (kernels.h), a chain of one float add per
+ * group, so row r's products wait in a buffer and are added up while row r+1's are
+ * computed. Four rows read at once, as blocks of tokens do below, are four streams a
+ * row apart (4 KiB for the 7B's 4096-byte rows), and DRAM served them 15-30% slower
+ * than one stream (Zen 4 guest, 2 threads, the 7B file's matmuls with a trivial
+ * kernel); software prefetch ahead of the one stream made it slower still. The 7B's
+ * matmuls with these kernels, against a streaming read of the same bytes in the same
+ * run: 0.94-0.99 of it where four rows at a time read 0.87-0.94, and 0.85 where they
+ * read 0.74 (the guest's bandwidth moves between about 30 and 55 GB/s).
+ *
+ * Blocks of tokens (q80_dot4: the variants' GEMMs hand them the tokens of a block too
+ * small for a tile, and a matrix's last rows): four weight rows per pass, each
+ * activation block loaded once for the four rows, which stay in L1 for every token; at
+ * each group's end the four rows' lanes are summed in one sum4 and scaled four rows at
+ * a time. Each pass also prefetches the next four rows, as the one contiguous stream
+ * they are (four lines per 64 values, so it reaches the next block's end as this block
+ * ends), and the same bytes of the pass PF_FAR ahead into L2 (blocks.h too): a block
+ * of rows is too short a stream for the hardware prefetcher to get ahead of, and
+ * DRAM's latency wants more bytes in flight than one pass holds. 7B Q4_K_M decode on a
+ * Zen 4 guest, 2 threads, against llama.cpp on the same file (medians of 4-6
+ * alternated runs): the next pass alone 1.05x; also the pass 4, 6, 8 or 12 ahead to L2
+ * 1.15x, 1.20x, 1.20x, 1.10x; 6 ahead to L1 0.89x; no prefetch at all about half the
+ * next pass's speed. Beyond a thread's rows or the matrix a prefetch is wasted but
+ * harmless (prefetches do not fault).
  *
  * Below it, arch/rows.h deals rows and tokens out to these kernels (q80_rows: a
- * block of tokens one token at a time, the variants without a GEMM, and every
- * GEMM's fallback for few tokens and a matrix's last rows).
+ * block of tokens one token at a time, and every GEMM's fallback for few tokens and a
+ * matrix's last rows).
  */
 
 #define PF_FAR 6
@@ -80,7 +92,7 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
         for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
 }
 
-/* ---- Q8_0: four rows, one token ---------------------------------------------------- */
+/* ---- Q8_0: four rows at a time, for blocks of tokens --------------------------------- */
 
 /* out[r] for the 4 rows at w (row r at w + r * n), n % gs == 0, gs % 32 == 0. */
 static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, const int8_t *xq,
@@ -132,6 +144,151 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     }
     _mm_storeu_ps(out, acc);
 }
+
+/* ---- Q8_0: one token, one row at a time ---------------------------------------------- */
+
+/* a += 32 values of row w . x at k, into int32 lanes */
+#if VNNI
+#define Q1_STEP(a, w, x, k)                                                                \
+    a = DPBUSD(a, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((w) + (k))), flip), \
+               _mm256_loadu_si256((const __m256i *)((x) + (k))));
+#define Q1_CONST const __m256i flip = _mm256_set1_epi8((char)0x80);
+#else
+#define Q1_STEP(a, w, x, k)                                                                  \
+    {                                                                                        \
+        __m256i v_ = _mm256_loadu_si256((const __m256i *)((w) + (k)));                       \
+        __m256i x_ = _mm256_loadu_si256((const __m256i *)((x) + (k)));                       \
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(                                           \
+                                    _mm256_maddubs_epi16(_mm256_abs_epi8(v_),               \
+                                                         _mm256_sign_epi8(x_, v_)), ones)); \
+    }
+#define Q1_CONST const __m256i ones = _mm256_set1_epi16(1);
+#endif
+
+/* Groups g .. g+3 of row w (scales ws): (float)isum * (ws * xs) each. gs is a
+ * constant where the caller can make it one, so the steps unroll. cx: each group's
+ * 128 * sum(x) (VNNI; unused elsewhere). */
+static inline __attribute__((always_inline)) __m128 q80_prod4(
+        const int8_t *w, const float *ws, const int8_t *xq, const float *xs, const int32_t *cx,
+        ptrdiff_t g, const ptrdiff_t gs) {
+    Q1_CONST
+    __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
+    const int8_t *wg = w + g * gs, *xg = xq + g * gs;
+#pragma GCC unroll 8
+    for (ptrdiff_t k = 0; k < gs; k += 32) {
+        Q1_STEP(i0, wg, xg, k) Q1_STEP(i1, wg, xg, k + gs)
+        Q1_STEP(i2, wg, xg, k + 2 * gs) Q1_STEP(i3, wg, xg, k + 3 * gs)
+    }
+    __m128i is = sum4(i0, i1, i2, i3);
+#if VNNI
+    is = _mm_sub_epi32(is, _mm_loadu_si128((const __m128i *)(cx + g)));
+#else
+    (void)cx;
+#endif
+    return _mm_mul_ps(_mm_cvtepi32_ps(is), _mm_mul_ps(_mm_loadu_ps(ws + g), _mm_loadu_ps(xs + g)));
+}
+
+/* Group g alone (a row's last ng % 4). */
+static inline float q80_prod1(const int8_t *w, const float *ws, const int8_t *xq,
+                              const float *xs, const int32_t *cx, ptrdiff_t g, ptrdiff_t gs) {
+    Q1_CONST
+    __m256i a = _mm256_setzero_si256(), z = a;
+    for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) Q1_STEP(a, w, xq, k)
+    int32_t is = _mm_cvtsi128_si32(sum4(a, z, z, z));
+#if VNNI
+    is -= cx[g];
+#else
+    (void)cx;
+#endif
+    return (float)is * (ws[g] * xs[g]);
+}
+
+/* acc + p0 + p1 + p2 + p3, in that order */
+static inline float add4(float acc, __m128 p) {
+    acc += _mm_cvtss_f32(p);
+    acc += _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
+    acc += _mm_cvtss_f32(_mm_movehl_ps(p, p));
+    return acc + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 3));
+}
+
+#define Q1_MAX_GROUPS 1024  /* a row's groups the buffers hold; rows with more take q80_dot4 */
+
+/* out[r] for rows r0 <= r < r1, one token: row r's products into a buffer while row
+ * r-1's, already there, are added up in order. */
+static inline __attribute__((always_inline)) void q80_rows1_gs(
+        const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+        const int32_t *cx, float *out, const ptrdiff_t gs) {
+    const ptrdiff_t n = m->cols, ng = n / gs, ng4 = ng & ~(ptrdiff_t)3;
+    float buf[2][Q1_MAX_GROUPS] __attribute__((aligned(16)));
+    for (ptrdiff_t r = r0; r <= r1; r++) {
+        const float *prev = buf[(r - 1) & 1];
+        float *cur = buf[r & 1], acc = 0.0f;
+        ptrdiff_t g = 0;
+        if (r < r1) {
+            const int8_t *w = m->q + r * n;
+            const float *ws = m->s + r * ng;
+            for (; g < ng4; g += 4) {
+                _mm_store_ps(cur + g, q80_prod4(w, ws, x->q, x->s, cx, g, gs));
+                if (r > r0) acc = add4(acc, _mm_load_ps(prev + g));
+            }
+            for (ptrdiff_t h = ng4; h < ng; h++) cur[h] = q80_prod1(w, ws, x->q, x->s, cx, h, gs);
+        }
+        if (r > r0) {
+            for (; g < ng4; g += 4) acc = add4(acc, _mm_load_ps(prev + g));
+            for (; g < ng; g++) acc += prev[g];
+            out[r - 1] = acc;
+        }
+    }
+}
+
+/* Each group's 128 * sum(x) (VNNI's offset) into cx. */
+static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx) {
+#if VNNI
+    const __m256i flip = _mm256_set1_epi8((char)0x80), z = _mm256_setzero_si256();
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        __m256i a = z;
+        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32)
+            a = DPBUSD(a, flip, _mm256_loadu_si256((const __m256i *)(xq + k)));
+        cx[g] = _mm_cvtsi128_si32(sum4(a, z, z, z));
+    }
+#else
+    (void)xq, (void)ng, (void)gs, (void)cx;
+#endif
+}
+
+#if VNNI
+/* What a Q8_0 matrix's rows share of one token: its groups' offsets, once per matmul
+ * input (kernels.h's q80_share). */
+static const void *q80_share(const qllama_acts *x, void *buf) {
+    q80_offsets(x->q, x->n / x->gs, x->gs, (int32_t *)buf);
+    return buf;
+}
+#define Q80_SHARE q80_share
+#else
+#define Q80_SHARE NULL
+#endif
+
+/* Rows r0 <= r < r1 of one token; 0 (nothing done) for rows of more than
+ * Q1_MAX_GROUPS groups. */
+static int q80_rows1(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
+                     float *out) {
+    const ptrdiff_t gs = m->gs, ng = m->cols / gs;
+    if (ng > Q1_MAX_GROUPS) return 0;
+    int32_t own[VNNI ? Q1_MAX_GROUPS : 1];
+    const int32_t *cx = x->shared;
+    if (VNNI && !cx) {  /* prepared without a buffer (qllama_prepare's caller gave none) */
+        q80_offsets(x->q, ng, gs, own);
+        cx = own;
+    }
+    switch (gs) {  /* the usual group sizes unrolled */
+    case 32: q80_rows1_gs(m, r0, r1, x, cx, out, 32); break;
+    case 64: q80_rows1_gs(m, r0, r1, x, cx, out, 64); break;
+    case 128: q80_rows1_gs(m, r0, r1, x, cx, out, 128); break;
+    default: q80_rows1_gs(m, r0, r1, x, cx, out, gs);
+    }
+    return 1;
+}
+#define Q80_ROWS1 q80_rows1
 
 #define Q80_DOT4_GS 32  /* q80_dot4's groups: whole 32-byte vectors */
 #include "../rows.h"  /* q80_rows4, q80_rows, f32_matmul */

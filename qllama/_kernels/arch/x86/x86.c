@@ -134,6 +134,7 @@ const qllama_kernels TABLE = {
     .block_matmul = {BLOCK_MATMULS},
     .block_shared_bytes = block_shared_bytes,
     .block_share = block_share,
+    .q80_share = Q80_SHARE,
     .quantize_row = quantize_row,
     .f32_dot = f32_dot,
     .f16_store = f16_store,
