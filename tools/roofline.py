@@ -11,10 +11,15 @@ buffer of min(those bytes, 2 GiB), far larger than any cache, read once just bef
 once just after each decode measurement; the round's ratio is decode's bytes per
 second over the mean of the two. It is what fraction of the machine's read bandwidth
 decode turns into tokens; a shape whose weights fit in the caches can exceed 1.
+
+--patterns (a version 2 file) times no model: it reads the file's Q8_0 matrices in the
+orders of decode.h's two kernels (membench.read_rows: rows one after another, or four
+at a time), with trivial sums, against the stream, to see what the order alone costs.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import statistics
 import sys
@@ -55,6 +60,46 @@ def stream_rate(buf: np.ndarray, threads: int) -> float:
     return buf.nbytes / membench.read_sum(buf, threads)[1]
 
 
+def read_orders(path: str, threads: int, rounds: int) -> None:
+    """The file's Q8_0 matrices (all but the token table) read in each kernel's order,
+    against a stream of the same mapped bytes before and after, round by round."""
+    config = llama2c.read_config(path)
+    if config.version != 2:
+        sys.exit("--patterns needs a version 2 (Q8_0) file")
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    mm.madvise(mmap.MADV_HUGEPAGE)  # as the engine maps it
+    gs = config.group_size
+    entries = [e for e in llama2c.layout(config)
+               if e.encoding != "f32" and e.name != "tok_embeddings"]
+    mats = [(np.frombuffer(mm, np.int8, e.numel, e.offset).reshape(e.shape),
+             np.frombuffer(mm, np.float32, e.numel // gs, e.offset + e.numel)) for e in entries]
+    nbytes = sum(e.nbytes for e in entries)  # one contiguous run of the file
+    start = entries[0].offset - entries[0].offset % 8
+    stream = np.frombuffer(mm, np.uint64, nbytes // 8, start)
+
+    def rate(four: bool) -> float:
+        t = sum(membench.read_rows(q, s, q.shape[1], gs, four, threads)[1] for q, s in mats)
+        return nbytes / t
+
+    rate(False)  # pages in
+    print(f"{path}: {nbytes / 1e6:,.1f} MB of Q8_0 matrices, {threads} thread(s)")
+    one, four = [], []
+    for r in range(rounds):
+        before = stream_rate(stream, threads)
+        if r % 2:  # each order first in every other round
+            b, a = rate(True), rate(False)
+        else:
+            a, b = rate(False), rate(True)
+        bw = (before + stream_rate(stream, threads)) / 2
+        one.append(a / bw)
+        four.append(b / bw)
+        print(f"  round {r + 1}: stream {bw / 1e9:.2f} GB/s; rows one at a time {a / 1e9:.2f} "
+              f"({one[-1]:.2f}), four at a time {b / 1e9:.2f} ({four[-1]:.2f})")
+    print(f"median ratio: one at a time {statistics.median(one):.2f}, "
+          f"four at a time {statistics.median(four):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a llama2.c file (version 1 or 2)")
@@ -62,7 +107,11 @@ def main() -> None:
     ap.add_argument("--variant", default=None, help="qllama kernel variant (default: the best)")
     ap.add_argument("--decode", type=int, default=32, help="tokens per decode measurement")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--patterns", action="store_true",
+                    help="time the kernels' read orders alone, no model (see above)")
     args = ap.parse_args()
+    if args.patterns:
+        return read_orders(args.model, args.threads, args.rounds)
 
     config = llama2c.read_config(args.model)
     per_token = bytes_per_token(config)
