@@ -14,12 +14,12 @@
  * then added to the row's sum in order (kernels.h), a chain of one float add per
  * group, so row r's products wait in a buffer and are added up while row r+1's are
  * computed. Four rows read at once, as blocks of tokens do below, are four streams a
- * row apart (4 KiB for the 7B's 4096-byte rows), and DRAM served them 15-30% slower
- * than one stream (Zen 4 guest, 2 threads, the 7B file's matmuls with a trivial
- * kernel); software prefetch ahead of the one stream made it slower still. The 7B's
- * matmuls with these kernels, against a streaming read of the same bytes in the same
- * run: 0.94-0.99 of it where four rows at a time read 0.87-0.94, and 0.85 where they
- * read 0.74 (the guest's bandwidth moves between about 30 and 55 GB/s).
+ * row apart (4 KiB for the 7B's 4096-byte rows), which DRAM serves slower than one:
+ * the 7B file's matrices read in each order with trivial sums (tools/roofline.py
+ * --patterns, Zen 4 guest, 2 threads) ran at 0.91-1.01 of a stream of the same bytes
+ * one row at a time and 0.72-0.96 four at a time; software prefetch ahead of the one
+ * stream made it slower. 7B decode, alternated with the four-row kernel (tools/ab.py):
+ * 1.05x avx512vnni, 1.22x avx2.
  *
  * Blocks of tokens (q80_dot4: the variants' GEMMs hand them the tokens of a block too
  * small for a tile, and a matrix's last rows): four weight rows per pass, each
