@@ -82,7 +82,8 @@ class BuildVariants(build_ext):
 
 
 def extension(pyx: Path) -> Extension:
-    sources, depends = [str(pyx)], [str(p) for p in (*KERNELS.glob("*.pxd"), *KERNELS.glob("*.pxi"))]
+    sources = [str(pyx)]
+    depends = [str(p) for p in (*KERNELS.glob("*.pxd"), *KERNELS.glob("*.pxi"), *KERNELS.glob("*.h"))]
     if pyx.stem == "engine":
         sources += [str(KERNELS / f) for f in ("driver.c", "generic.c", "cpu.c")]
         depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"),

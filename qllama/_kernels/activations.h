@@ -15,12 +15,7 @@
 #include <stdint.h>
 
 #include "bits.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-#define QLLAMA_ACT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define QLLAMA_ACT_CLONES
-#endif
+#include "clones.h"
 
 /* e^x as 2^n * e^r, n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor series to
  * r^7 (the rest is below 0.05 ulp). 2^n is built from bits as 2^(n-1) * 2, so that n
@@ -58,7 +53,7 @@ static inline __attribute__((always_inline)) float qllama_exp(float x) {
     return qllama_from_bits((qllama_bits(e) & ~above) | (0x7f800000u & above));
 }
 
-QLLAMA_ACT_CLONES
+QLLAMA_CLONES
 static void qllama_swiglu(float *h, const float *g, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
         float v = h[i];
@@ -69,7 +64,7 @@ static void qllama_swiglu(float *h, const float *g, ptrdiff_t n) {
 /* In place: x[i] = e^(x[i] - max) / sum, as ops.pxd's softmax but with qllama_exp and
  * the sum in 8 lanes (element i into lane i % 8, the lanes then added in a fixed
  * order). The max is taken over order_bits, an integer max that vectorizes. */
-QLLAMA_ACT_CLONES
+QLLAMA_CLONES
 static void qllama_softmax(float *x, ptrdiff_t n) {
     int32_t top = qllama_order_bits(x[0]);
     for (ptrdiff_t i = 1; i < n; i++) {

@@ -19,11 +19,7 @@ cdef extern from * nogil:
     #include <stdint.h>
     #include <string.h>
 
-    #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-    #define QB_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define QB_CLONES
-    #endif
+    #include "clones.h"
     #define QB_INLINE static inline __attribute__((always_inline))
 
     /* ggml's nearest_int: round half to even by adding 1.5 * 2^23. */
@@ -436,7 +432,7 @@ cdef extern from * nogil:
 
     enum { QB_F16, QB_BF16, QB_Q8_0, QB_Q4_0, QB_Q4_1, QB_Q4_K, QB_Q5_K, QB_Q6_K };
 
-    QB_CLONES
+    QLLAMA_CLONES
     static void qb_row(int kind, const float *x, const float *qw, uint8_t *y, Py_ssize_t n) {
         #define QB_QW(b) (qw ? qw + 256 * (b) : NULL)
         Py_ssize_t b;

@@ -12,11 +12,7 @@ cdef extern from * nogil:
      * a value on Zen 4, slower than a disk. An x86-64-v3 (AVX2) clone, chosen at load
      * time where the CPU has it, is several times faster; every float operation is
      * the same IEEE one (no FMA: -ffp-contract=off), so the bytes are too. */
-    #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-    #define QLLAMA_QW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define QLLAMA_QW_CLONES
-    #endif
+    #include "clones.h"
 
     #define QLLAMA_INF_BITS 0x7f800000u  /* |w| bits >= this: Inf or NaN */
 
@@ -81,7 +77,7 @@ cdef extern from * nogil:
         }
     }
 
-    QLLAMA_QW_CLONES
+    QLLAMA_CLONES
     static void qllama_quantize_groups(const void *w, int bf16, int gs, signed char *q,
                                        float *s, float *err, Py_ssize_t n_groups) {
         if (bf16)  /* a loop per input type, each vectorized for it */

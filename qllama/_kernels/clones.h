@@ -1,0 +1,14 @@
+/* QLLAMA_CLONES: a function compiled twice, for x86-64-v3 (AVX2, FMA) and for the
+ * baseline, the one the CPU runs picked at load time (gcc's target_clones). The
+ * portable build's way to vectorize code outside the kernel variants (kernels.h):
+ * the weight and block quantizers and activations.h. */
+#ifndef QLLAMA_CLONES_H
+#define QLLAMA_CLONES_H
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
+#define QLLAMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define QLLAMA_CLONES
+#endif
+
+#endif /* QLLAMA_CLONES_H */
