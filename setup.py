@@ -93,7 +93,8 @@ def extension(pyx: Path) -> Extension:
         include_dirs=[np.get_include(), str(KERNELS)],
         extra_compile_args=C_FLAGS + ["-fopenmp"] + (["-march=native"] if NATIVE else []),
         extra_link_args=["-fopenmp"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("QLLAMA_NATIVE", "1")] if NATIVE else []),  # clones.h
     )
 
 
