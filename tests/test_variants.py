@@ -141,36 +141,39 @@ def test_q80_gemm_edges_every_variant_equals_scalar(threads):
             assert np.array_equal(got, ref), (v, case.gs, len(case.x))
 
 
-def one_token_cases():
+def few_token_cases():
     """One token through rows of every kind decode.h's q80_rows1 tells apart: groups in
     fours with a tail of none to three, the group sizes it unrolls and others, and rows
-    of more groups than its buffers hold (1,025 of 32); 21 rows, a block of 16 and 5.
-    Weights of -128 against activations of +-127."""
+    of more groups than its buffers hold (1,025 of 32); and the same rows for 2 and 5
+    tokens (four rows a pass, below the GEMMs' thresholds). 21 rows, a block of 16 and
+    5. Weights of -128 against activations of +-127."""
     rng = np.random.default_rng(19)
     cases = []
-    for gs, groups in ((32, (1, 5, 7, 1025)), (64, (3, 4, 9, 64)), (96, (2, 6)), (128, (5,)),
-                       (256, (4, 7))):
+    for gs, groups in ((32, (1, 5, 7, 1025)), (64, (3, 4, 9, 64)), (96, (2, 6)),
+                       (128, (5,)), (256, (4, 7))):
         for ng in groups:
             cols = gs * ng
             q = rng.integers(-128, 128, (21, cols), dtype=np.int8)
             q[2] = -128
             s = rng.uniform(0.01, 2, 21 * ng).astype(np.float32)
-            for x in (rng.normal(size=(1, cols)),
-                      np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)[None]):
+            for T, edge in ((1, False), (1, True), (2, True), (5, True)):
+                x = rng.normal(size=(T, cols))
+                if edge:  # all +-127 once quantized
+                    x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
                 cases.append(harness.Q80Case(q, s, x.astype(np.float32), gs))
     return cases
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
 @pytest.mark.parametrize("threads", [1, 2])
-def test_q80_one_token_every_variant_equals_scalar(threads):
-    for case in one_token_cases():
+def test_q80_few_tokens_every_variant_equals_scalar(threads):
+    for case in few_token_cases():
         t = QTensor(case.q.reshape(-1), case.s, case.q.shape, case.gs)
         ref = SCALAR.matmul(t, case.x)
         for v in SIMD:
             for packed in (True, False):  # rows' shared part from prepare, or their own
                 got = Kernels(v).matmul(t, case.x, threads, packed=packed)
-                assert np.array_equal(got, ref), (v, case.gs, case.q.shape, packed)
+                assert np.array_equal(got, ref), (v, case.gs, case.q.shape, len(case.x), packed)
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
