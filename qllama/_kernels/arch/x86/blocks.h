@@ -19,6 +19,11 @@
  * does (the four rows are one contiguous stream here too), a quarter before each
  * row's step: all at the pass's start (where the compiler hoists them unless kept
  * apart), q8_0 from DRAM streamed 1.4x slower (4096 x 4096, Zen 4).
+ * q8_0 alone goes one row at a time instead (q32_dotr with R = 1, no prefetch), each
+ * row front to back, for decode.h's reason (four rows a pass are four DRAM streams):
+ * 7B q8_0 decode 1.09x (avx2) and 1.03-1.18x (avx512vnni) of four rows, stories110M
+ * 1.04x and 1.09x. q4_0 was no faster that way (1.01x, 0.96x) and the k-quants slower
+ * (0.85-0.93x): they load and unpack more per row, which four rows share.
  * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
  * whose rows end inside a pass take the pass with the missing groups' lanes kept.
  * A block of 2-7 tokens goes through the same steps with four rows' passes unpacked
@@ -480,29 +485,30 @@ BI __m256 q32_step(__m256 acc, const q32_block *u, const q32_acts *a, const int 
 /* One pass of k <= 8 groups (g0 on) of the 4 rows at w into acc, one token; a pass
  * of k < 8 (a row's end) reads only its k blocks. */
 BI void q32_pass(const uint8_t *w, ptrdiff_t rb, ptrdiff_t g0, const int8_t *xq, const float *xs,
-                 const __m256i *pre, __m256 acc[4], const int type, const int k) {
+                 const __m256i *pre, __m256 acc[4], const int type, const int k, const int R) {
     const ptrdiff_t bb = q32_bytes(type);
     q32_acts a;
     q32_acts_load(xq + 32 * g0, xs + g0, pre ? pre + SHARE * (g0 / 8) + SH_XSUM : NULL, &a, type, k);
     #pragma GCC unroll 4  /* acc[r] in registers */
-    for (int r = 0; r < 4; r++) {
-        prefetch_stream(w, rb, 4 * bb * g0 + r * bb * k, bb * k);
+    for (int r = 0; r < R; r++) {
+        if (R == 4) prefetch_stream(w, rb, 4 * bb * g0 + r * bb * k, bb * k);
         q32_block u;
         q32_unpack(w + r * rb + g0 * bb, &u, type, k);
         acc[r] = q32_step(acc[r], &u, &a, type, k);
     }
 }
 
-/* out[r] for the 4 rows at w of q8_0, q4_0 or q4_1 (type); pre: block_share's or NULL */
-BI void q32_dot4(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
-                 const __m256i *pre, float *out, const int type) {
+/* out[r] for the R (1 or 4) rows at w of q8_0, q4_0 or q4_1 (type); pre: block_share's
+ * or NULL */
+BI void q32_dotr(const uint8_t *w, ptrdiff_t rb, ptrdiff_t n, const int8_t *xq, const float *xs,
+                 const __m256i *pre, float *out, const int type, const int R) {
     const ptrdiff_t ng = n / 32;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     ptrdiff_t g0 = 0;
-    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, pre, acc, type, 8);
-    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, pre, acc, type, (int)(ng - g0));
-    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+    for (; g0 + 8 <= ng; g0 += 8) q32_pass(w, rb, g0, xq, xs, pre, acc, type, 8, R);
+    if (g0 < ng) q32_pass(w, rb, g0, xq, xs, pre, acc, type, (int)(ng - g0), R);
+    for (int r = 0; r < R; r++) out[r] = hsum(acc[r]);
 }
 
 /* A few tokens: as kq_rows, four rows' passes unpacked once for up to KQ_T tokens. */
@@ -525,11 +531,13 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
     if (x->T == 1) {  /* the group sums rows share: block_share's (as kq_rows) */
-        for (; r + 4 <= r1; r += 4) {
-            float o[4];
-            q32_dot4(m->blocks + r * rb, rb, n, x->q, x->s, x->shared, o, type);
-            memcpy(out + r, o, sizeof o);
+        if (type == QLLAMA_GQ8_0) {  /* rows in memory order, as decode.h's Q8_0 */
+            for (; r < r1; r++)
+                q32_dotr(m->blocks + r * rb, rb, n, x->q, x->s, x->shared, out + r, type, 1);
+            return;
         }
+        for (; r + 4 <= r1; r += 4)
+            q32_dotr(m->blocks + r * rb, rb, n, x->q, x->s, x->shared, out + r, type, 4);
         if (r < r1) qllama_block_matmul_ref(m, r, r1, x, out, out_stride);
         return;
     }
