@@ -59,19 +59,6 @@ BI __m256i dot_us(__m256i u, __m256i s) {
 #endif
 }
 
-/* acc + unsigned bytes u . signed bytes s per int32 lane */
-BI __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
-#if VNNI
-    return DPBUSD(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
-
-BI __m256i load32(const void *p) {
-    return _mm256_loadu_si256((const __m256i *)p);
-}
-
 /* 32 values from 16 bytes of nibbles: low nibbles first (q4_0, q4_1) */
 BI __m256i nibbles16(const uint8_t *p) {
     __m128i q = _mm_loadu_si128((const __m128i *)p), low = _mm_set1_epi8(15);

@@ -92,6 +92,19 @@ static inline void f32_dot4(const float *w, const float *x, ptrdiff_t n, float *
         for (int r = 0; r < 4; r++) out[r] = fmaf(w[r * n + j], x[j], out[r]);
 }
 
+/* ---- Q8_0 ------------------------------------------------------------------------ */
+
+/* acc + 32 values of a row (w) . of the token (x), into int32 lanes, as the header says:
+ * VNNI offsets the weights by 128 (the caller takes 128 * sum(x) off), avx2 multiplies
+ * |w| by sign(w) x. */
+static inline __attribute__((always_inline)) __m256i q80_step(__m256i acc, __m256i w, __m256i x) {
+#if VNNI
+    return dot_us_acc(acc, _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)), x);
+#else
+    return dot_us_acc(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+#endif
+}
+
 /* ---- Q8_0: four rows at a time, for blocks of tokens --------------------------------- */
 
 /* out[r] for the 4 rows at w (row r at w + r * n), n % gs == 0, gs % 32 == 0. */
@@ -100,8 +113,6 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
     const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
 #if VNNI
     const __m256i flip = _mm256_set1_epi8((char)0x80);
-#else
-    const __m256i ones = _mm256_set1_epi16(1);
 #endif
     __m128 acc = _mm_setzero_ps();
     for (ptrdiff_t g = 0; g < ng; g++) {
@@ -122,20 +133,11 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
                     _mm_prefetch(far + o, _MM_HINT_T2);
                 }
             }
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + k));
-#if VNNI
-#define ROW(wr, ir) \
-            ir = DPBUSD(ir, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((wr) + k)), flip), x);
-#else
-#define ROW(wr, ir)                                                                         \
-            {                                                                               \
-                __m256i v = _mm256_loadu_si256((const __m256i *)((wr) + k));                \
-                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(x, v)); \
-                ir = _mm256_add_epi32(ir, _mm256_madd_epi16(p, ones));                      \
-            }
-#endif
-            ROW(w0, i0) ROW(w1, i1) ROW(w2, i2) ROW(w3, i3)
-#undef ROW
+            __m256i x = load32(xq + k);
+            i0 = q80_step(i0, load32(w0 + k), x);
+            i1 = q80_step(i1, load32(w1 + k), x);
+            i2 = q80_step(i2, load32(w2 + k), x);
+            i3 = q80_step(i3, load32(w3 + k), x);
         }
         __m128 isum = _mm_cvtepi32_ps(sum4(i0, i1, i2, i3));
         __m128 sc = _mm_mul_ps(_mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]),
@@ -147,37 +149,20 @@ static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, cons
 
 /* ---- Q8_0: one token, one row at a time ---------------------------------------------- */
 
-/* a += 32 values of row w . x at k, into int32 lanes */
-#if VNNI
-#define Q1_STEP(a, w, x, k)                                                                \
-    a = DPBUSD(a, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((w) + (k))), flip), \
-               _mm256_loadu_si256((const __m256i *)((x) + (k))));
-#define Q1_CONST const __m256i flip = _mm256_set1_epi8((char)0x80);
-#else
-#define Q1_STEP(a, w, x, k)                                                                  \
-    {                                                                                        \
-        __m256i v_ = _mm256_loadu_si256((const __m256i *)((w) + (k)));                       \
-        __m256i x_ = _mm256_loadu_si256((const __m256i *)((x) + (k)));                       \
-        a = _mm256_add_epi32(a, _mm256_madd_epi16(                                           \
-                                    _mm256_maddubs_epi16(_mm256_abs_epi8(v_),               \
-                                                         _mm256_sign_epi8(x_, v_)), ones)); \
-    }
-#define Q1_CONST const __m256i ones = _mm256_set1_epi16(1);
-#endif
-
 /* Groups g .. g+3 of row w (scales ws): (float)isum * (ws * xs) each. gs is a
  * constant where the caller can make it one, so the steps unroll. cx: each group's
  * 128 * sum(x) (VNNI; unused elsewhere). */
 static inline __attribute__((always_inline)) __m128 q80_prod4(
         const int8_t *w, const float *ws, const int8_t *xq, const float *xs, const int32_t *cx,
         ptrdiff_t g, const ptrdiff_t gs) {
-    Q1_CONST
     __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
     const int8_t *wg = w + g * gs, *xg = xq + g * gs;
 #pragma GCC unroll 8
     for (ptrdiff_t k = 0; k < gs; k += 32) {
-        Q1_STEP(i0, wg, xg, k) Q1_STEP(i1, wg, xg, k + gs)
-        Q1_STEP(i2, wg, xg, k + 2 * gs) Q1_STEP(i3, wg, xg, k + 3 * gs)
+        i0 = q80_step(i0, load32(wg + k), load32(xg + k));
+        i1 = q80_step(i1, load32(wg + gs + k), load32(xg + gs + k));
+        i2 = q80_step(i2, load32(wg + 2 * gs + k), load32(xg + 2 * gs + k));
+        i3 = q80_step(i3, load32(wg + 3 * gs + k), load32(xg + 3 * gs + k));
     }
     __m128i is = sum4(i0, i1, i2, i3);
 #if VNNI
@@ -191,9 +176,8 @@ static inline __attribute__((always_inline)) __m128 q80_prod4(
 /* Group g alone (a row's last ng % 4). */
 static inline float q80_prod1(const int8_t *w, const float *ws, const int8_t *xq,
                               const float *xs, const int32_t *cx, ptrdiff_t g, ptrdiff_t gs) {
-    Q1_CONST
     __m256i a = _mm256_setzero_si256(), z = a;
-    for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) Q1_STEP(a, w, xq, k)
+    for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) a = q80_step(a, load32(w + k), load32(xq + k));
     int32_t is = _mm_cvtsi128_si32(sum4(a, z, z, z));
 #if VNNI
     is -= cx[g];

@@ -92,6 +92,19 @@ static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
     return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
+static inline __m256i load32(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* acc + unsigned bytes u . signed bytes s per int32 lane */
+static inline __attribute__((always_inline)) __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if VNNI
+    return DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
 #include "quantize.h"
 #include "decode.h"
 #include "blocks.h"
