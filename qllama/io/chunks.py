@@ -72,30 +72,39 @@ def _read_fills(fills: list, size: int):
     try:
         for i, (reads, done) in enumerate(fills):
             buf = ring[i % len(ring)]
+            base = None
             if len(reads) == 1 and reads[0][2] >= DIRECT_FROM:
-                fd, offset, n, path, _ = reads[0]
-                if fd not in direct:
-                    direct[fd] = _open_direct(fd)
-                if direct[fd] is not None:
-                    try:
-                        base = _read_direct(direct[fd], buf, offset, n, path)
-                    except OSError as e:  # a file system that opens O_DIRECT but will
-                        if e.errno != errno.EINVAL:  # not read so: pread from now on
-                            raise
-                        os.close(direct[fd])
-                        direct[fd] = None
-                    else:
-                        for job, at, k in done:
-                            yield job, buf[base + at:base + at + k]
-                        continue
-            for fd, offset, n, path, at in reads:
-                read_exact(fd, buf[at:at + n], offset, path)
+                base = _fill_direct(direct, reads[0], buf)
+            if base is None:
+                for fd, offset, n, path, at in reads:
+                    read_exact(fd, buf[at:at + n], offset, path)
+                base = 0
             for job, at, n in done:
-                yield job, buf[at:at + n]
+                yield job, buf[base + at:base + at + n]
     finally:
         for fd in direct.values():
             if fd is not None:
                 os.close(fd)
+
+
+def _fill_direct(direct: dict, read: tuple, buf: memoryview):
+    """One read (fd, offset, n, path, at) into buf O_DIRECT: where in buf its bytes
+    start, or None where the file takes no O_DIRECT (then `direct` remembers that, and
+    the caller preads). A file system that opens O_DIRECT but will not read so (EINVAL)
+    is remembered the same way."""
+    fd, offset, n, path, _ = read
+    if fd not in direct:
+        direct[fd] = _open_direct(fd)
+    if direct[fd] is None:
+        return None
+    try:
+        return _read_direct(direct[fd], buf, offset, n, path)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        os.close(direct[fd])
+        direct[fd] = None
+        return None
 
 
 def _open_direct(fd: int):
