@@ -40,10 +40,20 @@ cdef void matmul(float* out, Py_ssize_t out_stride, const qllama_acts* x, const 
 
 cdef void swiglu(float* hb, float* hb2, const Matrix* w1, const Matrix* w3,
                  const qllama_acts* x, Py_ssize_t rb, int threads) noexcept nogil:
-    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T). A thread computes a block of rows
-    of both matrices and gates them itself (activations.h): one parallel region, and the
-    gate's work is shared out too."""
+    """hb (T, hidden) = silu(x @ w1^T) * (x @ w3^T), in one parallel region.
+    One token: w1 and w3 as two jobs of matmuls, so a thread streams one matrix at a
+    time (a block of each in turn ran 10% below one stream when memory was fast,
+    docs/performance.md), then the gate, a few microseconds, on this thread.
+    A block of tokens: a thread computes a block of rows of both matrices and gates
+    them itself (activations.h), so the gate's work is shared out too."""
     cdef Py_ssize_t b, t, hidden = w1.m.rows
+    cdef Job jobs[2]
+    if x.T == 1:
+        jobs[0].m, jobs[0].out, jobs[0].out_stride = w1, hb, hidden
+        jobs[1].m, jobs[1].out, jobs[1].out_stride = w3, hb2, hidden
+        matmuls(jobs, 2, x, rb, threads)
+        qllama_swiglu(hb, hb2, hidden)
+        return
     for b in prange((hidden + rb - 1) // rb, schedule="guided", num_threads=threads):
         qllama_run_rows(w1, rb * b, rb, x, hb, hidden)
         qllama_run_rows(w3, rb * b, rb, x, hb2, hidden)
