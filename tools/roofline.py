@@ -7,10 +7,17 @@ the same threads, the two alternating round by round.
 
 A token reads every tensor of the file once except the token table, of which it reads
 one row (all of it when the table is the classifier too). The stream is a sum over a
-buffer of min(those bytes, 2 GiB), far larger than any cache, read once just before and
-once just after each decode measurement; the round's ratio is decode's bytes per
-second over the mean of the two. It is what fraction of the machine's read bandwidth
-decode turns into tokens; a shape whose weights fit in the caches can exceed 1.
+buffer of min(those bytes, 2 GiB), far larger than any cache, read for half a second
+just before and just after each decode measurement; the round's ratio is decode's
+bytes per second over the mean of the two. It is what fraction of the machine's read
+bandwidth decode turns into tokens; a shape whose weights fit in the caches can
+exceed 1.
+
+It also says how much of the model's map is in 2 MiB pages. Linux maps a file with
+the folios its page cache already holds, so a file copied or first read by another
+program may stay in small pages (decode up to a quarter slower when memory is fast);
+--recache drops the file's cached pages first so that the map reads them back in
+2 MiB folios.
 
 --patterns (a version 2 file) times no model: it reads the file's Q8_0 matrices in the
 orders of decode.h's two kernels (membench.read_rows: rows one after another, or four
@@ -30,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import qllama  # noqa: E402
+from qllama import diagnostics  # noqa: E402
 from qllama.formats import llama2c  # noqa: E402
 
 import membench  # noqa: E402
@@ -45,6 +53,30 @@ def bytes_per_token(config: llama2c.Config) -> int:
     return total
 
 
+def huge_pages(buffer) -> str:
+    """How much of a model's mapping is in 2 MiB pages: the rest costs decode TLB misses,
+    up to a quarter of its speed when memory is fast (docs/performance.md). A file
+    whose page cache holds smaller folios (copied, or read by another program first)
+    keeps them until they are dropped: --recache."""
+    huge = diagnostics.huge_page_bytes(buffer)
+    if huge is None:
+        return "  weights in 2 MiB pages: not known here"
+    share = huge / buffer.nbytes
+    hint = "" if share > 0.9 else " (run with --recache for 2 MiB pages)"
+    return f"  weights in 2 MiB pages: {share:.1%}{hint}"
+
+
+def recache(path: str) -> None:
+    """Drop the file's cached pages (those no process maps) so that the map faults them
+    back in as 2 MiB folios: a benchmark's file otherwise keeps whatever folios the
+    last program to read or write it left."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def decode_rate(model, n: int) -> float:
     rng = np.random.default_rng(0)
     s = model.session(min(model.config.seq_len, 17 + n))
@@ -56,8 +88,15 @@ def decode_rate(model, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def stream_rate(buf: np.ndarray, threads: int) -> float:
-    return buf.nbytes / membench.read_sum(buf, threads)[1]
+def stream_rate(buf: np.ndarray, threads: int, seconds: float = 0.5) -> float:
+    """Bytes per second of reads of buf over at least `seconds`: this guest's bandwidth
+    moves by a third within a second, so one read (tens of ms) pairs poorly with a
+    decode measurement of several seconds."""
+    n, spent = 0, 0.0
+    while spent < seconds or n == 0:
+        spent += membench.read_sum(buf, threads)[1]
+        n += 1
+    return n * buf.nbytes / spent
 
 
 def read_orders(path: str, threads: int, rounds: int) -> None:
@@ -84,6 +123,7 @@ def read_orders(path: str, threads: int, rounds: int) -> None:
 
     rate(False)  # pages in
     print(f"{path}: {nbytes / 1e6:,.1f} MB of Q8_0 matrices, {threads} thread(s)")
+    print(huge_pages(np.frombuffer(mm, np.uint8)))
     one, four = [], []
     for r in range(rounds):
         before = stream_rate(stream, threads)
@@ -109,18 +149,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--patterns", action="store_true",
                     help="time the kernels' read orders alone, no model (see above)")
+    ap.add_argument("--recache", action="store_true",
+                    help="drop the file's cached pages first, to map it in 2 MiB pages (above)")
     args = ap.parse_args()
+    if args.recache:
+        recache(args.model)
     if args.patterns:
         return read_orders(args.model, args.threads, args.rounds)
 
     config = llama2c.read_config(args.model)
     per_token = bytes_per_token(config)
     m = qllama.load(args.model, threads=args.threads, variant=args.variant)
-    decode_rate(m, 4)  # warm-up: pages in, threads up
+    # warm-up: pages in, threads up, and the thread governor's first trial of one
+    # thread (after a few decode calls) over; later trials are part of decode
+    decode_rate(m, 4)
+    decode_rate(m, 12)
     buf = np.ones(min(per_token, 2 << 30) // 8, np.uint64)
     stream_rate(buf, args.threads)
     print(f"{args.model}: {per_token / 1e6:,.1f} MB read per token; qllama {m.variant}, "
           f"{args.threads} thread(s), stream of {buf.nbytes / 1e6:,.0f} MB")
+    print(huge_pages(m.file.buffer))
     ratios = []
     for r in range(args.rounds):
         before = stream_rate(buf, args.threads)
