@@ -58,12 +58,12 @@ def huge_pages(buffer) -> str:
     up to a quarter of its speed when memory is fast (docs/performance.md). A file
     whose page cache holds smaller folios (copied, or read by another program first)
     keeps them until they are dropped: --recache."""
-    huge = diagnostics.huge_page_bytes(buffer)
-    if huge is None:
-        return "  weights in 2 MiB pages: not known here"
-    share = huge / buffer.nbytes
-    hint = "" if share > 0.9 else " (run with --recache for 2 MiB pages)"
-    return f"  weights in 2 MiB pages: {share:.1%}{hint}"
+    huge, whole = diagnostics.huge_page_bytes(buffer), buffer.nbytes // (2 << 20) * (2 << 20)
+    if huge is None or not whole:
+        return "  weights in 2 MiB pages: not known here, or the file is smaller than one"
+    share = huge / whole
+    hint = "" if share > 0.9 else " (--recache for more)"
+    return f"  weights in 2 MiB pages: {share:.1%} of the file's whole 2 MiB spans{hint}"
 
 
 def recache(path: str) -> None:
