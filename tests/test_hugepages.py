@@ -301,6 +301,33 @@ def test_quantized_file_is_mapped_with_huge_pages(tmp_path, huge_folios):
 
 
 @linux_only
+@pytest.mark.parametrize("kind", ["llama2c", "gguf"])
+def test_a_model_read_from_disk_is_mapped_in_huge_pages(kind, tmp_path, huge_folios):
+    """Opening a model reads its header (a GGUF file its metadata) before mapping it.
+    Those reads must leave nothing in the page cache: pages they leave (and the small
+    folios readahead adds after them) make the map's own reads come in small folios
+    too. Without that, none of this file's six whole 2 MiB spans was mapped in 2 MiB
+    pages."""
+    path = tmp_path / ("m.gguf" if kind == "gguf" else "m.q80.bin")
+    if kind == "gguf":
+        write_gguf(path, CONFIG, "Q8_0")
+    else:
+        write_random_model(tmp_path / "m.v1.bin", CONFIG)
+        quantize_file(str(tmp_path / "m.v1.bin"), str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # as if never read
+    finally:
+        os.close(fd)
+    with open_model(path) as mf:
+        int(mf.buffer[::4096].sum())  # fault every page in
+        huge, whole = huge_page_bytes(mf.buffer), mf.buffer.nbytes // BLOCK * BLOCK
+    assert whole >= 6 * BLOCK
+    assert huge >= whole - BLOCK  # one span's folio may be refused on a busy machine
+
+
+@linux_only
 @with_thp
 @pytest.mark.parametrize("kind", ["llama2c", "gguf"])
 def test_model_mapping_asks_for_huge_pages(kind, tmp_path):

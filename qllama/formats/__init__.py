@@ -13,13 +13,13 @@ def is_gguf(path: str | os.PathLike, error=None) -> bool:
     first int32 is a dimension or "ak42"); `error` is the exception for a path that is
     not a regular file (default FormatError)."""
     from ..errors import FormatError
-    from ..io.inputs import open_regular, pread_exact
+    from ..io.inputs import open_regular, pread_head
     from .gguf_file import MAGIC
 
     path = os.fspath(path)
     fd, size = open_regular(path, error or FormatError)
     try:
-        return size >= len(MAGIC) and pread_exact(fd, len(MAGIC), 0, path) == MAGIC
+        return size >= len(MAGIC) and pread_head(fd, len(MAGIC), path) == MAGIC
     finally:
         os.close(fd)
 

@@ -231,6 +231,7 @@ class Container(NamedTuple):
     tensors: dict      # name -> TensorInfo, in file order
     alignment: int
     data_start: int
+    read_end: int      # parsing read bytes [0, read_end) of the file
 
 
 def parse(fd: int, size: int, path: str) -> Container:
@@ -271,7 +272,8 @@ def parse(fd: int, size: int, path: str) -> Container:
                           "two and a multiple of 8")
     data_start = cur.pos + -cur.pos % alignment
     _check_data(path, size, tensors, alignment, data_start)
-    return Container(version, metadata, tensors, alignment, data_start)
+    return Container(version, metadata, tensors, alignment, data_start,
+                     cur._base + len(cur._buf))
 
 
 def _tensor_info(cur: _Cursor) -> TensorInfo:

@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as G
 
 from ..errors import FormatError
-from ..io.inputs import Mapped, map_readonly, open_regular
+from ..io.inputs import HeadReads, Mapped, map_readonly, open_regular
 from ..spec import RMS_NORM_EPS, ROPE_THETA, ModelSpec
 from . import gguf as names
 from .gguf_file import parse, show
@@ -43,7 +43,9 @@ class GGUFModel(Mapped):
         self.path = os.fspath(path)
         fd, size = open_regular(self.path)
         try:
-            c = parse(fd, size, self.path)
+            with HeadReads(fd) as head:
+                c = parse(fd, size, self.path)
+                head.end = c.read_end
             self.version, self.metadata, self.alignment = c.version, c.metadata, c.alignment
             self.infos, self.data_start = c.tensors, c.data_start
             self.spec = _spec(self.path, self.metadata, self.infos)

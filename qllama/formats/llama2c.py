@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FormatError
-from ..io.inputs import Mapped, map_readonly, open_regular, pread_exact
+from ..io.inputs import Mapped, map_readonly, open_regular, pread_head
 from ..spec import ModelSpec
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -256,7 +256,7 @@ def open_checkpoint(path: str) -> tuple[int, Config]:
     both from the one descriptor; the caller closes fd."""
     fd, size = open_regular(path)
     try:
-        return fd, parse_header(pread_exact(fd, min(size, HEADER_SIZE), 0, path), size, path)
+        return fd, parse_header(pread_head(fd, min(size, HEADER_SIZE), path), size, path)
     except BaseException:
         os.close(fd)
         raise

@@ -118,6 +118,42 @@ def pread_exact(fd: int, n: int, offset: int, path: str, error=FormatError) -> b
     return bytes(buf)
 
 
+def _advise(fd: int, offset: int, n: int, advice: str) -> None:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, n, getattr(os, advice))
+
+
+class HeadReads:
+    """A block in which a file's head (a header, a GGUF file's metadata) is read
+    without leaving small folios in its page cache. A plain read caches those bytes
+    and, reading ahead, the pages after them in small folios, and a map's later reads
+    grow theirs from those: a 110 MB model read that way first was mapped 71% in
+    2 MiB pages (a GGUF file 73%), 100% when nothing had read it. Inside, fd reads
+    nothing ahead; on leaving, the pages of bytes [0, end) are dropped, `end` being
+    what the caller set (only whole folios within the range go, so 2 MiB ones already
+    cached stay)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.end = fd, 0
+
+    def __enter__(self):
+        _advise(self.fd, 0, 0, "POSIX_FADV_RANDOM")
+        return self
+
+    def __exit__(self, *exc):
+        if self.end:  # DONTNEED keeps a page the range ends inside
+            _advise(self.fd, 0, -(-self.end // mmap.PAGESIZE) * mmap.PAGESIZE,
+                    "POSIX_FADV_DONTNEED")
+        _advise(self.fd, 0, 0, "POSIX_FADV_NORMAL")  # a map or a pass of fd reads ahead
+
+
+def pread_head(fd: int, n: int, path: str, error=FormatError) -> bytes:
+    """A file's first n bytes, read in HeadReads."""
+    with HeadReads(fd) as head:
+        head.end = n
+        return pread_exact(fd, n, 0, path, error)
+
+
 def read_bounded(path: str, limit: int, what: str, error=FormatError) -> bytes:
     """The whole of a regular file of at most `limit` bytes (`what` names it)."""
     fd, size = open_regular(path, error)
