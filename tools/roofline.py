@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import qllama  # noqa: E402
 from qllama import diagnostics  # noqa: E402
 from qllama.formats import llama2c  # noqa: E402
+from qllama.io.inputs import advise  # noqa: E402
 
 import membench  # noqa: E402
 
@@ -72,7 +73,7 @@ def recache(path: str) -> None:
     last program to read or write it left."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        advise(fd, 0, 0, "POSIX_FADV_DONTNEED")
     finally:
         os.close(fd)
 

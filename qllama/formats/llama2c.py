@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FormatError
-from ..io.inputs import Mapped, map_readonly, open_regular, pread_head
+from ..io.inputs import Mapped, advise, map_readonly, open_regular, pread_head
 from ..spec import ModelSpec
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -265,8 +265,7 @@ def open_checkpoint(path: str) -> tuple[int, Config]:
 def open_input(path: str) -> tuple[int, Config]:
     """open_checkpoint for a converter's one pass front to back: the kernel reads ahead."""
     fd, config = open_checkpoint(path)
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
     return fd, config
 
 

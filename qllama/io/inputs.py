@@ -118,7 +118,9 @@ def pread_exact(fd: int, n: int, offset: int, path: str, error=FormatError) -> b
     return bytes(buf)
 
 
-def _advise(fd: int, offset: int, n: int, advice: str) -> None:
+def advise(fd: int, offset: int, n: int, advice: str) -> None:
+    """posix_fadvise(fd, offset, n, os.<advice>) where the OS has it (a hint: none
+    elsewhere)."""
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, offset, n, getattr(os, advice))
 
@@ -137,14 +139,14 @@ class HeadReads:
         self.fd, self.end = fd, 0
 
     def __enter__(self):
-        _advise(self.fd, 0, 0, "POSIX_FADV_RANDOM")
+        advise(self.fd, 0, 0, "POSIX_FADV_RANDOM")
         return self
 
     def __exit__(self, *exc):
         if self.end:  # DONTNEED keeps a page the range ends inside
-            _advise(self.fd, 0, -(-self.end // mmap.PAGESIZE) * mmap.PAGESIZE,
+            advise(self.fd, 0, -(-self.end // mmap.PAGESIZE) * mmap.PAGESIZE,
                     "POSIX_FADV_DONTNEED")
-        _advise(self.fd, 0, 0, "POSIX_FADV_NORMAL")  # a map or a pass of fd reads ahead
+        advise(self.fd, 0, 0, "POSIX_FADV_NORMAL")  # a map or a pass of fd reads ahead
 
 
 def pread_head(fd: int, n: int, path: str, error=FormatError) -> bytes:
