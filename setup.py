@@ -86,7 +86,7 @@ def extension(pyx: Path) -> Extension:
     depends = [str(p) for p in (*KERNELS.glob("*.pxd"), *KERNELS.glob("*.pxi"), *KERNELS.glob("*.h"))]
     if pyx.stem == "engine":
         sources += [str(KERNELS / f) for f in ("driver.c", "generic.c", "cpu.c")]
-        depends += [str(p) for p in (*KERNELS.rglob("*.c"), *KERNELS.rglob("*.h"),
+        depends += [str(p) for p in (*KERNELS.rglob("*.c"), *(KERNELS / "arch").rglob("*.h"),
                                      KERNELS / "variants.json")]
     return Extension(
         f"qllama._kernels.{pyx.stem}", sources, depends=depends,

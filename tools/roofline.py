@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import qllama  # noqa: E402
 from qllama import diagnostics  # noqa: E402
 from qllama.formats import llama2c  # noqa: E402
+from qllama.io.blockwriter import BLOCK  # noqa: E402
 from qllama.io.inputs import advise  # noqa: E402
 
 import membench  # noqa: E402
@@ -59,7 +60,7 @@ def huge_pages(buffer) -> str:
     up to a quarter of its speed when memory is fast (docs/performance.md). A file
     whose page cache holds smaller folios (copied, or read by another program first)
     keeps them until they are dropped: --recache."""
-    huge, whole = diagnostics.huge_page_bytes(buffer), buffer.nbytes // (2 << 20) * (2 << 20)
+    huge, whole = diagnostics.huge_page_bytes(buffer), buffer.nbytes // BLOCK * BLOCK
     if huge is None or not whole:
         return "  weights in 2 MiB pages: not known here, or the file is smaller than one"
     share = huge / whole
