@@ -144,7 +144,8 @@ def test_q80_gemm_edges_every_variant_equals_scalar(threads):
 def few_token_cases():
     """One token through rows of every kind decode.h's q80_rows1 tells apart: groups in
     fours with a tail of none to three, the group sizes it unrolls and others, and rows
-    of more groups than its buffers hold (1,025 of 32); and the same rows for 2 and 5
+    of more groups than it computes VNNI's offsets for itself (1,025 of 32, prepared
+    without the shared buffer: q80_dot4 then); and the same rows for 2 and 5
     tokens (four rows a pass, below the GEMMs' thresholds). 21 rows, a block of 16 and
     5. Weights of -128 against activations of +-127."""
     rng = np.random.default_rng(19)

@@ -11,15 +11,18 @@
  * One token (q80_rows1): rows one after another, each front to back, so a thread reads
  * its rows as one stream. Four groups at a time have their int32 lanes summed exactly
  * in one transposed reduction (sum4) and scaled in float; the groups' products are
- * then added to the row's sum in order (kernels.h), a chain of one float add per
- * group, so row r's products wait in a buffer and are added up while row r+1's are
- * computed. Four rows read at once, as blocks of tokens do below, are four streams a
- * row apart (4 KiB for the 7B's 4096-byte rows), which DRAM serves slower than one:
- * the 7B file's matrices read in each order with trivial sums (tools/roofline.py
- * --patterns, Zen 4 guest, 2 threads) ran at 0.91-1.01 of a stream of the same bytes
- * one row at a time and 0.72-0.96 four at a time; software prefetch ahead of the one
- * stream made it slower. 7B decode, alternated with the four-row kernel (tools/ab.py):
- * 1.05x avx512vnni, 1.22x avx2.
+ * then added to the row's sum in order (kernels.h) as they come, a chain of one float
+ * add per group that out-of-order execution runs beside the next groups' products.
+ * (Products held in a buffer to be added up while the next row's were computed, as
+ * this kernel first did, bought nothing: one thread from L2 (tools/matmul_bench.c),
+ * avx2 -2% to +8%, avx512vnni 0% to +15% without it, the most on short rows; decode
+ * of stories15M 1.05x avx2, 1.14x avx512vnni.) Four rows read at once, as blocks of
+ * tokens do below, are four streams a row apart (4 KiB for the 7B's 4096-byte rows),
+ * which DRAM serves slower than one: the 7B file's matrices read in each order with
+ * trivial sums (tools/roofline.py --patterns, Zen 4 guest, 2 threads) ran at
+ * 0.91-1.01 of a stream of the same bytes one row at a time and 0.72-0.96 four at a
+ * time; software prefetch ahead of the one stream made it slower. 7B decode,
+ * alternated with the four-row kernel (tools/ab.py): 1.05x avx512vnni, 1.22x avx2.
  *
  * Blocks of tokens (q80_dot4: the variants' GEMMs hand them the tokens of a block too
  * small for a tile, and a matrix's last rows): four weight rows per pass, each
@@ -195,33 +198,19 @@ static inline float add4(float acc, __m128 p) {
     return acc + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 3));
 }
 
-#define Q1_MAX_GROUPS 1024  /* a row's groups the buffers hold; rows with more take q80_dot4 */
-
-/* out[r] for rows r0 <= r < r1, one token: row r's products into a buffer while row
- * r-1's, already there, are added up in order. */
+/* out[r] for rows r0 <= r < r1, one token, each row's products added up as they come. */
 static inline __attribute__((always_inline)) void q80_rows1_gs(
         const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
         const int32_t *cx, float *out, const ptrdiff_t gs) {
     const ptrdiff_t n = m->cols, ng = n / gs, ng4 = ng & ~(ptrdiff_t)3;
-    float buf[2][Q1_MAX_GROUPS] __attribute__((aligned(16)));
-    for (ptrdiff_t r = r0; r <= r1; r++) {
-        const float *prev = buf[(r - 1) & 1];
-        float *cur = buf[r & 1], acc = 0.0f;
+    for (ptrdiff_t r = r0; r < r1; r++) {
+        const int8_t *w = m->q + r * n;
+        const float *ws = m->s + r * ng;
+        float acc = 0.0f;
         ptrdiff_t g = 0;
-        if (r < r1) {
-            const int8_t *w = m->q + r * n;
-            const float *ws = m->s + r * ng;
-            for (; g < ng4; g += 4) {
-                _mm_store_ps(cur + g, q80_prod4(w, ws, x->q, x->s, cx, g, gs));
-                if (r > r0) acc = add4(acc, _mm_load_ps(prev + g));
-            }
-            for (ptrdiff_t h = ng4; h < ng; h++) cur[h] = q80_prod1(w, ws, x->q, x->s, cx, h, gs);
-        }
-        if (r > r0) {
-            for (; g < ng4; g += 4) acc = add4(acc, _mm_load_ps(prev + g));
-            for (; g < ng; g++) acc += prev[g];
-            out[r - 1] = acc;
-        }
+        for (; g < ng4; g += 4) acc = add4(acc, q80_prod4(w, ws, x->q, x->s, cx, g, gs));
+        for (; g < ng; g++) acc += q80_prod1(w, ws, x->q, x->s, cx, g, gs);
+        out[r] = acc;
     }
 }
 
@@ -252,15 +241,17 @@ static const void *q80_share(const qllama_acts *x, void *buf) {
 #define Q80_SHARE NULL
 #endif
 
-/* Rows r0 <= r < r1 of one token; 0 (nothing done) for rows of more than
- * Q1_MAX_GROUPS groups. */
+#define Q1_OWN_GROUPS 1024  /* VNNI offsets computed here at most; more take q80_dot4 */
+
+/* Rows r0 <= r < r1 of one token; 0 (nothing done) for a VNNI variant's rows of more
+ * than Q1_OWN_GROUPS groups prepared without the shared buffer. */
 static int q80_rows1(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                      float *out) {
     const ptrdiff_t gs = m->gs, ng = m->cols / gs;
-    if (ng > Q1_MAX_GROUPS) return 0;
-    int32_t own[VNNI ? Q1_MAX_GROUPS : 1];
+    int32_t own[VNNI ? Q1_OWN_GROUPS : 1];
     const int32_t *cx = x->shared;
     if (VNNI && !cx) {  /* prepared without a buffer (qllama_prepare's caller gave none) */
+        if (ng > Q1_OWN_GROUPS) return 0;
         q80_offsets(x->q, ng, gs, own);
         cx = own;
     }
