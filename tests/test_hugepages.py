@@ -7,6 +7,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -75,6 +76,28 @@ def test_queued_writer_holds_the_writes_in_order(tmp_path_factory, ws, max_bytes
             out.flush()
             assert os.pread(fd, 4096, 0) == bytes(expect)
             assert released == pending
+    finally:
+        os.close(fd)
+
+
+def test_queued_writer_closes_with_its_lock_left_held(tmp_path):
+    """A Ctrl-C between a `with w.cond` taking the lock and the block that releases
+    it leaves the lock held by the thread that then closes the writer: close() must
+    still stop the writer (it waited forever, joining a writer that needed the lock)."""
+    fd = os.open(tmp_path / "o.bin", os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        w = QueuedWriter(fd, max_bytes=1 << 20)
+        w.pwrite(b"x" * 4096, 0)
+        w.flush()  # the writer now waits for work, holding nothing
+
+        def interrupted_then_closed():
+            w.cond.acquire()  # as the interrupt leaves it
+            w.close()
+
+        closer = threading.Thread(target=interrupted_then_closed, daemon=True)
+        closer.start()
+        closer.join(20)
+        assert not closer.is_alive() and not w.thread.is_alive()
     finally:
         os.close(fd)
 

@@ -110,7 +110,8 @@ class QueuedWriter:
         self.max_bytes = max_bytes
         self.queued = 0  # bytes in self.items
         self.items: collections.deque = collections.deque()  # (view, offset, release) or None
-        self.cond = threading.Condition()
+        # reentrant, so close() can wait on it while a Ctrl-C left it held (close)
+        self.cond = threading.Condition(threading.RLock())
         self.error: BaseException | None = None
         self.dropping = False  # set by close(): what is still queued is not written
         self.thread = threading.Thread(target=self._run, name="qllama-writer", daemon=True)
@@ -122,8 +123,10 @@ class QueuedWriter:
                 while not self.items:
                     self.cond.wait()
                 item = self.items[0]
-            if item is None:
-                return
+                if item is None:  # close()'s mark: taken, and close() told
+                    self.items.popleft()
+                    self.cond.notify_all()
+                    return
             view, offset, release = item
             if self.error is None and not self.dropping:
                 try:
@@ -173,13 +176,22 @@ class QueuedWriter:
         self._raise()
 
     def close(self) -> None:
-        """Stop the thread; writes still queued (after an error) are dropped."""
+        """Stop the thread; writes still queued (after an error) are dropped.
+
+        A Ctrl-C can land in the calling thread just after a `with self.cond` took the
+        lock and before the block that would release it begins (CPython runs signal
+        handlers between any two bytecodes), leaving the lock held. Joining the thread
+        then waited forever on a writer that needs the lock (`qllama quantize`, Ctrl-C,
+        about 1 run in 45 on a busy machine). cond.wait() releases every level this
+        thread holds of the reentrant lock, so the writer can take the mark."""
         if not self.thread.is_alive():
             return
         with self.cond:
             self.dropping = True
             self.items.append(None)
             self.cond.notify_all()
+            while self.items and self.thread.is_alive():
+                self.cond.wait(0.1)
         self.thread.join()
 
     def __enter__(self):
