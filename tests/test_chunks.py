@@ -78,3 +78,24 @@ def test_o_direct_refused_at_read_falls_back_to_pread(tmp_path, monkeypatch):
     got = read_all(path, spans_of, chunks.DIRECT_FROM + 100)
     assert got == [data[7:7 + chunks.DIRECT_FROM], data[chunks.DIRECT_FROM + 9:]]
 
+
+
+def test_prefetch_stops_with_its_lock_left_held():
+    """A Ctrl-C between a `with` taking the queue's lock and the block that releases
+    it leaves the lock held by the consumer, which then closes the generator: the
+    reader, blocked on a full queue, must still be let go and waited for."""
+    import itertools
+    import threading
+
+    gen = chunks.prefetch(itertools.count(), depth=2)
+    assert next(gen) == 0
+
+    def interrupted_then_closed():
+        gen.gi_frame.f_locals["cond"].acquire()  # as the interrupt leaves it
+        gen.close()
+
+    closer = threading.Thread(target=interrupted_then_closed, daemon=True)
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive()
+    assert not any(t.name == "qllama-prefetch" for t in threading.enumerate())

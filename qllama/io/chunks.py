@@ -8,10 +8,10 @@ read, never mapped, so they do not count in the process's RSS.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import mmap
 import os
-import queue
 import threading
 
 from ..errors import FormatError, UsageError
@@ -157,21 +157,27 @@ def check_free_space(path: str, nbytes: int) -> None:
 def prefetch(items, depth: int = 2):
     """Iterate `items` in a thread, up to `depth` items ahead of the caller: the
     reads of the next chunks overlap the work on this one (a reader's errors are
-    raised in the caller). Close the generator (contextlib.closing) to stop it."""
-    slots: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
+    raised in the caller). Close the generator (contextlib.closing) to stop it.
+    Stopping waits on the queue's reentrant lock, not on a join, until the reader has
+    left: a Ctrl-C can leave that lock held by the caller (blockwriter's
+    QueuedWriter.close says how), and a reader blocked on it would never leave."""
+    cond = threading.Condition(threading.RLock())
+    slots: collections.deque = collections.deque()
+    stopped = left = False
     end = object()
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        with cond:
+            while len(slots) >= depth and not stopped:
+                cond.wait()
+            if stopped:
+                return False
+            slots.append(item)
+            cond.notify_all()
+            return True
 
     def run() -> None:
+        nonlocal left
         try:
             for item in items:
                 if not put((True, item)):
@@ -179,17 +185,29 @@ def prefetch(items, depth: int = 2):
             put((True, end))
         except BaseException as e:  # handed to the consumer, raised there
             put((False, e))
+        finally:
+            with cond:
+                left = True
+                cond.notify_all()
 
     thread = threading.Thread(target=run, name="qllama-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            ok, item = slots.get()
+            with cond:
+                while not slots:
+                    cond.wait()
+                ok, item = slots.popleft()
+                cond.notify_all()
             if not ok:
                 raise item
             if item is end:
                 return
             yield item
     finally:
-        stop.set()
-        thread.join()  # at most the item being read: then its files may be closed
+        with cond:
+            stopped = True
+            cond.notify_all()
+            while not left:  # at most the item being read: then its files may be closed
+                cond.wait(0.1)
+        thread.join()
