@@ -35,14 +35,6 @@
 
 #define BI static inline __attribute__((always_inline))
 
-/* [sum of v[0]'s lanes 0-3, v[1]'s, v[2]'s, v[3]'s | the same of lanes 4-7], exact
- * (unpacks and adds: 10% faster than vphaddd on Zen 4) */
-BI __m256i sum4x2(const __m256i v[4]) {
-    __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
-    __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
-    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
-}
-
 /* lane j = the exact sum of v[j]'s eight int32 lanes */
 BI __m256i sum8(const __m256i v[8]) {
     __m256i u0 = sum4x2(v), u1 = sum4x2(v + 4);
