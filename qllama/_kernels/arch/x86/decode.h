@@ -108,24 +108,29 @@ static inline __attribute__((always_inline)) __m256i q80_step(__m256i acc, __m25
 #endif
 }
 
+#if VNNI
+/* VNNI's offset of the gs values at xg: 128 * their sum, in int32 lanes */
+static inline __attribute__((always_inline)) __m256i q80_offset_lanes(const int8_t *xg,
+                                                                      ptrdiff_t gs) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256i a = _mm256_setzero_si256();
+    for (ptrdiff_t k = 0; k < gs; k += 32) a = DPBUSD(a, flip, load32(xg + k));
+    return a;
+}
+#endif
+
 /* ---- Q8_0: four rows at a time, for blocks of tokens --------------------------------- */
 
 /* out[r] for the 4 rows at w (row r at w + r * n), n % gs == 0, gs % 32 == 0. */
 static inline void q80_dot4(const int8_t *w, const float *ws, ptrdiff_t ng, const int8_t *xq,
                             const float *xs, ptrdiff_t n, ptrdiff_t gs, float *out) {
     const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
-#if VNNI
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-#endif
     __m128 acc = _mm_setzero_ps();
     for (ptrdiff_t g = 0; g < ng; g++) {
         __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
 #if VNNI
         /* each row's lanes start at -128 * x: (w + 128) . x - 128 * sum(x) = w . x */
-        __m256i cx = _mm256_setzero_si256();
-        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32)
-            cx = DPBUSD(cx, flip, _mm256_loadu_si256((const __m256i *)(xq + k)));
-        i0 = i1 = i2 = i3 = _mm256_sub_epi32(i0, cx);
+        i0 = i1 = i2 = i3 = _mm256_sub_epi32(i0, q80_offset_lanes(xq + g * gs, gs));
 #endif
         for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32) {
             if ((k & 63) == 0) {  /* the next block, 4 lines per 64 values; PF_FAR's to L2 */
@@ -217,13 +222,9 @@ static inline __attribute__((always_inline)) void q80_rows1_gs(
 /* Each group's 128 * sum(x) (VNNI's offset) into cx. */
 static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx) {
 #if VNNI
-    const __m256i flip = _mm256_set1_epi8((char)0x80), z = _mm256_setzero_si256();
-    for (ptrdiff_t g = 0; g < ng; g++) {
-        __m256i a = z;
-        for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += 32)
-            a = DPBUSD(a, flip, _mm256_loadu_si256((const __m256i *)(xq + k)));
-        cx[g] = _mm_cvtsi128_si32(sum4(a, z, z, z));
-    }
+    const __m256i z = _mm256_setzero_si256();
+    for (ptrdiff_t g = 0; g < ng; g++)
+        cx[g] = _mm_cvtsi128_si32(sum4(q80_offset_lanes(xq + g * gs, gs), z, z, z));
 #else
     (void)xq, (void)ng, (void)gs, (void)cx;
 #endif
