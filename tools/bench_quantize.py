@@ -65,10 +65,12 @@ def read_speed(path: str, cold: bool) -> tuple[float, bool]:
 def io_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> float:
     """MB/s of input when only a converter's I/O is done: `paths` read whole (one
     thread) while `out_bytes` are written and fsync'd (another): both share the disk.
-    The input is read as qllama's converters read it (io.chunks): O_DIRECT into an
-    aligned buffer where the file system takes it."""
-    import mmap
+    The input is read as qllama's converters read it (io.chunks.read_ahead): a thread
+    ahead, O_DIRECT where the file system takes it."""
+    import contextlib
     import threading
+
+    from qllama.io.chunks import read_ahead
     if cold:
         drop_caches()
 
@@ -83,18 +85,18 @@ def io_floor(paths: list[str], out_bytes: int, scratch: str, cold: bool) -> floa
             os.close(fd)
 
     writer = threading.Thread(target=write)
-    view = memoryview(mmap.mmap(-1, READ_BUF))  # page-aligned, as O_DIRECT needs
     n = 0
     t0 = time.perf_counter()
     writer.start()
     for path in paths:
+        fd = os.open(path, os.O_RDONLY)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-        except OSError:
-            fd = os.open(path, os.O_RDONLY)
-        try:
-            while k := os.readv(fd, [view]):
-                n += k
+            size = os.fstat(fd).st_size
+            jobs = [(fd, at, min(READ_BUF, size - at), path) for at in range(0, size, READ_BUF)]
+            chunks = read_ahead(jobs, lambda job: [job], READ_BUF)  # a job is its one span
+            with contextlib.closing(chunks):
+                for _, view in chunks:
+                    n += len(view)
         finally:
             os.close(fd)
     writer.join()
