@@ -93,9 +93,9 @@ def decode_rate(model, n: int) -> float:
 
 
 def file_words(buffer) -> np.ndarray:
-    """The mapped model file as 64-bit words (from its second 4 KiB page on, whole
-    words): the pages decode reads, for the stream."""
-    v = np.frombuffer(buffer, np.uint8)[4096:]
+    """The mapped model file as 64-bit words (its whole words): the pages decode
+    reads, for the stream."""
+    v = np.frombuffer(buffer, np.uint8)
     return v[:v.size // 8 * 8].view(np.uint64)
 
 
