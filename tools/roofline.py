@@ -13,7 +13,8 @@ bytes per second over the mean of the two. It is what fraction of the machine's 
 bandwidth decode turns into tokens; a shape whose weights fit in the caches can
 exceed 1. The same is read of the model's own mapped pages (the very bytes decode
 reads, the whole file), and the ratio to that stream is printed beside: on the Zen 4
-guest, file pages in 2 MiB folios read 1-3% slower than fresh anonymous memory.
+guest, file pages in 2 MiB folios read 1-6% slower than fresh anonymous memory when
+memory is fast.
 
 It also says how much of the model's map is in 2 MiB pages. Linux maps a file with
 the folios its page cache already holds, so a file copied or first read by another
