@@ -102,6 +102,11 @@ class _Cursor:
     def left(self) -> int:
         return self.end - self.pos
 
+    @property
+    def read_end(self) -> int:
+        """The file's bytes [0, read_end) have been read (the window only moves on)."""
+        return self._base + len(self._buf)
+
     def need(self, n: int, what: str) -> None:
         if n > self.left():
             if self.end < self.size:
@@ -272,8 +277,7 @@ def parse(fd: int, size: int, path: str) -> Container:
                           "two and a multiple of 8")
     data_start = cur.pos + -cur.pos % alignment
     _check_data(path, size, tensors, alignment, data_start)
-    return Container(version, metadata, tensors, alignment, data_start,
-                     cur._base + len(cur._buf))
+    return Container(version, metadata, tensors, alignment, data_start, cur.read_end)
 
 
 def _tensor_info(cur: _Cursor) -> TensorInfo:
