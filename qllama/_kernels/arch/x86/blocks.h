@@ -42,15 +42,6 @@ BI __m256i sum8(const __m256i v[8]) {
                             _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-/* unsigned bytes u . signed bytes s, four products an int32 lane */
-BI __m256i dot_us(__m256i u, __m256i s) {
-#if VNNI
-    return DPBUSD(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
 /* 32 values from 16 bytes of nibbles: low nibbles first (q4_0, q4_1) */
 BI __m256i nibbles16(const uint8_t *p) {
     __m128i q = _mm_loadu_si128((const __m128i *)p), low = _mm_set1_epi8(15);

@@ -112,6 +112,11 @@ static inline __attribute__((always_inline)) __m256i dot_us_acc(__m256i acc, __m
 #endif
 }
 
+/* unsigned bytes u . signed bytes s, four products an int32 lane */
+static inline __attribute__((always_inline)) __m256i dot_us(__m256i u, __m256i s) {
+    return dot_us_acc(_mm256_setzero_si256(), u, s);
+}
+
 #include "quantize.h"
 #include "decode.h"
 #include "blocks.h"
