@@ -125,6 +125,7 @@ def tiny(tmp_path_factory):
     (["-n", "-3"], "steps"),
     (["-i", "Once upon a time there was a little girl who loved to play in the park"],
      "seq_len"),
+    (["-n", "2", "-i", "Once upon a time"], "fewer than the prompt's"),
 ])
 def test_bad_arguments(tiny, args, message):
     r = run_cli(tiny, "-z", data("tok512.bin"), *args)
@@ -190,3 +191,4 @@ def test_api_rejects_bad_token_ids(tiny):
         with pytest.raises(qllama.UsageError):
             model.logits(bad)
     assert np.array_equal(model.logits([1.0, 7.0]), model.logits([1, 7]))
+

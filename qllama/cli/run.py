@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..chat import turn_ids
+from ..errors import UsageError
 from ..model import KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
@@ -26,7 +27,8 @@ def register(sub) -> None:
         "run", help="generate text or chat with a model (v0/v1 fp32 or v2 int8)",
         description="Generate text from a llama2.c checkpoint, as llama2.c's run.c/runq.c do "
                     "(same flags, same sampler: the same seed gives the same story).")
-    p.add_argument("model", help="checkpoint: version 0, 1 (fp32) or 2 (Q8_0)")
+    p.add_argument("model", help="checkpoint: llama2.c version 0, 1 (fp32) or 2 (Q8_0), or "
+                                 "a GGUF file")
     p.add_argument("-t", "--temperature", type=float, default=1.0,
                    help="sampling temperature; 0 = greedy (default 1.0)")
     p.add_argument("-p", "--top-p", type=float, default=0.9,
@@ -62,6 +64,10 @@ def run_command(args) -> int:
 
 def generate(model: Model, args, seed: int, stats: Stats) -> None:
     ids = model.encode(args.prompt, bos=True)
+    if 0 < args.steps < len(ids):  # run.c would stop inside the prompt, generating nothing
+        raise UsageError(f"--steps {args.steps} is fewer than the prompt's {len(ids)} tokens "
+                         "(BOS included): nothing to generate; steps count the prompt, "
+                         "0 means the model's seq_len")
     tokens = model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats)
     out = sys.stdout
     out.write(args.prompt)

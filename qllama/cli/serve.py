@@ -50,7 +50,8 @@ def register(sub) -> None:
         description="Serve a model over HTTP with OpenAI's API (/v1/completions, "
                     "/v1/chat/completions, /v1/models), plus /health and /metrics; many "
                     "requests run at once, batched on one engine thread.")
-    p.add_argument("model", help="checkpoint: version 0, 1 (fp32) or 2 (Q8_0)")
+    p.add_argument("model", help="checkpoint: llama2.c version 0, 1 (fp32) or 2 (Q8_0), or "
+                                 "a GGUF file")
     add_tokenizer_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
