@@ -192,3 +192,23 @@ def test_api_rejects_bad_token_ids(tiny):
             model.logits(bad)
     assert np.array_equal(model.logits([1.0, 7.0]), model.logits([1, 7]))
 
+
+def test_closed_pipe_ends_quietly():
+    """`qllama run ... | head`: the reader goes away, and run stops without a word
+    (here it is gone before the first write, so the write surely fails)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "qllama", "run", str(data("stories260K.bin")),
+                            "-z", str(data("tok512.bin")), "-n", "16"],
+                           stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 128 + 13 and p.stderr == b""
+
+
+def test_unknown_option_shows_the_commands_usage(tiny):
+    r = run_cli(tiny, "--no-such-flag")
+    assert r.returncode == 2 and "qllama run: error: unrecognized arguments: --no-such-flag" \
+        in r.stderr and "usage: qllama run" in r.stderr

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
+from .. import __version__
 from .._kernels.sigbus import bus_errors_reported
 from ..errors import QllamaError, QllamaWarning
 
@@ -31,14 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qllama",
         description="Quantize llama2.c checkpoints to int8 (Q8_0) and run them on CPUs.")
+    parser.add_argument("--version", action="version", version=f"qllama {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():  # so that main can report on its own usage line
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage, not the command's
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         # A model file truncated while mapped: one line, not a bus error and a core dump.
         with bus_errors_reported(), warnings.catch_warnings():
@@ -48,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except QllamaError as e:
         print(f"qllama: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # stdout's reader went away (`qllama run ... | head`): stop quietly, with the
+        # status of a program a SIGPIPE ended, and let nothing flush into the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except OSError as e:  # disk full, permissions, ... on a path the command chose
         where = f"{e.filename}: " if e.filename else ""
         print(f"qllama: error: {where}{e.strerror or e}", file=sys.stderr)
