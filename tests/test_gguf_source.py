@@ -55,6 +55,13 @@ def test_f32_gguf_quantizes_to_llama2c_v2_as_its_llama2c_file(model, tmp_path):
     assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
 
 
+def test_convert_refuses_a_gguf_file(model, tmp_path, capsys):
+    assert main(["convert", str(model / "m.f32.gguf"), str(tmp_path / "x.bin"), "--to",
+                 "v1"]) == 1
+    assert "a GGUF file; convert rewrites llama2.c" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("out", ["q8_0.gguf", "q4_k_m.gguf", "v2.bin"])
 def test_f16_gguf_quantizes_as_the_f16_rounded_llama2c_file(out, model, tmp_path):
     rounded = tmp_path / "r" / "m.bin"  # the same name: general.name is the file's

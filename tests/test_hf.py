@@ -433,3 +433,15 @@ def test_summary_lines_are_whole_on_a_pipe(tmp_path):
     assert f") → {out} (version 2, " in r.stdout
     assert "qllama: note: group size 64 does not divide both dim 32 and hidden_dim 40; using 8" \
         in r.stderr
+
+
+def test_import_and_quantize_point_to_each_other(tmp_path, capsys):
+    """A GGUF name given to import, a folder to quantize's llama2.c output: each says
+    which command writes that (import wrote a llama2.c file under the GGUF name)."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    assert main(["import", str(folder), str(tmp_path / "m.gguf")]) == 1
+    assert f"use `qllama quantize {folder} {tmp_path / 'm.gguf'} --type" in capsys.readouterr().err
+    assert main(["quantize", str(folder), str(tmp_path / "m.q80.bin")]) == 1
+    assert "a folder; `qllama import` writes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UsageError
 from ..interop.hf_import import import_hf
 from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
@@ -11,6 +12,10 @@ from .quantize import kinds_table
 
 
 def run(args) -> int:
+    if args.output.endswith(".gguf"):  # it would be a llama2.c file under a GGUF name
+        raise UsageError(f"{args.output}: import writes llama2.c files; for a GGUF file of a "
+                         f"Hugging Face folder use `qllama quantize {args.source} "
+                         f"{args.output} --type TYPE`")
     version = int(args.to[1:]) if args.to else (2 if args.output.endswith(".q80.bin") else 1)
     with progress_bar("importing", args.quiet) as update:
         report = import_hf(args.source, args.output, version, args.group_size, args.force,

@@ -107,6 +107,10 @@ def calibrate(args, folder: bool) -> dict:
 def run(args) -> int:
     if args.output.endswith(".gguf"):
         return run_gguf(args)
+    if os.path.isdir(args.input):
+        raise UsageError(f"{args.input}: a folder; `qllama import` writes a Hugging Face "
+                         "folder as llama2.c version 1 or 2, and quantize takes one only "
+                         "for an OUT ending in .gguf")
     if args.type is not None or args.tokenizer is not None or args.calibrate is not None:
         raise UsageError(f"--type, -z and --calibrate are for a GGUF output: {args.output} "
                          "does not end in .gguf (without them quantize writes llama2.c "

@@ -185,6 +185,9 @@ def convert_file(src: str, dst: str, to_version: int, force: bool = False,
     if to_version not in (0, 1):
         raise UsageError(f"convert writes versions 0 and 1, not {to_version} "
                          "(use `qllama quantize` for version 2)")
+    if is_gguf(src):
+        raise UsageError(f"{src}: a GGUF file; convert rewrites llama2.c fp32 files (versions "
+                         "0 and 1); `qllama quantize` reads an F32/F16/BF16 GGUF file")
     with Llama2cSource(src) as source:
         fd, cin = source.fd, source.config
         if cin.version == 2:
