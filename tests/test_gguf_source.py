@@ -55,6 +55,13 @@ def test_f32_gguf_quantizes_to_llama2c_v2_as_its_llama2c_file(model, tmp_path):
     assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
 
 
+@pytest.mark.parametrize("kind", ["f32", "f16"])
+def test_summary_names_a_gguf_input(kind, model, tmp_path, capsys):
+    assert main(["quantize", str(model / f"m.{kind}.gguf"), str(tmp_path / "a.bin")]) == 0
+    out = capsys.readouterr().out
+    assert f"m.{kind}.gguf (GGUF, {kind.upper()}" in out and "(version 1" not in out
+
+
 def test_convert_refuses_a_gguf_file(model, tmp_path, capsys):
     assert main(["convert", str(model / "m.f32.gguf"), str(tmp_path / "x.bin"), "--to",
                  "v1"]) == 1
