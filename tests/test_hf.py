@@ -233,6 +233,14 @@ def test_export_f16_values_and_tokenizer_bin(tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "float16"
 
 
+def test_export_hf_says_when_the_folder_has_no_tokenizer(tmp_path, capsys):
+    import_hf(str(shared_hf("hfa")), str(tmp_path / "m.bin"), version=1)
+    for name in ("tokenizer.model", "tokenizer.bin"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert main(["export", str(tmp_path / "m.bin"), str(tmp_path / "out"), "--to", "hf"]) == 0
+    assert "qllama: note: no tokenizer.model beside the model" in capsys.readouterr().err
+
+
 def test_export_hf_from_v2_dequantizes(tmp_path):
     import_hf(str(shared_hf("hfb")), str(tmp_path / "m.q80.bin"), version=2)
     export_hf(str(tmp_path / "m.q80.bin"), str(tmp_path / "out"))

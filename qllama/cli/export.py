@@ -9,6 +9,7 @@ from ..errors import UsageError
 from ..formats import is_gguf
 from ..interop.gguf_export import export_gguf
 from ..interop.hf_export import export_hf
+from ..threads import add_threads_argument
 from .console import console, fmt_bytes, progress_bar
 
 
@@ -24,12 +25,14 @@ def run(args) -> int:
             if args.type == "bf16":
                 raise UsageError("--to gguf writes f32, f16 or q8_0")
             report = export_gguf(args.input, args.output, args.type, args.tokenizer,
-                                 args.force, update)
+                                 args.force, update, threads=args.threads)
     if args.quiet:
         return 0
     if args.to == "gguf":
         print_gguf_report(report)
         return 0
+    for note in report.notes:
+        print(f"qllama: note: {note}", file=sys.stderr)
     console().print(f"{report.src} (version {report.src_version}) → {report.dst} "
                     f"({fmt_bytes(report.out_bytes)}, {', '.join(report.files)}) in "
                     f"{report.seconds:.2f} s", highlight=False)
@@ -86,5 +89,6 @@ def register(subparsers) -> None:
                    help="tokenizer.model (hf, gguf) or tokenizer.bin (gguf); default: beside IN")
     p.add_argument("--force", action="store_true",
                    help="overwrite OUT (a folder only if it holds nothing but an export's files)")
+    add_threads_argument(p, "--to gguf: quantization")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notes or summary")
     p.set_defaults(func=run)

@@ -162,7 +162,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
             if not isinstance(tok, SentencePieceTokenizer):
                 warnings.warn(f"{tok_path}: a llama2.c tokenizer.bin is not carried into the "
                               "folder (transformers' LlamaTokenizer reads tokenizer.model); pass "
-                              "one with -z", QllamaWarning, stacklevel=2)
+                              "a tokenizer.model with -z", QllamaWarning, stacklevel=2)
                 tok = None
         else:
             report.notes.append("no tokenizer.model beside the model and none given (-z): the "
