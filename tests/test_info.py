@@ -66,3 +66,13 @@ def test_bad_files(tmp_path):
         assert p.returncode == 1 and p.stdout == ""
         assert p.stderr.startswith("qllama: error: ") and p.stderr.count("\n") == 1
         assert "Traceback" not in p.stderr
+
+
+def test_text_file_is_named_as_no_checkpoint(tmp_path, capsys):
+    """Without a magic any file reads as a version 0 header: the error says so, whichever
+    field fails first (a story's bytes make dim and n_heads huge, not zero)."""
+    story = tmp_path / "story.txt"
+    story.write_bytes(b"Once upon a time there was a story about a dog, long enough." * 2)
+    assert main(["info", str(story)]) == 1
+    err = capsys.readouterr().err
+    assert "dim 1701015119 is not a multiple" in err and "not a llama2.c checkpoint" in err

@@ -212,12 +212,19 @@ def parse_header(head: bytes, file_size: int, name: str = "model") -> Config:
         shared = dims[5] > 0
     config = Config(version, dims[0], dims[1], dims[2], dims[3], dims[4], vocab, dims[6],
                     bool(shared), group_size)
-    validate(config, name)
-    want = expected_size(config)
-    if file_size != want:
-        what = "truncated" if file_size < want else "trailing bytes after the last tensor"
-        raise FormatError(f"{name}: file is {file_size} bytes but its version {version} "
-                          f"header implies {want} ({what})")
+    try:
+        validate(config, name)
+        want = expected_size(config)
+        if file_size != want:
+            what = "truncated" if file_size < want else "trailing bytes after the last tensor"
+            raise FormatError(f"{name}: file is {file_size} bytes but its version {version} "
+                              f"header implies {want} ({what})")
+    except FormatError as e:
+        if version:
+            raise
+        # version 0 has no magic: any file is read as one, so say what else it may be
+        raise FormatError(f"{e}; read as a llama2.c version 0 header, which has no magic "
+                          "(not a llama2.c checkpoint, or a damaged one)") from None
     return config
 
 
@@ -228,8 +235,7 @@ def validate(config: Config, name: str = "model") -> None:
                   "vocab_size", "seq_len"):
         value = getattr(c, field)
         if not 0 < value <= INT32_MAX:
-            raise FormatError(f"{name}: header says {field}={value}, must be > 0 "
-                              "(not a llama2.c checkpoint, or a damaged one)")
+            raise FormatError(f"{name}: header says {field}={value}, must be > 0")
     if c.vocab_size < 3:
         raise FormatError(f"{name}: vocab_size {c.vocab_size}; llama2.c models need at least 3 "
                           "(ids 0, 1, 2 are unknown, BOS and EOS)")
