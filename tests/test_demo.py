@@ -70,3 +70,10 @@ def test_demo_bad_arguments(flag, value, tmp_path, capsys):
     err = capsys.readouterr().err
     assert flag.lstrip("-") in err and err.count("\n") == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_demo_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    assert main(["demo", "--dir", str(tmp_path / "f"), "--shape", "tiny", "--no-real"]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "mine"

@@ -403,6 +403,10 @@ def test_serve_command_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--kv-memory", "lots"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and "not a size" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "qllama", "serve", str(data("stories260K.bin")),
+                        "-z", str(data("tok512.model")), "--max-sessions", "0"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 1 and r.stderr == "qllama: error: max sessions is 0, must be at least 1\n"
 
 
 class FailingScheduler:

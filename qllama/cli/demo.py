@@ -273,6 +273,8 @@ def run_demo(args, console) -> None:
             where = f"the temporary folder {workdir} (removed at the end; --dir keeps the files)"
         else:
             workdir = Path(args.dir)
+            if workdir.exists() and not workdir.is_dir():
+                raise UsageError(f"--dir {workdir}: exists and is not a folder")
             workdir.mkdir(parents=True, exist_ok=True)
             where = f"{workdir} (files kept)"
         console.print(f"[bold]qllama demo[/]: everything happens in {where}; "

@@ -89,8 +89,10 @@ class Scheduler:
 
     def __init__(self, model, max_sessions: int = 8, queue: int = 16,
                  kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
-        if max_sessions < 1 or queue < 0 or prefill_chunk < 1:
-            raise UsageError("max_sessions and prefill_chunk must be at least 1, queue at least 0")
+        for what, value, least in (("max sessions", max_sessions, 1), ("queue", queue, 0),
+                                   ("prefill chunk", prefill_chunk, 1)):
+            if value < least:
+                raise UsageError(f"{what} is {value}, must be at least {least}")
         self.model = model
         self.max_sessions = max_sessions
         self.queue_limit = queue
