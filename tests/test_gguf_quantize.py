@@ -405,7 +405,8 @@ def test_cli_calibrate_changes_the_k_quants_only(mix_model, tmp_path, capsys):
     out, plain = tmp_path / "c.gguf", tmp_path / "p.gguf"
     assert main(["quantize", str(mix_model), str(out), "--type", "q4_k_m", "--calibrate",
                  str(text)]) == 0
-    assert "importance of each matrix's inputs from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "importance of each matrix's inputs from" in err and "changed nothing" not in err
     assert main(["quantize", str(mix_model), str(plain), "--type", "q4_k_m", "-q"]) == 0
     a = {t.name: t for t in gguf.GGUFReader(out).tensors}
     b = {t.name: t for t in gguf.GGUFReader(plain).tensors}
@@ -413,6 +414,15 @@ def test_cli_calibrate_changes_the_k_quants_only(mix_model, tmp_path, capsys):
         same = np.asarray(t.data).tobytes() == np.asarray(b[name].data).tobytes()
         # the classifier and the norms get no importance (llama-imatrix's default)
         assert same == (t.tensor_type == T.F32 or name in ("output.weight", "token_embd.weight")), name
+
+
+def test_calibrate_says_when_no_tensor_is_a_k_quant(tmp_path, capsys):
+    """stories260K's rows (64 and 172 values) take no 256-value k-quant block."""
+    text = tmp_path / "text.txt"
+    text.write_text("Once upon a time, there was a little girl named Lily. " * 20)
+    assert main(["quantize", str(data("stories260K.bin")), str(tmp_path / "s.gguf"), "--type",
+                 "q4_k_m", "--calibrate", str(text), "-z", str(data("tok512.model"))]) == 0
+    assert "qllama: note: --calibrate changed nothing" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["q8_0", "bin output"])

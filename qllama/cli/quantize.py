@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from ..conversion.llama2c import quantize_file
 from ..conversion.report import Report
@@ -19,6 +20,7 @@ from .console import console, fmt_bytes, progress_bar
 
 GGUF_TYPES = ("q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 CALIBRATED = ("q4_k_m", "q5_k_m", "q6_k")  # the types whose fit an importance matrix weights
+CALIBRATED_TYPES = ("Q4_K", "Q5_K", "Q6_K")  # the GGUF tensor types it weights
 CALIBRATION_LIMIT = 16 << 20  # bytes of text; the forward pass reads its first 4096 tokens
 
 
@@ -72,6 +74,10 @@ def run_gguf(args) -> int:
     with progress_bar("quantizing", args.quiet) as update:
         report = export_gguf(args.input, args.output, args.type or "q8_0", args.tokenizer,
                              args.force, update, threads=args.threads, importance=importance)
+    if importance is not None and not any(t in CALIBRATED_TYPES for t in report.types):
+        # rows too short for a k-quant's 256-value blocks fell back to other types
+        report.notes.append("--calibrate changed nothing: no tensor was written as a k-quant "
+                            "(their rows are not multiples of 256 values)")
     if not args.quiet:
         print_gguf_report(report)
     return 0
@@ -96,12 +102,13 @@ def calibrate(args, folder: bool) -> dict:
         tok = load_tokenizer(tok_path, vocab_size=config.vocab_size)
     text = read_bounded(args.calibrate, CALIBRATION_LIMIT, "a calibration text", UsageError)
     # a folder's fp32 import goes beside OUT (import_hf checks the space for it)
+    t0 = time.perf_counter()
     imp, n = importance(args.input, text.decode("utf-8", errors="replace"), tok,
                         threads=args.threads,
                         scratch=os.path.dirname(os.path.abspath(args.output)))
-    if not args.quiet:
+    if not args.quiet:  # the summary's time is the quantizing's alone
         print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
-              f"{args.calibrate}", file=sys.stderr)
+              f"{args.calibrate} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return imp
 
 
