@@ -296,6 +296,23 @@ def test_truncated_real_file_never_crashes(tmp_path):
             pytest.fail(f"cut at {cut} loaded {tok}")
 
 
+@pytest.mark.parametrize("index,name", [(0, "<unk>"), (1, "<s> (BOS)"), (2, "</s> (EOS)")])
+def test_model_whose_special_piece_is_plain_is_refused(index, name, tmp_path, capsys):
+    """sentencepiece loads tok512.model with <unk>, <s> or </s> retyped NORMAL and gives
+    its id as -1; encoding with BOS then raised from sentencepiece, and a GGUF export
+    failed packing -1 as unsigned: both tracebacks. Refused on loading, in one line."""
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    m = pb.ModelProto()
+    m.ParseFromString(data("tok512.model").read_bytes())
+    m.pieces[index].type = pb.ModelProto.SentencePiece.NORMAL
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(m.SerializeToString())
+    assert cli.main(["tokenizer", "encode", str(path), "hello"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"qllama: error: {path}: a SentencePiece model without {name}; Llama's has "
+                   "<unk>, <s> and </s> as its unknown and control pieces\n")
+
+
 def test_bin_cut_at_a_record_boundary(tmp_path, capsys):
     """tok512.bin cut at 100 bytes holds 7 whole records: every record parses, but the
     header's max_token_length (7) is longer than any piece left, so the file is

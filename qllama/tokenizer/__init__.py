@@ -42,7 +42,7 @@ from ..io.inputs import TOKENIZER_LIMIT, read_bounded
 from .base import StreamDecoder, Tokenizer
 from .gguf import GGUFTokenizer, from_gguf
 from .llama2c import BinTokenizer, export_bin
-from .sentencepiece import SentencePieceTokenizer
+from .sentencepiece import SentencePieceTokenizer, UnusableModel
 
 __all__ = ["load_tokenizer", "find_tokenizer", "from_gguf", "export_bin", "Tokenizer",
            "StreamDecoder", "BinTokenizer", "GGUFTokenizer", "SentencePieceTokenizer"]
@@ -75,6 +75,8 @@ def _from_bytes(path: str, data: bytes) -> Tokenizer:
         return BinTokenizer(path, data)
     try:
         return SentencePieceTokenizer(path, data)
+    except UnusableModel:
+        raise
     except TokenizerError as e:
         first = struct.unpack_from("<i", data, 0)[0]
         raise TokenizerError(f"{e}; nor a llama2.c tokenizer.bin (its max_token_length would be "

@@ -18,6 +18,10 @@ from .base import (
 )
 
 
+class UnusableModel(TokenizerError):
+    """A SentencePiece model that parses but that a Llama model cannot use."""
+
+
 class SentencePieceTokenizer(Tokenizer):
     format = "sentencepiece"
 
@@ -29,6 +33,14 @@ class SentencePieceTokenizer(Tokenizer):
         except Exception as e:  # sentencepiece raises RuntimeError/OSError with its status,
             # UnicodeDecodeError for a piece that is not UTF-8, protobuf its DecodeError
             raise TokenizerError(f"{path}: not a valid SentencePiece model ({_one_line(e)})") from None
+        # sentencepiece loads a model whose <unk>, <s> or </s> is typed as a plain piece,
+        # gives that id as -1 and fails later (encoding with BOS; GGUF's unsigned ids)
+        missing = [name for name, i in (("<unk>", self.unk_id), ("<s> (BOS)", self.bos_id),
+                                        ("</s> (EOS)", self.eos_id)) if i < 0]
+        if missing:
+            raise UnusableModel(f"{path}: a SentencePiece model without {', '.join(missing)}; "
+                                "Llama's has <unk>, <s> and </s> as its unknown and control "
+                                "pieces")
 
     def _read(self, spm, data: bytes) -> None:
         fields = _proto_fields(self.path, data)
