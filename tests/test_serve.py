@@ -541,6 +541,8 @@ def test_chat_replies_by_default_to_the_end_of_what_the_pool_holds(tiny):
         client.chat.completions.create(model="tiny", max_tokens=100,
                                        messages=[{"role": "user", "content": "hi"}])
     assert "more than the whole pool" in e.value.body["message"]
+    assert ("qllama: warning: the KV pool holds 64 positions, fewer than the model's seq_len "
+            "128") in tiny.stderr()  # said when it started
 
 
 def test_chat_accepts_text_parts_and_max_completion_tokens(tiny):

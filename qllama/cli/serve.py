@@ -106,6 +106,10 @@ def serve_command(args) -> int:
     _ = model.tokenizer  # load and check it before listening
     scheduler = Scheduler(model, max_sessions=args.max_sessions, queue=args.queue,
                           kv_memory=args.kv_memory)
+    if scheduler.max_positions < scheduler.seq_len:
+        warnings.warn(f"the KV pool holds {scheduler.max_positions} positions, fewer than the "
+                      f"model's seq_len {scheduler.seq_len}: a request (prompt and answer) is "
+                      "held to that; --kv-memory sets the pool", QllamaWarning, stacklevel=1)
     name = Path(args.model).stem
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
