@@ -208,7 +208,27 @@ def test_closed_pipe_ends_quietly():
     assert p.returncode == 128 + 13 and p.stderr == b""
 
 
-def test_unknown_option_shows_the_commands_usage(tiny):
+def test_closed_pipe_under_rich_ends_quietly_too():
+    """info prints through rich, which would exit 1 on its own."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "qllama", "info", str(data("stories260K.bin"))],
+                           stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 128 + 13 and p.stderr == b""
+
+
+def test_unknown_option_shows_the_commands_usage(tiny, capsys):
     r = run_cli(tiny, "--no-such-flag")
     assert r.returncode == 2 and "qllama run: error: unrecognized arguments: --no-such-flag" \
         in r.stderr and "usage: qllama run" in r.stderr
+    for argv, usage in ((["tokenizer", "encode", str(data("tok512.bin")), "hi", "--x"],
+                         "usage: qllama tokenizer encode"),  # a command's own action
+                        (["--x", "info", "--cpu"], "usage: qllama [-h]")):  # before the command
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert err.startswith(usage) and "unrecognized arguments: --x" in err, err

@@ -5,6 +5,7 @@ the library's warnings one line each."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -37,16 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    for command in sub.choices.values():  # so that main can report on its own usage line
-        command.set_defaults(command_parser=command)
+    _name_parsers(parser)
     return parser
+
+
+def _name_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser as `command_parser` in its namespace, the innermost
+    winning, so that main can show the usage of the command that was given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(command_parser=command)
+                _name_parsers(command)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage, not the command's
-        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        given = argv if argv is not None else sys.argv[1:]
+        before = given.index(args.command) if args.command in given else 0
+        owner = parser if any(u in given[:before] for u in unknown) else \
+            getattr(args, "command_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         # A model file truncated while mapped: one line, not a bus error and a core dump.
         with bus_errors_reported(), warnings.catch_warnings():
@@ -59,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout's reader went away (`qllama run ... | head`): stop quietly, with the
         # status of a program a SIGPIPE ended, and let nothing flush into the closed pipe
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # not a real file in-process
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
     except OSError as e:  # disk full, permissions, ... on a path the command chose
         where = f"{e.filename}: " if e.filename else ""

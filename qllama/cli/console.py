@@ -14,11 +14,19 @@ from rich.console import Console
 UNWRAPPED_WIDTH = 10_000  # wide enough for any line qllama prints
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 here; main stops quietly with SIGPIPE's status instead, as for
+        # the commands that print without rich
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console(stderr: bool = False) -> Console:
-    c = Console(stderr=stderr)
+    c = _Console(stderr=stderr)
     if c.is_terminal:
         return c
-    return Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
+    return _Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
 
 
 @contextlib.contextmanager
