@@ -5,6 +5,7 @@ refusals, atomic outputs, round trips."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -147,6 +148,23 @@ def test_tokenizer_written_beside_output(tmp_path):
     assert ModelFile(tmp_path / "m.bin").config.version == 1
 
 
+def test_unusable_tokenizer_is_left_behind_with_a_warning(tmp_path, capsys):
+    """A tokenizer.model whose <s> is a plain piece: the weights import, the tokenizer
+    stays behind (said once), as one of the wrong size does."""
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    folder = tmp_path / "hf"
+    shutil.copytree(shared_hf("hfa"), folder)
+    m = pb.ModelProto()
+    m.ParseFromString((folder / "tokenizer.model").read_bytes())
+    m.pieces[1].type = pb.ModelProto.SentencePiece.NORMAL
+    (folder / "tokenizer.model").write_bytes(m.SerializeToString())
+    out = tmp_path / "out" / "m.bin"
+    out.parent.mkdir()
+    assert main(["import", str(folder), str(out), "-q"]) == 0
+    assert "without a BOS piece" in capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.bin"]
+
+
 # ---------------------------------------------------------------------------
 # The rotary permutation: imported files compute what transformers computes
 
@@ -267,6 +285,8 @@ def test_export_hf_folder_rules(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert main(["export", str(tmp_path / "m.bin"), str(tmp_path / "q"), "--to", "hf",
                  "--type", "q8_0"]) == 1
+    assert main(["export", str(tmp_path / "m.bin"), str(tmp_path / "q"), "--to", "hf",
+                 "--threads", "2"]) == 1
     assert leftovers(tmp_path) == []
 
 

@@ -296,7 +296,7 @@ def test_truncated_real_file_never_crashes(tmp_path):
             pytest.fail(f"cut at {cut} loaded {tok}")
 
 
-@pytest.mark.parametrize("index,name", [(0, "<unk>"), (1, "<s> (BOS)"), (2, "</s> (EOS)")])
+@pytest.mark.parametrize("index,name", [(0, "an unknown"), (1, "a BOS"), (2, "an EOS")])
 def test_model_whose_special_piece_is_plain_is_refused(index, name, tmp_path, capsys):
     """sentencepiece loads tok512.model with <unk>, <s> or </s> retyped NORMAL and gives
     its id as -1; encoding with BOS then raised from sentencepiece, and a GGUF export
@@ -309,8 +309,8 @@ def test_model_whose_special_piece_is_plain_is_refused(index, name, tmp_path, ca
     path.write_bytes(m.SerializeToString())
     assert cli.main(["tokenizer", "encode", str(path), "hello"]) == 1
     err = capsys.readouterr().err
-    assert err == (f"qllama: error: {path}: a SentencePiece model without {name}; Llama's has "
-                   "<unk>, <s> and </s> as its unknown and control pieces\n")
+    assert err == (f"qllama: error: {path}: a SentencePiece model without {name} piece; a "
+                   "Llama tokenizer has all three (<unk>, <s>, </s>)\n")
 
 
 def test_bin_cut_at_a_record_boundary(tmp_path, capsys):

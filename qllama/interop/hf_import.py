@@ -58,10 +58,14 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
     path = os.path.join(folder, "tokenizer.model")
     if not os.path.lexists(path):
         return []
-    from ..tokenizer import SentencePieceTokenizer
+    from ..tokenizer import SentencePieceTokenizer, UnusableModel
     from ..tokenizer.llama2c import bin_bytes
     model_bytes = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError)
-    tok = SentencePieceTokenizer(path, model_bytes)
+    try:
+        tok = SentencePieceTokenizer(path, model_bytes)
+    except UnusableModel as e:  # the weights are still worth importing
+        warnings.warn(f"{e}: not copied beside the output", QllamaWarning, stacklevel=3)
+        return []
     if tok.vocab_size != config.vocab_size:
         warnings.warn(f"{path} has {tok.vocab_size} pieces but the model's vocabulary is "
                       f"{config.vocab_size}: not copied beside the output", QllamaWarning,

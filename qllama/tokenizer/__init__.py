@@ -45,7 +45,8 @@ from .llama2c import BinTokenizer, export_bin
 from .sentencepiece import SentencePieceTokenizer, UnusableModel
 
 __all__ = ["load_tokenizer", "find_tokenizer", "from_gguf", "export_bin", "Tokenizer",
-           "StreamDecoder", "BinTokenizer", "GGUFTokenizer", "SentencePieceTokenizer"]
+           "StreamDecoder", "BinTokenizer", "GGUFTokenizer", "SentencePieceTokenizer",
+           "UnusableModel"]
 
 
 def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:

@@ -35,12 +35,11 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(f"{path}: not a valid SentencePiece model ({_one_line(e)})") from None
         # sentencepiece loads a model whose <unk>, <s> or </s> is typed as a plain piece,
         # gives that id as -1 and fails later (encoding with BOS; GGUF's unsigned ids)
-        missing = [name for name, i in (("<unk>", self.unk_id), ("<s> (BOS)", self.bos_id),
-                                        ("</s> (EOS)", self.eos_id)) if i < 0]
+        missing = [role for role, i in (("an unknown", self.unk_id), ("a BOS", self.bos_id),
+                                        ("an EOS", self.eos_id)) if i < 0]
         if missing:
-            raise UnusableModel(f"{path}: a SentencePiece model without {', '.join(missing)}; "
-                                "Llama's has <unk>, <s> and </s> as its unknown and control "
-                                "pieces")
+            raise UnusableModel(f"{path}: a SentencePiece model without {' or '.join(missing)} "
+                                "piece; a Llama tokenizer has all three (<unk>, <s>, </s>)")
 
     def _read(self, spm, data: bytes) -> None:
         fields = _proto_fields(self.path, data)
