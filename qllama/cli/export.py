@@ -19,6 +19,9 @@ def run(args) -> int:
             if args.type == "q8_0":
                 raise UsageError("--to hf writes f32, f16 or bf16 weights (transformers has no "
                                  "Q8_0); use --to gguf for Q8_0")
+            if args.threads is not None:
+                raise UsageError("--threads is for --to gguf, which quantizes; --to hf "
+                                 "converts on one thread")
             report = export_hf(args.input, args.output, args.type or "f32", args.tokenizer,
                                args.force, update)
         else:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import QllamaWarning, UsageError
 from ..threads import add_threads_argument
+from .console import fmt_bytes
 from .run import add_kv_argument, add_tokenizer_argument
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -118,8 +119,8 @@ def serve_command(args) -> int:
 
     def ready():
         print(f"qllama: serving {name} at {url}/v1 ({args.max_sessions} sessions, queue "
-              f"{args.queue}, KV pool {pool.pages} pages, {pool.page_bytes * pool.pages >> 20} "
-              f"MB, kernels {model.variant}, {model.threads} threads)", flush=True)
+              f"{args.queue}, KV pool {pool.pages} pages, {fmt_bytes(pool.page_bytes * pool.pages)}"
+              f", kernels {model.variant}, {model.threads} threads)", flush=True)
 
     config = uvicorn.Config(create_app(scheduler, model, name, api_key=args.api_key),
                             log_level="warning", access_log=False, lifespan="off")
