@@ -8,10 +8,11 @@ from .threads import configure_openmp
 
 configure_openmp()  # before any kernel module loads libgomp
 
+from ._kernels.sigbus import bus_errors_reported  # noqa: E402
 from .errors import FormatError, QllamaError, TokenizerError, UsageError  # noqa: E402
 from .model import load  # noqa: E402
 from .tokenizer import load_tokenizer  # noqa: E402
 
-__all__ = ["load", "load_tokenizer", "QllamaError", "FormatError", "TokenizerError",
-           "UsageError"]
+__all__ = ["load", "load_tokenizer", "bus_errors_reported", "QllamaError", "FormatError",
+           "TokenizerError", "UsageError"]
 __version__ = "0.1.0"

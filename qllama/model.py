@@ -8,6 +8,7 @@ per block of prompt tokens and one per generated token.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .threads import ThreadGovernor, resolve_threads
 
 PREFILL_BLOCK = 64  # prompt tokens per engine call: each weight row is read once per block
 KV_TYPES = ("f16", "f32")
+DEFAULT_STEPS = 256  # run.c's -n
 
 
 def token_array(ids, vocab_size: int) -> np.ndarray:
@@ -75,13 +77,26 @@ class Session:
         self.vocab = model.spec.vocab_size
         self._last = np.empty((1, self.vocab), np.float32)
         self._none = np.empty((0, self.vocab), np.float32)
+        self._running = threading.Lock()
 
     @property
     def capacity(self) -> int:
         return self.engine.capacity
 
     def feed(self, tokens, all_logits: bool = False) -> np.ndarray:
-        """Run tokens at the next positions; the last prediction (vocab,) or all (T, vocab)."""
+        """Run tokens at the next positions; the last prediction (vocab,) or all (T, vocab).
+        The last prediction is the session's own buffer, overwritten by the next feed (no
+        copy per token): copy it to keep it. A session is one sequence: feeding it from
+        two threads at once is refused (each thread can have its own session)."""
+        if not self._running.acquire(blocking=False):
+            raise UsageError("this session is being fed on another thread; a session is one "
+                             "sequence, so give each thread its own")
+        try:
+            return self._feed(tokens, all_logits)
+        finally:
+            self._running.release()
+
+    def _feed(self, tokens, all_logits: bool) -> np.ndarray:
         tokens = token_array(tokens, self.vocab)
         n = len(tokens)
         if self.pos + n > self.capacity:
@@ -146,6 +161,8 @@ class Model:
         return self._tokenizer
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise UsageError(f"text to encode is a str or bytes, got {type(text).__name__}")
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids) -> str:
@@ -153,6 +170,13 @@ class Model:
 
     # -- engine ----------------------------------------------------------------
     def session(self, capacity: int | None = None) -> Session:
+        """A new sequence of up to `capacity` positions (None or 0: the model's seq_len)."""
+        if self.weights is None:
+            raise UsageError(f"{self.path}: the model is closed")
+        if capacity is not None and (not isinstance(capacity, (int, np.integer))
+                                     or isinstance(capacity, bool) or capacity < 0):
+            raise UsageError(f"a session's capacity is a whole number of positions >= 0, "
+                             f"got {capacity!r}")
         seq_len = self.spec.seq_len
         return Session(self, min(seq_len, capacity or seq_len))
 
@@ -163,24 +187,26 @@ class Model:
             raise UsageError(f"{len(ids)} tokens exceed seq_len {self.spec.seq_len}")
         return self.session(len(ids)).feed(ids, all_logits=True)
 
-    def generate_ids(self, prompt_ids: list[int], steps: int = 256, temperature: float = 1.0,
-                     top_p: float = 0.9, seed: int | None = None,
+    def generate_ids(self, prompt_ids: list[int], steps: int | None = None,
+                     temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None,
                      stats: Stats | None = None, session: Session | None = None,
                      sampler: Sampler | None = None, stop=None) -> Iterator[int]:
         """Sampled token ids after prompt_ids, as llama2.c's run.c: `steps` counts
         positions including the prompt (0 = seq_len; fewer than the prompt: nothing
-        is generated); stop at BOS or EOS. A chat passes its `session` (KV cache kept
-        between turns) and `sampler`. Arguments are checked now, not at the first
-        token."""
+        is generated; None: run.c's 256, or with a session all it has left); stop at BOS
+        or EOS. A chat passes its `session` (KV cache kept between turns) and `sampler`.
+        Arguments are checked now, not at the first token."""
+        if steps is None:
+            steps = 0 if session is not None else DEFAULT_STEPS
         check_sampling(temperature, top_p, steps, seed)
         seq_len = self.spec.seq_len
         prompt = token_array(prompt_ids, self.spec.vocab_size)
+        if steps and steps < len(prompt):
+            return iter(())
         if session is None:
             if len(prompt) > seq_len:
                 raise UsageError(f"prompt is {len(prompt)} tokens, longer than the "
                                  f"model's seq_len {seq_len}")
-            if steps and steps < len(prompt):
-                return iter(())
             session = self.session(max(len(prompt), min(steps or seq_len, seq_len)))
         if session.pos + len(prompt) > session.capacity:
             raise UsageError(f"prompt of {len(prompt)} tokens does not fit in the "
@@ -190,19 +216,20 @@ class Model:
         if sampler is None:
             stats.seed = default_seed() if seed is None else seed
             sampler = self.sampler(temperature, top_p, stats.seed)
-        return self._generate(prompt, session, sampler, stats, stop)
+        # the last token is sampled, not run: one more than the positions left
+        room = session.capacity - session.pos - len(prompt) + 1
+        return self._generate(prompt, session, sampler, stats, stop,
+                              min(room, steps - len(prompt) + 1) if steps else room)
 
     def _generate(self, prompt: np.ndarray, session: Session, sampler: Sampler,
-                  stats: Stats, stop) -> Iterator[int]:
+                  stats: Stats, stop, most: int) -> Iterator[int]:
         stats.tokens.extend(prompt.tolist())
         t0 = time.perf_counter()
         logits = session.feed(prompt)
         t1 = time.perf_counter()
         stats.prompt_tokens += len(prompt)
         stats.prompt_seconds += t1 - t0
-        # the last token is sampled, not run: one more than the positions left
-        gen = Generation(self, prompt, session.capacity - session.pos + 1, sampler,
-                         stop_ids=stop, text=False)
+        gen = Generation(self, prompt, most, sampler, stop_ids=stop, text=False)
         first = True
         while True:
             token = gen.next_token(logits)
@@ -222,13 +249,18 @@ class Model:
     def sampler(self, temperature: float, top_p: float, seed: int) -> Sampler:
         return Sampler(self.spec.vocab_size, temperature, top_p, seed)
 
-    def generate(self, prompt: str = "", steps: int = 256, temperature: float = 1.0,
+    def generate(self, prompt: str = "", steps: int = DEFAULT_STEPS, temperature: float = 1.0,
                  top_p: float = 0.9, seed: int | None = None,
                  stats: Stats | None = None) -> Iterator[str]:
-        """Yield the text pieces generated after `prompt` (the prompt itself is not repeated)."""
+        """Yield the text pieces generated after `prompt` (the prompt itself is not repeated).
+        Arguments are checked now, as generate_ids checks them."""
         ids = self.encode(prompt, bos=True)
-        stream = self.text_stream(ids)
-        for token in self.generate_ids(ids, steps, temperature, top_p, seed, stats):
+        return self._pieces(self.text_stream(ids),
+                            self.generate_ids(ids, steps, temperature, top_p, seed, stats))
+
+    @staticmethod
+    def _pieces(stream, tokens) -> Iterator[str]:
+        for token in tokens:
             piece = stream.feed(token)
             if piece:
                 yield piece

@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .errors import UsageError
 
 
 def check_sampling(temperature: float, top_p: float, steps: int, seed: int | None = None) -> None:
+    for name, value, kinds in (("temperature", temperature, (int, float, np.number)),
+                               ("top-p", top_p, (int, float, np.number)),
+                               ("steps", steps, (int, np.integer)),
+                               ("seed", 1 if seed is None else seed, (int, np.integer))):
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise UsageError(f"{name} must be a {'whole ' if name in ('steps', 'seed') else ''}"
+                             f"number, got {value!r}")
     if not 0 <= temperature < float("inf"):
         raise UsageError(f"temperature must be >= 0 and finite, got {temperature}")
     if not 0 <= top_p <= 1:

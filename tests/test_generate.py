@@ -72,6 +72,39 @@ def test_api_generate_and_logits():
     assert model.decode(ids) == "Once upon a time"
 
 
+def test_api_steps_bound_a_session_too():
+    """steps counts this call's positions, prompt included, with a session as without
+    (it was ignored with one, and generation ran until the session was full)."""
+    model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
+    s = model.session(100)
+    assert len(list(model.generate_ids([1, 403], steps=10, temperature=0, session=s))) == 9
+    assert s.pos == 10  # the last one is sampled, not run
+    rest = list(model.generate_ids([403], temperature=0, session=s))
+    assert len(rest) == 100 - 11 + 1 and s.pos == 100  # stories260K never says EOS
+    assert list(model.generate_ids([1, 403, 404], steps=2, temperature=0)) == []
+
+
+def test_api_refusals_are_usage_errors():
+    model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
+    for call in (lambda: model.session(-1), lambda: model.session(2.5),
+                 lambda: model.generate_ids([1], steps=8.0), lambda: model.generate_ids([1], steps="8"),
+                 lambda: model.generate_ids([1], temperature="0"), lambda: model.encode(None),
+                 lambda: model.generate("x", steps=-1)):  # checked before the first piece
+        with pytest.raises(qllama.UsageError):
+            call()
+    s = model.session(8)
+    s._running.acquire()  # as while another thread feeds it
+    with pytest.raises(qllama.UsageError, match="being fed on another thread"):
+        s.feed([1])
+    s._running.release()
+    assert s.feed([1]).shape == (512,)
+    model.close()
+    for call in (lambda: model.session(), lambda: model.logits([1]),
+                 lambda: model.generate_ids([1], steps=4)):
+        with pytest.raises(qllama.UsageError, match="the model is closed"):
+            call()
+
+
 def test_chat_reads_turns_from_a_pipe():
     # stories260K never says EOS, so its first answer runs until the context is full
     r = run_cli(data("stories260K.bin"), "-z", data("tok512.bin"), "-m", "chat", "-t", "0",
