@@ -166,7 +166,8 @@ class Model:
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids) -> str:
-        return self.tokenizer.decode(list(ids))
+        ids = list(ids)
+        return self.tokenizer.decode(token_array(ids, self.spec.vocab_size).tolist()) if ids else ""
 
     # -- engine ----------------------------------------------------------------
     def session(self, capacity: int | None = None) -> Session:

@@ -36,6 +36,8 @@ def resolve_threads(requested: int | None = None) -> int:
         except AttributeError:  # not Linux
             n = os.cpu_count() or 1
         return min(max(1, n), MAX_THREADS)
+    if isinstance(requested, bool) or not hasattr(requested, "__index__"):
+        raise UsageError(f"thread count must be a whole number, got {requested!r}")
     if not 1 <= requested <= MAX_THREADS:
         raise UsageError(f"thread count must be in 1..{MAX_THREADS}, got {requested}")
     return requested

@@ -89,7 +89,9 @@ def test_api_refusals_are_usage_errors():
     for call in (lambda: model.session(-1), lambda: model.session(2.5),
                  lambda: model.generate_ids([1], steps=8.0), lambda: model.generate_ids([1], steps="8"),
                  lambda: model.generate_ids([1], temperature="0"), lambda: model.encode(None),
-                 lambda: model.generate("x", steps=-1)):  # checked before the first piece
+                 lambda: model.generate("x", steps=-1),  # checked before the first piece
+                 lambda: model.decode("ab"), lambda: model.decode([1.5]),
+                 lambda: qllama.load(data("stories260K.bin"), threads=1.5)):
         with pytest.raises(qllama.UsageError):
             call()
     s = model.session(8)
@@ -98,6 +100,7 @@ def test_api_refusals_are_usage_errors():
         s.feed([1])
     s._running.release()
     assert s.feed([1]).shape == (512,)
+    assert model.decode([]) == "" and model.decode(np.array([403, 404])) == model.decode([403, 404])
     model.close()
     for call in (lambda: model.session(), lambda: model.logits([1]),
                  lambda: model.generate_ids([1], steps=4)):
