@@ -1,5 +1,6 @@
 """`qllama run` and the Python API on the real stories260K model, run.c's outputs as
 the reference; bad input gives one line on stderr and exit 1."""
+import gc
 import itertools
 import json
 import os
@@ -106,6 +107,26 @@ def test_api_refusals_are_usage_errors():
                  lambda: model.generate_ids([1], steps=4)):
         with pytest.raises(qllama.UsageError, match="the model is closed"):
             call()
+
+
+def test_close_with_a_session_alive_unmaps_when_it_goes(tmp_path):
+    """close() cannot unmap under a live session; the map then goes with the session
+    (the model kept it until it was closed again or deleted)."""
+    path = tmp_path / "m.bin"
+    path.write_bytes(data("stories260K.bin").read_bytes())
+
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return sum(str(path) in line for line in f)
+
+    model = qllama.load(path, tokenizer=data("tok512.bin"), threads=1)
+    s = model.session(8)
+    s.feed([1])
+    model.close()
+    assert mapped() == 1 and s.feed([403]).shape == (512,)  # the session still works
+    del s
+    gc.collect()
+    assert mapped() == 0
 
 
 def test_chat_reads_turns_from_a_pipe():

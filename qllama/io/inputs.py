@@ -83,10 +83,13 @@ class Mapped:
 
     def close(self) -> None:
         self.buffer = None
+        m, self._map = getattr(self, "_map", None), None
+        if m is None:
+            return
         try:
-            self._map.close()
+            m.close()
         except BufferError:
-            pass  # views still alive elsewhere; the map closes when they go
+            pass  # views still alive elsewhere (a session's): the map goes with the last
 
     def __enter__(self):
         return self
