@@ -147,13 +147,13 @@ class Model:
     # -- tokenizer -------------------------------------------------------------
     @property
     def tokenizer(self):
-        if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
+        if self._tokenizer is None or isinstance(self._tokenizer, (str, bytes, os.PathLike)):
             from .formats.gguf_reader import GGUFModel
             from .tokenizer import find_tokenizer, from_gguf, load_tokenizer
             if self._tokenizer is None and isinstance(self.file, GGUFModel):
                 self._tokenizer = from_gguf(self.file)  # the file's own vocabulary
             else:
-                path = self._tokenizer or find_tokenizer(self.path)
+                path = os.fsdecode(self._tokenizer or find_tokenizer(self.path))
                 self._tokenizer = load_tokenizer(path, vocab_size=self.spec.vocab_size)
         elif self._tokenizer.vocab_size != self.spec.vocab_size:
             raise TokenizerError(f"tokenizer has {self._tokenizer.vocab_size} tokens, model "

@@ -102,6 +102,8 @@ def test_api_refusals_are_usage_errors():
     s._running.release()
     assert s.feed([1]).shape == (512,)
     assert model.decode([]) == "" and model.decode(np.array([403, 404])) == model.decode([403, 404])
+    as_bytes = qllama.load(data("stories260K.bin"), tokenizer=bytes(data("tok512.bin")), threads=1)
+    assert as_bytes.encode("Once") == model.encode("Once")
     model.close()
     for call in (lambda: model.session(), lambda: model.logits([1]),
                  lambda: model.generate_ids([1], steps=4)):

@@ -95,4 +95,4 @@ def find_tokenizer(model_path: str) -> str:
                 return candidate
             tried.append(candidate)
     raise TokenizerError("no tokenizer found (looked for " + ", ".join(tried)
-                         + "); pass one with -z/--tokenizer")
+                         + "); pass one with -z/--tokenizer (tokenizer= to qllama.load)")
