@@ -286,6 +286,12 @@ class Model:
     def __exit__(self, *exc):
         self.close()
 
+    def __repr__(self) -> str:
+        s = self.spec
+        state = "closed" if self.weights is None else f"kernels {self.variant}"
+        return (f"<qllama.Model {self.path}: dim {s.dim}, {s.n_layers} layers, vocab "
+                f"{s.vocab_size}, seq_len {s.seq_len}; {state}, {self.threads} thread(s)>")
+
 
 def load(path, tokenizer=None, threads: int | None = None, variant: str | None = None,
          kv: str = "f16") -> Model:

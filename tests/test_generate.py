@@ -104,7 +104,10 @@ def test_api_refusals_are_usage_errors():
     assert model.decode([]) == "" and model.decode(np.array([403, 404])) == model.decode([403, 404])
     as_bytes = qllama.load(data("stories260K.bin"), tokenizer=bytes(data("tok512.bin")), threads=1)
     assert as_bytes.encode("Once") == model.encode("Once")
+    assert repr(model).endswith("dim 64, 5 layers, vocab 512, seq_len 512; kernels "
+                                f"{model.variant}, 1 thread(s)>")
     model.close()
+    assert "closed" in repr(model)
     for call in (lambda: model.session(), lambda: model.logits([1]),
                  lambda: model.generate_ids([1], steps=4)):
         with pytest.raises(qllama.UsageError, match="the model is closed"):
