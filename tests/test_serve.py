@@ -453,6 +453,43 @@ def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
         assert r.status_code == 503 and r.json()["error"] == "RuntimeError: x"
 
 
+def test_a_body_that_stops_coming_or_is_abandoned(caplog):
+    """A client that stops mid-body gets 408 after body_seconds (it held its handler, and
+    a SIGTERM's graceful shutdown, for ever); one that hangs up mid-body is dropped
+    without an error logged (a traceback was)."""
+    model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
+                                  encode=lambda text, bos=True: [1])
+    app = create_app(FailingScheduler(), model, "fake", body_seconds=0.3)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/completions",
+             "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def call(then):
+        sent, first = [], [{"type": "http.request", "body": b'{"prompt":', "more_body": True}]
+
+        async def receive():
+            return first.pop() if first else await then()
+
+        async def send(message):
+            sent.append(message)
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return sent
+
+    async def silence():
+        await asyncio.sleep(60)
+
+    async def hang_up():
+        return {"type": "http.disconnect"}
+
+    sent = asyncio.run(call(silence))
+    assert sent[0]["status"] == 408 and b"within 0.3 s" in sent[1]["body"]
+    sent = asyncio.run(call(hang_up))
+    assert sent[0]["status"] == 499 and not caplog.records
+
+
 # -- faults ------------------------------------------------------------------------------
 def assert_error(r: httpx.Response, status: int, message: str, param=None):
     assert r.status_code == status, r.text
@@ -496,8 +533,14 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "stream": "yes"}', 400, "stream must be true or false", "stream"),
     (b'{"prompt": "a", "stream_options": {"include_usage": 1}}', 400,
      "include_usage must be true or false", "stream_options.include_usage"),
-    (b'{"prompt": "a", "temperature": 1e400}', 400, "temperature must be a number",
+    (b'{"prompt": "a", "temperature": 1e400}', 400, "temperature must be a finite number",
      "temperature"),
+    (b'{"prompt": "a", "top_p": 1' + b"0" * 400 + b'}', 400, "top_p must be a finite number",
+     "top_p"),  # an integer past float's range (a 500: OverflowError)
+    (b'{"prompt": "a", "seed": 1' + b"0" * 400 + b'}', 400,
+     "seed must be in 1..18446744073709551615, got 1" + "0" * 36 + "...", "seed"),  # cut
+    (b'{"prompt": "a", "response_format": {"type": "json_object"}}', 400,
+     "response_format is not supported", "response_format"),
     (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
     (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
     (b'{"prompt": "a", "logprobs": 3}', 400, "logprobs is not supported", "logprobs"),

@@ -64,6 +64,7 @@ UNSUPPORTED = {
     "suffix": lambda v: v == "", "logit_bias": lambda v: v == {},
     "presence_penalty": _zero, "frequency_penalty": _zero, "tools": lambda v: v == [],
     "functions": lambda v: v == [], "tool_choice": lambda v: v == "none",
+    "response_format": lambda v: v == {"type": "text"},
 }
 
 
@@ -80,15 +81,27 @@ class Params:
     stop: tuple
 
 
+def _shown(v) -> str:
+    """A value as a message quotes it: JSON, cut at 40 characters (5000-digit numbers)."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float:
     v = body.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ApiError(400, f"{key} must be a number, got {json.dumps(v)[:40]}", param=key)
-    if not lo <= v <= hi:
-        raise ApiError(400, f"{key} must be in [{lo:g}, {hi:g}], got {v}", param=key)
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ApiError(400, f"{key} must be a number, got {_shown(v)}", param=key)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past float's range
+        f = math.inf
+    if not math.isfinite(f):
+        raise ApiError(400, f"{key} must be a finite number, got {_shown(v)}", param=key)
+    if not lo <= f <= hi:
+        raise ApiError(400, f"{key} must be in [{lo:g}, {hi:g}], got {_shown(v)}", param=key)
+    return f
 
 
 def _integer(body: dict, key: str, lo: int, hi: int) -> int | None:
@@ -96,16 +109,16 @@ def _integer(body: dict, key: str, lo: int, hi: int) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ApiError(400, f"{key} must be an integer, got {json.dumps(v)[:40]}", param=key)
+        raise ApiError(400, f"{key} must be an integer, got {_shown(v)}", param=key)
     if not lo <= v <= hi:
-        raise ApiError(400, f"{key} must be in {lo}..{hi}, got {v}", param=key)
+        raise ApiError(400, f"{key} must be in {lo}..{hi}, got {_shown(v)}", param=key)
     return v
 
 
 def _flag(body: dict, key: str, where: str = "") -> bool:
     v = body.get(key)
     if v is not None and not isinstance(v, bool):
-        raise ApiError(400, f"{where}{key} must be true or false, got {json.dumps(v)[:40]}",
+        raise ApiError(400, f"{where}{key} must be true or false, got {_shown(v)}",
                        param=where + key)
     return bool(v)
 

@@ -15,6 +15,7 @@ import os
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -24,16 +25,17 @@ from .api import ApiError, Reply, chat_messages, completion_prompt, error_body, 
 from .scheduler import Busy, Event
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context fits well within it
+BODY_SECONDS = 30  # to receive a request's whole body
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: end the connection
 _GONE = Event(finish_reason="disconnected")  # what the queue gets when the client leaves
 
 
 def create_app(scheduler, model, model_name: str, api_key: str | None = None,
-               max_body: int = MAX_BODY) -> Starlette:
+               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS) -> Starlette:
     """The ASGI app serving `model` (under `model_name`) through `scheduler` (started by
     the caller). With `api_key`, /v1/ requires `Authorization: Bearer <api_key>`."""
-    api = _Api(scheduler, model, model_name, api_key, max_body)
+    api = _Api(scheduler, model, model_name, api_key, max_body, body_seconds)
     routes = [
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -42,7 +44,8 @@ def create_app(scheduler, model, model_name: str, api_key: str | None = None,
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
-    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
+    handlers = {ApiError: _api_error, HTTPException: _http_error, _Gone: _gone,
+                Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.api = api
     return app
@@ -54,6 +57,14 @@ def _error_response(status: int, body: dict, headers=None) -> JSONResponse:
 
 async def _api_error(request, exc: ApiError) -> JSONResponse:
     return _error_response(exc.status, exc.body(), exc.headers)
+
+
+class _Gone(Exception):
+    """The client went away before its request's body had all arrived."""
+
+
+async def _gone(request, exc: _Gone) -> Response:
+    return Response(status_code=499)  # nobody reads this (not a server error to log)
 
 
 async def _http_error(request, exc: HTTPException) -> JSONResponse:
@@ -72,12 +83,12 @@ async def _internal_error(request, exc: Exception) -> JSONResponse:
 class _Api:
     """The handlers, and the counters /metrics adds to the scheduler's."""
 
-    def __init__(self, scheduler, model, model_name, api_key, max_body):
+    def __init__(self, scheduler, model, model_name, api_key, max_body, body_seconds):
         self.scheduler = scheduler
         self.model = model
         self.model_name = model_name
         self.key = api_key.encode() if api_key else None
-        self.max_body = max_body
+        self.max_body, self.body_seconds = max_body, body_seconds
         self.seq_len = model.config.seq_len
         self.created = int(os.stat(model.path).st_mtime)
         self.rejected_busy = 0
@@ -105,11 +116,24 @@ class _Api:
                                     f"{self.max_body}", code="request_too_large",
                                headers=_CLOSE)
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > self.max_body:
-                raise ApiError(413, f"the request body exceeds the limit of {self.max_body} "
-                                    "bytes", code="request_too_large", headers=_CLOSE)
+
+        async def read() -> None:
+            async for chunk in request.stream():
+                data.extend(chunk)
+                if len(data) > self.max_body:
+                    raise ApiError(413, f"the request body exceeds the limit of "
+                                        f"{self.max_body} bytes", code="request_too_large",
+                                   headers=_CLOSE)
+
+        try:
+            # a client that stops mid-body would hold a handler, and a SIGTERM's
+            # graceful shutdown that waits for it, for ever
+            await asyncio.wait_for(read(), self.body_seconds)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.body_seconds:g} s",
+                           code="request_timeout", headers=_CLOSE) from None
+        except ClientDisconnect:
+            raise _Gone from None
         return parse_json(bytes(data))
 
     # -- generation ----------------------------------------------------------------
