@@ -162,7 +162,9 @@ class StreamDecoder:
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
-        self.pending = b""           # bytes not yet decodable (an incomplete character)
+        # bytes not yet decodable (an incomplete character); a bytearray, as a run of a
+        # million byte pieces grows it piece by piece (bytes += was quadratic: 11 s)
+        self.pending = bytearray()
         self.produced = False        # any text (or byte) produced so far
         self.is_bos_ws = True
         self.bos_ws_seen = False
@@ -204,15 +206,15 @@ class StreamDecoder:
                 self.produced = True
                 out.append(utf8_decode(piece)[0])
         if self.pending:
-            text, used = utf8_decode(self.pending, final=False)
-            self.pending = self.pending[used:]
+            text, used = utf8_decode(bytes(self.pending), final=False)
+            del self.pending[:used]
             out.append(text)
         return "".join(out)
 
     def flush(self) -> str:
         """Text of a trailing incomplete byte sequence (U+FFFD per byte)."""
-        text, _ = utf8_decode(self.pending)
-        self.pending = b""
+        text, _ = utf8_decode(bytes(self.pending))
+        self.pending.clear()
         return text
 
 
