@@ -2,6 +2,8 @@
 decoding, streaming, export byte-identity and bad files."""
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -479,3 +481,18 @@ def test_kernel_matches_python_twin(vocab, text, byte_fallback):
         m.normalizer_spec.remove_extra_whitespaces = False
         sp = spm.SentencePieceProcessor(model_proto=m.SerializeToString())
         assert ids == sp.encode(text)
+
+
+def test_cli_encode_reads_argument_bytes_as_stdin_and_prints_on_any_terminal():
+    """An invalid byte in the argument is one U+FFFD, as on stdin and in SentencePiece
+    (Python's argv holds it as a surrogate: three); a stdout that cannot show '▁' gets an
+    escape, not a UnicodeEncodeError."""
+    tok = str(data("tokenizer.bin"))
+    cmd = [sys.executable, "-m", "qllama", "tokenizer", "encode", tok]
+    arg = subprocess.run(cmd + [b"a\xffb"], capture_output=True)
+    piped = subprocess.run(cmd, input=b"a\xffb", capture_output=True)
+    assert arg.returncode == 0 and arg.stdout.splitlines()[0] == b"1 263 30140 29890"
+    assert arg.stdout == piped.stdout
+    r = subprocess.run(cmd + ["hello world"], capture_output=True,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and b"'\\u2581hello'" in r.stdout, r.stderr

@@ -53,6 +53,9 @@ def _name_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a terminal or pipe that cannot show a character gets an escape, not a traceback
+    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper in-process
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage, not the command's

@@ -71,9 +71,10 @@ def _pieces(tok, ids) -> list[str]:
 
 def cmd_encode(args) -> int:
     tok = load_tokenizer(args.tokenizer)
-    text = args.text
-    if text is None:
-        text = utf8_decode(sys.stdin.buffer.read())[0]
+    # as bytes, then decoded as SentencePiece decodes them (U+FFFD per invalid byte):
+    # Python's argv holds an invalid byte as a lone surrogate, which is three bytes
+    raw = sys.stdin.buffer.read() if args.text is None else os.fsencode(args.text)
+    text = utf8_decode(raw)[0]
     ids = tok.encode(text, bos=args.bos, eos=args.eos)
     pieces = _pieces(tok, ids)
     if args.json:
