@@ -161,8 +161,6 @@ class Model:
         return self._tokenizer
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise UsageError(f"text to encode is a str or bytes, got {type(text).__name__}")
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids) -> str:

@@ -89,12 +89,14 @@ def test_api_refusals_are_usage_errors():
     model = qllama.load(data("stories260K.bin"), tokenizer=data("tok512.bin"), threads=1)
     for call in (lambda: model.session(-1), lambda: model.session(2.5),
                  lambda: model.generate_ids([1], steps=8.0), lambda: model.generate_ids([1], steps="8"),
-                 lambda: model.generate_ids([1], temperature="0"), lambda: model.encode(None),
+                 lambda: model.generate_ids([1], temperature="0"),
                  lambda: model.generate("x", steps=-1),  # checked before the first piece
                  lambda: model.decode("ab"), lambda: model.decode([1.5]),
                  lambda: qllama.load(data("stories260K.bin"), threads=1.5)):
         with pytest.raises(qllama.UsageError):
             call()
+    with pytest.raises(qllama.TokenizerError, match="a str or bytes, got NoneType"):
+        model.encode(None)
     s = model.session(8)
     s._running.acquire()  # as while another thread feeds it
     with pytest.raises(qllama.UsageError, match="being fed on another thread"):

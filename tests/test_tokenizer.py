@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -496,3 +497,15 @@ def test_cli_encode_reads_argument_bytes_as_stdin_and_prints_on_any_terminal():
     r = subprocess.run(cmd + ["hello world"], capture_output=True,
                        env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert r.returncode == 0 and b"'\\u2581hello'" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("name", ["tokenizer.bin", "tokenizer.model"])
+def test_ids_and_text_of_the_wrong_type_are_refused(name):
+    """int() took 1.5 as 1 and '15043' as 15043; sentencepiece raises on both."""
+    tok = load_tokenizer(data(name))
+    assert tok.decode([1, 15043]) == "Hello" == tok.decode([1, np.int64(15043)])
+    for ids in ([1.5], [1, "15043"], [True]):
+        with pytest.raises(TokenizerError, match="is not an integer"):
+            tok.decode(ids)
+    with pytest.raises(TokenizerError, match="a str or bytes"):
+        tok.encode(None)

@@ -117,7 +117,17 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         raise NotImplementedError
 
-    def _check_id(self, token_id: int) -> int:
+    @staticmethod
+    def _check_text(text) -> None:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TokenizerError(f"text to encode is a str or bytes, got {type(text).__name__}")
+
+    def _check_id(self, token_id) -> int:
+        """An int (or numpy integer) within the vocabulary, as an int: int() would take
+        1.5 as 1 and '15043' as 15043."""
+        if isinstance(token_id, bool) or not hasattr(token_id, "__index__"):
+            raise TokenizerError(f"token id {token_id!r} is not an integer")
+        token_id = token_id.__index__()
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is out of range "
                                  f"(vocabulary of {self.vocab_size}: 0..{self.vocab_size - 1})")
@@ -193,7 +203,7 @@ class StreamDecoder:
         tok = self.tok
         out = []
         for token_id in ids:
-            token_id = tok._check_id(int(token_id))
+            token_id = tok._check_id(token_id)
             kind = tok.kinds[token_id]
             if kind == BYTE:
                 self.pending += tok.surfaces[token_id]

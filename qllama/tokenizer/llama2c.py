@@ -108,6 +108,7 @@ class ScoredTokenizer(Tokenizer):
                                    self.unk_id, self.byte_fallback)
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
+        self._check_text(text)
         ids = self._merges.encode(_normalize(text))
         if bos:
             ids.insert(0, self.bos_id)

@@ -81,6 +81,7 @@ class SentencePieceTokenizer(Tokenizer):
             self.surfaces.append(surface)
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
+        self._check_text(text)
         if isinstance(text, (bytes, bytearray)):
             text = utf8_decode(bytes(text))[0]
         elif not _encodable(text):
@@ -88,7 +89,7 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.encode(text, add_bos=bos, add_eos=eos)
 
     def decode(self, ids) -> str:
-        ids = [self._check_id(int(i)) for i in ids]
+        ids = [self._check_id(i) for i in ids]
         return self.sp.decode(ids)
 
     def piece(self, token_id: int) -> str:
