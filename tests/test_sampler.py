@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -49,6 +49,8 @@ class RunC:
         cutoff = (f32(1) - self.p) / f32(n - 1)
         cand = sorted(((v, i) for i, v in enumerate(probs) if v >= cutoff),
                       key=lambda c: -c[0])  # stable: ties keep index order
+        if not cand:  # run.c reads probindex[-1] here; qllama takes the most probable
+            return max(range(n), key=lambda i: probs[i])
         cum, last = f32(0), len(cand) - 1
         for k, (v, _) in enumerate(cand):
             cum = f32(cum + v)
@@ -69,6 +71,8 @@ class RunC:
            np.float32, (6, n), elements=st.floats(-8, 8, width=32), unique=True)),
        st.sampled_from([0.0, 0.5, 1.0, 1.7]), st.sampled_from([0.0, 0.3, 0.9, 1.0]),
        st.integers(1, 2**64 - 1))
+@example(np.array([[5, 6, 2.5], [3.5, 4.5, 0.75], [0.03125, 0.015625, 0]], np.float32),
+         0.5, 0.3, 1)  # a row with nothing above top-p's cutoff (the reference had failed)
 def test_matches_run_c(logits, temperature, top_p, seed):
     ours = Sampler(logits.shape[1], temperature, top_p, seed)
     ref = RunC(temperature, top_p, seed)
