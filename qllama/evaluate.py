@@ -16,6 +16,7 @@ per-position metrics -> totals -> rich table / JSON.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -350,8 +351,15 @@ def _version(model) -> int | str:
 
 
 def read_text(path: str) -> str:
+    """The UTF-8 text of a file, or of standard input for '-'."""
+    if path == "-":
+        data, path = sys.stdin.buffer.read(TEXT_LIMIT + 1), "standard input"
+        if len(data) > TEXT_LIMIT:
+            raise UsageError(f"{path}: more than {TEXT_LIMIT:,} bytes of text to evaluate on")
+    else:
+        data = read_bounded(path, TEXT_LIMIT, "a text to evaluate on", UsageError)
     try:
-        return read_bounded(path, TEXT_LIMIT, "a text to evaluate on", UsageError).decode()
+        return data.decode()
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 

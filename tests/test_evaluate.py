@@ -1,6 +1,8 @@
 """qllama eval: metric arithmetic against float64 numpy, self-consistency, the golden
 fp32/int8 pairs within stated bounds, real trained weights, and the errors."""
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -314,3 +316,17 @@ def test_int8_with_f16_cache_against_fp32(tmp_path):
     r = eval_models(Model(data("stories260K.bin"), threads=1, kv="f32"),
                     Model(dst, threads=1, kv="f16"))
     assert r.kl_mean <= 1e-3 and r.top1_agreement >= 0.98, r.summary()
+
+
+def test_text_from_stdin_is_checked_as_a_file_is(monkeypatch, capsys):
+    """Not UTF-8 on stdin was decoded leniently and evaluated (300 random bytes became
+    1,284 tokens); a file of the same bytes is refused."""
+    m = str(data("stories260K.bin"))
+
+    class Stdin:
+        buffer = io.BytesIO(b"h\xe9llo")
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["eval", m, m, "-z", str(data("tok512.bin")), "--text", "-"]) == 1
+    assert "standard input: not UTF-8 text (invalid continuation byte at byte 1)" in \
+        capsys.readouterr().err

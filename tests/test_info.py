@@ -76,3 +76,9 @@ def test_text_file_is_named_as_no_checkpoint(tmp_path, capsys):
     assert main(["info", str(story)]) == 1
     err = capsys.readouterr().err
     assert "dim 1701015119 is not a multiple" in err and "not a llama2.c checkpoint" in err
+
+
+def test_cpu_with_a_file_is_refused(capsys):
+    """--cpu printed the CPU alone and ignored FILE (even a missing one), exit 0."""
+    assert main(["info", "--cpu", "missing.bin"]) == 1
+    assert "--cpu describes this machine" in capsys.readouterr().err

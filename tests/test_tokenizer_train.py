@@ -1,4 +1,5 @@
 """qllama tokenizer train: Llama 2's trainer and normaliser settings, field by field."""
+import os
 import random
 import struct
 
@@ -163,6 +164,14 @@ def test_train_refuses_to_overwrite(trained, corpus, capsys):
     assert cli.main(["tokenizer", "train", "--input", str(corpus) + ".missing",
                      "--vocab-size", "400", "--out", str(trained) + "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["tokenizer", "train", "--input", str(corpus.parent), "--vocab-size", "400",
+                     "--out", str(trained) + "y"]) == 1
+    assert "a folder, not a text file" in capsys.readouterr().err
+    for out in ("", str(corpus.parent) + os.sep):  # would write hidden '.model' and '.bin'
+        assert cli.main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "400",
+                         "--out", out]) == 1
+        assert "names no file" in capsys.readouterr().err
+    assert not os.path.exists(".model") and not (corpus.parent / ".model").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -3,7 +3,6 @@ table or JSON."""
 from __future__ import annotations
 
 import json
-import sys
 
 from ..evaluate import (
     DEFAULT_SAMPLE,
@@ -64,7 +63,7 @@ def run(args) -> int:
     opts = dict(tokenizer=args.tokenizer, threads=args.threads, kv=args.kv)
     with Model(args.reference, **opts) as ref, Model(args.candidate, **opts) as cand:
         if args.text is not None:
-            text = sys.stdin.read() if args.text == "-" else read_text(args.text)
+            text = read_text(args.text)
             windows = windows_from_text(ref, text, "standard input" if args.text == "-"
                                         else args.text)
             source = f"text {args.text}"

@@ -106,6 +106,8 @@ def run_cpu(args) -> int:
 
 def run(args) -> int:
     if args.cpu:
+        if args.file is not None:  # it would be ignored
+            raise UsageError("--cpu describes this machine; describe FILE without it")
         return run_cpu(args)
     if args.file is None:
         raise UsageError("info needs a FILE (or --cpu)")

@@ -165,7 +165,8 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
         raise UsageError("train needs at least one --input file")
     for p in inputs:
         if not os.path.isfile(p):
-            raise UsageError(f"{p}: input file does not exist")
+            raise UsageError(f"{p}: " + ("a folder, not a text file" if os.path.isdir(p) else
+                                         "input file does not exist"))
         if os.path.getsize(p) == 0:
             raise UsageError(f"{p}: input file is empty")
     if not 1 <= vocab_size <= VOCAB_SIZE_MAX:
@@ -175,6 +176,10 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
         raise UsageError(f"--input-sentence-size must be in 0..{INPUT_SENTENCE_SIZE_MAX} "
                          f"(0 = all sentences), got {input_sentence_size}")
     threads = resolve_threads(threads)
+    prefix = os.fspath(prefix)
+    if not os.path.basename(prefix):  # '' or 'folder/': the outputs would be hidden '.model'
+        raise UsageError(f"--out {prefix!r} names no file: give a prefix such as "
+                         f"{os.path.join(prefix, 'tokenizer')!r}")
     model_path, bin_path = f"{prefix}.model", f"{prefix}.bin"
     for path in (model_path, bin_path):   # refuse before spending time on training
         check_output_path(path, force, inputs=tuple(inputs))
