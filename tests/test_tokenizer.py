@@ -509,3 +509,16 @@ def test_ids_and_text_of_the_wrong_type_are_refused(name):
             tok.decode(ids)
     with pytest.raises(TokenizerError, match="a str or bytes"):
         tok.encode(None)
+
+
+def test_a_model_file_given_as_the_tokenizer_is_named_so(tmp_path, capsys):
+    """A v0 checkpoint read as a damaged tokenizer.bin ('token 2 length 265839806 runs
+    past the end'); a GGUF file given to export was 'already a tokenizer.bin'."""
+    model = str(data("stories260K.bin"))
+    with pytest.raises(TokenizerError, match=r"a llama2.c model \(version 0\), not a tokenizer"):
+        load_tokenizer(model)
+    gguf = tmp_path / "m.gguf"
+    assert cli.main(["export", model, str(gguf), "--to", "gguf", "-z",
+                     str(data("tok512.model")), "-q"]) == 0
+    assert cli.main(["tokenizer", "export", str(gguf), "-o", str(tmp_path / "t.bin")]) == 1
+    assert "a GGUF file, whose vocabulary is no SentencePiece model" in capsys.readouterr().err

@@ -69,6 +69,15 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
 
 
 def _from_bytes(path: str, data: bytes) -> Tokenizer:
+    from ..errors import FormatError
+    from ..formats import llama2c
+    try:  # a model checkpoint given as the tokenizer would read as a damaged tokenizer.bin
+        config = llama2c.parse_header(data[:llama2c.HEADER_SIZE], len(data), path)
+    except FormatError:
+        pass
+    else:
+        raise TokenizerError(f"{path}: a llama2.c model (version {config.version}), not a "
+                             "tokenizer (tokenizer.model or tokenizer.bin)")
     # A tokenizer.bin starts with a small int32 (max_token_length, < 64 KiB); a
     # ModelProto starts with tag 0x0A and a piece message, so its first four
     # bytes read as a large number.

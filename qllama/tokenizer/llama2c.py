@@ -187,8 +187,9 @@ def export_bin(model_path: str, out_path: str, force: bool = False) -> int:
 
     tok = load_tokenizer(model_path)
     if not isinstance(tok, SentencePieceTokenizer):
-        raise UsageError(f"{model_path}: is already a llama2.c tokenizer.bin; export needs a "
-                         "SentencePiece tokenizer.model")
+        what = ("a GGUF file, whose vocabulary is no SentencePiece model" if tok.format == "gguf"
+                else "already a llama2.c tokenizer.bin")
+        raise UsageError(f"{model_path}: {what}; export needs a SentencePiece tokenizer.model")
     data = bin_bytes(tok)
     with atomic_output(out_path, force=force, inputs=(model_path,)) as f:
         f.write(data)
