@@ -83,7 +83,7 @@ class Mapped:
 
     def close(self) -> None:
         self.buffer = None
-        m, self._map = getattr(self, "_map", None), None
+        m, self._map = self._map, None
         if m is None:
             return
         try:
