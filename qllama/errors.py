@@ -1,4 +1,6 @@
-"""One exception family: the CLI prints its message as one line and exits 1."""
+"""One exception family: the CLI prints its message as one line and exits 1; and the
+test of a whole-number argument the library's UsageErrors share."""
+import numbers
 
 
 class QllamaError(Exception):
@@ -15,6 +17,11 @@ class TokenizerError(QllamaError):
 
 class UsageError(QllamaError):
     """A flag or argument out of range, or a path that cannot be used."""
+
+
+def whole_number(v) -> bool:
+    """An int or numpy integer, not a bool: what a count, a seed or a token id must be."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 class QllamaWarning(UserWarning):

@@ -20,7 +20,7 @@ from . import kernels
 from ._kernels.engine import State, Weights
 from ._kernels.sampler import Sampler
 from .diagnostics import peak_rss_mb
-from .errors import QllamaWarning, TokenizerError, UsageError
+from .errors import QllamaWarning, TokenizerError, UsageError, whole_number
 from .formats import open_model
 from .generation import BOS, EOS, Generation  # noqa: F401 (Llama 2's ids, for callers)
 from .sampling import check_sampling, default_seed
@@ -172,8 +172,7 @@ class Model:
         """A new sequence of up to `capacity` positions (None or 0: the model's seq_len)."""
         if self.weights is None:
             raise UsageError(f"{self.path}: the model is closed")
-        if capacity is not None and (not isinstance(capacity, (int, np.integer))
-                                     or isinstance(capacity, bool) or capacity < 0):
+        if capacity is not None and (not whole_number(capacity) or capacity < 0):
             raise UsageError(f"a session's capacity is a whole number of positions >= 0, "
                              f"got {capacity!r}")
         seq_len = self.spec.seq_len

@@ -7,17 +7,16 @@ import time
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, whole_number
 
 
 def check_sampling(temperature: float, top_p: float, steps: int, seed: int | None = None) -> None:
-    for name, value, kinds in (("temperature", temperature, (int, float, np.number)),
-                               ("top-p", top_p, (int, float, np.number)),
-                               ("steps", steps, (int, np.integer)),
-                               ("seed", 1 if seed is None else seed, (int, np.integer))):
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            raise UsageError(f"{name} must be a {'whole ' if name in ('steps', 'seed') else ''}"
-                             f"number, got {value!r}")
+    for name, value in (("temperature", temperature), ("top-p", top_p)):
+        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+            raise UsageError(f"{name} must be a number, got {value!r}")
+    for name, value in (("steps", steps), ("seed", 1 if seed is None else seed)):
+        if not whole_number(value):
+            raise UsageError(f"{name} must be a whole number, got {value!r}")
     if not 0 <= temperature < float("inf"):
         raise UsageError(f"temperature must be >= 0 and finite, got {temperature}")
     if not 0 <= top_p <= 1:

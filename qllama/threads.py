@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import UsageError
+from .errors import UsageError, whole_number
 
 # OpenMP threads spin this many iterations at a barrier before sleeping. libgomp's
 # default (300000) lets a waiting thread burn its core for milliseconds: on a busy
@@ -36,7 +36,7 @@ def resolve_threads(requested: int | None = None) -> int:
         except AttributeError:  # not Linux
             n = os.cpu_count() or 1
         return min(max(1, n), MAX_THREADS)
-    if isinstance(requested, bool) or not hasattr(requested, "__index__"):
+    if not whole_number(requested):
         raise UsageError(f"thread count must be a whole number, got {requested!r}")
     if not 1 <= requested <= MAX_THREADS:
         raise UsageError(f"thread count must be in 1..{MAX_THREADS}, got {requested}")

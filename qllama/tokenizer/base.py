@@ -2,7 +2,7 @@
 normalisation rules, the `Tokenizer` interface and the incremental decoder."""
 from __future__ import annotations
 
-from ..errors import TokenizerError
+from ..errors import TokenizerError, whole_number
 
 SPACE = "▁"                    # U+2581, SentencePiece's escaped space
 SPACE_BYTES = SPACE.encode()
@@ -125,9 +125,9 @@ class Tokenizer:
     def _check_id(self, token_id) -> int:
         """An int (or numpy integer) within the vocabulary, as an int: int() would take
         1.5 as 1 and '15043' as 15043."""
-        if isinstance(token_id, bool) or not hasattr(token_id, "__index__"):
+        if not whole_number(token_id):
             raise TokenizerError(f"token id {token_id!r} is not an integer")
-        token_id = token_id.__index__()
+        token_id = int(token_id)
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is out of range "
                                  f"(vocabulary of {self.vocab_size}: 0..{self.vocab_size - 1})")
