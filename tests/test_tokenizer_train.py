@@ -153,7 +153,7 @@ def test_small_corpus_adapts_vocab_size(corpus, tmp_path, capsys):
     with pytest.raises(TokenizerError, match="too large for this corpus"):
         train([corpus], 5000, tmp_path / "exact", exact_vocab=True)
     with pytest.raises(TokenizerError, match="too small: this corpus needs at least"):
-        train([corpus], 100, tmp_path / "tiny")
+        train([corpus], 260, tmp_path / "tiny")
     assert not list(tmp_path.glob("exact*")) and not list(tmp_path.glob("tiny*"))
 
 
@@ -175,10 +175,16 @@ def test_train_refuses_to_overwrite(trained, corpus, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--vocab-size", "99999999999"], "--vocab-size must be in 1..2147483647"),
-    (["--vocab-size", "0"], "--vocab-size must be in 1..2147483647"),
+    (["--vocab-size", "99999999999"], "--vocab-size must be in 259..2147483647"),
+    (["--vocab-size", "0"], "--vocab-size must be in 259..2147483647"),
+    # below 3 special + 256 byte pieces SentencePiece stopped on an INTERNAL check
+    (["--vocab-size", "1"], "--vocab-size must be in 259..2147483647"),
+    (["--vocab-size", "2"], "--vocab-size must be in 259..2147483647"),
     (["--vocab-size", "400", "--input-sentence-size", "99999999999999999999999"],
-     "--input-sentence-size must be in 0..18446744073709551615"),
+     "--input-sentence-size must be 0 (all sentences) or in 101..18446744073709551615"),
+    # SentencePiece refuses samples of 1..100 sentences (an INTERNAL error before)
+    (["--vocab-size", "400", "--input-sentence-size", "1"], "or in 101.."),
+    (["--vocab-size", "400", "--input-sentence-size", "100"], "or in 101.."),
     (["--vocab-size", "400", "--threads", "99999999999999"], "thread count must be in 1..1024"),
 ])
 def test_out_of_range_numbers_are_one_line(corpus, tmp_path, capsys, flags, message):
@@ -198,8 +204,30 @@ def test_trainer_exceptions_become_tokenizer_errors(corpus, tmp_path, monkeypatc
     monkeypatch.setattr(spm.SentencePieceTrainer, "train", refuse)
     with pytest.raises(TokenizerError, match="sentencepiece training failed: INVALID_ARGUMENT"):
         train([corpus], 400, tmp_path / "t")
-    with pytest.raises(UsageError, match="--vocab-size must be in 1..2147483647"):
+    with pytest.raises(UsageError, match="--vocab-size must be in 259..2147483647"):
         train([corpus], 2**31, tmp_path / "t")
+
+
+def test_corpus_must_be_utf8_with_lines_sentencepiece_keeps(corpus, tmp_path, capsys):
+    """A corpus that is not UTF-8 trained without a word (its bad bytes became pieces no
+    text can produce); one whose every line is empty or over max_sentence_length stopped
+    SentencePiece on an INTERNAL check. Both are one line naming the problem, before
+    training, and write nothing; a usable file beside an unusable one trains."""
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("good line\n".encode() + "caf\u00e9 na\u00efve\n".encode("latin-1") * 40)
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"\n\n" + (b"x" * 4193 + b"\n") * 5)
+    out = tmp_path / "t"
+    for inputs, message in (([bad], "latin1.txt: line 2 is not UTF-8 text (byte 0xe9 at 3)"),
+                            ([long], "long.txt has 1 to 4192 bytes")):
+        assert cli.main(["tokenizer", "train", "--input", *map(str, inputs), "--vocab-size", "300",
+                         "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not list(tmp_path.glob("t.*"))
+    assert cli.main(["tokenizer", "train", "--input", str(long), str(corpus), "--vocab-size",
+                     "400", "--out", str(out)]) == 0
+    assert load_tokenizer(out.with_suffix(".bin")).vocab_size == 400
 
 
 def test_threads_follow_qllama_threads(corpus, tmp_path, monkeypatch):
@@ -214,3 +242,4 @@ def test_threads_follow_qllama_threads(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("QLLAMA_THREADS", "many")
     with pytest.raises(UsageError, match="QLLAMA_THREADS"):
         train([corpus], 400, tmp_path / "u")
+

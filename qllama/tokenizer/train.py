@@ -21,6 +21,11 @@ What adapts on a small corpus, and why:
   work at all and is an error that names the minimum.
 - max_sentence_length stays 4192 bytes: longer lines are skipped by
   SentencePiece, as they were for Llama 2, so a corpus must have lines below it.
+
+The corpus is read once before training: it must be UTF-8 (SentencePiece trains on
+what it makes of other bytes, pieces no text we encode can produce) and have a line
+SentencePiece keeps. Out-of-range numbers are refused first too; SentencePiece would
+stop on them with an INTERNAL error naming its own source lines.
 """
 from __future__ import annotations
 
@@ -91,9 +96,11 @@ LLAMA2_NORMALIZER_SPEC = {
 TRAINER_RUN_FIELDS = ("input", "model_prefix", "vocab_size", "num_threads",
                       "input_sentence_size", "seed_sentencepiece_size")
 
-# The ranges of the trainer_spec fields we set (int32 vocab_size, uint64 input_sentence_size).
-VOCAB_SIZE_MAX = 2**31 - 1
-INPUT_SENTENCE_SIZE_MAX = 2**64 - 1
+# The ranges of the trainer_spec fields we set: vocab_size an int32 with room for the 3
+# special and 256 byte pieces; input_sentence_size a uint64, 0 (all) or a sample SentencePiece
+# takes (it refuses 1..100).
+VOCAB_SIZE_MIN, VOCAB_SIZE_MAX = 3 + 256, 2**31 - 1
+INPUT_SENTENCE_SIZE_MIN, INPUT_SENTENCE_SIZE_MAX = 101, 2**64 - 1
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
@@ -118,6 +125,28 @@ def spec_mismatches(proto) -> list[str]:
             if not same:
                 wrong.append(f"{prefix}.{field}: have {have!r}, Llama 2 has {want!r}")
     return wrong
+
+
+def check_corpus(paths) -> None:
+    """Refuse a corpus SentencePiece cannot train on as Llama 2's was: bytes that are
+    not UTF-8 (named by file, line and byte), or no line it keeps in any file (1 to
+    max_sentence_length bytes; it skips empty and longer ones)."""
+    longest = LLAMA2_TRAINER_SPEC["max_sentence_length"]
+    kept = False
+    for path in paths:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise TokenizerError(f"{path}: line {number} is not UTF-8 text (byte "
+                                         f"0x{line[e.start]:02x} at {e.start}); the corpus must "
+                                         "be UTF-8 (iconv can convert it)") from None
+                kept = kept or 0 < len(line.rstrip(b"\n")) <= longest
+    if not kept:
+        raise TokenizerError(f"no line of {', '.join(paths)} has 1 to {longest} bytes; "
+                             "SentencePiece skips empty lines and longer ones (Llama 2's "
+                             "max_sentence_length)")
 
 
 def _trainer_kwargs(inputs, vocab_size, threads, input_sentence_size) -> dict:
@@ -169,12 +198,15 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
                                          "input file does not exist"))
         if os.path.getsize(p) == 0:
             raise UsageError(f"{p}: input file is empty")
-    if not 1 <= vocab_size <= VOCAB_SIZE_MAX:
-        raise UsageError(f"--vocab-size must be in 1..{VOCAB_SIZE_MAX} (SentencePiece stores it "
-                         f"as int32), got {vocab_size}")
-    if not 0 <= input_sentence_size <= INPUT_SENTENCE_SIZE_MAX:
-        raise UsageError(f"--input-sentence-size must be in 0..{INPUT_SENTENCE_SIZE_MAX} "
-                         f"(0 = all sentences), got {input_sentence_size}")
+    if not VOCAB_SIZE_MIN <= vocab_size <= VOCAB_SIZE_MAX:
+        raise UsageError(f"--vocab-size must be in {VOCAB_SIZE_MIN}..{VOCAB_SIZE_MAX} (3 special "
+                         "and 256 byte pieces at least; SentencePiece stores it as int32), "
+                         f"got {vocab_size}")
+    if not (input_sentence_size == 0
+            or INPUT_SENTENCE_SIZE_MIN <= input_sentence_size <= INPUT_SENTENCE_SIZE_MAX):
+        raise UsageError(f"--input-sentence-size must be 0 (all sentences) or in "
+                         f"{INPUT_SENTENCE_SIZE_MIN}..{INPUT_SENTENCE_SIZE_MAX} (SentencePiece "
+                         f"samples no fewer), got {input_sentence_size}")
     threads = resolve_threads(threads)
     prefix = os.fspath(prefix)
     if not os.path.basename(prefix):  # '' or 'folder/': the outputs would be hidden '.model'
@@ -183,6 +215,7 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
     model_path, bin_path = f"{prefix}.model", f"{prefix}.bin"
     for path in (model_path, bin_path):   # refuse before spending time on training
         check_output_path(path, force, inputs=tuple(inputs))
+    check_corpus(inputs)
 
     size = vocab_size
     while True:
