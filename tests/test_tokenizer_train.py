@@ -243,3 +243,26 @@ def test_threads_follow_qllama_threads(corpus, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="QLLAMA_THREADS"):
         train([corpus], 400, tmp_path / "u")
 
+
+@pytest.mark.parametrize("field, effect", [
+    ("remove_extra_whitespaces", "repeated, leading and trailing spaces"),
+    ("add_dummy_prefix", "a text's first word"),
+])
+def test_export_says_when_a_bin_cannot_keep_the_normaliser(trained, tmp_path, capsys, field,
+                                                           effect):
+    """A .bin has no normaliser field and is read with Llama 2's; a .model trained
+    otherwise (llama2.c's tok512.model removes extra whitespace) exported silently to a
+    .bin that encodes such text differently."""
+    proto = parse(trained.with_suffix(".model"))
+    assert cli.main(["tokenizer", "export", str(trained.with_suffix(".model")), "-o",
+                     str(tmp_path / "same.bin")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    setattr(proto.normalizer_spec, field, not getattr(proto.normalizer_spec, field))
+    model = tmp_path / "other.model"
+    model.write_bytes(proto.SerializeToString())
+    assert cli.main(["tokenizer", "export", str(model), "-o", str(tmp_path / "other.bin")]) == 0
+    err = capsys.readouterr().err
+    assert f"normalises with {field} " in err and effect in err and err.count("\n") == 1
+    text = "  two  spaces " if field.startswith("remove") else "word"
+    assert (load_tokenizer(model).encode(text)
+            != load_tokenizer(tmp_path / "other.bin").encode(text))

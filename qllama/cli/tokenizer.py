@@ -60,7 +60,8 @@ def register(subparsers) -> None:
 
 def cmd_export(args) -> int:
     out = args.output or os.path.splitext(args.model)[0] + ".bin"
-    size = export_bin(args.model, out, force=args.force)
+    size = export_bin(args.model, out, force=args.force,
+                      warn=lambda msg: print(f"qllama: warning: {msg}", file=sys.stderr))
     print(f"wrote {out} ({size} bytes)")
     return 0
 

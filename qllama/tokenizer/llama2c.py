@@ -181,8 +181,10 @@ def bin_bytes(model: SentencePieceTokenizer) -> bytes:
     return out.getvalue()
 
 
-def export_bin(model_path: str, out_path: str, force: bool = False) -> int:
-    """Write `model_path` (SentencePiece) as a llama2.c tokenizer.bin; returns its size."""
+def export_bin(model_path: str, out_path: str, force: bool = False, warn=None) -> int:
+    """Write `model_path` (SentencePiece) as a llama2.c tokenizer.bin; returns its size.
+    `warn(message)` is told when the model's normaliser is not Llama 2's: a .bin has no
+    field for it, so the .bin encodes some text differently (repeated spaces, say)."""
     from . import load_tokenizer
 
     tok = load_tokenizer(model_path)
@@ -191,6 +193,15 @@ def export_bin(model_path: str, out_path: str, force: bool = False) -> int:
                 else "already a llama2.c tokenizer.bin")
         raise UsageError(f"{model_path}: {what}; export needs a SentencePiece tokenizer.model")
     data = bin_bytes(tok)
+    # what the model does unlike Llama 2, and what its .bin then encodes otherwise
+    differ = [(f"{name} {have}", effect) for name, have, effect in (
+        ("add_dummy_prefix", tok.add_dummy_prefix, "a text's first word"),
+        ("remove_extra_whitespaces", tok.remove_extra_whitespaces,
+         "repeated, leading and trailing spaces")) if have != getattr(Tokenizer, name)]
+    if differ and warn:
+        warn(f"{model_path} normalises with {' and '.join(d for d, _ in differ)}; a "
+             "tokenizer.bin cannot say so and is read with Llama 2's settings, so it encodes "
+             f"{' and '.join(e for _, e in differ)} differently from the .model")
     with atomic_output(out_path, force=force, inputs=(model_path,)) as f:
         f.write(data)
     return len(data)
