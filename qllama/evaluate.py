@@ -249,12 +249,23 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
     A window ends at seq_len positions or at a sampled BOS/EOS (kept as its last
     target, since the model did predict it); the next window starts again from BOS.
     """
+    return list(sampled_windows(model, n_tokens, seed, temperature))
+
+
+def sampled_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0):
+    """sample_windows' windows one at a time, each sampled when asked for, so that
+    `evaluate` holds one window at a time however many tokens are asked for. The
+    arguments are checked here, before the first window."""
     if n_tokens < 1:
         raise UsageError(f"--sample must be at least 1 token, got {n_tokens}")
     check_sampling(temperature, 1.0, n_tokens, seed)
+    return _sampled(model, n_tokens, seed, temperature)
+
+
+def _sampled(model, n_tokens: int, seed: int, temperature: float):
     seq_len, bos = model.spec.seq_len, model.spec.bos_id
     sampler = model.sampler(temperature, 1.0, seed)
-    windows, left = [], n_tokens
+    left = n_tokens
     while left > 0:
         n = min(left, seq_len)
         session = model.session(n)
@@ -266,9 +277,8 @@ def sample_windows(model, n_tokens: int, seed: int = 1, temperature: float = 1.0
             if len(tokens) == n or token in model.stop_ids:
                 break
             logits = session.feed([token])
-        windows.append(window_of(tokens, bos))
         left -= len(tokens)
-    return windows
+        yield window_of(tokens, bos)
 
 
 # ---------------------------------------------------------------------------
@@ -310,25 +320,27 @@ class Report:
                 f"{self.perplexity_candidate:.4g} ({self.perplexity_diff:+.3g})")
 
 
-def evaluate(reference, candidate, windows: list[Window], source: str = "",
+def evaluate(reference, candidate, windows, source: str = "",
              weights: bool = True, progress=None) -> Report:
-    """Compare two loaded models (qllama.Model) over `windows`; see the module doc.
+    """Compare two loaded models (qllama.Model) over `windows` (any iterable of them,
+    taken one at a time: sampled_windows'); see the module doc.
 
     `progress(tokens_done)` is called after each window.
     """
     check_same_architecture(reference.spec, candidate.spec, reference.path, candidate.path)
-    windows = [w for w in windows if len(w.targets)]
-    if not windows:
-        raise UsageError("no tokens to evaluate")
     t0 = time.perf_counter()
     totals = Totals()
     for w in windows:
+        if not len(w.targets):
+            continue
         r = reference.logits(w.inputs)  # (n, vocab)
         c = candidate.logits(w.inputs)  # (n, vocab)
         totals.add(r, c, w.targets)
         if progress is not None:
             progress(totals.tokens)
     n = totals.tokens
+    if not n:
+        raise UsageError("no tokens to evaluate")
     report = Report(
         reference=reference.path, candidate=candidate.path,
         reference_version=_version(reference), candidate_version=_version(candidate),

@@ -121,6 +121,29 @@ def test_sample_windows_deterministic_and_sized():
     assert [w.targets.tolist() for w in a] != [w.targets.tolist() for w in c]
 
 
+def test_sampled_windows_are_taken_one_at_a_time():
+    """eval --sample N sampled every window before evaluating any: memory and silence
+    grew with N (--sample 10^11 held the lists of ids until it ran out). Now a window
+    is sampled when evaluate asks for it, the arguments are checked at once, and the
+    windows are sample_windows' own."""
+    with Model(golden("gqa512.v1.bin"), threads=1) as m:
+        with pytest.raises(UsageError, match="at least 1"):
+            ev.sampled_windows(m, 0)  # before any window is asked for
+        made = []
+
+        def windows():
+            for w in ev.sampled_windows(m, 300, seed=7):
+                made.append(len(w.targets))
+                yield w
+
+        seen = []
+        r = ev.evaluate(m, m, windows(), weights=False,
+                        progress=lambda done: seen.append((done, sum(made))))
+        a = ev.sample_windows(m, 300, seed=7)
+    assert len(seen) == len(a) > 1 and all(done == sampled for done, sampled in seen)
+    assert made == [len(w.targets) for w in a] and r.tokens == 300 and r.kl_mean == 0
+
+
 # -- weight errors -----------------------------------------------------------------
 
 
@@ -330,3 +353,17 @@ def test_text_from_stdin_is_checked_as_a_file_is(monkeypatch, capsys):
     assert main(["eval", m, m, "-z", str(data("tok512.bin")), "--text", "-"]) == 1
     assert "standard input: not UTF-8 text (invalid continuation byte at byte 1)" in \
         capsys.readouterr().err
+
+
+def test_cli_shows_tokens_evaluated_on_a_terminal(monkeypatch):
+    """eval said nothing until its report: on a terminal its bar counts tokens of N."""
+    from rich.console import Console
+
+    import qllama.cli.console as qc
+    buf = io.StringIO()
+    monkeypatch.setattr(qc, "console", lambda stderr=False: Console(file=buf, force_terminal=True,
+                                                                    width=120))
+    assert main(["eval", str(golden("gqa512.v1.bin")), str(golden("gqa512.q80.bin")),
+                 "--sample", "300", "--threads", "1", "--no-weights"]) == 0
+    assert "evaluating" in buf.getvalue() and "300/300" in buf.getvalue()
+    assert "tokens" in buf.getvalue()

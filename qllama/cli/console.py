@@ -30,9 +30,9 @@ def console(stderr: bool = False) -> Console:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, quiet: bool = False):
-    """`update(done_bytes, total_bytes=None)` drawing a transient bar on stderr when it
-    is a terminal (and not `quiet`); None otherwise."""
+def progress_bar(description: str, quiet: bool = False, unit: str = "bytes"):
+    """`update(done, total=None)` drawing a transient bar on stderr when it is a terminal
+    (and not `quiet`); None otherwise. Counts bytes, or things named by `unit`."""
     err = console(stderr=True)
     if quiet or not err.is_terminal:
         yield None
@@ -40,12 +40,16 @@ def progress_bar(description: str, quiet: bool = False):
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
+        TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    counts = ((DownloadColumn(), TransferSpeedColumn()) if unit == "bytes"
+              else (MofNCompleteColumn(), TextColumn(unit)))
+    bar = Progress("[progress.description]{task.description}", BarColumn(), *counts,
+                   TimeRemainingColumn(), console=err, transient=True)
     task = bar.add_task(description, total=None)
     bar.start()
     try:

@@ -10,11 +10,11 @@ from ..evaluate import (
     Report,
     evaluate,
     read_text,
-    sample_windows,
+    sampled_windows,
     windows_from_text,
 )
 from ..threads import add_threads_argument
-from .console import console
+from .console import console, progress_bar
 from .run import add_kv_argument
 
 
@@ -66,12 +66,15 @@ def run(args) -> int:
             text = read_text(args.text)
             windows = windows_from_text(ref, text, "standard input" if args.text == "-"
                                         else args.text)
+            total = sum(len(w.targets) for w in windows)
             source = f"text {args.text}"
         else:
-            n = DEFAULT_SAMPLE if args.sample is None else args.sample
-            windows = sample_windows(ref, n, seed=args.seed)
-            source = f"{n} tokens sampled from the reference (seed {args.seed})"
-        report = evaluate(ref, cand, windows, source, weights=not args.no_weights)
+            total = DEFAULT_SAMPLE if args.sample is None else args.sample
+            windows = sampled_windows(ref, total, seed=args.seed)  # sampled as evaluated
+            source = f"{total} tokens sampled from the reference (seed {args.seed})"
+        with progress_bar("evaluating", unit="tokens") as update:
+            report = evaluate(ref, cand, windows, source, weights=not args.no_weights,
+                              progress=update and (lambda done: update(done, total)))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
