@@ -296,3 +296,17 @@ def test_unknown_option_shows_the_commands_usage(tiny, capsys):
             main(argv)
         err = capsys.readouterr().err
         assert err.startswith(usage) and "unrecognized arguments: --x" in err, err
+
+
+def test_options_between_positionals(capsys):
+    """`tokenizer encode FILE --json TEXT` called TEXT unrecognized (argparse had given
+    the optional TEXT its empty value before --json); decode's ids around an option too."""
+    tok = str(data("tok512.bin"))
+    assert main(["tokenizer", "encode", tok, "--json", "Hello there"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Hello there"
+    assert main(["tokenizer", "decode", tok, "1", "--json", "346", "306"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == [1, 346, 306]
+    with pytest.raises(SystemExit):  # still one positional too many
+        main(["tokenizer", "encode", tok, "--json", "Hello", "there"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: qllama tokenizer encode") and "arguments: there" in err

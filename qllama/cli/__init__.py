@@ -52,6 +52,23 @@ def _name_parsers(parser: argparse.ArgumentParser) -> None:
                 _name_parsers(command)
 
 
+def _intermixed(args: argparse.Namespace, given: list[str]) -> argparse.Namespace:
+    """The command's own arguments parsed again with options between positionals
+    (`tokenizer encode FILE --json TEXT`): argparse gives an optional positional its
+    empty value before it reaches the option, then calls TEXT unrecognized. An
+    argument still unknown is an error with the command's usage."""
+    command = args.command_parser
+    path = command.prog.split()[1:]  # "qllama tokenizer encode" -> its words in argv
+    at = 0
+    for word in path:
+        at = given.index(word, at) + 1
+    ns = command.parse_intermixed_args(given[at:])
+    for name, value in vars(args).items():  # the parents' own (command, ...)
+        if not hasattr(ns, name):
+            setattr(ns, name, value)
+    return ns
+
+
 def main(argv: list[str] | None = None) -> int:
     # a terminal or pipe that cannot show a character gets an escape, not a traceback
     with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper in-process
@@ -61,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # argparse would print the top-level usage, not the command's
         given = argv if argv is not None else sys.argv[1:]
         before = given.index(args.command) if args.command in given else 0
-        owner = parser if any(u in given[:before] for u in unknown) else \
-            getattr(args, "command_parser", parser)
-        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if any(u in given[:before] for u in unknown) or not hasattr(args, "command_parser"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args = _intermixed(args, given)
     try:
         # A model file truncated while mapped: one line, not a bus error and a core dump.
         with bus_errors_reported(), warnings.catch_warnings():
