@@ -36,7 +36,7 @@ def run(args) -> int:
         return 0
     for note in report.notes:
         print(f"qllama: note: {note}", file=sys.stderr)
-    console().print(f"{report.src} (version {report.src_version}) → {report.dst} "
+    console().print(f"{report.src} ({report.source}) → {report.dst} "
                     f"({fmt_bytes(report.out_bytes)}, {', '.join(report.files)}) in "
                     f"{report.seconds:.2f} s", highlight=False)
     return 0

@@ -28,9 +28,8 @@ def run(args) -> int:
     out = console()
     if c.version == 2:
         out.print(kinds_table(f"{report.dst}: Q8_0, group size {c.group_size}", report.kinds))
-    out.print(f"{report.src} (Hugging Face, {'/'.join(report.dtypes)}, "
-              f"{fmt_bytes(report.in_bytes)}) → {report.dst} (version {c.version}, "
-              f"{fmt_bytes(report.out_bytes)}) in {report.seconds:.2f} s, "
+    out.print(f"{report.src} ({report.source}, {fmt_bytes(report.in_bytes)}) → {report.dst} "
+              f"(version {c.version}, {fmt_bytes(report.out_bytes)}) in {report.seconds:.2f} s, "
               f"{report.mb_per_s:,.0f} MB/s", highlight=False)
     for path in report.files:
         out.print(f"wrote {path}", highlight=False)

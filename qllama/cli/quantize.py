@@ -44,9 +44,8 @@ def kinds_table(title: str, kinds: dict):
 def print_report(report: Report, console) -> None:
     c = report.config
     console.print(kinds_table(f"{report.dst}: Q8_0, group size {c.group_size}", report.kinds))
-    what = f"GGUF, {'/'.join(report.dtypes)}" if report.dtypes else f"version {report.src_version}"
     console.print(
-        f"{report.src} ({what}, {fmt_bytes(report.in_bytes)}) → "
+        f"{report.src} ({report.source}, {fmt_bytes(report.in_bytes)}) → "
         f"{report.dst} (version 2, {fmt_bytes(report.out_bytes)}, "
         f"{report.in_bytes / report.out_bytes:.2f}× smaller) in {report.seconds:.2f} s, "
         f"{report.mb_per_s:,.0f} MB/s, {report.threads} thread(s)", highlight=False)

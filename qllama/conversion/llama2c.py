@@ -162,8 +162,7 @@ def quantize_file(src: str, dst: str, group_size: int | None = None, force: bool
         in_bytes = sum(4 * e.numel for e in out_entries)
         report = Report(src, dst, cin.version, cout, notes=[note] if note else [],
                         in_bytes=os.fstat(fd).st_size, out_bytes=out_size, threads=threads,
-                        kinds=kind_stats(out_entries),
-                        dtypes=list(source.model.tensor_types()) if rows else [])
+                        kinds=kind_stats(out_entries), source=source.label)
 
         def writer(out):
             return TensorWriter(out, cout, step, threads, report.kinds, src,

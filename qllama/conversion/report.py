@@ -52,7 +52,7 @@ class Report:
     config: Config | None = None  # a llama2.c output's
     kind: str = ""  # the output's type: hf's dtype, GGUF's --type
     notes: list = field(default_factory=list)
-    dtypes: list = field(default_factory=list)  # safetensors or GGUF types read
+    source: str = ""  # what was read, for the summary: the source's label (conversion.sources)
     tokenizer: str = ""  # the vocabulary a GGUF file carries
     files: list = field(default_factory=list)  # written with dst (hf: into it; import: beside)
     in_bytes: int = 0  # tensor bytes read

@@ -57,6 +57,11 @@ class Llama2cSource(_Source):
         self.fd, self.config = open_input(self.path)
         self.entries = layout(self.config)
 
+    @property
+    def label(self) -> str:
+        """What was read, in a conversion's summary."""
+        return f"version {self.config.version}"
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -133,6 +138,10 @@ class HFSource(_Source):
             self.close()
             raise
 
+    @property
+    def label(self) -> str:
+        return f"Hugging Face, {'/'.join(sorted({s.dtype for s in self.sources.values()}))}"
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
@@ -201,6 +210,10 @@ class GGUFSource(_Source):
         """general.name, else the file's name without .gguf."""
         name = self.model.metadata.get("general.name")
         return name if type(name) is str else os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def label(self) -> str:
+        return f"GGUF, {'/'.join(self.model.tensor_types())}"
 
     def quantized_types(self) -> list:
         """The input's types that are not floats (rounded already: requantizing them loses

@@ -151,7 +151,7 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
         raise UsageError(f"{src}: a GGUF file; --to hf reads llama2.c checkpoints")
     with Llama2cSource(src) as reader:
         config = reader.config
-        report = Report(src, dst, config.version, kind=kind)
+        report = Report(src, dst, config.version, kind=kind, source=reader.label)
         tok_path = resolve_tokenizer(src, tokenizer)
         inputs = (src, tok_path) if tok_path else (src,)
         check_output_directory(dst, force, export_writes, inputs)

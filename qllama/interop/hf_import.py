@@ -119,7 +119,7 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         plan = list(plan_chunks(entries, sources, config, step))
         step = max((r1 - r0) * (e.numel // e.shape[0]) for e, _, _, r0, r1 in plan)
         report = Report(src, dst, config=cout, notes=[note] if note else [],
-                        dtypes=sorted({s.dtype for s in sources.values()}),
+                        source=source.label,
                         in_bytes=sum(sources[(e.name, e.layer)].nbytes for e in entries),
                         out_bytes=out_size, files=[p for p, _ in tokenizer_files], threads=threads,
                         kinds=kind_stats(entries))
