@@ -219,6 +219,14 @@ def test_export_gguf_to_f16_and_back(model, tmp_path):
     assert (tmp_path / "a.gguf").read_bytes() == (model / "m.f16.gguf").read_bytes()
 
 
+def test_export_summary_names_the_types_read(model, tmp_path, capsys):
+    """export --to gguf called a GGUF input just "GGUF" (and a folder "Hugging Face
+    folder") where quantize and import name the types they read."""
+    assert main(["export", str(model / "m.f16.gguf"), str(tmp_path / "a.gguf"), "--to", "gguf",
+                 "--type", "q8_0"]) == 0
+    assert f"{model / 'm.f16.gguf'} (GGUF, F16/F32) → " in capsys.readouterr().out
+
+
 def test_random_byte_flips_quantize_or_fail_in_one_line(model, tmp_path, capsys):
     """Flipped bytes in the header, metadata and tensor table: quantize either writes
     a file or exits 1 with one line, leaving nothing."""

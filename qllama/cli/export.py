@@ -2,11 +2,9 @@
 (interop.hf_export) or a GGUF file for llama.cpp (interop.gguf_export)."""
 from __future__ import annotations
 
-import os
 import sys
 
 from ..errors import UsageError
-from ..formats import is_gguf
 from ..interop.gguf_export import export_gguf
 from ..interop.hf_export import export_hf
 from ..threads import add_threads_argument
@@ -69,9 +67,7 @@ def print_gguf_report(report) -> None:
         types.add_row(name, str(t.tensors), f"{t.weights:,}", fmt_bytes(t.nbytes),
                       f"{8 * t.nbytes / t.weights:.2f}")
     out.print(types)
-    what = ("Hugging Face folder" if os.path.isdir(report.src)
-            else "GGUF" if is_gguf(report.src) else f"version {report.src_version}")
-    out.print(f"{report.src} ({what}) → {report.dst} "
+    out.print(f"{report.src} ({report.source}) → {report.dst} "
               f"({fmt_bytes(report.out_bytes)}, vocabulary from {report.tokenizer}) in "
               f"{report.seconds:.2f} s, {report.threads} thread(s)", highlight=False)
 

@@ -127,7 +127,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         check_output_path(dst, force, (*reader.inputs, tok_path))
 
         entries = reader.weights()
-        report = Report(src, dst, config.version, kind=kind, tokenizer=tok_path, threads=threads)
+        report = Report(src, dst, config.version, kind=kind, tokenizer=tok_path, threads=threads,
+                        source=reader.label)
         has_output = any(e.name == "output" for e in entries)
         tensors, notes = [], {}
         for e in entries:
