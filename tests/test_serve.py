@@ -663,3 +663,46 @@ def test_sigterm_ends_running_streams_then_exits_0(tmp_path):
             httpx.get(server.url + "/health", timeout=5)
     finally:
         server.kill()
+
+
+def test_a_stream_sees_a_lost_connection_before_writing_again():
+    """Events already queued were sent without returning to the loop, so after a write
+    found the client gone (the transport only marks itself lost; uvicorn learns it from
+    a callback the loop runs next) the rest went to a dead socket, and asyncio logged
+    "socket.send() raised exception." from the fifth. Modelled here: the third chunk's
+    write loses the connection and schedules what the transport schedules."""
+    from qllama.serving.api import Reply
+    from qllama.serving.server import _Events, _EventStream
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue()
+        for _ in range(20):
+            queue.put_nowait(Event(text="a"))
+        queue.put_nowait(Event(finish_reason="stop", usage=Usage(1, 20)))
+        api = types.SimpleNamespace(cancelled=0, scheduler=types.SimpleNamespace(
+            cancel=lambda req: None))
+        never = asyncio.Event()
+
+        async def receive():
+            await never.wait()
+
+        events = _Events(api, object(), queue, receive, chat=False)
+        state = {"bodies": 0, "lost": False, "gone": False, "dead_writes": 0}
+
+        async def send(message):
+            if state["gone"] or message["type"] != "http.response.body":
+                return  # uvicorn drops what is sent after connection_lost
+            if state["lost"]:
+                state["dead_writes"] += 1
+                return
+            state["bodies"] += 1
+            if state["bodies"] == 3:
+                state["lost"] = True
+                loop.call_soon(state.update, {"gone": True})
+
+        await _EventStream(events, Reply(False, "m"), False)({}, receive, send)
+        return state
+
+    state = asyncio.run(scenario())
+    assert state["bodies"] == 3 and state["dead_writes"] == 0, state

@@ -331,6 +331,11 @@ class _EventStream:
                 (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Let the loop run before the next chunk: events already queued are taken
+                # without waiting, and a write that found the connection gone only marks
+                # it lost, so without this the next writes go to a dead socket (asyncio
+                # logs "socket.send() raised exception." from the fifth).
+                await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away while we wrote
             pass
