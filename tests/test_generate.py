@@ -310,3 +310,11 @@ def test_options_between_positionals(capsys):
         main(["tokenizer", "encode", tok, "--json", "Hello", "there"])
     err = capsys.readouterr().err
     assert err.startswith("usage: qllama tokenizer encode") and "arguments: there" in err
+    # an option among the command's words stays an error (it was dropped once)
+    for argv in (["tokenizer", "--json", "encode", tok, "hi"],
+                 ["tokenizer", "-x", "export", str(data("tok512.model")), "-o",
+                  os.devnull + ".x"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr()
+        assert out.out == "" and f"unrecognized arguments: {argv[1]}" in out.err

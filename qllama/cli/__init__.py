@@ -52,16 +52,20 @@ def _name_parsers(parser: argparse.ArgumentParser) -> None:
                 _name_parsers(command)
 
 
-def _intermixed(args: argparse.Namespace, given: list[str]) -> argparse.Namespace:
+def _intermixed(args: argparse.Namespace, given: list[str],
+                unknown: list[str]) -> argparse.Namespace:
     """The command's own arguments parsed again with options between positionals
     (`tokenizer encode FILE --json TEXT`): argparse gives an optional positional its
     empty value before it reaches the option, then calls TEXT unrecognized. An
-    argument still unknown is an error with the command's usage."""
+    argument still unknown, or one among the command's words (`tokenizer --json
+    encode`), is an error with the command's usage."""
     command = args.command_parser
     path = command.prog.split()[1:]  # "qllama tokenizer encode" -> its words in argv
     at = 0
     for word in path:
         at = given.index(word, at) + 1
+    if any(u in given[:at] for u in unknown):
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     ns = command.parse_intermixed_args(given[at:])
     for name, value in vars(args).items():  # the parents' own (command, ...)
         if not hasattr(ns, name):
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         before = given.index(args.command) if args.command in given else 0
         if any(u in given[:before] for u in unknown) or not hasattr(args, "command_parser"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args = _intermixed(args, given)
+        args = _intermixed(args, given, unknown)
     try:
         # A model file truncated while mapped: one line, not a bus error and a core dump.
         with bus_errors_reported(), warnings.catch_warnings():
