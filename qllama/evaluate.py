@@ -278,6 +278,7 @@ def _sampled(model, n_tokens: int, seed: int, temperature: float):
                 break
             logits = session.feed([token])
         left -= len(tokens)
+        del session, logits  # its KV cache goes before the window is evaluated
         yield window_of(tokens, bos)
 
 
@@ -325,12 +326,21 @@ def evaluate(reference, candidate, windows, source: str = "",
     """Compare two loaded models (qllama.Model) over `windows` (any iterable of them,
     taken one at a time: sampled_windows'); see the module doc.
 
-    `progress(tokens_done)` is called after each window.
+    `progress(tokens_done)` is called before the first window and after each. The
+    report's seconds are the evaluation's, not the time the windows took to make.
     """
     check_same_architecture(reference.spec, candidate.spec, reference.path, candidate.path)
     t0 = time.perf_counter()
     totals = Totals()
-    for w in windows:
+    if progress is not None:
+        progress(0)
+    making, windows = 0.0, iter(windows)
+    while True:
+        t = time.perf_counter()
+        w = next(windows, None)
+        making += time.perf_counter() - t
+        if w is None:
+            break
         if not len(w.targets):
             continue
         r = reference.logits(w.inputs)  # (n, vocab)
@@ -354,7 +364,7 @@ def evaluate(reference, candidate, windows, source: str = "",
         for kind, e in weight_errors(reference.file, candidate.file).items():
             report.weights[kind] = {"rmse": e.rmse, "max_abs": e.max_abs,
                                     "rel_rmse": e.rel_rmse, "values": e.count}
-    report.seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - t0 - making
     return report
 
 
