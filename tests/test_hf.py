@@ -165,6 +165,25 @@ def test_unusable_tokenizer_is_left_behind_with_a_warning(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.bin"]
 
 
+def test_import_says_when_the_tokenizer_bin_encodes_otherwise(tmp_path, capsys):
+    """The tokenizer.bin import writes beside the model is read with Llama 2's normaliser;
+    a tokenizer.model that removes extra whitespace (as tok512.model does) was copied and
+    converted without a word."""
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    folder = tmp_path / "hf"
+    shutil.copytree(shared_hf("hfa"), folder)
+    m = pb.ModelProto()
+    m.ParseFromString((folder / "tokenizer.model").read_bytes())
+    m.normalizer_spec.remove_extra_whitespaces = True
+    (folder / "tokenizer.model").write_bytes(m.SerializeToString())
+    out = tmp_path / "out" / "m.bin"
+    out.parent.mkdir()
+    assert main(["import", str(folder), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "normalises with remove_extra_whitespaces True" in err and err.count("\n") == 1
+    assert (out.parent / "tokenizer.bin").exists()
+
+
 # ---------------------------------------------------------------------------
 # The rotary permutation: imported files compute what transformers computes
 

@@ -266,3 +266,28 @@ def test_export_says_when_a_bin_cannot_keep_the_normaliser(trained, tmp_path, ca
     text = "  two  spaces " if field.startswith("remove") else "word"
     assert (load_tokenizer(model).encode(text)
             != load_tokenizer(tmp_path / "other.bin").encode(text))
+
+
+def test_export_says_so_of_a_normaliser_with_rules(corpus, tmp_path, capsys):
+    """A model trained with SentencePiece's default nmt_nfkc normaliser (a character map)
+    rewrites full-width letters and ligatures; its .bin cannot, and export said nothing."""
+    spm = pytest.importorskip("sentencepiece")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "nfkc"),
+                                   vocab_size=400, model_type="bpe", byte_fallback=True,
+                                   normalization_rule_name="nmt_nfkc", minloglevel=2)
+    model = tmp_path / "nfkc.model"
+    assert cli.main(["tokenizer", "export", str(model), "-o", str(tmp_path / "nfkc.bin")]) == 0
+    err = capsys.readouterr().err
+    assert "normalizer nmt_nfkc" in err and "the characters that normaliser rewrites" in err
+    text = "\uff43\uff41\uff54 \ufb01"  # full-width "cat", the "fi" ligature
+    assert load_tokenizer(model).encode(text) != load_tokenizer(tmp_path / "nfkc.bin").encode(text)
+
+
+def test_refused_export_is_one_line(tmp_path, capsys):
+    """The warning came before the output was checked: a refused export printed it and
+    then its error."""
+    model = data("tok512.model")
+    (tmp_path / "t.bin").write_bytes(b"x")
+    assert cli.main(["tokenizer", "export", str(model), "-o", str(tmp_path / "t.bin")]) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and err.count("\n") == 1, err

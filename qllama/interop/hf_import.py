@@ -52,14 +52,15 @@ def _same_bytes(path: str, data: bytes) -> bool:
 
 
 def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
-                       inputs: list) -> list:
+                       inputs: list, notes: list) -> list:
     """[(path, bytes)] to write beside dst: tokenizer.model and its tokenizer.bin;
-    files already there with these bytes are left alone, others need --force."""
+    files already there with these bytes are left alone, others need --force. A
+    tokenizer.bin that encodes otherwise than its .model is said in `notes`."""
     path = os.path.join(folder, "tokenizer.model")
     if not os.path.lexists(path):
         return []
     from ..tokenizer import SentencePieceTokenizer, UnusableModel
-    from ..tokenizer.llama2c import bin_bytes
+    from ..tokenizer.llama2c import bin_bytes, bin_differs
     model_bytes = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError)
     try:
         tok = SentencePieceTokenizer(path, model_bytes)
@@ -72,6 +73,9 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
                       stacklevel=3)
         return []
     out_dir = os.path.dirname(os.path.abspath(dst))
+    differ = bin_differs(tok)
+    if differ:
+        notes.append(f"{path} {differ}")
     outputs = []
     for name, data in (("tokenizer.model", model_bytes), ("tokenizer.bin", bin_bytes(tok))):
         target = os.path.join(out_dir, name)
@@ -112,13 +116,14 @@ def import_hf(src: str, dst: str, version: int = 1, group_size: int | None = Non
         out_size = llama2c.expected_size(cout)
         check_output_path(dst, force, inputs)
         check_free_space(dst, out_size)
-        tokenizer_files = _tokenizer_outputs(src, dst, config, force, inputs)
+        notes = [note] if note else []
+        tokenizer_files = _tokenizer_outputs(src, dst, config, force, inputs, notes)
         entries = llama2c.layout(cout)
         gs = max(cout.group_size, 1)
         step = max(gs, (chunk_bytes // 4) // gs * gs)
         plan = list(plan_chunks(entries, sources, config, step))
         step = max((r1 - r0) * (e.numel // e.shape[0]) for e, _, _, r0, r1 in plan)
-        report = Report(src, dst, config=cout, notes=[note] if note else [],
+        report = Report(src, dst, config=cout, notes=notes,
                         source=source.label,
                         in_bytes=sum(sources[(e.name, e.layer)].nbytes for e in entries),
                         out_bytes=out_size, files=[p for p, _ in tokenizer_files], threads=threads,

@@ -110,6 +110,7 @@ class Tokenizer:
     surfaces: list               # (vocab_size,) bytes of each piece in text
     add_dummy_prefix = True
     remove_extra_whitespaces = False
+    normalizer = "identity"  # a SentencePiece model's normalizer_spec.name (rules: see below)
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         raise NotImplementedError

@@ -193,17 +193,27 @@ def export_bin(model_path: str, out_path: str, force: bool = False, warn=None) -
                 else "already a llama2.c tokenizer.bin")
         raise UsageError(f"{model_path}: {what}; export needs a SentencePiece tokenizer.model")
     data = bin_bytes(tok)
-    # what the model does unlike Llama 2, and what its .bin then encodes otherwise
+    with atomic_output(out_path, force=force, inputs=(model_path,)) as f:
+        f.write(data)
+    differ = bin_differs(tok)
+    if differ and warn:
+        warn(f"{model_path} {differ}")
+    return len(data)
+
+
+def bin_differs(tok) -> str | None:
+    """How a tokenizer.bin of SentencePiece model `tok` encodes otherwise than `tok`: a
+    .bin has no normaliser field and is read with Llama 2's settings (tok512.model
+    removes extra whitespace); None when `tok`'s are Llama 2's."""
     differ = [(f"{name} {have}", effect) for name, have, effect in (
+        ("normalizer", tok.normalizer, "the characters that normaliser rewrites"),
         ("add_dummy_prefix", tok.add_dummy_prefix, "a text's first word"),
         ("remove_extra_whitespaces", tok.remove_extra_whitespaces,
          "repeated, leading and trailing spaces")) if have != getattr(Tokenizer, name)]
-    if differ and warn:
-        warn(f"{model_path} normalises with {' and '.join(d for d, _ in differ)}; a "
-             "tokenizer.bin cannot say so and is read with Llama 2's settings, so it encodes "
-             f"{' and '.join(e for _, e in differ)} differently from the .model")
-    with atomic_output(out_path, force=force, inputs=(model_path,)) as f:
-        f.write(data)
-    return len(data)
+    if not differ:
+        return None
+    return (f"normalises with {' and '.join(d for d, _ in differ)}; a tokenizer.bin cannot say "
+            "so and is read with Llama 2's settings, so it encodes "
+            f"{' and '.join(e for _, e in differ)} differently from the .model")
 
 

@@ -64,6 +64,10 @@ class SentencePieceTokenizer(Tokenizer):
             proto.ParseFromString(data)
             self.add_dummy_prefix = proto.normalizer_spec.add_dummy_prefix
             self.remove_extra_whitespaces = proto.normalizer_spec.remove_extra_whitespaces
+            # sentencepiece applies a character map whatever the name says
+            ns = proto.normalizer_spec
+            self.normalizer = (f"{ns.name} (with a character map)"
+                               if ns.name == "identity" and ns.precompiled_charsmap else ns.name)
             if proto.trainer_spec.HasField("unk_surface"):
                 unk_surface = proto.trainer_spec.unk_surface
         for i in range(self.vocab_size):
