@@ -110,7 +110,7 @@ class Tokenizer:
     surfaces: list               # (vocab_size,) bytes of each piece in text
     add_dummy_prefix = True
     remove_extra_whitespaces = False
-    normalizer = "identity"  # a SentencePiece model's normalizer_spec.name (rules: see below)
+    normalizer = "identity"  # a SentencePiece model's normalizer_spec.name; a .bin's is Llama 2's
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         raise NotImplementedError
