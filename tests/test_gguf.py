@@ -115,8 +115,9 @@ def test_q8_0_is_ggufs_quantizer_and_f16_fallback(tmp_path):
     out = tmp_path / "s.gguf"
     report = export_gguf(str(src), str(out), "q8_0", tokenizer=str(data("tok512.model")),
                          chunk_bytes=4096)
-    assert report.notes == ["blk.N.ffn_down.weight stays F16: its rows of 172 values are not "
-                            "whole Q8_0 blocks of 32 (as llama.cpp's converters fall back)"]
+    assert report.notes[0] == ("blk.N.ffn_down.weight stays F16: its rows of 172 values are not "
+                               "whole Q8_0 blocks of 32 (as llama.cpp's converters fall back)")
+    assert len(report.notes) == 2 and "remove_extra_whitespaces True" in report.notes[1]
     r = gguf.GGUFReader(out)
     got = tensors(r)
     assert "output.weight" not in got  # shared: llama.cpp uses token_embd

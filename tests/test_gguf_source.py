@@ -227,6 +227,15 @@ def test_export_summary_names_the_types_read(model, tmp_path, capsys):
     assert f"{model / 'm.f16.gguf'} (GGUF, F16/F32) → " in capsys.readouterr().out
 
 
+def test_export_notes_a_normaliser_the_gguf_vocabulary_loses(model, tmp_path, capsys):
+    """tok512.model removes extra whitespace; llama.cpp reads a llama GGUF vocabulary
+    with Llama 2's settings, so the file encodes such text otherwise: said, as for a .bin."""
+    assert main(["export", str(model / "m.bin"), str(tmp_path / "a.gguf"), "--to", "gguf"]) == 0
+    err = capsys.readouterr().err
+    assert "tokenizer.model normalises with remove_extra_whitespaces True" in err
+    assert "read a llama GGUF vocabulary with Llama 2's settings" in err
+
+
 def test_random_byte_flips_quantize_or_fail_in_one_line(model, tmp_path, capsys):
     """Flipped bytes in the header, metadata and tensor table: quantize either writes
     a file or exits 1 with one line, leaving nothing."""

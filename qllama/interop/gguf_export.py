@@ -151,6 +151,13 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
                 if k.gguf_name not in names:
                     names.append(k.gguf_name)
         report.notes.extend(_note(names, *key) for key, names in notes.items())
+        from ..tokenizer import SentencePieceTokenizer
+        from ..tokenizer.llama2c import normaliser_lost
+        if isinstance(tok, SentencePieceTokenizer):
+            differ = normaliser_lost(tok, "llama.cpp (and qllama) read a llama GGUF vocabulary "
+                                          "with Llama 2's settings")
+            if differ:
+                report.notes.append(f"{tok_path} {differ}")
         name = reader.name if is_gguf else os.path.splitext(os.path.basename(src))[0]
         meta, align = _metadata(config, kind, tok, name, tensors, carried)
         offsets, at = [], len(meta) + _pad(len(meta), align)

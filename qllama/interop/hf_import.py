@@ -60,7 +60,7 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
     if not os.path.lexists(path):
         return []
     from ..tokenizer import SentencePieceTokenizer, UnusableModel
-    from ..tokenizer.llama2c import bin_bytes, bin_differs
+    from ..tokenizer.llama2c import BIN_NORMALISER, bin_bytes, normaliser_lost
     model_bytes = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer", TokenizerError)
     try:
         tok = SentencePieceTokenizer(path, model_bytes)
@@ -73,7 +73,7 @@ def _tokenizer_outputs(folder: str, dst: str, config: Config, force: bool,
                       stacklevel=3)
         return []
     out_dir = os.path.dirname(os.path.abspath(dst))
-    differ = bin_differs(tok)
+    differ = normaliser_lost(tok, BIN_NORMALISER)
     if differ:
         notes.append(f"{path} {differ}")
     outputs = []

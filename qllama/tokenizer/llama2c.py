@@ -195,16 +195,19 @@ def export_bin(model_path: str, out_path: str, force: bool = False, warn=None) -
     data = bin_bytes(tok)
     with atomic_output(out_path, force=force, inputs=(model_path,)) as f:
         f.write(data)
-    differ = bin_differs(tok)
+    differ = normaliser_lost(tok, BIN_NORMALISER)
     if differ and warn:
         warn(f"{model_path} {differ}")
     return len(data)
 
 
-def bin_differs(tok) -> str | None:
-    """How a tokenizer.bin of SentencePiece model `tok` encodes otherwise than `tok`: a
-    .bin has no normaliser field and is read with Llama 2's settings (tok512.model
-    removes extra whitespace); None when `tok`'s are Llama 2's."""
+BIN_NORMALISER = "a tokenizer.bin cannot say so and is read with Llama 2's settings"
+
+
+def normaliser_lost(tok, why: str) -> str | None:
+    """How a file made of SentencePiece model `tok` that is read with Llama 2's normaliser
+    (`why`: a tokenizer.bin, a GGUF vocabulary) encodes otherwise than `tok`
+    (tok512.model removes extra whitespace); None when `tok`'s settings are Llama 2's."""
     differ = [(f"{name} {have}", effect) for name, have, effect in (
         ("normalizer", tok.normalizer, "the characters that normaliser rewrites"),
         ("add_dummy_prefix", tok.add_dummy_prefix, "a text's first word"),
@@ -212,8 +215,7 @@ def bin_differs(tok) -> str | None:
          "repeated, leading and trailing spaces")) if have != getattr(Tokenizer, name)]
     if not differ:
         return None
-    return (f"normalises with {' and '.join(d for d, _ in differ)}; a tokenizer.bin cannot say "
-            "so and is read with Llama 2's settings, so it encodes "
+    return (f"normalises with {' and '.join(d for d, _ in differ)}; {why}, so it encodes "
             f"{' and '.join(e for _, e in differ)} differently from the .model")
 
 
