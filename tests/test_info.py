@@ -40,6 +40,8 @@ def test_straddling_file_is_flagged(capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "runq.c" in out and "straddle" in out
+    # 8 divides dim 64: only hidden_dim is named (both were, whichever failed)
+    assert "group size 8 does not divide hidden_dim 172;" in out
 
 
 def test_human_table(tmp_path, capsys):

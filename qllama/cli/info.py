@@ -139,8 +139,10 @@ def run(args) -> int:
         t.add_row("group size", str(d["group_size"]))
         t.add_row("bytes per parameter", f"{d['bytes_per_param']:.4f}")
         if d["groups_straddle_rows"]:
+            sizes = " and ".join(f"{name} {d[name]}" for name in ("dim", "hidden_dim")
+                                 if d[name] % d["group_size"])
             t.add_row("groups straddle rows",
-                      "[yellow]yes[/]: group size does not divide dim and hidden_dim; "
+                      f"[yellow]yes[/]: group size {d['group_size']} does not divide {sizes}; "
                       "llama2.c's runq.c computes such files wrongly (qllama reads them "
                       "correctly, on a slower path)")
         else:
