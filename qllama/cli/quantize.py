@@ -106,8 +106,9 @@ def calibrate(args, folder: bool) -> dict:
                         threads=args.threads,
                         scratch=os.path.dirname(os.path.abspath(args.output)))
     if not args.quiet:  # the summary's time is the quantizing's alone
-        print(f"qllama: note: importance of each matrix's inputs from {n:,} tokens of "
-              f"{args.calibrate} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+        print(f"qllama: note: importance of each matrix's inputs from {n:,} positions of "
+              f"{args.calibrate} (its tokens, each window from BOS) in "
+              f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return imp
 
 
