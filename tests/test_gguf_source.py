@@ -236,6 +236,48 @@ def test_export_notes_a_normaliser_the_gguf_vocabulary_loses(model, tmp_path, ca
     assert "read a llama GGUF vocabulary with Llama 2's settings" in err
 
 
+def test_add_space_prefix_goes_through_gguf(model, tmp_path, capsys):
+    """A tokenizer.model without SentencePiece's dummy prefix: export writes llama.cpp's
+    tokenizer.ggml.add_space_prefix false (the one normaliser setting llama.cpp reads),
+    qllama reads it back, and both encode as the .model; it was written as Llama 2's."""
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    from qllama.tokenizer import load_tokenizer
+    proto = pb.ModelProto()
+    proto.ParseFromString(data("tok512.model").read_bytes())
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False  # only the prefix differs
+    tok_path = tmp_path / "noprefix.model"
+    tok_path.write_bytes(proto.SerializeToString())
+    out = tmp_path / "a.gguf"
+    assert main(["export", str(model / "m.bin"), str(out), "--to", "gguf", "-z",
+                 str(tok_path)]) == 0
+    assert "normalises" not in capsys.readouterr().err  # the GGUF file keeps it
+    with GGUFModel(out) as g:
+        assert g.metadata["tokenizer.ggml.add_space_prefix"] is False
+        tok = from_gguf(g)
+    text = "hello world. once upon a time"
+    want = load_tokenizer(tok_path).encode(text)
+    assert tok.encode(text) == want != load_tokenizer(data("tok512.model")).encode(text)
+    for t in (text, " leading space"):
+        ids = load_tokenizer(tok_path).encode(t)
+        assert tok.encode(t) == ids and tok.decode(ids) == load_tokenizer(tok_path).decode(ids)
+    with GGUFModel(model / "m.f32.gguf") as g:  # Llama 2's setting: the key left out
+        assert "tokenizer.ggml.add_space_prefix" not in g.metadata
+        assert from_gguf(g).add_dummy_prefix is True
+
+
+def test_add_space_prefix_must_be_a_bool(tmp_path):
+    from qllama.errors import TokenizerError
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list("ab")
+    c = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=2, n_kv_heads=2,
+               vocab_size=len(tokens), seq_len=16, shared_classifier=True)
+    meta = gguf_metadata(c, tokens, tokenizer__ggml__add_space_prefix="yes")
+    write_gguf(tmp_path / "m.gguf", c, meta=meta)
+    with GGUFModel(tmp_path / "m.gguf") as g, pytest.raises(
+            TokenizerError, match="add_space_prefix is 'yes', not true or false"):
+        from_gguf(g)
+
+
 def test_random_byte_flips_quantize_or_fail_in_one_line(model, tmp_path, capsys):
     """Flipped bytes in the header, metadata and tensor table: quantize either writes
     a file or exits 1 with one line, leaving nothing."""

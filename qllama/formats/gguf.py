@@ -148,5 +148,7 @@ def add_vocabulary(writer: gguf.GGUFWriter, tok, add_bos: bool = True, add_eos: 
     writer.add_unk_token_id(tok.unk_id)
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(add_eos)
+    if not tok.add_dummy_prefix:  # llama.cpp's default is true; Llama 2's files leave it out
+        writer.add_add_space_prefix(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)

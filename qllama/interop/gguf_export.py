@@ -155,7 +155,8 @@ def export_gguf(src: str, dst: str, kind: str | None = None, tokenizer: str | No
         from ..tokenizer.llama2c import normaliser_lost
         if isinstance(tok, SentencePieceTokenizer):
             differ = normaliser_lost(tok, "llama.cpp (and qllama) read a llama GGUF vocabulary "
-                                          "with Llama 2's settings")
+                                          "with Llama 2's settings but its add_space_prefix",
+                                     kept=("add_dummy_prefix",))
             if differ:
                 report.notes.append(f"{tok_path} {differ}")
         name = reader.name if is_gguf else os.path.splitext(os.path.basename(src))[0]

@@ -78,9 +78,10 @@ def _valid_prefix(tail: bytes) -> bool:
     return False
 
 
-def _normalize(text) -> bytes:
+def _normalize(text, prefix: bool = True) -> bytes:
     """SentencePiece's identity normaliser with Llama 2's settings, as UTF-8:
-    "" stays empty; otherwise "▁" + text with every " " replaced by "▁"."""
+    "" stays empty; otherwise "▁" (add_dummy_prefix: a GGUF file may turn it off) +
+    text with every " " replaced by "▁"."""
     if isinstance(text, (bytes, bytearray)):
         text = utf8_decode(bytes(text))[0]
     try:
@@ -89,7 +90,7 @@ def _normalize(text) -> bytes:
         raw = utf8_decode(text.encode("utf-8", "surrogatepass"))[0].encode("utf-8")
     if not raw:
         return b""
-    return SPACE_BYTES + raw.replace(b" ", SPACE_BYTES)
+    return (SPACE_BYTES if prefix else b"") + raw.replace(b" ", SPACE_BYTES)
 
 
 # ---------------------------------------------------------------------------

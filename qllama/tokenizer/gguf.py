@@ -12,6 +12,7 @@ from .base import _BYTE_PIECES, BYTE, CONTROL, SPACE_BYTES, UNK_SURFACE, UNKNOWN
 from .llama2c import ScoredTokenizer
 
 MODEL = "llama"
+ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"  # SentencePiece's add_dummy_prefix
 KINDS = range(1, 7)  # GGUF's token types are SentencePiece's: normal 1 .. byte 6
 
 
@@ -66,6 +67,12 @@ def from_gguf(model, merge_table=None) -> GGUFTokenizer:
                 kinds.index(UNKNOWN) if UNKNOWN in kinds else 0)
     if type(unk) is not int or not 0 <= unk < n:
         fail("tokenizer.ggml.unknown_token_id", f"is {show(unk)}, outside the vocabulary of {n}")
-    return GGUFTokenizer(path, pieces, surfaces, kinds, scores,
-                         (unk, model.spec.bos_id, model.spec.eos_id), merge_table)
+    tok = GGUFTokenizer(path, pieces, surfaces, kinds, scores,
+                        (unk, model.spec.bos_id, model.spec.eos_id), merge_table)
+    # llama.cpp's SentencePiece tokenizer reads this one normaliser setting (default true)
+    prefix = m.get(ADD_SPACE_PREFIX, True)
+    if type(prefix) is not bool:
+        fail(ADD_SPACE_PREFIX, f"is {show(prefix)}, not true or false")
+    tok.add_dummy_prefix = prefix
+    return tok
 

@@ -109,7 +109,7 @@ class ScoredTokenizer(Tokenizer):
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         self._check_text(text)
-        ids = self._merges.encode(_normalize(text))
+        ids = self._merges.encode(_normalize(text, self.add_dummy_prefix))
         if bos:
             ids.insert(0, self.bos_id)
         if eos:
@@ -204,15 +204,17 @@ def export_bin(model_path: str, out_path: str, force: bool = False, warn=None) -
 BIN_NORMALISER = "a tokenizer.bin cannot say so and is read with Llama 2's settings"
 
 
-def normaliser_lost(tok, why: str) -> str | None:
+def normaliser_lost(tok, why: str, kept: tuple = ()) -> str | None:
     """How a file made of SentencePiece model `tok` that is read with Llama 2's normaliser
-    (`why`: a tokenizer.bin, a GGUF vocabulary) encodes otherwise than `tok`
-    (tok512.model removes extra whitespace); None when `tok`'s settings are Llama 2's."""
+    but for the settings `kept` (`why`: a tokenizer.bin keeps none, a GGUF vocabulary
+    add_dummy_prefix) encodes otherwise than `tok` (tok512.model removes extra
+    whitespace); None when `tok`'s settings are Llama 2's or kept."""
     differ = [(f"{name} {have}", effect) for name, have, effect in (
         ("normalizer", tok.normalizer, "the characters that normaliser rewrites"),
         ("add_dummy_prefix", tok.add_dummy_prefix, "a text's first word"),
         ("remove_extra_whitespaces", tok.remove_extra_whitespaces,
-         "repeated, leading and trailing spaces")) if have != getattr(Tokenizer, name)]
+         "repeated, leading and trailing spaces"))
+        if have != getattr(Tokenizer, name) and name not in kept]
     if not differ:
         return None
     return (f"normalises with {' and '.join(d for d, _ in differ)}; {why}, so it encodes "
