@@ -204,6 +204,26 @@ def llama_cpp_greedy(cli: str, model, prompt: str, n: int) -> list[int]:
     return ids
 
 
+def test_llama_cpp_reads_the_dummy_prefix_we_write(tmp_path):
+    """A tokenizer.model without SentencePiece's dummy prefix: llama.cpp encodes the
+    prompt of our export as qllama and the .model do (tokenizer.ggml.add_space_prefix)."""
+    cli = llama_cli()
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    proto = pb.ModelProto()
+    proto.ParseFromString(data("tok512.model").read_bytes())
+    proto.normalizer_spec.add_dummy_prefix = False
+    tok_path = tmp_path / "noprefix.model"
+    tok_path.write_bytes(proto.SerializeToString())
+    out = tmp_path / "s.gguf"
+    export_gguf(str(data("stories260K.bin")), str(out), "f32", tokenizer=str(tok_path))
+    prompt = "Once upon a time"
+    want = load_tokenizer(tok_path).encode(prompt)
+    assert want != load_tokenizer(data("tok512.model")).encode(prompt)
+    with qllama.load(out) as ours:
+        assert ours.encode(prompt) == want
+    assert llama_cpp_greedy(cli, out, prompt, 1)[:len(want)] == want
+
+
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])
 def test_llama_cpp_greedy_equals_qllama(kind, tmp_path):
     cli = llama_cli()
