@@ -160,7 +160,12 @@ class Model:
                                  f"{self.path} has {self.spec.vocab_size}")
         return self._tokenizer
 
-    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+    def encode(self, text: str, bos: bool = True, eos: bool = False,
+               special: bool = False) -> list[int]:
+        """Token ids of `text`; with `special`, the control pieces written in it (`</s>`)
+        are their ids (Tokenizer.encode_special), as llama.cpp reads a prompt."""
+        if special:
+            return self.tokenizer.encode_special(text, bos=bos, eos=eos)
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids) -> str:

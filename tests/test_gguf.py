@@ -224,6 +224,19 @@ def test_llama_cpp_reads_the_dummy_prefix_we_write(tmp_path):
     assert llama_cpp_greedy(cli, out, prompt, 1)[:len(want)] == want
 
 
+def test_llama_cpp_reads_special_pieces_in_a_prompt_as_encode_special(tmp_path):
+    """`qllama run --special` takes a prompt as llama-cli does: </s> written in it is the
+    end-of-sequence id, and the text after it starts with the dummy prefix again."""
+    cli = llama_cli()
+    out = tmp_path / "s.gguf"
+    export_gguf(str(data("stories260K.bin")), str(out), "f32", tokenizer=str(data("tok512.model")))
+    prompt = "Once upon a time</s> there was<unk> a cat"
+    with qllama.load(out) as ours:
+        want = ours.encode(prompt, special=True)
+    assert want.count(2) == 1 and want.count(0) == 1
+    assert llama_cpp_greedy(cli, out, prompt, 1)[:len(want)] == want
+
+
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])
 def test_llama_cpp_greedy_equals_qllama(kind, tmp_path):
     cli = llama_cli()

@@ -1,6 +1,7 @@
 """qllama.tokenizer: the llama2.c tokenizer.bin encoder against SentencePiece,
 decoding, streaming, export byte-identity and bad files."""
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -522,3 +523,42 @@ def test_a_model_file_given_as_the_tokenizer_is_named_so(tmp_path, capsys):
                      str(data("tok512.model")), "-q"]) == 0
     assert cli.main(["tokenizer", "export", str(gguf), "-o", str(tmp_path / "t.bin")]) == 1
     assert "a GGUF file, whose vocabulary is no SentencePiece model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# control pieces written in text (`qllama run --special`, as llama.cpp reads a prompt)
+
+@settings(max_examples=200 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.one_of(texts, st.sampled_from(["<s>", "</s>", "<unk>", "</s></s>"])),
+                      max_size=6))
+def test_encode_special_is_the_parts_encoded_between_control_ids(llama, parts):
+    """Each control or unknown piece written in the text is its id; the text between two
+    is encoded alone (with the dummy prefix, as llama.cpp prefixes text after a special
+    token); the same ids from tokenizer.model and tokenizer.bin; no special piece, encode."""
+    ours, _, sp = llama
+    model = load_tokenizer(data("tokenizer.model"))
+    text = "".join(parts)
+    got = ours.encode_special(text)
+    assert got == model.encode_special(text)
+    want = [1]
+    for i, part in enumerate(re.split("(<s>|</s>|<unk>)", text)):
+        want += [{"<s>": 1, "</s>": 2, "<unk>": 0}[part]] if i % 2 else sp.encode(part)
+    assert got == want
+    if not any(s in text for s in ("<s>", "</s>", "<unk>")):
+        assert got == ours.encode(text)
+    assert ours.encode_special(text, bos=False, eos=True) == got[1:] + [2]
+
+
+def test_run_special_reads_the_prompts_control_pieces(capsys):
+    """The prompt's token count shows in --steps' refusal: with --special, "</s>" is one."""
+    base = ["run", str(data("stories260K.bin")), "-z", str(data("tok512.bin")), "-n", "2",
+            "-i", "a</s>b"]
+    counts = []
+    for extra in ([], ["--special"]):
+        assert cli.main(base + extra) == 1
+        err = capsys.readouterr().err
+        counts.append(int(err.split("the prompt's ")[1].split()[0]))
+    tok = load_tokenizer(data("tok512.bin"))
+    assert counts == [len(tok.encode("a</s>b")), len(tok.encode("a")) + 1 + len(tok.encode("b")) - 1]
+    assert cli.main(base[:-4] + ["-m", "chat", "--special"]) == 1
+    assert "--special reads generate mode's prompt" in capsys.readouterr().err

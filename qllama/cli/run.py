@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("-n", "--steps", type=int, default=256,
                    help="positions to run, prompt included; 0 = seq_len (default 256)")
     p.add_argument("-i", "--prompt", default="", help="input prompt")
+    p.add_argument("--special", action="store_true",
+                   help="read control pieces written in the prompt (<s>, </s>) as their ids, "
+                        "as llama.cpp does (generate mode)")
     add_tokenizer_argument(p)
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate")
     p.add_argument("-y", "--system", default="", help="system prompt in chat mode")
@@ -53,6 +56,9 @@ def run_command(args) -> int:
     with Model(args.model, tokenizer=args.tokenizer, threads=args.threads, kv=args.kv) as model:
         _ = model.tokenizer  # load and check it before any output
         stats = Stats()
+        if args.special and args.mode == "chat":
+            raise UsageError("--special reads generate mode's prompt; chat mode writes Llama 2's "
+                             "template itself")
         if args.mode == "chat":
             chat(model, args, seed, stats)
         else:
@@ -63,7 +69,7 @@ def run_command(args) -> int:
 
 
 def generate(model: Model, args, seed: int, stats: Stats) -> None:
-    ids = model.encode(args.prompt, bos=True)
+    ids = model.encode(args.prompt, bos=True, special=args.special)
     if 0 < args.steps < len(ids):  # run.c would stop inside the prompt, generating nothing
         raise UsageError(f"--steps {args.steps} is fewer than the prompt's {len(ids)} tokens "
                          "(BOS included): nothing to generate; steps count the prompt, "

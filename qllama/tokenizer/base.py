@@ -2,6 +2,8 @@
 normalisation rules, the `Tokenizer` interface and the incremental decoder."""
 from __future__ import annotations
 
+import re
+
 from ..errors import TokenizerError, whole_number
 
 SPACE = "▁"                    # U+2581, SentencePiece's escaped space
@@ -115,6 +117,28 @@ class Tokenizer:
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         raise NotImplementedError
+
+    def encode_special(self, text, bos: bool = True, eos: bool = False) -> list[int]:
+        """encode, but the control and unknown pieces written in `text` (`<s>`, `</s>`,
+        `<unk>`) are their ids, as llama.cpp reads a prompt: the longest such piece
+        where two match, and the text between them encoded part by part (each with
+        the dummy prefix, as llama.cpp prefixes text after a special token)."""
+        self._check_text(text)
+        if isinstance(text, (bytes, bytearray)):
+            text = utf8_decode(bytes(text))[0]
+        if not hasattr(self, "_specials"):
+            specials = {}
+            for i, kind in enumerate(self.kinds):
+                if kind in (CONTROL, UNKNOWN) and self.piece(i):
+                    specials.setdefault(self.piece(i), i)  # the lower id of a repeated piece
+            self._specials = specials
+            self._special_re = re.compile("(" + "|".join(
+                re.escape(p) for p in sorted(specials, key=len, reverse=True)) + ")")
+        ids = [self.bos_id] if bos else []
+        parts = self._special_re.split(text) if self._specials else [text]
+        for i, part in enumerate(parts):  # text, special, text, ...
+            ids += [self._specials[part]] if i % 2 else self.encode(part, bos=False)
+        return ids + [self.eos_id] if eos else ids
 
     def piece(self, token_id: int) -> str:
         raise NotImplementedError
