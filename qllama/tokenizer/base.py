@@ -126,19 +126,25 @@ class Tokenizer:
         self._check_text(text)
         if isinstance(text, (bytes, bytearray)):
             text = utf8_decode(bytes(text))[0]
-        if not hasattr(self, "_specials"):
+        specials, pattern = self._special_pieces()
+        ids = [self.bos_id] if bos else []
+        parts = pattern.split(text) if specials else [text]
+        for i, part in enumerate(parts):  # text, special, text, ...
+            ids += [specials[part]] if i % 2 else self.encode(part, bos=False)
+        return ids + [self.eos_id] if eos else ids
+
+    def _special_pieces(self) -> tuple:
+        """({piece: id} of the control and unknown pieces, a pattern splitting text at
+        them, longest first), made once; one attribute, so a thread sees both or none."""
+        found = getattr(self, "_specials", None)
+        if found is None:
             specials = {}
             for i, kind in enumerate(self.kinds):
                 if kind in (CONTROL, UNKNOWN) and self.piece(i):
                     specials.setdefault(self.piece(i), i)  # the lower id of a repeated piece
-            self._specials = specials
-            self._special_re = re.compile("(" + "|".join(
-                re.escape(p) for p in sorted(specials, key=len, reverse=True)) + ")")
-        ids = [self.bos_id] if bos else []
-        parts = self._special_re.split(text) if self._specials else [text]
-        for i, part in enumerate(parts):  # text, special, text, ...
-            ids += [self._specials[part]] if i % 2 else self.encode(part, bos=False)
-        return ids + [self.eos_id] if eos else ids
+            found = self._specials = (specials, re.compile("(" + "|".join(
+                re.escape(p) for p in sorted(specials, key=len, reverse=True)) + ")"))
+        return found
 
     def piece(self, token_id: int) -> str:
         raise NotImplementedError
