@@ -461,7 +461,16 @@ def test_calibrate_a_hugging_face_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "t.txt"]
 
 
-def test_collect_refuses_no_tokens():
+def test_collect_refuses_no_tokens(tmp_path, capsys):
+    from qllama.errors import UsageError
     from qllama.quant.imatrix import collect
-    with pytest.raises(ValueError, match="no tokens"):
+    with pytest.raises(UsageError, match="no tokens"):
         collect(str(data("stories260K.bin")), [])
+    # a calibration text with no tokens ended in a traceback (ValueError)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert main(["quantize", str(data("stories260K.bin")), str(tmp_path / "c.gguf"), "--type",
+                 "q4_k_m", "-z", str(data("tok512.model")), "--calibrate",
+                 str(tmp_path / "empty.txt")]) == 1
+    err = capsys.readouterr().err
+    assert err == "qllama: error: the calibration text has no tokens\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import kernels
 from .._kernels.engine import State, Weights
+from ..errors import UsageError
 from ..formats import open_model
 from ..threads import resolve_threads
 
@@ -32,7 +33,7 @@ def collect(model: str, ids, threads: int | None = None,
     `output`: the classifier's too, under ("output", None), from every row's logits
     (llama-imatrix --process-output)."""
     if not len(ids):
-        raise ValueError("the calibration text has no tokens")
+        raise UsageError("the calibration text has no tokens")
     f = open_model(model)
     try:
         c = f.spec
@@ -74,7 +75,7 @@ def importance(model: str, text: str, tok, max_tokens: int = 4096,
     `scratch` (default: the system's), removed after."""
     ids = tok.encode(text, bos=False)[:max_tokens]
     if not ids:  # before a folder's import
-        raise ValueError("the calibration text has no tokens")
+        raise UsageError("the calibration text has no tokens")
     if not os.path.isdir(model):
         return collect(model, ids, threads)
     from ..interop.hf_import import import_hf
