@@ -266,6 +266,22 @@ def test_add_space_prefix_goes_through_gguf(model, tmp_path, capsys):
         assert from_gguf(g).add_dummy_prefix is True
 
 
+def test_encode_special_takes_the_longest_piece_first_across_the_text(tmp_path):
+    """Control pieces "abcd" and "xab" in "xabcd": llama.cpp splits the whole text at the
+    longest piece first (x, then abcd); a leftmost match had taken xab, then c and d."""
+    tokens = (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+              + ["abcd", "xab", "x", "c", "d"])
+    types = [2, 3, 3] + [6] * 256 + [3, 3, 1, 1, 1]
+    c = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=2, n_kv_heads=2,
+               vocab_size=len(tokens), seq_len=16, shared_classifier=True)
+    meta = gguf_metadata(c, tokens, tokenizer__ggml__token_type=types)
+    write_gguf(tmp_path / "m.gguf", c, meta=meta)
+    with GGUFModel(tmp_path / "m.gguf") as g:
+        tok = from_gguf(g)
+    assert tok.encode_special("xabcd") == [1] + tok.encode("x", bos=False) + [259]
+    assert tok.encode_special("xab-abcd") == [1, 260] + tok.encode("-", bos=False) + [259]
+
+
 def test_add_space_prefix_must_be_a_bool(tmp_path):
     from qllama.errors import TokenizerError
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list("ab")

@@ -2,8 +2,6 @@
 normalisation rules, the `Tokenizer` interface and the incremental decoder."""
 from __future__ import annotations
 
-import re
-
 from ..errors import TokenizerError, whole_number
 
 SPACE = "▁"                    # U+2581, SentencePiece's escaped space
@@ -120,30 +118,38 @@ class Tokenizer:
 
     def encode_special(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         """encode, but the control and unknown pieces written in `text` (`<s>`, `</s>`,
-        `<unk>`) are their ids, as llama.cpp reads a prompt: the longest such piece
-        where two match, and the text between them encoded part by part (each with
-        the dummy prefix, as llama.cpp prefixes text after a special token)."""
+        `<unk>`) are their ids, as llama.cpp reads a prompt: each such piece, the longest
+        first, splits the text that no longer one took, and the text left between them
+        is encoded part by part (each with the dummy prefix, as llama.cpp prefixes text
+        after a special token)."""
         self._check_text(text)
         if isinstance(text, (bytes, bytearray)):
             text = utf8_decode(bytes(text))[0]
-        specials, pattern = self._special_pieces()
+        parts = [text]  # text (str) and special pieces' ids (int), in order
+        for piece, token in self._special_pieces():
+            split = []
+            for part in parts:
+                if isinstance(part, str) and piece in part:
+                    for j, between in enumerate(part.split(piece)):
+                        split += [token, between] if j else [between]
+                else:
+                    split.append(part)
+            parts = split
         ids = [self.bos_id] if bos else []
-        parts = pattern.split(text) if specials else [text]
-        for i, part in enumerate(parts):  # text, special, text, ...
-            ids += [specials[part]] if i % 2 else self.encode(part, bos=False)
+        for part in parts:
+            ids += [part] if isinstance(part, int) else self.encode(part, bos=False)
         return ids + [self.eos_id] if eos else ids
 
-    def _special_pieces(self) -> tuple:
-        """({piece: id} of the control and unknown pieces, a pattern splitting text at
-        them, longest first), made once; one attribute, so a thread sees both or none."""
+    def _special_pieces(self) -> list:
+        """[(piece, id)] of the control and unknown pieces, the longest first (the lower
+        id of a piece written twice), made once."""
         found = getattr(self, "_specials", None)
         if found is None:
             specials = {}
             for i, kind in enumerate(self.kinds):
                 if kind in (CONTROL, UNKNOWN) and self.piece(i):
-                    specials.setdefault(self.piece(i), i)  # the lower id of a repeated piece
-            found = self._specials = (specials, re.compile("(" + "|".join(
-                re.escape(p) for p in sorted(specials, key=len, reverse=True)) + ")"))
+                    specials.setdefault(self.piece(i), i)
+            found = self._specials = sorted(specials.items(), key=lambda p: -len(p[0]))
         return found
 
     def piece(self, token_id: int) -> str:
