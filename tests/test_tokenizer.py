@@ -562,3 +562,14 @@ def test_run_special_reads_the_prompts_control_pieces(capsys):
     assert counts == [len(tok.encode("a</s>b")), len(tok.encode("a")) + 1 + len(tok.encode("b")) - 1]
     assert cli.main(base[:-4] + ["-m", "chat", "--special"]) == 1
     assert "--special reads generate mode's prompt" in capsys.readouterr().err
+
+
+def test_run_reads_a_prompts_bytes_as_the_tokenizer_does(capsys):
+    """A byte of argv that is not UTF-8 reaches Python as a lone surrogate, which encoded
+    as three U+FFFD (9 byte pieces): one, as the tokenizer reads bytes, and printed as it."""
+    base = ["run", str(data("stories260K.bin")), "-z", str(data("tok512.bin"))]
+    assert cli.main(base + ["-n", "2", "-i", "\udcffab"]) == 1
+    n = int(capsys.readouterr().err.split("the prompt's ")[1].split()[0])
+    assert n == len(load_tokenizer(data("tok512.bin")).encode(b"\xffab"))
+    assert cli.main(base + ["-n", "12", "-t", "0", "-i", "\udcffab"]) == 0
+    assert capsys.readouterr().out.startswith("\ufffdab")

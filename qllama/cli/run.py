@@ -1,6 +1,7 @@
 """`qllama run`: text generation and chat, with llama2.c's run.c flags."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..chat import turn_ids
@@ -8,6 +9,7 @@ from ..errors import UsageError
 from ..model import KV_TYPES, Model, Stats
 from ..sampling import check_sampling, default_seed
 from ..threads import add_threads_argument
+from ..tokenizer.base import utf8_decode
 
 
 def add_kv_argument(p) -> None:
@@ -69,14 +71,17 @@ def run_command(args) -> int:
 
 
 def generate(model: Model, args, seed: int, stats: Stats) -> None:
-    ids = model.encode(args.prompt, bos=True, special=args.special)
+    # argv's bytes as the tokenizer reads bytes: a byte that is not UTF-8 is one U+FFFD
+    # (Python hands it over as a lone surrogate, which would encode as three)
+    prompt = utf8_decode(os.fsencode(args.prompt))[0]
+    ids = model.encode(prompt, bos=True, special=args.special)
     if 0 < args.steps < len(ids):  # run.c would stop inside the prompt, generating nothing
         raise UsageError(f"--steps {args.steps} is fewer than the prompt's {len(ids)} tokens "
                          "(BOS included): nothing to generate; steps count the prompt, "
                          "0 means the model's seq_len")
     tokens = model.generate_ids(ids, args.steps, args.temperature, args.top_p, seed, stats)
     out = sys.stdout
-    out.write(args.prompt)
+    out.write(prompt)
     out.flush()
     stream = model.text_stream(ids)
     for token in tokens:
