@@ -21,6 +21,7 @@ from qllama.synth import write_random_model
 from qllama.tokenizer import load_tokenizer
 
 from conftest import data, golden, llama_cpp_tool
+from makers import gguf_metadata, write_gguf
 
 # hidden_dim 96 is 3 blocks of 32, dim 64 two: every matrix can be Q8_0.
 TINY = Config(1, dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
@@ -235,6 +236,43 @@ def test_llama_cpp_reads_special_pieces_in_a_prompt_as_encode_special(tmp_path):
         want = ours.encode(prompt, special=True)
     assert want.count(2) == 1 and want.count(0) == 1
     assert llama_cpp_greedy(cli, out, prompt, 1)[:len(want)] == want
+
+
+def user_defined_gguf(path):
+    """A GGUF vocabulary with a user-defined piece <|u|> (type 4, id 261) and control
+    pieces abcd (262) and xab (263); random weights."""
+    tokens = (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+              + ["a", "\u2581a", "<|u|>", "abcd", "xab", "x", "c", "d"])
+    types = [2, 3, 3] + [6] * 256 + [1, 1, 4, 3, 3, 1, 1, 1]
+    c = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=2, n_kv_heads=2,
+               vocab_size=len(tokens), seq_len=32, shared_classifier=True)
+    write_gguf(path, c, meta=gguf_metadata(c, tokens, tokenizer__ggml__token_type=types))
+
+
+PROMPT = "<|u|>a xabcd</s>a<|u|>"
+
+
+def test_user_defined_pieces_are_taken_out_of_any_text(tmp_path):
+    """llama.cpp takes a GGUF vocabulary's user-defined pieces out of any text, and the
+    text after one starts with the dummy prefix again; qllama merged them as normal
+    pieces. Control pieces are left in the text unless asked (--special)."""
+    user_defined_gguf(tmp_path / "m.gguf")
+    with qllama.load(tmp_path / "m.gguf") as ours:
+        tok = ours.tokenizer
+        plain = lambda text: tok.encode(text, bos=False)  # noqa: E731
+        assert ours.encode(PROMPT) == [1, 261] + plain("a xabcd</s>a") + [261]
+        # abcd before xab: the longest piece first
+        assert ours.encode(PROMPT, special=True) == ([1, 261] + plain("a x") + [262, 2]
+                                                     + plain("a") + [261])
+
+
+def test_llama_cpp_reads_a_prompt_as_qllama(tmp_path):
+    """User-defined and (llama-cli parses them) control pieces, the longest first."""
+    cli = llama_cli()
+    user_defined_gguf(tmp_path / "m.gguf")
+    with qllama.load(tmp_path / "m.gguf") as ours:
+        want = ours.encode(PROMPT, special=True)
+    assert llama_cpp_greedy(cli, tmp_path / "m.gguf", PROMPT, 1)[:len(want)] == want
 
 
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])

@@ -28,6 +28,12 @@ A .bin file stores neither piece types nor settings; we infer them:
   tok512.bin encodes text with repeated, leading or trailing spaces as
   Llama 2 would, not as tok512.model does.
 
+A GGUF vocabulary stores the piece types (SentencePiece's numbers) and one setting,
+`tokenizer.ggml.add_space_prefix`; as llama.cpp does, its user-defined pieces are
+taken out of any text before the merges, the longest first, and each text part
+left is encoded with the dummy prefix. `encode_special` (`qllama run --special`)
+takes the control and unknown pieces written in a text out the same way.
+
 Data flow: file → validated vocabulary → (encode) normalized UTF-8 → BPE
 merges → ids, (decode) ids → bytes per token → UTF-8 text with SentencePiece's
 replacement of invalid bytes.

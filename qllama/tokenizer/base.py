@@ -118,15 +118,21 @@ class Tokenizer:
 
     def encode_special(self, text, bos: bool = True, eos: bool = False) -> list[int]:
         """encode, but the control and unknown pieces written in `text` (`<s>`, `</s>`,
-        `<unk>`) are their ids, as llama.cpp reads a prompt: each such piece, the longest
-        first, splits the text that no longer one took, and the text left between them
-        is encoded part by part (each with the dummy prefix, as llama.cpp prefixes text
-        after a special token)."""
+        `<unk>`) are their ids too, as llama.cpp reads a prompt (user-defined pieces
+        always are: a GGUF vocabulary's)."""
+        return self._split_encode(text, self._pieces_of((CONTROL, UNKNOWN, USER_DEFINED)),
+                                  bos, eos)
+
+    def _split_encode(self, text, pieces: list, bos: bool, eos: bool) -> list[int]:
+        """`text` with each of `pieces` [(piece, id)] written in it taken as its id, as
+        llama.cpp does: each piece, the longest first, splits the text that no longer
+        one took, and the text left between them is encoded part by part (each with the
+        dummy prefix, as llama.cpp prefixes text after a special token)."""
         self._check_text(text)
         if isinstance(text, (bytes, bytearray)):
             text = utf8_decode(bytes(text))[0]
         parts = [text]  # text (str) and special pieces' ids (int), in order
-        for piece, token in self._special_pieces():
+        for piece, token in pieces:
             split = []
             for part in parts:
                 if isinstance(part, str) and piece in part:
@@ -137,19 +143,26 @@ class Tokenizer:
             parts = split
         ids = [self.bos_id] if bos else []
         for part in parts:
-            ids += [part] if isinstance(part, int) else self.encode(part, bos=False)
+            ids += [part] if isinstance(part, int) else self._encode_text(part)
         return ids + [self.eos_id] if eos else ids
 
-    def _special_pieces(self) -> list:
-        """[(piece, id)] of the control and unknown pieces, the longest first (the lower
-        id of a piece written twice), made once."""
-        found = getattr(self, "_specials", None)
+    def _encode_text(self, text) -> list[int]:
+        """The ids of `text` alone: no BOS, no piece taken out first."""
+        return self.encode(text, bos=False)
+
+    def _pieces_of(self, kinds: tuple) -> list:
+        """[(piece, id)] of the pieces of `kinds`, the longest first (the lower id of a
+        piece written twice), made once per kinds."""
+        made = getattr(self, "_split_pieces", None)
+        if made is None:
+            made = self._split_pieces = {}
+        found = made.get(kinds)
         if found is None:
-            specials = {}
+            pieces = {}
             for i, kind in enumerate(self.kinds):
-                if kind in (CONTROL, UNKNOWN) and self.piece(i):
-                    specials.setdefault(self.piece(i), i)
-            found = self._specials = sorted(specials.items(), key=lambda p: -len(p[0]))
+                if kind in kinds and self.piece(i):
+                    pieces.setdefault(self.piece(i), i)
+            found = made[kinds] = sorted(pieces.items(), key=lambda p: -len(p[0]))
         return found
 
     def piece(self, token_id: int) -> str:

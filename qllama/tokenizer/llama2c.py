@@ -20,6 +20,7 @@ from .base import (
     SPACE_BYTES,
     UNK_SURFACE,
     UNKNOWN,
+    USER_DEFINED,
     Tokenizer,
     _normalize,
 )
@@ -83,7 +84,8 @@ class ScoredTokenizer(Tokenizer):
     pieces as SentencePiece names them (bytes, "▁" for a space), what each adds to text
     (`surfaces`), their kinds and the special ids. Every piece that is not control,
     unknown or byte is mergeable, as in a tokenizer.bin (which cannot tell user-defined
-    or unused pieces from normal ones)."""
+    or unused pieces from normal ones); a GGUF vocabulary's user-defined pieces are also
+    taken out of the text first, as llama.cpp does."""
 
     def __init__(self, path: str, pieces: list, surfaces: list, kinds: list, scores,
                  special: tuple, merge_table=None):
@@ -108,13 +110,19 @@ class ScoredTokenizer(Tokenizer):
                                    self.unk_id, self.byte_fallback)
 
     def encode(self, text, bos: bool = True, eos: bool = False) -> list[int]:
+        users = self._pieces_of((USER_DEFINED,))  # a GGUF vocabulary's; llama.cpp takes
+        if users:                                  # them out of any text first
+            return self._split_encode(text, users, bos, eos)
         self._check_text(text)
-        ids = self._merges.encode(_normalize(text, self.add_dummy_prefix))
+        ids = self._encode_text(text)
         if bos:
             ids.insert(0, self.bos_id)
         if eos:
             ids.append(self.eos_id)
         return ids
+
+    def _encode_text(self, text) -> list[int]:
+        return self._merges.encode(_normalize(text, self.add_dummy_prefix))
 
     def piece(self, token_id: int) -> str:
         """The piece as SentencePiece names it ("<s>", "▁the", "<0x0A>")."""
