@@ -282,6 +282,21 @@ def test_encode_special_takes_the_longest_piece_first_across_the_text(tmp_path):
     assert tok.encode_special("xab-abcd") == [1, 260] + tok.encode("-", bos=False) + [259]
 
 
+def test_longest_piece_means_most_bytes(tmp_path):
+    """llama.cpp orders special pieces by their UTF-8 bytes: "ééx" (5 bytes, 3 characters)
+    before "xabc" (4 and 4) in "ééxabc"; counted in characters, xabc went first."""
+    tokens = (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+              + ["\u00e9\u00e9x", "xabc", "a", "b", "c"])
+    types = [2, 3, 3] + [6] * 256 + [4, 4, 1, 1, 1]
+    c = Config(1, dim=64, hidden_dim=128, n_layers=1, n_heads=2, n_kv_heads=2,
+               vocab_size=len(tokens), seq_len=16, shared_classifier=True)
+    write_gguf(tmp_path / "m.gguf", c, meta=gguf_metadata(c, tokens,
+                                                          tokenizer__ggml__token_type=types))
+    with GGUFModel(tmp_path / "m.gguf") as g:
+        tok = from_gguf(g)
+    assert tok.encode("\u00e9\u00e9xabc") == [1, 259] + tok.encode("abc", bos=False)
+
+
 def test_add_space_prefix_must_be_a_bool(tmp_path):
     from qllama.errors import TokenizerError
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list("ab")

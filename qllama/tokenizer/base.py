@@ -151,8 +151,8 @@ class Tokenizer:
         return self.encode(text, bos=False)
 
     def _pieces_of(self, kinds: tuple) -> list:
-        """[(piece, id)] of the pieces of `kinds`, the longest first (the lower id of a
-        piece written twice), made once per kinds."""
+        """[(piece, id)] of the pieces of `kinds`, the longest in UTF-8 bytes first, as
+        llama.cpp orders them (the lower id of a piece written twice), made once per kinds."""
         made = getattr(self, "_split_pieces", None)
         if made is None:
             made = self._split_pieces = {}
@@ -162,7 +162,8 @@ class Tokenizer:
             for i, kind in enumerate(self.kinds):
                 if kind in kinds and self.piece(i):
                     pieces.setdefault(self.piece(i), i)
-            found = made[kinds] = sorted(pieces.items(), key=lambda p: -len(p[0]))
+            found = made[kinds] = sorted(
+                pieces.items(), key=lambda p: -len(p[0].encode("utf-8", "surrogatepass")))
         return found
 
     def piece(self, token_id: int) -> str:
