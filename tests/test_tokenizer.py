@@ -573,3 +573,11 @@ def test_run_reads_a_prompts_bytes_as_the_tokenizer_does(capsys):
     assert n == len(load_tokenizer(data("tok512.bin")).encode(b"\xffab"))
     assert cli.main(base + ["-n", "12", "-t", "0", "-i", "\udcffab"]) == 0
     assert capsys.readouterr().out.startswith("\ufffdab")
+
+
+def test_run_takes_a_prompt_of_any_str(capsys):
+    """A lone surrogate no byte of argv made (a Python caller of cli.main) is one line of
+    output, not a UnicodeEncodeError from os.fsencode."""
+    assert cli.main(["run", str(data("stories260K.bin")), "-z", str(data("tok512.bin")), "-n",
+                     "24", "-t", "0", "-i", "\ud800ab"]) == 0
+    assert capsys.readouterr().out.startswith("\ufffd\ufffd\ufffdab")

@@ -73,7 +73,11 @@ def run_command(args) -> int:
 def generate(model: Model, args, seed: int, stats: Stats) -> None:
     # argv's bytes as the tokenizer reads bytes: a byte that is not UTF-8 is one U+FFFD
     # (Python hands it over as a lone surrogate, which would encode as three)
-    prompt = utf8_decode(os.fsencode(args.prompt))[0]
+    try:
+        raw = os.fsencode(args.prompt)
+    except UnicodeEncodeError:  # a lone surrogate no byte made (a caller of cli.main)
+        raw = args.prompt.encode("utf-8", "surrogatepass")
+    prompt = utf8_decode(raw)[0]
     ids = model.encode(prompt, bos=True, special=args.special)
     if 0 < args.steps < len(ids):  # run.c would stop inside the prompt, generating nothing
         raise UsageError(f"--steps {args.steps} is fewer than the prompt's {len(ids)} tokens "
