@@ -581,3 +581,20 @@ def test_run_takes_a_prompt_of_any_str(capsys):
     assert cli.main(["run", str(data("stories260K.bin")), "-z", str(data("tok512.bin")), "-n",
                      "24", "-t", "0", "-i", "\ud800ab"]) == 0
     assert capsys.readouterr().out.startswith("\ufffd\ufffd\ufffdab")
+
+
+def test_chat_reads_turns_and_system_as_the_tokenizer_does(capsys, monkeypatch):
+    """Chat turns from stdin and -y met Python's lone surrogates as three U+FFFD each."""
+    import io
+
+    from qllama.chat import turn_ids
+    seen = []
+    real = turn_ids
+    monkeypatch.setattr("qllama.cli.run.turn_ids",
+                        lambda model, user, system: seen.append((user, system))
+                        or real(model, user, system))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xffhi\n"),
+                                                       errors="surrogateescape"))
+    assert cli.main(["run", str(data("stories260K.bin")), "-z", str(data("tok512.bin")), "-m",
+                     "chat", "-n", "64", "-y", "\udcfeok"]) == 0
+    assert seen == [("\ufffdhi", "\ufffdok")]

@@ -70,14 +70,18 @@ def run_command(args) -> int:
     return 0
 
 
-def generate(model: Model, args, seed: int, stats: Stats) -> None:
-    # argv's bytes as the tokenizer reads bytes: a byte that is not UTF-8 is one U+FFFD
-    # (Python hands it over as a lone surrogate, which would encode as three)
+def as_read(text: str) -> str:
+    """Text from argv or stdin as the tokenizer reads bytes: a byte that is not UTF-8 is
+    one U+FFFD (Python hands it over as a lone surrogate, which would encode as three)."""
     try:
-        raw = os.fsencode(args.prompt)
+        raw = os.fsencode(text)
     except UnicodeEncodeError:  # a lone surrogate no byte made (a caller of cli.main)
-        raw = args.prompt.encode("utf-8", "surrogatepass")
-    prompt = utf8_decode(raw)[0]
+        raw = text.encode("utf-8", "surrogatepass")
+    return utf8_decode(raw)[0]
+
+
+def generate(model: Model, args, seed: int, stats: Stats) -> None:
+    prompt = as_read(args.prompt)
     ids = model.encode(prompt, bos=True, special=args.special)
     if 0 < args.steps < len(ids):  # run.c would stop inside the prompt, generating nothing
         raise UsageError(f"--steps {args.steps} is fewer than the prompt's {len(ids)} tokens "
@@ -106,10 +110,10 @@ def chat(model: Model, args, seed: int, stats: Stats) -> None:
         line = sys.stdin.readline()
         if not line:
             break
-        user = line.rstrip("\n")
+        user = as_read(line.rstrip("\n"))
         if not user.strip():
             continue
-        ids = turn_ids(model, user, args.system if first else "")
+        ids = turn_ids(model, user, as_read(args.system) if first else "")
         first = False
         if session.pos + len(ids) >= session.capacity:
             print("\n[context full: raise --steps to chat longer]", file=sys.stderr)
