@@ -9,6 +9,7 @@ from ..errors import UsageError
 from ..threads import add_threads_argument
 from ..tokenizer import export_bin, load_tokenizer
 from ..tokenizer.base import utf8_decode
+from .run import as_read
 
 
 def register(subparsers) -> None:
@@ -72,10 +73,8 @@ def _pieces(tok, ids) -> list[str]:
 
 def cmd_encode(args) -> int:
     tok = load_tokenizer(args.tokenizer)
-    # as bytes, then decoded as SentencePiece decodes them (U+FFFD per invalid byte):
-    # Python's argv holds an invalid byte as a lone surrogate, which is three bytes
-    raw = sys.stdin.buffer.read() if args.text is None else os.fsencode(args.text)
-    text = utf8_decode(raw)[0]
+    # decoded as SentencePiece decodes bytes (U+FFFD per invalid byte), argv's as run's
+    text = utf8_decode(sys.stdin.buffer.read())[0] if args.text is None else as_read(args.text)
     ids = tok.encode(text, bos=args.bos, eos=args.eos)
     pieces = _pieces(tok, ids)
     if args.json:
