@@ -188,6 +188,25 @@ def test_greedy_completion_equals_qllama_run(stories):
     assert complete(client, prompt, temperature=0).usage.completion_tokens == 16
 
 
+def test_special_reads_control_pieces_in_a_completion_prompt_as_run_does(stories, tmp_path):
+    prompt, steps = "Once</s> upon<s> a time", 40
+    model, tok = stories.paths
+    special = stories.model.encode(prompt, special=True)
+    assert len(special) < len(stories.model.encode(prompt))
+    expected = run_cli(model, "-z", tok, "-t", "0", "-n", steps, "-i", prompt, "--special",
+                       "--threads", "1")
+    server = Server(model, tok, "--special", tmp=tmp_path)
+    try:
+        r = complete(server.client(), prompt, max_tokens=steps - len(special) + 1, temperature=0)
+    finally:
+        server.kill()
+    assert r.usage.prompt_tokens == len(special)
+    assert expected == prompt + r.choices[0].text + "\n"
+    # without it the pieces are text, as `qllama run` reads them
+    plain = complete(stories.client(), prompt, max_tokens=1, temperature=0)
+    assert plain.usage.prompt_tokens == len(stories.model.encode(prompt))
+
+
 def test_a_gguf_file_is_served_as_qllama_run_runs_it(tmp_path):
     """stories260K quantized to a GGUF q4_0 file (its vocabulary inside): the server's
     greedy completion is `qllama run`'s."""

@@ -68,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--kv-memory", type=_size, default=None, metavar="SIZE",
                    help="KV cache pool for all sessions, e.g. 512M, 2G (default: enough for every "
                         "session to reach the model's context; resident only as used)")
+    p.add_argument("--special", action="store_true",
+                   help="read control pieces written in a /v1/completions prompt (<s>, </s>) "
+                        "as their ids, as llama-server does (chat messages stay text)")
     add_kv_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=serve_command)
@@ -122,7 +125,8 @@ def serve_command(args) -> int:
               f"{args.queue}, KV pool {pool.pages} pages, {fmt_bytes(pool.page_bytes * pool.pages)}"
               f", kernels {model.variant}, {model.threads} threads)", flush=True)
 
-    config = uvicorn.Config(create_app(scheduler, model, name, api_key=args.api_key),
+    config = uvicorn.Config(create_app(scheduler, model, name, api_key=args.api_key,
+                                       special=args.special),
                             log_level="warning", access_log=False, lifespan="off")
     server = _make_server(config, ready)
     scheduler.start()

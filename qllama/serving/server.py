@@ -32,10 +32,12 @@ _GONE = Event(finish_reason="disconnected")  # what the queue gets when the clie
 
 
 def create_app(scheduler, model, model_name: str, api_key: str | None = None,
-               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS) -> Starlette:
+               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS,
+               special: bool = False) -> Starlette:
     """The ASGI app serving `model` (under `model_name`) through `scheduler` (started by
-    the caller). With `api_key`, /v1/ requires `Authorization: Bearer <api_key>`."""
-    api = _Api(scheduler, model, model_name, api_key, max_body, body_seconds)
+    the caller). With `api_key`, /v1/ requires `Authorization: Bearer <api_key>`; with
+    `special`, control pieces written in a completion's prompt are their ids."""
+    api = _Api(scheduler, model, model_name, api_key, max_body, body_seconds, special)
     routes = [
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -83,8 +85,10 @@ async def _internal_error(request, exc: Exception) -> JSONResponse:
 class _Api:
     """The handlers, and the counters /metrics adds to the scheduler's."""
 
-    def __init__(self, scheduler, model, model_name, api_key, max_body, body_seconds):
+    def __init__(self, scheduler, model, model_name, api_key, max_body, body_seconds,
+                 special):
         self.scheduler = scheduler
+        self.special = special
         self.model = model
         self.model_name = model_name
         self.key = api_key.encode() if api_key else None
@@ -142,7 +146,7 @@ class _Api:
         body = await self._body(request)
         params = parse_params(body, self.model_name)
         prompt = completion_prompt(body)
-        ids = await asyncio.to_thread(self.model.encode, prompt, True)
+        ids = await asyncio.to_thread(self.model.encode, prompt, True, special=self.special)
         return await self._generate(request, ids, params, "prompt",
                                     params.max_tokens or COMPLETION_MAX_TOKENS, chat=False)
 
