@@ -449,7 +449,7 @@ class FailingScheduler:
 def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
     from starlette.testclient import TestClient
     model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
-                                  encode=lambda text, bos=True: [1] + [5] * len(text))
+                                  encode=lambda text, bos=True, special=False: [1] + [5] * len(text))
     app = create_app(FailingScheduler(), model, "fake")
     with TestClient(app) as client:
         r = client.post("/v1/completions", json={"prompt": "hi"})
