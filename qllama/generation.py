@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import FormatError
 
-BOS, EOS = 1, 2  # Llama 2's (llama2.c assumes them)
+BOS = 1  # Llama 2's (llama2.c assumes it)
 
 
 @dataclass

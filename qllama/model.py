@@ -22,7 +22,7 @@ from ._kernels.sampler import Sampler
 from .diagnostics import peak_rss_mb
 from .errors import QllamaWarning, TokenizerError, UsageError, whole_number
 from .formats import open_model
-from .generation import BOS, EOS, Generation  # noqa: F401 (Llama 2's ids, for callers)
+from .generation import BOS, Generation  # noqa: F401 (Llama 2's id, for callers)
 from .sampling import check_sampling, default_seed
 from .threads import ThreadGovernor, resolve_threads
 

@@ -4,5 +4,3 @@ from libc.stdint cimport uint32_t
 
 cdef extern from "bits.h" nogil:
     uint32_t abs_bits "qllama_abs_bits"(float f)
-    uint32_t abs_bits_no_nan "qllama_abs_bits_no_nan"(float f)
-    float from_bits "qllama_from_bits"(uint32_t u)

@@ -152,10 +152,6 @@ cdef class MergeTable:
                 return k
             h = (h + 1) & self.mask
 
-    def lookup(self, bytes piece):
-        """Id of a mergeable piece, or -1."""
-        return self._find(piece, len(piece))
-
     cdef inline void _maybe_push(self, const uint8_t* text, const int32_t* start,
                                  const int32_t* size, int32_t left, int32_t right,
                                  Pair* heap, Py_ssize_t* nheap) noexcept nogil:

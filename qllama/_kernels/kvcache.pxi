@@ -67,7 +67,6 @@ cdef class KVCache:
     a pool of pages is resident only as far as sequences have used it)."""
     cdef readonly Weights weights
     cdef readonly Py_ssize_t page_size, n_pages
-    cdef readonly str kv
     cdef bint kv16
     cdef size_t item          # bytes per entry: 2 (fp16) or 4
     cdef Py_ssize_t page_entries
@@ -81,7 +80,7 @@ cdef class KVCache:
         if not 0 < page_size <= weights.net.seq_len or n_pages < 1:
             raise ValueError(f"page size {page_size} outside 1..seq_len, or no pages")
         self.weights = weights
-        self.page_size, self.n_pages, self.kv = page_size, n_pages, kv
+        self.page_size, self.n_pages = page_size, n_pages
         self.kv16 = kv == "f16"
         self.item = 2 if self.kv16 else 4
         self.page_entries = weights.net.n_layers * page_size * weights.net.kv_dim
@@ -98,10 +97,6 @@ cdef class KVCache:
     def __dealloc__(self):
         free(self.keys)
         free(self.values)
-
-    @property
-    def nbytes(self):
-        return 2 * self.page_entries * self.n_pages * self.item
 
     @property
     def page_bytes(self):

@@ -280,8 +280,6 @@ cdef class State:
             raise ValueError(f"capacity {capacity} outside 1..seq_len {weights.seq_len}")
         if max_block < 1:
             raise ValueError("max_block must be at least 1")
-        if kv not in ("f16", "f32"):
-            raise ValueError(f"kv cache type {kv!r}: must be 'f16' or 'f32'")
         self.capacity = capacity
         self.max_block = min(max_block, capacity)  # a longer block could never run
         self.workspace = Workspace(weights, self.max_block, capacity, threads)
@@ -297,20 +295,12 @@ cdef class State:
         return self.workspace.weights
 
     @property
-    def kv(self):
-        return self.cache.kv
-
-    @property
     def threads(self):
         return self.workspace.threads
 
     @threads.setter
     def threads(self, int n):
         self.workspace.threads = n
-
-    @property
-    def kv_cache_bytes(self):
-        return self.cache.nbytes
 
     def forward(self, const int32_t[::1] tokens, Py_ssize_t pos, float[:, ::1] logits):
         """Run tokens (T <= max_block) at positions pos..pos+T-1, filling the cache.

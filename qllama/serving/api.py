@@ -13,6 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from ..chat import ROLES
+
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
 
 
@@ -183,7 +185,7 @@ def chat_messages(body: dict) -> list[tuple[str, str]]:
         if not isinstance(m, dict):
             raise ApiError(400, f"{where} must be an object", param=where)
         role = {"developer": "system"}.get(m.get("role"), m.get("role"))
-        if role not in ("system", "user", "assistant"):
+        if role not in ROLES:
             raise ApiError(400, f"{where}.role must be system, user or assistant, got "
                                 f"{json.dumps(m.get('role'))[:40]}", param=f"{where}.role")
         out.append((role, _content(m.get("content"), f"{where}.content")))

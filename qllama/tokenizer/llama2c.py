@@ -136,7 +136,7 @@ class BinTokenizer(ScoredTokenizer):
     format = "llama2.c"
 
     def __init__(self, path: str, data: bytes, merge_table=None):
-        self.max_token_length, stored, scores = read_bin(path, data)
+        _, stored, scores = read_bin(path, data)
         n = len(stored)
         kinds, surfaces, pieces = [], [], []
         seen_bytes = set()
