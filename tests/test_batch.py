@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from qllama import kernels
 from qllama._kernels.engine import KVCache, Workspace
+from qllama.conversion.llama2c import quantize_file
 from qllama.formats.llama2c import Config
 from qllama.model import Model
-from qllama.quant.pipeline import quantize_file
 from qllama.serving.batch import PAGE
 from qllama.serving.scheduler import Busy, Scheduler
 from qllama.synth import write_random_model

@@ -51,7 +51,3 @@ def test_io_knows_no_format():
 
 def test_formats_need_io_only_for_the_opener():
     assert {m for m in _imports("formats") if m.startswith("io")} == {"io.inputs"}
-
-
-def test_interop_does_not_reach_into_the_quantize_driver():
-    assert "quant.pipeline" not in _imports("interop")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from qllama.cli import main
-from qllama.convert import convert_file
+from qllama.conversion.llama2c import convert_file
 from qllama.errors import UsageError
 from qllama.formats import llama2c as formats
 from qllama.formats.llama2c import Config, ModelFile
@@ -85,13 +85,11 @@ def _peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
-def test_v1_to_v0_rope_tables_in_bounded_memory(tmp_path, monkeypatch):
+def test_v1_to_v0_rope_tables_in_bounded_memory(tmp_path):
     """A long seq_len (hostile headers claim 2^31-1) must not build whole tables."""
-    import qllama.convert
     src, out = tmp_path / "long.v1.bin", tmp_path / "long.v0.bin"
     write_random_model(src, LONG, version=1)
-    monkeypatch.setattr(qllama.convert, "CHUNK_BYTES", 1 << 20)
-    peak = _peak_bytes(lambda: convert_file(src, out, 0))
+    peak = _peak_bytes(lambda: convert_file(src, out, 0, chunk_bytes=1 << 20))
     assert peak < 16 << 20, peak  # whole tables: over 100 MB
     cos, sin = rope_tables(LONG.head_size, LONG.seq_len)
     with ModelFile(out) as m:

@@ -259,10 +259,10 @@ def test_golden_stories260K_int8_within_bounds():
 def test_real_model_quantized_by_qllama(tmp_path):
     """Our int8 file of the real stories260K: mean KL <= 1e-3, top-1 >= 98% over 512
     tokens sampled from the fp32 model (figures in README)."""
-    quantize = pytest.importorskip("qllama.quant.pipeline")
+    from qllama.conversion.llama2c import quantize_file
     src = data("stories260K.bin")
     dst = tmp_path / "stories260K.q80.bin"
-    quantize.quantize_file(src, dst, threads=1)
+    quantize_file(src, dst, threads=1)
     r = run_eval(src, dst, n=512, seed=1)
     assert r.tokens == 512
     assert r.kl_mean <= 1e-3, r.summary()
@@ -366,7 +366,7 @@ def test_f16_cache_against_f32_cache(path):
 def test_int8_with_f16_cache_against_fp32(tmp_path):
     """What a user runs by default (our int8 file, fp16 cache) against the fp32 model
     with run.c's fp32 cache, on the real stories260K: the int8 bounds hold."""
-    from qllama.quant.pipeline import quantize_file
+    from qllama.conversion.llama2c import quantize_file
     dst = tmp_path / "stories260K.q80.bin"
     quantize_file(data("stories260K.bin"), dst, threads=1)
     r = eval_models(Model(data("stories260K.bin"), threads=1, kv="f32"),

@@ -1,4 +1,4 @@
-"""formats.py: headers, layouts and validation, on golden files and on damaged ones."""
+"""formats/llama2c.py: headers, layouts and validation, on golden files and on damaged ones."""
 import struct
 
 import numpy as np

@@ -13,8 +13,8 @@ import pytest
 import qllama
 import qllama.model
 from qllama.cli import main
+from qllama.conversion.llama2c import quantize_file
 from qllama.formats.llama2c import Config
-from qllama.quant.pipeline import quantize_file
 
 from conftest import ROOT, data, golden
 from reference import write_model

@@ -13,10 +13,10 @@ from gguf import GGMLQuantizationType as T
 
 import qllama
 from qllama.cli import main
+from qllama.conversion.llama2c import quantize_file
 from qllama.formats import gguf as gguf_format
 from qllama.formats.llama2c import Config, ModelFile
 from qllama.interop.gguf_export import export_gguf
-from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 from qllama.tokenizer import load_tokenizer
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from qllama._kernels.quantize_blocks import quantize_rows
 from qllama.cli import main
+from qllama.conversion.llama2c import quantize_file
 from qllama.formats import gguf as gguf_format
 from qllama.formats.llama2c import Config, ModelFile, layout
 from qllama.quant import blocks
-from qllama.quant.pipeline import quantize_file
 from qllama.quant.types import TYPES
 from qllama.synth import write_random_model
 

@@ -18,11 +18,11 @@ from safetensors.numpy import load_file
 
 import qllama
 from qllama.cli import main
+from qllama.conversion.llama2c import quantize_file
 from qllama.formats import hf
 from qllama.formats.llama2c import Config, ModelFile
 from qllama.interop.hf_export import export_hf
 from qllama.interop.hf_import import import_hf
-from qllama.quant.pipeline import quantize_file
 from qllama.tokenizer import find_tokenizer
 
 from conftest import data

@@ -16,13 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qllama.convert import convert_file
+from qllama.conversion.llama2c import convert_file, quantize_file
 from qllama.diagnostics import huge_page_bytes, mappings
 from qllama.formats import open_model
 from qllama.formats.llama2c import Q80, Config, layout
 from qllama.io import blockwriter
 from qllama.io.blockwriter import BLOCK, BlockWriter, QueuedWriter
-from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 
 from makers import write_gguf

@@ -11,11 +11,11 @@ from hypothesis.extra import numpy as hnp
 
 from qllama._kernels.quantize_weights import quantize_weights as q80
 from qllama.cli import main
+from qllama.conversion.llama2c import quantize_file
 from qllama.errors import UsageError
 from qllama.formats import llama2c as formats
 from qllama.formats.llama2c import Config, ModelFile
 from qllama.quant.groups import choose_group_size
-from qllama.quant.pipeline import quantize_file
 from qllama.synth import random_weights, write_weights
 
 from conftest import data, golden

@@ -22,10 +22,10 @@ from hypothesis.extra import numpy as hnp
 
 from qllama import kernels
 from qllama._kernels.engine import Kernels
+from qllama.conversion.llama2c import quantize_file
 from qllama.errors import UsageError
 from qllama.formats.llama2c import Config, QTensor
 from qllama.model import PREFILL_BLOCK, Model
-from qllama.quant.pipeline import quantize_file
 from qllama.synth import write_random_model
 
 import harness

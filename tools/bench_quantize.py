@@ -114,9 +114,9 @@ def run_quantize(src: str, dst: str, threads: int | None, cold: bool,
         src, dst = os.path.abspath(src), os.path.abspath(dst)
     # Load the interpreter, numpy, rich and qllama back into the cache: the run
     # should time quantizing, not a cold `import numpy`.
-    subprocess.run([sys.executable, "-c", "import qllama.quant.pipeline, qllama._kernels.quantize_weights, "
-                    "qllama.cli, rich.console, rich.table, rich.progress"], check=True, env=env,
-                   cwd=cwd)
+    subprocess.run([sys.executable, "-c", "import qllama.conversion.llama2c, "
+                    "qllama._kernels.quantize_weights, qllama.cli, rich.console, rich.table, "
+                    "rich.progress"], check=True, env=env, cwd=cwd)
     cmd = [sys.executable, "-m", "qllama", "quantize", src, dst, "--force"]
     if threads:
         cmd += ["--threads", str(threads)]

@@ -1,7 +1,7 @@
 """`qllama convert IN OUT --to v0|v1`: fp32 checkpoints between versions 0 and 1."""
 from __future__ import annotations
 
-from ..convert import convert_file
+from ..conversion.llama2c import convert_file
 
 
 def run(args) -> int:

@@ -1,3 +1,4 @@
-"""Weights to Q8_0: the group-size rule (`groups`) and the streaming file
-quantizer (`pipeline`); the per-group arithmetic is the Cython kernel
-`qllama._kernels.quantize_weights`."""
+"""Weights to quantized types: the group-size rule (`groups`), GGUF's block types
+(`types`) and their numpy quantizers (`blocks`), importance from a calibration text
+(`imatrix`); the Q8_0 per-group arithmetic is the Cython kernel
+`qllama._kernels.quantize_weights`, the streaming file quantizer `conversion.llama2c`."""
