@@ -121,6 +121,7 @@ def tiny(tmp_path_factory):
     write_random_model(d / "tiny.bin", "tiny")
     write_tokenizer_bin(d / "tok.bin", 512)
     server = Server(d / "tiny.bin", d / "tok.bin", "--kv-memory", "16K", key=KEY, tmp=d)
+    server.tokenizer = d / "tok.bin"
     assert "tiny" in server.ready
     yield server
     server.kill()
@@ -238,6 +239,36 @@ def test_seeded_sampling_is_reproducible_and_equals_qllama_run(stories):
     other = complete(client, prompt, max_tokens=steps - n_prompt + 1, temperature=0.8,
                      top_p=0.9, seed=seed + 1).choices[0].text
     assert other != texts[0]
+
+
+def test_any_64_bit_seed_and_top_p_0_read_as_openai_means_them(stories):
+    """OpenAI's seed is any int64: a negative one is run.c's generator at its two's
+    complement (-1 is random, as llama-server), 0 is reproducible too; top_p 0 keeps
+    the likeliest token (run.c's sampler would read 0 as no nucleus at all)."""
+    prompt, n = "The cat", 30
+    client = stories.client()
+
+    def text(**kw):
+        return complete(client, prompt, max_tokens=n, **kw).choices[0].text
+
+    two = 2**64
+    assert text(seed=-5, temperature=1.0, top_p=1) == text(seed=two - 5, temperature=1.0,
+                                                             top_p=1)
+    assert text(seed=0, temperature=1.0, top_p=1) == text(seed=0, temperature=1.0, top_p=1)
+    assert complete(client, prompt, max_tokens=n, seed=-1).choices[0].finish_reason
+    greedy = text(temperature=0)
+    assert text(temperature=1.5, top_p=0, seed=3) == greedy
+    assert text(temperature=1.5, top_p=1e-46, seed=3) == greedy  # 0 as a float
+    assert text(temperature=1.5, top_p=1, seed=3) != greedy
+
+
+def test_stream_lines_hold_no_line_ends_besides_their_own():
+    from qllama.serving.server import _data
+    obj = {"text": "a\u2028b\u2029c\u0085d\u00e9"}
+    line = _data(obj)
+    assert line.endswith(b"\n\n") and line.count(b"\n") == 2
+    assert not any(c in line.decode() for c in "\u2028\u2029\u0085\r")
+    assert json.loads(line[6:]) == obj and "\u00e9".encode() in line  # the rest as it is
 
 
 def test_chat_equals_qllama_run_chat(stories):
@@ -547,7 +578,7 @@ def test_api_key_is_required_and_compared(tiny):
      "temperature"),
     (b'{"prompt": "a", "temperature": -0.5}', 400, "temperature must be in", "temperature"),
     (b'{"prompt": "a", "top_p": 1.5}', 400, "top_p must be in", "top_p"),
-    (b'{"prompt": "a", "seed": 0}', 400, "seed must be in", "seed"),
+    (b'{"prompt": "a", "seed": -9223372036854775809}', 400, "seed must be in", "seed"),
     (b'{"prompt": "a", "n": 2}', 400, "n must be 1", "n"),
     (b'{"prompt": "a", "stream": "yes"}', 400, "stream must be true or false", "stream"),
     (b'{"prompt": "a", "stream_options": {"include_usage": 1}}', 400,
@@ -557,7 +588,8 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "top_p": 1' + b"0" * 400 + b'}', 400, "top_p must be a finite number",
      "top_p"),  # an integer past float's range (a 500: OverflowError)
     (b'{"prompt": "a", "seed": 1' + b"0" * 400 + b'}', 400,
-     "seed must be in 1..18446744073709551615, got 1" + "0" * 36 + "...", "seed"),  # cut
+     "seed must be in -9223372036854775808..18446744073709551615, got 1" + "0" * 36 + "...",
+     "seed"),  # cut
     (b'{"prompt": "a", "response_format": {"type": "json_object"}}', 400,
      "response_format is not supported", "response_format"),
     (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
@@ -567,7 +599,6 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "model": "gpt-4"}', 404, "does not exist", "model"),
     (b'{"prompt": "a\xff\xfe"}', 400, "not valid UTF-8", None),
     (b'{"prompt": "' + b"hello " * 200 + b'"}', 400, "context is 128 tokens", "prompt"),
-    (b'{"prompt": "a", "max_tokens": 100}', 400, "more than the whole pool", None),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_goes_on(tiny, body, status, message,
                                                                param):
@@ -599,10 +630,21 @@ def test_chat_replies_by_default_to_the_end_of_what_the_pool_holds(tiny):
                                            messages=[{"role": "user", "content": "hi"}])
         assert r.usage.total_tokens <= 64 + 1
         assert r.choices[0].finish_reason == "stop" or r.usage.total_tokens == 64 + 1
-    with pytest.raises(openai.BadRequestError) as e:  # asked for: refused, not cut
-        client.chat.completions.create(model="tiny", max_tokens=100,
-                                       messages=[{"role": "user", "content": "hi"}])
-    assert "more than the whole pool" in e.value.body["message"]
+    # asked for more: held to the pool, as a request is to the model's context
+    for r in (client.chat.completions.create(model="tiny", max_tokens=100, seed=1,
+                                             messages=[{"role": "user", "content": "hi"}]),
+              client.completions.create(model="tiny", prompt="hi", max_tokens=100, seed=1)):
+        assert r.usage.total_tokens <= 64 + 1
+        assert r.choices[0].finish_reason == "stop" or r.usage.total_tokens == 64 + 1
+    # a prompt the pool cannot hold (though the context could): refused, as one too long
+    tok = qllama.load_tokenizer(tiny.tokenizer)
+    prompt = next(p for p in ("hello " * k for k in range(1, 200))
+                  if 64 <= len(tok.encode(p)) < 128)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt=prompt)
+    body = e.value.body
+    assert "the KV pool (--kv-memory) holds 64 positions" in body["message"]
+    assert (body["param"], body["code"]) == ("prompt", "context_length_exceeded")
     assert ("qllama: warning: the KV pool holds 64 positions, fewer than the model's seq_len "
             "128") in tiny.stderr(tail=None)  # said when it started
 

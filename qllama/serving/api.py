@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -148,8 +149,21 @@ def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens"
         max_tokens = _integer(body, "max_tokens", 1, 1 << 31)
     temperature = _number(body, "temperature", 1.0, 0.0, math.inf)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    seed = _integer(body, "seed", 1, 2**64 - 1)  # run.c's generator: a nonzero 64-bit state
+    if struct.unpack("f", struct.pack("f", top_p))[0] == 0:
+        # OpenAI's and llama.cpp's nucleus keeps at least the likeliest token; run.c's
+        # sampler (a float) reads 0 as "no nucleus", the whole vocabulary
+        temperature = 0.0
+    seed = _generator_seed(_integer(body, "seed", -2**63, 2**64 - 1))
     return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body))
+
+
+def _generator_seed(seed: int | None) -> int | None:
+    """run.c's generator state for OpenAI's seed (any 64-bit integer): a positive seed is
+    itself (as `qllama run -s`), -1 none (random, as llama-server), another its 64-bit
+    two's complement; 0, which the generator cannot hold, takes -1's."""
+    if seed is None or seed == -1:
+        return None
+    return seed % 2**64 or 2**64 - 1
 
 
 def _stops(body: dict) -> tuple:

@@ -126,7 +126,8 @@ class Scheduler:
             raise UsageError(f"max_tokens is {max_tokens}, must be at least 1")
         seed = default_seed() if seed is None else seed
         check_sampling(temperature, top_p, 0, seed)
-        max_tokens = min(max_tokens, self.seq_len - len(ids) + 1)
+        # held to the context, and to what the pool holds, as a chat's default reply is
+        max_tokens = min(max_tokens, self.max_positions - len(ids) + 1)
         req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event)
         if not self.engine.pool.could_hold(req.positions):
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "

@@ -169,6 +169,11 @@ class _Api:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
                                 f"{self.seq_len} tokens, and the answer needs at least one "
                                 "more", param=prompt_param, code="context_length_exceeded")
+        if len(ids) >= self.scheduler.max_positions:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; the KV pool (--kv-memory) "
+                                f"holds {self.scheduler.max_positions} positions, and the "
+                                "answer needs at least one more", param=prompt_param,
+                           code="context_length_exceeded")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -296,8 +301,14 @@ async def _whole(events: _Events, reply: Reply) -> Response:
     return Response(status_code=499)  # the client went away; nobody reads this
 
 
+# SSE ends lines at CR and LF only, but some clients (httpx's iter_lines) also at NEL, LS
+# and PS: in JSON they may be escapes.
+_LINE_ENDS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _data(obj) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    return (b"data: " + json.dumps(obj, ensure_ascii=False).translate(_LINE_ENDS).encode()
+            + b"\n\n")
 
 
 async def _sse(events: _Events, reply: Reply, include_usage: bool):
