@@ -163,7 +163,10 @@ def test_train_refuses_to_overwrite(trained, corpus, capsys):
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["tokenizer", "train", "--input", str(corpus) + ".missing",
                      "--vocab-size", "400", "--out", str(trained) + "x"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "cannot read: No such file or directory" in capsys.readouterr().err
+    assert cli.main(["tokenizer", "train", "--input", os.devnull, "--vocab-size", "400",
+                     "--out", str(trained) + "x"]) == 1
+    assert "is a character device, not a regular file" in capsys.readouterr().err
     assert cli.main(["tokenizer", "train", "--input", str(corpus.parent), "--vocab-size", "400",
                      "--out", str(trained) + "y"]) == 1
     assert "a folder, not a text file" in capsys.readouterr().err

@@ -37,6 +37,7 @@ import sys
 
 from ..errors import TokenizerError, UsageError
 from ..io.atomic import atomic_output, check_output_path
+from ..io.inputs import require_regular_file
 from ..threads import resolve_threads
 from .base import _one_line
 from .llama2c import bin_bytes
@@ -193,10 +194,9 @@ def train(inputs, vocab_size: int, prefix: str, threads: int | None = None,
     if not inputs:
         raise UsageError("train needs at least one --input file")
     for p in inputs:
-        if not os.path.isfile(p):
-            raise UsageError(f"{p}: " + ("a folder, not a text file" if os.path.isdir(p) else
-                                         "input file does not exist"))
-        if os.path.getsize(p) == 0:
+        if os.path.isdir(p):
+            raise UsageError(f"{p}: a folder, not a text file")
+        if require_regular_file(p, UsageError) == 0:  # no FIFO, no device
             raise UsageError(f"{p}: input file is empty")
     if not VOCAB_SIZE_MIN <= vocab_size <= VOCAB_SIZE_MAX:
         raise UsageError(f"--vocab-size must be in {VOCAB_SIZE_MIN}..{VOCAB_SIZE_MAX} (3 special "
