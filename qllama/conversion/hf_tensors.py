@@ -36,11 +36,15 @@ class Source:
 _VIEWS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 
+def _shards(wmap: dict | None) -> list:
+    """The safetensors files of a folder: those its index names, else the single one."""
+    return sorted(set(wmap.values())) if wmap is not None else [hf.SINGLE]
+
+
 def input_files(folder: str) -> tuple[list, dict | None]:
     """(every file the import reads, the index's weight map or None)."""
     wmap = hf.weight_files(folder)
-    shards = sorted(set(wmap.values())) if wmap is not None else [hf.SINGLE]
-    names = ["config.json"] + ([hf.INDEX] if wmap is not None else []) + shards
+    names = ["config.json"] + ([hf.INDEX] if wmap is not None else []) + _shards(wmap)
     paths = [os.path.join(folder, n) for n in names]
     tokenizer = os.path.join(folder, "tokenizer.model")
     return paths + ([tokenizer] if os.path.lexists(tokenizer) else []), wmap
@@ -51,9 +55,8 @@ def scan(folder: str, config: Config, wmap: dict | None) -> dict:
     checking every tensor header in the folder (each shard's parsed once): nothing
     missing, duplicated, mis-shaped, of another dtype, or unknown (biases are named
     as such)."""
-    files = sorted(set(wmap.values())) if wmap is not None else [hf.SINGLE]
     found = {}  # hf name -> Source
-    for file in files:
+    for file in _shards(wmap):
         path = os.path.join(folder, file)
         for name, t in safetensors.read_header(path).items():
             if name in found:

@@ -38,6 +38,11 @@ class _Source:
         (leaving it stops the reading thread)."""
         return contextlib.closing(self._chunks(plan))
 
+    @staticmethod
+    def _rows_per_chunk(e: Entry, unit: int, chunk_bytes: int) -> int:
+        """As many rows as fill chunk_bytes of float32, a multiple of `unit`, at least one."""
+        return max(unit, chunk_bytes // (4 * (e.numel // e.shape[0])) // unit * unit)
+
     def _chunks(self, plan):
         size = max(sum(s[2] for s in self._spans(job)) for job in plan)
         with contextlib.closing(read_ahead(plan, self._spans, size)) as reads:
@@ -71,11 +76,10 @@ class Llama2cSource(_Source):
 
     def row_step(self, e: Entry, unit: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
         """Rows per chunk: a multiple of `unit`, and of whole Q8_0 groups."""
-        cols = e.numel // e.shape[0]
         if e.encoding != F32:
             gs = self.config.group_size
-            unit = math.lcm(unit, gs // math.gcd(cols, gs))
-        return max(unit, chunk_bytes // (4 * cols) // unit * unit)
+            unit = math.lcm(unit, gs // math.gcd(e.numel // e.shape[0], gs))
+        return self._rows_per_chunk(e, unit, chunk_bytes)
 
     def _spans(self, job) -> list:
         e, r0, r1 = job[:3]
@@ -151,9 +155,8 @@ class HFSource(_Source):
         return llama2c.layout(self.config)
 
     def row_step(self, e: Entry, unit: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
-        cols = e.numel // e.shape[0]
         unit = math.lcm(unit, self.config.head_size if e.name in hf.PERMUTED else 1)
-        return max(unit, chunk_bytes // (4 * cols) // unit * unit)
+        return self._rows_per_chunk(e, unit, chunk_bytes)
 
     def span(self, chunk) -> tuple:
         """(fd, offset, n, path) of an hf_tensors chunk's bytes."""
@@ -224,8 +227,7 @@ class GGUFSource(_Source):
         return layout(self.config)
 
     def row_step(self, e: Entry, unit: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
-        cols = e.numel // e.shape[0]  # a block type's rows are whole blocks: any count
-        return max(unit, chunk_bytes // (4 * cols) // unit * unit)
+        return self._rows_per_chunk(e, unit, chunk_bytes)  # a block type's rows: whole blocks
 
     def _spans(self, job) -> list:
         e, r0, r1 = job[:3]

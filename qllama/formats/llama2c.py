@@ -128,39 +128,36 @@ class Entry(NamedTuple):
         return self.offset + self.numel
 
 
-def layout(config: Config) -> list[Entry]:
-    """Every tensor of the file in order, with its byte offset and size."""
-    entries = []
-    offset = DATA_START[config.version]
+def _kinds(config: Config):
+    """(name, per_layer, shape, encoding, nbytes of one tensor) of each kind the file
+    holds, in file order: the one description layout and expected_size both walk."""
     for name in ORDER[config.version]:
         if name == "output" and config.shared_classifier:
             continue
         per_layer, shape_of = SHAPES[name]
         shape = shape_of(config)
-        numel = int(np.prod(shape))
+        numel = math.prod(shape)
         encoding = Q80 if (config.version == 2 and name in QUANTIZED) else F32
-        nbytes = _nbytes(config, encoding, numel)
+        nbytes = numel + 4 * (numel // config.group_size) if encoding == Q80 else 4 * numel
+        yield name, per_layer, shape, encoding, nbytes
+
+
+def layout(config: Config) -> list[Entry]:
+    """Every tensor of the file in order, with its byte offset and size."""
+    entries = []
+    offset = DATA_START[config.version]
+    for name, per_layer, shape, encoding, nbytes in _kinds(config):
         for layer in (range(config.n_layers) if per_layer else (None,)):
             entries.append(Entry(name, layer, shape, encoding, offset, nbytes))
             offset += nbytes
     return entries
 
 
-def _nbytes(config: Config, encoding: str, numel: int) -> int:
-    return numel + 4 * (numel // config.group_size) if encoding == Q80 else 4 * numel
-
-
 def expected_size(config: Config) -> int:
     """File size the header implies (arithmetic: a damaged header may claim 10**9 layers)."""
-    size = DATA_START[config.version]
-    for name in ORDER[config.version]:
-        if name == "output" and config.shared_classifier:
-            continue
-        per_layer, shape_of = SHAPES[name]
-        numel = math.prod(shape_of(config))
-        encoding = Q80 if (config.version == 2 and name in QUANTIZED) else F32
-        size += _nbytes(config, encoding, numel) * (config.n_layers if per_layer else 1)
-    return size
+    return DATA_START[config.version] + sum(
+        nbytes * (config.n_layers if per_layer else 1)
+        for _, per_layer, _, _, nbytes in _kinds(config))
 
 
 def header_bytes(config: Config) -> bytes:
