@@ -457,6 +457,10 @@ def test_serve_command_line_errors(tmp_path):
                         "-z", str(data("tok512.model")), "--max-sessions", "0"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 1 and r.stderr == "qllama: error: max sessions is 0, must be at least 1\n"
+    r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--cors",
+                        "http://localhost:3000/"], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 2 and "an origin is scheme://host[:port] with no path" in r.stderr
 
 
 class FailingScheduler:
@@ -693,6 +697,46 @@ def test_a_100_mb_body_is_refused_by_content_length_and_while_reading(tiny):
 def test_unknown_routes_and_methods_get_error_objects(tiny):
     assert_error(httpx.get(tiny.url + "/v2/nothing", timeout=TIMEOUT), 404, "Not Found")
     assert_error(httpx.get(tiny.url + "/v1/completions", timeout=TIMEOUT), 405, "Not Allowed")
+    # no --cors: a browser's preflight learns nothing, so its page may not call
+    r = httpx.options(tiny.url + "/v1/completions", timeout=TIMEOUT, headers={
+        "Origin": "http://a.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_lets_the_named_origins_pages_call_from_a_browser(tmp_path):
+    model, tok = data("stories260K.bin"), data("tok512.model")
+    server = Server(model, tok, "--cors", "http://a.example", "--cors", "http://b.example:3000",
+                    key=KEY, tmp=tmp_path)
+    try:
+        url = server.url + "/v1/completions"
+        for origin in ("http://a.example", "http://b.example:3000"):
+            pre = httpx.options(url, timeout=TIMEOUT, headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type"})
+            assert pre.status_code == 200
+            assert pre.headers["access-control-allow-origin"] == origin
+            assert "POST" in pre.headers["access-control-allow-methods"]
+            assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+            r = httpx.post(url, timeout=TIMEOUT, json={"prompt": "Once", "max_tokens": 2},
+                           headers={"Origin": origin, "Authorization": f"Bearer {KEY}"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        pre = httpx.options(url, timeout=TIMEOUT, headers={
+            "Origin": "http://c.example", "Access-Control-Request-Method": "POST"})
+        assert pre.status_code == 400 and "access-control-allow-origin" not in pre.headers
+        # the key is still needed, whatever the origin
+        r = httpx.post(url, timeout=TIMEOUT, json={"prompt": "Once"},
+                       headers={"Origin": "http://a.example"})
+        assert r.status_code == 401
+    finally:
+        server.kill()
+    server = Server(model, tok, "--cors", "*", tmp=tmp_path)
+    try:
+        assert "--cors '*' without --api-key" in server.stderr()
+        r = httpx.get(server.url + "/v1/models", timeout=TIMEOUT,
+                      headers={"Origin": "http://any.example"})
+        assert r.headers["access-control-allow-origin"] == "*"
+    finally:
+        server.kill()
 
 
 def test_sigterm_ends_running_streams_then_exits_0(tmp_path):

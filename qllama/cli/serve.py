@@ -45,6 +45,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _origin(text: str) -> str:
+    import argparse
+    # a browser sends scheme://host[:port] and nothing after it: "http://x:3000/" never matches
+    if text != "*" and not re.fullmatch(r"https?://[^/\s?#]+", text):
+        raise argparse.ArgumentTypeError(f"an origin is scheme://host[:port] with no path "
+                                         f"(e.g. http://localhost:3000) or *, got {text!r}")
+    return text
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
@@ -68,6 +77,9 @@ def register(sub) -> None:
     p.add_argument("--kv-memory", type=_size, default=None, metavar="SIZE",
                    help="KV cache pool for all sessions, e.g. 512M, 2G (default: enough for every "
                         "session to reach the model's context; resident only as used)")
+    p.add_argument("--cors", action="append", default=[], metavar="ORIGIN", type=_origin,
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) "
+                        "call the API from a browser; repeatable (default: none)")
     p.add_argument("--special", action="store_true",
                    help="read control pieces written in a /v1/completions prompt (<s>, </s>) "
                         "as their ids, as llama-server does (chat messages stay text)")
@@ -106,6 +118,9 @@ def serve_command(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         warnings.warn(f"listening on {args.host} without --api-key: anyone who can reach "
                       "it may use the model", QllamaWarning, stacklevel=1)
+    if "*" in args.cors and not args.api_key:
+        warnings.warn("--cors '*' without --api-key: any web page this machine's browser "
+                      "opens may use the model", QllamaWarning, stacklevel=1)
     model = Model(args.model, tokenizer=args.tokenizer, threads=args.threads, kv=args.kv)
     _ = model.tokenizer  # load and check it before listening
     scheduler = Scheduler(model, max_sessions=args.max_sessions, queue=args.queue,
@@ -126,7 +141,7 @@ def serve_command(args) -> int:
               f", kernels {model.variant}, {model.threads} threads)", flush=True)
 
     config = uvicorn.Config(create_app(scheduler, model, name, api_key=args.api_key,
-                                       special=args.special),
+                                       special=args.special, cors=tuple(args.cors)),
                             log_level="warning", access_log=False, lifespan="off")
     server = _make_server(config, ready)
     scheduler.start()

@@ -15,6 +15,8 @@ import os
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,10 +35,11 @@ _GONE = Event(finish_reason="disconnected")  # what the queue gets when the clie
 
 def create_app(scheduler, model, model_name: str, api_key: str | None = None,
                max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS,
-               special: bool = False) -> Starlette:
+               special: bool = False, cors: tuple = ()) -> Starlette:
     """The ASGI app serving `model` (under `model_name`) through `scheduler` (started by
     the caller). With `api_key`, /v1/ requires `Authorization: Bearer <api_key>`; with
-    `special`, control pieces written in a completion's prompt are their ids."""
+    `special`, control pieces written in a completion's prompt are their ids; `cors`:
+    the web origins whose pages may call it ("*": any)."""
     api = _Api(scheduler, model, model_name, api_key, max_body, body_seconds, special)
     routes = [
         Route("/v1/completions", api.completions, methods=["POST"]),
@@ -48,7 +51,12 @@ def create_app(scheduler, model, model_name: str, api_key: str | None = None,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, _Gone: _gone,
                 Exception: _internal_error}
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    # a browser asks first (OPTIONS) whether a page of another origin may send JSON
+    # and an Authorization header; without `cors` it is told nothing, and refuses
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors),
+                             allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if cors else []
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
     app.state.api = api
     return app
 
