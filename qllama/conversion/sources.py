@@ -16,11 +16,12 @@ import os
 
 import numpy as np
 
-from ..errors import FormatError, UsageError
+from ..errors import FormatError, TokenizerError, UsageError
 from ..formats import hf, is_gguf, llama2c
 from ..formats.llama2c import F32, Config, Entry, dequantize_q80, layout, open_input
 from ..io.chunks import CHUNK_BYTES, read_ahead
 from ..io.inputs import open_regular
+from ..tokenizer import find_tokenizer
 from . import hf_tensors
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # GGUF types whose values are the weights, unrounded
@@ -271,13 +272,11 @@ def open_source(path: str):
 
 
 def resolve_tokenizer(src: str, tokenizer: str | None) -> str:
-    """The given tokenizer, else tokenizer.model or tokenizer.bin beside the model (in
-    it, for a Hugging Face folder)."""
+    """The given tokenizer, else one beside the model (not the working directory's: a
+    file written with a tokenizer in it must not take a stranger's), else ""."""
     if tokenizer is not None:
         return os.fspath(tokenizer)
-    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
-    for name in ("tokenizer.model", "tokenizer.bin"):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    return ""
+    try:
+        return find_tokenizer(src, working_directory=False)
+    except TokenizerError:
+        return ""

@@ -99,9 +99,12 @@ def _from_bytes(path: str, data: bytes) -> Tokenizer:
                              f"{first})") from None
 
 
-def find_tokenizer(model_path: str) -> str:
-    """tokenizer.model or tokenizer.bin beside the model, then in the working directory."""
-    places = [os.path.dirname(os.path.abspath(model_path)), os.getcwd()]
+def find_tokenizer(model_path: str, working_directory: bool = True) -> str:
+    """tokenizer.model or tokenizer.bin beside the model (in it, for a Hugging Face
+    folder), then in the working directory (as run.c's default) unless told not to."""
+    model_path = os.path.abspath(model_path)
+    places = [model_path if os.path.isdir(model_path) else os.path.dirname(model_path)]
+    places += [os.getcwd()] if working_directory else []
     tried = []
     for folder in dict.fromkeys(places):
         for name in ("tokenizer.model", "tokenizer.bin"):
