@@ -189,6 +189,19 @@ def test_greedy_completion_equals_qllama_run(stories):
     assert complete(client, prompt, temperature=0).usage.completion_tokens == 16
 
 
+def test_a_prompt_of_token_ids_is_run_as_given(stories):
+    text = "Once upon a time"
+    ids = stories.model.encode(text)  # BOS first: ids are taken as they are
+    client = stories.client()
+    want = complete(client, text, max_tokens=20, temperature=0)
+    for prompt in (ids, [ids]):
+        r = complete(client, prompt, max_tokens=20, temperature=0)
+        assert r.choices[0].text == want.choices[0].text
+        assert r.usage.prompt_tokens == len(ids)
+    without_bos = complete(client, ids[1:], max_tokens=20, temperature=0)
+    assert without_bos.usage.prompt_tokens == len(ids) - 1
+
+
 def test_special_reads_control_pieces_in_a_completion_prompt_as_run_does(stories, tmp_path):
     prompt, steps = "Once</s> upon<s> a time", 40
     model, tok = stories.paths
@@ -484,6 +497,7 @@ class FailingScheduler:
 def test_an_engine_error_reaches_the_client_as_an_error_object(tmp_path):
     from starlette.testclient import TestClient
     model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
+                                  spec=types.SimpleNamespace(vocab_size=32000),
                                   encode=lambda text, bos=True, special=False: [1] + [5] * len(text))
     app = create_app(FailingScheduler(), model, "fake")
     with TestClient(app) as client:
@@ -512,6 +526,7 @@ def test_a_body_that_stops_coming_or_is_abandoned(caplog):
     a SIGTERM's graceful shutdown, for ever); one that hangs up mid-body is dropped
     without an error logged (a traceback was)."""
     model = types.SimpleNamespace(config=types.SimpleNamespace(seq_len=128), path=__file__,
+                                  spec=types.SimpleNamespace(vocab_size=32000),
                                   encode=lambda text, bos=True: [1])
     app = create_app(FailingScheduler(), model, "fake", body_seconds=0.3)
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
@@ -599,7 +614,14 @@ def test_api_key_is_required_and_compared(tiny):
     (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
     (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
     (b'{"prompt": "a", "logprobs": 3}', 400, "logprobs is not supported", "logprobs"),
-    (b'{"prompt": 7}', 400, "prompt must be a string", "prompt"),
+    (b'{"prompt": 7}', 400, "prompt must be a string or a non-empty list of token ids",
+     "prompt"),
+    (b'{"prompt": []}', 400, "a non-empty list of token ids", "prompt"),
+    (b'{"prompt": [1, "a"]}', 400, 'prompt[1] must be a token id in 0..511, got "a"',
+     "prompt"),
+    (b'{"prompt": [1, 512]}', 400, "prompt[1] must be a token id in 0..511, got 512", "prompt"),
+    (b'{"prompt": [true]}', 400, "prompt[0] must be a token id", "prompt"),
+    (b'{"prompt": ["a", "b"]}', 400, "prompt[0] must be a token id", "prompt"),
     (b'{"prompt": "a", "model": "gpt-4"}', 404, "does not exist", "model"),
     (b'{"prompt": "a\xff\xfe"}', 400, "not valid UTF-8", None),
     (b'{"prompt": "' + b"hello " * 200 + b'"}', 400, "context is 128 tokens", "prompt"),

@@ -179,12 +179,21 @@ def _stops(body: dict) -> tuple:
     return tuple(stops)
 
 
-def completion_prompt(body: dict) -> str:
+def completion_prompt(body: dict, vocab_size: int) -> str | list[int]:
+    """The prompt: a string, or token ids (OpenAI's array of integers) taken as they are,
+    with no BOS added (as llama-server takes them)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # the openai client may send one prompt as a list
-    if not isinstance(prompt, str):
-        raise ApiError(400, "prompt must be a string (one prompt per request)", param="prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list) or not prompt:
+        raise ApiError(400, "prompt must be a string or a non-empty list of token ids (one "
+                            "prompt per request)", param="prompt")
+    for i, t in enumerate(prompt):
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise ApiError(400, f"prompt[{i}] must be a token id in 0..{vocab_size - 1}, got "
+                                f"{_shown(t)}", param="prompt")
     return prompt
 
 

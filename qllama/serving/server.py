@@ -153,8 +153,9 @@ class _Api:
         self._authorize(request)
         body = await self._body(request)
         params = parse_params(body, self.model_name)
-        prompt = completion_prompt(body)
-        ids = await asyncio.to_thread(self.model.encode, prompt, True, special=self.special)
+        prompt = completion_prompt(body, self.model.spec.vocab_size)
+        ids = prompt if isinstance(prompt, list) else await asyncio.to_thread(
+            self.model.encode, prompt, True, special=self.special)
         return await self._generate(request, ids, params, "prompt",
                                     params.max_tokens or COMPLETION_MAX_TOKENS, chat=False)
 
