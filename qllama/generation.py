@@ -9,6 +9,7 @@ string never reaches the client, even split across tokens.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,32 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class TokenLogprob:
+    """A sampled token's log-probability under the model (before temperature and
+    top-p), and the `top` likeliest tokens' [(id, logprob)], likeliest first."""
+
+    token: int
+    logprob: float
+    top: list
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """`token`'s TokenLogprob from the (finite) logits it was sampled from."""
+    x = np.asarray(logits, np.float32)
+    m = float(x.max())
+    log_z = m + math.log(np.exp(x - m).sum(dtype=np.float64))
+    # a few argmax passes beat a partition for OpenAI's 20 at most, and argmax's first
+    # index among equals is the lower id
+    rest = x.copy()
+    best = []
+    for _ in range(min(top, len(x))):
+        best.append(int(rest.argmax()))
+        rest[best[-1]] = -np.inf
+    return TokenLogprob(token, float(x[token]) - log_z,
+                        [(i, float(x[i]) - log_z) for i in best])
 
 
 class StopText:
@@ -60,10 +87,12 @@ class Generation:
     """What a sequence does with each prediction. `next_token` gives the next token id,
     or None where the sequence ends (a stop id sampled); `step` the text it adds and the
     finish_reason: None while it goes on, "stop" or "length" at its end. `sampler` is
-    run.c's (model.sampler); text=False skips decoding (ids only)."""
+    run.c's (model.sampler); text=False skips decoding (ids only). With `logprobs` (a
+    count of top tokens, 0 or more), each generated token's TokenLogprob is kept until
+    `take_logprobs`."""
 
     def __init__(self, model, prompt_ids, max_tokens: int, sampler, stop=(),
-                 stop_ids=None, text: bool = True):
+                 stop_ids=None, text: bool = True, logprobs: int | None = None):
         self.model = model
         self.max_tokens = max_tokens
         self.sampler = sampler
@@ -73,8 +102,16 @@ class Generation:
         self.usage = Usage(len(prompt_ids))
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
+        self.logprobs = logprobs
+        self._logprobs: list[TokenLogprob] = []
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The TokenLogprobs of the tokens generated since the last call."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
 
     def next_token(self, logits: np.ndarray) -> int | None:
+        raw = None if self.logprobs is None else logits.copy()  # the sampler overwrites them
         token = self.sampler.sample(logits)
         if token < 0:
             raise FormatError(f"{self.model.path}: the model computed NaN or infinite logits "
@@ -84,6 +121,8 @@ class Generation:
             self.finish_reason = "stop"
             return None
         self.tokens.append(token)
+        if raw is not None:
+            self._logprobs.append(token_logprob(raw, token, self.logprobs))
         self.usage.completion_tokens += 1
         if len(self.tokens) >= self.max_tokens:
             self.finish_reason = "length"

@@ -9,12 +9,16 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import qllama
 import qllama.model
 from qllama.cli import main
 from qllama.conversion.llama2c import quantize_file
 from qllama.formats.llama2c import Config
+from qllama.generation import token_logprob
 
 from conftest import ROOT, data, golden
 from reference import write_model
@@ -318,3 +322,18 @@ def test_options_between_positionals(capsys):
             main(argv)
         out = capsys.readouterr()
         assert out.out == "" and f"unrecognized arguments: {argv[1]}" in out.err
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 40), elements=st.integers(-20, 20).map(float)),
+       st.integers(0, 45), st.data())
+def test_token_logprob_is_log_softmax_and_its_top_in_order(logits, top, data):
+    token = data.draw(st.integers(0, len(logits) - 1))
+    e = token_logprob(logits, token, top)
+    x = logits.astype(np.float64)
+    want = x - x.max() - np.log(np.exp(x - x.max()).sum())
+    assert e.token == token and np.isclose(e.logprob, want[token], rtol=1e-6, atol=1e-6)
+    # the likeliest first, the lower id first among equals (integer logits: many ties)
+    order = sorted(range(len(x)), key=lambda i: (-x[i], i))[:top]
+    assert [i for i, _ in e.top] == order
+    assert np.allclose([lp for _, lp in e.top], want[order], rtol=1e-6, atol=1e-6)

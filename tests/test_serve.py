@@ -17,6 +17,7 @@ import time
 import types
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -187,6 +188,65 @@ def test_greedy_completion_equals_qllama_run(stories):
     assert chunks[-1].usage.total_tokens == steps + 1 and len(chunks) > 10
     # the default max_tokens is OpenAI's 16
     assert complete(client, prompt, temperature=0).usage.completion_tokens == 16
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def test_logprobs_are_the_models_and_streams_carry_the_same(stories):
+    """A completion's token_logprobs and top_logprobs are log-softmax of the logits its
+    tokens were sampled from (Model.logits over prompt + answer), and a stream's chunks
+    carry the same entries, in order, as the whole answer; a chat's likewise."""
+    model = stories.model
+    prompt = "The cat"
+    ids = model.encode(prompt)
+    client = stories.client()
+    kw = dict(max_tokens=24, temperature=1.0, top_p=1, seed=77, logprobs=3)
+    whole = complete(client, prompt, **kw).choices[0]
+    lp = whole.logprobs
+    n = len(lp.tokens)
+    assert n == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 24
+    # the same seed samples the same tokens in the Python API (as `qllama run`)
+    gen = list(model.generate_ids(ids, len(ids) + n - 1, temperature=1.0, top_p=1, seed=77))
+    surfaces = model.tokenizer.surfaces
+    assert lp.tokens == [surfaces[t].decode() for t in gen]
+    assert "".join(lp.tokens) == whole.text
+    want = _log_softmax(model.logits(ids + gen)[len(ids) - 1:-1])
+    assert np.allclose(lp.token_logprobs, want[np.arange(n), gen], rtol=1e-4, atol=1e-4)
+    for row, top in zip(want, lp.top_logprobs):
+        best = np.argsort(-row, kind="stable")[:3]
+        assert list(top) == [surfaces[i].decode() for i in best]
+        assert np.allclose(list(top.values()), row[best], rtol=1e-4, atol=1e-4)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(n)]
+    streamed = [c.choices[0].logprobs for c in complete(client, prompt, stream=True, **kw)
+                if c.choices and c.choices[0].logprobs]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert sum((getattr(s, key) for s in streamed), []) == getattr(lp, key)
+    # a chat: logprobs true, top_logprobs 2
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    ckw = dict(model="stories260K", messages=messages, max_tokens=12, seed=5, logprobs=True,
+               top_logprobs=2)
+    chat = client.chat.completions.create(**ckw).choices[0]
+    content = chat.logprobs.content
+    assert len(content) == 12 and "".join(c.token for c in content).strip() == \
+        chat.message.content.strip()
+    for c in content:
+        assert bytes(c.bytes) == c.token.encode() and len(c.top_logprobs) == 2
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= -1e30
+        assert c.logprob <= c.top_logprobs[0].logprob + 1e-9
+    chunks = client.chat.completions.create(stream=True, **ckw)
+    streamed = sum((c.choices[0].logprobs.content for c in chunks
+                    if c.choices and c.choices[0].logprobs), [])
+    assert [c.model_dump() for c in streamed] == [c.model_dump() for c in content]
+    # without logprobs, none; top_logprobs alone is refused
+    assert complete(client, prompt, max_tokens=2).choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stories260K", messages=messages,
+                                       top_logprobs=2)
+    assert e.value.body["param"] == "top_logprobs"
 
 
 def test_a_prompt_of_token_ids_is_run_as_given(stories):
@@ -613,7 +673,8 @@ def test_api_key_is_required_and_compared(tiny):
      "response_format is not supported", "response_format"),
     (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
     (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
-    (b'{"prompt": "a", "logprobs": 3}', 400, "logprobs is not supported", "logprobs"),
+    (b'{"prompt": "a", "logprobs": 6}', 400, "logprobs must be in 0..5", "logprobs"),
+    (b'{"prompt": "a", "echo": true}', 400, "echo is not supported", "echo"),
     (b'{"prompt": 7}', 400, "prompt must be a string or a non-empty list of token ids",
      "prompt"),
     (b'{"prompt": []}', 400, "a non-empty list of token ids", "prompt"),

@@ -7,6 +7,7 @@ rather than ignored.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import struct
@@ -62,7 +63,7 @@ def _zero(v) -> bool:
 
 # Options this server does not implement, and what each may be when not asked for.
 UNSUPPORTED = {
-    "logprobs": lambda v: v is False, "top_logprobs": _zero, "echo": lambda v: v is False,
+    "echo": lambda v: v is False,
     "best_of": lambda v: v == 1 and not isinstance(v, bool),
     "suffix": lambda v: v == "", "logit_bias": lambda v: v == {},
     "presence_penalty": _zero, "frequency_penalty": _zero, "tools": lambda v: v == [],
@@ -82,6 +83,7 @@ class Params:
     top_p: float
     seed: int | None
     stop: tuple
+    logprobs: int | None  # top tokens to report with each token's logprob; None: none
 
 
 def _shown(v) -> str:
@@ -126,8 +128,9 @@ def _flag(body: dict, key: str, where: str = "") -> bool:
     return bool(v)
 
 
-def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens") -> Params:
-    """Check what both endpoints share: model, n, stream, sampling, stop, unsupported options."""
+def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
+    """Check what both endpoints share: model, n, stream, sampling, stop, logprobs,
+    unsupported options."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "model must be a string", param="model")
@@ -144,8 +147,8 @@ def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens"
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     stream = _flag(body, "stream")
     include_usage = _flag(options or {}, "include_usage", "stream_options.")
-    max_tokens = _integer(body, max_tokens_key, 1, 1 << 31)
-    if max_tokens_key != "max_tokens" and max_tokens is None:
+    max_tokens = _integer(body, "max_completion_tokens" if chat else "max_tokens", 1, 1 << 31)
+    if chat and max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, 1 << 31)
     temperature = _number(body, "temperature", 1.0, 0.0, math.inf)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
@@ -154,7 +157,21 @@ def parse_params(body: dict, model_name: str, max_tokens_key: str = "max_tokens"
         # sampler (a float) reads 0 as "no nucleus", the whole vocabulary
         temperature = 0.0
     seed = _generator_seed(_integer(body, "seed", -2**63, 2**64 - 1))
-    return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body))
+    return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body),
+                  _logprobs(body, chat))
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """The top count asked for: a chat's logprobs (true/false) and top_logprobs
+    (0..20), a completion's logprobs (0..5), as OpenAI takes them."""
+    if not chat:
+        return _integer(body, "logprobs", 0, 5)
+    top = _integer(body, "top_logprobs", 0, 20)
+    if not _flag(body, "logprobs"):
+        if top is not None:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return None
+    return top or 0
 
 
 def _generator_seed(seed: int | None) -> int | None:
@@ -233,38 +250,82 @@ def usage_body(usage) -> dict:
 
 class Reply:
     """The response objects of one request, whole or as stream chunks, in the shapes of
-    OpenAI's text_completion and chat.completion(.chunk)."""
+    OpenAI's text_completion and chat.completion(.chunk). `tokenizer` names the tokens
+    of logprobs."""
 
-    def __init__(self, chat: bool, model_name: str):
+    def __init__(self, chat: bool, model_name: str, tokenizer=None):
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model_name
+        self.tokenizer = tokenizer
+        self.decoded = codecs.getincrementaldecoder("utf-8")("replace")
+        self.offset = 0  # characters of the completion's tokens so far (text_offset)
 
     def _head(self, object: str) -> dict:
         return {"id": self.id, "object": object, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage) -> dict:
+    def whole(self, text: str, finish_reason: str, usage, logprobs=None) -> dict:
+        lp = self.logprobs(logprobs)
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": finish_reason}
+                      "logprobs": lp, "finish_reason": finish_reason}
             obj = self._head("chat.completion")
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
             obj = self._head("text_completion")
         return {**obj, "choices": [choice], "usage": usage_body(usage)}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False,
+              logprobs=None) -> dict:
+        lp = self.logprobs(logprobs)
         if self.chat:
             delta = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None,
+            choice = {"index": 0, "delta": delta, "logprobs": lp,
                       "finish_reason": finish_reason}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": None,
+        choice = {"index": 0, "text": text or "", "logprobs": lp,
                   "finish_reason": finish_reason}
         return {**self._head("text_completion"), "choices": [choice]}
+
+    # -- logprobs --------------------------------------------------------------------
+    def _token(self, token: int) -> tuple[str, bytes]:
+        """A token as OpenAI shows it: its text, "bytes:\\xNN..." for bytes that are not
+        UTF-8 on their own, a control piece by its name ("</s>"); and its bytes."""
+        raw = self.tokenizer.surfaces[token]
+        if not raw:
+            return self.tokenizer.piece(token), b""
+        try:
+            return raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+
+    def logprobs(self, entries: list | None) -> dict | None:
+        """OpenAI's logprobs object of generation.TokenLogprobs: a chat's {"content":
+        [...]}, a completion's tokens, token_logprobs, top_logprobs and text_offset."""
+        if entries is None:
+            return None
+        if self.chat:
+            def item(token, logprob):
+                text, raw = self._token(token)
+                return {"token": text, "logprob": logprob, "bytes": list(raw)}
+            return {"content": [{**item(e.token, e.logprob),
+                                 "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                                for e in entries], "refusal": None}
+        tokens, offsets, tops = [], [], []
+        for e in entries:
+            text, raw = self._token(e.token)
+            tokens.append(text)
+            offsets.append(self.offset)
+            self.offset += len(self.decoded.decode(raw))
+            top = {}
+            for t, lp in e.top:
+                top.setdefault(self._token(t)[0], lp)  # two ids of one text: the likelier
+            tops.append(top)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": tops, "text_offset": offsets}
 
     def usage_chunk(self, usage) -> dict:
         object = "chat.completion.chunk" if self.chat else "text_completion"

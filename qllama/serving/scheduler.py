@@ -47,6 +47,7 @@ class Event:
     finish_reason: str | None = None
     usage: Usage | None = None
     error: str | None = None
+    logprobs: list | None = None  # TokenLogprobs of the tokens since the last event
 
 
 @dataclass(eq=False)
@@ -58,6 +59,7 @@ class Request:
     seed: int
     stop: tuple
     on_event: Callable[[Event], None]
+    logprobs: int | None = None  # top tokens to report with each one's logprob
     cancelled: bool = False
     # engine-side state
     generation: Generation | None = None
@@ -115,7 +117,8 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, prompt_ids, max_tokens: int, on_event, temperature: float = 1.0,
-               top_p: float = 0.9, seed: int | None = None, stop=()) -> Request:
+               top_p: float = 0.9, seed: int | None = None, stop=(),
+               logprobs: int | None = None) -> Request:
         """Queue a request; its events go to on_event (called from the engine thread).
         Raises UsageError for what cannot run, Busy when every place is taken."""
         ids = token_array(prompt_ids, self.model.spec.vocab_size).tolist()
@@ -128,7 +131,8 @@ class Scheduler:
         check_sampling(temperature, top_p, 0, seed)
         # held to the context, and to what the pool holds, as a chat's default reply is
         max_tokens = min(max_tokens, self.max_positions - len(ids) + 1)
-        req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event)
+        req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event,
+                      logprobs)
         if not self.engine.pool.could_hold(req.positions):
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
                              "cache, more than the whole pool holds (--kv-memory)")
@@ -218,7 +222,8 @@ class Scheduler:
             try:
                 req.generation = Generation(
                     self.model, req.prompt_ids, req.max_tokens,
-                    self.model.sampler(req.temperature, req.top_p, req.seed), req.stop)
+                    self.model.sampler(req.temperature, req.top_p, req.seed), req.stop,
+                    logprobs=req.logprobs)
             except QllamaError as e:
                 self._release(req, Event(error=str(e)))
                 continue
@@ -262,10 +267,14 @@ class Scheduler:
             except QllamaError as e:
                 done.append((req, Event(error=str(e))))
                 continue
+            # an event carries the logprobs of the tokens since the last one's
+            logprobs = (req.generation.take_logprobs()
+                        if req.logprobs is not None and (reason or text) else None)
             if reason is not None:
-                done.append((req, Event(text, reason, req.generation.usage)))
+                done.append((req, Event(text, reason, req.generation.usage,
+                                        logprobs=logprobs)))
             elif text:
-                req.on_event(Event(text))
+                req.on_event(Event(text, logprobs=logprobs))
         with self._lock:
             m = self.metrics
             m.steps += 1

@@ -162,7 +162,7 @@ class _Api:
     async def chat_completions(self, request):
         self._authorize(request)
         body = await self._body(request)
-        params = parse_params(body, self.model_name, "max_completion_tokens")
+        params = parse_params(body, self.model_name, chat=True)
         messages = chat_messages(body)
         try:
             ids = await asyncio.to_thread(conversation_ids, self.model, messages)
@@ -194,7 +194,8 @@ class _Api:
 
         try:
             req = self.scheduler.submit(ids, max_tokens, on_event, params.temperature,
-                                        params.top_p, params.seed, params.stop)
+                                        params.top_p, params.seed, params.stop,
+                                        params.logprobs)
         except Busy as e:
             self.rejected_busy += 1
             raise ApiError(503, str(e), "server_error", code="server_busy",
@@ -202,7 +203,7 @@ class _Api:
         except UsageError as e:
             raise ApiError(400, str(e)) from None
         events = _Events(self, req, queue, request.receive, chat)
-        reply = Reply(chat, self.model_name)
+        reply = Reply(chat, self.model_name, self.model.tokenizer)
         if params.stream:
             return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
@@ -296,15 +297,17 @@ class _Events:
 
 async def _whole(events: _Events, reply: Reply) -> Response:
     """A non-streamed answer: every piece, then one JSON object."""
-    pieces = []
+    pieces, logprobs = [], None
     try:
         async for event in events:
             pieces.append(event.text)
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
             if event.error:
                 return _error_response(500, error_body(event.error, "server_error"))
             if event.finish_reason:
                 return JSONResponse(reply.whole("".join(pieces), event.finish_reason,
-                                                event.usage))
+                                                event.usage, logprobs))
     finally:
         events.close()
     return Response(status_code=499)  # the client went away; nobody reads this
@@ -329,12 +332,13 @@ async def _sse(events: _Events, reply: Reply, include_usage: bool):
             yield _data(error_body(event.error, "server_error"))
             break
         if event.finish_reason:
-            yield _data(reply.chunk(event.text or None, event.finish_reason))
+            yield _data(reply.chunk(event.text or None, event.finish_reason,
+                                    logprobs=event.logprobs))
             if include_usage:
                 yield _data(reply.usage_chunk(event.usage))
             break
         if event.text:
-            yield _data(reply.chunk(event.text))
+            yield _data(reply.chunk(event.text, logprobs=event.logprobs))
     else:
         return  # the client went away: nothing more to send
     yield b"data: [DONE]\n\n"
