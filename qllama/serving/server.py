@@ -203,7 +203,8 @@ class _Api:
         except UsageError as e:
             raise ApiError(400, str(e)) from None
         events = _Events(self, req, queue, request.receive, chat)
-        reply = Reply(chat, self.model_name, self.model.tokenizer)
+        reply = Reply(chat, self.model_name,
+                      self.model.tokenizer if params.logprobs is not None else None)
         if params.stream:
             return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
