@@ -31,12 +31,13 @@ class Usage:
 
 @dataclass
 class TokenLogprob:
-    """A sampled token's log-probability under the model (before temperature and
-    top-p), and the `top` likeliest tokens' [(id, logprob)], likeliest first."""
+    """A token's log-probability under the model (before temperature and top-p), and
+    the `top` likeliest tokens' [(id, logprob)], likeliest first; a prompt's first
+    token has neither (None)."""
 
     token: int
-    logprob: float
-    top: list
+    logprob: float | None
+    top: list | None
 
 
 def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
@@ -104,6 +105,10 @@ class Generation:
         self.finish_reason: str | None = None
         self.logprobs = logprobs
         self._logprobs: list[TokenLogprob] = []
+
+    def add_prompt_logprob(self, entry: TokenLogprob) -> None:
+        """A prompt token's, to come before the generated tokens' (an echo)."""
+        self._logprobs.append(entry)
 
     def take_logprobs(self) -> list[TokenLogprob]:
         """The TokenLogprobs of the tokens generated since the last call."""

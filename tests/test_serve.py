@@ -249,6 +249,41 @@ def test_logprobs_are_the_models_and_streams_carry_the_same(stories):
     assert e.value.body["param"] == "top_logprobs"
 
 
+def test_echo_returns_the_prompt_with_its_tokens_logprobs(stories):
+    """As lm-evaluation-harness scores a text: token ids, echo, logprobs, max_tokens 1.
+    The prompt's tokens (the first with none) then the answer's, text_offset into the
+    text as returned."""
+    model = stories.model
+    text = "Once upon a time, there was a cat"
+    ids = model.encode(text)
+    client = stories.client()
+    r = complete(client, ids, max_tokens=1, temperature=0, logprobs=2, echo=True).choices[0]
+    lp = r.logprobs
+    assert r.text.startswith(text) and len(r.text) > len(text)
+    assert len(lp.tokens) == len(ids) + 1 and lp.tokens[0] == "<s>"
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want = _log_softmax(model.logits(ids))
+    assert np.allclose(lp.token_logprobs[1:len(ids)], want[np.arange(len(ids) - 1), ids[1:]],
+                       rtol=1e-4, atol=1e-4)
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    assert lp.text_offset[:2] == [0, 0]  # BOS has no text; " Once" loses its space
+    for token, offset in zip(lp.tokens[2:], lp.text_offset[2:]):
+        assert r.text[offset:offset + len(token)] == token
+    # the same from a string prompt, and in a stream
+    assert complete(client, text, max_tokens=1, temperature=0, logprobs=2,
+                    echo=True).choices[0].logprobs == lp
+    chunks = list(complete(client, text, max_tokens=3, temperature=0, echo=True, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices).startswith(text + r.text[
+        len(text):])
+    plain = complete(client, text, max_tokens=3, temperature=0, echo=True).choices[0]
+    assert plain.logprobs is None and plain.text == "".join(
+        c.choices[0].text for c in chunks if c.choices)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stories260K", extra_body={"echo": True},
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["param"] == "echo"
+
+
 def test_a_prompt_of_token_ids_is_run_as_given(stories):
     text = "Once upon a time"
     ids = stories.model.encode(text)  # BOS first: ids are taken as they are
@@ -674,7 +709,7 @@ def test_api_key_is_required_and_compared(tiny):
     (b'[' * 100000 + b']' * 100000, 400, "not valid JSON", None),
     (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
     (b'{"prompt": "a", "logprobs": 6}', 400, "logprobs must be in 0..5", "logprobs"),
-    (b'{"prompt": "a", "echo": true}', 400, "echo is not supported", "echo"),
+    (b'{"prompt": "a", "echo": 1}', 400, "echo must be true or false", "echo"),
     (b'{"prompt": 7}', 400, "prompt must be a string or a non-empty list of token ids",
      "prompt"),
     (b'{"prompt": []}', 400, "a non-empty list of token ids", "prompt"),

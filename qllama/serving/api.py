@@ -7,7 +7,6 @@ rather than ignored.
 """
 from __future__ import annotations
 
-import codecs
 import json
 import math
 import struct
@@ -63,7 +62,6 @@ def _zero(v) -> bool:
 
 # Options this server does not implement, and what each may be when not asked for.
 UNSUPPORTED = {
-    "echo": lambda v: v is False,
     "best_of": lambda v: v == 1 and not isinstance(v, bool),
     "suffix": lambda v: v == "", "logit_bias": lambda v: v == {},
     "presence_penalty": _zero, "frequency_penalty": _zero, "tools": lambda v: v == [],
@@ -84,6 +82,7 @@ class Params:
     seed: int | None
     stop: tuple
     logprobs: int | None  # top tokens to report with each token's logprob; None: none
+    echo: bool  # a completion's text (and logprobs) starts with its prompt's
 
 
 def _shown(v) -> str:
@@ -157,8 +156,11 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
         # sampler (a float) reads 0 as "no nucleus", the whole vocabulary
         temperature = 0.0
     seed = _generator_seed(_integer(body, "seed", -2**63, 2**64 - 1))
+    echo = _flag(body, "echo")
+    if echo and chat:
+        raise ApiError(400, "echo is not supported by chat completions", param="echo")
     return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body),
-                  _logprobs(body, chat))
+                  _logprobs(body, chat), echo)
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -251,21 +253,24 @@ def usage_body(usage) -> dict:
 class Reply:
     """The response objects of one request, whole or as stream chunks, in the shapes of
     OpenAI's text_completion and chat.completion(.chunk). `tokenizer` names the tokens
-    of logprobs."""
+    of logprobs; `text` (a StreamDecoder positioned where the completion's text starts)
+    gives their text_offset in it."""
 
-    def __init__(self, chat: bool, model_name: str, tokenizer=None):
+    def __init__(self, chat: bool, model_name: str, tokenizer=None, text=None):
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model_name
         self.tokenizer = tokenizer
-        self.decoded = codecs.getincrementaldecoder("utf-8")("replace")
-        self.offset = 0  # characters of the completion's tokens so far (text_offset)
+        self.prefix = ""  # an echoed prompt, before the first text
+        self.text = text
+        self.offset = 0  # characters of the completion's text so far (text_offset)
 
     def _head(self, object: str) -> dict:
         return {"id": self.id, "object": object, "created": self.created, "model": self.model}
 
     def whole(self, text: str, finish_reason: str, usage, logprobs=None) -> dict:
+        text, self.prefix = self.prefix + text, ""
         lp = self.logprobs(logprobs)
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -278,6 +283,8 @@ class Reply:
 
     def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False,
               logprobs=None) -> dict:
+        if self.prefix:
+            text, self.prefix = self.prefix + (text or ""), ""
         lp = self.logprobs(logprobs)
         if self.chat:
             delta = {"role": "assistant"} if role else {}
@@ -313,13 +320,15 @@ class Reply:
                 return {"token": text, "logprob": logprob, "bytes": list(raw)}
             return {"content": [{**item(e.token, e.logprob),
                                  "top_logprobs": [item(t, lp) for t, lp in e.top]}
-                                for e in entries], "refusal": None}
+                                for e in entries], "refusal": None}  # no echo in a chat
         tokens, offsets, tops = [], [], []
         for e in entries:
-            text, raw = self._token(e.token)
-            tokens.append(text)
+            tokens.append(self._token(e.token)[0])
             offsets.append(self.offset)
-            self.offset += len(self.decoded.decode(raw))
+            self.offset += len(self.text.feed(e.token))
+            if e.top is None:  # an echoed prompt's first token
+                tops.append(None)
+                continue
             top = {}
             for t, lp in e.top:
                 top.setdefault(self._token(t)[0], lp)  # two ids of one text: the likelier

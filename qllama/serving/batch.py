@@ -76,7 +76,8 @@ class BatchEngine:
 
     def forward(self, batch: list) -> list:
         """batch: (pages, first position, int32 tokens, want logits) per sequence, each
-        sequence once; returns for each the logits (vocab,) of its last token, or None."""
+        sequence once; returns for each the logits (vocab,) of its last token (want
+        True), of every token ((tokens, vocab); want "all") or None (want False)."""
         tokens = np.concatenate([t for _, _, t, _ in batch]).astype(np.int32, copy=False)
         if len(tokens) > self.max_rows:
             raise UsageError(f"a batch of {len(tokens)} rows; the engine takes {self.max_rows}")
@@ -84,16 +85,19 @@ class BatchEngine:
         tables = np.zeros((len(batch), width), np.int32)
         positions = np.empty(len(tokens), np.int32)
         seq = np.empty(len(tokens), np.int32)
-        logit_rows, wanted = [], []
+        logit_rows, wanted = [], []  # wanted: (sequence, its first and end logits rows)
         row = 0
         for i, (pages, pos, toks, want) in enumerate(batch):
             tables[i, :len(pages)] = pages
             positions[row:row + len(toks)] = np.arange(pos, pos + len(toks))
             seq[row:row + len(toks)] = i
+            if want == "all":
+                wanted.append((i, len(logit_rows), len(logit_rows) + len(toks)))
+                logit_rows += range(row, row + len(toks))
+            elif want:
+                wanted.append((i, len(logit_rows), None))
+                logit_rows.append(row + len(toks) - 1)
             row += len(toks)
-            if want:
-                logit_rows.append(row - 1)
-                wanted.append(i)
         out = [None] * len(batch)
         if not logit_rows:  # the classifier needs a row; take the last and drop it
             logit_rows = [row - 1]
@@ -104,6 +108,6 @@ class BatchEngine:
         self.workspace.forward(self.pool.cache, tokens, positions, seq, tables,
                                np.asarray(logit_rows, np.int32), logits)
         governor.record(threads, time.perf_counter() - t0, time.thread_time() - c0, len(tokens))
-        for j, i in enumerate(wanted):
-            out[i] = logits[j]
+        for i, first, end in wanted:
+            out[i] = logits[first] if end is None else logits[first:end]
         return out

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import QllamaError, UsageError
-from ..generation import Generation, Usage
+from ..generation import Generation, TokenLogprob, Usage, token_logprob
 from ..model import token_array
 from ..sampling import check_sampling, default_seed
 from .batch import PAGE, BatchEngine
@@ -60,6 +60,7 @@ class Request:
     stop: tuple
     on_event: Callable[[Event], None]
     logprobs: int | None = None  # top tokens to report with each one's logprob
+    echo: bool = False  # the prompt tokens' logprobs too
     cancelled: bool = False
     # engine-side state
     generation: Generation | None = None
@@ -118,7 +119,7 @@ class Scheduler:
 
     def submit(self, prompt_ids, max_tokens: int, on_event, temperature: float = 1.0,
                top_p: float = 0.9, seed: int | None = None, stop=(),
-               logprobs: int | None = None) -> Request:
+               logprobs: int | None = None, echo: bool = False) -> Request:
         """Queue a request; its events go to on_event (called from the engine thread).
         Raises UsageError for what cannot run, Busy when every place is taken."""
         ids = token_array(prompt_ids, self.model.spec.vocab_size).tolist()
@@ -132,7 +133,7 @@ class Scheduler:
         # held to the context, and to what the pool holds, as a chat's default reply is
         max_tokens = min(max_tokens, self.max_positions - len(ids) + 1)
         req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event,
-                      logprobs)
+                      logprobs, echo and logprobs is not None)
         if not self.engine.pool.could_hold(req.positions):
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
                              "cache, more than the whole pool holds (--kv-memory)")
@@ -224,6 +225,8 @@ class Scheduler:
                     self.model, req.prompt_ids, req.max_tokens,
                     self.model.sampler(req.temperature, req.top_p, req.seed), req.stop,
                     logprobs=req.logprobs)
+                if req.echo:  # the first token has nothing before it to be scored by
+                    req.generation.add_prompt_logprob(TokenLogprob(req.prompt_ids[0], None, None))
             except QllamaError as e:
                 self._release(req, Event(error=str(e)))
                 continue
@@ -243,7 +246,7 @@ class Scheduler:
                 budget -= take
                 prefill += take
                 rows.append((req, req.prompt_ids[req.fed:req.fed + take],
-                             req.fed + take == n_prompt))
+                             "all" if req.echo else req.fed + take == n_prompt))
         t0 = time.perf_counter()
         try:
             logits = self.engine.forward([(r.pages, r.fed, np.asarray(toks, np.int32), want)
@@ -257,7 +260,15 @@ class Scheduler:
         done = []
         generated = 0
         for (req, toks, want), out in zip(rows, logits):
+            start = req.fed
             req.fed += len(toks)
+            if want == "all":  # an echo: row k scores the prompt token after it
+                prompt = req.prompt_ids
+                for k, q in enumerate(range(start + 1, min(req.fed + 1, len(prompt)))):
+                    req.generation.add_prompt_logprob(token_logprob(out[k], prompt[q],
+                                                                    req.logprobs))
+                out = out[-1]
+                want = req.fed == len(prompt)
             if not want:
                 continue
             try:

@@ -156,8 +156,13 @@ class _Api:
         prompt = completion_prompt(body, self.model.spec.vocab_size)
         ids = prompt if isinstance(prompt, list) else await asyncio.to_thread(
             self.model.encode, prompt, True, special=self.special)
+        echoed = ""
+        if params.echo:
+            echoed = await asyncio.to_thread(self.model.decode, ids) if isinstance(
+                prompt, list) else prompt
         return await self._generate(request, ids, params, "prompt",
-                                    params.max_tokens or COMPLETION_MAX_TOKENS, chat=False)
+                                    params.max_tokens or COMPLETION_MAX_TOKENS, chat=False,
+                                    echoed=echoed)
 
     async def chat_completions(self, request):
         self._authorize(request)
@@ -173,7 +178,8 @@ class _Api:
         return await self._generate(request, ids, params, "messages",
                                     params.max_tokens or default, chat=True)
 
-    async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool):
+    async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool,
+                        echoed: str = ""):
         if len(ids) >= self.seq_len:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
                                 f"{self.seq_len} tokens, and the answer needs at least one "
@@ -195,7 +201,7 @@ class _Api:
         try:
             req = self.scheduler.submit(ids, max_tokens, on_event, params.temperature,
                                         params.top_p, params.seed, params.stop,
-                                        params.logprobs)
+                                        params.logprobs, params.echo)
         except Busy as e:
             self.rejected_busy += 1
             raise ApiError(503, str(e), "server_error", code="server_busy",
@@ -203,8 +209,11 @@ class _Api:
         except UsageError as e:
             raise ApiError(400, str(e)) from None
         events = _Events(self, req, queue, request.receive, chat)
-        reply = Reply(chat, self.model_name,
-                      self.model.tokenizer if params.logprobs is not None else None)
+        logprobs = params.logprobs is not None
+        reply = Reply(chat, self.model_name, self.model.tokenizer if logprobs else None,
+                      self.model.text_stream([] if params.echo else ids)
+                      if logprobs and not chat else None)
+        reply.prefix = echoed
         if params.stream:
             return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
