@@ -93,6 +93,21 @@ def test_batched_logits_equal_solo(files, variant, kind, case, kv, threads):
         assert np.array_equal(got[i], solo_logits(files[kind], variant, kv, s)), i
 
 
+def test_batch_engine_gives_each_sequence_the_logits_it_wants(files):
+    """want "all": every row's logits (an echo scores its prompt), True: the last row's,
+    False: none; each bit for bit the sequence's solo logits."""
+    from qllama.serving.batch import BatchEngine
+    model = Model(files["q80"], threads=1)
+    engine = BatchEngine(model, 64, max_sessions=3)
+    seqs = [[5, 9, 17, 2, 40], [7, 3, 250], [11, 12]]
+    pages = [engine.pool.take(len(s)) for s in seqs]
+    out = engine.forward([(p, 0, np.array(s, np.int32), want)
+                          for p, s, want in zip(pages, seqs, ("all", True, False))])
+    solo = [solo_logits(files["q80"], model.variant, "f16", s) for s in seqs]
+    assert out[0].shape == (5, CONFIG.vocab_size) and np.array_equal(out[0], solo[0])
+    assert np.array_equal(out[1], solo[1][-1]) and out[2] is None
+
+
 def test_forward_refuses_what_it_cannot_run(files):
     model = Model(files["q80"], threads=1)
     cache = KVCache(model.weights, PAGE, 4, "f16", fault=False)
