@@ -198,6 +198,20 @@ def test_info_on_a_crafted_file_exits_1_with_one_line(name, tmp_path):
     assert r.seconds < MAX_SECONDS and r.max_rss < MAX_RSS
 
 
+def test_a_layer_count_past_the_files_tensors_is_refused_first(valid, tmp_path):
+    """A small file claiming 2**31 - 1 layers: refused before anything is made per layer
+    (a table of them took minutes and gigabytes)."""
+    raw = bytearray(valid[0])
+    at = raw.index(b"llama.block_count") + len(b"llama.block_count")
+    assert struct.unpack_from("<I", raw, at)[0] == 4  # a uint32
+    struct.pack_into("<I", raw, at + 4, 2**31 - 1)
+    (tmp_path / "layers.gguf").write_bytes(raw)
+    r = run_cli(["info", "layers.gguf"], tmp_path)
+    assert r.code == 1 and r.err.count("\n") == 1, r.err
+    assert "llama.block_count is 2147483647, 9 tensors a layer, but the file holds" in r.err
+    assert r.seconds < MAX_SECONDS and r.max_rss < MAX_RSS
+
+
 @pytest.mark.parametrize("n, element, message", [
     (3 << 20, u64(1) + b"x", "more than 2,097,152 strings"),
     ((2 << 20) - 8, u64(1) + b"x", "llama.embedding_length is missing"),  # just within

@@ -359,6 +359,8 @@ def run_import(src, out, *flags):
     ({"num_attention_heads": 3, "head_dim": None}, "dim 32 is not a multiple of n_heads 3"),
     ({"vocab_size": 49}, "model.embed_tokens.weight has shape [48, 32], config.json implies [49, 32]"),
     ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config is set"),
+    # a small folder claiming 2**31 - 1 layers: refused before any table per layer
+    ({"num_hidden_layers": 2**31 - 1}, "num_hidden_layers is 2147483647, 9 tensors a layer"),
 ])
 def test_refusals_name_the_field(tmp_path, changes, field):
     small_folder(tmp_path / "m", **changes)

@@ -161,6 +161,10 @@ def _spec(path: str, metadata: dict, infos: dict) -> ModelSpec:
         bos_id=m.int("tokenizer.ggml.bos_token_id", 1, low=0),
         eos_id=m.int("tokenizer.ggml.eos_token_id", 2, low=0),
         chat_template=m.str("tokenizer.chat_template"))
+    # before anything is made per layer: a small file may claim 2**31 - 1 layers
+    if spec.n_layers * len(_PER_LAYER) > len(infos):
+        m.fail(k("{arch}.block_count"), f"is {spec.n_layers}, {len(_PER_LAYER)} tensors a "
+               f"layer, but the file holds {len(infos)} tensors in all")
     for key, value in (("tokenizer.ggml.bos_token_id", spec.bos_id),
                        ("tokenizer.ggml.eos_token_id", spec.eos_id)):
         if value >= vocab:
