@@ -143,6 +143,7 @@ def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | 
         else:
             vtype = (V.BOOL if isinstance(value, bool) else
                      (V.UINT32 if value >= 0 else V.INT32) if isinstance(value, int) else
+                     V.FLOAT64 if isinstance(value, np.float64) else
                      V.FLOAT32 if isinstance(value, float) else V.STRING)
             w.add_key_value(key, value, vtype)
     written = {}

@@ -97,6 +97,13 @@ def test_defaults_when_keys_are_absent(tmp_path):
         assert s.shared_classifier and not g.has("output")
 
 
+def test_float64_keys_are_read_when_a_float32_holds_them(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, SMALL, meta=gguf_metadata(SMALL, llama__rope__freq_base=np.float64(5e5)))
+    with GGUFModel(path) as g:
+        assert g.spec.rope_theta == 5e5
+
+
 @pytest.mark.parametrize("qtype", ["F16", "BF16", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"])
 def test_block_types_are_served_in_place(qtype, tmp_path):
     path = tmp_path / "m.gguf"
@@ -168,6 +175,13 @@ REFUSALS = [
      "tensor rope_freqs.weight is not one of the llama model's"),
     (dict(drop=("blk.1.ffn_up.weight",)), "tensor blk.1.ffn_up.weight is missing"),
     (dict(meta=dict(llama__block_count=1)), "tensor blk.1.attn_norm.weight is not one of"),
+    (dict(meta=dict(llama__block_count=3)),
+     "llama.block_count is 3, 9 tensors a layer, but the file holds 21 tensors in all"),
+    # FLOAT64 keys llama.cpp reads as float32 (an export had raised OverflowError)
+    (dict(meta=dict(llama__rope__freq_base=np.float64(1e300))),
+     "llama.rope.freq_base is 1e+300, must be a positive number a float32 holds"),
+    (dict(meta=dict(llama__attention__layer_norm_rms_epsilon=np.float64(1e-50))),
+     "llama.attention.layer_norm_rms_epsilon is 1e-50, must be a positive number a float32"),
     (dict(types={"ffn_norm": "F16"}), "tensor blk.0.ffn_norm.weight has type F16; qllama reads "
      "norms as F32 only"),
     (dict(types={"w1": "IQ2_XXS"}), "tensor blk.0.ffn_gate.weight has type IQ2_XXS; qllama reads "

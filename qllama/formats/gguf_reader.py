@@ -31,6 +31,7 @@ from .gguf_types import BY_GGUF, BlockTensor
 from .llama2c import INT32_MAX, SHAPES
 
 ARCH = names.ARCH
+F32_TINY, F32_MAX = 2.0**-149, 3.4028234663852886e38  # float32's least and greatest above 0
 _PER_LAYER = {name for name, (per_layer, _) in SHAPES.items() if per_layer}
 _NORMS = ("attention_norm", "ffn_norm", "norm")
 
@@ -110,8 +111,9 @@ class _Meta:
 
     def float(self, key: str, default: float) -> float:
         v = self.m.get(key, default)
-        if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:
-            self.fail(key, f"is {show(v)}, must be a positive number")
+        # llama.cpp reads these keys as float32: a FLOAT64 one must be one of those too
+        if type(v) not in (int, float) or not F32_TINY <= v <= F32_MAX:
+            self.fail(key, f"is {show(v)}, must be a positive number a float32 holds")
         return float(v)
 
     def str(self, key: str, default=None):
