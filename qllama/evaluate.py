@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import UsageError
 from .formats.llama2c import QUANTIZED, SHAPES, QTensor
+from .generation import non_finite_logits
 from .io.inputs import read_bounded
 from .model import BOS
 from .quant.types import BlockTensor, dequantize_rows
@@ -273,6 +274,8 @@ def _sampled(model, n_tokens: int, seed: int, temperature: float):
         logits = session.feed([bos])
         while True:
             token = sampler.sample(logits)
+            if token < 0:
+                raise non_finite_logits(model, len(tokens) + 1)
             tokens.append(token)
             if len(tokens) == n or token in model.stop_ids:
                 break

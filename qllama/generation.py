@@ -40,6 +40,12 @@ class TokenLogprob:
     top: list | None
 
 
+def non_finite_logits(model, tokens: int) -> FormatError:
+    """What a sampler's -1 means: the logits after `tokens` tokens were not all finite."""
+    return FormatError(f"{model.path}: the model computed NaN or infinite logits after "
+                       f"{tokens} tokens: its weights hold NaN or Inf")
+
+
 def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
     """`token`'s TokenLogprob from the (finite) logits it was sampled from."""
     x = np.asarray(logits, np.float32)
@@ -119,9 +125,7 @@ class Generation:
         raw = None if self.logprobs is None else logits.copy()  # the sampler overwrites them
         token = self.sampler.sample(logits)
         if token < 0:
-            raise FormatError(f"{self.model.path}: the model computed NaN or infinite logits "
-                              f"after {self.usage.total_tokens} tokens: its weights hold NaN "
-                              "or Inf")
+            raise non_finite_logits(self.model, self.usage.total_tokens)
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return None

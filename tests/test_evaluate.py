@@ -400,3 +400,16 @@ def test_cli_shows_tokens_evaluated_on_a_terminal(monkeypatch):
                  "--sample", "300", "--threads", "1", "--no-weights"]) == 0
     bar = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())  # colours and cursor moves
     assert "evaluating" in bar and "300/300 tokens" in bar
+
+
+def test_sampling_from_a_reference_whose_weights_hold_nan_says_so(tmp_path):
+    """Its sampler finds no finite logits: the run's NaN message, not a bad token id."""
+    from qllama.errors import FormatError
+    from qllama.formats.llama2c import layout, read_config
+    src = data("stories260K.bin")
+    raw = bytearray(open(src, "rb").read())
+    e = next(e for e in layout(read_config(src)) if e.name == "wq" and e.layer == 0)
+    raw[e.offset:e.offset + 4] = np.float32("nan").tobytes()
+    (tmp_path / "nan.bin").write_bytes(raw)
+    with pytest.raises(FormatError, match="computed NaN or infinite logits after 1 tokens"):
+        run_eval(tmp_path / "nan.bin", src, n=8)
