@@ -289,6 +289,23 @@ def test_export_hf_from_v2_dequantizes(tmp_path):
     assert np.array_equal(back["model.layers.0.self_attn.q_proj.weight"], wq)
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_export_hf_refuses_a_non_finite_weight_as_every_output_does(tmp_path, capsys, bad):
+    """An Inf scale in a Q8_0 file (its 0 values dequantize to NaN, with no numpy
+    warning): one line, and no folder."""
+    quantize_file(data("stories260K.bin"), tmp_path / "m.q80.bin")
+    with ModelFile(tmp_path / "m.q80.bin") as f:
+        e = f.entries[("w2", 1)]
+    raw = bytearray((tmp_path / "m.q80.bin").read_bytes())
+    raw[e.scales_offset:e.scales_offset + 4] = np.float32(bad).tobytes()
+    (tmp_path / "m.q80.bin").write_bytes(raw)
+    assert main(["export", str(tmp_path / "m.q80.bin"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w2 of layer 1 holds" in err, err
+    assert "refusing to export a non-finite weight" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_hf_folder_rules(tmp_path):
     import_hf(str(shared_hf("hfa")), str(tmp_path / "m.bin"), version=1)
     out = tmp_path / "out"

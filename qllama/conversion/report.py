@@ -83,10 +83,11 @@ def tensor_label(e: Entry) -> str:
     return e.name if e.layer is None else f"{e.name} of layer {e.layer}"
 
 
-def non_finite(path: str, e: Entry, start: int, w: np.ndarray, label=tensor_label) -> FormatError:
+def non_finite(path: str, e: Entry, start: int, w: np.ndarray, label=tensor_label,
+               doing: str = "quantize") -> FormatError:
     i = int(np.flatnonzero(~np.isfinite(w))[0])
     flat = start + i
     index = np.unravel_index(flat, e.shape)
     return FormatError(f"{path}: {label(e)} holds {w[i]} at element {flat} "
-                       f"(index {tuple(int(x) for x in index)}); refusing to quantize "
+                       f"(index {tuple(int(x) for x in index)}); refusing to {doing} "
                        "a non-finite weight")

@@ -306,7 +306,8 @@ def dequantize_q80(q: np.ndarray, s: np.ndarray, group_size: int, start: int = 0
     stop = q.size if stop is None else stop
     g0, g1 = start // group_size, -(-stop // group_size)
     w = q[g0 * group_size:g1 * group_size].reshape(-1, group_size).astype(np.float32)
-    w = (w * s[g0:g1, None]).reshape(-1)
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 · Inf is NaN; the callers say so
+        w = (w * s[g0:g1, None]).reshape(-1)
     return w[start - g0 * group_size:stop - g0 * group_size]
 
 

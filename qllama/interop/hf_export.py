@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from ..conversion.driver import pump
-from ..conversion.report import Report
+from ..conversion.report import Report, non_finite
 from ..conversion.sources import Llama2cSource, resolve_tokenizer
 from ..errors import QllamaWarning, UsageError
 from ..formats import hf, is_gguf, safetensors
@@ -185,6 +185,9 @@ def export_hf(src: str, dst: str, kind: str = "f32", tokenizer: str | None = Non
 
                 def write(job, w):
                     e, r0, r1 = job
+                    if not np.isfinite(w).all():  # as every other output refuses them
+                        raise non_finite(src, e, r0 * (e.numel // e.shape[0]), w.reshape(-1),
+                                         doing="export")
                     if e.name in hf.PERMUTED:
                         w = hf.to_hf(w, (r1 - r0) // config.head_size)
                     out.write(hf.hf_name(e.name, e.layer), r0 * (e.numel // e.shape[0]) * size,
