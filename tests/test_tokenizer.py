@@ -277,7 +277,8 @@ GOOD = [(0.0, b"<unk>"), (0.0, b"\n<s>\n"), (0.0, b"\n</s>\n"), (-1.0, b" a"), (
     (_bin(GOOD)[:4] + struct.pack("<fi", 0.0, -5) + b"xxxx", "negative length -5"),
     (_bin(GOOD)[:4] + struct.pack("<fi", 0.0, 1 << 30), "runs past the end"),
     (_bin(GOOD, max_len=2), "longer than the file's max_token_length 2"),
-    (_bin([(float("nan"), b"x")]), "NaN score"),
+    (_bin([(float("nan"), b"x")]), "token 0 has a score of nan"),
+    (_bin(GOOD + [(float("-inf"), b"b")]), "token 5 has a score of -inf"),
     (b"\x0a\x09\x0a\x05garbage-that-is-not-a-proto", "not a valid SentencePiece model"),
 ])
 def test_bad_files_raise_clear_errors(tmp_path, blob, message):
@@ -285,6 +286,19 @@ def test_bad_files_raise_clear_errors(tmp_path, blob, message):
     path.write_bytes(blob)
     with pytest.raises(TokenizerError, match=message):
         load_tokenizer(path)
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_sentencepiece_model_with_a_score_no_bin_or_gguf_holds_is_refused(tmp_path, score):
+    """One rule for the three formats: a .model that loaded had been exported to files
+    qllama then refused."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    proto = pb.ModelProto()
+    proto.ParseFromString(data("tok512.model").read_bytes())
+    proto.pieces[300].score = score
+    (tmp_path / "bad.model").write_bytes(proto.SerializeToString())
+    with pytest.raises(TokenizerError, match=f"piece 300 has a score of {score}"):
+        load_tokenizer(tmp_path / "bad.model")
 
 
 def test_truncated_real_file_never_crashes(tmp_path):

@@ -58,8 +58,8 @@ def read_bin(path: str, data: bytes) -> tuple[int, list, np.ndarray]:
         if length > max_len:
             raise TokenizerError(f"{path}: token {i} is {length} bytes, longer than the file's "
                                  f"max_token_length {max_len} (corrupt file)")
-        if math.isnan(score):
-            raise TokenizerError(f"{path}: token {i} has a NaN score (corrupt file)")
+        if not math.isfinite(score):  # one rule for the three formats: GGUF's, the .model's
+            raise TokenizerError(f"{path}: token {i} has a score of {score} (corrupt file)")
         pieces.append(data[off:off + length])
         scores.append(score)
         off += length

@@ -2,6 +2,8 @@
 sentencepiece library."""
 from __future__ import annotations
 
+import math
+
 from ..errors import TokenizerError
 from .base import (
     _BYTE_PIECES,
@@ -72,6 +74,9 @@ class SentencePieceTokenizer(Tokenizer):
                 unk_surface = proto.trainer_spec.unk_surface
         for i in range(self.vocab_size):
             p = sp.id_to_piece(i)
+            if not math.isfinite(sp.get_score(i)):  # what .bin and GGUF files cannot hold
+                raise TokenizerError(f"{self.path}: piece {i} has a score of "
+                                     f"{sp.get_score(i)} (corrupt file)")
             if sp.is_byte(i):
                 kind, surface = BYTE, bytes([_BYTE_PIECES[p.encode()]])
             elif sp.is_control(i):
