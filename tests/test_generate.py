@@ -231,11 +231,27 @@ def nan_model(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("case", ["nan weights", "huge seed", "huge threads", "fifo"])
+def nan_scales(tmp_path):
+    """A Q8_0 file with one NaN scale in a matrix: int8 activations would hide it
+    (runq.c's max leaves NaN out) but for the NaN scale their groups keep."""
+    path = tmp_path / "nan.q80.bin"
+    quantize_file(str(data("stories260K.bin")), str(path))
+    from qllama.formats.llama2c import ModelFile
+    with ModelFile(path) as f:
+        at = f.entries[("wq", 0)].scales_offset
+    raw = bytearray(path.read_bytes())
+    raw[at:at + 4] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan weights", "nan scales", "huge seed", "huge threads",
+                                  "fifo"])
 def test_hostile_run_inputs(tiny, tmp_path, case):
     tok = data("tok512.bin")
     args = {
         "nan weights": [nan_model(tmp_path), "-z", tok, "-n", "5"],
+        "nan scales": [nan_scales(tmp_path), "-z", tok, "-n", "5", "-t", "0"],
         "huge seed": [tiny, "-z", tok, "-s", str(2**64)],
         "huge threads": [tiny, "-z", tok, "--threads", "3000000000"],
         "fifo": [tmp_path / "fifo", "-z", tok],
@@ -245,6 +261,8 @@ def test_hostile_run_inputs(tiny, tmp_path, case):
     r = run_cli(*args)
     assert r.returncode == 1, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    if case.startswith("nan"):
+        assert "computed NaN or infinite logits after 1 tokens" in r.stderr, r.stderr
 
 
 def test_tiny_temperature_is_the_greedy_limit():

@@ -20,17 +20,21 @@ static void round_group(const float *x, ptrdiff_t n, float scale, int8_t *q) {
 }
 
 /* The max runs over the bit patterns of |x|, which vectorizes; NaN is left out of
- * it, as runq.c leaves it out. A variant passes its own vector `round`. */
+ * it, as runq.c leaves it out, and q is runq.c's. But a group holding NaN gets a NaN
+ * scale: runq.c would turn it into finite values, and weights holding NaN would give
+ * finite nonsense where the NaN should reach the logits, whose check says what the
+ * file holds. A variant passes its own vector `round`. */
 void qllama_quantize_row_with(const float *x, ptrdiff_t n, ptrdiff_t gs, int8_t *q, float *s,
                               qllama_round_fn round) {
     for (ptrdiff_t g = 0; g < n / gs; g++) {
-        uint32_t wmax = 0;
+        uint32_t wmax = 0, all = 0;
         for (ptrdiff_t i = g * gs; i < (g + 1) * gs; i++) {
-            uint32_t b = qllama_abs_bits_no_nan(x[i]);
+            uint32_t b = qllama_abs_bits_no_nan(x[i]), a = qllama_abs_bits(x[i]);
             wmax = b > wmax ? b : wmax;
+            all = a > all ? a : all;
         }
         float scale = qllama_from_bits(wmax) / 127.0f;
-        s[g] = scale;
+        s[g] = all > 0x7f800000u ? qllama_from_bits(0x7fc00000u) : scale;
         if (scale == 0.0f)
             memset(q + g * gs, 0, (size_t)gs);
         else
