@@ -170,7 +170,7 @@ def _logprobs(body: dict, chat: bool) -> int | None:
         return _integer(body, "logprobs", 0, 5)
     top = _integer(body, "top_logprobs", 0, 20)
     if not _flag(body, "logprobs"):
-        if top is not None:
+        if top:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         return None
     return top or 0

@@ -312,7 +312,8 @@ async def _whole(events: _Events, reply: Reply) -> Response:
         async for event in events:
             pieces.append(event.text)
             if event.logprobs is not None:
-                logprobs = (logprobs or []) + event.logprobs
+                logprobs = logprobs or []
+                logprobs += event.logprobs  # in place: one copy of each, however long
             if event.error:
                 return _error_response(500, error_body(event.error, "server_error"))
             if event.finish_reason:
