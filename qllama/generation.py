@@ -33,11 +33,13 @@ class Usage:
 class TokenLogprob:
     """A token's log-probability under the model (before temperature and top-p), and
     the `top` likeliest tokens' [(id, logprob)], likeliest first; a prompt's first
-    token has neither (None)."""
+    token has neither (None). `offset`: where a generated token's text starts in the
+    answer's text (None for a prompt's tokens)."""
 
     token: int
     logprob: float | None
     top: list | None
+    offset: int | None = None
 
 
 def non_finite_logits(model, tokens: int) -> FormatError:
@@ -110,15 +112,25 @@ class Generation:
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.logprobs = logprobs
-        self._logprobs: list[TokenLogprob] = []
+        self._logprobs: list[TokenLogprob] = []  # not yet taken, in order
+        # characters given to the stop-string filter, and shown by it: a token's
+        # TokenLogprob goes out once its text has begun to, and if a stop string cuts
+        # before its text, never
+        self._fed = self._shown = 0
 
     def add_prompt_logprob(self, entry: TokenLogprob) -> None:
         """A prompt token's, to come before the generated tokens' (an echo)."""
         self._logprobs.append(entry)
 
-    def take_logprobs(self) -> list[TokenLogprob]:
-        """The TokenLogprobs of the tokens generated since the last call."""
-        taken, self._logprobs = self._logprobs, []
+    def take_logprobs(self, final: bool = False) -> list[TokenLogprob]:
+        """The TokenLogprobs of the prompt's tokens and of the generated tokens whose
+        text has begun to be shown since the last call; `final`: all that are left
+        (a stop id's too)."""
+        n = len(self._logprobs)
+        if not final:
+            n = next((i for i, e in enumerate(self._logprobs)
+                      if e.offset is not None and e.offset >= self._shown), n)
+        taken, self._logprobs = self._logprobs[:n], self._logprobs[n:]
         return taken
 
     def next_token(self, logits: np.ndarray) -> int | None:
@@ -126,12 +138,14 @@ class Generation:
         token = self.sampler.sample(logits)
         if token < 0:
             raise non_finite_logits(self.model, self.usage.total_tokens)
+        if raw is not None:  # a stop id's too: a scorer reads the last entry as the answer's
+            entry = token_logprob(raw, token, self.logprobs)
+            entry.offset = self._fed
+            self._logprobs.append(entry)
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return None
         self.tokens.append(token)
-        if raw is not None:
-            self._logprobs.append(token_logprob(raw, token, self.logprobs))
         self.usage.completion_tokens += 1
         if len(self.tokens) >= self.max_tokens:
             self.finish_reason = "length"
@@ -141,7 +155,7 @@ class Generation:
         token = self.next_token(logits)
         if token is None:
             return self._end()
-        text, stopped = self.stop.feed(self.decoder.feed(token))
+        text, stopped = self._show(self.decoder.feed(token))
         if stopped:
             self.finish_reason = "stop"
             return text, "stop"
@@ -150,8 +164,22 @@ class Generation:
             return text + more, reason
         return text, None
 
+    def _show(self, piece: str) -> tuple[str, bool]:
+        """The stop-string filter's (text, stopped) for `piece`, counted; at a stop
+        string, the tokens whose text it cut away entirely lose their TokenLogprobs."""
+        self._fed += len(piece)
+        text, stopped = self.stop.feed(piece)
+        self._shown += len(text)
+        if stopped:
+            self._logprobs = [e for e in self._logprobs
+                              if e.offset is None or e.offset < self._shown]
+        return text, stopped
+
     def _end(self) -> tuple[str, str]:
-        text, stopped = self.stop.feed(self.decoder.flush())
+        text, stopped = self._show(self.decoder.flush())
         if stopped:
             self.finish_reason = "stop"
-        return text + ("" if stopped else self.stop.flush()), self.finish_reason
+            return text, self.finish_reason
+        rest = self.stop.flush()
+        self._shown += len(rest)
+        return text + rest, self.finish_reason

@@ -216,10 +216,13 @@ def test_logprobs_are_the_models_and_streams_carry_the_same(stories):
     assert "".join(lp.tokens) == whole.text
     want = _log_softmax(model.logits(ids + gen)[len(ids) - 1:-1])
     assert np.allclose(lp.token_logprobs, want[np.arange(n), gen], rtol=1e-4, atol=1e-4)
-    for row, top in zip(want, lp.top_logprobs):
+    for row, top, token, t in zip(want, lp.top_logprobs, lp.tokens, gen):
         best = np.argsort(-row, kind="stable")[:3]
-        assert list(top) == [surfaces[i].decode() for i in best]
-        assert np.allclose(list(top.values()), row[best], rtol=1e-4, atol=1e-4)
+        # the likeliest 3, then the sampled token's when it is not one (OpenAI's k + 1)
+        assert list(top) == [surfaces[i].decode() for i in best] + (
+            [] if t in best else [token])
+        assert np.allclose([top[surfaces[i].decode()] for i in best], row[best],
+                           rtol=1e-4, atol=1e-4)
     assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(n)]
     streamed = [c.choices[0].logprobs for c in complete(client, prompt, stream=True, **kw)
                 if c.choices and c.choices[0].logprobs]
@@ -265,7 +268,8 @@ def test_echo_returns_the_prompt_with_its_tokens_logprobs(stories):
     want = _log_softmax(model.logits(ids))
     assert np.allclose(lp.token_logprobs[1:len(ids)], want[np.arange(len(ids) - 1), ids[1:]],
                        rtol=1e-4, atol=1e-4)
-    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:]):
+        assert len(top) in (2, 3) and token in top
     assert lp.text_offset[:2] == [0, 0]  # BOS has no text; " Once" loses its space
     for token, offset in zip(lp.tokens[2:], lp.text_offset[2:]):
         assert r.text[offset:offset + len(token)] == token
@@ -282,6 +286,45 @@ def test_echo_returns_the_prompt_with_its_tokens_logprobs(stories):
         client.chat.completions.create(model="stories260K", extra_body={"echo": True},
                                        messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["param"] == "echo"
+
+
+def test_lm_eval_scores_a_text_whose_next_token_ends_it(stories):
+    """lm-evaluation-harness's local-completions payload, on a text the model would end
+    there: the answer's one token is a stop id, and its entry is still the last, so that
+    token_logprobs[ctxlen:-1] are the continuation's (they had lost the last one)."""
+    model = stories.model
+    ids = model.encode("Once upon a time")
+    full = ids + list(model.generate_ids(ids, model.config.seq_len, temperature=0))
+    r = stories.client().completions.create(model="stories260K", prompt=[full], temperature=0,
+                                            max_tokens=1, logprobs=1, seed=1234, echo=True)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].finish_reason == "stop" and len(lp.token_logprobs) == len(full) + 1
+    assert lp.tokens[-1] in ("<s>", "</s>")  # run.c stops at either; this story at BOS
+    want = _log_softmax(model.logits(full))
+    ctxlen = len(full) - 3
+    got = sum(lp.token_logprobs[ctxlen:-1])
+    assert np.isclose(got, sum(want[k - 1, full[k]] for k in range(ctxlen, len(full))),
+                      rtol=1e-5, atol=1e-5)
+    assert all(t == max(top.values())  # the greedy text: lm-eval's check holds
+               for t, top in zip(lp.token_logprobs[ctxlen:-1], lp.top_logprobs[ctxlen:-1]))
+
+
+def test_tokens_a_stop_string_cut_away_have_no_logprobs(stories):
+    client = stories.client()
+    for stop in (" little", "ir"):
+        kw = dict(max_tokens=30, temperature=0, logprobs=2, stop=stop)
+        whole = complete(client, "Once upon a time", **kw).choices[0]
+        assert whole.finish_reason == "stop" and stop not in whole.text
+        tokens = whole.logprobs.tokens
+        # each token's text begins within the text; the last may run past the cut
+        assert "".join(tokens).startswith(whole.text) and \
+            len("".join(tokens[:-1])) < len(whole.text)
+        assert whole.logprobs.text_offset == [len("".join(tokens[:i]))
+                                              for i in range(len(tokens))]
+        streamed = sum((c.choices[0].logprobs.tokens for c in complete(
+            client, "Once upon a time", stream=True, **kw)
+            if c.choices and c.choices[0].logprobs), [])
+        assert streamed == tokens
 
 
 def test_a_prompt_of_token_ids_is_run_as_given(stories):

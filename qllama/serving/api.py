@@ -253,18 +253,20 @@ def usage_body(usage) -> dict:
 class Reply:
     """The response objects of one request, whole or as stream chunks, in the shapes of
     OpenAI's text_completion and chat.completion(.chunk). `tokenizer` names the tokens
-    of logprobs; `text` (a StreamDecoder positioned where the completion's text starts)
-    gives their text_offset in it."""
+    of logprobs; `echoed`: the prompt a completion's text starts with, and `text` a
+    StreamDecoder to give its tokens' text_offset (the answer's tokens carry theirs)."""
 
-    def __init__(self, chat: bool, model_name: str, tokenizer=None, text=None):
+    def __init__(self, chat: bool, model_name: str, tokenizer=None, text=None,
+                 echoed: str = ""):
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model_name
         self.tokenizer = tokenizer
-        self.prefix = ""  # an echoed prompt, before the first text
+        self.prefix = echoed  # until the first text goes out
+        self.echoed = len(echoed)
         self.text = text
-        self.offset = 0  # characters of the completion's text so far (text_offset)
+        self.offset = 0  # characters of the echoed prompt's tokens so far (text_offset)
 
     def _head(self, object: str) -> dict:
         return {"id": self.id, "object": object, "created": self.created, "model": self.model}
@@ -324,14 +326,18 @@ class Reply:
         tokens, offsets, tops = [], [], []
         for e in entries:
             tokens.append(self._token(e.token)[0])
-            offsets.append(self.offset)
-            self.offset += len(self.text.feed(e.token))
+            if e.offset is None:  # an echoed prompt's token
+                offsets.append(self.offset)
+                self.offset += len(self.text.feed(e.token))
+            else:
+                offsets.append(self.echoed + e.offset)
             if e.top is None:  # an echoed prompt's first token
                 tops.append(None)
                 continue
             top = {}
             for t, lp in e.top:
                 top.setdefault(self._token(t)[0], lp)  # two ids of one text: the likelier
+            top.setdefault(tokens[-1], e.logprob)  # OpenAI's: the sampled token's always
             tops.append(top)
         return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
                 "top_logprobs": tops, "text_offset": offsets}

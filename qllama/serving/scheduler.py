@@ -279,7 +279,7 @@ class Scheduler:
                 done.append((req, Event(error=str(e))))
                 continue
             # an event carries the logprobs of the tokens since the last one's
-            logprobs = (req.generation.take_logprobs()
+            logprobs = (req.generation.take_logprobs(final=reason is not None)
                         if req.logprobs is not None and (reason or text) else None)
             if reason is not None:
                 done.append((req, Event(text, reason, req.generation.usage,

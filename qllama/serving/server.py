@@ -211,9 +211,7 @@ class _Api:
         events = _Events(self, req, queue, request.receive, chat)
         logprobs = params.logprobs is not None
         reply = Reply(chat, self.model_name, self.model.tokenizer if logprobs else None,
-                      self.model.text_stream([] if params.echo else ids)
-                      if logprobs and not chat else None)
-        reply.prefix = echoed
+                      self.model.text_stream([]) if logprobs and echoed else None, echoed)
         if params.stream:
             return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
