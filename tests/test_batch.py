@@ -205,8 +205,8 @@ def test_scheduler_equals_solo_runs(story, seed):
 
 def test_scheduler_stop_strings_and_limits(story):
     s = Scheduler(story, max_sessions=1, queue=1)
-    with pytest.raises(Exception, match="max_tokens"):
-        s.submit([1, 2], 0, lambda e: None)
+    with pytest.raises(Exception, match="max_tokens"):  # 0 runs the prompt alone
+        s.submit([1, 2], -1, lambda e: None)
     with pytest.raises(Exception, match="context"):
         s.submit([1] * story.config.seq_len, 4, lambda e: None)
     s.start()

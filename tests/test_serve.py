@@ -309,6 +309,33 @@ def test_lm_eval_scores_a_text_whose_next_token_ends_it(stories):
                for t, top in zip(lp.token_logprobs[ctxlen:-1], lp.top_logprobs[ctxlen:-1]))
 
 
+def test_an_echo_with_max_tokens_0_scores_a_prompt_that_fills_the_context(stories):
+    """echo, logprobs, max_tokens 0 (the other scorers' idiom): the prompt's logprobs and
+    nothing generated, even for a prompt as long as the context; without echo, 0 is
+    refused as before."""
+    model = stories.model
+    ids = model.encode("Once upon a time")
+    full = (ids + list(model.generate_ids(ids, model.config.seq_len, temperature=0.8,
+                                          seed=3)) * 3)[:model.config.seq_len]
+    client = stories.client()
+    for prompt in (full, full[:40]):
+        r = complete(client, prompt, max_tokens=0, logprobs=0, echo=True)
+        lp = r.choices[0].logprobs
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 0
+        assert len(lp.token_logprobs) == len(prompt) and lp.token_logprobs[0] is None
+        want = _log_softmax(model.logits(prompt))
+        assert np.allclose(lp.token_logprobs[1:], want[np.arange(len(prompt) - 1), prompt[1:]],
+                           rtol=1e-4, atol=1e-4)
+    r = complete(client, "Once upon a time", max_tokens=0, echo=True)
+    assert r.choices[0].text == "Once upon a time" and r.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as e:
+        complete(client, "Once upon a time", max_tokens=0)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:  # an answer needs a position more
+        complete(client, full, max_tokens=1, echo=True)
+    assert e.value.body["code"] == "context_length_exceeded"
+
+
 def test_tokens_a_stop_string_cut_away_have_no_logprobs(stories):
     client = stories.client()
     for stop in (" little", "ir"):

@@ -146,7 +146,10 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     stream = _flag(body, "stream")
     include_usage = _flag(options or {}, "include_usage", "stream_options.")
-    max_tokens = _integer(body, "max_completion_tokens" if chat else "max_tokens", 1, 1 << 31)
+    echo = _flag(body, "echo")
+    # an echo may ask for no answer at all: its prompt scored, as scorers ask
+    max_tokens = _integer(body, "max_completion_tokens" if chat else "max_tokens",
+                          0 if echo and not chat else 1, 1 << 31)
     if chat and max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, 1 << 31)
     temperature = _number(body, "temperature", 1.0, 0.0, math.inf)
@@ -156,7 +159,6 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
         # sampler (a float) reads 0 as "no nucleus", the whole vocabulary
         temperature = 0.0
     seed = _generator_seed(_integer(body, "seed", -2**63, 2**64 - 1))
-    echo = _flag(body, "echo")
     if echo and chat:
         raise ApiError(400, "echo is not supported by chat completions", param="echo")
     return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body),

@@ -70,7 +70,7 @@ class Request:
     @property
     def positions(self) -> int:
         """Positions the sequence can need: the prompt and every generated token but the last."""
-        return len(self.prompt_ids) + self.max_tokens - 1
+        return len(self.prompt_ids) + max(self.max_tokens, 1) - 1
 
 
 @dataclass
@@ -123,11 +123,11 @@ class Scheduler:
         """Queue a request; its events go to on_event (called from the engine thread).
         Raises UsageError for what cannot run, Busy when every place is taken."""
         ids = token_array(prompt_ids, self.model.spec.vocab_size).tolist()
-        if len(ids) >= self.seq_len:
+        if max_tokens < 0:  # 0: the prompt run (an echo's logprobs), nothing generated
+            raise UsageError(f"max_tokens is {max_tokens}, must be at least 0")
+        if len(ids) + (max_tokens > 0) > self.seq_len or not ids:
             raise UsageError(f"the prompt is {len(ids)} tokens; this model's context is "
                              f"{self.seq_len}, and the answer needs at least one more")
-        if max_tokens < 1:
-            raise UsageError(f"max_tokens is {max_tokens}, must be at least 1")
         seed = default_seed() if seed is None else seed
         check_sampling(temperature, top_p, 0, seed)
         # held to the context, and to what the pool holds, as a chat's default reply is
@@ -270,6 +270,10 @@ class Scheduler:
                 out = out[-1]
                 want = req.fed == len(prompt)
             if not want:
+                continue
+            if req.max_tokens == 0:  # the prompt run (and scored): nothing to generate
+                done.append((req, Event("", "length", req.generation.usage, logprobs=(
+                    req.generation.take_logprobs(True) if req.logprobs is not None else None))))
                 continue
             try:
                 made = len(req.generation.tokens)

@@ -160,8 +160,8 @@ class _Api:
         if params.echo:
             echoed = await asyncio.to_thread(self.model.decode, ids) if isinstance(
                 prompt, list) else prompt
-        return await self._generate(request, ids, params, "prompt",
-                                    params.max_tokens or COMPLETION_MAX_TOKENS, chat=False,
+        max_tokens = COMPLETION_MAX_TOKENS if params.max_tokens is None else params.max_tokens
+        return await self._generate(request, ids, params, "prompt", max_tokens, chat=False,
                                     echoed=echoed)
 
     async def chat_completions(self, request):
@@ -180,15 +180,16 @@ class _Api:
 
     async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool,
                         echoed: str = ""):
-        if len(ids) >= self.seq_len:
+        answer = max_tokens > 0  # an echo's prompt alone may fill the context
+        more = ", and the answer needs at least one more" if answer else ""
+        if len(ids) + answer > self.seq_len:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
-                                f"{self.seq_len} tokens, and the answer needs at least one "
-                                "more", param=prompt_param, code="context_length_exceeded")
-        if len(ids) >= self.scheduler.max_positions:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; the KV pool (--kv-memory) "
-                                f"holds {self.scheduler.max_positions} positions, and the "
-                                "answer needs at least one more", param=prompt_param,
+                                f"{self.seq_len} tokens{more}", param=prompt_param,
                            code="context_length_exceeded")
+        if len(ids) + answer > self.scheduler.max_positions:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; the KV pool (--kv-memory) "
+                                f"holds {self.scheduler.max_positions} positions{more}",
+                           param=prompt_param, code="context_length_exceeded")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
