@@ -322,9 +322,13 @@ class Reply:
             def item(token, logprob):
                 text, raw = self._token(token)
                 return {"token": text, "logprob": logprob, "bytes": list(raw)}
-            return {"content": [{**item(e.token, e.logprob),
-                                 "top_logprobs": [item(t, lp) for t, lp in e.top]}
-                                for e in entries], "refusal": None}  # no echo in a chat
+            content = []  # no echo in a chat: every entry is the reply's
+            for e in entries:
+                d = {**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                if e.offset == 0 and d["token"].startswith(" "):  # as chat.reply_text shows
+                    d["token"], d["bytes"] = d["token"][1:], d["bytes"][1:]  # the first word
+                content.append(d)
+            return {"content": content, "refusal": None}
         tokens, offsets, tops = [], [], []
         for e in entries:
             tokens.append(self._token(e.token)[0])
