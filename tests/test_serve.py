@@ -282,6 +282,8 @@ def test_echo_returns_the_prompt_with_its_tokens_logprobs(stories):
     plain = complete(client, text, max_tokens=3, temperature=0, echo=True).choices[0]
     assert plain.logprobs is None and plain.text == "".join(
         c.choices[0].text for c in chunks if c.choices)
+    empty = complete(client, "", max_tokens=2, logprobs=1, echo=True).choices[0].logprobs
+    assert empty.tokens[0] == "<s>" and empty.text_offset[:2] == [0, 0]  # BOS alone, echoed
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="stories260K", extra_body={"echo": True},
                                        messages=[{"role": "user", "content": "hi"}])

@@ -212,7 +212,7 @@ class _Api:
         events = _Events(self, req, queue, request.receive, chat)
         logprobs = params.logprobs is not None
         reply = Reply(chat, self.model_name, self.model.tokenizer if logprobs else None,
-                      self.model.text_stream([]) if logprobs and echoed else None, echoed)
+                      self.model.text_stream([]) if logprobs and params.echo else None, echoed)
         if params.stream:
             return _EventStream(events, reply, params.include_usage)
         return await _whole(events, reply)
