@@ -338,6 +338,38 @@ def test_an_echo_with_max_tokens_0_scores_a_prompt_that_fills_the_context(storie
     assert e.value.body["code"] == "context_length_exceeded"
 
 
+def test_an_echo_of_ids_that_end_inside_a_character_is_the_texts_decode(stories):
+    """Token ids cut after the first byte piece of a character: echo and answer are
+    decode(prompt + answer), the dangling bytes once (they had come out twice)."""
+    model = stories.model
+    ids = model.encode("Once upon a time \u65e5")[:-1]
+    gen = list(model.generate_ids(ids, len(ids) + 2, temperature=0))
+    r = complete(stories.client(), ids, max_tokens=3, temperature=0, echo=True)
+    assert r.choices[0].text == model.decode(ids + gen)
+
+
+def test_scoring_a_prompt_of_a_model_holding_nan_is_one_error(stories, tmp_path):
+    """echo, logprobs, max_tokens 0 samples nothing, so the sampler's check of the
+    logits never runs: the echo's own check says what the file holds."""
+    from qllama.formats.llama2c import layout, read_config
+    src = data("stories260K.bin")
+    raw = bytearray(src.read_bytes())
+    e = next(e for e in layout(read_config(src)) if e.name == "attention_norm")
+    raw[e.offset:e.offset + 4] = np.float32("nan").tobytes()
+    (tmp_path / "nan.bin").write_bytes(raw)
+    server = Server(tmp_path / "nan.bin", stories.paths[1], tmp=tmp_path)
+    try:
+        for stream in (False, True):
+            r = httpx.post(server.url + "/v1/completions", timeout=TIMEOUT, json={
+                "prompt": "Once upon", "echo": True, "logprobs": 1, "max_tokens": 0,
+                "stream": stream})
+            body = r.text
+            assert "computed NaN or infinite logits after 1 tokens" in body, body
+            assert "NaN," not in body and "Traceback" not in server.stderr()
+    finally:
+        server.kill()
+
+
 def test_tokens_a_stop_string_cut_away_have_no_logprobs(stories):
     client = stories.client()
     for stop in (" little", "ir"):

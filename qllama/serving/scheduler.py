@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import QllamaError, UsageError
-from ..generation import Generation, TokenLogprob, Usage, token_logprob
+from ..generation import Generation, TokenLogprob, Usage, non_finite_logits, token_logprob
 from ..model import token_array
 from ..sampling import check_sampling, default_seed
 from .batch import PAGE, BatchEngine
@@ -264,6 +264,11 @@ class Scheduler:
             req.fed += len(toks)
             if want == "all":  # an echo: row k scores the prompt token after it
                 prompt = req.prompt_ids
+                if not np.isfinite(out).all():  # the sampler's check, which it may not reach
+                    bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+                    done.append((req, Event(error=str(non_finite_logits(
+                        self.model, start + bad + 1)))))
+                    continue
                 for k, q in enumerate(range(start + 1, min(req.fed + 1, len(prompt)))):
                     req.generation.add_prompt_logprob(token_logprob(out[k], prompt[q],
                                                                     req.logprobs))

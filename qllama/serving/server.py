@@ -157,9 +157,12 @@ class _Api:
         ids = prompt if isinstance(prompt, list) else await asyncio.to_thread(
             self.model.encode, prompt, True, special=self.special)
         echoed = ""
-        if params.echo:
-            echoed = await asyncio.to_thread(self.model.decode, ids) if isinstance(
-                prompt, list) else prompt
+        if params.echo and isinstance(prompt, list):
+            # unflushed: bytes of a character the ids leave unfinished come out with the
+            # answer, whose decoder continues from these ids, as decode(prompt + answer)
+            echoed = await asyncio.to_thread(self.model.text_stream([]).feed_all, ids)
+        elif params.echo:
+            echoed = prompt
         max_tokens = COMPLETION_MAX_TOKENS if params.max_tokens is None else params.max_tokens
         return await self._generate(request, ids, params, "prompt", max_tokens, chat=False,
                                     echoed=echoed)
