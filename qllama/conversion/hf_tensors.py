@@ -72,10 +72,9 @@ def scan(folder: str, config: Config, wmap: dict | None) -> dict:
                 raise FormatError(f"{os.path.join(folder, hf.INDEX)}: names {file} for "
                                   f"{name}, which is in {os.path.basename(found[name].path)}")
     # before anything is made per layer: a small folder may claim 2**31 - 1 layers
-    per_layer = sum(1 for name in llama2c.ORDER[1] if llama2c.SHAPES[name][0])
-    if config.n_layers * per_layer > len(found):
+    if config.n_layers * len(llama2c.PER_LAYER) > len(found):
         raise FormatError(f"{os.path.join(folder, 'config.json')}: num_hidden_layers is "
-                          f"{config.n_layers}, {per_layer} tensors a layer, but the "
+                          f"{config.n_layers}, {len(llama2c.PER_LAYER)} tensors a layer, but the "
                           f"safetensors hold {len(found)} tensors in all")
     wanted = {}
     for e in llama2c.layout(config.as_version(1)):

@@ -28,11 +28,10 @@ from ..spec import RMS_NORM_EPS, ROPE_THETA, ModelSpec
 from . import gguf as names
 from .gguf_file import parse, show
 from .gguf_types import BY_GGUF, BlockTensor
-from .llama2c import INT32_MAX, SHAPES
+from .llama2c import INT32_MAX, PER_LAYER, SHAPES
 
 ARCH = names.ARCH
 F32_TINY, F32_MAX = 2.0**-149, 3.4028234663852886e38  # float32's least and greatest above 0
-_PER_LAYER = {name for name, (per_layer, _) in SHAPES.items() if per_layer}
 _NORMS = ("attention_norm", "ffn_norm", "norm")
 
 
@@ -164,8 +163,8 @@ def _spec(path: str, metadata: dict, infos: dict) -> ModelSpec:
         eos_id=m.int("tokenizer.ggml.eos_token_id", 2, low=0),
         chat_template=m.str("tokenizer.chat_template"))
     # before anything is made per layer: a small file may claim 2**31 - 1 layers
-    if spec.n_layers * len(_PER_LAYER) > len(infos):
-        m.fail(k("{arch}.block_count"), f"is {spec.n_layers}, {len(_PER_LAYER)} tensors a "
+    if spec.n_layers * len(PER_LAYER) > len(infos):
+        m.fail(k("{arch}.block_count"), f"is {spec.n_layers}, {len(PER_LAYER)} tensors a "
                f"layer, but the file holds {len(infos)} tensors in all")
     for key, value in (("tokenizer.ggml.bos_token_id", spec.bos_id),
                        ("tokenizer.ggml.eos_token_id", spec.eos_id)):
@@ -198,7 +197,7 @@ def _entries(path: str, spec: ModelSpec, infos: dict) -> dict:
     type; a missing, unknown or extra tensor is an error."""
     want = {}
     for name in names.NAMES:
-        for layer in (range(spec.n_layers) if name in _PER_LAYER else (None,)):
+        for layer in (range(spec.n_layers) if name in PER_LAYER else (None,)):
             want[names.tensor_name(name, layer)] = (name, layer)
     extra = [n for n in infos if n not in want]
     if extra:

@@ -47,6 +47,8 @@ SHAPES = {
     "freqs_sin": (False, lambda c: (c.seq_len, c.head_size // 2)),
     "output": (False, lambda c: (c.vocab_size, c.dim)),
 }
+# The kinds each layer has one of: a file holds n_layers times as many tensors.
+PER_LAYER = frozenset(name for name, (per_layer, _) in SHAPES.items() if per_layer)
 
 # The matrices version 2 stores as Q8_0, in file order.
 QUANTIZED = ("tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
