@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..chat import ROLES
+from ..chat import ROLES, reply_text
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
 
@@ -325,8 +325,10 @@ class Reply:
             content = []  # no echo in a chat: every entry is the reply's
             for e in entries:
                 d = {**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
-                if e.offset == 0 and d["token"].startswith(" "):  # as chat.reply_text shows
-                    d["token"], d["bytes"] = d["token"][1:], d["bytes"][1:]  # the first word
+                if e.offset == 0:  # the reply's first word, as its content shows it
+                    shown = reply_text(d["token"])
+                    d["bytes"] = d["bytes"][len(d["token"]) - len(shown):]  # a space: 1 byte
+                    d["token"] = shown
                 content.append(d)
             return {"content": content, "refusal": None}
         tokens, offsets, tops = [], [], []
