@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from qllama.formats import hf
-from qllama.formats.llama2c import Config, layout
+from qllama.formats.llama2c import Config, layout, read_config
 
 NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
@@ -175,3 +175,15 @@ def write_gguf(path, c: Config, qtype: str = "F32", seed: int = 0, meta: dict | 
     w.write_tensors_to_file()
     w.close()
     return written
+
+
+def with_value(src, dst, name: str, layer, value: float, scale: bool = False):
+    """A copy of llama2.c file `src` at `dst` whose tensor `name` (of `layer`) has `value`
+    as its first float32 (with `scale`, a Q8_0 tensor's first scale). Returns dst."""
+    e = next(e for e in layout(read_config(src)) if (e.name, e.layer) == (name, layer))
+    at = e.scales_offset if scale else e.offset
+    raw = bytearray(open(src, "rb").read())
+    raw[at:at + 4] = np.float32(value).tobytes()
+    with open(dst, "wb") as f:
+        f.write(raw)
+    return dst

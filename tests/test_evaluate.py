@@ -18,6 +18,7 @@ from qllama.formats.llama2c import QTensor
 from qllama.model import BOS, Model
 
 from conftest import data, golden
+from makers import with_value
 
 finite = st.floats(-30, 30, allow_nan=False, allow_infinity=False, width=32)
 
@@ -405,11 +406,7 @@ def test_cli_shows_tokens_evaluated_on_a_terminal(monkeypatch):
 def test_sampling_from_a_reference_whose_weights_hold_nan_says_so(tmp_path):
     """Its sampler finds no finite logits: the run's NaN message, not a bad token id."""
     from qllama.errors import FormatError
-    from qllama.formats.llama2c import layout, read_config
     src = data("stories260K.bin")
-    raw = bytearray(open(src, "rb").read())
-    e = next(e for e in layout(read_config(src)) if e.name == "wq" and e.layer == 0)
-    raw[e.offset:e.offset + 4] = np.float32("nan").tobytes()
-    (tmp_path / "nan.bin").write_bytes(raw)
+    nan = with_value(src, tmp_path / "nan.bin", "wq", 0, np.nan)
     with pytest.raises(FormatError, match="computed NaN or infinite logits after 1 tokens"):
-        run_eval(tmp_path / "nan.bin", src, n=8)
+        run_eval(nan, src, n=8)

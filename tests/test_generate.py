@@ -21,6 +21,7 @@ from qllama.formats.llama2c import Config
 from qllama.generation import token_logprob
 
 from conftest import ROOT, data, golden
+from makers import with_value
 from reference import write_model
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -234,15 +235,9 @@ def nan_model(tmp_path):
 def nan_scales(tmp_path):
     """A Q8_0 file with one NaN scale in a matrix: int8 activations would hide it
     (runq.c's max leaves NaN out) but for the NaN scale their groups keep."""
-    path = tmp_path / "nan.q80.bin"
-    quantize_file(str(data("stories260K.bin")), str(path))
-    from qllama.formats.llama2c import ModelFile
-    with ModelFile(path) as f:
-        at = f.entries[("wq", 0)].scales_offset
-    raw = bytearray(path.read_bytes())
-    raw[at:at + 4] = np.float32(np.nan).tobytes()
-    path.write_bytes(bytes(raw))
-    return path
+    quantize_file(str(data("stories260K.bin")), str(tmp_path / "m.q80.bin"))
+    return with_value(tmp_path / "m.q80.bin", tmp_path / "nan.q80.bin", "wq", 0, np.nan,
+                      scale=True)
 
 
 @pytest.mark.parametrize("case", ["nan weights", "nan scales", "huge seed", "huge threads",

@@ -27,7 +27,7 @@ from qllama.tokenizer import find_tokenizer
 
 from conftest import data
 from conftest import hf as shared_hf
-from makers import SMALL, config_dict, random_tensors, small_folder, write_folder
+from makers import SMALL, config_dict, random_tensors, small_folder, with_value, write_folder
 
 IDS = [1, 37, 200, 5, 511, 88, 300, 42, 7, 99, 150, 3, 250, 410, 61, 19]
 # fp32 logits to compare with transformers': run.c's fp32 KV cache (the default fp16
@@ -294,12 +294,8 @@ def test_export_hf_refuses_a_non_finite_weight_as_every_output_does(tmp_path, ca
     """An Inf scale in a Q8_0 file (its 0 values dequantize to NaN, with no numpy
     warning): one line, and no folder."""
     quantize_file(data("stories260K.bin"), tmp_path / "m.q80.bin")
-    with ModelFile(tmp_path / "m.q80.bin") as f:
-        e = f.entries[("w2", 1)]
-    raw = bytearray((tmp_path / "m.q80.bin").read_bytes())
-    raw[e.scales_offset:e.scales_offset + 4] = np.float32(bad).tobytes()
-    (tmp_path / "m.q80.bin").write_bytes(raw)
-    assert main(["export", str(tmp_path / "m.q80.bin"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    bad = with_value(tmp_path / "m.q80.bin", tmp_path / "bad.q80.bin", "w2", 1, bad, scale=True)
+    assert main(["export", str(bad), str(tmp_path / "out"), "--to", "hf"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "w2 of layer 1 holds" in err, err
     assert "refusing to export a non-finite weight" in err

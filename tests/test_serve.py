@@ -30,7 +30,7 @@ from qllama.serving.server import create_app
 from qllama.synth import write_random_model
 
 from conftest import ROOT, data
-from makers import write_tokenizer_bin
+from makers import with_value, write_tokenizer_bin
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 TIMEOUT = 30  # seconds, any one client call
@@ -351,13 +351,9 @@ def test_an_echo_of_ids_that_end_inside_a_character_is_the_texts_decode(stories)
 def test_scoring_a_prompt_of_a_model_holding_nan_is_one_error(stories, tmp_path):
     """echo, logprobs, max_tokens 0 samples nothing, so the sampler's check of the
     logits never runs: the echo's own check says what the file holds."""
-    from qllama.formats.llama2c import layout, read_config
-    src = data("stories260K.bin")
-    raw = bytearray(src.read_bytes())
-    e = next(e for e in layout(read_config(src)) if e.name == "attention_norm")
-    raw[e.offset:e.offset + 4] = np.float32("nan").tobytes()
-    (tmp_path / "nan.bin").write_bytes(raw)
-    server = Server(tmp_path / "nan.bin", stories.paths[1], tmp=tmp_path)
+    nan = with_value(data("stories260K.bin"), tmp_path / "nan.bin", "attention_norm", 0,
+                     np.nan)
+    server = Server(nan, stories.paths[1], tmp=tmp_path)
     try:
         for stream in (False, True):
             r = httpx.post(server.url + "/v1/completions", timeout=TIMEOUT, json={
