@@ -209,6 +209,10 @@ def test_scheduler_stop_strings_and_limits(story):
         s.submit([1, 2], -1, lambda e: None)
     with pytest.raises(Exception, match="context"):
         s.submit([1] * story.config.seq_len, 4, lambda e: None)
+    # a request's choices get places all together or not at all
+    with pytest.raises(Busy, match="3 choices need as many places"):
+        s.submit_all([s.request([1, 2], 4, lambda e: None) for _ in range(3)])
+    assert s.snapshot().queued == 0
     s.start()
     try:
         full = solo_text(story, "Once upon a time", 40, temperature=0.0)

@@ -397,6 +397,97 @@ def test_a_prompt_of_token_ids_is_run_as_given(stories):
     assert without_bos.usage.prompt_tokens == len(ids) - 1
 
 
+def _choices(chunks) -> dict:
+    """{index: (text, finish_reason)} of a completions stream's chunks."""
+    got = {}
+    for c in chunks:
+        for choice in c.choices:
+            text, reason = got.get(choice.index, ("", None))
+            got[choice.index] = (text + choice.text, choice.finish_reason or reason)
+    return got
+
+
+def test_several_prompts_and_n_choices_are_each_a_solo_request(stories):
+    """prompt [a, b], n 2, seed s: choice 2i + j is prompt i alone with seed s + j, whole
+    and streamed; usage counts each prompt once and every choice's tokens."""
+    client = stories.client()
+    prompts = ["Once upon a time", "The dog"]
+    kw = dict(max_tokens=24, temperature=1.0, top_p=0.9)
+    solo = [complete(client, p, seed=77 + j, **kw) for p in prompts for j in range(2)]
+    want = [(s.choices[0].text, s.choices[0].finish_reason) for s in solo]
+    assert want[0] != want[1] and want[2] != want[3]  # a prompt's choices differ
+    r = complete(client, prompts, n=2, seed=77, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [(c.text, c.finish_reason) for c in r.choices] == want
+    assert r.usage.prompt_tokens == sum(len(stories.model.encode(p)) for p in prompts)
+    assert r.usage.completion_tokens == sum(s.usage.completion_tokens for s in solo)
+    chunks = list(complete(client, prompts, n=2, seed=77, stream=True,
+                           stream_options={"include_usage": True}, **kw))
+    assert _choices(chunks) == dict(enumerate(want))
+    assert chunks[-1].choices == [] and chunks[-1].usage == r.usage
+    # greedy choices of one prompt are alike
+    r = complete(client, "Lily", n=3, max_tokens=10, temperature=0)
+    assert len({c.text for c in r.choices}) == 1 and len(r.choices) == 3
+
+
+def test_chat_with_n_choices(stories):
+    """Each choice of a streamed chat starts with its role and loses its reply's
+    word-start space, as a chat of one choice does; choice j is the seed + j chat."""
+    client = stories.client()
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    kw = dict(model="stories260K", messages=messages, max_tokens=20, temperature=0.9)
+    solo = [client.chat.completions.create(seed=5 + j, **kw).choices[0].message.content
+            for j in range(2)]
+    r = client.chat.completions.create(seed=5, n=2, **kw)
+    assert [c.message.content for c in r.choices] == solo and solo[0] != solo[1]
+    chunks = list(client.chat.completions.create(seed=5, n=2, stream=True, **kw))
+    assert [(c.choices[0].index, c.choices[0].delta.role) for c in chunks[:2]] == \
+        [(0, "assistant"), (1, "assistant")]
+    texts = ["", ""]
+    for c in chunks[2:]:
+        texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    assert texts == solo
+
+
+def test_lm_eval_scores_a_batch_of_token_id_prompts(stories):
+    """lm-eval's local-completions with a batch size above 1 sends its texts as one list
+    of token-id lists: each choice scores its own prompt as the model does."""
+    model = stories.model
+    ids = [model.encode(t) for t in ("Once upon a time, there was", "The cat sat on the mat")]
+    r = stories.client().completions.create(model="stories260K", prompt=ids, temperature=0,
+                                            max_tokens=1, logprobs=1, echo=True)
+    assert len(r.choices) == 2
+    for choice, p in zip(r.choices, ids):
+        assert choice.text.startswith(model.decode(p))
+        lp = choice.logprobs.token_logprobs
+        assert lp[0] is None and len(lp) == len(p) + 1
+        want = _log_softmax(model.logits(p))
+        assert np.allclose(lp[1:len(p)], [want[k - 1, p[k]] for k in range(1, len(p))],
+                           rtol=1e-5, atol=1e-5)
+
+
+def test_a_client_that_leaves_cancels_every_choice(stories):
+    before = stories.metrics()
+
+    async def scene():
+        async with stories.async_client() as aclient:
+            stream = await aclient.completions.create(
+                model="stories260K", prompt="Once upon a time", n=4, max_tokens=300,
+                temperature=0, stream=True)
+            await stream.__anext__()
+            full = await asyncio.to_thread(stories.wait_metrics,
+                                           lambda m: m["running_sessions"] == 4, 10)
+            await stream.close()
+            return full
+
+    full = asyncio.run(scene())
+    assert full["running_sessions"] == 4
+    m = stories.wait_metrics(lambda m: m["running_sessions"] == 0 and m["kv_pages_used"] == 0, 10)
+    assert (m["running_sessions"], m["kv_pages_used"]) == (0, 0)
+    assert m["requests_cancelled_total"] == before["requests_cancelled_total"] + 4
+    assert m["tokens_generated_total"] - before["tokens_generated_total"] < 4 * 300
+
+
 def test_special_reads_control_pieces_in_a_completion_prompt_as_run_does(stories, tmp_path):
     prompt, steps = "Once</s> upon<s> a time", 40
     model, tok = stories.paths
@@ -674,16 +765,20 @@ def test_serve_command_line_errors(tmp_path):
 class FailingScheduler:
     """A scheduler whose engine makes one piece of text and then fails."""
 
-    max_positions = 128
+    max_positions, places = 128, 24
     alive, failure = True, None
 
     def __init__(self):
         self.cancelled = []
 
-    def submit(self, ids, max_tokens, on_event, *args):
-        on_event(Event(" Hel"))  # as the engine thread would; here from the loop's own
-        on_event(Event(error="engine error: boom", usage=Usage(len(ids))))
-        return len(ids)
+    def request(self, ids, max_tokens, on_event, *args):
+        return ids, on_event
+
+    def submit_all(self, reqs):
+        for ids, on_event in reqs:
+            on_event(Event(" Hel"))  # as the engine thread would; here from the loop's own
+            on_event(Event(error="engine error: boom", usage=Usage(len(ids))))
+        return reqs
 
     def cancel(self, req):
         self.cancelled.append(req)
@@ -793,7 +888,14 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "temperature": -0.5}', 400, "temperature must be in", "temperature"),
     (b'{"prompt": "a", "top_p": 1.5}', 400, "top_p must be in", "top_p"),
     (b'{"prompt": "a", "seed": -9223372036854775809}', 400, "seed must be in", "seed"),
-    (b'{"prompt": "a", "n": 2}', 400, "n must be 1", "n"),
+    (b'{"prompt": "a", "n": 0}', 400, "n must be in 1..128", "n"),
+    (b'{"prompt": "a", "n": 129}', 400, "n must be in 1..128", "n"),
+    (b'{"prompt": "a", "n": 25}', 400, "n 25 ask for 25 choices; this server holds 24 at once",
+     "n"),
+    (b'{"prompt": ["a", "b", "c"], "n": 9}', 400, "3 prompts, n 9 each, ask for 27 choices",
+     "n"),
+    (b'{"prompt": [' + b'"a", ' * 24 + b'"a"]}', 400, "25 prompts, n 1 each, ask for 25",
+     "prompt"),
     (b'{"prompt": "a", "stream": "yes"}', 400, "stream must be true or false", "stream"),
     (b'{"prompt": "a", "stream_options": {"include_usage": 1}}', 400,
      "include_usage must be true or false", "stream_options.include_usage"),
@@ -810,14 +912,23 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "stop": [1]}', 400, "stop must be a string", "stop"),
     (b'{"prompt": "a", "logprobs": 6}', 400, "logprobs must be in 0..5", "logprobs"),
     (b'{"prompt": "a", "echo": 1}', 400, "echo must be true or false", "echo"),
-    (b'{"prompt": 7}', 400, "prompt must be a string or a non-empty list of token ids",
+    (b'{"prompt": 7}', 400, "prompt must be a string, a list of strings, a list of token ids "
+                            "or a list of lists of token ids", "prompt"),
+    (b'{"prompt": []}', 400, "lists of token ids, and not empty", "prompt"),
+    (b'{"prompt": [[1, 2], []]}', 400, "prompt[1] must be a non-empty list of token ids",
      "prompt"),
-    (b'{"prompt": []}', 400, "a non-empty list of token ids", "prompt"),
+    (b'{"prompt": [[1, 2], 3]}', 400, "prompt[1] must be a non-empty list of token ids, got 3",
+     "prompt"),
+    (b'{"prompt": [[1, 2], [3, 512]]}', 400, "prompt[1][1] must be a token id in 0..511",
+     "prompt"),
+    (b'{"prompt": ["a", 1]}', 400, "prompt[1] must be a string, as prompt[0] is, got 1",
+     "prompt"),
+    (b'{"prompt": ["a", "' + b"hello " * 200 + b'"]}', 400,
+     "prompt[1] is 602 tokens; this model's context is 128", "prompt"),
     (b'{"prompt": [1, "a"]}', 400, 'prompt[1] must be a token id in 0..511, got "a"',
      "prompt"),
     (b'{"prompt": [1, 512]}', 400, "prompt[1] must be a token id in 0..511, got 512", "prompt"),
     (b'{"prompt": [true]}', 400, "prompt[0] must be a token id", "prompt"),
-    (b'{"prompt": ["a", "b"]}', 400, "prompt[0] must be a token id", "prompt"),
     (b'{"prompt": "a", "model": "gpt-4"}', 404, "does not exist", "model"),
     (b'{"prompt": "a\xff\xfe"}', 400, "not valid UTF-8", None),
     (b'{"prompt": "' + b"hello " * 200 + b'"}', 400, "context is 128 tokens", "prompt"),
@@ -994,15 +1105,15 @@ def test_a_stream_sees_a_lost_connection_before_writing_again():
     a callback the loop runs next) the rest went to a dead socket, and asyncio logged
     "socket.send() raised exception." from the fifth. Modelled here: the third chunk's
     write loses the connection and schedules what the transport schedules."""
-    from qllama.serving.api import Reply
+    from qllama.serving.api import Choice, Reply
     from qllama.serving.server import _Events, _EventStream
 
     async def scenario():
         loop = asyncio.get_running_loop()
         queue = asyncio.Queue()
         for _ in range(20):
-            queue.put_nowait(Event(text="a"))
-        queue.put_nowait(Event(finish_reason="stop", usage=Usage(1, 20)))
+            queue.put_nowait((0, Event(text="a")))
+        queue.put_nowait((0, Event(finish_reason="stop", usage=Usage(1, 20))))
         api = types.SimpleNamespace(cancelled=0, scheduler=types.SimpleNamespace(
             cancel=lambda req: None))
         never = asyncio.Event()
@@ -1010,7 +1121,7 @@ def test_a_stream_sees_a_lost_connection_before_writing_again():
         async def receive():
             await never.wait()
 
-        events = _Events(api, object(), queue, receive, chat=False)
+        events = _Events(api, [object()], queue, receive, chat=False)
         state = {"bodies": 0, "lost": False, "gone": False, "dead_writes": 0}
 
         async def send(message):
@@ -1024,7 +1135,7 @@ def test_a_stream_sees_a_lost_connection_before_writing_again():
                 state["lost"] = True
                 loop.call_soon(state.update, {"gone": True})
 
-        await _EventStream(events, Reply(False, "m"), False)({}, receive, send)
+        await _EventStream(events, Reply(False, "m", [Choice()]), False, 1)({}, receive, send)
         return state
 
     state = asyncio.run(scenario())

@@ -2,8 +2,8 @@
 
 Requests are checked strictly, so a client's mistake gets a 4xx naming the field rather
 than a guess: numbers must be JSON numbers (not strings, not booleans, finite), integers
-whole, and options this server cannot honour (n > 1, logprobs, penalties, ...) are refused
-rather than ignored.
+whole, and options this server cannot honour (penalties, logit_bias, tools, ...) are
+refused rather than ignored.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..chat import ROLES, reply_text
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
+MAX_N = 128  # OpenAI's limit on choices a request
 
 
 class ApiError(Exception):
@@ -74,6 +75,7 @@ UNSUPPORTED = {
 class Params:
     """The sampling and output options of one request, checked."""
 
+    n: int  # choices for each prompt
     stream: bool
     include_usage: bool
     max_tokens: int | None
@@ -139,8 +141,7 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
     for key, not_asked in UNSUPPORTED.items():
         if body.get(key) is not None and not not_asked(body[key]):
             raise ApiError(400, f"{key} is not supported by this server", param=key)
-    if _integer(body, "n", 1, 1 << 31) not in (None, 1):
-        raise ApiError(400, "n must be 1: this server makes one choice per request", param="n")
+    n = _integer(body, "n", 1, MAX_N) or 1
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
@@ -161,7 +162,7 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
     seed = _generator_seed(_integer(body, "seed", -2**63, 2**64 - 1))
     if echo and chat:
         raise ApiError(400, "echo is not supported by chat completions", param="echo")
-    return Params(stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body),
+    return Params(n, stream, include_usage, max_tokens, temperature, top_p, seed, _stops(body),
                   _logprobs(body, chat), echo)
 
 
@@ -200,22 +201,36 @@ def _stops(body: dict) -> tuple:
     return tuple(stops)
 
 
-def completion_prompt(body: dict, vocab_size: int) -> str | list[int]:
-    """The prompt: a string, or token ids (OpenAI's array of integers) taken as they are,
-    with no BOS added (as llama-server takes them)."""
+def completion_prompts(body: dict, vocab_size: int) -> list:
+    """The prompts, each a string or token ids taken as they are, with no BOS added (as
+    llama-server takes them): OpenAI's string, list of strings, list of token ids, or
+    list of lists of token ids."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # the openai client may send one prompt as a list
     if isinstance(prompt, str):
-        return prompt
+        return [prompt]
     if not isinstance(prompt, list) or not prompt:
-        raise ApiError(400, "prompt must be a string or a non-empty list of token ids (one "
-                            "prompt per request)", param="prompt")
-    for i, t in enumerate(prompt):
+        raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids "
+                            "or a list of lists of token ids, and not empty", param="prompt")
+    if isinstance(prompt[0], str):
+        for i, p in enumerate(prompt):
+            if not isinstance(p, str):
+                raise ApiError(400, f"prompt[{i}] must be a string, as prompt[0] is, got "
+                                    f"{_shown(p)}", param="prompt")
+        return prompt
+    if isinstance(prompt[0], list):
+        return [_token_ids(p, f"prompt[{i}]", vocab_size) for i, p in enumerate(prompt)]
+    return [_token_ids(prompt, "prompt", vocab_size)]
+
+
+def _token_ids(ids, where: str, vocab_size: int) -> list[int]:
+    if not isinstance(ids, list) or not ids:
+        raise ApiError(400, f"{where} must be a non-empty list of token ids, got "
+                            f"{_shown(ids)}", param="prompt")
+    for i, t in enumerate(ids):
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
-            raise ApiError(400, f"prompt[{i}] must be a token id in 0..{vocab_size - 1}, got "
+            raise ApiError(400, f"{where}[{i}] must be a token id in 0..{vocab_size - 1}, got "
                                 f"{_shown(t)}", param="prompt")
-    return prompt
+    return ids
 
 
 def chat_messages(body: dict) -> list[tuple[str, str]]:
@@ -252,52 +267,64 @@ def usage_body(usage) -> dict:
             "total_tokens": usage.total_tokens}
 
 
+class Choice:
+    """What a completion's choice carries between its chunks: `echoed`, the prompt its
+    text starts with, and `text`, a StreamDecoder that gives the echoed prompt tokens'
+    text_offset (the answer's tokens carry theirs)."""
+
+    def __init__(self, echoed: str = "", text=None):
+        self.prefix = echoed  # until the choice's first text goes out
+        self.echoed = len(echoed)
+        self.text = text
+        self.offset = 0  # characters of the echoed prompt's tokens so far
+
+
 class Reply:
     """The response objects of one request, whole or as stream chunks, in the shapes of
-    OpenAI's text_completion and chat.completion(.chunk). `tokenizer` names the tokens
-    of logprobs; `echoed`: the prompt a completion's text starts with, and `text` a
-    StreamDecoder to give its tokens' text_offset (the answer's tokens carry theirs)."""
+    OpenAI's text_completion and chat.completion(.chunk), for its `choices` (Choice
+    each). `tokenizer` names the tokens of logprobs."""
 
-    def __init__(self, chat: bool, model_name: str, tokenizer=None, text=None,
-                 echoed: str = ""):
+    def __init__(self, chat: bool, model_name: str, choices: list, tokenizer=None):
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model_name
+        self.choices = choices
         self.tokenizer = tokenizer
-        self.prefix = echoed  # until the first text goes out
-        self.echoed = len(echoed)
-        self.text = text
-        self.offset = 0  # characters of the echoed prompt's tokens so far (text_offset)
 
     def _head(self, object: str) -> dict:
         return {"id": self.id, "object": object, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage, logprobs=None) -> dict:
-        text, self.prefix = self.prefix + text, ""
-        lp = self.logprobs(logprobs)
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": lp, "finish_reason": finish_reason}
-            obj = self._head("chat.completion")
-        else:
-            choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
-            obj = self._head("text_completion")
-        return {**obj, "choices": [choice], "usage": usage_body(usage)}
+    def whole(self, ends: list, usage) -> dict:
+        """The answer of every choice, `ends[i]` = (text, finish_reason, logprobs)."""
+        choices = []
+        for i, (text, finish_reason, logprobs) in enumerate(ends):
+            c = self.choices[i]
+            text, c.prefix = c.prefix + text, ""
+            lp = self.logprobs(i, logprobs)
+            if self.chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "logprobs": lp, "finish_reason": finish_reason})
+            else:
+                choices.append({"index": i, "text": text, "logprobs": lp,
+                                "finish_reason": finish_reason})
+        obj = self._head("chat.completion" if self.chat else "text_completion")
+        return {**obj, "choices": choices, "usage": usage_body(usage)}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False,
-              logprobs=None) -> dict:
-        if self.prefix:
-            text, self.prefix = self.prefix + (text or ""), ""
-        lp = self.logprobs(logprobs)
+    def chunk(self, i: int, text: str | None, finish_reason: str | None = None,
+              role: bool = False, logprobs=None) -> dict:
+        c = self.choices[i]
+        if c.prefix:
+            text, c.prefix = c.prefix + (text or ""), ""
+        lp = self.logprobs(i, logprobs)
         if self.chat:
             delta = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": lp,
+            choice = {"index": i, "delta": delta, "logprobs": lp,
                       "finish_reason": finish_reason}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": lp,
+        choice = {"index": i, "text": text or "", "logprobs": lp,
                   "finish_reason": finish_reason}
         return {**self._head("text_completion"), "choices": [choice]}
 
@@ -313,9 +340,10 @@ class Reply:
         except UnicodeDecodeError:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
 
-    def logprobs(self, entries: list | None) -> dict | None:
-        """OpenAI's logprobs object of generation.TokenLogprobs: a chat's {"content":
-        [...]}, a completion's tokens, token_logprobs, top_logprobs and text_offset."""
+    def logprobs(self, i: int, entries: list | None) -> dict | None:
+        """OpenAI's logprobs object of choice i's generation.TokenLogprobs: a chat's
+        {"content": [...]}, a completion's tokens, token_logprobs, top_logprobs and
+        text_offset."""
         if entries is None:
             return None
         if self.chat:
@@ -332,13 +360,14 @@ class Reply:
                 content.append(d)
             return {"content": content, "refusal": None}
         tokens, offsets, tops = [], [], []
+        c = self.choices[i]
         for e in entries:
             tokens.append(self._token(e.token)[0])
             if e.offset is None:  # an echoed prompt's token
-                offsets.append(self.offset)
-                self.offset += len(self.text.feed(e.token))
+                offsets.append(c.offset)
+                c.offset += len(c.text.feed(e.token))
             else:
-                offsets.append(self.echoed + e.offset)
+                offsets.append(c.echoed + e.offset)
             if e.top is None:  # an echoed prompt's first token
                 tops.append(None)
                 continue

@@ -122,6 +122,13 @@ class Scheduler:
                logprobs: int | None = None, echo: bool = False) -> Request:
         """Queue a request; its events go to on_event (called from the engine thread).
         Raises UsageError for what cannot run, Busy when every place is taken."""
+        return self.submit_all([self.request(prompt_ids, max_tokens, on_event, temperature,
+                                             top_p, seed, stop, logprobs, echo)])[0]
+
+    def request(self, prompt_ids, max_tokens: int, on_event, temperature: float = 1.0,
+                top_p: float = 0.9, seed: int | None = None, stop=(),
+                logprobs: int | None = None, echo: bool = False) -> Request:
+        """A request checked as `submit` checks it, not queued. Raises UsageError."""
         ids = token_array(prompt_ids, self.model.spec.vocab_size).tolist()
         if max_tokens < 0:  # 0: the prompt run (an echo's logprobs), nothing generated
             raise UsageError(f"max_tokens is {max_tokens}, must be at least 0")
@@ -137,17 +144,30 @@ class Scheduler:
         if not self.engine.pool.could_hold(req.positions):
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
                              "cache, more than the whole pool holds (--kv-memory)")
+        return req
+
+    @property
+    def places(self) -> int:
+        """Requests that may run or wait at once."""
+        return self.max_sessions + self.queue_limit
+
+    def submit_all(self, reqs: list) -> list:
+        """Queue requests (from `request`) all together or none: a client's choices
+        either all get places or the client is told Busy once."""
         with self._lock:
             if self.failure is not None:
                 raise Busy(f"the engine stopped ({self.failure})")
             if self._stopping:
                 raise Busy("the server is shutting down")
-            if (len(self._running) + len(self._waiting) >= self.max_sessions + self.queue_limit):
+            if len(self._running) + len(self._waiting) + len(reqs) > self.places:
                 raise Busy(f"all {self.max_sessions} sessions and {self.queue_limit} queue "
-                           "places are taken")
-            self._waiting.append(req)
+                           "places are taken" if len(reqs) == 1 else
+                           f"{len(reqs)} choices need as many places; of {self.max_sessions}"
+                           f" sessions and {self.queue_limit} queue places, "
+                           f"{len(self._running) + len(self._waiting)} are taken")
+            self._waiting.extend(reqs)
             self._lock.notify()
-        return req
+        return reqs
 
     def cancel(self, req: Request) -> None:
         """Stop a request (its client went away): its KV pages are free after the next step."""

@@ -23,7 +23,18 @@ from starlette.routing import Route
 
 from ..chat import conversation_ids, reply_text
 from ..errors import UsageError
-from .api import ApiError, Reply, chat_messages, completion_prompt, error_body, parse_json, parse_params
+from ..generation import Usage
+from ..sampling import default_seed
+from .api import (
+    ApiError,
+    Choice,
+    Reply,
+    chat_messages,
+    completion_prompts,
+    error_body,
+    parse_json,
+    parse_params,
+)
 from .scheduler import Busy, Event
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context fits well within it
@@ -153,72 +164,99 @@ class _Api:
         self._authorize(request)
         body = await self._body(request)
         params = parse_params(body, self.model_name)
-        prompt = completion_prompt(body, self.model.spec.vocab_size)
-        ids = prompt if isinstance(prompt, list) else await asyncio.to_thread(
-            self.model.encode, prompt, True, special=self.special)
-        echoed = ""
-        if params.echo and isinstance(prompt, list):
-            # unflushed: bytes of a character the ids leave unfinished come out with the
-            # answer, whose decoder continues from these ids, as decode(prompt + answer)
-            echoed = await asyncio.to_thread(self.model.text_stream([]).feed_all, ids)
-        elif params.echo:
-            echoed = prompt
+        prompts = completion_prompts(body, self.model.spec.vocab_size)
+        self._check_places(len(prompts), params.n)
+        ids, echoes = [], []
+        for prompt in prompts:
+            ids.append(prompt if isinstance(prompt, list) else await asyncio.to_thread(
+                self.model.encode, prompt, True, special=self.special))
+            if params.echo and isinstance(prompt, list):
+                # unflushed: bytes of a character the ids leave unfinished come out with
+                # the answer, whose decoder continues from these ids, as decode(prompt +
+                # answer)
+                echoes.append(await asyncio.to_thread(self.model.text_stream([]).feed_all,
+                                                      prompt))
+            else:
+                echoes.append(prompt if params.echo else "")
         max_tokens = COMPLETION_MAX_TOKENS if params.max_tokens is None else params.max_tokens
         return await self._generate(request, ids, params, "prompt", max_tokens, chat=False,
-                                    echoed=echoed)
+                                    echoes=echoes)
 
     async def chat_completions(self, request):
         self._authorize(request)
         body = await self._body(request)
         params = parse_params(body, self.model_name, chat=True)
         messages = chat_messages(body)
+        self._check_places(1, params.n)
         try:
             ids = await asyncio.to_thread(conversation_ids, self.model, messages)
         except UsageError as e:
             raise ApiError(400, str(e), param="messages") from None
         # by default a reply may run to the end of the context, or of what the KV pool holds
         default = max(1, self.scheduler.max_positions - len(ids) + 1)
-        return await self._generate(request, ids, params, "messages",
+        return await self._generate(request, [ids], params, "messages",
                                     params.max_tokens or default, chat=True)
 
-    async def _generate(self, request, ids, params, prompt_param, max_tokens, chat: bool,
-                        echoed: str = ""):
+    def _check_places(self, prompts: int, n: int) -> None:
+        """Choices that could never all get places at once are a 400, not a 503."""
+        places = self.scheduler.places
+        if prompts * n > places:
+            asked = f"n {n}" if prompts == 1 else f"{prompts} prompts, n {n} each,"
+            raise ApiError(400, f"{asked} ask for {prompts * n} choices; this server holds "
+                                f"{places} at once (--max-sessions and --queue)",
+                           param="n" if n > 1 else "prompt")
+
+    async def _generate(self, request, prompts: list, params, prompt_param, max_tokens,
+                        chat: bool, echoes: list | None = None):
         answer = max_tokens > 0  # an echo's prompt alone may fill the context
         more = ", and the answer needs at least one more" if answer else ""
-        if len(ids) + answer > self.seq_len:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
-                                f"{self.seq_len} tokens{more}", param=prompt_param,
-                           code="context_length_exceeded")
-        if len(ids) + answer > self.scheduler.max_positions:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; the KV pool (--kv-memory) "
-                                f"holds {self.scheduler.max_positions} positions{more}",
-                           param=prompt_param, code="context_length_exceeded")
+        for i, ids in enumerate(prompts):
+            the = "the prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if len(ids) + answer > self.seq_len:
+                raise ApiError(400, f"{the} is {len(ids)} tokens; this model's context is "
+                                    f"{self.seq_len} tokens{more}", param=prompt_param,
+                               code="context_length_exceeded")
+            if len(ids) + answer > self.scheduler.max_positions:
+                raise ApiError(400, f"{the} is {len(ids)} tokens; the KV pool (--kv-memory) "
+                                    f"holds {self.scheduler.max_positions} positions{more}",
+                               param=prompt_param, code="context_length_exceeded")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
-        def on_event(event):  # on the engine thread: must not raise
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+        def on_event(i):
+            def put(event):  # on the engine thread: must not raise
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
+            return put
 
+        # choice j of each prompt samples as a request of that prompt alone would with
+        # seed + j: a seeded request's choices differ, and each is reproducible
+        base = default_seed() if params.seed is None else params.seed
+        n = params.n
         try:
-            req = self.scheduler.submit(ids, max_tokens, on_event, params.temperature,
-                                        params.top_p, params.seed, params.stop,
-                                        params.logprobs, params.echo)
+            reqs = [self.scheduler.request(
+                ids, max_tokens, on_event(i * n + j), params.temperature, params.top_p,
+                (base - 1 + j) % (2**64 - 1) + 1, params.stop, params.logprobs, params.echo)
+                for i, ids in enumerate(prompts) for j in range(n)]
+            self.scheduler.submit_all(reqs)
         except Busy as e:
             self.rejected_busy += 1
             raise ApiError(503, str(e), "server_error", code="server_busy",
                            headers={"Retry-After": str(e.retry_after)}) from None
         except UsageError as e:
             raise ApiError(400, str(e)) from None
-        events = _Events(self, req, queue, request.receive, chat)
+        events = _Events(self, reqs, queue, request.receive, chat)
         logprobs = params.logprobs is not None
-        reply = Reply(chat, self.model_name, self.model.tokenizer if logprobs else None,
-                      self.model.text_stream([]) if logprobs and params.echo else None, echoed)
+        choices = [Choice(echoed, self.model.text_stream([]) if logprobs and params.echo
+                          else None)
+                   for echoed in (echoes or [""] * len(prompts)) for _ in range(n)]
+        reply = Reply(chat, self.model_name, choices,
+                      self.model.tokenizer if logprobs else None)
         if params.stream:
-            return _EventStream(events, reply, params.include_usage)
-        return await _whole(events, reply)
+            return _EventStream(events, reply, params.include_usage, n)
+        return await _whole(events, reply, n)
 
     # -- the rest ------------------------------------------------------------------
     def _model_object(self) -> dict:
@@ -257,7 +295,8 @@ class _Api:
                  m.requests_finished),
                 ("requests_rejected_total", "counter", "Requests refused as busy (503).",
                  self.rejected_busy),
-                ("requests_cancelled_total", "counter", "Requests whose client went away.",
+                ("requests_cancelled_total", "counter",
+                 "Requests cancelled: their client went away, or another choice failed.",
                  self.cancelled),
                 ("engine_steps_total", "counter", "Engine steps (batches) run.", m.steps),
                 ("engine_step_seconds_total", "counter", "Time spent in engine steps.",
@@ -271,15 +310,17 @@ class _Api:
 
 
 class _Events:
-    """A request's events, iterated until its final one. A watcher on the connection
-    stops the iteration (without a final event) when the client disconnects; `close`,
-    which every response calls however it ends, cancels the request if it has not
-    finished. A chat reply's first text loses its word-start space (chat.reply_text)."""
+    """A request's choices' events, iterated as (choice, event) until each choice's
+    final one. A watcher on the connection stops the iteration (before that) when the
+    client disconnects; `close`, which every response calls however it ends, cancels the
+    choices that have not finished. A chat reply's first text loses its word-start
+    space (chat.reply_text)."""
 
-    def __init__(self, api: _Api, req, queue: asyncio.Queue, receive, chat: bool):
-        self.api, self.req, self.queue = api, req, queue
-        self.started = not chat
-        self.finished = self.closed = False
+    def __init__(self, api: _Api, reqs: list, queue: asyncio.Queue, receive, chat: bool):
+        self.api, self.reqs, self.queue = api, reqs, queue
+        self.started = [not chat] * len(reqs)
+        self.left = set(range(len(reqs)))  # choices not finished
+        self.closed = False
         self.watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive) -> None:
@@ -287,40 +328,56 @@ class _Events:
             pass
         self.queue.put_nowait(_GONE)
 
+    @property
+    def finished(self) -> bool:
+        return not self.left
+
     async def __aiter__(self):
-        while not self.finished:
-            event = await self.queue.get()
-            if event is _GONE:
+        while self.left:
+            item = await self.queue.get()
+            if item is _GONE:
                 return
-            if not self.started and event.text:
-                event.text, self.started = reply_text(event.text), True
-            self.finished = event.finish_reason is not None or event.error is not None
-            yield event
+            i, event = item
+            if not self.started[i] and event.text:
+                event.text, self.started[i] = reply_text(event.text), True
+            if event.finish_reason is not None or event.error is not None:
+                self.left.discard(i)
+            yield i, event
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.watcher.cancel()
-        if not self.finished:
+        for i in self.left:  # the client went away, or another choice failed
             self.api.cancelled += 1
-            self.api.scheduler.cancel(self.req)
+            self.api.scheduler.cancel(self.reqs[i])
 
 
-async def _whole(events: _Events, reply: Reply) -> Response:
-    """A non-streamed answer: every piece, then one JSON object."""
-    pieces, logprobs = [], None
+def _usage(usages: list, n: int) -> Usage:
+    """A request's usage: each prompt counted once, however many choices it has."""
+    return Usage(sum(u.prompt_tokens for u in usages[::n]),
+                 sum(u.completion_tokens for u in usages))
+
+
+async def _whole(events: _Events, reply: Reply, n: int) -> Response:
+    """A non-streamed answer: every piece of every choice, then one JSON object."""
+    k = len(reply.choices)
+    pieces, logprobs = [[] for _ in range(k)], [None] * k
+    ends, usages = [None] * k, [None] * k
     try:
-        async for event in events:
-            pieces.append(event.text)
+        async for i, event in events:
+            pieces[i].append(event.text)
             if event.logprobs is not None:
-                logprobs = logprobs or []
-                logprobs += event.logprobs  # in place: one copy of each, however long
+                logprobs[i] = logprobs[i] or []
+                logprobs[i] += event.logprobs  # in place: one copy of each, however long
             if event.error:
                 return _error_response(500, error_body(event.error, "server_error"))
             if event.finish_reason:
-                return JSONResponse(reply.whole("".join(pieces), event.finish_reason,
-                                                event.usage, logprobs))
+                ends[i] = ("".join(pieces[i]), event.finish_reason, logprobs[i])
+                usages[i] = event.usage
+        if events.finished:
+            return JSONResponse(reply.whole(ends, _usage(usages, n)))
     finally:
         events.close()
     return Response(status_code=499)  # the client went away; nobody reads this
@@ -336,24 +393,28 @@ def _data(obj) -> bytes:
             + b"\n\n")
 
 
-async def _sse(events: _Events, reply: Reply, include_usage: bool):
-    """Server-sent events in OpenAI's chunk shapes, ending with `data: [DONE]`."""
+async def _sse(events: _Events, reply: Reply, include_usage: bool, n: int):
+    """Server-sent events in OpenAI's chunk shapes, each choice's by its index, ending
+    with `data: [DONE]` once every choice has finished."""
     if reply.chat:
-        yield _data(reply.chunk("", role=True))
-    async for event in events:
+        for i in range(len(reply.choices)):
+            yield _data(reply.chunk(i, "", role=True))
+    usages = [None] * len(reply.choices)
+    async for i, event in events:
         if event.error:
             yield _data(error_body(event.error, "server_error"))
             break
         if event.finish_reason:
-            yield _data(reply.chunk(event.text or None, event.finish_reason,
+            usages[i] = event.usage
+            yield _data(reply.chunk(i, event.text or None, event.finish_reason,
                                     logprobs=event.logprobs))
-            if include_usage:
-                yield _data(reply.usage_chunk(event.usage))
-            break
-        if event.text:
-            yield _data(reply.chunk(event.text, logprobs=event.logprobs))
+        elif event.text:
+            yield _data(reply.chunk(i, event.text, logprobs=event.logprobs))
     else:
-        return  # the client went away: nothing more to send
+        if not events.finished:
+            return  # the client went away: nothing more to send
+        if include_usage:
+            yield _data(reply.usage_chunk(_usage(usages, n)))
     yield b"data: [DONE]\n\n"
 
 
@@ -361,9 +422,9 @@ class _EventStream:
     """A text/event-stream response of `events` as server-sent events; the events are
     closed (which cancels an unfinished request) however the response ends."""
 
-    def __init__(self, events: _Events, reply: Reply, include_usage: bool):
+    def __init__(self, events: _Events, reply: Reply, include_usage: bool, n: int):
         self.events = events
-        self.chunks = _sse(events, reply, include_usage)
+        self.chunks = _sse(events, reply, include_usage, n)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
