@@ -81,32 +81,39 @@ static void tile_release(void) { _tile_release(); }
 /* tdpbssd's sides are both signed: the activations as they are */
 static void amx_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0); }
 
-/* Tiles: 0 = A (16 rows x K bytes), 1, 2 = B of token blocks 0 and 1 (K/4 rows x 64
- * bytes), 3, 4 = C of those blocks (16 x 16 int32). Configured at the start of each
- * matmul call and released at its end: tile state left configured would be saved
- * at every context switch, and other code on the thread (a library of the caller's)
- * may release it under us. */
+/* Tiles: 0 = A (16 rows x K bytes), 1 and 2 = B of token blocks in turn (K/4 rows x 64
+ * bytes), 3 .. 6 = C of up to AMX_BLOCKS token blocks (16 x 16 int32). Configured at
+ * the start of each matmul call and released at its end: tile state left configured
+ * would be saved at every context switch, and other code on the thread (a library of
+ * the caller's) may release it under us. */
+/* Token blocks of 16 per A tile load: 4 against 2, prefill on the Intel AMX host
+ * (tools/ab.py) 1.19x on the 7B (256 tokens; 1.22x at 64), 1.02-1.03x on the stories
+ * shapes, whose rows stay in L1 between loads. */
+#define AMX_BLOCKS 4
 static void amx_configure(ptrdiff_t K) {
     amx_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     c.rows[0] = AMX_ROWS, c.colsb[0] = (uint16_t)K;
     for (int t = 1; t <= 2; t++) c.rows[t] = (uint8_t)(K / 4), c.colsb[t] = 64;
-    for (int t = 3; t <= 4; t++) c.rows[t] = AMX_ROWS, c.colsb[t] = 64;
+    for (int t = 3; t < 3 + AMX_BLOCKS; t++) c.rows[t] = AMX_ROWS, c.colsb[t] = 64;
     tile_config(&c);
 }
 
-/* 16 rows at w (row stride n) x nb token blocks (1 or 2) of the packed activations. */
+/* 16 rows at w (row stride n) x nb token blocks (1 .. AMX_BLOCKS) of the packed
+ * activations, each A tile loaded once for all of them. */
 static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                        const uint8_t *px, const float *psx, ptrdiff_t Tp, int nb,
-                       float acc[AMX_ROWS][2 * LANES]) {
+                       float acc[AMX_ROWS][AMX_BLOCKS * LANES]) {
     ptrdiff_t ng = n / gs, K = gs % 64 ? 32 : 64;
-    int32_t c[2][AMX_ROWS][LANES];
+    int32_t c[AMX_BLOCKS][AMX_ROWS][LANES];
     for (int i = 0; i < AMX_ROWS; i++)
-        for (int t = 0; t < 2 * LANES; t++) acc[i][t] = 0.0f;
+        for (int t = 0; t < AMX_BLOCKS * LANES; t++) acc[i][t] = 0.0f;
     for (ptrdiff_t g = 0; g < ng; g++) {
         TILE_ZERO(3);
-        TILE_ZERO(4);
+        if (nb > 1) TILE_ZERO(4);
+        if (nb > 2) TILE_ZERO(5);
+        if (nb > 3) TILE_ZERO(6);
         for (int i = 0; i < AMX_ROWS; i++)  /* the A tile's rows 128 bytes on */
             _mm_prefetch((const char *)(w + i * n + g * gs + AMX_PF), _MM_HINT_T0);
         for (ptrdiff_t k = g * gs; k < (g + 1) * gs; k += K) {
@@ -114,13 +121,23 @@ static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
             const uint8_t *b = px + (k / 4) * Tp * 4;  /* k/4 is the packed row */
             TILE_LOAD(1, b, Tp * 4);
             TILE_DPBSSD(3, 0, 1);
-            if (nb == 2) {
+            if (nb > 1) {
                 TILE_LOAD(2, b + LANES * 4, Tp * 4);
                 TILE_DPBSSD(4, 0, 2);
             }
+            if (nb > 2) {
+                TILE_LOAD(1, b + 2 * LANES * 4, Tp * 4);
+                TILE_DPBSSD(5, 0, 1);
+            }
+            if (nb > 3) {
+                TILE_LOAD(2, b + 3 * LANES * 4, Tp * 4);
+                TILE_DPBSSD(6, 0, 2);
+            }
         }
         TILE_STORE(3, c[0], LANES * 4);
-        if (nb == 2) TILE_STORE(4, c[1], LANES * 4);
+        if (nb > 1) TILE_STORE(4, c[1], LANES * 4);
+        if (nb > 2) TILE_STORE(5, c[2], LANES * 4);
+        if (nb > 3) TILE_STORE(6, c[3], LANES * 4);
         for (int j = 0; j < nb; j++) {
             __m512 sx = _mm512_loadu_ps(psx + g * Tp + LANES * j);
             for (int i = 0; i < AMX_ROWS; i++) {
@@ -141,7 +158,7 @@ static void amx_tile16(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
 static inline void amx_store16(const float *a, ptrdiff_t as, float *out, ptrdiff_t os, int nt) {
     __m512 r[16], t[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(a + i * as);
-    for (int i = 0; i < 16; i += 2) {  /* per 128 bits: rows i, i+1 at columns 4b, 4b+1 | 4b+2, 4b+3 */
+    for (int i = 0; i < 16; i += 2) {  /* per 128 bits: rows i, i+1 at 4b, 4b+1 | 4b+2, 4b+3 */
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
@@ -175,17 +192,19 @@ static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
     }
     const uint8_t *px = (const uint8_t *)x->packed;
     const float *psx = (const float *)(px + n * Tp);
-    float acc[AMX_ROWS][2 * LANES];
+    float acc[AMX_ROWS][AMX_BLOCKS * LANES];
     ptrdiff_t whole = r0 + (r1 - r0) / AMX_ROWS * AMX_ROWS;
     if (whole > r0) amx_configure(gs % 64 ? 32 : 64);
     for (ptrdiff_t r = r0; r < whole; r += AMX_ROWS) {
-        for (ptrdiff_t t0 = 0; t0 < T; t0 += 2 * LANES) {
-            int nb = T - t0 > LANES ? 2 : 1;
+        for (ptrdiff_t t0 = 0; t0 < T; t0 += AMX_BLOCKS * LANES) {
+            ptrdiff_t left = T - t0;
+            int nb = left >= AMX_BLOCKS * LANES ? AMX_BLOCKS : (int)((left + LANES - 1) / LANES);
             amx_tile16(m->q + r * n, m->s + r * ng, n, gs, px + t0 * 4, psx + t0, Tp, nb, acc);
             for (int j = 0; j < nb; j++) {
-                ptrdiff_t left = T - t0 - LANES * j;
-                amx_store16(acc[0] + LANES * j, 2 * LANES, out + (t0 + LANES * j) * out_stride + r,
-                            out_stride, left < LANES ? (int)left : LANES);
+                ptrdiff_t nt = T - t0 - LANES * j;
+                amx_store16(acc[0] + LANES * j, AMX_BLOCKS * LANES,
+                            out + (t0 + LANES * j) * out_stride + r, out_stride,
+                            nt < LANES ? (int)nt : LANES);
             }
         }
     }
