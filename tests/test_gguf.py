@@ -192,13 +192,19 @@ def llama_cli() -> str:
     return llama_cpp_tool("llama-cli", "check that llama.cpp runs the exported GGUF")
 
 
-def llama_cpp_greedy(cli: str, model, prompt: str, n: int) -> list[int]:
+def llama_cpp_greedy(cli: str, model, prompt: str, n: int, amx_check: bool = False) -> list[int]:
     """Token ids llama.cpp evaluates at temperature 0: the prompt's, then each
-    generated one (its verbose log prints every batch as 'eval: [ 'piece':id, ... ]')."""
+    generated one (its verbose log prints every batch as 'eval: [ 'piece':id, ... ]').
+    amx_check: skip when llama.cpp runs the file's Q8_0 matrices through its AMX backend,
+    which at c392e50 generates '####...' for stories260K's 64-wide ones (seen on an Intel
+    Xeon with AMX; its non-AMX kernels agree with qllama)."""
     r = subprocess.run([cli, "-m", str(model), "-p", prompt, "-n", str(n), "--temp", "0",
                         "-no-cnv", "--no-warmup", "--simple-io", "-s", "1", "-t", "1", "-v"],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+    if amx_check and "amx repack tensor" in r.stdout + r.stderr:
+        pytest.skip("llama.cpp's AMX backend runs this Q8_0 file, and generates '####...' "
+                    "for its 64-wide matrices (llama.cpp's own fault, c392e50)")
     ids = []
     for batch in re.findall(r"eval: \[(.*?)\]", r.stdout + r.stderr):
         ids += [int(i) for i in re.findall(r":(\d+)\s*(?:,|$)", batch.strip())]
@@ -281,7 +287,7 @@ def test_llama_cpp_greedy_equals_qllama(kind, tmp_path):
     src = data("stories260K.bin")
     out = tmp_path / "s.gguf"
     export_gguf(str(src), str(out), kind, tokenizer=str(data("tok512.model")))
-    theirs = llama_cpp_greedy(cli, out, "Once upon a time", 80)
+    theirs = llama_cpp_greedy(cli, out, "Once upon a time", 80, amx_check=kind == "q8_0")
     with qllama.load(src, tokenizer=str(data("tok512.model"))) as ours:
         prompt = ours.encode("Once upon a time")
         mine = prompt + list(ours.generate_ids(prompt, len(theirs) - 1, temperature=0.0))
