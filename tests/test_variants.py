@@ -97,8 +97,9 @@ def test_q80_matmul_every_variant_equals_scalar(case, threads):
 
 def gemm_cases():
     """Every group size x token counts around the GEMMs' vectors (8 and 16 tokens) and
-    thresholds, on 37 rows (two 16-row blocks and a tail of 5) and on long rows, at the
-    products' edges:
+    thresholds, and past AMX's 64 tokens a pass (a server's batch holds up to 72 rows),
+    on 37 rows (two 16-row blocks and a tail of 5) and on long rows, at the products'
+    edges:
     weights of -128 against activations of +-127 (the quantized max of each group)."""
     rng = np.random.default_rng(18)
     cases = []
@@ -108,7 +109,7 @@ def gemm_cases():
         q[3] = -128
         q[20, : cols // 2] = -128
         s = rng.uniform(0.01, 2, 37 * cols // gs).astype(np.float32)
-        for T in (2, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64):
+        for T in (2, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64, 65, 81, 129):
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
             x[-1] = 4.0
