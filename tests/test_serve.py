@@ -426,7 +426,7 @@ def test_several_prompts_and_n_choices_are_each_a_solo_request(stories):
     assert _choices(chunks) == dict(enumerate(want))
     assert chunks[-1].choices == [] and chunks[-1].usage == r.usage
     # greedy choices of one prompt are alike
-    r = complete(client, "Lily", n=3, max_tokens=10, temperature=0)
+    r = complete(client, "Lily", n=3, best_of=3, max_tokens=10, temperature=0)
     assert len({c.text for c in r.choices}) == 1 and len(r.choices) == 3
 
 
@@ -890,6 +890,8 @@ def test_api_key_is_required_and_compared(tiny):
     (b'{"prompt": "a", "seed": -9223372036854775809}', 400, "seed must be in", "seed"),
     (b'{"prompt": "a", "n": 0}', 400, "n must be in 1..128", "n"),
     (b'{"prompt": "a", "n": 129}', 400, "n must be in 1..128", "n"),
+    (b'{"prompt": "a", "best_of": 2}', 400, "best_of must equal n (1)", "best_of"),
+    (b'{"prompt": "a", "n": 3, "best_of": 1}', 400, "best_of must equal n (3)", "best_of"),
     (b'{"prompt": "a", "n": 25}', 400, "n 25 ask for 25 choices; this server holds 24 at once",
      "n"),
     (b'{"prompt": ["a", "b", "c"], "n": 9}', 400, "3 prompts, n 9 each, ask for 27 choices",

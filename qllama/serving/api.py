@@ -63,7 +63,6 @@ def _zero(v) -> bool:
 
 # Options this server does not implement, and what each may be when not asked for.
 UNSUPPORTED = {
-    "best_of": lambda v: v == 1 and not isinstance(v, bool),
     "suffix": lambda v: v == "", "logit_bias": lambda v: v == {},
     "presence_penalty": _zero, "frequency_penalty": _zero, "tools": lambda v: v == [],
     "functions": lambda v: v == [], "tool_choice": lambda v: v == "none",
@@ -142,6 +141,10 @@ def parse_params(body: dict, model_name: str, chat: bool = False) -> Params:
         if body.get(key) is not None and not not_asked(body[key]):
             raise ApiError(400, f"{key} is not supported by this server", param=key)
     n = _integer(body, "n", 1, MAX_N) or 1
+    best_of = _integer(body, "best_of", 1, MAX_N)
+    if best_of is not None and best_of != n:  # more than n would be ranked, fewer is wrong
+        raise ApiError(400, f"best_of must equal n ({n}): this server returns every choice "
+                            "it makes", param="best_of")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
