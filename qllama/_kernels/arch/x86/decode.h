@@ -225,10 +225,10 @@ static inline __attribute__((always_inline)) void q80_rows1_gs(
  * 12-15 GB/s from DRAM however many streams it reads, and rows one at a time left 7B
  * decode at 0.65 of a two-core stream (16 of 25 GB/s) where llama.cpp's repacked
  * weights reached it. Sixteen rows read side by side, each prefetched PF_ROWS16 bytes
- * ahead, keep more lines in flight: 7B decode 1.23-1.27x of one row at a time
- * (tools/ab.py, alternated), stories110M 1.17x; bit for bit the same. From L2 it is
- * no faster (27 against 29 GB/s on one core): the gain is the memory's, not the
- * arithmetic's. The AMD hosts read several streams slower than one (above), so the
+ * ahead, keep more lines in flight: 7B decode 1.34x of one row at a time
+ * (tools/ab.py, alternated), stories110M 1.00-1.17x (two A/Bs); bit for bit the
+ * same. From L2 it is no faster (27 against 29 GB/s on one core): the gain is the
+ * memory's, not the arithmetic's. The AMD hosts read several streams slower than one (above), so the
  * VNNI variants they run keep one row at a time. Each row's group sums end in one
  * lane of a vector (hsum16), so the 16 rows' products are scaled and added in float
  * as 16 lanes, each in kernels.h's order. Near a row's end the prefetch goes to the
