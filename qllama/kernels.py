@@ -1,10 +1,18 @@
-"""Which kernel variant runs: the one place the choice is made.
+"""Which kernel variant runs, and how it reads a matrix for one token: the one place
+the choices are made.
 
 The engine extension carries every variant this build compiled (kernels.h), each
 needing some CPU features. The best one the CPU and OS support runs, in the order
 of PREFERENCE, unless QLLAMA_ISA (or a caller) names one; a name that is unknown,
 not compiled in, or needs features this CPU lacks is a UsageError, never an
 illegal instruction.
+
+decode_rows: the x86 variants read a Q8_0 matrix for one token either one row after
+another (1) or eight rows side by side, each prefetched (8; decode.h). Which is faster
+is the memory system's doing, not the instruction set's: on the Intel Xeon hosts
+eight rows decoded a 7B 1.49x faster (one core keeps too few lines in flight with one
+stream), on the AMD EPYC hosts several streams read slower than one. So Intel CPUs
+take 8 and the rest 1, unless QLLAMA_DECODE_ROWS says; the results are the same bits.
 """
 from __future__ import annotations
 
@@ -19,6 +27,11 @@ PREFERENCE = ("amx", "avx512vnni", "avxvnni", "avx2", "dotprod", "neon", "scalar
 
 def cpu_features() -> list[str]:
     return engine.cpu_features()
+
+
+def cpu_vendor() -> str:
+    """x86's cpuid vendor ("GenuineIntel", "AuthenticAMD"); "" elsewhere."""
+    return engine.cpu_vendor()
 
 
 def compiled() -> dict[str, list[str]]:
@@ -56,3 +69,18 @@ def select(name: str | None = None) -> str:
         raise UsageError(f"kernel variant {name!r} cannot run on this CPU (needs {why}); "
                          "runnable here: " + ", ".join(runnable()))
     return name
+
+
+DECODE_ROWS = (1, 8)
+
+
+def decode_rows() -> int:
+    """Rows one token's Q8_0 kernel reads side by side: $QLLAMA_DECODE_ROWS, else 8 on
+    an Intel CPU and 1 elsewhere (ARM's kernels read four a pass either way)."""
+    value = os.environ.get("QLLAMA_DECODE_ROWS", "").strip()
+    if not value:
+        return 8 if cpu_vendor() == "GenuineIntel" else 1
+    if value not in {str(n) for n in DECODE_ROWS}:
+        raise UsageError(f"QLLAMA_DECODE_ROWS={value!r}: one of "
+                         + ", ".join(str(n) for n in DECODE_ROWS))
+    return int(value)

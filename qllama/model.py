@@ -131,12 +131,13 @@ class Model:
             raise UsageError(f"KV cache type {kv!r}: one of {', '.join(KV_TYPES)}")
         self.kv = kv
         self.variant = kernels.select(variant)  # before the file: a bad QLLAMA_ISA fails first
+        self.decode_rows = kernels.decode_rows()
         self.file = open_model(self.path)
         self.spec = self.file.spec  # what the engine computes with
         self.stop_ids = (self.spec.bos_id, self.spec.eos_id)  # run.c stops at either
         # the llama2.c header, or for a GGUF file its spec (the same hyperparameters)
         self.config = getattr(self.file, "config", self.spec)
-        self.weights = Weights(self.file, self.variant)
+        self.weights = Weights(self.file, self.variant, self.decode_rows)
         if getattr(self.config, "straddles", False):
             warnings.warn(f"{self.path}: group size {self.config.group_size} does not divide "
                           f"the rows (dim {self.config.dim}, hidden_dim {self.config.hidden_dim}); "

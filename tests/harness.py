@@ -183,10 +183,12 @@ class Q80Case:
     s: np.ndarray   # (rows * cols / gs,) float32
     x: np.ndarray   # (T, cols) float32
     gs: int
+    decode_rows: int = 1  # kernels.h's qllama_matrix.decode_rows
 
     def encode(self) -> bytes:
         rows, cols = self.q.shape
-        return (struct.pack("<5q", 1, rows, cols, self.gs, len(self.x)) + self.q.tobytes()
+        return (struct.pack("<6q", 1, rows, cols, self.gs, len(self.x), self.decode_rows)
+                + self.q.tobytes()
                 + self.s.astype("<f4").tobytes() + self.x.astype("<f4").tobytes())
 
     def out_bytes(self) -> int:

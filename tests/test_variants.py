@@ -53,12 +53,12 @@ def q80_cases(draw, max_rows=40):
     gs = draw(st.sampled_from(GROUP_SIZES))
     cols = gs * draw(st.integers(1, 4))
     rows = draw(st.integers(1, max_rows))
-    T = draw(st.integers(1, 64))
+    T = draw(st.just(1) | st.integers(1, 64))  # one token often: decode's two read orders
     q, s = q80_matrices(draw, rows, cols, gs)
     x = draw(hnp.arrays(np.float32, (T, cols), elements=st.floats(-8, 8, width=32)))
     if draw(st.booleans()):
         x[:, :gs] = 0.0  # an all-zero activation group: scale 0
-    return harness.Q80Case(q, s, x, gs)
+    return harness.Q80Case(q, s, x, gs, draw(st.sampled_from(kernels.DECODE_ROWS)))
 
 
 @st.composite
@@ -92,7 +92,8 @@ def test_q80_matmul_every_variant_equals_scalar(case, threads):
     t = QTensor(case.q.reshape(-1), case.s, case.q.shape, case.gs)
     ref = SCALAR.matmul(t, case.x)
     for v in SIMD:
-        assert np.array_equal(Kernels(v).matmul(t, case.x, threads), ref), v
+        got = Kernels(v).matmul(t, case.x, threads, decode_rows=case.decode_rows)
+        assert np.array_equal(got, ref), (v, case.decode_rows)
 
 
 def gemm_cases():
@@ -146,18 +147,19 @@ def few_token_cases():
     """One token through rows of every kind decode.h's q80_rows1 tells apart: groups in
     fours with a tail of none to three, the group sizes it unrolls and others, and rows
     of more groups than it computes VNNI's offsets for itself (1,025 of 32, prepared
-    without the shared buffer: q80_dot4 then); and the same rows for 2 and 5
-    tokens (four rows a pass, below the GEMMs' thresholds). 21 rows, a block of 16 and
-    5. Weights of -128 against activations of +-127."""
+    without the shared buffer: q80_dot4 then), one row after another and eight side
+    by side; and the same rows for 2 and 5 tokens (four rows a pass, below the GEMMs'
+    thresholds). 29 rows, a block of 16 and 13 (8 side by side and 5). Weights of -128
+    against activations of +-127."""
     rng = np.random.default_rng(19)
     cases = []
     for gs, groups in ((32, (1, 5, 7, 1025)), (64, (3, 4, 9, 64)), (96, (2, 6)),
                        (128, (5,)), (256, (4, 7))):
         for ng in groups:
             cols = gs * ng
-            q = rng.integers(-128, 128, (21, cols), dtype=np.int8)
-            q[2] = -128
-            s = rng.uniform(0.01, 2, 21 * ng).astype(np.float32)
+            q = rng.integers(-128, 128, (29, cols), dtype=np.int8)
+            q[2] = q[20] = -128
+            s = rng.uniform(0.01, 2, 29 * ng).astype(np.float32)
             for T, edge in ((1, False), (1, True), (2, True), (5, True)):
                 x = rng.normal(size=(T, cols))
                 if edge:  # all +-127 once quantized
@@ -174,8 +176,10 @@ def test_q80_few_tokens_every_variant_equals_scalar(threads):
         ref = SCALAR.matmul(t, case.x)
         for v in SIMD:
             for packed in (True, False):  # rows' shared part from prepare, or their own
-                got = Kernels(v).matmul(t, case.x, threads, packed=packed)
-                assert np.array_equal(got, ref), (v, case.gs, case.q.shape, len(case.x), packed)
+                for rows in kernels.DECODE_ROWS:
+                    got = Kernels(v).matmul(t, case.x, threads, packed=packed, decode_rows=rows)
+                    assert np.array_equal(got, ref), (v, case.gs, case.q.shape, len(case.x),
+                                                      packed, rows)
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
@@ -248,7 +252,50 @@ def test_whole_model_logits_equal_across_variants(models, key, kv):
             assert np.array_equal(last, ref[7]), (v, "decode")
 
 
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@pytest.mark.parametrize("key", ["gs64.q80", "gs32.q80"])
+def test_decode_read_orders_give_the_same_logits(models, key, monkeypatch):
+    """Decode through the engine, rows one after another or eight side by side
+    (QLLAMA_DECODE_ROWS), gives the same logits in every variant."""
+    ids = [1] + [int(i) for i in np.random.default_rng(4).integers(3, 250, 11)]
+    got = {}
+    for rows in kernels.DECODE_ROWS:
+        monkeypatch.setenv("QLLAMA_DECODE_ROWS", str(rows))
+        for v in SIMD:
+            m = Model(models[key], variant=v, threads=2)
+            assert m.decode_rows == rows
+            s = m.session(len(ids))
+            got[rows, v] = np.stack([s.feed([i]) for i in ids])
+    ref = got[1, SIMD[0]]
+    assert all(np.array_equal(g, ref) for g in got.values()), [k for k, g in got.items()
+                                                              if not np.array_equal(g, ref)]
+
+
 # ---- choosing a variant -------------------------------------------------------------
+
+
+def test_decode_rows_choice(monkeypatch):
+    """Eight rows side by side on Intel CPUs, one after another elsewhere, unless
+    QLLAMA_DECODE_ROWS says (a bad value is a UsageError)."""
+    monkeypatch.delenv("QLLAMA_DECODE_ROWS", raising=False)
+    for vendor, rows in (("GenuineIntel", 8), ("AuthenticAMD", 1), ("", 1)):
+        monkeypatch.setattr(kernels, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert kernels.decode_rows() == rows, vendor
+    for value in ("1", "8", " 8 "):
+        monkeypatch.setenv("QLLAMA_DECODE_ROWS", value)
+        assert kernels.decode_rows() == int(value)
+    monkeypatch.setenv("QLLAMA_DECODE_ROWS", "4")
+    with pytest.raises(UsageError, match="QLLAMA_DECODE_ROWS='4': one of 1, 8"):
+        kernels.decode_rows()
+
+
+def test_cpu_vendor_is_cpuid_s():
+    vendor = kernels.cpu_vendor()
+    if "avx2" in kernels.compiled():  # an x86 build
+        assert vendor in ("GenuineIntel", "AuthenticAMD") or (len(vendor) == 12
+                                                              and vendor.isprintable())
+    else:
+        assert vendor == ""
 
 
 def test_isa_names_are_checked(monkeypatch):
@@ -323,6 +370,15 @@ def test_harness_variant_equals_scalar(name, workdir, q80, f32, att):
 @pytest.mark.parametrize("name", [n for n in HARNESS_VARIANTS if not n.endswith("-qemu")])
 def test_harness_gemm_edges_equal_scalar(name, workdir):
     check_harness(name, workdir, GEMM_CASES)
+
+
+@pytest.mark.parametrize("name", [n for n in HARNESS_VARIANTS if not n.endswith("-qemu")])
+def test_harness_decode_read_orders_equal_scalar(name, workdir):
+    """One token, rows one after another and eight side by side (decode.h), on the
+    rows of every kind few_token_cases makes."""
+    cases = [c for c in few_token_cases() if len(c.x) == 1]
+    check_harness(name, workdir, [harness.Q80Case(c.q, c.s, c.x, c.gs, rows)
+                                  for c in cases for rows in kernels.DECODE_ROWS])
 
 
 def test_harness_scalar_equals_engine(workdir):

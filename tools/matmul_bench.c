@@ -9,6 +9,9 @@
  *      tools/matmul_bench.c $K/driver.c $K/generic.c $K/arch/x86/x86.c -lm -o /tmp/mmb
  *   /tmp/mmb ROWS COLS GS T...          e.g. /tmp/mmb 2048 768 32 1 8 64
  *
+ * QLLAMA_DECODE_ROWS=8 reads one token's rows eight side by side (decode.h), as the
+ * engine does on Intel CPUs; unset, one after another.
+ *
  * avxvnni on a CPU without AVX-VNNI (AMD before Zen 5): add -DQLLAMA_VNNI_EVEX
  * -mavx512f -mavx512bw -mavx512vl -mavx512vnni (vpdpbusd in its AVX-512 encoding, as
  * tests/harness.py builds it) and -ffixed-xmm16 ... -ffixed-xmm31, so that gcc
@@ -49,10 +52,11 @@ int main(int argc, char **argv) {
     for (ptrdiff_t i = 0; i < rows * cols; i++) q[i] = (int8_t)(rand() & 255);
     for (ptrdiff_t i = 0; i < rows * cols / gs; i++) s[i] = 0.01f * (float)(1 + rand() % 100);
     qllama_matrix m = {NULL, q, s, rows, cols, gs};
+    m.decode_rows = getenv("QLLAMA_DECODE_ROWS") ? atoi(getenv("QLLAMA_DECODE_ROWS")) : 1;
     qllama_plan p;
     qllama_plan_matrix(&p, &m, K);
-    printf("%s, %ld x %ld, gs %ld, one thread: ms per matmul (GMAC/s)\n", K->name, (long)rows,
-           (long)cols, (long)gs);
+    printf("%s, %ld x %ld, gs %ld, one thread, decode rows %d: ms per matmul (GMAC/s)\n",
+           K->name, (long)rows, (long)cols, (long)gs, m.decode_rows);
     for (int a = 4; a < argc; a++) {
         ptrdiff_t T = atol(argv[a]);
         float *x = malloc(sizeof(float) * (size_t)(T * cols)), *out = malloc(sizeof(float) * (size_t)(T * rows));

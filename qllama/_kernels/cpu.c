@@ -61,6 +61,13 @@ uint64_t qllama_cpu_features(void) {
     return f;
 }
 
+void qllama_cpu_vendor(char out[13]) {
+    uint32_t a, b, c, d;
+    memset(out, 0, 13);
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return;
+    memcpy(out, &b, 4), memcpy(out + 4, &d, 4), memcpy(out + 8, &c, 4);  /* "GenuineIntel" */
+}
+
 int qllama_amx_permit(void) {
 #if defined(__linux__) && defined(SYS_arch_prctl)
     /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18): Linux 5.16 and later
@@ -88,10 +95,12 @@ uint64_t qllama_cpu_features(void) {
 }
 
 int qllama_amx_permit(void) { return 0; }
+void qllama_cpu_vendor(char out[13]) { memset(out, 0, 13); }
 
 #else
 uint64_t qllama_cpu_features(void) { return 0; }
 int qllama_amx_permit(void) { return 0; }
+void qllama_cpu_vendor(char out[13]) { memset(out, 0, 13); }
 #endif
 
 /* Every variant compiled into this build, with the features it needs. */

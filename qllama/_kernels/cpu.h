@@ -39,6 +39,7 @@ extern const qllama_kernels qllama_neon, qllama_dotprod;
 
 uint64_t qllama_cpu_features(void);
 int qllama_amx_permit(void);  /* 1 when the process may use AMX tiles */
+void qllama_cpu_vendor(char out[13]);  /* x86 cpuid's vendor string ("GenuineIntel"), else "" */
 const qllama_variant *qllama_variants(int *n);
 
 #endif /* QLLAMA_CPU_H */

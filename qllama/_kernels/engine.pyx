@@ -33,7 +33,7 @@ from libc.string cimport memcpy, memset
 
 from qllama._kernels.kernels cimport (qllama_acts, qllama_kernels, qllama_matrix,
                                       qllama_variant, qllama_variants,
-                                      qllama_cpu_features, qllama_amx_permit,
+                                      qllama_cpu_features, qllama_amx_permit, qllama_cpu_vendor,
                                       qllama_feature_names, qllama_n_features,
                                       qllama_f16_to_f32, qllama_plan, qllama_plan_matrix,
                                       qllama_packed_bytes, qllama_acts_init,

@@ -21,15 +21,18 @@ cdef class Kernels:
         self.k.quantize_row(&x[0], x.shape[0], gs, &qv[0], &sv[0])
         return q, s
 
-    def matmul(self, tensor, const float[:, ::1] x, int threads=1, bint packed=True):
+    def matmul(self, tensor, const float[:, ::1] x, int threads=1, bint packed=True,
+               int decode_rows=1):
         """x (T, cols) @ tensor^T for an fp32 ndarray, a formats.llama2c.QTensor (any
         group size) or a quant.types.BlockTensor, through the driver as the engine runs
         it: the kernel it plans, the activations quantized and packed as in a forward
         pass. packed=False prepares them with no buffer, as a C caller of qllama_prepare
-        may: kernels then work out what rows share by themselves."""
+        may: kernels then work out what rows share by themselves. decode_rows as
+        Weights takes it."""
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads {threads} outside 1..{MAX_THREADS}")
-        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k)
+        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.k,
+                                    decode_rows)
         cdef Py_ssize_t T = x.shape[0], n = m.m.cols, gs = m.m.gs
         if x.shape[1] != n or T == 0:
             raise ValueError("x must be (T > 0, cols)")

@@ -91,6 +91,8 @@ typedef struct {
     ptrdiff_t rows, cols, gs;
     int type;               /* enum qllama_type; F32 and Q80 are told apart by w */
     const uint8_t *blocks;  /* a block type's rows, row r at blocks + r * row_bytes */
+    int decode_rows;        /* Q8_0, one token, x86: rows read side by side, 8 (decode.h)
+                               or one after another (any other value); the same results */
 } qllama_matrix;
 
 typedef struct {

@@ -18,6 +18,7 @@ cdef extern from "kernels.h" nogil:
         Py_ssize_t rows, cols, gs
         int type
         const uint8_t* blocks
+        int decode_rows
 
     ctypedef struct qllama_acts:
         const float* x
@@ -90,4 +91,5 @@ cdef extern from "cpu.h" nogil:
     const int qllama_n_features
     uint64_t qllama_cpu_features()
     int qllama_amx_permit()
+    void qllama_cpu_vendor(char* out)
     const qllama_variant* qllama_variants(int* n)

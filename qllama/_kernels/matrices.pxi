@@ -20,10 +20,11 @@ cdef struct Layer:
     const Matrix* ffn_in
 
 
-cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) except *:
+cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k,
+                        int decode_rows=1) except *:
     """A Matrix over a mapped tensor (an fp32 ndarray, a formats.llama2c.QTensor or a
     formats.gguf_types.BlockTensor), checked against its buffers, with the kernel the driver
-    plans for it."""
+    plans for it; decode_rows: kernels.h's qllama_matrix.decode_rows."""
     cdef Matrix mat
     cdef qllama_matrix m
     cdef const float[::1] w
@@ -63,6 +64,7 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k) e
         m.q = &q[0]
         m.s = &s[0]
         m.gs = gs
+    m.decode_rows = decode_rows
     qllama_plan_matrix(&mat, &m, k)
     return mat
 
@@ -84,14 +86,17 @@ cdef class Weights:
     cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
     cdef Net net
     cdef readonly str variant
+    cdef readonly int decode_rows
 
     def __cinit__(self):
         self.net.layers = NULL
 
-    def __init__(self, model, str variant):
+    def __init__(self, model, str variant, int decode_rows=1):
         """`model` is a validated model file: a formats.llama2c.ModelFile (version 0, 1
         or 2) or a GGUF file; its `spec` and `tensor(name, layer)` by llama2.c's names.
-        Every shape is checked against the spec again here, whoever validated it."""
+        Every shape is checked against the spec again here, whoever validated it.
+        decode_rows: how one token reads a Q8_0 matrix (qllama/kernels.py's
+        decode_rows)."""
         c = model.spec
         cdef Net* n = &self.net
         self.model = (model, model.buffer)
@@ -100,6 +105,7 @@ cdef class Weights:
         n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
         n.rope_theta, n.norm_eps = c.rope_theta, c.norm_eps
         self.variant = variant
+        self.decode_rows = decode_rows
         n.kernels = variant_table(variant)
         n.layers = <Layer*>calloc(c.n_layers, sizeof(Layer))
         if n.layers == NULL:
@@ -139,7 +145,8 @@ cdef class Weights:
         tensor = model.tensor(name, layer)
         if tuple(tensor.shape) != (rows, cols):
             raise ValueError(f"{name} is {tuple(tensor.shape)}, the spec needs {(rows, cols)}")
-        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.net.kernels)
+        cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.net.kernels,
+                                    self.decode_rows)
         if m.q8_input:
             if self.net.group_size and self.net.group_size != m.m.gs:
                 raise ValueError(f"{name}: activation groups of {m.m.gs}, other matrices "

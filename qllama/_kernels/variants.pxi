@@ -18,6 +18,13 @@ def compiled_variants():
             for i in range(n)]
 
 
+def cpu_vendor():
+    """x86 cpuid's vendor string ("GenuineIntel", "AuthenticAMD"), else ""."""
+    cdef char v[13]
+    qllama_cpu_vendor(v)
+    return v[:12].split(b"\0")[0].decode("ascii", "replace")
+
+
 def amx_permit():
     """Ask Linux for the AMX tile state (arch_prctl); True when granted."""
     return bool(qllama_amx_permit())

@@ -70,7 +70,8 @@ def describe_gguf(path: str) -> dict:
 
 
 def cpu() -> dict:
-    """The CPU, the features qllama found, the kernel variants built and the one chosen."""
+    """The CPU, the features qllama found, the kernel variants built and the one chosen,
+    and how one token reads a Q8_0 matrix (kernels.decode_rows)."""
     from .. import kernels
     name = platform.processor() or platform.machine()
     try:
@@ -82,11 +83,13 @@ def cpu() -> dict:
     except OSError:
         pass
     runnable = kernels.runnable()
-    return {"cpu": name, "features": kernels.cpu_features(),
+    return {"cpu": name, "vendor": kernels.cpu_vendor(), "features": kernels.cpu_features(),
             "variants": {v: {"needs": needs, "runnable": v in runnable}
                          for v, needs in kernels.compiled().items()},
             "QLLAMA_ISA": os.environ.get("QLLAMA_ISA") or None,
-            "chosen": kernels.select()}
+            "chosen": kernels.select(),
+            "QLLAMA_DECODE_ROWS": os.environ.get("QLLAMA_DECODE_ROWS") or None,
+            "decode_rows": kernels.decode_rows()}
 
 
 def run_cpu(args) -> int:
@@ -101,6 +104,9 @@ def run_cpu(args) -> int:
         print(f"variant {v}: {state} (needs {' '.join(info['needs']) or 'nothing'})")
     forced = f" (QLLAMA_ISA={d['QLLAMA_ISA']})" if d["QLLAMA_ISA"] else ""
     print(f"chosen: {d['chosen']}{forced}")
+    forced = (f" (QLLAMA_DECODE_ROWS={d['QLLAMA_DECODE_ROWS']})" if d["QLLAMA_DECODE_ROWS"]
+              else f" ({d['vendor'] or 'no x86 vendor'})")
+    print(f"decode rows side by side: {d['decode_rows']}{forced}")
     return 0
 
 

@@ -8,7 +8,8 @@
  *
  * CASES: int64 count, then per case an int64 kind and its data; OUT: each case's
  * results, in order. All little-endian, as tests/harness.py writes them.
- *   kind 1, matmul: int64 rows, cols, gs, T; int8 q[rows * cols]; float s[rows * cols / gs];
+ *   kind 1, matmul: int64 rows, cols, gs, T, decode_rows (kernels.h's qllama_matrix);
+ *           int8 q[rows * cols]; float s[rows * cols / gs];
  *           float x[T * cols]  ->  int8 xq[T * cols]; float xs[T * (cols / gs)];
  *           float out[T * rows]  (through the engine's driver, driver.h: the kernel it
  *           plans, activations quantized and packed as in a forward pass, rows in blocks
@@ -69,9 +70,9 @@ static void run_matmul(const qllama_matrix *m, const float *x, int64_t T, int8_t
 }
 
 static void case_q80(void) {
-    int64_t rows = take64(), cols = take64(), gs = take64(), T = take64();
+    int64_t rows = take64(), cols = take64(), gs = take64(), T = take64(), side = take64();
     qllama_matrix m = {0};
-    m.rows = rows, m.cols = cols, m.gs = gs;
+    m.rows = rows, m.cols = cols, m.gs = gs, m.decode_rows = (int)side;
     m.q = take((size_t)(rows * cols));
     m.s = take(4 * (size_t)(rows * cols / gs));
     float *x = take(4 * (size_t)(T * cols));

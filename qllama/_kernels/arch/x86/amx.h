@@ -1,5 +1,5 @@
 /* AMX-INT8 prefill, part of x86.c's "amx" compilation (-mamx-tile -mamx-int8 on top
- * of avx512vnni's flags); decode is avx512vnni's, but for sixteen rows at a time (decode.h).
+ * of avx512vnni's flags); decode is avx512vnni's (decode.h).
  *
  * The product is transposed so that the weights need no copy: an A tile is 16
  * weight rows x K bytes loaded straight from the mapped file at the row stride

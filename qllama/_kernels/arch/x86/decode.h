@@ -23,6 +23,8 @@
  * 0.91-1.01 of a stream of the same bytes one row at a time and 0.72-0.96 four at a
  * time; software prefetch ahead of the one stream made it slower. 7B decode,
  * alternated with the four-row kernel (tools/ab.py): 1.05x avx512vnni, 1.22x avx2.
+ * Intel's cores want the opposite: more lines in flight than one stream gives, so
+ * there (m->decode_rows) eight rows are read side by side, each prefetched (below).
  *
  * Blocks of tokens (q80_dot4: the variants' GEMMs hand them the tokens of a block too
  * small for a tile, and a matrix's last rows): four weight rows per pass, each
@@ -219,74 +221,72 @@ static inline __attribute__((always_inline)) void q80_rows1_gs(
     }
 }
 
-#if AMX
-/* ---- Q8_0: one token, sixteen rows at a time (the amx variant: Intel) ----------------
- * On an Intel Xeon with AMX (KVM guest, family 6 model 207, 2 vCPUs) one core streams
- * 12-15 GB/s from DRAM however many streams it reads, and rows one at a time left 7B
- * decode at 0.65 of a two-core stream (16 of 25 GB/s) where llama.cpp's repacked
- * weights reached it. Sixteen rows read side by side, each prefetched PF_ROWS16 bytes
- * ahead, keep more lines in flight: 7B decode 1.34x of one row at a time
- * (tools/ab.py, alternated), stories110M 1.00-1.17x (two A/Bs); bit for bit the
- * same. From L2 it is no faster (27 against 29 GB/s on one core): the gain is the
- * memory's, not the arithmetic's. The AMD hosts read several streams slower than one (above), so the
- * VNNI variants they run keep one row at a time. Each row's group sums end in one
- * lane of a vector (hsum16), so the 16 rows' products are scaled and added in float
- * as 16 lanes, each in kernels.h's order. Near a row's end the prefetch goes to the
- * same place in the next block's row, where the rows continue: stories110M's rows of
- * 768 bytes had prefetched only rows already being read, and decoded 1.58x slower
- * (tools/ab.py; the 7B's 4096-byte rows 1.05x). */
-#define PF_ROWS16 512
+/* ---- Q8_0: one token, eight rows side by side (m->decode_rows == 8) -----------------
+ * On the Intel Xeon hosts (KVM guest, family 6 model 207, 2 vCPUs) one core streams
+ * 12-15 GB/s from DRAM however many streams it reads, and rows one after another
+ * left 7B decode at 0.66 of a two-core stream. Eight rows read side by side, each
+ * prefetched PF_ROWS8 bytes ahead, keep more lines in flight: 7B decode 1.49x of one
+ * row at a time (avx2, tools/ab.py, alternated), 0.98 of tools/roofline.py's stream;
+ * stories110M 2.12x, stories15M 1.28x. The prefetch is what pays: without it eight
+ * streams read the 7B 0.88x as fast and stories110M 0.62x. Sixteen rows in zmm
+ * (the amx variant's earlier kernel) were no faster than these eight in ymm (1.02x,
+ * 1.06x the other way), so every x86 variant shares this one. The AMD hosts read
+ * several streams slower than one (above), so where this runs is the caller's choice
+ * (qllama/kernels.py: Intel). Near a row's end the prefetch goes to the same place in
+ * the next block's row, where the rows continue (stories110M's rows of 768 bytes had
+ * otherwise prefetched only rows already being read: 1.58x slower). Each row's group
+ * sums end in one lane of a vector (hsum8), so the 8 rows' products are scaled and
+ * added in float as 8 lanes, each in kernels.h's order. */
+#define PF_ROWS8 512
 
-/* lane r: the sum of v[r]'s 16 lanes (three transposing steps, then one) */
-static inline __attribute__((always_inline)) __m512i hsum16(const __m512i *v) {
-    __m512i a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++)  /* per 128 bits: rows 2i, 2i+1, 2i, 2i+1 */
-        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
-                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++)  /* per 128 bits: rows 4i .. 4i+3 */
-        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
-                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
-    for (int i = 0; i < 2; i++)  /* 128-bit lanes: rows 8i.., 8i.., 8i+4.., 8i+4.. */
-        c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88),
-                                _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xdd));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88),
-                            _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
+/* lane r: the sum of v[r]'s 8 lanes (two transposing steps, then one) */
+static inline __attribute__((always_inline)) __m256i hsum8(const __m256i *v) {
+    __m256i a[4], b[2];
+    for (int i = 0; i < 4; i++)  /* per 128 bits: rows 2i, 2i+1, 2i, 2i+1 */
+        a[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)  /* per 128 bits: rows 4i .. 4i+3 */
+        b[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm256_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(b[0], b[1], 0x20),
+                            _mm256_permute2x128_si256(b[0], b[1], 0x31));
 }
 
-/* out[r0 .. r0+15], one token, gs % 64 == 0 */
-static inline __attribute__((always_inline)) void q80_rows16_gs(
+/* out[r0 .. r0+7], one token, gs % 32 == 0 */
+static inline __attribute__((always_inline)) void q80_rows8_gs(
         const qllama_matrix *m, ptrdiff_t r0, const qllama_acts *x, const int32_t *cx,
         float *out, const ptrdiff_t gs) {
     const ptrdiff_t n = m->cols, ng = n / gs;
     const int8_t *w = m->q + r0 * n;
     const float *ws = m->s + r0 * ng;
-    const __m512i rows = _mm512_mullo_epi32(  /* each row's first scale, from ws */
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32((int)ng));
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    __m512 acc = _mm512_setzero_ps();
+    const __m256i rows = _mm256_mullo_epi32(  /* each row's first scale, from ws */
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ng));
+    __m256 acc = _mm256_setzero_ps();
     for (ptrdiff_t g = 0; g < ng; g++) {
-        __m512i v[16];
+        __m256i v[8];
         const int8_t *wg = w + g * gs;
-        for (int r = 0; r < 16; r++) v[r] = _mm512_setzero_si512();
+        for (int r = 0; r < 8; r++) v[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-        for (ptrdiff_t k = 0; k < gs; k += 64) {
-            __m512i xv = _mm512_loadu_si512((const void *)(x->q + g * gs + k));
-            /* PF_ROWS16 on in the row, or past its end in the next block's row */
-            ptrdiff_t pf = g * gs + k + PF_ROWS16 < n ? PF_ROWS16 : PF_ROWS16 + 15 * n;
-            for (int r = 0; r < 16; r++) {
-                _mm_prefetch((const char *)(wg + r * n + k + pf), _MM_HINT_T0);
-                v[r] = _mm512_dpbusd_epi32(v[r], _mm512_xor_si512(
-                    _mm512_loadu_si512((const void *)(wg + r * n + k)), flip), xv);
+        for (ptrdiff_t k = 0; k < gs; k += 32) {
+            const ptrdiff_t at = g * gs + k;  /* in the row */
+            __m256i xv = load32(x->q + at);
+            /* a line per row once every 64 bytes: PF_ROWS8 on in the row, or past its
+             * end in the next block's row */
+            ptrdiff_t pf = (at & 63) ? -1 : at + PF_ROWS8 < n ? PF_ROWS8 : PF_ROWS8 + 7 * n;
+            for (int r = 0; r < 8; r++) {
+                if (pf >= 0) _mm_prefetch((const char *)(wg + r * n + k + pf), _MM_HINT_T0);
+                v[r] = q80_step(v[r], load32(wg + r * n + k), xv);
             }
         }
-        __m512i is = _mm512_sub_epi32(hsum16(v), _mm512_set1_epi32(cx[g]));
-        __m512 sc = _mm512_mul_ps(_mm512_i32gather_ps(rows, ws + g, 4), _mm512_set1_ps(x->s[g]));
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(is), sc));
-    }
-    _mm512_storeu_ps(out + r0, acc);
-}
+        __m256i is = hsum8(v);
+#if VNNI
+        is = _mm256_sub_epi32(is, _mm256_set1_epi32(cx[g]));
 #endif
+        __m256 sc = _mm256_mul_ps(_mm256_i32gather_ps(ws + g, rows, 4), _mm256_set1_ps(x->s[g]));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(is), sc));
+    }
+    _mm256_storeu_ps(out + r0, acc);
+}
 
 /* Each group's 128 * sum(x) (VNNI's offset) into cx. */
 static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx) {
@@ -325,13 +325,12 @@ static int q80_rows1(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
         q80_offsets(x->q, ng, gs, own);
         cx = own;
     }
-#if AMX
-    if (gs % 64 == 0)
-        for (; r0 + 16 <= r1; r0 += 16) {
-            if (gs == 64) q80_rows16_gs(m, r0, x, cx, out, 64);
-            else q80_rows16_gs(m, r0, x, cx, out, gs);
+    if (m->decode_rows == 8 && gs % 32 == 0)
+        for (; r0 + 8 <= r1; r0 += 8) {
+            if (gs == 32) q80_rows8_gs(m, r0, x, cx, out, 32);
+            else if (gs == 64) q80_rows8_gs(m, r0, x, cx, out, 64);
+            else q80_rows8_gs(m, r0, x, cx, out, gs);
         }
-#endif
     switch (gs) {  /* the usual group sizes unrolled */
     case 32: q80_rows1_gs(m, r0, r1, x, cx, out, 32); break;
     case 64: q80_rows1_gs(m, r0, r1, x, cx, out, 64); break;

@@ -19,8 +19,9 @@
  * This file only decides what each variant has and assembles its table; the kernels
  * live in headers by job, each saying how it works:
  *   quantize.h    activations to Q8_0                                   every variant
- *   decode.h      one token: Q8_0 four rows at a time, fp32 dots;       every variant
- *                 with ../rows.h, the row drivers shared with neon.c
+ *   decode.h      one token: Q8_0 one row at a time or eight side by    every variant
+ *                 side; blocks of a few tokens four rows at a time; fp32
+ *                 dots; with ../rows.h, the row drivers shared with neon.c
  *   blocks.h      GGUF block types, one token at a time, four rows      every variant
  *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni,
  *                 (blocks of 6-15 tokens: batched decode)               avx512vnni
