@@ -231,10 +231,12 @@ class AttentionCase:
 class BlockCase:
     t: object       # a qllama.quant.types.BlockTensor
     x: np.ndarray   # (T, cols) float32
+    decode_rows: int = 1  # kernels.h's qllama_matrix.decode_rows
 
     def encode(self) -> bytes:
         rows, cols = self.t.shape
-        return (struct.pack("<5q", 4, self.t.qtype.kernel_id, rows, cols, len(self.x))
+        return (struct.pack("<6q", 4, self.t.qtype.kernel_id, rows, cols, len(self.x),
+                            self.decode_rows)
                 + self.t.data.tobytes() + self.x.astype("<f4").tobytes())
 
     def out_bytes(self) -> int:

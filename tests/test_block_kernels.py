@@ -232,9 +232,9 @@ def block_cases(draw, max_rows=40):
     rows = draw(st.integers(1, max_rows))
     cols = (draw(st.integers(1, 200)) if TYPES[name].block == 1
             else block * draw(st.integers(1, 4 if block == 256 else 20)))
-    T = draw(st.integers(1, 20))
+    T = draw(st.just(1) | st.integers(1, 20))  # one token often: decode's two read orders
     return harness.BlockCase(make_blocks(name, rows, cols, rng, draw(st.booleans())),
-                             acts(T, cols, rng))
+                             acts(T, cols, rng), draw(st.sampled_from(kernels.DECODE_ROWS)))
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
@@ -243,8 +243,10 @@ def test_edges_every_variant_equals_generic(threads):
     for case in EDGE_CASES:
         ref = SCALAR.matmul(case.t, case.x)
         for v in SIMD:
-            got = Kernels(v).matmul(case.t, case.x, threads)
-            assert np.array_equal(got, ref), (v, case.t.qtype.name, case.t.shape, len(case.x))
+            for rows in kernels.DECODE_ROWS:  # one token's two read orders (q8_0: decode.h's)
+                got = Kernels(v).matmul(case.t, case.x, threads, decode_rows=rows)
+                assert np.array_equal(got, ref), (v, case.t.qtype.name, case.t.shape,
+                                                  len(case.x), rows)
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
@@ -253,7 +255,8 @@ def test_edges_every_variant_equals_generic(threads):
 def test_every_variant_equals_generic(case, threads):
     ref = SCALAR.matmul(case.t, case.x)
     for v in SIMD:
-        assert np.array_equal(Kernels(v).matmul(case.t, case.x, threads), ref), v
+        got = Kernels(v).matmul(case.t, case.x, threads, decode_rows=case.decode_rows)
+        assert np.array_equal(got, ref), (v, case.decode_rows)
 
 
 BUILDS = harness.host_builds()
@@ -268,12 +271,13 @@ def workdir(tmp_path_factory):
 def check_harness(name, workdir, cases):
     harness.check_against_reference(
         BUILDS, name, workdir, cases,
-        lambda case: (name, case.t.qtype.name, case.t.shape, len(case.x)))
+        lambda case: (name, case.t.qtype.name, case.t.shape, len(case.x), case.decode_rows))
 
 
 @pytest.mark.parametrize("name", HARNESS_VARIANTS)
 def test_harness_edges_equal_generic(name, workdir):
-    check_harness(name, workdir, EDGE_CASES)
+    check_harness(name, workdir, EDGE_CASES + [harness.BlockCase(c.t, c.x, 8)
+                                               for c in EDGE_CASES if len(c.x) == 1])
 
 
 @pytest.mark.parametrize("name", HARNESS_VARIANTS)

@@ -17,7 +17,8 @@
  *           that straddle rows or are too long for int32 sums)
  *   kind 2, fp32 matmul: int64 rows, cols, T; float w[rows * cols]; float x[T * cols]
  *           ->  float out[T * rows]
- *   kind 4, GGUF block matmul: int64 type (kernels.h's qllama_type), rows, cols, T;
+ *   kind 4, GGUF block matmul: int64 type (kernels.h's qllama_type), rows, cols, T,
+ *           decode_rows;
  *           uint8 blocks[rows * row bytes]; float x[T * cols]  ->  float out[T * rows];
  *           float row[cols] (the last row dequantized)
  *   kind 3, attention: int64 n_pos, hs; float q[hs], k[n_pos * hs], v[n_pos * hs]
@@ -97,10 +98,10 @@ static void case_f32(void) {
 }
 
 static void case_blocks(void) {
-    int64_t type = take64(), rows = take64(), cols = take64(), T = take64();
+    int64_t type = take64(), rows = take64(), cols = take64(), T = take64(), side = take64();
     if (type <= QLLAMA_Q80 || type >= QLLAMA_N_TYPES) exit(2);
     qllama_matrix m = {0};
-    m.type = (int)type, m.rows = rows, m.cols = cols;
+    m.type = (int)type, m.rows = rows, m.cols = cols, m.decode_rows = (int)side;
     m.blocks = take((size_t)(rows * (cols / qllama_block_values[type] * qllama_block_bytes[type])));
     float *x = take(4 * (size_t)(T * cols));
     int8_t *xq = calloc((size_t)(T * cols), 1);

@@ -22,7 +22,10 @@
  * q8_0 alone goes one row at a time instead (q32_dotr with R = 1, no prefetch), each
  * row front to back, for decode.h's reason (four rows a pass are four DRAM streams):
  * 7B q8_0 decode 1.09x (avx2) and 1.03-1.18x (avx512vnni) of four rows, stories110M
- * 1.04x and 1.09x. q4_0 was no faster that way (1.01x, 0.96x) and the k-quants slower
+ * 1.04x and 1.09x (Zen 4). Where one token reads rows side by side (m->decode_rows:
+ * Intel, decode.h) q8_0 keeps the four rows a pass and their prefetch: on the Intel
+ * Xeon host, 7B 1.54x and stories110M 1.72x of one row at a time (avx2, tools/ab.py).
+ * q4_0 was no faster one row at a time (1.01x, 0.96x) and the k-quants slower
  * (0.85-0.93x): they load and unpack more per row, which four rows share.
  * A matrix's last rows (fewer than 4) go to generic.c's kernel; 32-value block types
  * whose rows end inside a pass take the pass with the missing groups' lanes kept.
@@ -501,7 +504,7 @@ BI void q32_rows(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllam
     const ptrdiff_t n = m->cols, ng = n / 32, rb = ng * q32_bytes(type);
     ptrdiff_t r = r0;
     if (x->T == 1) {  /* the group sums rows share: block_share's (as kq_rows) */
-        if (type == QLLAMA_GQ8_0) {  /* rows in memory order, as decode.h's Q8_0 */
+        if (type == QLLAMA_GQ8_0 && m->decode_rows != 8) {  /* one stream, as decode.h's */
             for (; r < r1; r++)
                 q32_dotr(m->blocks + r * rb, rb, n, x->q, x->s, x->shared, out + r, type, 1);
             return;
