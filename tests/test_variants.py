@@ -333,8 +333,13 @@ def test_cli_bad_isa_is_one_line(tmp_path):
     assert r.stderr.startswith("qllama: error: unknown kernel variant 'sse9'")
     assert r.stderr.count("\n") == 1
     r = subprocess.run([sys.executable, "-m", "qllama", "info", "--cpu"], capture_output=True,
+                       text=True, env={**os.environ, "QLLAMA_DECODE_ROWS": "3"})
+    assert r.returncode == 1
+    assert r.stderr == "qllama: error: QLLAMA_DECODE_ROWS='3': one of 1, 8\n"
+    r = subprocess.run([sys.executable, "-m", "qllama", "info", "--cpu"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and f"chosen: {RUNNABLE[0]}" in r.stdout
+    assert f"decode rows side by side: {kernels.decode_rows()}" in r.stdout
 
 
 # ---- variants built by the harness: emulated or under qemu ---------------------------

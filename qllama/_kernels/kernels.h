@@ -91,8 +91,9 @@ typedef struct {
     ptrdiff_t rows, cols, gs;
     int type;               /* enum qllama_type; F32 and Q80 are told apart by w */
     const uint8_t *blocks;  /* a block type's rows, row r at blocks + r * row_bytes */
-    int decode_rows;        /* Q8_0, one token, x86: rows read side by side, 8 (decode.h)
-                               or one after another (any other value); the same results */
+    int decode_rows;        /* one token, x86: 8 reads Q8_0 rows eight side by side
+                               (decode.h) and GGUF q8_0 four a pass (blocks.h); any
+                               other value one row after another. The same results */
 } qllama_matrix;
 
 typedef struct {
