@@ -52,7 +52,8 @@ int main(int argc, char **argv) {
     for (ptrdiff_t i = 0; i < rows * cols; i++) q[i] = (int8_t)(rand() & 255);
     for (ptrdiff_t i = 0; i < rows * cols / gs; i++) s[i] = 0.01f * (float)(1 + rand() % 100);
     qllama_matrix m = {NULL, q, s, rows, cols, gs};
-    m.decode_rows = getenv("QLLAMA_DECODE_ROWS") ? atoi(getenv("QLLAMA_DECODE_ROWS")) : 1;
+    const char *rows_env = getenv("QLLAMA_DECODE_ROWS");
+    m.decode_rows = rows_env ? atoi(rows_env) : 1;
     qllama_plan p;
     qllama_plan_matrix(&p, &m, K);
     printf("%s, %ld x %ld, gs %ld, one thread, decode rows %d: ms per matmul (GMAC/s)\n",
