@@ -20,6 +20,13 @@
  *   vector, alternate pieces go to two sets of accumulators: four chains of vpdpbusd
  *   waited on its latency (8 tokens 1.17-1.28x faster, tools/matmul_bench.c, the Intel
  *   host, avxvnni and avx512vnni).
+ * avx2 packs a block of at most 8 tokens (a batched decode's) in 8-byte pieces instead,
+ * [k/8][token][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
+ * 0 1 4 5 and 2 3 6 7, so that vphaddd of their sums gives tokens 0..7 in order). Then
+ * one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16 with two
+ * vectors: 1.07-1.14x for 8 tokens (one thread, the Intel host, whose vector work is
+ * bound by its instruction count). Used for more tokens, its 8-token tiles ran 0.94-0.97x
+ * as fast as the two-vector tiles for 9 to 16.
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
@@ -46,8 +53,32 @@ static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     return qllama_pack_tokens_bytes(T, n, gs, LANES8);
 }
 
+#if !VNNI
+/* Slot s of the 8 holds token PAIRED[s] (the order is its own inverse) */
+static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+/* avx2, T <= 8: [k/8][slot][8] bytes, then the scales [group][token] in token order */
+static void pack8(const qllama_acts *x, void *buf) {
+    ptrdiff_t T = x->T, n = x->n, gs = x->gs, ng = n / gs;
+    uint8_t *b = (uint8_t *)buf;
+    float *s = (float *)(b + n * LANES8);
+    memset(buf, 0, (size_t)(n * LANES8));
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t k8 = 0; k8 < n / 8; k8++)
+            memcpy(b + (k8 * LANES8 + PAIRED[t]) * 8, x->q + t * n + 8 * k8, 8);
+    for (ptrdiff_t g = 0; g < ng; g++)
+        for (ptrdiff_t t = 0; t < LANES8; t++) s[g * LANES8 + t] = t < T ? x->s[t * ng + g] : 0.0f;
+}
+#endif
+
 /* VNNI's unsigned side is the activations': x + 128; avx2 takes them as they are */
 static void ymm_pack(const qllama_acts *x, void *buf) {
+#if !VNNI
+    if (x->T <= LANES8) {
+        pack8(x, buf);
+        return;
+    }
+#endif
     qllama_pack_tokens(x, LANES8, VNNI ? 0x80808080u : 0, buf);
 }
 
@@ -153,6 +184,58 @@ static void ymm_gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     ymm_gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
 }
 
+#if !VNNI
+INLINE __m256i bcast8_8(const int8_t *p) {
+    int64_t v;
+    memcpy(&v, p, 8);
+    return _mm256_set1_epi64x(v);
+}
+
+/* one row's 8 bytes against both token vectors; the adds are written in place
+ * because gcc, left to itself, kept copies of the accumulators and spilled some */
+#define ROW8(r, A0, A1)                                                               \
+    do {                                                                            \
+        __m256i wb = bcast8_8(wg + (r) * n + 8 * k8), aw = _mm256_abs_epi8(wb);     \
+        __m256i p0 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x0, wb));            \
+        __m256i p1 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x1, wb));            \
+        __asm__("vpaddd %1, %0, %0" : "+x"(A0) : "x"(_mm256_madd_epi16(p0, ones))); \
+        __asm__("vpaddd %1, %0, %0" : "+x"(A1) : "x"(_mm256_madd_epi16(p1, ones))); \
+    } while (0)
+
+/* 4 rows at w (row stride n) x the 8 tokens packed by pack8 at px (scales psx) into
+ * o, (row, token). */
+static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                        const uint8_t *px, const float *psx, float *o) {
+    ptrdiff_t ng = n / gs, g8 = gs / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    memset(o, 0, sizeof(float) * 4 * LANES8);
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        const uint8_t *xg = px + g * g8 * LANES8 * 8;
+        const int8_t *wg = w + g * gs;
+        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
+        __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (ptrdiff_t k8 = 0; k8 < g8; k8++) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + k8 * LANES8 * 8));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + k8 * LANES8 * 8 + 32));
+            ROW8(0, a00, a01);
+            ROW8(1, a10, a11);
+            ROW8(2, a20, a21);
+            ROW8(3, a30, a31);
+        }
+        __m256i isum[4] = {_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a10, a11),
+                           _mm256_hadd_epi32(a20, a21), _mm256_hadd_epi32(a30, a31)};
+        __m256 xs = _mm256_loadu_ps(psx + g * LANES8);
+        for (int r = 0; r < 4; r++) {
+            float *f = o + r * LANES8;
+            __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws[r * ng + g]), xs);
+            __m256 v = _mm256_cvtepi32_ps(isum[r]);
+            _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(v, sc)));
+        }
+    }
+}
+#undef ROW8
+#endif
+
 /* A tile's 4 rows x 8 tokens at o (row stride `stride` floats) into bt (token-major,
  * 16 floats a token): bt[l][0..3] = rows 0..3 of token l, in registers. */
 INLINE void transpose4x8(const float *o, ptrdiff_t stride, float *bt) {
@@ -191,6 +274,17 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
+#if !VNNI
+        if (T <= LANES8) {  /* pack8's layout: one 8-token tile per 4 rows */
+            for (int i = 0; i < 16; i += 4) {
+                ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o);
+                transpose4x8(o, LANES8, bt[0] + i);
+            }
+            for (ptrdiff_t t = 0; t < T; t++)
+                memcpy(out + t * out_stride + r, bt[t], sizeof bt[t]);
+            continue;
+        }
+#endif
         for (ptrdiff_t t0 = 0; t0 < T; t0 += YMM_T) {
             ptrdiff_t tn = T - t0 < YMM_T ? T - t0 : YMM_T;
             for (int i = 0; i < 16; i += 4)
