@@ -115,7 +115,7 @@ def gemm_cases():
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
             x[-1] = 4.0
             cases.append(harness.Q80Case(q, s, x, gs))
-    # rows of 2048 values or more: avx512vnni takes blocks of 6-15 tokens through the
+    # rows of 2048 values or more: avx512vnni takes blocks of 5-15 tokens through the
     # ymm GEMM there (gemm512.h's YMM_MIN_COLS), shorter rows through q80_rows
     for gs in GROUP_SIZES:
         cols = gs * -(-2048 // gs)

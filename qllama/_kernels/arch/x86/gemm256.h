@@ -41,9 +41,11 @@
 #define YMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
 /* Fewer tokens go through q80_rows (same results): a tile costs the same for 1 to 8
  * tokens. On a Zen 4, one thread (tools/matmul_bench.c), 5 tokens token by token cost
- * what one 8-token tile does; 6 tokens are 1.13-1.17x faster through the GEMM for
- * 2048 x 768 (gs 32) and 11008 x 4096 (gs 64), 0.95x for avx2's 768 x 2048 (gs 64). */
-#define YMM_MIN_T 6
+ * what one 8-token tile of the first version did. With this one's tiles, on the Intel
+ * host (rows read eight side by side, 11008 x 4096, gs 64), 5 tokens are 1.22-1.48x
+ * faster through the GEMM for avx2, 1.13-1.16x avxvnni, 1.44-1.49x avx512vnni; 4 tokens
+ * 0.92-1.30x. */
+#define YMM_MIN_T 5
 
 #define INLINE static inline __attribute__((always_inline))
 
