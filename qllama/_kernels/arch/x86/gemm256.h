@@ -18,15 +18,15 @@
  *   accumulators at minus it. vpdpbusd wraps, so the sum is exact whenever
  *   w . x fits int32, which the engine's group size limit ensures. With one token
  *   vector, alternate pieces go to two sets of accumulators: four chains of vpdpbusd
- *   waited on its latency (8 tokens 1.17-1.28x faster, tools/matmul_bench.c, the Intel
+ *   waited on its latency (8 tokens 1.11-1.28x faster, tools/matmul_ab.sh, the Intel
  *   host, avxvnni and avx512vnni).
  * avx2 packs a block of at most 8 tokens (a batched decode's) in 8-byte pieces instead,
- * [k/8][token][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
+ * [k/8][slot][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
  * 0 1 4 5 and 2 3 6 7, so that vphaddd of their sums gives tokens 0..7 in order). Then
  * one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16 with two
- * vectors: 1.07-1.14x for 8 tokens (one thread, the Intel host, whose vector work is
- * bound by its instruction count). Used for more tokens, its 8-token tiles ran 0.94-0.97x
- * as fast as the two-vector tiles for 9 to 16.
+ * vectors: 1.07-1.27x for 8 tokens (tools/matmul_ab.sh, one thread, the Intel host,
+ * whose vector work is bound by its instruction count). Used for more tokens, its
+ * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16.
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
