@@ -292,6 +292,14 @@ static inline __attribute__((always_inline)) void q80_rows8_gs(
 static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx) {
 #if VNNI
     const __m256i z = _mm256_setzero_si256();
+    if (gs % 32) {  /* groups that are not whole vectors: summed here, not read past */
+        for (ptrdiff_t g = 0; g < ng; g++) {
+            int32_t sum = 0;
+            for (ptrdiff_t k = 0; k < gs; k++) sum += xq[g * gs + k];
+            cx[g] = 128 * sum;
+        }
+        return;
+    }
     for (ptrdiff_t g = 0; g < ng; g++)
         cx[g] = _mm_cvtsi128_si32(sum4(q80_offset_lanes(xq + g * gs, gs), z, z, z));
 #else
