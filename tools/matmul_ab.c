@@ -1,7 +1,9 @@
 /* One kernel variant's Q8_0 matmul from two source trees, A and B, in one process: a
  * block of T tokens through each (activations packed by each tree's own q80_pack),
- * alternating, best of R runs each; the outputs must be the same bits. Built and run by
- * tools/matmul_ab.sh, which compiles each tree's x86.c and renames its table to TA / TB:
+ * alternating, best of R runs each; the outputs must be the same bits. The activations
+ * are prepared as the engine does (qllama_prepare with a buffer: packed for a block, the
+ * rows' shared offsets for one token). Built and run by tools/matmul_ab.sh, which
+ * compiles each tree's x86.c and renames its table to TA / TB:
  *
  *   tools/matmul_ab.sh A_TREE B_TREE VARIANT ROWS COLS GS T [R]
  *   e.g. tools/matmul_ab.sh ../before . avx2 11008 4096 64 8
@@ -32,8 +34,9 @@ int main(int argc, char **argv) {
     }
     ptrdiff_t rows = atol(argv[1]), cols = atol(argv[2]), gs = atol(argv[3]), T = atol(argv[4]);
     int rounds = argc > 5 ? atoi(argv[5]) : 15;
-    if (rows < 1 || cols < 1 || gs < 1 || cols % gs || T < 1 || rounds < 1) {
-        fprintf(stderr, "matmul_ab: ROWS, COLS, T and ROUNDS > 0, GS dividing COLS\n");
+    if (rows < 1 || cols < 1 || T < 1 || rounds < 1 || !qllama_q8_input(cols, gs)) {
+        fprintf(stderr, "matmul_ab: ROWS, COLS, T and ROUNDS > 0, GS dividing COLS and at "
+                        "most %d\n", QLLAMA_Q80_MAX_GROUP);
         return 2;
     }
     int8_t *q = malloc((size_t)(rows * cols));
@@ -55,12 +58,8 @@ int main(int argc, char **argv) {
         qllama_plan_matrix(&p[k], &m, K[k]);
         int8_t *xq = malloc((size_t)(T * cols));
         float *xs = malloc(sizeof(float) * (size_t)(T * cols / gs));
-        qllama_prepare(K[k], &p[k], &a[k], x, T, xq, xs, NULL);
-        if (K[k]->q80_pack && T > 1) {
-            void *packed = malloc(K[k]->q80_packed_bytes(T, cols, gs));
-            K[k]->q80_pack(&a[k], packed);
-            a[k].packed = packed;
-        }
+        size_t nb = qllama_packed_bytes(K[k], T, cols, gs);
+        qllama_prepare(K[k], &p[k], &a[k], x, T, xq, xs, nb ? malloc(nb) : NULL);
         out[k] = malloc(sizeof(float) * (size_t)(T * rows));
     }
     long reps = (long)(4e8 / ((double)rows * (double)cols * (double)T)) + 1;
@@ -74,7 +73,8 @@ int main(int argc, char **argv) {
         }
     double macs = (double)rows * (double)cols * (double)T;
     int same = !memcmp(out[0], out[1], sizeof(float) * (size_t)(T * rows));
-    printf("%s %ld x %ld, gs %ld, T=%ld: A %.4f ms (%.1f GMAC/s)  B %.4f ms (%.1f)  B/A %.3fx  %s\n",
+    printf("%s %ld x %ld, gs %ld, T=%ld: A %.4f ms (%.1f GMAC/s)  B %.4f ms (%.1f)  "
+           "B is %.3fx as fast  %s\n",
            TA.name, (long)rows, (long)cols, (long)gs, (long)T, 1e3 * best[0], macs / best[0] / 1e9,
            1e3 * best[1], macs / best[1] / 1e9, best[0] / best[1],
            same ? "same bits" : "OUTPUTS DIFFER");
