@@ -276,22 +276,16 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
-#if !VNNI
-        if (T <= LANES8) {  /* pack8's layout: one 8-token tile per 4 rows */
-            for (int i = 0; i < 16; i += 4) {
-                ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o);
-                transpose4x8(o, LANES8, bt[0] + i);
-            }
-            for (ptrdiff_t t = 0; t < T; t++)
-                memcpy(out + t * out_stride + r, bt[t], sizeof bt[t]);
-            continue;
-        }
-#endif
         for (ptrdiff_t t0 = 0; t0 < T; t0 += YMM_T) {
             ptrdiff_t tn = T - t0 < YMM_T ? T - t0 : YMM_T;
             for (int i = 0; i < 16; i += 4)
                 for (ptrdiff_t t1 = 0; t1 < tn; t1 += YMM_NT * LANES8) {
                     int nt = tn - t1 > LANES8 ? 2 : 1;
+#if !VNNI
+                    if (T <= LANES8)  /* pack8's layout: the block is this one tile */
+                        ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o);
+                    else
+#endif
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
                     (nt == 2 ? ymm_gemm4x2 : ymm_gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
                                                   px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);
