@@ -24,7 +24,7 @@ from qllama import kernels
 from qllama._kernels.engine import Kernels
 from qllama.conversion.llama2c import quantize_file
 from qllama.errors import UsageError
-from qllama.formats.llama2c import Config, QTensor
+from qllama.formats.llama2c import Q80, Config, QTensor, layout, read_config
 from qllama.model import PREFILL_BLOCK, Model
 from qllama.synth import write_random_model
 
@@ -114,6 +114,14 @@ def gemm_cases():
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
             x[-1] = 4.0
+            cases.append(harness.Q80Case(q, s, x, gs))
+        # a first block of 16 rows without -128, where avx2 takes |x| . sign(x)w for
+        # blocks of up to 8 tokens (gemm256.h), and a second with one
+        q = np.clip(q, -127, 127)
+        q[20, 5] = -128
+        for T in (5, 8):
+            x = rng.normal(size=(T, cols)).astype(np.float32)
+            x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
     # rows of 2048 values or more: avx512vnni takes blocks of 5-15 tokens through the
     # ymm GEMM there (gemm512.h's YMM_MIN_COLS), shorter rows through q80_rows
@@ -250,6 +258,35 @@ def test_whole_model_logits_equal_across_variants(models, key, kv):
             s = m.session(8)
             last = [s.feed([i]) for i in ids[:8]][-1]
             assert np.array_equal(last, ref[7]), (v, "decode")
+
+
+@pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
+@pytest.mark.parametrize("key", ["gs64.q80", "gs32.q80"])
+def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
+    """Blocks of 5 and 8 tokens after 8 cached positions (a batched decode's shape), on
+    the model as quantized (no weight is -128) and with -128 in a few 16-row blocks,
+    which avx2's 8-token GEMM notes on first sight and computes otherwise (gemm256.h):
+    each session's logits equal the scalar variant's, the notes' second use too."""
+    spec = read_config(models[key])
+    poked = tmp_path / "poked.q80.bin"
+    data = bytearray(open(models[key], "rb").read())
+    for e in layout(spec):
+        if e.encoding == Q80 and e.layer in (0, 1):
+            row = 20 if e.name in ("w1", "wq") else 3
+            data[e.offset + row * e.shape[1] + 7] = 0x80  # -128
+    poked.write_bytes(bytes(data))
+    rng = np.random.default_rng(6)
+    for path in (models[key], poked):
+        ids = [int(i) for i in rng.integers(3, 250, 20)]
+        blocks = [[1] + ids[:7], ids[7:15], ids[15:]]
+        s = Model(path, variant="scalar", threads=1).session(32)
+        want = [s.feed(b) for b in blocks]
+        for v in SIMD:
+            m = Model(path, variant=v, threads=2)
+            for _ in range(2):
+                s = m.session(32)
+                got = [s.feed(b) for b in blocks]
+                assert all(np.array_equal(g, w) for g, w in zip(got, want)), (v, str(path))
 
 
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")

@@ -49,6 +49,7 @@ int main(int argc, char **argv) {
     qllama_matrix m = {NULL, q, s, rows, cols, gs};
     const char *rows_env = getenv("QLLAMA_DECODE_ROWS");
     m.decode_rows = rows_env ? atoi(rows_env) : 1;
+    m.row_notes = calloc((size_t)(rows / 16 + 1), 1);  /* as the engine keeps them */
 
     const qllama_kernels *K[2] = {&TA, &TB};
     qllama_plan p[2];

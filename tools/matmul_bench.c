@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
     qllama_matrix m = {NULL, q, s, rows, cols, gs};
     const char *rows_env = getenv("QLLAMA_DECODE_ROWS");
     m.decode_rows = rows_env ? atoi(rows_env) : 1;
+    m.row_notes = calloc((size_t)(rows / 16 + 1), 1);  /* as the engine keeps them */
     qllama_plan p;
     qllama_plan_matrix(&p, &m, K);
     printf("%s, %ld x %ld, gs %ld, one thread, decode rows %d: ms per matmul (GMAC/s)\n",

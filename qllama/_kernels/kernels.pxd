@@ -19,6 +19,7 @@ cdef extern from "kernels.h" nogil:
         int type
         const uint8_t* blocks
         int decode_rows
+        uint8_t* row_notes
 
     ctypedef struct qllama_acts:
         const float* x

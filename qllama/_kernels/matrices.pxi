@@ -21,10 +21,11 @@ cdef struct Layer:
 
 
 cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k,
-                        int decode_rows=1) except *:
+                        int decode_rows=1, uint8_t* row_notes=NULL) except *:
     """A Matrix over a mapped tensor (an fp32 ndarray, a formats.llama2c.QTensor or a
     formats.gguf_types.BlockTensor), checked against its buffers, with the kernel the driver
-    plans for it; decode_rows: kernels.h's qllama_matrix.decode_rows."""
+    plans for it; decode_rows, row_notes: kernels.h's qllama_matrix's (row_notes, for a
+    Q8_0 matrix, zeroed and rows / 16 + 1 bytes long)."""
     cdef Matrix mat
     cdef qllama_matrix m
     cdef const float[::1] w
@@ -64,6 +65,7 @@ cdef Matrix make_matrix(object tensor, Py_ssize_t gs, const qllama_kernels* k,
         m.q = &q[0]
         m.s = &s[0]
         m.gs = gs
+        m.row_notes = row_notes
     m.decode_rows = decode_rows
     qllama_plan_matrix(&mat, &m, k)
     return mat
@@ -84,6 +86,7 @@ cdef struct Net:  # what the forward pass reads of the weights, without the GIL
 cdef class Weights:
     """One mapped checkpoint's tensors and each matrix's kernel, for `variant`."""
     cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
+    cdef list notes    # each Q8_0 matrix's row_notes (kernels.h)
     cdef Net net
     cdef readonly str variant
     cdef readonly int decode_rows
@@ -100,6 +103,7 @@ cdef class Weights:
         c = model.spec
         cdef Net* n = &self.net
         self.model = (model, model.buffer)
+        self.notes = []
         n.dim, n.hidden_dim, n.n_layers = c.dim, c.hidden_dim, c.n_layers
         n.n_heads, n.n_kv_heads, n.vocab_size = c.n_heads, c.n_kv_heads, c.vocab_size
         n.seq_len, n.head_size, n.kv_dim = c.seq_len, c.head_size, c.kv_dim
@@ -145,8 +149,11 @@ cdef class Weights:
         tensor = model.tensor(name, layer)
         if tuple(tensor.shape) != (rows, cols):
             raise ValueError(f"{name} is {tuple(tensor.shape)}, the spec needs {(rows, cols)}")
+        notes = np.zeros(rows // 16 + 1, np.uint8)
+        cdef uint8_t[::1] nv = notes
+        self.notes.append(notes)
         cdef Matrix m = make_matrix(tensor, getattr(tensor, "group_size", 0), self.net.kernels,
-                                    self.decode_rows)
+                                    self.decode_rows, &nv[0])
         if m.q8_input:
             if self.net.group_size and self.net.group_size != m.m.gs:
                 raise ValueError(f"{name}: activation groups of {m.m.gs}, other matrices "

@@ -26,7 +26,10 @@
  * one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16 with two
  * vectors: 1.07-1.27x for 8 tokens (tools/matmul_ab.sh, one thread, the Intel host,
  * whose vector work is bound by its instruction count). Used for more tokens, its
- * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16.
+ * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16. Beside
+ * each piece it packs |x|: rows without -128 take vpmaddubsw(|x|, sign(x)w) and need
+ * no |w| (1.11-1.12x), rows with one the |w| form. Which 16-row blocks hold -128 is
+ * noted on first sight in the matrix's row_notes (rows_clean).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
@@ -52,6 +55,10 @@
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
 static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+#if !VNNI
+    if (T <= LANES8)  /* pack8: x and |x| */
+        return (size_t)(2 * n * LANES8) + 4 * (size_t)(n / gs * LANES8);
+#endif
     return qllama_pack_tokens_bytes(T, n, gs, LANES8);
 }
 
@@ -59,15 +66,20 @@ static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
 /* Slot s of the 8 holds token PAIRED[s] (the order is its own inverse) */
 static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
-/* avx2, T <= 8: [k/8][slot][8] bytes, then the scales [group][token] in token order */
+/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes, then the scales [group][token] in
+ * token order */
 static void pack8(const qllama_acts *x, void *buf) {
     ptrdiff_t T = x->T, n = x->n, gs = x->gs, ng = n / gs;
     uint8_t *b = (uint8_t *)buf;
-    float *s = (float *)(b + n * LANES8);
-    memset(buf, 0, (size_t)(n * LANES8));
+    float *s = (float *)(b + 2 * n * LANES8);
+    memset(buf, 0, (size_t)(2 * n * LANES8));
     for (ptrdiff_t t = 0; t < T; t++)
-        for (ptrdiff_t k8 = 0; k8 < n / 8; k8++)
-            memcpy(b + (k8 * LANES8 + PAIRED[t]) * 8, x->q + t * n + 8 * k8, 8);
+        for (ptrdiff_t k8 = 0; k8 < n / 8; k8++) {
+            uint8_t *p = b + (2 * k8 * LANES8 + PAIRED[t]) * 8;
+            const int8_t *q = x->q + t * n + 8 * k8;
+            memcpy(p, q, 8);
+            for (int i = 0; i < 8; i++) p[LANES8 * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
+        }
     for (ptrdiff_t g = 0; g < ng; g++)
         for (ptrdiff_t t = 0; t < LANES8; t++) s[g * LANES8 + t] = t < T ? x->s[t * ng + g] : 0.0f;
 }
@@ -193,37 +205,57 @@ INLINE __m256i bcast8_8(const int8_t *p) {
     return _mm256_set1_epi64x(v);
 }
 
-/* one row's 8 bytes against both token vectors; the adds are written in place
- * because gcc, left to itself, kept copies of the accumulators and spilled some */
-#define ROW8(r, A0, A1)                                                               \
-    do {                                                                            \
-        __m256i wb = bcast8_8(wg + (r) * n + 8 * k8), aw = _mm256_abs_epi8(wb);     \
-        __m256i p0 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x0, wb));            \
-        __m256i p1 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x1, wb));            \
-        __asm__("vpaddd %1, %0, %0" : "+x"(A0) : "x"(_mm256_madd_epi16(p0, ones))); \
-        __asm__("vpaddd %1, %0, %0" : "+x"(A1) : "x"(_mm256_madd_epi16(p1, ones))); \
+/* One row's 8 bytes against both token vectors: |w| . sign(w)x, or where the rows hold
+ * no -128, |x| . sign(x)w, which spares the |w| (sign(x)w of -128 would be 128). The
+ * adds are written in place because gcc, left to itself, kept copies of the
+ * accumulators and spilled some. */
+#define ROW8(clean, r, A0, A1)                                                         \
+    do {                                                                               \
+        __m256i wb = bcast8_8(wg + (r) * n + 8 * k8), p0, p1;                          \
+        if (clean) {                                                                   \
+            p0 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(wb, x0));                  \
+            p1 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(wb, x1));                  \
+        } else {                                                                       \
+            __m256i aw = _mm256_abs_epi8(wb);                                          \
+            p0 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x0, wb));                   \
+            p1 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x1, wb));                   \
+        }                                                                              \
+        __asm__("vpaddd %1, %0, %0" : "+x"(A0) : "x"(_mm256_madd_epi16(p0, ones)));    \
+        __asm__("vpaddd %1, %0, %0" : "+x"(A1) : "x"(_mm256_madd_epi16(p1, ones)));    \
     } while (0)
 
+/* The 8 token rows' 8 bytes from k8 on: x0, x1, and with `clean` their |x| */
+#define K8_BODY(clean)                                                                 \
+    for (ptrdiff_t k8 = 0; k8 < g8; k8++) {                                            \
+        const uint8_t *xk = xg + k8 * 2 * LANES8 * 8;                                  \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xk);                          \
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xk + 32)), ax0 = x0, ax1 = x1; \
+        if (clean) {                                                                   \
+            ax0 = _mm256_loadu_si256((const __m256i *)(xk + 64));                      \
+            ax1 = _mm256_loadu_si256((const __m256i *)(xk + 96));                      \
+        }                                                                              \
+        ROW8(clean, 0, a00, a01);                                                      \
+        ROW8(clean, 1, a10, a11);                                                      \
+        ROW8(clean, 2, a20, a21);                                                      \
+        ROW8(clean, 3, a30, a31);                                                      \
+    }
+
 /* 4 rows at w (row stride n) x the 8 tokens packed by pack8 at px (scales psx) into
- * o, (row, token). */
+ * o, (row, token); rows_clean says whether the rows hold no -128. */
 static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
-                        const uint8_t *px, const float *psx, float *o) {
+                        const uint8_t *px, const float *psx, float *o, int rows_clean) {
     ptrdiff_t ng = n / gs, g8 = gs / 8;
     const __m256i ones = _mm256_set1_epi16(1);
     memset(o, 0, sizeof(float) * 4 * LANES8);
     for (ptrdiff_t g = 0; g < ng; g++) {
-        const uint8_t *xg = px + g * g8 * LANES8 * 8;
+        const uint8_t *xg = px + g * g8 * 2 * LANES8 * 8;
         const int8_t *wg = w + g * gs;
         __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
         __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        for (ptrdiff_t k8 = 0; k8 < g8; k8++) {
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + k8 * LANES8 * 8));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + k8 * LANES8 * 8 + 32));
-            ROW8(0, a00, a01);
-            ROW8(1, a10, a11);
-            ROW8(2, a20, a21);
-            ROW8(3, a30, a31);
-        }
+        if (rows_clean)  /* two loops, each with its `clean` a constant */
+            K8_BODY(1)
+        else
+            K8_BODY(0)
         __m256i isum[4] = {_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a10, a11),
                            _mm256_hadd_epi32(a20, a21), _mm256_hadd_epi32(a30, a31)};
         __m256 xs = _mm256_loadu_ps(psx + g * LANES8);
@@ -235,7 +267,26 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         }
     }
 }
+#undef K8_BODY
 #undef ROW8
+
+/* Whether rows r..r+15 of m hold no -128 (weights quantized with scale max|w| / 127
+ * never do), noted in m->row_notes (0 not yet known, 1 none, 2 some) on first sight,
+ * or looked at each time without notes: a look before each tile ran 0.83x as fast as
+ * none (tools/matmul_ab.sh). */
+static int rows_clean(const qllama_matrix *m, ptrdiff_t r) {
+    uint8_t *note = m->row_notes ? m->row_notes + r / 16 : NULL;
+    int v = note ? __atomic_load_n(note, __ATOMIC_RELAXED) : 0;
+    if (v == 0) {
+        const int8_t *q = m->q + r * m->cols;
+        __m256i lo = _mm256_set1_epi8(127);
+        for (ptrdiff_t k = 0; k < 16 * m->cols; k += 32)  /* cols is a multiple of 16 */
+            lo = _mm256_min_epi8(lo, _mm256_loadu_si256((const __m256i *)(q + k)));
+        v = _mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, _mm256_set1_epi8(-128))) ? 2 : 1;
+        if (note) __atomic_store_n(note, (uint8_t)v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
+}
 #endif
 
 /* A tile's 4 rows x 8 tokens at o (row stride `stride` floats) into bt (token-major,
@@ -268,7 +319,7 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
         return;
     }
     const uint8_t *px = (const uint8_t *)x->packed;
-    const float *psx = (const float *)(px + n * Tp);
+    const float *psx = (const float *)(px + n * Tp * (!VNNI && T <= LANES8 ? 2 : 1));
     float o[4 * YMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
     float bt[YMM_T][16];           /* YMM_T tokens x 16 rows (padding tokens included) */
     for (ptrdiff_t r = r0; r < r1; r += 16) {
@@ -276,6 +327,9 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
+#if !VNNI
+        int clean = T <= LANES8 && rows_clean(m, r);
+#endif
         for (ptrdiff_t t0 = 0; t0 < T; t0 += YMM_T) {
             ptrdiff_t tn = T - t0 < YMM_T ? T - t0 : YMM_T;
             for (int i = 0; i < 16; i += 4)
@@ -283,7 +337,8 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
                     int nt = tn - t1 > LANES8 ? 2 : 1;
 #if !VNNI
                     if (T <= LANES8)  /* pack8's layout: the block is this one tile */
-                        ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o);
+                        ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o,
+                                    clean);
                     else
 #endif
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
