@@ -154,7 +154,7 @@ size_t qllama_pack_tokens_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs, ptrdiff_
 }
 
 void qllama_pack_tokens(const qllama_acts *x, ptrdiff_t lanes, uint32_t flip, void *buf) {
-    ptrdiff_t T = x->T, Tp = (T + lanes - 1) / lanes * lanes, n = x->n, gs = x->gs, ng = n / gs;
+    ptrdiff_t T = x->T, Tp = (T + lanes - 1) / lanes * lanes, n = x->n;
     uint8_t *b = (uint8_t *)buf;
     float *s = (float *)(b + n * Tp);
     memset(buf, (int)(flip & 0xff), (size_t)(n * Tp));
@@ -165,8 +165,13 @@ void qllama_pack_tokens(const qllama_acts *x, ptrdiff_t lanes, uint32_t flip, vo
             v ^= flip;
             memcpy(b + (k4 * Tp + t) * 4, &v, 4);
         }
+    qllama_pack_scales(x, Tp, s);
+}
+
+void qllama_pack_scales(const qllama_acts *x, ptrdiff_t Tp, float *s) {
+    ptrdiff_t ng = x->n / x->gs;
     for (ptrdiff_t g = 0; g < ng; g++)
-        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < T ? x->s[t * ng + g] : 0.0f;
+        for (ptrdiff_t t = 0; t < Tp; t++) s[g * Tp + t] = t < x->T ? x->s[t * ng + g] : 0.0f;
 }
 
 /* Elements start..start+n-1 of a flattened Q8_0 tensor whose groups may cross rows:

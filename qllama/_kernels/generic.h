@@ -25,5 +25,7 @@ void qllama_block_matmul_ref(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
  * multiple of `lanes` (bytes 0 xor flip, scales 0). */
 size_t qllama_pack_tokens_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs, ptrdiff_t lanes);
 void qllama_pack_tokens(const qllama_acts *x, ptrdiff_t lanes, uint32_t flip, void *buf);
+/* Their scales alone, as [g][t] with Tp tokens a group (those past T zero). */
+void qllama_pack_scales(const qllama_acts *x, ptrdiff_t Tp, float *s);
 
 #endif /* QLLAMA_GENERIC_H */

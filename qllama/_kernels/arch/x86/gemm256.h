@@ -69,7 +69,7 @@ static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 /* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes, then the scales [group][token] in
  * token order */
 static void pack8(const qllama_acts *x, void *buf) {
-    ptrdiff_t T = x->T, n = x->n, gs = x->gs, ng = n / gs;
+    ptrdiff_t T = x->T, n = x->n;
     uint8_t *b = (uint8_t *)buf;
     float *s = (float *)(b + 2 * n * LANES8);
     memset(buf, 0, (size_t)(2 * n * LANES8));
@@ -80,8 +80,7 @@ static void pack8(const qllama_acts *x, void *buf) {
             memcpy(p, q, 8);
             for (int i = 0; i < 8; i++) p[LANES8 * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
         }
-    for (ptrdiff_t g = 0; g < ng; g++)
-        for (ptrdiff_t t = 0; t < LANES8; t++) s[g * LANES8 + t] = t < T ? x->s[t * ng + g] : 0.0f;
+    qllama_pack_scales(x, LANES8, s);
 }
 #endif
 
@@ -119,6 +118,13 @@ INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
     return _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7));
 }
 #endif
+
+/* A group's 8 int32 sums of one row into f: kernels.h's f + (float)isum * (ws * xs) */
+INLINE void scale_add8(float *f, __m256i isum, float ws, __m256 xs) {
+    __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws), xs);
+    __m256 v = _mm256_cvtepi32_ps(isum);
+    _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(v, sc)));
+}
 
 /* 4 rows at w (row stride n) x NT token vectors starting at the packed bytes px and
  * scales psx (row stride Tp) into o, (row, vector, lane). */
@@ -179,12 +185,8 @@ INLINE void ymm_gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t g
         }
         for (int j = 0; j < NT; j++) {
             __m256 xs = _mm256_loadu_ps(psx + g * Tp + LANES8 * j);
-            for (int r = 0; r < 4; r++) {
-                float *f = o + (r * NT + j) * LANES8;
-                __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws[r * ng + g]), xs);
-                __m256 isum = _mm256_cvtepi32_ps(a[r][j]);
-                _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(isum, sc)));
-            }
+            for (int r = 0; r < 4; r++)
+                scale_add8(o + (r * NT + j) * LANES8, a[r][j], ws[r * ng + g], xs);
         }
     }
 }
@@ -259,12 +261,7 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         __m256i isum[4] = {_mm256_hadd_epi32(a00, a01), _mm256_hadd_epi32(a10, a11),
                            _mm256_hadd_epi32(a20, a21), _mm256_hadd_epi32(a30, a31)};
         __m256 xs = _mm256_loadu_ps(psx + g * LANES8);
-        for (int r = 0; r < 4; r++) {
-            float *f = o + r * LANES8;
-            __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws[r * ng + g]), xs);
-            __m256 v = _mm256_cvtepi32_ps(isum[r]);
-            _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(v, sc)));
-        }
+        for (int r = 0; r < 4; r++) scale_add8(o + r * LANES8, isum[r], ws[r * ng + g], xs);
     }
 }
 #undef K8_BODY
