@@ -269,7 +269,7 @@ def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
     each session's logits equal the scalar variant's, the notes' second use too."""
     spec = read_config(models[key])
     poked = tmp_path / "poked.q80.bin"
-    data = bytearray(open(models[key], "rb").read())
+    data = bytearray(models[key].read_bytes())
     for e in layout(spec):
         if e.encoding == Q80 and e.layer in (0, 1):
             row = 20 if e.name in ("w1", "wq") else 3

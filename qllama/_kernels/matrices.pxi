@@ -86,7 +86,7 @@ cdef struct Net:  # what the forward pass reads of the weights, without the GIL
 cdef class Weights:
     """One mapped checkpoint's tensors and each matrix's kernel, for `variant`."""
     cdef object model  # the ModelFile and its buffer: they keep the map (every pointer) alive
-    cdef list notes    # each Q8_0 matrix's row_notes (kernels.h)
+    cdef list notes    # each matrix's row_notes (kernels.h; Q8_0 kernels keep them)
     cdef Net net
     cdef readonly str variant
     cdef readonly int decode_rows
