@@ -94,8 +94,10 @@ typedef struct {
     int decode_rows;        /* one token, x86: 8 reads Q8_0 rows eight side by side
                                (decode.h) and GGUF q8_0 four a pass (blocks.h); any
                                other value one row after another. The same results */
-    uint8_t *row_notes;     /* Q8_0: a byte per 16 rows that kernels may keep about them,
-                               zeroed by the matrix's owner, or NULL (gemm256.h) */
+    uint8_t *row_notes;     /* Q8_0: rows / 16 + 1 bytes, zeroed by the matrix's owner,
+                               that kernels keep about rows 16i..16i+15 (gemm256.h: 1
+                               none is -128, 2 some is), valid while q is unchanged;
+                               or NULL: kernels look each time */
 } qllama_matrix;
 
 typedef struct {

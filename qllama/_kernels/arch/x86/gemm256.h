@@ -21,14 +21,14 @@
  *   waited on its latency (8 tokens 1.11-1.28x faster, tools/matmul_ab.sh, the Intel
  *   host, avxvnni and avx512vnni).
  * avx2 packs a block of at most 8 tokens (a batched decode's) in 8-byte pieces instead,
- * [k/8][slot][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
+ * [k/8][x, then |x|][slot][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
  * 0 1 4 5 and 2 3 6 7, so that vphaddd of their sums gives tokens 0..7 in order). Then
  * one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16 with two
  * vectors: 1.07-1.27x for 8 tokens (tools/matmul_ab.sh, one thread, the Intel host,
  * whose vector work is bound by its instruction count). Used for more tokens, its
  * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16. Beside
  * each piece it packs |x|: rows without -128 take vpmaddubsw(|x|, sign(x)w) and need
- * no |w| (1.11-1.12x), rows with one the |w| form. Which 16-row blocks hold -128 is
+ * no |w| (1.03-1.12x, as above), rows with one the |w| form. Which 16-row blocks hold -128 is
  * noted on first sight in the matrix's row_notes (rows_clean).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
@@ -269,8 +269,8 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 
 /* Whether rows r..r+15 of m hold no -128 (weights quantized with scale max|w| / 127
  * never do), noted in m->row_notes (0 not yet known, 1 none, 2 some) on first sight,
- * or looked at each time without notes: a look before each tile ran 0.83x as fast as
- * none (tools/matmul_ab.sh). */
+ * or looked at each time without notes: a look before each tile ran 0.69-0.83x as
+ * fast as none (tools/matmul_ab.sh). */
 static int rows_clean(const qllama_matrix *m, ptrdiff_t r) {
     uint8_t *note = m->row_notes ? m->row_notes + r / 16 : NULL;
     int v = note ? __atomic_load_n(note, __ATOMIC_RELAXED) : 0;
