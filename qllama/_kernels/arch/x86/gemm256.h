@@ -269,7 +269,7 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 
 /* Whether rows r..r+15 of m hold no -128 (weights quantized with scale max|w| / 127
  * never do), noted in m->row_notes (0 not yet known, 1 none, 2 some) on first sight,
- * or looked at each time without notes: a look before each tile ran 0.69-0.83x as
+ * or looked at each time without notes: a look before each tile ran 0.69-0.84x as
  * fast as none (tools/matmul_ab.sh). */
 static int rows_clean(const qllama_matrix *m, ptrdiff_t r) {
     uint8_t *note = m->row_notes ? m->row_notes + r / 16 : NULL;
