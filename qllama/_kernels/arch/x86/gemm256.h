@@ -21,14 +21,14 @@
  *   waited on its latency (8 tokens 1.11-1.28x faster, tools/matmul_ab.sh, the Intel
  *   host, avxvnni and avx512vnni).
  * avx2 packs a block of at most 8 tokens (a batched decode's) in 8-byte pieces instead,
- * [k/8][x, then |x|][slot][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two ymm (tokens
- * 0 1 4 5 and 2 3 6 7, so that vphaddd of their sums gives tokens 0..7 in order). Then
- * one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16 with two
- * vectors: 1.07-1.27x for 8 tokens (tools/matmul_ab.sh, one thread, the Intel host,
- * whose vector work is bound by its instruction count). Used for more tokens, its
- * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16. Beside
- * each piece it packs |x|: rows without -128 take vpmaddubsw(|x|, sign(x)w) and need
- * no |w| (1.03-1.12x, as above), rows with one the |w| form. Which 16-row blocks hold -128 is
+ * [k/8][x, then |x|][slot][8]: a token's 8 bytes per 64-bit lane, the 8 tokens in two
+ * ymm (tokens 0 1 4 5 and 2 3 6 7, so that vphaddd of their sums gives tokens 0..7 in
+ * order). Then one broadcast and one |w| serve all 8 tokens, as 4-byte pieces serve 16
+ * with two vectors: 1.07-1.27x for 8 tokens (tools/matmul_ab.sh, one thread, the Intel
+ * host, whose vector work is bound by its instruction count). Used for more tokens, its
+ * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16. Beside each
+ * piece it packs |x|: rows without -128 take vpmaddubsw(|x|, sign(x)w) and need no |w|
+ * (1.03-1.12x, as above), rows with one the |w| form. Which 16-row blocks hold -128 is
  * noted on first sight in the matrix's row_notes (rows_clean).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
@@ -54,12 +54,14 @@
 
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
+/* Bytes of a packed block's activations, before their scales: avx2's pack8 holds x
+ * and |x| */
+static inline ptrdiff_t ymm_x_bytes(ptrdiff_t T, ptrdiff_t n) {
+    return n * padded8(T) * (!VNNI && T <= LANES8 ? 2 : 1);
+}
+
 static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-#if !VNNI
-    if (T <= LANES8)  /* pack8: x and |x| */
-        return (size_t)(2 * n * LANES8) + 4 * (size_t)(n / gs * LANES8);
-#endif
-    return qllama_pack_tokens_bytes(T, n, gs, LANES8);
+    return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * padded8(T));
 }
 
 #if !VNNI
@@ -71,8 +73,8 @@ static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 static void pack8(const qllama_acts *x, void *buf) {
     ptrdiff_t T = x->T, n = x->n;
     uint8_t *b = (uint8_t *)buf;
-    float *s = (float *)(b + 2 * n * LANES8);
-    memset(buf, 0, (size_t)(2 * n * LANES8));
+    float *s = (float *)(b + ymm_x_bytes(T, n));
+    memset(buf, 0, (size_t)ymm_x_bytes(T, n));
     for (ptrdiff_t t = 0; t < T; t++)
         for (ptrdiff_t k8 = 0; k8 < n / 8; k8++) {
             uint8_t *p = b + (2 * k8 * LANES8 + PAIRED[t]) * 8;
@@ -316,7 +318,7 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
         return;
     }
     const uint8_t *px = (const uint8_t *)x->packed;
-    const float *psx = (const float *)(px + n * Tp * (!VNNI && T <= LANES8 ? 2 : 1));
+    const float *psx = (const float *)(px + ymm_x_bytes(T, n));
     float o[4 * YMM_NT * LANES8];  /* one 4-row tile: (row, token vector, lane) */
     float bt[YMM_T][16];           /* YMM_T tokens x 16 rows (padding tokens included) */
     for (ptrdiff_t r = r0; r < r1; r += 16) {
