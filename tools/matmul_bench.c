@@ -65,10 +65,12 @@ int main(int argc, char **argv) {
         int8_t *xq = malloc((size_t)(T * cols));
         float *xs = malloc(sizeof(float) * (size_t)(T * cols / gs));
         for (ptrdiff_t i = 0; i < T * cols; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-        void *packed = malloc(K->q80_packed_bytes(T, cols, gs));
+        /* 0 bytes where the GEMM does not take T tokens: both columns run token by token */
+        size_t nb = K->q80_packed_bytes(T, cols, gs);
+        void *packed = nb ? malloc(nb) : NULL;
         qllama_acts acts;
         qllama_prepare(K, &p, &acts, x, T, xq, xs, NULL);
-        K->q80_pack(&acts, packed);  /* for T = 1 too, which the engine leaves unpacked */
+        if (packed) K->q80_pack(&acts, packed);
         /* the two alternate, so that both see the same machine; best of 7 each */
         long reps = (long)(2e8 / ((double)rows * (double)cols * (double)T)) + 1;
         double one = 1e30, gemm = 1e30;

@@ -29,18 +29,22 @@ void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_ker
     }
 }
 
-/* Whether k packs a block of T rows of n values (groups of gs) for its Q8_0 GEMM. */
+/* Whether k packs a block of T rows of n values (groups of gs) for its Q8_0 GEMM: not
+ * for blocks its GEMM leaves to the one-token kernel (their packed bytes are 0). */
 static int gemm_packs(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return T >= 2 && k->q80_packed_bytes && qllama_q8_input(n, gs);
+    return T >= 2 && k->q80_packed_bytes && qllama_q8_input(n, gs) &&
+           k->q80_packed_bytes(T, n, gs) > 0;
 }
 
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     size_t shared = k->block_shared_bytes ? k->block_shared_bytes(n) : 0;
     if (k->q80_share && qllama_q8_input(n, gs) && (size_t)(n / gs) * 4 > shared)
         shared = (size_t)(n / gs) * 4;
-    if (!gemm_packs(k, T, n, gs)) return shared;
-    size_t packed = k->q80_packed_bytes(T, n, gs);
-    return packed > shared ? packed : shared;
+    /* every block size up to T: a variant's GEMMs start at different sizes and rules */
+    for (ptrdiff_t t = 2; t <= T; t++)
+        if (gemm_packs(k, t, n, gs) && k->q80_packed_bytes(t, n, gs) > shared)
+            shared = k->q80_packed_bytes(t, n, gs);
+    return shared;
 }
 
 void qllama_acts_init(qllama_acts *a, const qllama_plan *p, const float *x, ptrdiff_t T,

@@ -497,8 +497,12 @@ static void bf16_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, cons
 
 static inline ptrdiff_t padded(ptrdiff_t T) { return (T + LANES - 1) / LANES * LANES; }
 
+/* Whether the GEMM takes a block: the one rule for packing and for q80_matmul */
+static inline int gemm_takes(ptrdiff_t T, ptrdiff_t gs) { return T >= GEMM_MIN_T && gs % 16 == 0; }
+
+/* 0 where the GEMM does not take the block: the driver then packs nothing */
 static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return qllama_pack_tokens_bytes(T, n, gs, LANES);
+    return gemm_takes(T, gs) ? qllama_pack_tokens_bytes(T, n, gs, LANES) : 0;
 }
 
 /* bytes [k/4][t][4] as s8, then float scales [g][t]; padding tokens 0 (generic.c) */
@@ -564,7 +568,7 @@ static void gemm4x3(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < GEMM_MIN_T || x->packed == NULL || gs % 16) {
+    if (!gemm_takes(T, gs) || x->packed == NULL) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }

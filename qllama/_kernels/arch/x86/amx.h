@@ -78,6 +78,12 @@ static void tile_release(void) { _tile_release(); }
 #define TILE_ZERO(t) _tile_zero(t)
 #endif
 
+/* The GEMM takes groups of 32 or 64 bytes; other blocks go through q80_rows unpacked */
+static inline int amx_takes(ptrdiff_t gs) { return gs % 32 == 0; }
+static size_t amx_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return amx_takes(gs) ? packed_bytes(T, n, gs) : 0;
+}
+
 /* tdpbssd's sides are both signed: the activations as they are */
 static void amx_pack(const qllama_acts *x, void *buf) { pack_tokens(x, buf, 0); }
 
@@ -186,7 +192,7 @@ static inline void amx_store16(const float *a, ptrdiff_t as, float *out, ptrdiff
 static void amx_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1,
                            const qllama_acts *x, float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < 2 || x->packed == NULL || gs % 32) {
+    if (T < 2 || x->packed == NULL || !amx_takes(gs)) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }

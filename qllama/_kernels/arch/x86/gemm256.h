@@ -60,7 +60,13 @@ static inline ptrdiff_t ymm_x_bytes(ptrdiff_t T, ptrdiff_t n) {
     return n * padded8(T) * (!VNNI && T <= LANES8 ? 2 : 1);
 }
 
+/* Whether the GEMM takes a block of T tokens in groups of gs: the one rule for packing
+ * and for the kernel */
+static inline int ymm_takes(ptrdiff_t T, ptrdiff_t gs) { return T >= YMM_MIN_T && gs % 16 == 0; }
+
+/* 0 where the GEMM does not take the block: the driver then packs nothing */
 static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    if (!ymm_takes(T, gs)) return 0;
     return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * padded8(T));
 }
 
@@ -313,7 +319,7 @@ INLINE void transpose4x8(const float *o, ptrdiff_t stride, float *bt) {
 static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded8(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < YMM_MIN_T || x->packed == NULL || gs % 16) {
+    if (!ymm_takes(T, gs) || x->packed == NULL) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }

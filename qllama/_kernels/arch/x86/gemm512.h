@@ -49,10 +49,11 @@ static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
 #define YMM_MIN_COLS 2048
 
 /* the GEMM's unsigned side: x + 128 */
-/* The layout of the GEMM that will take the block: 16 lanes here, 8 in gemm256.h */
+/* The layout of the GEMM that will take the block: 16 lanes here, 8 in gemm256.h; 0
+ * where neither does (q80_matmul's rule) */
 static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    size_t a = packed_bytes(T, n, gs), b = ymm_packed_bytes(T, n, gs);
-    return a > b ? a : b;
+    if (T >= GEMM_MIN_T) return gs % 32 ? 0 : packed_bytes(T, n, gs);
+    return n >= YMM_MIN_COLS ? ymm_packed_bytes(T, n, gs) : 0;
 }
 static void q80_pack(const qllama_acts *x, void *buf) {
     if (x->T >= GEMM_MIN_T)

@@ -133,7 +133,7 @@ static inline __attribute__((always_inline)) __m256i dot_us(__m256i u, __m256i s
 #if AMX
 #include "amx.h"
 #define Q80_MATMUL amx_q80_matmul
-#define Q80_PACKED_BYTES packed_bytes
+#define Q80_PACKED_BYTES amx_packed_bytes
 #define Q80_PACK amx_pack
 #define ROW_BLOCK AMX_ROWS
 #elif GEMM  /* zmm for 16 tokens or more, ymm below */
