@@ -110,16 +110,16 @@ def gemm_cases():
         q[3] = -128
         q[20, : cols // 2] = -128
         s = rng.uniform(0.01, 2, 37 * cols // gs).astype(np.float32)
-        for T in (2, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64, 65, 81, 129):
+        for T in (2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33, 64, 65, 81, 129):
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)  # all +-127 once quantized
             x[-1] = 4.0
             cases.append(harness.Q80Case(q, s, x, gs))
         # a first block of 16 rows without -128, where avx2 takes |x| . sign(x)w for
-        # blocks of up to 8 tokens (gemm256.h), and a second with one
+        # blocks of up to 8 tokens (gemm256.h; 4 slots up to 4), and a second with one
         q = np.clip(q, -127, 127)
         q[20, 5] = -128
-        for T in (5, 8):
+        for T in (3, 4, 5, 8):
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
@@ -130,7 +130,7 @@ def gemm_cases():
         q = rng.integers(-128, 128, (21, cols), dtype=np.int8)
         q[2] = -128
         s = rng.uniform(0.01, 2, 21 * cols // gs).astype(np.float32)
-        for T in (5, 6, 8, 15, 16):
+        for T in (3, 4, 5, 6, 8, 15, 16):
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
@@ -263,10 +263,11 @@ def test_whole_model_logits_equal_across_variants(models, key, kv):
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
 @pytest.mark.parametrize("key", ["gs64.q80", "gs32.q80"])
 def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
-    """Blocks of 5 and 8 tokens after 8 cached positions (a batched decode's shape), on
-    the model as quantized (no weight is -128) and with -128 in a few 16-row blocks,
-    which avx2's 8-token GEMM notes on first sight and computes otherwise (gemm256.h):
-    each session's logits equal the scalar variant's, the notes' second use too."""
+    """Blocks of 8, 5, 4 and 3 tokens after 8 cached positions (a batched decode's
+    shapes), on the model as quantized (no weight is -128) and with -128 in a few 16-row
+    blocks, which avx2's GEMM for up to 8 tokens notes on first sight and computes
+    otherwise (gemm256.h): each session's logits equal the scalar variant's, the
+    notes' second use too."""
     spec = read_config(models[key])
     poked = tmp_path / "poked.q80.bin"
     data = bytearray(models[key].read_bytes())
@@ -277,8 +278,8 @@ def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
     poked.write_bytes(bytes(data))
     rng = np.random.default_rng(6)
     for path in (models[key], poked):
-        ids = [int(i) for i in rng.integers(3, 250, 20)]
-        blocks = [[1] + ids[:7], ids[7:15], ids[15:]]
+        ids = [int(i) for i in rng.integers(3, 250, 27)]
+        blocks = [[1] + ids[:7], ids[7:15], ids[15:20], ids[20:24], ids[24:]]
         s = Model(path, variant="scalar", threads=1).session(32)
         want = [s.feed(b) for b in blocks]
         for v in SIMD:

@@ -29,7 +29,9 @@
  * 8-token tiles ran 0.94-0.97x as fast as the two-vector tiles for 9 to 16. Beside each
  * piece it packs |x|: rows without -128 take vpmaddubsw(|x|, sign(x)w) and need no |w|
  * (1.03-1.12x, as above), rows with one the |w| form. Which 16-row blocks hold -128 is
- * noted on first sight in the matrix's row_notes (rows_clean).
+ * noted on first sight in the matrix's row_notes (rows_clean). Up to 4 tokens take 4
+ * slots (tokens 0 1 | 2 3), one vector a piece: half the 8-token tile's work, where
+ * 8 slots made 3 or 4 tokens cost 8.
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
@@ -42,22 +44,24 @@
 #define LANES8 8      /* tokens per ymm */
 #define YMM_NT 2     /* token vectors per tile */
 #define YMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
-/* Fewer tokens go through q80_rows (same results): a tile costs the same for 1 to 8
- * tokens. On a Zen 4, one thread (tools/matmul_bench.c), 5 tokens token by token cost
- * what one 8-token tile of the first version did. With this one's tiles, on the Intel
- * host (rows read eight side by side, 11008 x 4096, gs 64), 5 tokens are 1.22-1.48x
- * faster through the GEMM for avx2, 1.13-1.16x avxvnni, 1.44-1.49x avx512vnni; 4 tokens
- * 0.92-1.30x. */
-#define YMM_MIN_T 5
+/* Fewer tokens go through q80_rows (same results). VNNI's tile costs the same for 1 to
+ * 8 tokens, avx2's for 1 to 4 and for 5 to 8. The Intel host, a 7B forward pass at 2
+ * threads (tools/block_cost.py, each threshold's builds alternated), GEMM against
+ * q80_rows: avx2 (4 slots) 2 tokens 0.97-1.11x, 3 1.44-1.56x, 4 1.84-1.85x; avxvnni 3
+ * tokens 0.90-1.15x, 4 1.04-1.29x; avx512vnni 2 tokens 0.71-0.91x, 3 0.85-0.98x. */
+#define YMM_MIN_T (!VNNI ? 3 : 4)
 
 #define INLINE static inline __attribute__((always_inline))
 
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
+/* Token slots of a packed block: avx2's pack8 has 4 for up to 4 tokens */
+static inline ptrdiff_t ymm_slots(ptrdiff_t T) { return !VNNI && T <= 4 ? 4 : padded8(T); }
+
 /* Bytes of a packed block's activations, before their scales: avx2's pack8 holds x
  * and |x| */
 static inline ptrdiff_t ymm_x_bytes(ptrdiff_t T, ptrdiff_t n) {
-    return n * padded8(T) * (!VNNI && T <= LANES8 ? 2 : 1);
+    return n * ymm_slots(T) * (!VNNI && T <= LANES8 ? 2 : 1);
 }
 
 /* Whether the GEMM takes a block of T tokens in groups of gs: the one rule for packing
@@ -67,28 +71,28 @@ static inline int ymm_takes(ptrdiff_t T, ptrdiff_t gs) { return T >= YMM_MIN_T &
 /* 0 where the GEMM does not take the block: the driver then packs nothing */
 static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     if (!ymm_takes(T, gs)) return 0;
-    return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * padded8(T));
+    return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * ymm_slots(T));
 }
 
 #if !VNNI
-/* Slot s of the 8 holds token PAIRED[s] (the order is its own inverse) */
+/* Of 8 slots, slot s holds token PAIRED[s] (the order is its own inverse); of 4, token s */
 static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
-/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes, then the scales [group][token] in
- * token order */
+/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes in S = ymm_slots(T) slots, then the
+ * scales [group][token] in token order, S a group */
 static void pack8(const qllama_acts *x, void *buf) {
-    ptrdiff_t T = x->T, n = x->n;
+    ptrdiff_t T = x->T, n = x->n, S = ymm_slots(T);
     uint8_t *b = (uint8_t *)buf;
     float *s = (float *)(b + ymm_x_bytes(T, n));
     memset(buf, 0, (size_t)ymm_x_bytes(T, n));
     for (ptrdiff_t t = 0; t < T; t++)
         for (ptrdiff_t k8 = 0; k8 < n / 8; k8++) {
-            uint8_t *p = b + (2 * k8 * LANES8 + PAIRED[t]) * 8;
+            uint8_t *p = b + (2 * k8 * S + (S == LANES8 ? PAIRED[t] : t)) * 8;
             const int8_t *q = x->q + t * n + 8 * k8;
             memcpy(p, q, 8);
-            for (int i = 0; i < 8; i++) p[LANES8 * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
+            for (int i = 0; i < 8; i++) p[S * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
         }
-    qllama_pack_scales(x, LANES8, s);
+    qllama_pack_scales(x, S, s);
 }
 #endif
 
@@ -272,6 +276,70 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         for (int r = 0; r < 4; r++) scale_add8(o + r * LANES8, isum[r], ws[r * ng + g], xs);
     }
 }
+
+/* The same for up to 4 tokens, packed in 4 slots: one vector (x0, tokens 0 1 | 2 3)
+ * per 8-byte piece, half the 8-token tile's work. */
+#define ROW4(clean, r, A)                                                              \
+    do {                                                                               \
+        __m256i wb = bcast8_8(wg + (r) * n + 8 * k8);                                  \
+        __m256i p = clean ? _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(wb, x0))        \
+                          : _mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x0, wb)); \
+        __asm__("vpaddd %1, %0, %0" : "+x"(A) : "x"(_mm256_madd_epi16(p, ones)));      \
+    } while (0)
+
+#define K4_BODY(clean)                                                                 \
+    for (ptrdiff_t k8 = 0; k8 < g8; k8++) {                                            \
+        const uint8_t *xk = xg + k8 * 2 * 4 * 8;                                       \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xk), ax0 = x0;                \
+        if (clean) ax0 = _mm256_loadu_si256((const __m256i *)(xk + 32));               \
+        ROW4(clean, 0, a0);                                                            \
+        ROW4(clean, 1, a1);                                                            \
+        ROW4(clean, 2, a2);                                                            \
+        ROW4(clean, 3, a3);                                                            \
+    }
+
+/* 4 rows at w x the up to 4 tokens pack8 packed in 4 slots, into o (row, token; 8
+ * floats a row, tokens 4..7 zero). Each group's sums of rows (0, 1) and (2, 3) come
+ * out of vphaddd as [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3], and are scaled and
+ * added in that order (the same operations, lane by lane, as scale_add8). */
+static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                        const uint8_t *px, const float *psx, float *o, int rows_clean) {
+    ptrdiff_t ng = n / gs, g8 = gs / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i xs_order = _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3);
+    const __m256i w01 = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
+    const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
+    __m256 f01 = _mm256_setzero_ps(), f23 = f01;
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        const uint8_t *xg = px + g * g8 * 2 * 4 * 8;
+        const int8_t *wg = w + g * gs;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        if (rows_clean)
+            K4_BODY(1)
+        else
+            K4_BODY(0)
+        __m256 xs = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(_mm_loadu_ps(psx + g * 4)), xs_order);
+        __m256 wv = _mm256_castps128_ps256(
+            _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
+        __m256 sc01 = _mm256_mul_ps(_mm256_permutevar8x32_ps(wv, w01), xs);
+        __m256 sc23 = _mm256_mul_ps(_mm256_permutevar8x32_ps(wv, w23), xs);
+        f01 = _mm256_add_ps(f01, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(a0, a1)), sc01));
+        f23 = _mm256_add_ps(f23, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(a2, a3)), sc23));
+    }
+    /* [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] to rows: r0 t0..t3 | r1 t0..t3 */
+    const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    f01 = _mm256_permutevar8x32_ps(f01, rows);
+    f23 = _mm256_permutevar8x32_ps(f23, rows);
+    const __m128 z = _mm_setzero_ps();
+    _mm_storeu_ps(o + 0 * LANES8, _mm256_castps256_ps128(f01));
+    _mm_storeu_ps(o + 1 * LANES8, _mm256_extractf128_ps(f01, 1));
+    _mm_storeu_ps(o + 2 * LANES8, _mm256_castps256_ps128(f23));
+    _mm_storeu_ps(o + 3 * LANES8, _mm256_extractf128_ps(f23, 1));
+    for (int r = 0; r < 4; r++) _mm_storeu_ps(o + r * LANES8 + 4, z);
+}
+#undef K4_BODY
+#undef ROW4
 #undef K8_BODY
 #undef ROW8
 
@@ -342,8 +410,8 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
                     int nt = tn - t1 > LANES8 ? 2 : 1;
 #if !VNNI
                     if (T <= LANES8)  /* pack8's layout: the block is this one tile */
-                        ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o,
-                                    clean);
+                        (T <= 4 ? ymm_gemm4x4 : ymm_gemm4x8)(m->q + (r + i) * n, m->s + (r + i) * ng,
+                                                             n, gs, px, psx, o, clean);
                     else
 #endif
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
