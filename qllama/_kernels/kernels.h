@@ -128,8 +128,8 @@ typedef struct {
     qllama_matmul_fn block_matmul[QLLAMA_N_TYPES];
     /* Bytes of the packed layout of T quantized rows of n values (0 where the GEMM
      * would not take them), and the packing itself (q, s of x into buf; x->packed is
-     * set by the caller); both NULL in a variant that does not pack. Packing happens once per matmul input, before the
-     * rows are dealt out to threads. */
+     * set by the caller); both NULL in a variant that does not pack. Packing happens
+     * once per matmul input, before the rows are dealt out to threads. */
     size_t (*q80_packed_bytes)(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs);
     void (*q80_pack)(const qllama_acts *x, void *buf);
     /* For one token of n quantized activations (T == 1), what every row of a block
