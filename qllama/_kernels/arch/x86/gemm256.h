@@ -55,8 +55,10 @@
 
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
-/* Token slots of a packed block: avx2's pack8 has 4 for up to 4 tokens */
-static inline ptrdiff_t ymm_slots(ptrdiff_t T) { return !VNNI && T <= 4 ? 4 : padded8(T); }
+#define SLOTS4 4  /* avx2's pack8 slots for blocks of up to 4 tokens */
+
+/* Token slots of a packed block */
+static inline ptrdiff_t ymm_slots(ptrdiff_t T) { return !VNNI && T <= SLOTS4 ? SLOTS4 : padded8(T); }
 
 /* Bytes of a packed block's activations, before their scales: avx2's pack8 holds x
  * and |x| */
@@ -131,11 +133,14 @@ INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
 }
 #endif
 
-/* A group's 8 int32 sums of one row into f: kernels.h's f + (float)isum * (ws * xs) */
+/* kernels.h's step at a group's end, lane by lane: f + (float)isum * (ws * xs) */
+INLINE __m256 scale_add(__m256 f, __m256i isum, __m256 ws, __m256 xs) {
+    return _mm256_add_ps(f, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(ws, xs)));
+}
+
+/* A group's 8 int32 sums of one row (scale ws) into f */
 INLINE void scale_add8(float *f, __m256i isum, float ws, __m256 xs) {
-    __m256 sc = _mm256_mul_ps(_mm256_set1_ps(ws), xs);
-    __m256 v = _mm256_cvtepi32_ps(isum);
-    _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(v, sc)));
+    _mm256_storeu_ps(f, scale_add(_mm256_loadu_ps(f), isum, _mm256_set1_ps(ws), xs));
 }
 
 /* 4 rows at w (row stride n) x NT token vectors starting at the packed bytes px and
@@ -289,7 +294,7 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 
 #define K4_BODY(clean)                                                                 \
     for (ptrdiff_t k8 = 0; k8 < g8; k8++) {                                            \
-        const uint8_t *xk = xg + k8 * 2 * 4 * 8;                                       \
+        const uint8_t *xk = xg + k8 * 2 * SLOTS4 * 8;                                  \
         __m256i x0 = _mm256_loadu_si256((const __m256i *)xk), ax0 = x0;                \
         if (clean) ax0 = _mm256_loadu_si256((const __m256i *)(xk + 32));               \
         ROW4(clean, 0, a0);                                                            \
@@ -301,7 +306,7 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 /* 4 rows at w x the up to 4 tokens pack8 packed in 4 slots, into o (row, token; 8
  * floats a row, tokens 4..7 zero). Each group's sums of rows (0, 1) and (2, 3) come
  * out of vphaddd as [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3], and are scaled and
- * added in that order (the same operations, lane by lane, as scale_add8). */
+ * added (scale_add) in that order. */
 static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                         const uint8_t *px, const float *psx, float *o, int rows_clean) {
     ptrdiff_t ng = n / gs, g8 = gs / 8;
@@ -311,7 +316,7 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
     __m256 f01 = _mm256_setzero_ps(), f23 = f01;
     for (ptrdiff_t g = 0; g < ng; g++) {
-        const uint8_t *xg = px + g * g8 * 2 * 4 * 8;
+        const uint8_t *xg = px + g * g8 * 2 * SLOTS4 * 8;
         const int8_t *wg = w + g * gs;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         if (rows_clean)
@@ -319,13 +324,11 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         else
             K4_BODY(0)
         __m256 xs = _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(_mm_loadu_ps(psx + g * 4)), xs_order);
+            _mm256_castps128_ps256(_mm_loadu_ps(psx + g * SLOTS4)), xs_order);
         __m256 wv = _mm256_castps128_ps256(
             _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
-        __m256 sc01 = _mm256_mul_ps(_mm256_permutevar8x32_ps(wv, w01), xs);
-        __m256 sc23 = _mm256_mul_ps(_mm256_permutevar8x32_ps(wv, w23), xs);
-        f01 = _mm256_add_ps(f01, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(a0, a1)), sc01));
-        f23 = _mm256_add_ps(f23, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(a2, a3)), sc23));
+        f01 = scale_add(f01, _mm256_hadd_epi32(a0, a1), _mm256_permutevar8x32_ps(wv, w01), xs);
+        f23 = scale_add(f23, _mm256_hadd_epi32(a2, a3), _mm256_permutevar8x32_ps(wv, w23), xs);
     }
     /* [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] to rows: r0 t0..t3 | r1 t0..t3 */
     const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
@@ -410,7 +413,7 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
                     int nt = tn - t1 > LANES8 ? 2 : 1;
 #if !VNNI
                     if (T <= LANES8)  /* pack8's layout: the block is this one tile */
-                        (T <= 4 ? ymm_gemm4x4 : ymm_gemm4x8)(m->q + (r + i) * n, m->s + (r + i) * ng,
+                        (T <= SLOTS4 ? ymm_gemm4x4 : ymm_gemm4x8)(m->q + (r + i) * n, m->s + (r + i) * ng,
                                                              n, gs, px, psx, o, clean);
                     else
 #endif
