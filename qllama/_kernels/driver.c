@@ -29,11 +29,11 @@ void qllama_plan_matrix(qllama_plan *p, const qllama_matrix *m, const qllama_ker
     }
 }
 
-/* Whether k packs a block of T rows of n values (groups of gs) for its Q8_0 GEMM: not
- * for blocks its GEMM leaves to the one-token kernel (their packed bytes are 0). */
-static int gemm_packs(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    return T >= 2 && k->q80_packed_bytes && qllama_q8_input(n, gs) &&
-           k->q80_packed_bytes(T, n, gs) > 0;
+/* Bytes k packs a block of T rows of n values (groups of gs) in for its Q8_0 GEMM; 0
+ * where it packs none (its GEMM leaves the block to the one-token kernel). */
+static size_t gemm_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    return T >= 2 && k->q80_packed_bytes && qllama_q8_input(n, gs) ? k->q80_packed_bytes(T, n, gs)
+                                                                   : 0;
 }
 
 size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
@@ -41,9 +41,10 @@ size_t qllama_packed_bytes(const qllama_kernels *k, ptrdiff_t T, ptrdiff_t n, pt
     if (k->q80_share && qllama_q8_input(n, gs) && (size_t)(n / gs) * 4 > shared)
         shared = (size_t)(n / gs) * 4;
     /* every block size up to T: a variant's GEMMs start at different sizes and rules */
-    for (ptrdiff_t t = 2; t <= T; t++)
-        if (gemm_packs(k, t, n, gs) && k->q80_packed_bytes(t, n, gs) > shared)
-            shared = k->q80_packed_bytes(t, n, gs);
+    for (ptrdiff_t t = 2; t <= T; t++) {
+        size_t packed = gemm_bytes(k, t, n, gs);
+        if (packed > shared) shared = packed;
+    }
     return shared;
 }
 
@@ -77,7 +78,7 @@ void qllama_acts_pack(const qllama_kernels *k, qllama_acts *a, void *buf) {
         if (share) a->shared = share(a, buf);
         return;
     }
-    if (a->type > QLLAMA_Q80 || !gemm_packs(k, a->T, a->n, a->gs)) return;
+    if (a->type > QLLAMA_Q80 || gemm_bytes(k, a->T, a->n, a->gs) == 0) return;
     k->q80_pack(a, buf);
     a->packed = buf;
 }

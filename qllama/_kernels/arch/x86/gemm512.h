@@ -48,13 +48,22 @@ static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
  * forward pass of 8 tokens 665 / 498. */
 #define YMM_MIN_COLS 2048
 
-/* the GEMM's unsigned side: x + 128 */
-/* The layout of the GEMM that will take the block: 16 lanes here, 8 in gemm256.h; 0
- * where neither does (q80_matmul's rule) */
-static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
-    if (T >= GEMM_MIN_T) return gs % 32 ? 0 : packed_bytes(T, n, gs);
-    return n >= YMM_MIN_COLS ? ymm_packed_bytes(T, n, gs) : 0;
+/* The GEMM that takes a block: this one (zmm), gemm256.h's (ymm) or neither (q80_rows);
+ * the one rule for packing and for q80_matmul */
+enum { NO_GEMM, YMM_GEMM, ZMM_GEMM };
+static inline int gemm_for(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    if (T >= GEMM_MIN_T) return gs % 32 ? NO_GEMM : ZMM_GEMM;
+    return n >= YMM_MIN_COLS && ymm_takes(T, gs) ? YMM_GEMM : NO_GEMM;
 }
+
+/* The layout of that GEMM: 16 lanes here, 8 in gemm256.h; 0 for neither */
+static size_t q80_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
+    int gemm = gemm_for(T, n, gs);
+    return gemm == ZMM_GEMM ? packed_bytes(T, n, gs)
+           : gemm == YMM_GEMM ? ymm_packed_bytes(T, n, gs) : 0;
+}
+
+/* the GEMM's unsigned side: x + 128 */
 static void q80_pack(const qllama_acts *x, void *buf) {
     if (x->T >= GEMM_MIN_T)
         pack_tokens(x, buf, 0x80808080u);
@@ -127,11 +136,12 @@ GEMM_KERNEL(2)
 static void q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const qllama_acts *x,
                        float *out, ptrdiff_t out_stride) {
     ptrdiff_t T = x->T, Tp = padded(T), n = m->cols, gs = m->gs, ng = n / gs;
-    if (T < GEMM_MIN_T) {  /* packed for the ymm GEMM by q80_pack */
-        (n >= YMM_MIN_COLS ? ymm_q80_matmul : q80_rows)(m, r0, r1, x, out, out_stride);
+    int gemm = gemm_for(T, n, gs);
+    if (gemm == YMM_GEMM) {  /* packed for it by q80_pack */
+        ymm_q80_matmul(m, r0, r1, x, out, out_stride);
         return;
     }
-    if (x->packed == NULL || gs % 32) {
+    if (gemm == NO_GEMM || x->packed == NULL) {
         q80_rows(m, r0, r1, x, out, out_stride);
         return;
     }
