@@ -173,8 +173,8 @@ INLINE void ymm_gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t g
                 __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + k4 * Tp * 4));
                 __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + (k4 + 1) * Tp * 4));
                 for (int r = 0; r < 4; r++) {
-                    a[r][0] = DPBUSD(a[r][0], x0, bcast4_8(wg + r * n + 4 * k4));
-                    b[r] = DPBUSD(b[r], x1, bcast4_8(wg + r * n + 4 * k4 + 4));
+                    DPBUSD_IN(a[r][0], x0, bcast4_8(wg + r * n + 4 * k4));
+                    DPBUSD_IN(b[r], x1, bcast4_8(wg + r * n + 4 * k4 + 4));
                 }
             }
             for (int r = 0; r < 4; r++) a[r][0] = _mm256_add_epi32(a[r][0], b[r]);
@@ -187,7 +187,7 @@ INLINE void ymm_gemm4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t g
             for (int r = 0; r < 4; r++) {
                 __m256i wb = bcast4_8(wg + r * n + 4 * k4);
 #if VNNI
-                for (int j = 0; j < NT; j++) a[r][j] = DPBUSD(a[r][j], xv[j], wb);
+                for (int j = 0; j < NT; j++) DPBUSD_IN(a[r][j], xv[j], wb);
 #else
                 __m256i aw = _mm256_abs_epi8(wb);
                 for (int j = 0; j < NT; j++) {

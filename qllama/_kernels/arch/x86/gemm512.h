@@ -98,7 +98,7 @@ static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
                 xv[j] = _mm512_loadu_si512((const void *)(xg + (k4 * Tp + 16 * j) * 4));   \
             for (int r = 0; r < 4; r++) {                                                   \
                 __m512i wb = bcast4(wg + r * n + 4 * k4);                                   \
-                for (int j = 0; j < NT; j++) a[r][j] = _mm512_dpbusd_epi32(a[r][j], xv[j], wb); \
+                for (int j = 0; j < NT; j++) DPBUSD512_IN(a[r][j], xv[j], wb);                 \
             }                                                                               \
         }                                                                                   \
         /* 128 * sum(w) of each row's group, exact: the offset the u8 side added */        \

@@ -65,6 +65,22 @@
 #else
 #define VNNI 0
 #endif
+#if VNNI
+/* acc = DPBUSD(acc, u, s) in place, for the GEMMs' tiles. Given the intrinsic in a
+ * loop of several accumulators, gcc 12 copied each one to another register and back
+ * on every pass (a move per vpdpbusd); the asm keeps acc where it is. One matrix
+ * (11008 x 4096, gs 64, one thread, tools/matmul_ab.sh, the Intel host), 8 to 64
+ * tokens: avxvnni 1.14-1.40x, avx512vnni 1.05-1.30x, the same bits. */
+#if defined(QLLAMA_SIMDE)
+#define DPBUSD_IN(acc, u, s) ((acc) = DPBUSD((acc), (u), (s)))
+#define DPBUSD512_IN(acc, u, s) ((acc) = _mm512_dpbusd_epi32((acc), (u), (s)))
+#elif AVX512 || defined(QLLAMA_VNNI_EVEX)
+#define DPBUSD_IN(acc, u, s) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
+#define DPBUSD512_IN DPBUSD_IN  /* the registers give the width */
+#else
+#define DPBUSD_IN(acc, u, s) __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s))
+#endif
+#endif
 #if AVX512 && (defined(__AMX_INT8__) || defined(QLLAMA_AMX_EMULATE))
 #define AMX 1
 #else
