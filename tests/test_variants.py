@@ -123,14 +123,14 @@ def gemm_cases():
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
-    # rows of 2048 values or more: avx512vnni takes blocks of 5-15 tokens through the
+    # rows of 2048 values or more: avx512vnni takes blocks of 2-15 tokens through the
     # ymm GEMM there (gemm512.h's YMM_MIN_COLS), shorter rows through q80_rows
     for gs in GROUP_SIZES:
         cols = gs * -(-2048 // gs)
         q = rng.integers(-128, 128, (21, cols), dtype=np.int8)
         q[2] = -128
         s = rng.uniform(0.01, 2, 21 * cols // gs).astype(np.float32)
-        for T in (3, 4, 5, 6, 8, 15, 16):
+        for T in (2, 3, 4, 5, 6, 8, 15, 16):
             x = rng.normal(size=(T, cols)).astype(np.float32)
             x[0] = np.where(np.arange(cols) % 3 == 0, -4.0, 4.0)
             cases.append(harness.Q80Case(q, s, x, gs))
@@ -156,8 +156,9 @@ def few_token_cases():
     fours with a tail of none to three, the group sizes it unrolls and others, and rows
     of more groups than it computes VNNI's offsets for itself (1,025 of 32, prepared
     without the shared buffer: q80_dot4 then), one row after another and eight side
-    by side; and the same rows for 2 and 5 tokens (four rows a pass, below the GEMMs'
-    thresholds). 29 rows, a block of 16 and 13 (8 side by side and 5). Weights of -128
+    by side; and the same rows for 2 and 5 tokens (four rows a pass where a GEMM does
+    not take them: avx2's 2 tokens, short rows on avx512vnni, and every variant
+    unpacked). 29 rows, a block of 16 and 13 (8 side by side and 5). Weights of -128
     against activations of +-127."""
     rng = np.random.default_rng(19)
     cases = []
@@ -263,7 +264,7 @@ def test_whole_model_logits_equal_across_variants(models, key, kv):
 @pytest.mark.skipif(not SIMD, reason="this CPU runs no SIMD variant (scalar only)")
 @pytest.mark.parametrize("key", ["gs64.q80", "gs32.q80"])
 def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
-    """Blocks of 8, 5, 4 and 3 tokens after 8 cached positions (a batched decode's
+    """Blocks of 8, 5, 4, 3 and 2 tokens after 8 cached positions (a batched decode's
     shapes), on the model as quantized (no weight is -128) and with -128 in a few 16-row
     blocks, which avx2's GEMM for up to 8 tokens notes on first sight and computes
     otherwise (gemm256.h): each session's logits equal the scalar variant's, the
@@ -278,8 +279,8 @@ def test_blocks_of_8_tokens_equal_across_variants(models, key, tmp_path):
     poked.write_bytes(bytes(data))
     rng = np.random.default_rng(6)
     for path in (models[key], poked):
-        ids = [int(i) for i in rng.integers(3, 250, 27)]
-        blocks = [[1] + ids[:7], ids[7:15], ids[15:20], ids[20:24], ids[24:]]
+        ids = [int(i) for i in rng.integers(3, 250, 29)]
+        blocks = [[1] + ids[:7], ids[7:15], ids[15:20], ids[20:24], ids[24:27], ids[27:]]
         s = Model(path, variant="scalar", threads=1).session(32)
         want = [s.feed(b) for b in blocks]
         for v in SIMD:

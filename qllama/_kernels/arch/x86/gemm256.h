@@ -32,6 +32,12 @@
  * noted on first sight in the matrix's row_notes (rows_clean). Up to 4 tokens take 4
  * slots (tokens 0 1 | 2 3), one vector a piece: half the 8-token tile's work, where
  * 8 slots made 3 or 4 tokens cost 8.
+ * VNNI packs up to 4 tokens in 4 slots too, [k/8][slot][8] bytes of x as they are,
+ * and after the scales each group's 128 * sum(x) per token. One vpdpbusd takes a
+ * row's broadcast 8 bytes + 128 (u8, one xor) against the 4 tokens, and the offset
+ * comes off per token at the group's end. The 8-lane tile's offset, 128 * sum(w) per
+ * row, costs a second pass over the group's weights: 40% of that tile's time at 4
+ * tokens (one matrix in L2).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
@@ -44,21 +50,21 @@
 #define LANES8 8      /* tokens per ymm */
 #define YMM_NT 2     /* token vectors per tile */
 #define YMM_T 32     /* tokens per block of 16 rows: two tiles of 2 vectors */
-/* Fewer tokens go through q80_rows (same results). VNNI's tile costs the same for 1 to
- * 8 tokens, avx2's for 1 to 4 and for 5 to 8. The Intel host, a 7B forward pass at 2
- * threads (tools/block_cost.py, each threshold's builds alternated), GEMM against
- * q80_rows: avx2 (4 slots) 2 tokens 0.97-1.11x, 3 1.44-1.56x, 4 1.84-1.85x; avxvnni 3
- * tokens 0.90-1.15x, 4 1.04-1.29x; avx512vnni 2 tokens 0.71-0.91x, 3 0.85-0.98x. */
-#define YMM_MIN_T (!VNNI ? 3 : 4)
+/* Fewer tokens go through q80_rows (same results). The tiles cost the same for 1 to 4
+ * tokens and for 5 to 8. The Intel host, a 7B forward pass at 2 threads
+ * (tools/block_cost.py, each threshold's builds alternated), GEMM against q80_rows:
+ * avx2 (4 slots) 2 tokens 0.97-1.11x, 3 1.44-1.56x, 4 1.84-1.85x; VNNI (4 slots)
+ * 2 tokens, 8 pairs of runs each: avxvnni 1.00-1.42x, avx512vnni 0.89-1.40x. */
+#define YMM_MIN_T (!VNNI ? 3 : 2)
 
 #define INLINE static inline __attribute__((always_inline))
 
 static inline ptrdiff_t padded8(ptrdiff_t T) { return (T + LANES8 - 1) / LANES8 * LANES8; }
 
-#define SLOTS4 4  /* avx2's pack8 slots for blocks of up to 4 tokens */
+#define SLOTS4 4  /* pack8's slots for blocks of up to 4 tokens */
 
 /* Token slots of a packed block */
-static inline ptrdiff_t ymm_slots(ptrdiff_t T) { return !VNNI && T <= SLOTS4 ? SLOTS4 : padded8(T); }
+static inline ptrdiff_t ymm_slots(ptrdiff_t T) { return T <= SLOTS4 ? SLOTS4 : padded8(T); }
 
 /* Bytes of a packed block's activations, before their scales: avx2's pack8 holds x
  * and |x| */
@@ -70,43 +76,56 @@ static inline ptrdiff_t ymm_x_bytes(ptrdiff_t T, ptrdiff_t n) {
  * and for the kernel */
 static inline int ymm_takes(ptrdiff_t T, ptrdiff_t gs) { return T >= YMM_MIN_T && gs % 16 == 0; }
 
-/* 0 where the GEMM does not take the block: the driver then packs nothing */
+/* Whether a block of T tokens is packed in 8-byte pieces (pack8): avx2's up to 8
+ * tokens, VNNI's up to 4 */
+static inline int ymm_pieces8(ptrdiff_t T) { return T <= (VNNI ? SLOTS4 : LANES8); }
+
+/* 0 where the GEMM does not take the block: the driver then packs nothing. The
+ * scales, and VNNI's pack8 the offsets after them, take 4 bytes a group and slot. */
 static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     if (!ymm_takes(T, gs)) return 0;
-    return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * ymm_slots(T));
+    return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * ymm_slots(T)) * (VNNI && ymm_pieces8(T) ? 2 : 1);
 }
 
-#if !VNNI
 /* Of 8 slots, slot s holds token PAIRED[s] (the order is its own inverse); of 4, token s */
 static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
-/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes in S = ymm_slots(T) slots, then the
- * scales [group][token] in token order, S a group */
+/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes in S = ymm_slots(T) slots; VNNI,
+ * T <= 4: [k/8][slot][8] bytes of x. Then the scales [group][token] in token order,
+ * S a group; VNNI's then the offsets 128 * sum(x) [group][token], S a group (int32). */
 static void pack8(const qllama_acts *x, void *buf) {
-    ptrdiff_t T = x->T, n = x->n, S = ymm_slots(T);
+    ptrdiff_t T = x->T, n = x->n, S = ymm_slots(T), piece = (VNNI ? 1 : 2) * S * 8;
+    ptrdiff_t ng = n / x->gs;
     uint8_t *b = (uint8_t *)buf;
     float *s = (float *)(b + ymm_x_bytes(T, n));
     memset(buf, 0, (size_t)ymm_x_bytes(T, n));
     for (ptrdiff_t t = 0; t < T; t++)
         for (ptrdiff_t k8 = 0; k8 < n / 8; k8++) {
-            uint8_t *p = b + (2 * k8 * S + (S == LANES8 ? PAIRED[t] : t)) * 8;
+            uint8_t *p = b + k8 * piece + (S == LANES8 ? PAIRED[t] : t) * 8;
             const int8_t *q = x->q + t * n + 8 * k8;
             memcpy(p, q, 8);
-            for (int i = 0; i < 8; i++) p[S * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
+            if (!VNNI)
+                for (int i = 0; i < 8; i++) p[S * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
         }
     qllama_pack_scales(x, S, s);
-}
-#endif
-
-/* VNNI's unsigned side is the activations': x + 128; avx2 takes them as they are */
-static void ymm_pack(const qllama_acts *x, void *buf) {
-#if !VNNI
-    if (x->T <= LANES8) {
-        pack8(x, buf);
-        return;
+    if (VNNI) {
+        int32_t *c = (int32_t *)(s + ng * S);
+        for (ptrdiff_t g = 0; g < ng; g++)
+            for (ptrdiff_t t = 0; t < S; t++) {
+                int32_t sum = 0;
+                for (ptrdiff_t k = 0; t < T && k < x->gs; k++) sum += x->q[t * n + g * x->gs + k];
+                c[g * S + t] = 128 * sum;
+            }
     }
-#endif
-    qllama_pack_tokens(x, LANES8, VNNI ? 0x80808080u : 0, buf);
+}
+
+/* VNNI's unsigned side is the activations' (x + 128) in 8 token lanes, the weights'
+ * (w + 128) in pack8's slots; avx2 takes them as they are */
+static void ymm_pack(const qllama_acts *x, void *buf) {
+    if (ymm_pieces8(x->T))
+        pack8(x, buf);
+    else
+        qllama_pack_tokens(x, LANES8, VNNI ? 0x80808080u : 0, buf);
 }
 
 INLINE __m256i bcast4_8(const int8_t *p) {
@@ -217,13 +236,13 @@ static void ymm_gemm4x2(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     ymm_gemm4(w, ws, n, gs, px, psx, Tp, o, 2);
 }
 
-#if !VNNI
 INLINE __m256i bcast8_8(const int8_t *p) {
     int64_t v;
     memcpy(&v, p, 8);
     return _mm256_set1_epi64x(v);
 }
 
+#if !VNNI
 /* One row's 8 bytes against both token vectors: |w| . sign(w)x, or where the rows hold
  * no -128, |x| . sign(x)w, which spares the |w| (sign(x)w of -128 would be 128). The
  * adds are written in place because gcc, left to itself, kept copies of the
@@ -282,8 +301,32 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     }
 }
 
+#undef K8_BODY
+#undef ROW8
+#endif
+
 /* The same for up to 4 tokens, packed in 4 slots: one vector (x0, tokens 0 1 | 2 3)
- * per 8-byte piece, half the 8-token tile's work. */
+ * per 8-byte piece, half the 8-token tile's work. VNNI's: one vpdpbusd a row and
+ * piece, of w + 128 (u8) and x, alternate pieces to two sets of accumulators (a, b)
+ * as in ymm_gemm4. */
+#if VNNI
+/* a row's 8 bytes at p, broadcast, + 128 (u8) */
+#define W128(p) _mm256_xor_si256(bcast8_8(p), flip)
+#define K4_BODY(clean)                                                                 \
+    for (ptrdiff_t k8 = 0; k8 < g8; k8 += 2) {                                         \
+        const uint8_t *xk = xg + k8 * SLOTS4 * 8;                                      \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xk);                          \
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xk + SLOTS4 * 8));           \
+        DPBUSD_IN(a0, W128(wg + 8 * k8), x0);                                          \
+        DPBUSD_IN(b0, W128(wg + 8 * k8 + 8), x1);                                      \
+        DPBUSD_IN(a1, W128(wg + n + 8 * k8), x0);                                      \
+        DPBUSD_IN(b1, W128(wg + n + 8 * k8 + 8), x1);                                  \
+        DPBUSD_IN(a2, W128(wg + 2 * n + 8 * k8), x0);                                  \
+        DPBUSD_IN(b2, W128(wg + 2 * n + 8 * k8 + 8), x1);                              \
+        DPBUSD_IN(a3, W128(wg + 3 * n + 8 * k8), x0);                                  \
+        DPBUSD_IN(b3, W128(wg + 3 * n + 8 * k8 + 8), x1);                              \
+    }
+#else
 #define ROW4(clean, r, A)                                                              \
     do {                                                                               \
         __m256i wb = bcast8_8(wg + (r) * n + 8 * k8);                                  \
@@ -302,33 +345,53 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         ROW4(clean, 2, a2);                                                            \
         ROW4(clean, 3, a3);                                                            \
     }
+#endif
 
 /* 4 rows at w x the up to 4 tokens pack8 packed in 4 slots, into o (row, token; 8
  * floats a row, tokens 4..7 zero). Each group's sums of rows (0, 1) and (2, 3) come
- * out of vphaddd as [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3], and are scaled and
- * added (scale_add) in that order. */
+ * out of vphaddd as [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] (VNNI's less the
+ * tokens' 128 * sum(x)), and are scaled and added (scale_add) in that order.
+ * rows_clean is avx2's, as in ymm_gemm4x8. */
 static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                         const uint8_t *px, const float *psx, float *o, int rows_clean) {
     ptrdiff_t ng = n / gs, g8 = gs / 8;
+#if VNNI
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const int32_t *pcx = (const int32_t *)(psx + ng * SLOTS4);
+#else
     const __m256i ones = _mm256_set1_epi16(1);
+#endif
     const __m256i xs_order = _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3);
     const __m256i w01 = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
     const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
     __m256 f01 = _mm256_setzero_ps(), f23 = f01;
     for (ptrdiff_t g = 0; g < ng; g++) {
-        const uint8_t *xg = px + g * g8 * 2 * SLOTS4 * 8;
+        const uint8_t *xg = px + g * g8 * (VNNI ? 1 : 2) * SLOTS4 * 8;
         const int8_t *wg = w + g * gs;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+#if VNNI
+        (void)rows_clean;
+        __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        K4_BODY(1)
+        a0 = _mm256_add_epi32(a0, b0), a1 = _mm256_add_epi32(a1, b1);
+        a2 = _mm256_add_epi32(a2, b2), a3 = _mm256_add_epi32(a3, b3);
+        __m256i off = _mm256_permutevar8x32_epi32(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(pcx + g * SLOTS4))), xs_order);
+        __m256i i01 = _mm256_sub_epi32(_mm256_hadd_epi32(a0, a1), off);
+        __m256i i23 = _mm256_sub_epi32(_mm256_hadd_epi32(a2, a3), off);
+#else
         if (rows_clean)
             K4_BODY(1)
         else
             K4_BODY(0)
+        __m256i i01 = _mm256_hadd_epi32(a0, a1), i23 = _mm256_hadd_epi32(a2, a3);
+#endif
         __m256 xs = _mm256_permutevar8x32_ps(
             _mm256_castps128_ps256(_mm_loadu_ps(psx + g * SLOTS4)), xs_order);
         __m256 wv = _mm256_castps128_ps256(
             _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
-        f01 = scale_add(f01, _mm256_hadd_epi32(a0, a1), _mm256_permutevar8x32_ps(wv, w01), xs);
-        f23 = scale_add(f23, _mm256_hadd_epi32(a2, a3), _mm256_permutevar8x32_ps(wv, w23), xs);
+        f01 = scale_add(f01, i01, _mm256_permutevar8x32_ps(wv, w01), xs);
+        f23 = scale_add(f23, i23, _mm256_permutevar8x32_ps(wv, w23), xs);
     }
     /* [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] to rows: r0 t0..t3 | r1 t0..t3 */
     const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
@@ -343,8 +406,9 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 }
 #undef K4_BODY
 #undef ROW4
-#undef K8_BODY
-#undef ROW8
+#undef W128
+
+#if !VNNI
 
 /* Whether rows r..r+15 of m hold no -128 (weights quantized with scale max|w| / 127
  * never do), noted in m->row_notes (0 not yet known, 1 none, 2 some) on first sight,
@@ -403,7 +467,9 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
             q80_rows(m, r, r1, x, out, out_stride);
             break;
         }
-#if !VNNI
+#if VNNI
+        int clean = 1;  /* unused: VNNI's products are exact for any row */
+#else
         int clean = T <= LANES8 && rows_clean(m, r);
 #endif
         for (ptrdiff_t t0 = 0; t0 < T; t0 += YMM_T) {
@@ -411,12 +477,13 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
             for (int i = 0; i < 16; i += 4)
                 for (ptrdiff_t t1 = 0; t1 < tn; t1 += YMM_NT * LANES8) {
                     int nt = tn - t1 > LANES8 ? 2 : 1;
+                    if (T <= SLOTS4)  /* pack8's layout: the block is this one tile */
+                        ymm_gemm4x4(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o, clean);
 #if !VNNI
-                    if (T <= LANES8)  /* pack8's layout: the block is this one tile */
-                        (T <= SLOTS4 ? ymm_gemm4x4 : ymm_gemm4x8)(m->q + (r + i) * n, m->s + (r + i) * ng,
-                                                             n, gs, px, psx, o, clean);
-                    else
+                    else if (T <= LANES8)
+                        ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o, clean);
 #endif
+                    else
                     /* a tile's bytes start t0 + t1 tokens in: shift the packed base */
                     (nt == 2 ? ymm_gemm4x2 : ymm_gemm4x1)(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs,
                                                   px + (t0 + t1) * 4, psx + t0 + t1, Tp, o);

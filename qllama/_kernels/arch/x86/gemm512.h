@@ -35,7 +35,7 @@ static void pack_tokens(const qllama_acts *x, void *buf, uint32_t flip) {
 }
 
 #if GEMM
-/* Fewer tokens go through gemm256.h's 8-lane GEMM (and fewer than its YMM_MIN_T
+/* Fewer tokens go through gemm256.h's GEMM (and fewer than its YMM_MIN_T
  * through q80_rows; the same results): this GEMM computes 16 token lanes whatever T.
  * A whole stories110M forward pass at 2 threads on a Zen 4 (ms, q80_rows / this
  * GEMM): T=4 6.9 / 17.8, T=8 11.7 / 19.5, T=16 22.1 / 20.8, T=32 37.1 / 29.6.

@@ -24,7 +24,7 @@
  *                 dots; with ../rows.h, the row drivers shared with neon.c
  *   blocks.h      GGUF block types, one token at a time, four rows      every variant
  *   gemm256.h     the ymm GEMM (prefill), 8 tokens a vector             avx2, avxvnni,
- *                 (blocks of 5-15 tokens: batched decode)               avx512vnni
+ *                 (blocks of 2-15 tokens: batched decode)               avx512vnni
  *   gemm512.h     the 16-token layout; the zmm GEMM (prefill)           avx512vnni (+ amx)
  *   amx.h         prefill on AMX tiles                                  amx
  *   attention.h   scores and values over the fp16 / fp32 KV cache       every variant
