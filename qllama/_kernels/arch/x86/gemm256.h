@@ -135,20 +135,29 @@ INLINE __m256i bcast4_8(const int8_t *p) {
 }
 
 #if VNNI
-/* -128 * sum(w) of one group of each of the 4 rows at w (row stride n), exact */
+/* -128 * sum(w) of one group of each of the 4 rows at w (row stride n), exact. The
+ * four rows side by side: one row's loop after another's ran the 8-lane tile 0.59x
+ * as fast (avxvnni, 8 tokens, one matrix) */
 INLINE __m128i minus_offset4(const int8_t *w, ptrdiff_t n, ptrdiff_t gs) {
     const __m256i ones = _mm256_set1_epi8(1);
-    __m256i c[4];
-    for (int r = 0; r < 4; r++) {
-        ptrdiff_t k = 0;
-        c[r] = _mm256_setzero_si256();
-        for (; k + 32 <= gs; k += 32)
-            c[r] = DPBUSD(c[r], ones, _mm256_loadu_si256((const __m256i *)(w + r * n + k)));
-        if (k < gs)  /* 16 bytes left (gs 16, 48, ...) */
-            c[r] = DPBUSD(c[r], ones, _mm256_inserti128_si256(
-                _mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(w + r * n + k)), 0));
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+    ptrdiff_t k = 0;
+    for (; k + 32 <= gs; k += 32) {
+        DPBUSD_IN(c0, ones, _mm256_loadu_si256((const __m256i *)(w + k)));
+        DPBUSD_IN(c1, ones, _mm256_loadu_si256((const __m256i *)(w + n + k)));
+        DPBUSD_IN(c2, ones, _mm256_loadu_si256((const __m256i *)(w + 2 * n + k)));
+        DPBUSD_IN(c3, ones, _mm256_loadu_si256((const __m256i *)(w + 3 * n + k)));
     }
-    return _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7));
+    if (k < gs) {  /* 16 bytes left (gs 16, 48, ...) */
+#define HALF(r) _mm256_inserti128_si256(_mm256_setzero_si256(),                    \
+                                       _mm_loadu_si128((const __m128i *)(w + (r) * n + k)), 0)
+        DPBUSD_IN(c0, ones, HALF(0));
+        DPBUSD_IN(c1, ones, HALF(1));
+        DPBUSD_IN(c2, ones, HALF(2));
+        DPBUSD_IN(c3, ones, HALF(3));
+#undef HALF
+    }
+    return _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(sum4(c0, c1, c2, c3), 7));
 }
 #endif
 
