@@ -85,7 +85,6 @@ static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
     __m512 f[4][NT];                                                                        \
     for (int r = 0; r < 4; r++)                                                             \
         for (int j = 0; j < NT; j++) f[r][j] = _mm512_setzero_ps();                         \
-    const __m256i ones = _mm256_set1_epi8(1);                                               \
     for (ptrdiff_t g = 0; g < ng; g++) {                                                    \
         __m512i a[4][NT];                                                                   \
         for (int r = 0; r < 4; r++)                                                         \
@@ -101,22 +100,14 @@ static void gemm4x##NT(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t 
                 for (int j = 0; j < NT; j++) DPBUSD512_IN(a[r][j], xv[j], wb);                 \
             }                                                                               \
         }                                                                                   \
-        /* 128 * sum(w) of each row's group, exact: the offset the u8 side added */        \
-        __m256i c[4];                                                                       \
+        /* -128 * sum(w) of each row's group, exact: the offset the u8 side added */       \
+        int32_t off[4];                                                                     \
+        _mm_storeu_si128((__m128i *)off, minus_offset4(wg, n, gs));                         \
         for (int r = 0; r < 4; r++) {                                                       \
-            c[r] = _mm256_setzero_si256();                                                  \
-            for (ptrdiff_t k = 0; k < gs; k += 32)                                          \
-                c[r] = _mm256_dpbusd_epi32(c[r], ones,                                      \
-                                           _mm256_loadu_si256((const __m256i *)(wg + r * n + k))); \
-        }                                                                                   \
-        __m128i sw = _mm_slli_epi32(sum4(c[0], c[1], c[2], c[3]), 7);                       \
-        int32_t swr[4];                                                                     \
-        _mm_storeu_si128((__m128i *)swr, sw);                                               \
-        for (int r = 0; r < 4; r++) {                                                       \
-            __m512i corr = _mm512_set1_epi32(swr[r]);                                       \
+            __m512i corr = _mm512_set1_epi32(off[r]);                                       \
             __m512 wsr = _mm512_set1_ps(ws[r * ng + g]);                                    \
             for (int j = 0; j < NT; j++) {                                                  \
-                __m512 isum = cvt16(_mm512_sub_epi32(a[r][j], corr));                    \
+                __m512 isum = cvt16(_mm512_add_epi32(a[r][j], corr));                       \
                 __m512 sc = _mm512_mul_ps(wsr, _mm512_loadu_ps(psx + g * Tp + 16 * j));    \
                 f[r][j] = _mm512_add_ps(f[r][j], _mm512_mul_ps(isum, sc));                  \
             }                                                                               \
