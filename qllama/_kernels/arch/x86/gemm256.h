@@ -35,9 +35,10 @@
  * VNNI packs up to 4 tokens in 4 slots too, [k/8][slot][8] bytes of x as they are,
  * and after the scales each group's 128 * sum(x) per token. One vpdpbusd takes a
  * row's broadcast 8 bytes + 128 (u8, one xor) against the 4 tokens, and the offset
- * comes off per token at the group's end. The 8-lane tile's offset, 128 * sum(w) per
- * row, costs a second pass over the group's weights: 40% of that tile's time at 4
- * tokens (one matrix in L2).
+ * comes off per token at the group's end. A first 4-slot tile that took 128 * sum(w)
+ * per row off as the 8-lane tile does, a second pass over the group's weights, spent
+ * 40% of its time there (4 tokens, one matrix in L2; minus_offset4 then summed each
+ * row in turn).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
@@ -108,12 +109,13 @@ static void pack8(const qllama_acts *x, void *buf) {
                 for (int i = 0; i < 8; i++) p[S * 8 + i] = (uint8_t)(q[i] < 0 ? -q[i] : q[i]);
         }
     qllama_pack_scales(x, S, s);
-    if (VNNI) {
+    if (VNNI) {  /* padding slots 0 */
         int32_t *c = (int32_t *)(s + ng * S);
-        for (ptrdiff_t g = 0; g < ng; g++)
-            for (ptrdiff_t t = 0; t < S; t++) {
+        memset(c, 0, sizeof(int32_t) * (size_t)(ng * S));
+        for (ptrdiff_t t = 0; t < T; t++)
+            for (ptrdiff_t g = 0; g < ng; g++) {
                 int32_t sum = 0;
-                for (ptrdiff_t k = 0; t < T && k < x->gs; k++) sum += x->q[t * n + g * x->gs + k];
+                for (ptrdiff_t k = 0; k < x->gs; k++) sum += x->q[t * n + g * x->gs + k];
                 c[g * S + t] = 128 * sum;
             }
     }
