@@ -32,10 +32,11 @@
  * noted on first sight in the matrix's row_notes (rows_clean). Up to 4 tokens take 4
  * slots (tokens 0 1 | 2 3), one vector a piece: half the 8-token tile's work, where
  * 8 slots made 3 or 4 tokens cost 8.
- * VNNI packs up to 4 tokens in 4 slots too, [k/8][slot][8] bytes of x as they are,
- * and after the scales each group's 128 * sum(x) per token. One vpdpbusd takes a
- * row's broadcast 8 bytes + 128 (u8, one xor) against the 4 tokens, and the offset
- * comes off per token at the group's end. A first 4-slot tile that took 128 * sum(w)
+ * VNNI packs up to 8 tokens in 4 or 8 slots too, [k/8][slot][8] bytes of x as they
+ * are (tokens in order), and after the scales each group's 128 * sum(x) per token.
+ * One vpdpbusd takes a row's broadcast 8 bytes + 128 (u8, one xor) against 4 tokens,
+ * and the offset comes off per token at the group's end. 5 to 8 tokens: two such
+ * vectors a piece, 1.20-1.26x the 8-lane tile (one matrix, one thread). A first 4-slot tile that took 128 * sum(w)
  * per row off as the 8-lane tile does, a second pass over the group's weights, spent
  * 40% of its time there (4 tokens, one matrix in L2; minus_offset4 then summed each
  * row in turn).
@@ -77,9 +78,8 @@ static inline ptrdiff_t ymm_x_bytes(ptrdiff_t T, ptrdiff_t n) {
  * and for the kernel */
 static inline int ymm_takes(ptrdiff_t T, ptrdiff_t gs) { return T >= YMM_MIN_T && gs % 16 == 0; }
 
-/* Whether a block of T tokens is packed in 8-byte pieces (pack8): avx2's up to 8
- * tokens, VNNI's up to 4 */
-static inline int ymm_pieces8(ptrdiff_t T) { return T <= (VNNI ? SLOTS4 : LANES8); }
+/* Whether a block of T tokens is packed in 8-byte pieces (pack8) */
+static inline int ymm_pieces8(ptrdiff_t T) { return T <= LANES8; }
 
 /* 0 where the GEMM does not take the block: the driver then packs nothing. The
  * scales, and VNNI's pack8 the offsets after them, take 4 bytes a group and slot. */
@@ -88,11 +88,12 @@ static size_t ymm_packed_bytes(ptrdiff_t T, ptrdiff_t n, ptrdiff_t gs) {
     return (size_t)ymm_x_bytes(T, n) + 4 * (size_t)(n / gs * ymm_slots(T)) * (VNNI && ymm_pieces8(T) ? 2 : 1);
 }
 
-/* Of 8 slots, slot s holds token PAIRED[s] (the order is its own inverse); of 4, token s */
+/* Of avx2's 8 slots, slot s holds token PAIRED[s] (the order is its own inverse); of 4,
+ * and of VNNI's, token s */
 static const int8_t PAIRED[LANES8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
-/* avx2, T <= 8: [k/8][x, then |x|][slot][8] bytes in S = ymm_slots(T) slots; VNNI,
- * T <= 4: [k/8][slot][8] bytes of x. Then the scales [group][token] in token order,
+/* T <= 8: avx2 [k/8][x, then |x|][slot][8] bytes in S = ymm_slots(T) slots, VNNI
+ * [k/8][slot][8] bytes of x. Then the scales [group][token] in token order,
  * S a group; VNNI's then the offsets 128 * sum(x) [group][token], S a group (int32). */
 static void pack8(const qllama_acts *x, void *buf) {
     ptrdiff_t T = x->T, n = x->n, S = ymm_slots(T), piece = (VNNI ? 1 : 2) * S * 8;
@@ -102,7 +103,7 @@ static void pack8(const qllama_acts *x, void *buf) {
     memset(buf, 0, (size_t)ymm_x_bytes(T, n));
     for (ptrdiff_t t = 0; t < T; t++)
         for (ptrdiff_t k8 = 0; k8 < n / 8; k8++) {
-            uint8_t *p = b + k8 * piece + (S == LANES8 ? PAIRED[t] : t) * 8;
+            uint8_t *p = b + k8 * piece + (!VNNI && S == LANES8 ? PAIRED[t] : t) * 8;
             const int8_t *q = x->q + t * n + 8 * k8;
             memcpy(p, q, 8);
             if (!VNNI)
@@ -122,7 +123,7 @@ static void pack8(const qllama_acts *x, void *buf) {
 }
 
 /* VNNI's unsigned side is the activations' (x + 128) in 8 token lanes, the weights'
- * (w + 128) in pack8's slots; avx2 takes them as they are */
+ * (w + 128) for pack8's blocks; avx2 takes them as they are */
 static void ymm_pack(const qllama_acts *x, void *buf) {
     if (ymm_pieces8(x->T))
         pack8(x, buf);
@@ -417,6 +418,56 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 }
 #undef K4_BODY
 #undef ROW4
+
+#if VNNI
+/* VNNI's 5 to 8 tokens, in 8 slots (tokens in order): two vectors of 4 tokens a piece,
+ * each as in ymm_gemm4x4, one broadcast and xor for both; into o (row, token). */
+static void ymm_gemm4x8v(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
+                         const uint8_t *px, const float *psx, float *o) {
+    ptrdiff_t ng = n / gs, g8 = gs / 8;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const __m256i xs_order = _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3);
+    const __m256i w01 = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
+    const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
+    const int32_t *pcx = (const int32_t *)(psx + ng * LANES8);
+    __m256 f[2][2];  /* [token vector][rows 0 1, rows 2 3] */
+    for (int j = 0; j < 2; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();
+    for (ptrdiff_t g = 0; g < ng; g++) {
+        const uint8_t *xg = px + g * g8 * LANES8 * 8;
+        const int8_t *wg = w + g * gs;
+        __m256i a[4][2];
+        for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        for (ptrdiff_t k8 = 0; k8 < g8; k8++) {
+            const uint8_t *xk = xg + k8 * LANES8 * 8;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)xk);
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xk + SLOTS4 * 8));
+            for (int r = 0; r < 4; r++) {
+                __m256i wb = W128(wg + r * n + 8 * k8);
+                DPBUSD_IN(a[r][0], wb, x0);
+                DPBUSD_IN(a[r][1], wb, x1);
+            }
+        }
+        __m256 wv = _mm256_castps128_ps256(
+            _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
+        __m256 wv01 = _mm256_permutevar8x32_ps(wv, w01), wv23 = _mm256_permutevar8x32_ps(wv, w23);
+        for (int j = 0; j < 2; j++) {
+            __m256i off = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(
+                _mm_loadu_si128((const __m128i *)(pcx + g * LANES8 + SLOTS4 * j))), xs_order);
+            __m256 xs = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(_mm_loadu_ps(psx + g * LANES8 + SLOTS4 * j)), xs_order);
+            f[j][0] = scale_add(f[j][0], _mm256_sub_epi32(_mm256_hadd_epi32(a[0][j], a[1][j]), off), wv01, xs);
+            f[j][1] = scale_add(f[j][1], _mm256_sub_epi32(_mm256_hadd_epi32(a[2][j], a[3][j]), off), wv23, xs);
+        }
+    }
+    const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);  /* as in ymm_gemm4x4 */
+    for (int j = 0; j < 2; j++)
+        for (int h = 0; h < 2; h++) {
+            __m256 v = _mm256_permutevar8x32_ps(f[j][h], rows);
+            _mm_storeu_ps(o + (2 * h) * LANES8 + SLOTS4 * j, _mm256_castps256_ps128(v));
+            _mm_storeu_ps(o + (2 * h + 1) * LANES8 + SLOTS4 * j, _mm256_extractf128_ps(v, 1));
+        }
+}
+#endif
 #undef W128
 
 #if !VNNI
@@ -490,8 +541,10 @@ static void ymm_q80_matmul(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, c
                     int nt = tn - t1 > LANES8 ? 2 : 1;
                     if (T <= SLOTS4)  /* pack8's layout: the block is this one tile */
                         ymm_gemm4x4(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o, clean);
-#if !VNNI
                     else if (T <= LANES8)
+#if VNNI
+                        ymm_gemm4x8v(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o);
+#else
                         ymm_gemm4x8(m->q + (r + i) * n, m->s + (r + i) * ng, n, gs, px, psx, o, clean);
 #endif
                     else
