@@ -36,10 +36,10 @@
  * are (tokens in order), and after the scales each group's 128 * sum(x) per token.
  * One vpdpbusd takes a row's broadcast 8 bytes + 128 (u8, one xor) against 4 tokens,
  * and the offset comes off per token at the group's end. 5 to 8 tokens: two such
- * vectors a piece, 1.20-1.26x the 8-lane tile (one matrix, one thread). A first 4-slot tile that took 128 * sum(w)
- * per row off as the 8-lane tile does, a second pass over the group's weights, spent
- * 40% of its time there (4 tokens, one matrix in L2; minus_offset4 then summed each
- * row in turn).
+ * vectors a piece, 1.20-1.26x the 8-lane tile (one matrix, one thread). A first
+ * 4-slot tile that took 128 * sum(w) per row off as the 8-lane tile does, a second
+ * pass over the group's weights, spent 40% of its time there (4 tokens, one matrix in
+ * L2; minus_offset4 then summed each row in turn).
  * At each group's end every (row, token vector) is converted and scaled in float in
  * kernels.h's order: acc + (float)isum * (w_scale * x_scale).
  *
