@@ -359,11 +359,40 @@ static void ymm_gemm4x8(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
     }
 #endif
 
+/* The 4-slot tiles' group-end layout: vphaddd of rows (0, 1) and of (2, 3) gives
+ * [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3]. 4 tokens' values at p in that order: */
+#define PAIRS4 _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3)
+INLINE __m256 pairs4_ps(const float *p) {
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), PAIRS4);
+}
+#if VNNI
+INLINE __m256i pairs4_epi32(const int32_t *p) {
+    return _mm256_permutevar8x32_epi32(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)), PAIRS4);
+}
+#endif
+/* ... rows 0..3's scales of group g (row stride ng), for rows (0, 1) and (2, 3) */
+INLINE void row_scales4(const float *ws, ptrdiff_t ng, ptrdiff_t g, __m256 *s01, __m256 *s23) {
+    __m256 wv = _mm256_castps128_ps256(_mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
+    *s01 = _mm256_permutevar8x32_ps(wv, _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1));
+    *s23 = _mm256_permutevar8x32_ps(wv, _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3));
+}
+/* ... and the sums f01, f23 so laid out to rows 0..3 of 4 tokens at o (row stride 8) */
+INLINE void store_rows4(float *o, __m256 f01, __m256 f23) {
+    const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    f01 = _mm256_permutevar8x32_ps(f01, rows);
+    f23 = _mm256_permutevar8x32_ps(f23, rows);
+    _mm_storeu_ps(o + 0 * LANES8, _mm256_castps256_ps128(f01));
+    _mm_storeu_ps(o + 1 * LANES8, _mm256_extractf128_ps(f01, 1));
+    _mm_storeu_ps(o + 2 * LANES8, _mm256_castps256_ps128(f23));
+    _mm_storeu_ps(o + 3 * LANES8, _mm256_extractf128_ps(f23, 1));
+}
+
 /* 4 rows at w x the up to 4 tokens pack8 packed in 4 slots, into o (row, token; 8
  * floats a row, tokens 4..7 zero). Each group's sums of rows (0, 1) and (2, 3) come
- * out of vphaddd as [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] (VNNI's less the
- * tokens' 128 * sum(x)), and are scaled and added (scale_add) in that order.
- * rows_clean is avx2's, as in ymm_gemm4x8. */
+ * out of vphaddd in pairs4's order (VNNI's less the tokens' 128 * sum(x)), and are
+ * scaled and added (scale_add) in that order. rows_clean is avx2's, as in
+ * ymm_gemm4x8. */
 static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t gs,
                         const uint8_t *px, const float *psx, float *o, int rows_clean) {
     ptrdiff_t ng = n / gs, g8 = gs / 8;
@@ -373,9 +402,6 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
 #else
     const __m256i ones = _mm256_set1_epi16(1);
 #endif
-    const __m256i xs_order = _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3);
-    const __m256i w01 = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
-    const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
     __m256 f01 = _mm256_setzero_ps(), f23 = f01;
     for (ptrdiff_t g = 0; g < ng; g++) {
         const uint8_t *xg = px + g * g8 * (VNNI ? 1 : 2) * SLOTS4 * 8;
@@ -387,8 +413,7 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
         K4_BODY(1)
         a0 = _mm256_add_epi32(a0, b0), a1 = _mm256_add_epi32(a1, b1);
         a2 = _mm256_add_epi32(a2, b2), a3 = _mm256_add_epi32(a3, b3);
-        __m256i off = _mm256_permutevar8x32_epi32(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(pcx + g * SLOTS4))), xs_order);
+        __m256i off = pairs4_epi32(pcx + g * SLOTS4);
         __m256i i01 = _mm256_sub_epi32(_mm256_hadd_epi32(a0, a1), off);
         __m256i i23 = _mm256_sub_epi32(_mm256_hadd_epi32(a2, a3), off);
 #else
@@ -398,23 +423,13 @@ static void ymm_gemm4x4(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_t
             K4_BODY(0)
         __m256i i01 = _mm256_hadd_epi32(a0, a1), i23 = _mm256_hadd_epi32(a2, a3);
 #endif
-        __m256 xs = _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(_mm_loadu_ps(psx + g * SLOTS4)), xs_order);
-        __m256 wv = _mm256_castps128_ps256(
-            _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
-        f01 = scale_add(f01, i01, _mm256_permutevar8x32_ps(wv, w01), xs);
-        f23 = scale_add(f23, i23, _mm256_permutevar8x32_ps(wv, w23), xs);
+        __m256 xs = pairs4_ps(psx + g * SLOTS4), s01, s23;
+        row_scales4(ws, ng, g, &s01, &s23);
+        f01 = scale_add(f01, i01, s01, xs);
+        f23 = scale_add(f23, i23, s23, xs);
     }
-    /* [r0t0 r0t1 r1t0 r1t1 | r0t2 r0t3 r1t2 r1t3] to rows: r0 t0..t3 | r1 t0..t3 */
-    const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-    f01 = _mm256_permutevar8x32_ps(f01, rows);
-    f23 = _mm256_permutevar8x32_ps(f23, rows);
-    const __m128 z = _mm_setzero_ps();
-    _mm_storeu_ps(o + 0 * LANES8, _mm256_castps256_ps128(f01));
-    _mm_storeu_ps(o + 1 * LANES8, _mm256_extractf128_ps(f01, 1));
-    _mm_storeu_ps(o + 2 * LANES8, _mm256_castps256_ps128(f23));
-    _mm_storeu_ps(o + 3 * LANES8, _mm256_extractf128_ps(f23, 1));
-    for (int r = 0; r < 4; r++) _mm_storeu_ps(o + r * LANES8 + 4, z);
+    store_rows4(o, f01, f23);
+    for (int r = 0; r < 4; r++) _mm_storeu_ps(o + r * LANES8 + 4, _mm_setzero_ps());
 }
 #undef K4_BODY
 #undef ROW4
@@ -426,9 +441,6 @@ static void ymm_gemm4x8v(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_
                          const uint8_t *px, const float *psx, float *o) {
     ptrdiff_t ng = n / gs, g8 = gs / 8;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
-    const __m256i xs_order = _mm256_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3);
-    const __m256i w01 = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
-    const __m256i w23 = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
     const int32_t *pcx = (const int32_t *)(psx + ng * LANES8);
     __m256 f[2][2];  /* [token vector][rows 0 1, rows 2 3] */
     for (int j = 0; j < 2; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();
@@ -447,28 +459,20 @@ static void ymm_gemm4x8v(const int8_t *w, const float *ws, ptrdiff_t n, ptrdiff_
                 DPBUSD_IN(a[r][1], wb, x1);
             }
         }
-        __m256 wv = _mm256_castps128_ps256(
-            _mm_setr_ps(ws[g], ws[ng + g], ws[2 * ng + g], ws[3 * ng + g]));
-        __m256 wv01 = _mm256_permutevar8x32_ps(wv, w01), wv23 = _mm256_permutevar8x32_ps(wv, w23);
+        __m256 s01, s23;
+        row_scales4(ws, ng, g, &s01, &s23);
         for (int j = 0; j < 2; j++) {
-            __m256i off = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(
-                _mm_loadu_si128((const __m128i *)(pcx + g * LANES8 + SLOTS4 * j))), xs_order);
-            __m256 xs = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(_mm_loadu_ps(psx + g * LANES8 + SLOTS4 * j)), xs_order);
-            f[j][0] = scale_add(f[j][0], _mm256_sub_epi32(_mm256_hadd_epi32(a[0][j], a[1][j]), off), wv01, xs);
-            f[j][1] = scale_add(f[j][1], _mm256_sub_epi32(_mm256_hadd_epi32(a[2][j], a[3][j]), off), wv23, xs);
+            __m256i off = pairs4_epi32(pcx + g * LANES8 + SLOTS4 * j);
+            __m256 xs = pairs4_ps(psx + g * LANES8 + SLOTS4 * j);
+            f[j][0] = scale_add(f[j][0], _mm256_sub_epi32(_mm256_hadd_epi32(a[0][j], a[1][j]), off), s01, xs);
+            f[j][1] = scale_add(f[j][1], _mm256_sub_epi32(_mm256_hadd_epi32(a[2][j], a[3][j]), off), s23, xs);
         }
     }
-    const __m256i rows = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);  /* as in ymm_gemm4x4 */
-    for (int j = 0; j < 2; j++)
-        for (int h = 0; h < 2; h++) {
-            __m256 v = _mm256_permutevar8x32_ps(f[j][h], rows);
-            _mm_storeu_ps(o + (2 * h) * LANES8 + SLOTS4 * j, _mm256_castps256_ps128(v));
-            _mm_storeu_ps(o + (2 * h + 1) * LANES8 + SLOTS4 * j, _mm256_extractf128_ps(v, 1));
-        }
+    for (int j = 0; j < 2; j++) store_rows4(o + SLOTS4 * j, f[j][0], f[j][1]);
 }
 #endif
 #undef W128
+#undef PAIRS4
 
 #if !VNNI
 
