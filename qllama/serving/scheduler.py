@@ -296,25 +296,7 @@ class Scheduler:
                 want = req.fed == len(prompt)
             if not want:
                 continue
-            if req.max_tokens == 0:  # the prompt run (and scored): nothing to generate
-                done.append((req, Event("", "length", req.generation.usage, logprobs=(
-                    req.generation.take_logprobs(True) if req.logprobs is not None else None))))
-                continue
-            try:
-                made = len(req.generation.tokens)
-                text, reason = req.generation.step(out)
-                generated += len(req.generation.tokens) - made  # none when EOS ends it
-            except QllamaError as e:
-                done.append((req, Event(error=str(e))))
-                continue
-            # an event carries the logprobs of the tokens since the last one's
-            logprobs = (req.generation.take_logprobs(final=reason is not None)
-                        if req.logprobs is not None and (reason or text) else None)
-            if reason is not None:
-                done.append((req, Event(text, reason, req.generation.usage,
-                                        logprobs=logprobs)))
-            elif text:
-                req.on_event(Event(text, logprobs=logprobs))
+            generated += self._answer(req, out, done)
         with self._lock:
             m = self.metrics
             m.steps += 1
@@ -324,6 +306,28 @@ class Scheduler:
             m.tokens_generated += generated
             for req, event in done:
                 self._release(req, event)
+
+    def _answer(self, req: Request, out, done: list) -> int:
+        """req's next token from its logits `out`, sent on; tokens generated (0 or 1).
+        Requests that end go to `done`, to be released under the lock."""
+        if req.max_tokens == 0:  # the prompt run (and scored): nothing to generate
+            done.append((req, Event("", "length", req.generation.usage, logprobs=(
+                req.generation.take_logprobs(True) if req.logprobs is not None else None))))
+            return 0
+        try:
+            made = len(req.generation.tokens)
+            text, reason = req.generation.step(out)
+        except QllamaError as e:
+            done.append((req, Event(error=str(e))))
+            return 0
+        # an event carries the logprobs of the tokens since the last one's
+        logprobs = (req.generation.take_logprobs(final=reason is not None)
+                    if req.logprobs is not None and (reason or text) else None)
+        if reason is not None:
+            done.append((req, Event(text, reason, req.generation.usage, logprobs=logprobs)))
+        elif text:
+            req.on_event(Event(text, logprobs=logprobs))
+        return len(req.generation.tokens) - made  # none when EOS ends it
 
     def _release(self, req: Request, event: Event) -> None:
         if req in self._running:
