@@ -122,6 +122,11 @@ class Generation:
         """A prompt token's, to come before the generated tokens' (an echo)."""
         self._logprobs.append(entry)
 
+    def share_prompt_logprobs(self, other: Generation) -> None:
+        """The prompt's TokenLogprobs from `other`, a choice of the same prompt whose run
+        this one starts from, none of them taken yet (an echo)."""
+        self._logprobs = list(other._logprobs)
+
     def take_logprobs(self, final: bool = False) -> list[TokenLogprob]:
         """The TokenLogprobs of the prompt's tokens and of the generated tokens whose
         text has begun to be shown since the last call; `final`: all that are left

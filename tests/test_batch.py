@@ -14,7 +14,7 @@ from qllama._kernels.engine import KVCache, Workspace
 from qllama.conversion.llama2c import quantize_file
 from qllama.formats.llama2c import Config
 from qllama.model import Model
-from qllama.serving.batch import PAGE
+from qllama.serving.batch import PAGE, KVPool
 from qllama.serving.scheduler import Busy, Scheduler
 from qllama.synth import write_random_model
 
@@ -244,6 +244,81 @@ def test_metrics_count_tokens_made(story):
         s.shutdown(10)
     assert final.finish_reason == "stop" and final.usage.completion_tokens == 212
     assert s.snapshot().tokens_generated == 212
+
+
+def run_choices(scheduler, ids, choices, timeout=60, **kwargs):
+    """One prompt's choices submitted together, as a request's n: choice i with
+    choices[i] = (max_tokens, seed); [(text, [(token, logprob, top)], final event)]."""
+    done = [threading.Event() for _ in choices]
+    got = [["", [], None] for _ in choices]
+
+    def on_event(i):
+        def f(e):
+            got[i][0] += e.text
+            got[i][1] += [(x.token, x.logprob, x.top) for x in e.logprobs or ()]
+            if e.finish_reason or e.error:
+                got[i][2] = e
+                done[i].set()
+        return f
+
+    scheduler.submit_all([scheduler.request(ids, m, on_event(i), seed=seed, **kwargs)
+                          for i, (m, seed) in enumerate(choices)])
+    for d in done:
+        assert d.wait(timeout)
+    return [tuple(g) for g in got]
+
+
+STORY = "Once upon a time, there was a little girl named Lily. She liked to play outside"
+
+
+@pytest.mark.parametrize("length", [5, PAGE, PAGE + 5])
+@pytest.mark.parametrize("echo", [False, True])
+def test_choices_of_one_prompt_run_it_once(story, length, echo):
+    """A prompt's choices submitted together run the prompt once: the others start
+    from the first's KV pages and last logits. Each choice's text and logprobs equal
+    its solo run's; the first ending at its first token leaves the others their pages;
+    choices that find no free session at once run the prompt themselves."""
+    ids = story.encode(STORY)[:length]
+    assert len(ids) == length
+    choices = [(1, 3), (30, 4), (30, 5), (30, 6)]
+    kw = dict(temperature=0.9, top_p=0.9, logprobs=2 if echo else None, echo=echo)
+    solo = Scheduler(story, max_sessions=1, queue=0, prefill_chunk=8)
+    solo.start()
+    try:
+        want = [run_choices(solo, ids, [c], **kw)[0] for c in choices]
+    finally:
+        solo.shutdown(10)
+    assert len({text for text, _, _ in want}) == len(choices)
+    for sessions, runs in ((4, 1), (2, 3)):  # with 2 sessions, choices 3 and 4 wait
+        s = Scheduler(story, max_sessions=sessions, queue=2, prefill_chunk=8)
+        s.start()
+        try:
+            got = run_choices(s, ids, choices, **kw)
+        finally:
+            s.shutdown(10)
+        for (text, logprobs, final), (wtext, wlogprobs, wfinal) in zip(got, want):
+            assert (text, logprobs) == (wtext, wlogprobs)
+            assert final.finish_reason == wfinal.finish_reason and final.error is None
+            assert final.usage == wfinal.usage
+        if echo:
+            assert len(got[0][1]) == length + 1  # the prompt's tokens, then the answer's
+        m = s.snapshot()
+        assert m.prompt_tokens == runs * length
+        assert m.kv_pages_used == 0 and m.running == 0 and m.requests_finished == 4
+
+
+def test_pool_pages_shared_are_free_after_their_last_holder():
+    pool = KVPool(Model(data("stories260K.bin"), threads=1).weights, "f32", 4)
+    a = pool.take(2 * PAGE)
+    b = pool.share(a[:1]) + pool.take(PAGE)
+    c = pool.share(a[:1])
+    assert pool.used == 3 and pool.take(2 * PAGE) is None
+    pool.give(a)
+    assert pool.used == 2  # the shared page and b's own
+    pool.give(c)
+    assert pool.used == 2
+    pool.give(b)
+    assert pool.used == 0 and len(pool.take(4 * PAGE)) == 4
 
 
 def test_cancel_frees_pages(story):

@@ -101,3 +101,12 @@ cdef class KVCache:
     @property
     def page_bytes(self):
         return 2 * self.page_entries * self.item
+
+    def copy_page(self, Py_ssize_t src, Py_ssize_t dst):
+        """Page src's keys and values into page dst: a sequence that starts from
+        another's prompt takes its own copy of the page the prompt ends in."""
+        if not (0 <= src < self.n_pages and 0 <= dst < self.n_pages):
+            raise IndexError(f"page {src} or {dst} outside 0..{self.n_pages - 1}")
+        cdef size_t n = self.page_entries * self.item
+        memcpy(<char*>self.keys + dst * n, <char*>self.keys + src * n, n)
+        memcpy(<char*>self.values + dst * n, <char*>self.values + src * n, n)

@@ -25,13 +25,16 @@ def page_bytes(config, kv: str) -> int:
 
 
 class KVPool:
-    """`pages` pages of KV cache to hand out (page ids into one KVCache)."""
+    """`pages` pages of KV cache to hand out (page ids into one KVCache). A page may
+    have several holders (`share`): the choices of one prompt read its prompt's pages,
+    written once; it is free when the last holder gives it back."""
 
     def __init__(self, weights, kv: str, pages: int):
         self.pages = pages
         self.cache = KVCache(weights, PAGE, pages, kv, fault=False)
         self.page_bytes = self.cache.page_bytes
         self._free = list(range(pages - 1, -1, -1))  # a stack: reuse resident pages
+        self._holders = [0] * pages
 
     @property
     def used(self) -> int:
@@ -49,10 +52,19 @@ class KVPool:
         n = self.pages_for(positions)
         if n > len(self._free):
             return None
-        return [self._free.pop() for _ in range(n)]
+        return self.share([self._free.pop() for _ in range(n)])
+
+    def share(self, pages: list) -> list:
+        """`pages`, held by one more holder."""
+        for p in pages:
+            self._holders[p] += 1
+        return list(pages)
 
     def give(self, pages: list) -> None:
-        self._free.extend(reversed(pages))
+        for p in reversed(pages):
+            self._holders[p] -= 1
+            if not self._holders[p]:
+                self._free.append(p)
 
 
 class BatchEngine:

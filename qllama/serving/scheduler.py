@@ -6,7 +6,9 @@ thread takes the next token of every running sequence and a bounded chunk of wai
 prompt tokens (chunked prefill: a long prompt does not freeze the others' streams),
 runs them as one batch, and hands each sequence's prediction to its Generation.
 Requests join at the next step and leave the moment they finish or are cancelled;
-their KV cache goes back to the pool then.
+their KV cache goes back to the pool then. The choices of one prompt (a request's n)
+run the prompt once: the first runs it, and the others start from its KV cache and
+its last logits, each with its own sampler.
 
 Admission: at most `max_sessions` sequences run, and their KV cache must fit the
 pool; the rest wait in a queue of at most `queue` requests, and past that `submit`
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -66,6 +68,9 @@ class Request:
     generation: Generation | None = None
     fed: int = 0  # positions run so far
     pages: object = None  # the KV cache it holds while running
+    # choices of one prompt: the first runs the prompt, its followers start from it
+    leader: Request | None = None  # while this one waits for its leader's prompt
+    followers: list = field(default_factory=list)
 
     @property
     def positions(self) -> int:
@@ -165,6 +170,14 @@ class Scheduler:
                            f"{len(reqs)} choices need as many places; of {self.max_sessions}"
                            f" sessions and {self.queue_limit} queue places, "
                            f"{len(self._running) + len(self._waiting)} are taken")
+            first = {}
+            for req in reqs:  # the later choices of a prompt follow its first
+                key = (tuple(req.prompt_ids), req.echo, req.logprobs)
+                if key in first:
+                    req.leader = first[key]
+                    first[key].followers.append(req)
+                else:
+                    first[key] = req
             self._waiting.extend(reqs)
             self._lock.notify()
         return reqs
@@ -258,6 +271,10 @@ class Scheduler:
         budget = self.prefill_chunk
         prefill = 0
         for req in running:
+            if req.leader is not None:
+                if req.leader.pages is not None:
+                    continue  # its leader runs the prompt for both (_fork)
+                req.leader = None  # which ended before its prompt did: run it alone
             n_prompt = len(req.prompt_ids)
             if req.fed >= n_prompt:
                 rows.append((req, [req.generation.tokens[-1]], True))
@@ -296,6 +313,9 @@ class Scheduler:
                 want = req.fed == len(prompt)
             if not want:
                 continue
+            for f in req.followers:  # before req samples: the sampler overwrites `out`
+                generated += self._fork(req, f, out, done)
+            req.followers = []
             generated += self._answer(req, out, done)
         with self._lock:
             m = self.metrics
@@ -328,6 +348,27 @@ class Scheduler:
         elif text:
             req.on_event(Event(text, logprobs=logprobs))
         return len(req.generation.tokens) - made  # none when EOS ends it
+
+    def _fork(self, leader: Request, f: Request, out, done: list) -> int:
+        """f, a follower of leader, whose prompt has just run: f starts from it, sharing
+        the prompt's whole pages and copying the page it ends in (f writes its answer
+        there), then answers from a copy of its last logits. A follower not running
+        yet runs the prompt itself."""
+        f.leader = None
+        if f.pages is None or f.cancelled:
+            return 0
+        n = len(f.prompt_ids)
+        whole = n // PAGE
+        pool = self.engine.pool
+        with self._lock:
+            pool.give(f.pages[:whole])
+            f.pages[:whole] = pool.share(leader.pages[:whole])
+        if n % PAGE:
+            pool.cache.copy_page(leader.pages[whole], f.pages[whole])
+        f.fed = n
+        if f.echo:
+            f.generation.share_prompt_logprobs(leader.generation)
+        return self._answer(f, out.copy(), done)
 
     def _release(self, req: Request, event: Event) -> None:
         if req in self._running:
