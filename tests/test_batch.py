@@ -14,7 +14,7 @@ from qllama._kernels.engine import KVCache, Workspace
 from qllama.conversion.llama2c import quantize_file
 from qllama.formats.llama2c import Config
 from qllama.model import Model
-from qllama.serving.batch import PAGE, KVPool
+from qllama.serving.batch import PAGE, KVPool, page_bytes, prefix_keys
 from qllama.serving.scheduler import Busy, Scheduler
 from qllama.synth import write_random_model
 
@@ -173,10 +173,14 @@ PROMPTS = ["Once upon a time", "The cat sat", "Lily and Tom went to the", "A big
            "Tim had a red ball. He", ""]
 
 
-def solo_text(model, prompt, max_tokens, **kwargs):
-    ids = model.encode(prompt)  # generate_ids' steps count positions; the last token is not run
+def solo_ids_text(model, ids, max_tokens, **kwargs):
+    # generate_ids' steps count positions; the last token is not run
     out = list(model.generate_ids(ids, len(ids) + max_tokens - 1, **kwargs))
     return model.decode(ids + out)[len(model.decode(ids)):]
+
+
+def solo_text(model, prompt, max_tokens, **kwargs):
+    return solo_ids_text(model, model.encode(prompt), max_tokens, **kwargs)
 
 
 @pytest.mark.parametrize("seed", [None, 7])
@@ -268,7 +272,8 @@ def run_choices(scheduler, ids, choices, timeout=60, **kwargs):
     return [tuple(g) for g in got]
 
 
-STORY = "Once upon a time, there was a little girl named Lily. She liked to play outside"
+STORY = ("Once upon a time, there was a little girl named Lily. She liked to play outside in "
+         "the sun with her big red ball and her dog Max.")
 
 
 @pytest.mark.parametrize("length", [5, PAGE, PAGE + 5])
@@ -277,7 +282,8 @@ def test_choices_of_one_prompt_run_it_once(story, length, echo):
     """A prompt's choices submitted together run the prompt once: the others start
     from the first's KV pages and last logits. Each choice's text and logprobs equal
     its solo run's; the first ending at its first token leaves the others their pages;
-    choices that find no free session at once run the prompt themselves."""
+    choices that find no free session at once run the prompt themselves (from the
+    pages it left behind, if it has ended)."""
     ids = story.encode(STORY)[:length]
     assert len(ids) == length
     choices = [(1, 3), (30, 4), (30, 5), (30, 6)]
@@ -302,23 +308,86 @@ def test_choices_of_one_prompt_run_it_once(story, length, echo):
             assert final.usage == wfinal.usage
         if echo:
             assert len(got[0][1]) == length + 1  # the prompt's tokens, then the answer's
-        m = s.snapshot()
-        assert m.prompt_tokens == runs * length
+        m = s.snapshot()  # choices 3 and 4 find the first's whole pages, which it left,
+        # unless they score every prompt token (echo)
+        assert m.prompt_tokens_cached == (runs - 1) * ((length - 1) // PAGE * PAGE) * (not echo)
+        assert m.prompt_tokens == runs * length - m.prompt_tokens_cached
         assert m.kv_pages_used == 0 and m.running == 0 and m.requests_finished == 4
 
 
-def test_pool_pages_shared_are_free_after_their_last_holder():
-    pool = KVPool(Model(data("stories260K.bin"), threads=1).weights, "f32", 4)
-    a = pool.take(2 * PAGE)
+def test_pool_hands_out_pages_free_then_idle_then_unused(story):
+    """Shared pages are free after their last holder; kept ones go idle instead, found
+    by their keys until the pool needs them: it takes free pages first, then the idle
+    page let go of longest ago, then pages never used."""
+    pool = KVPool(story.weights, "f32", 6)
+    keys = prefix_keys(list(range(3 * PAGE)), 3)
+    assert len(set(keys)) == 3 and prefix_keys(list(range(2 * PAGE)), 2) == keys[:2]
+    assert prefix_keys([7] * PAGE + list(range(PAGE, 2 * PAGE)), 2)[1] != keys[1]  # chained
+    a = pool.take(3 * PAGE)
     b = pool.share(a[:1]) + pool.take(PAGE)
-    c = pool.share(a[:1])
-    assert pool.used == 3 and pool.take(2 * PAGE) is None
+    assert pool.used == 4 and pool.take(3 * PAGE) is None
+    pool.keep(a, keys)
+    pool.keep(b[1:], keys[1:2])  # a key kept already stays with its page
+    assert pool.lookup(keys) == a and pool.kept == 3
+    assert pool.lookup(prefix_keys([1] + list(range(1, 3 * PAGE)), 3)) == []
     pool.give(a)
-    assert pool.used == 2  # the shared page and b's own
-    pool.give(c)
-    assert pool.used == 2
+    assert pool.used == 2  # a's first page, which b holds too, and b's own
     pool.give(b)
-    assert pool.used == 0 and len(pool.take(4 * PAGE)) == 4
+    assert pool.used == 0 and pool.lookup(keys) == a
+    c = pool.take(4 * PAGE, pool.lookup(keys[:2]))  # then b's own page, then a's idle one
+    assert c == a[:2] + b[1:] + a[2:] and pool.lookup(keys) == a[:2] and pool.kept == 2
+    d = pool.take(PAGE)  # none free or idle: one never used
+    assert d[0] not in a + b and pool.take(2 * PAGE) is None
+    pool.give(c)
+    pool.give(d)
+    assert pool.used == 0 and len(pool.take(6 * PAGE)) == 6 and pool.kept == 0
+
+
+def test_a_prompt_that_starts_as_an_ended_sequence_runs_from_its_pages(story):
+    """Answers are their solo runs' when a prompt's first whole pages come from
+    sequences that ended: a chat's next turn (the last prompt and its answer, then
+    more), the same prompt again, a longer one. In a pool of 6 pages, idle pages give
+    way to new sequences and are written over."""
+    a = story.encode(STORY)
+    p = a[:2 * PAGE + 2]
+    gen = list(story.generate_ids(p, len(p) + 30 - 1, temperature=0.0))
+    turn = p + gen + story.encode("Then")[1:]
+    fed = len(p) + len(gen) - (len(gen) == 30)  # a story that ended ran its last token
+    asks = [(p, 30, 0.0), (turn, 20, 0.0), (p, 20, 0.9), (a, 20, 0.0)]
+    want_cached = [0, min(fed // PAGE, (len(turn) - 1) // PAGE) * PAGE, 2 * PAGE, 2 * PAGE]
+    assert want_cached[1] >= 3 * PAGE and len(turn) + 19 <= 6 * PAGE
+    for pool in (None, 6):
+        s = Scheduler(story, max_sessions=1, queue=0, prefill_chunk=8,
+                      kv_memory=pool and pool * page_bytes(story.spec, story.kv))
+        s.start()
+        try:
+            cached = []
+            for ids, max_tokens, temperature in asks:
+                before = s.snapshot().prompt_tokens_cached
+                (text, _, final), = run_choices(s, ids, [(max_tokens, 9)],
+                                                temperature=temperature, top_p=0.9)
+                cached.append(s.snapshot().prompt_tokens_cached - before)
+                assert text == solo_ids_text(story, ids, max_tokens, temperature=temperature,
+                                             top_p=0.9, seed=9), (pool, len(cached))
+        finally:
+            s.shutdown(10)
+        assert cached == want_cached, pool
+        m = s.snapshot()
+        assert m.kv_pages_used == 0 and 0 < m.kv_pages_cached <= m.kv_pages_total
+        assert m.prompt_tokens + m.prompt_tokens_cached == sum(len(ids) for ids, _, _ in asks)
+
+
+def test_without_the_prefix_cache_every_prompt_runs_whole(story):
+    ids = story.encode(STORY)
+    s = Scheduler(story, max_sessions=1, queue=0, prefix_cache=False)
+    s.start()
+    try:
+        texts = [run_choices(s, ids, [(10, 1)], temperature=0.0)[0][0] for _ in range(2)]
+    finally:
+        s.shutdown(10)
+    m = s.snapshot()
+    assert texts[0] == texts[1] == solo_ids_text(story, ids, 10, temperature=0.0)
+    assert (m.prompt_tokens, m.prompt_tokens_cached, m.kv_pages_cached) == (2 * len(ids), 0, 0)
 
 
 def test_cancel_frees_pages(story):

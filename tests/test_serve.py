@@ -592,7 +592,8 @@ def test_chat_equals_qllama_run_chat(stories):
 
 def test_chat_conversation_is_laid_out_as_run_chat_keeps_it(stories):
     """A second turn's context is run -m chat's cache: turn 1 (BOS, template), the reply's
-    tokens, turn 2 (BOS, template); its greedy answer equals the library's from there."""
+    tokens, turn 2 (BOS, template); its greedy answer equals the library's from there,
+    and it runs from the first turn's KV pages, which the server kept."""
     model, client = stories.model, stories.client()
     system, u1, u2 = "be brief", "Hello", "More"
     first = client.chat.completions.create(
@@ -605,11 +606,16 @@ def test_chat_conversation_is_laid_out_as_run_chat_keeps_it(stories):
     ids = t1 + reply + turn_ids(model, u2)
     assert conversation_ids(model, [("system", system), ("user", u1), ("assistant", a1),
                                     ("user", u2)]) == ids
+    before = stories.metrics()
     second = client.chat.completions.create(
         model="stories260K", temperature=0, max_tokens=20,
         messages=[{"role": "system", "content": system}, {"role": "user", "content": u1},
                   {"role": "assistant", "content": a1}, {"role": "user", "content": u2}])
     assert second.usage.prompt_tokens == len(ids)
+    # the first turn ran its prompt and its reply but the last token (or, ended, all)
+    fed, page = len(t1) + len(reply) - (first.choices[0].finish_reason == "length"), 16
+    cached = stories.metrics()["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"]
+    assert cached == min(fed // page, (len(ids) - 1) // page) * page >= 2 * page
     expected = list(itertools.islice(model.generate_ids(ids, 0, 0.0), 20))
     assert second.choices[0].message.content == reply_text(_text_after(model, ids, expected))
 

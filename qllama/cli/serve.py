@@ -80,6 +80,9 @@ def register(sub) -> None:
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN", type=_origin,
                    help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) "
                         "call the API from a browser; repeatable (default: none)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="run every prompt whole: keep no ended sequence's KV for later prompts "
+                        "that start alike (then no client's timing can tell what others sent)")
     p.add_argument("--special", action="store_true",
                    help="read control pieces written in a /v1/completions prompt (<s>, </s>) "
                         "as their ids, as llama-server does (chat messages stay text)")
@@ -124,7 +127,7 @@ def serve_command(args) -> int:
     model = Model(args.model, tokenizer=args.tokenizer, threads=args.threads, kv=args.kv)
     _ = model.tokenizer  # load and check it before listening
     scheduler = Scheduler(model, max_sessions=args.max_sessions, queue=args.queue,
-                          kv_memory=args.kv_memory)
+                          kv_memory=args.kv_memory, prefix_cache=args.prefix_cache)
     if scheduler.max_positions < scheduler.seq_len:
         warnings.warn(f"the KV pool holds {scheduler.max_positions} positions, fewer than the "
                       f"model's seq_len {scheduler.seq_len}: a request (prompt and answer) is "

@@ -5,11 +5,16 @@ KV memory is one pool (`kv_memory` bytes) of pages of PAGE positions. A sequence
 takes the pages its positions can need when it starts (so it never runs out midway)
 and gives them back when it ends; pages are faulted in as they are first written, so
 the resident set follows the tokens actually cached. No split of the context per
-slot: any sequence may grow to the model's seq_len while the pool has pages.
+slot: any sequence may grow to the model's seq_len while the pool has pages. Whole
+pages a sequence leaves behind stay named by their tokens until the pool needs them,
+so a later prompt that starts with the same tokens (a chat's next turn, a shared
+system prompt) runs only what follows them.
 """
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -24,21 +29,48 @@ def page_bytes(config, kv: str) -> int:
     return 2 * (2 if kv == "f16" else 4) * config.n_layers * config.kv_dim * PAGE
 
 
+def prefix_keys(ids, n: int) -> list:
+    """Names of the first n whole pages of a sequence's KV cache: page j's KV depends
+    on tokens 0..(j+1)·PAGE-1, so its key is a digest chained over them."""
+    a = np.asarray(ids[:n * PAGE], "<i4")
+    keys, key = [], b""
+    for j in range(n):
+        key = hashlib.blake2b(key + a[j * PAGE:(j + 1) * PAGE].tobytes(), digest_size=16).digest()
+        keys.append(key)
+    return keys
+
+
 class KVPool:
-    """`pages` pages of KV cache to hand out (page ids into one KVCache). A page may
-    have several holders (`share`): the choices of one prompt read its prompt's pages,
-    written once; it is free when the last holder gives it back."""
+    """`pages` pages of KV cache to hand out (page ids into one KVCache).
+
+    A page may have several holders (`share`): the choices of one prompt read the
+    prompt's pages, written once. A page whose last holder gives it back is free, or,
+    if `keep` named it by the tokens its KV holds (`prefix_keys`), idle: `lookup`
+    finds it for a later sequence that starts with those tokens, until the pool needs
+    it. Pages are handed out in the order: free ones already used, the idle page used
+    longest ago, then pages never used; so the cache lives in memory that sessions
+    had made resident, and a quiet pool stays as small as before."""
 
     def __init__(self, weights, kv: str, pages: int):
         self.pages = pages
         self.cache = KVCache(weights, PAGE, pages, kv, fault=False)
         self.page_bytes = self.cache.page_bytes
-        self._free = list(range(pages - 1, -1, -1))  # a stack: reuse resident pages
+        self._free = []  # a stack of pages given back
+        self._unused = list(range(pages - 1, -1, -1))  # never handed out: not resident
         self._holders = [0] * pages
+        self._page = {}  # a kept page's key -> the page
+        self._key = {}  # and back
+        self._idle = OrderedDict()  # kept pages no one holds, least recently let go first
 
     @property
     def used(self) -> int:
-        return self.pages - len(self._free)
+        """Pages held by sequences."""
+        return self.pages - len(self._free) - len(self._unused) - len(self._idle)
+
+    @property
+    def kept(self) -> int:
+        """Pages named by their tokens (held or idle)."""
+        return len(self._key)
 
     @staticmethod
     def pages_for(positions: int) -> int:
@@ -47,12 +79,35 @@ class KVPool:
     def could_hold(self, positions: int) -> bool:
         return self.pages_for(positions) <= self.pages
 
-    def take(self, positions: int) -> list | None:
-        """Page ids for `positions`, or None while the pool has too few free."""
-        n = self.pages_for(positions)
-        if n > len(self._free):
+    def lookup(self, keys: list) -> list:
+        """The kept pages of keys[0], keys[1], ... as far as all are kept."""
+        pages = []
+        for key in keys:
+            page = self._page.get(key)
+            if page is None:
+                break
+            pages.append(page)
+        return pages
+
+    def take(self, positions: int, kept: list = ()) -> list | None:
+        """Page ids for `positions`: first `kept` (from lookup, held now by one more),
+        then pages of no one's; None while the pool has too few."""
+        n = self.pages_for(positions) - len(kept)
+        spare = len(self._free) + len(self._unused) + len(self._idle)
+        if n > spare - sum(p in self._idle for p in kept):
             return None
-        return self.share([self._free.pop() for _ in range(n)])
+        for p in kept:
+            self._idle.pop(p, None)
+        return self.share(list(kept) + [self._spare() for _ in range(n)])
+
+    def _spare(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._idle:
+            page, _ = self._idle.popitem(last=False)
+            del self._page[self._key.pop(page)]
+            return page
+        return self._unused.pop()
 
     def share(self, pages: list) -> list:
         """`pages`, held by one more holder."""
@@ -60,11 +115,22 @@ class KVPool:
             self._holders[p] += 1
         return list(pages)
 
+    def keep(self, pages: list, keys: list) -> None:
+        """Name held pages by their keys (pages[j]'s KV is keys[j]'s tokens') to be
+        found by `lookup`; a page or key named already stays as it is."""
+        for page, key in zip(pages, keys):
+            if key not in self._page and page not in self._key:
+                self._page[key] = page
+                self._key[page] = key
+
     def give(self, pages: list) -> None:
-        for p in reversed(pages):
+        for p in reversed(pages):  # a sequence's first pages are let go of last
             self._holders[p] -= 1
             if not self._holders[p]:
-                self._free.append(p)
+                if p in self._key:
+                    self._idle[p] = None
+                else:
+                    self._free.append(p)
 
 
 class BatchEngine:

@@ -8,7 +8,8 @@ runs them as one batch, and hands each sequence's prediction to its Generation.
 Requests join at the next step and leave the moment they finish or are cancelled;
 their KV cache goes back to the pool then. The choices of one prompt (a request's n)
 run the prompt once: the first runs it, and the others start from its KV cache and
-its last logits, each with its own sampler.
+its last logits, each with its own sampler. A prompt that starts with tokens whose
+whole KV pages an ended sequence left in the pool (batch.KVPool) runs from there.
 
 Admission: at most `max_sessions` sequences run, and their KV cache must fit the
 pool; the rest wait in a queue of at most `queue` requests, and past that `submit`
@@ -29,7 +30,7 @@ from ..errors import QllamaError, UsageError
 from ..generation import Generation, TokenLogprob, Usage, non_finite_logits, token_logprob
 from ..model import token_array
 from ..sampling import check_sampling, default_seed
-from .batch import PAGE, BatchEngine
+from .batch import PAGE, BatchEngine, prefix_keys
 
 PREFILL_CHUNK = 64  # prompt tokens one step takes, over all sequences
 
@@ -71,6 +72,7 @@ class Request:
     # choices of one prompt: the first runs the prompt, its followers start from it
     leader: Request | None = None  # while this one waits for its leader's prompt
     followers: list = field(default_factory=list)
+    keys: list = field(default_factory=list)  # of the prompt's pages it may find cached
 
     @property
     def positions(self) -> int:
@@ -84,8 +86,10 @@ class Metrics:
     queued: int = 0
     kv_pages_used: int = 0
     kv_pages_total: int = 0
+    kv_pages_cached: int = 0
     tokens_generated: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # run
+    prompt_tokens_cached: int = 0  # found in the pool's cached pages instead
     requests_finished: int = 0
     steps: int = 0
     step_seconds: float = 0.0  # all steps together
@@ -93,10 +97,12 @@ class Metrics:
 
 
 class Scheduler:
-    """Runs requests on `model` (a qllama.Model) from its own engine thread."""
+    """Runs requests on `model` (a qllama.Model) from its own engine thread.
+    `prefix_cache`: keep ended sequences' whole KV pages for prompts that start alike."""
 
     def __init__(self, model, max_sessions: int = 8, queue: int = 16,
-                 kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
+                 kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+                 prefix_cache: bool = True):
         for what, value, least in (("max sessions", max_sessions, 1), ("queue", queue, 0),
                                    ("prefill chunk", prefill_chunk, 1)):
             if value < least:
@@ -105,6 +111,7 @@ class Scheduler:
         self.max_sessions = max_sessions
         self.queue_limit = queue
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache = prefix_cache
         self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
                                   kv_memory=kv_memory, max_sessions=max_sessions)
         self.seq_len = model.spec.seq_len
@@ -146,6 +153,8 @@ class Scheduler:
         max_tokens = min(max_tokens, self.max_positions - len(ids) + 1)
         req = Request(ids, max_tokens, temperature, top_p, seed, tuple(stop), on_event,
                       logprobs, echo and logprobs is not None)
+        if self.prefix_cache and not req.echo:  # an echo scores every prompt token
+            req.keys = prefix_keys(ids, (len(ids) - 1) // PAGE)
         if not self.engine.pool.could_hold(req.positions):
             raise UsageError(f"the prompt and max_tokens need {req.positions} positions of KV "
                              "cache, more than the whole pool holds (--kv-memory)")
@@ -201,6 +210,7 @@ class Scheduler:
             m = Metrics(**vars(self.metrics))
             m.running, m.queued = len(self._running), len(self._waiting)
             m.kv_pages_used = self.engine.pool.used
+            m.kv_pages_cached = self.engine.pool.kept
             return m
 
     @property
@@ -248,11 +258,15 @@ class Scheduler:
         """Waiting requests start, in order, while a session and their KV cache are free."""
         while self._waiting and len(self._running) < self.max_sessions:
             req = self._waiting[0]
-            pages = self.engine.pool.take(req.positions)
+            # a follower of a running leader starts from the leader's pages (_fork)
+            cached = self.engine.pool.lookup(req.keys) if req.leader is None else []
+            pages = self.engine.pool.take(req.positions, cached)
             if pages is None:
                 return  # the pool frees pages as sequences end
             self._waiting.popleft()
             req.pages = pages
+            req.fed = len(cached) * PAGE
+            self.metrics.prompt_tokens_cached += req.fed
             try:
                 req.generation = Generation(
                     self.model, req.prompt_ids, req.max_tokens,
@@ -374,7 +388,12 @@ class Scheduler:
         if req in self._running:
             self._running.remove(req)
         if req.pages is not None:
-            self.engine.pool.give(req.pages)
+            pool = self.engine.pool
+            if self.prefix_cache and event.error is None and req.generation is not None:
+                whole = req.fed // PAGE
+                pool.keep(req.pages[:whole],
+                          prefix_keys(req.prompt_ids + req.generation.tokens, whole))
+            pool.give(req.pages)
             req.pages = None
         self._finish(req, event)
 
