@@ -23,6 +23,7 @@ BOS = 1  # Llama 2's (llama2.c assumes it)
 class Usage:
     prompt_tokens: int
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's, whose KV a server found cached
 
     @property
     def total_tokens(self) -> int:

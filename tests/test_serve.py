@@ -409,14 +409,17 @@ def _choices(chunks) -> dict:
 
 def test_several_prompts_and_n_choices_are_each_a_solo_request(stories):
     """prompt [a, b], n 2, seed s: choice 2i + j is prompt i alone with seed s + j, whole
-    and streamed; usage counts each prompt once and every choice's tokens."""
+    and streamed; usage counts each prompt once and every choice's tokens, and each
+    prompt runs once."""
     client = stories.client()
     prompts = ["Once upon a time", "The dog"]
     kw = dict(max_tokens=24, temperature=1.0, top_p=0.9)
     solo = [complete(client, p, seed=77 + j, **kw) for p in prompts for j in range(2)]
     want = [(s.choices[0].text, s.choices[0].finish_reason) for s in solo]
     assert want[0] != want[1] and want[2] != want[3]  # a prompt's choices differ
+    before = stories.metrics()["prompt_tokens_total"]
     r = complete(client, prompts, n=2, seed=77, **kw)
+    assert stories.metrics()["prompt_tokens_total"] - before == r.usage.prompt_tokens
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
     assert [(c.text, c.finish_reason) for c in r.choices] == want
     assert r.usage.prompt_tokens == sum(len(stories.model.encode(p)) for p in prompts)
@@ -616,6 +619,7 @@ def test_chat_conversation_is_laid_out_as_run_chat_keeps_it(stories):
     fed, page = len(t1) + len(reply) - (first.choices[0].finish_reason == "length"), 16
     cached = stories.metrics()["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"]
     assert cached == min(fed // page, (len(ids) - 1) // page) * page >= 2 * page
+    assert second.usage.prompt_tokens_details.cached_tokens == cached
     expected = list(itertools.islice(model.generate_ids(ids, 0, 0.0), 20))
     assert second.choices[0].message.content == reply_text(_text_after(model, ids, expected))
 

@@ -267,7 +267,8 @@ def _content(content, where: str) -> str:
 # -- responses ---------------------------------------------------------------------
 def usage_body(usage) -> dict:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 class Choice:

@@ -272,6 +272,7 @@ class Scheduler:
                     self.model, req.prompt_ids, req.max_tokens,
                     self.model.sampler(req.temperature, req.top_p, req.seed), req.stop,
                     logprobs=req.logprobs)
+                req.generation.usage.cached_tokens = req.fed
                 if req.echo:  # the first token has nothing before it to be scored by
                     req.generation.add_prompt_logprob(TokenLogprob(req.prompt_ids[0], None, None))
             except QllamaError as e:

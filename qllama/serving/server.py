@@ -362,7 +362,8 @@ class _Events:
 def _usage(usages: list, n: int) -> Usage:
     """A request's usage: each prompt counted once, however many choices it has."""
     return Usage(sum(u.prompt_tokens for u in usages[::n]),
-                 sum(u.completion_tokens for u in usages))
+                 sum(u.completion_tokens for u in usages),
+                 sum(u.cached_tokens for u in usages[::n]))
 
 
 async def _whole(events: _Events, reply: Reply, n: int) -> Response:
