@@ -3,7 +3,7 @@
 same run when one is given.
 
     python tools/bench_serve.py MODEL -z TOKENIZER [--clients 1,4,8,16] [--prompt 32]
-                                [--tokens 32] [--threads 2] [--rounds 1]
+                                [--tokens 32] [--threads 2] [--rounds 1] [--turns 1]
                                 [--llama-server PATH [--gguf MODEL.gguf]] [--json OUT]
 
 For each client count, each engine in turn (alternating, so both see the same machine)
@@ -20,6 +20,11 @@ can reuse another's prompt) and --tokens output tokens, greedy. Measured per eng
   RSS       the server process's peak resident set (VmHWM in /proc/PID/status)
 Requests that fail are counted, not hidden. A story may end (EOS) before --tokens: the
 rates count the tokens actually made (usage, else text chunks).
+
+--turns K (a conversation): each client then sends K - 1 more requests, each its last
+prompt, the answer it got and about 16 tokens of new words, at once with the others;
+`next TTFT` is the time to first token of those later turns (p50 and p95), where an
+engine that kept the conversation's KV runs only what is new.
 """
 from __future__ import annotations
 
@@ -139,7 +144,7 @@ async def one_request(client, url, prompt, tokens) -> dict:
     body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
     t0 = time.perf_counter()
-    times, usage = [], None
+    times, usage, text = [], None, []
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             await r.aread()
@@ -151,10 +156,12 @@ async def one_request(client, url, prompt, tokens) -> dict:
             if "error" in chunk:
                 return {"error": str(chunk["error"])[:200]}
             usage = chunk.get("usage") or usage
-            if any(c.get("text") for c in chunk.get("choices") or ()):
+            pieces = [c.get("text") or "" for c in chunk.get("choices") or ()]
+            if any(pieces):
                 times.append(time.perf_counter())
+                text += pieces
     made = usage["completion_tokens"] if usage else len(times)
-    return {"start": t0, "times": times, "tokens": made}
+    return {"start": t0, "times": times, "tokens": made, "text": "".join(text)}
 
 
 async def crowd(url, texts, tokens) -> tuple[list, float]:
@@ -166,7 +173,7 @@ async def crowd(url, texts, tokens) -> tuple[list, float]:
         return results, time.perf_counter() - t0
 
 
-def measure(engine: Engine, clients: int, texts, tokens, log) -> dict:
+def measure(engine: Engine, clients: int, texts, tokens, log, turns: int = 1) -> dict:
     engine.start(clients, log)
     try:
         # warm-up, all clients, a few tokens: weights paged in, threads and buffers made;
@@ -174,6 +181,15 @@ def measure(engine: Engine, clients: int, texts, tokens, log) -> dict:
         # prompts cached in its slots
         asyncio.run(crowd(engine.url, texts[-clients:], 8))
         results, _ = asyncio.run(crowd(engine.url, texts[:clients], tokens))
+        later, said, last = [], texts[:clients], results
+        for t in range(1, turns):
+            if not all(isinstance(r, dict) and "text" in r for r in last):
+                break
+            rng = random.Random(1000 + t)
+            said = [f"{p}{r['text']} " + " ".join(rng.choice(WORDS) for _ in range(12))
+                    for p, r in zip(said, last)]
+            last, _ = asyncio.run(crowd(engine.url, said, tokens))
+            later += last
         rss = engine.peak_rss_mb()
     finally:
         engine.stop()
@@ -192,6 +208,14 @@ def measure(engine: Engine, clients: int, texts, tokens, log) -> dict:
                    ttft_p95_ms=1000 * float(np.percentile(ttft, 95)),
                    itl_p50_ms=1000 * float(np.percentile(gaps, 50)) if gaps.size else None,
                    itl_p95_ms=1000 * float(np.percentile(gaps, 95)) if gaps.size else None)
+    good = [r for r in later if isinstance(r, dict) and "error" not in r and r["times"]]
+    errors += [str(r.get("error") if isinstance(r, dict) else r) for r in later
+               if r not in good]
+    row["errors"] = errors
+    if good:
+        ttft = [r["times"][0] - r["start"] for r in good]
+        row.update(next_ttft_p50_ms=1000 * float(np.percentile(ttft, 50)),
+                   next_ttft_p95_ms=1000 * float(np.percentile(ttft, 95)))
     return row
 
 
@@ -216,10 +240,13 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32, help="output tokens per client")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--turns", type=int, default=1, help="requests of each client's conversation")
     ap.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary")
     ap.add_argument("--gguf", default=None, help="the GGUF for llama-server (default: export)")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
+    if args.turns < 1:
+        ap.error("--turns takes 1 or more")
     counts = [int(c) for c in args.clients.split(",")]
     model = qllama.load(args.model, tokenizer=args.tokenizer, threads=1)
     texts = prompts(model, 2 * max(counts), args.prompt)  # the second half warms up
@@ -233,13 +260,14 @@ def main() -> int:
         print(f"{Path(args.model).name}: prompt ~{args.prompt} tok, {args.tokens} tok out, "
               f"{args.threads} threads, {os.cpu_count()} cores")
         print(f"{'engine':>12} {'clients':>7} {'ok':>3} {'tok/s':>8} {'TTFT p50':>9} "
-              f"{'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7} {'RSS MB':>7}")
+              f"{'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7} {'RSS MB':>7}"
+              + (f" {'next TTFT p50':>13} {'p95 ms':>7}" if args.turns > 1 else ""))
         with open(Path(tmp) / "servers.log", "w+") as log:
             for _ in range(args.rounds):
                 for n in counts:
                     for engine in engines:  # alternating: each count, every engine in turn
                         try:
-                            row = measure(engine, n, texts, args.tokens, log)
+                            row = measure(engine, n, texts, args.tokens, log, args.turns)
                         except RuntimeError as e:
                             log.seek(0)
                             print(f"{engine.name}: {e}\n{log.read()[-1500:]}", file=sys.stderr)
@@ -251,6 +279,9 @@ def main() -> int:
                               f"{fmt(row.get('itl_p50_ms'), '.2f'):>8} "
                               f"{fmt(row.get('itl_p95_ms'), '.2f'):>7} "
                               f"{row['peak_rss_mb']:>7.0f}"
+                              + (f" {fmt(row.get('next_ttft_p50_ms')):>13} "
+                                 f"{fmt(row.get('next_ttft_p95_ms')):>7}"
+                                 if args.turns > 1 else "")
                               + (f"  errors: {row['errors'][:2]}" if row["errors"] else ""),
                               flush=True)
     if args.json:
