@@ -22,7 +22,7 @@ Requests that fail are counted, not hidden. A story may end (EOS) before --token
 rates count the tokens actually made (usage, else text chunks).
 
 --turns K (a conversation): each client then sends K - 1 more requests, each its last
-prompt, the answer it got and about 16 tokens of new words, at once with the others;
+prompt, the answer it got and 12 new words, at once with the others;
 `next TTFT` is the time to first token of those later turns (p50 and p95), where an
 engine that kept the conversation's KV runs only what is new.
 """
