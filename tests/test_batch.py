@@ -342,6 +342,15 @@ def test_pool_hands_out_pages_free_then_idle_then_unused(story):
     pool.give(c)
     pool.give(d)
     assert pool.used == 0 and len(pool.take(6 * PAGE)) == 6 and pool.kept == 0
+    # while fewer than cache_pages are idle, pages never used come before idle ones
+    pool = KVPool(story.weights, "f32", 6, cache_pages=2)
+    a = pool.take(2 * PAGE)
+    pool.keep(a, keys[:2])
+    pool.give(a)
+    b = pool.take(2 * PAGE)  # 2 idle, the cache is full: a's last page goes, then 1 idle
+    assert b[0] == a[1] and b[1] not in a and pool.lookup(keys) == a[:1]
+    c = pool.take(PAGE)  # 1 idle: a page never used
+    assert c[0] not in a + b and pool.lookup(keys) == a[:1]
 
 
 def test_a_prompt_that_starts_as_an_ended_sequence_runs_from_its_pages(story):
@@ -378,9 +387,32 @@ def test_a_prompt_that_starts_as_an_ended_sequence_runs_from_its_pages(story):
         assert m.prompt_tokens + m.prompt_tokens_cached == sum(len(ids) for ids, _, _ in asks)
 
 
+def test_conversations_that_take_turns_keep_their_pages(story):
+    """Two chats alternate on one session: each next turn finds its own last turn's
+    pages, which the other chat's turns did not evict (the cache grows into pages
+    never used, up to a quarter of the pool)."""
+    s = Scheduler(story, max_sessions=1, queue=0)
+    s.start()
+    try:
+        chats = [story.encode(STORY), story.encode("Tom had a big dog. The dog liked to run in "
+                                                   "the park and jump over the logs.")]
+        cached = []
+        for _ in range(3):
+            for i, ids in enumerate(chats):
+                before = s.snapshot().prompt_tokens_cached
+                (text, _, final), = run_choices(s, ids, [(20, 1)], temperature=0.0)
+                assert text == solo_ids_text(story, ids, 20, temperature=0.0)
+                cached.append(s.snapshot().prompt_tokens_cached - before)
+                answer = list(story.generate_ids(ids, len(ids) + 19, temperature=0.0))
+                chats[i] = ids + answer + story.encode("Then")[1:]
+    finally:
+        s.shutdown(10)
+    assert cached[:2] == [0, 0] and all(c >= 2 * PAGE for c in cached[2:]), cached
+
+
 def test_without_the_prefix_cache_every_prompt_runs_whole(story):
     ids = story.encode(STORY)
-    s = Scheduler(story, max_sessions=1, queue=0, prefix_cache=False)
+    s = Scheduler(story, max_sessions=1, queue=0, prefix_cache=0)
     s.start()
     try:
         texts = [run_choices(s, ids, [(10, 1)], temperature=0.0)[0][0] for _ in range(2)]

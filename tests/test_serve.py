@@ -762,6 +762,9 @@ def test_serve_command_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--kv-memory", "lots"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and "not a size" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "qllama", "serve", "m.bin", "--prefix-cache=-1G"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "not a size" in r.stderr
     r = subprocess.run([sys.executable, "-m", "qllama", "serve", str(data("stories260K.bin")),
                         "-z", str(data("tok512.model")), "--max-sessions", "0"],
                        capture_output=True, text=True, env=ENV, timeout=60)

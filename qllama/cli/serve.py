@@ -38,6 +38,10 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{e} (e.g. 512M, 2G)") from None
 
 
+def _size_or_0(text: str) -> int:
+    return 0 if text.strip() == "0" else _size(text)
+
+
 def _port(text: str) -> int:
     import argparse
     if not text.isdigit() or int(text) > 65535:
@@ -80,9 +84,11 @@ def register(sub) -> None:
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN", type=_origin,
                    help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) "
                         "call the API from a browser; repeatable (default: none)")
-    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
-                   help="run every prompt whole: keep no ended sequence's KV for later prompts "
-                        "that start alike (then no client's timing can tell what others sent)")
+    p.add_argument("--prefix-cache", type=_size_or_0, default=None, metavar="SIZE",
+                   help="KV memory beyond what sessions need that ended sequences' pages may "
+                        "keep for later prompts that start alike, e.g. 1G (default: a quarter "
+                        "of the pool); 0 runs every prompt whole (then no client's timing can "
+                        "tell what others sent)")
     p.add_argument("--special", action="store_true",
                    help="read control pieces written in a /v1/completions prompt (<s>, </s>) "
                         "as their ids, as llama-server does (chat messages stay text)")

@@ -47,12 +47,15 @@ class KVPool:
     prompt's pages, written once. A page whose last holder gives it back is free, or,
     if `keep` named it by the tokens its KV holds (`prefix_keys`), idle: `lookup`
     finds it for a later sequence that starts with those tokens, until the pool needs
-    it. Pages are handed out in the order: free ones already used, the idle page used
-    longest ago, then pages never used; so the cache lives in memory that sessions
-    had made resident, and a quiet pool stays as small as before."""
+    it. Pages are handed out in this order: free pages used before; pages never used,
+    while fewer than `cache_pages` are idle (default a quarter of the pool), so that
+    conversations that take turns do not evict each other; the idle page let go of
+    longest ago; pages never used. So the cache takes at most `cache_pages` pages of
+    memory that no session needed, and a quiet pool stays small."""
 
-    def __init__(self, weights, kv: str, pages: int):
+    def __init__(self, weights, kv: str, pages: int, cache_pages: int | None = None):
         self.pages = pages
+        self.cache_pages = pages // 4 if cache_pages is None else cache_pages
         self.cache = KVCache(weights, PAGE, pages, kv, fault=False)
         self.page_bytes = self.cache.page_bytes
         self._free = []  # a stack of pages given back
@@ -103,6 +106,8 @@ class KVPool:
     def _spare(self) -> int:
         if self._free:
             return self._free.pop()
+        if self._unused and len(self._idle) < self.cache_pages:
+            return self._unused.pop()
         if self._idle:
             page, _ = self._idle.popitem(last=False)
             del self._page[self._key.pop(page)]
@@ -137,7 +142,7 @@ class BatchEngine:
     """Forward passes over batches of sequences for `model` (a qllama.Model)."""
 
     def __init__(self, model, max_rows: int, kv_memory: int | None = None,
-                 max_sessions: int = 8):
+                 max_sessions: int = 8, cache_memory: int | None = None):
         c = model.spec
         self.model = model
         self.vocab = c.vocab_size
@@ -145,7 +150,8 @@ class BatchEngine:
             pages = max_sessions * KVPool.pages_for(c.seq_len)
         else:
             pages = max(1, kv_memory // page_bytes(c, model.kv))
-        self.pool = KVPool(model.weights, model.kv, pages)
+        self.pool = KVPool(model.weights, model.kv, pages, None if cache_memory is None
+                           else cache_memory // page_bytes(c, model.kv))
         self.workspace = Workspace(model.weights, max_rows, c.seq_len, model.threads)
 
     @property

@@ -98,22 +98,27 @@ class Metrics:
 
 class Scheduler:
     """Runs requests on `model` (a qllama.Model) from its own engine thread.
-    `prefix_cache`: keep ended sequences' whole KV pages for prompts that start alike."""
+    `prefix_cache`: bytes of KV memory no session needed that ended sequences' whole
+    pages may keep, for prompts that start alike (batch.KVPool); None: a quarter of
+    the pool; 0: none, and every prompt runs whole."""
 
     def __init__(self, model, max_sessions: int = 8, queue: int = 16,
                  kv_memory: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
-                 prefix_cache: bool = True):
+                 prefix_cache: int | None = None):
         for what, value, least in (("max sessions", max_sessions, 1), ("queue", queue, 0),
                                    ("prefill chunk", prefill_chunk, 1)):
             if value < least:
                 raise UsageError(f"{what} is {value}, must be at least {least}")
+        if prefix_cache is not None and prefix_cache < 0:
+            raise UsageError(f"prefix cache memory is {prefix_cache}, must be at least 0")
         self.model = model
         self.max_sessions = max_sessions
         self.queue_limit = queue
         self.prefill_chunk = prefill_chunk
-        self.prefix_cache = prefix_cache
+        self.prefix_cache = prefix_cache != 0
         self.engine = BatchEngine(model, max_rows=max_sessions + prefill_chunk,
-                                  kv_memory=kv_memory, max_sessions=max_sessions)
+                                  kv_memory=kv_memory, max_sessions=max_sessions,
+                                  cache_memory=prefix_cache)
         self.seq_len = model.spec.seq_len
         # the most positions one request can hold: its context, or the whole KV pool
         self.max_positions = min(self.seq_len, self.engine.pool.pages * PAGE)
