@@ -288,22 +288,23 @@ static inline __attribute__((always_inline)) void q80_rows8_gs(
     _mm256_storeu_ps(out + r0, acc);
 }
 
-/* Each group's 128 * sum(x) (VNNI's offset) into cx. */
-static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx) {
+/* Each group's 128 * sum(x) (VNNI's offset) into cx[g * stride]. */
+static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *cx,
+                        ptrdiff_t stride) {
 #if VNNI
     const __m256i z = _mm256_setzero_si256();
     if (gs % 32) {  /* groups that are not whole vectors: summed here, not read past */
         for (ptrdiff_t g = 0; g < ng; g++) {
             int32_t sum = 0;
             for (ptrdiff_t k = 0; k < gs; k++) sum += xq[g * gs + k];
-            cx[g] = 128 * sum;
+            cx[g * stride] = 128 * sum;
         }
         return;
     }
     for (ptrdiff_t g = 0; g < ng; g++)
-        cx[g] = _mm_cvtsi128_si32(sum4(q80_offset_lanes(xq + g * gs, gs), z, z, z));
+        cx[g * stride] = _mm_cvtsi128_si32(sum4(q80_offset_lanes(xq + g * gs, gs), z, z, z));
 #else
-    (void)xq, (void)ng, (void)gs, (void)cx;
+    (void)xq, (void)ng, (void)gs, (void)cx, (void)stride;
 #endif
 }
 
@@ -311,7 +312,7 @@ static void q80_offsets(const int8_t *xq, ptrdiff_t ng, ptrdiff_t gs, int32_t *c
 /* What a Q8_0 matrix's rows share of one token: its groups' offsets, once per matmul
  * input (kernels.h's q80_share). */
 static const void *q80_share(const qllama_acts *x, void *buf) {
-    q80_offsets(x->q, x->n / x->gs, x->gs, (int32_t *)buf);
+    q80_offsets(x->q, x->n / x->gs, x->gs, (int32_t *)buf, 1);
     return buf;
 }
 #define Q80_SHARE q80_share
@@ -330,7 +331,7 @@ static int q80_rows1(const qllama_matrix *m, ptrdiff_t r0, ptrdiff_t r1, const q
     const int32_t *cx = x->shared;
     if (VNNI && !cx) {  /* prepared without a buffer (qllama_prepare's caller gave none) */
         if (ng > Q1_OWN_GROUPS) return 0;
-        q80_offsets(x->q, ng, gs, own);
+        q80_offsets(x->q, ng, gs, own, 1);
         cx = own;
     }
     if (m->decode_rows == 8 && gs % 32 == 0)

@@ -113,12 +113,7 @@ static void pack8(const qllama_acts *x, void *buf) {
     if (VNNI) {  /* padding slots 0 */
         int32_t *c = (int32_t *)(s + ng * S);
         memset(c, 0, sizeof(int32_t) * (size_t)(ng * S));
-        for (ptrdiff_t t = 0; t < T; t++)
-            for (ptrdiff_t g = 0; g < ng; g++) {
-                int32_t sum = 0;
-                for (ptrdiff_t k = 0; k < x->gs; k++) sum += x->q[t * n + g * x->gs + k];
-                c[g * S + t] = 128 * sum;
-            }
+        for (ptrdiff_t t = 0; t < T; t++) q80_offsets(x->q + t * n, ng, x->gs, c + t, S);
     }
 }
 
